@@ -1,0 +1,101 @@
+//! What happens during a run, as a stream of events. The scheduler and executors emit them; the
+//! renderers in `output` turn them into prefixed log lines, a summary table, or JSON lines.
+//!
+//! Events carry no secret values: executors mask secrets before a log line becomes an event.
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// How a step ended, as shown in the summary and in JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    Succeeded,
+    Failed,
+    /// Outputs restored from the cache, no container created (cache issue).
+    Cached,
+    /// Not started: an upstream step failed, or fail-fast stopped the run.
+    Skipped,
+    /// Killed by an interrupt.
+    Cancelled,
+}
+
+impl StepStatus {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            StepStatus::Succeeded => "succeeded",
+            StepStatus::Failed => "failed",
+            StepStatus::Cached => "cached",
+            StepStatus::Skipped => "skipped",
+            StepStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// One row of the final summary.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StepSummary {
+    pub step: String,
+    pub status: StepStatus,
+    /// Wall time of the step (container start to end), milliseconds; 0 when not run.
+    pub duration_ms: u64,
+    pub exit_code: Option<i64>,
+    /// Human reason for a failure or skip ("timed out after 2s", "needs `build`, which failed").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The run's overall result, mapped to the process exit code by the binary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Succeeded,
+    /// A step failed (exit 1).
+    Failed,
+    /// The environment failed: daemon gone, image missing (exit 3).
+    EnvironmentFailed,
+    /// Interrupted by SIGINT/SIGTERM (exit 130).
+    Cancelled,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    RunStarted { run_id: String, workflow: String, steps: Vec<String> },
+    StepStarted { step: String },
+    Log { step: String, stream: Stream, line: String },
+    /// The step succeeded (or came from the cache: see `status`).
+    StepFinished { step: String, status: StepStatus, duration_ms: u64, exit_code: Option<i64> },
+    /// The step failed, timed out, was killed, or was cancelled.
+    StepFailed { step: String, status: StepStatus, duration_ms: u64, exit_code: Option<i64>, reason: String },
+    StepSkipped { step: String, reason: String },
+    RunFinished { run_id: String, status: RunStatus, duration_ms: u64, steps: Vec<StepSummary> },
+}
+
+/// Where events go. Cloneable, never blocks; a closed receiver drops events silently.
+#[derive(Debug, Clone)]
+pub struct EventSink(mpsc::UnboundedSender<Event>);
+
+impl EventSink {
+    pub fn channel() -> (EventSink, mpsc::UnboundedReceiver<Event>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (EventSink(tx), rx)
+    }
+
+    pub fn emit(&self, event: Event) {
+        let _ = self.0.send(event);
+    }
+
+    /// A sink that discards everything (tests, `plan`).
+    pub fn null() -> EventSink {
+        let (tx, _rx) = mpsc::unbounded_channel();
+        EventSink(tx)
+    }
+}
