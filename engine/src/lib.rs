@@ -6,6 +6,7 @@ pub mod error;
 pub mod events;
 pub mod executor;
 pub mod output;
+pub mod owner;
 pub mod plan;
 pub mod scheduler;
 pub mod units;
