@@ -1,6 +1,7 @@
 //! The `engine` library: planner, scheduler, Docker executor, output rendering. The binary in
 //! `main.rs` is a thin CLI over it.
 
+pub mod cli;
 pub mod docker;
 pub mod error;
 pub mod events;
@@ -8,6 +9,7 @@ pub mod executor;
 pub mod output;
 pub mod owner;
 pub mod plan;
+pub mod run;
 pub mod scheduler;
 pub mod units;
 pub mod workspace;

@@ -1,1 +1,188 @@
-fn main() {}
+//! The `engine` binary: parses the command line, dispatches to the library, and is the one place
+//! where errors are rendered and turned into exit codes (0 ok, 1 step failed, 2 invalid workflow
+//! or command line, 3 environment failure, 130 interrupted).
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use engine::cli::{Cli, Command, GraphFormat, OutputFormat, PolicyArg};
+use engine::error::exit;
+use engine::events::RunStatus;
+use engine::output::OutputMode;
+use engine::run::{self, RunConfig, StartError};
+use tokio_util::sync::CancellationToken;
+
+fn main() {
+    // A bug must never show a user a panic message with a backtrace or a debug dump.
+    std::panic::set_hook(Box::new(|info| {
+        let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+        eprintln!("engine: internal error{at}; this is a bug, please report it with the command you ran");
+    }));
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ENGINE_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .without_time()
+        .init();
+
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("engine: cannot start the async runtime: {e}");
+            std::process::exit(exit::ENVIRONMENT);
+        }
+    };
+    let code = runtime.block_on(dispatch(cli));
+    // Do not wait for blocked background tasks (a hung daemon call) once the outcome is known.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    std::process::exit(code);
+}
+
+async fn dispatch(cli: Cli) -> i32 {
+    let result = match cli.command {
+        Command::Run(args) => run_command(args).await,
+        Command::Check(args) => check(args.file, &args.policy),
+        Command::Plan(args) => {
+            let (file, targets) = args.target.split();
+            plan_command(file, &targets, args.output, &args.policy)
+        }
+        Command::Graph(args) => graph(args.file, args.format),
+        Command::Clean => clean().await,
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            report(&e);
+            e.exit_code()
+        }
+    }
+}
+
+async fn run_command(args: engine::cli::RunArgs) -> Result<i32, StartError> {
+    let (file, targets) = args.target.split();
+    let file = workflow_file(file)?;
+    let policy = load_policy(&args.policy)?;
+    let mode = match args.output {
+        OutputFormat::Plain => OutputMode::Plain,
+        OutputFormat::Json => OutputMode::Json,
+    };
+    let cancel = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(cancel.clone(), mode));
+    let cfg = RunConfig {
+        file,
+        targets,
+        jobs: args.jobs,
+        keep_going: args.keep_going,
+        out: args.out,
+        output: mode,
+        color: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+        policy,
+    };
+    // `--no-cache` is accepted for forward compatibility: this version has no step cache yet, so
+    // every step executes anyway.
+    let _ = args.no_cache;
+    let status = run::run(cfg, cancel).await?;
+    Ok(match status {
+        RunStatus::Succeeded => exit::OK,
+        RunStatus::Failed => exit::STEP_FAILED,
+        RunStatus::EnvironmentFailed => exit::ENVIRONMENT,
+        RunStatus::Cancelled => exit::INTERRUPTED,
+    })
+}
+
+/// SIGINT or SIGTERM cancels the run: the scheduler stops dispatching and every running
+/// container is killed and removed before the engine exits 130.
+async fn cancel_on_signal(cancel: CancellationToken, mode: OutputMode) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        return;
+    };
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
+    if mode == OutputMode::Plain {
+        eprintln!("engine: interrupted; stopping and removing the running containers");
+    }
+    cancel.cancel();
+}
+
+fn check(file: Option<PathBuf>, policy: &PolicyArg) -> Result<i32, StartError> {
+    let file = workflow_file(file)?;
+    let policy = load_policy(policy)?;
+    let plan = run::load_and_plan(&file, &[], &policy, run::local_budget())?;
+    println!("{}: workflow `{}` is valid ({} steps)", file.display(), plan.workflow.name, plan.steps.len());
+    Ok(exit::OK)
+}
+
+fn plan_command(file: Option<PathBuf>, targets: &[String], output: OutputFormat, policy: &PolicyArg) -> Result<i32, StartError> {
+    let file = workflow_file(file)?;
+    let policy = load_policy(policy)?;
+    let plan = run::load_and_plan(&file, targets, &policy, run::local_budget())?;
+    match output {
+        OutputFormat::Plain => print!("{}", engine::plan::render_text(&plan)),
+        OutputFormat::Json => println!("{}", engine::plan::to_json(&plan)),
+    }
+    Ok(exit::OK)
+}
+
+fn graph(file: Option<PathBuf>, format: GraphFormat) -> Result<i32, StartError> {
+    let file = workflow_file(file)?;
+    let plan = run::load_and_plan(&file, &[], &dsl::policy::Policy::default(), run::local_budget())?;
+    match format {
+        GraphFormat::Dot => print!("{}", engine::plan::to_dot(&plan)),
+        GraphFormat::Mermaid => print!("{}", engine::plan::to_mermaid(&plan)),
+    }
+    Ok(exit::OK)
+}
+
+async fn clean() -> Result<i32, StartError> {
+    let docker = engine::docker::DockerExecutor::connect().await?;
+    let report = engine::docker::cleanup::remove_stale(docker.client()).await?;
+    let dirs = engine::workspace::remove_stale_run_dirs();
+    println!(
+        "removed {} containers, {} volumes and {} temporary folders left by dead runs",
+        report.containers.len(),
+        report.volumes.len(),
+        dirs.len()
+    );
+    Ok(exit::OK)
+}
+
+/// FILE, or ./workflow.yml, then ./workflow.wf.
+fn workflow_file(file: Option<PathBuf>) -> Result<PathBuf, StartError> {
+    if let Some(f) = file {
+        return Ok(f);
+    }
+    for candidate in ["workflow.yml", "workflow.wf"] {
+        if Path::new(candidate).is_file() {
+            return Ok(PathBuf::from(candidate));
+        }
+    }
+    Err(StartError::Invalid(
+        "no workflow.yml or workflow.wf in the current directory: name the workflow file, e.g. `engine run ci.yml`".into(),
+    ))
+}
+
+fn load_policy(arg: &PolicyArg) -> Result<dsl::policy::Policy, StartError> {
+    match &arg.policy {
+        Some(path) => Ok(dsl::policy::Policy::load(path)?),
+        None => Ok(dsl::policy::Policy::default()),
+    }
+}
+
+/// The one place errors reach the user: `engine: <message>` plus, for workflow files, every
+/// diagnostic with its file:line:col, the source line and a caret.
+fn report(err: &StartError) {
+    let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let theme = if color { miette::GraphicalTheme::unicode() } else { miette::GraphicalTheme::unicode_nocolor() };
+    let handler = miette::GraphicalReportHandler::new_themed(theme).with_width(100);
+    let mut out = String::new();
+    if handler.render_report(&mut out, err).is_err() {
+        out = err.to_string();
+    }
+    eprintln!("engine: {}", out.trim_start_matches(['×', ' ']).trim_end());
+}

@@ -1,0 +1,149 @@
+//! The command line (clap). Only argument shapes and help texts live here; `main.rs` dispatches.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "engine",
+    version,
+    about = "Run workflows as DAGs of locked-down Docker containers",
+    long_about = "Run workflows as DAGs of locked-down Docker containers.\n\n\
+        A workflow (workflow.yml) names steps; each step runs in its own container with no network, \
+        a read-only root, no capabilities, a non-root user, and CPU/memory/pids limits and a hard timeout. \
+        Steps whose needs are met run in parallel.\n\n\
+        Exit codes: 0 success, 1 a step failed, 2 invalid workflow or command line, \
+        3 environment failure (no Docker daemon, image missing), 130 interrupted."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a workflow: all steps, or the named steps and everything they need
+    #[command(after_help = "Examples:\n  engine run                      # workflow.yml in the current directory\n  engine run ci.yml test --jobs 2 # `test` and what it needs\n  engine run --output json        # one JSON event per line")]
+    Run(RunArgs),
+    /// Load and validate a workflow without running anything
+    Check(CheckArgs),
+    /// Show what would run, in which order, with the resolved settings of each step
+    Plan(PlanArgs),
+    /// Print the step graph (Graphviz dot or Mermaid)
+    Graph(GraphArgs),
+    /// Remove containers, volumes and temporary folders left by engines that died
+    Clean,
+}
+
+/// `[FILE] [STEP...]`: the first word is the workflow file if it exists or ends in
+/// .yml/.yaml/.wf; otherwise every word is a step and the file is found in the current directory.
+#[derive(Debug, Args)]
+pub struct Target {
+    /// Workflow file, then step names. FILE defaults to ./workflow.yml, then ./workflow.wf
+    #[arg(value_name = "FILE|STEP")]
+    pub words: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PolicyArg {
+    /// Operator policy capping what workflows may ask for (limits, networks, images, root)
+    #[arg(long, env = "ENGINE_POLICY", value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// Maximum number of steps running at once [default: number of CPUs]
+    #[arg(long, short = 'j', value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub jobs: Option<u32>,
+    /// After a failure, keep running every step whose needs succeeded
+    #[arg(long)]
+    pub keep_going: bool,
+    /// Execute every step even if a cached result exists
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Where outputs are exported, as <DIR>/<step>/<path> [default: .engine/out beside the workflow]
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Progress format: prefixed log lines and a summary, or one JSON event per line
+    #[arg(long, value_enum, default_value_t = OutputFormat::Plain)]
+    pub output: OutputFormat,
+    #[command(flatten)]
+    pub policy: PolicyArg,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Workflow file [default: ./workflow.yml, then ./workflow.wf]
+    pub file: Option<PathBuf>,
+    #[command(flatten)]
+    pub policy: PolicyArg,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub target: Target,
+    #[arg(long, value_enum, default_value_t = OutputFormat::Plain)]
+    pub output: OutputFormat,
+    #[command(flatten)]
+    pub policy: PolicyArg,
+}
+
+#[derive(Debug, Args)]
+pub struct GraphArgs {
+    /// Workflow file [default: ./workflow.yml, then ./workflow.wf]
+    pub file: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = GraphFormat::Dot)]
+    pub format: GraphFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Plain,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GraphFormat {
+    Dot,
+    Mermaid,
+}
+
+impl Target {
+    /// Split the words into the workflow file and the target steps.
+    pub fn split(&self) -> (Option<PathBuf>, Vec<String>) {
+        match self.words.split_first() {
+            Some((first, rest)) if looks_like_file(first) => (Some(PathBuf::from(first)), rest.to_vec()),
+            _ => (None, self.words.clone()),
+        }
+    }
+}
+
+fn looks_like_file(word: &str) -> bool {
+    let p = std::path::Path::new(word);
+    p.is_file() || [".yml", ".yaml", ".wf"].iter().any(|ext| word.ends_with(ext)) || word.contains('/')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn first_word_is_a_file_only_when_it_looks_like_one() {
+        let t = |w: &[&str]| Target { words: w.iter().map(|s| s.to_string()).collect() }.split();
+        assert_eq!(t(&["ci.yml", "join"]), (Some("ci.yml".into()), vec!["join".to_string()]));
+        assert_eq!(t(&["join", "test"]), (None, vec!["join".to_string(), "test".to_string()]));
+        assert_eq!(t(&["dir/flow.wf"]), (Some("dir/flow.wf".into()), vec![]));
+        assert_eq!(t(&[]), (None, vec![]));
+    }
+}
