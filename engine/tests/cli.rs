@@ -1,0 +1,289 @@
+//! End-to-end tests of the `engine` binary against the real Docker daemon: exit codes, outputs,
+//! JSON events, interrupts and recovery after SIGKILL. A missing daemon fails these tests loudly.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+const IMAGE: &str = "local/busybox:1";
+
+fn ensure_docker() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let ok = Command::new("docker").arg("info").stdout(Stdio::null()).stderr(Stdio::null()).status();
+        assert!(
+            matches!(ok, Ok(s) if s.success()),
+            "these tests need a running Docker daemon (`docker info` failed); start one, e.g. `dockerd &`"
+        );
+        let have = Command::new("docker").args(["image", "inspect", IMAGE]).output().unwrap();
+        if !have.status.success() {
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/import-busybox.sh");
+            let st = Command::new("bash").arg(script).arg(IMAGE).status().unwrap();
+            assert!(st.success(), "could not import {IMAGE}");
+        }
+    });
+}
+
+struct Project {
+    dir: tempfile::TempDir,
+}
+
+impl Project {
+    fn new(workflow: &str) -> Project {
+        ensure_docker();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("workflow.yml"), workflow).unwrap();
+        Project { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn write(&self, rel: &str, content: &str) {
+        let p = self.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_engine"));
+        c.args(args).current_dir(self.path()).env_remove("ENGINE_POLICY").env("NO_COLOR", "1");
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    fn spawn(&self, args: &[&str]) -> Child {
+        self.cmd(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn code(o: &Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}
+
+/// Container ids carrying `label` (e.g. `engine.step=slow-abc`), stopped ones included.
+fn containers(label: &str) -> Vec<String> {
+    let o = Command::new("docker").args(["ps", "-aq", "--filter", &format!("label={label}")]).output().unwrap();
+    text(&o.stdout).lines().map(str::to_string).collect()
+}
+
+/// Poll until `f` holds; panics with `what` after the deadline. No fixed sleeps: state, not time.
+fn wait_for(what: &str, deadline: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn unique(prefix: &str) -> String {
+    let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    format!("{prefix}-{}-{n:x}", std::process::id())
+}
+
+fn signal(child: &Child, sig: i32) {
+    let rc = unsafe { libc::kill(child.id() as i32, sig) };
+    assert_eq!(rc, 0, "kill failed");
+}
+
+#[test]
+fn quick_start_runs_and_passes_outputs_downstream() {
+    let p = Project::new(&format!(
+        r#"version: 1
+defaults: {{ image: {IMAGE} }}
+steps:
+  greet:
+    inputs: ["name.txt"]
+    run: mkdir -p out && echo "hello, $(cat name.txt)" > out/greeting.txt
+    outputs: ["out/greeting.txt"]
+  shout:
+    needs: [greet]
+    run: tr a-z A-Z < out/greeting.txt > loud.txt && cat loud.txt
+    outputs: ["loud.txt"]
+"#
+    ));
+    p.write("name.txt", "world\n");
+    let o = p.run(&["run"]);
+    assert_eq!(code(&o), 0, "stdout:\n{}\nstderr:\n{}", text(&o.stdout), text(&o.stderr));
+    assert_eq!(std::fs::read_to_string(p.path().join(".engine/out/shout/loud.txt")).unwrap(), "HELLO, WORLD\n");
+    assert_eq!(std::fs::read_to_string(p.path().join(".engine/out/greet/out/greeting.txt")).unwrap(), "hello, world\n");
+    // Log lines are prefixed with their step; the summary names every step.
+    let stdout = text(&o.stdout);
+    assert!(stdout.lines().any(|l| l.starts_with("shout") && l.ends_with("HELLO, WORLD")), "{stdout}");
+    let stderr = text(&o.stderr);
+    assert!(stderr.contains("greet") && stderr.contains("succeeded"), "{stderr}");
+}
+
+#[test]
+fn failing_step_exits_1_and_fail_fast_skips_dependents() {
+    let p = Project::new(&format!(
+        "version: 1\ndefaults: {{ image: {IMAGE} }}\nsteps:\n  bad: {{ run: exit 7 }}\n  after: {{ needs: [bad], run: echo never }}\n"
+    ));
+    let o = p.run(&["run"]);
+    assert_eq!(code(&o), 1);
+    let stderr = text(&o.stderr);
+    assert!(stderr.contains("exited with code 7"), "{stderr}");
+    assert!(stderr.contains("skipped"), "{stderr}");
+    assert!(!text(&o.stdout).contains("never"));
+}
+
+#[test]
+fn naming_a_step_runs_it_and_what_it_needs_only() {
+    let p = Project::new(&format!(
+        "version: 1\ndefaults: {{ image: {IMAGE} }}\nsteps:\n  a: {{ run: echo ran-a }}\n  b: {{ needs: [a], run: echo ran-b }}\n  c: {{ run: echo ran-c }}\n"
+    ));
+    let o = p.run(&["run", "workflow.yml", "b"]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    assert!(out.contains("ran-a") && out.contains("ran-b") && !out.contains("ran-c"), "{out}");
+    // Without the file name too: the first word is a step when no such file exists.
+    let o = p.run(&["run", "c"]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("ran-c") && !text(&o.stdout).contains("ran-a"));
+    let o = p.run(&["run", "nope"]);
+    assert_eq!(code(&o), 2);
+    assert!(text(&o.stderr).contains("no step named `nope`"), "{}", text(&o.stderr));
+}
+
+#[test]
+fn json_output_is_one_event_per_line() {
+    let p = Project::new(&format!(
+        "version: 1\ndefaults: {{ image: {IMAGE} }}\nsteps:\n  a: {{ run: echo hi }}\n  b: {{ needs: [a], run: exit 3 }}\n"
+    ));
+    let o = p.run(&["run", "--output", "json"]);
+    assert_eq!(code(&o), 1);
+    let events: Vec<serde_json::Value> =
+        text(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert_eq!(kinds.first(), Some(&"run_started"));
+    assert_eq!(kinds.last(), Some(&"run_finished"));
+    assert!(events.iter().any(|e| e["event"] == "log" && e["step"] == "a" && e["line"] == "hi"));
+    assert!(events.iter().any(|e| e["event"] == "step_finished" && e["step"] == "a"));
+    assert!(events.iter().any(|e| e["event"] == "step_failed" && e["step"] == "b" && e["exit_code"] == 3));
+    assert_eq!(events.last().unwrap()["status"], "failed");
+}
+
+#[test]
+fn invalid_workflow_exits_2_with_file_line_col_and_caret() {
+    let p = Project::new(&format!("version: 1\nsteps:\n  a:\n    image: {IMAGE}\n    run: echo\n    limits: {{ memory: 12q }}\n"));
+    for cmd in [&["check"][..], &["run"][..]] {
+        let o = p.run(cmd);
+        assert_eq!(code(&o), 2, "{cmd:?}");
+        let err = text(&o.stderr);
+        assert!(err.contains("workflow.yml:6:"), "{err}");
+        assert!(err.contains("12q") && err.contains('^'), "{err}");
+        assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "{err}");
+    }
+}
+
+#[test]
+fn environment_failures_exit_3_with_a_sentence() {
+    let p = Project::new("version: 1\nsteps:\n  a: { image: local/does-not-exist:1, run: echo }\n");
+    let o = p.run(&["run"]);
+    assert_eq!(code(&o), 3, "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("local/does-not-exist:1"), "{}", text(&o.stderr));
+
+    let p = Project::new(&format!("version: 1\nsteps:\n  a: {{ image: {IMAGE}, run: echo }}\n"));
+    let o = p.cmd(&["run"]).env("DOCKER_HOST", "unix:///nonexistent/docker.sock").output().unwrap();
+    assert_eq!(code(&o), 3, "{}", text(&o.stderr));
+    let err = text(&o.stderr);
+    assert!(err.contains("Docker daemon") && !err.contains("Error {"), "{err}");
+}
+
+#[test]
+fn no_workflow_file_is_a_usage_error() {
+    ensure_docker();
+    let dir = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_engine")).arg("run").current_dir(dir.path()).output().unwrap();
+    assert_eq!(code(&o), 2);
+    assert!(text(&o.stderr).contains("workflow.yml"));
+    let o = Command::new(env!("CARGO_BIN_EXE_engine")).args(["run", "--jobs", "0"]).output().unwrap();
+    assert_eq!(code(&o), 2);
+}
+
+#[test]
+fn sigint_kills_and_removes_every_container_and_exits_130() {
+    let step = unique("slow");
+    let p = Project::new(&format!(
+        "version: 1\ndefaults: {{ image: {IMAGE} }}\nsteps:\n  {step}: {{ run: sleep 300 }}\n  other-{step}: {{ run: sleep 300 }}\n"
+    ));
+    let child = p.spawn(&["run", "--jobs", "2"]);
+    let label = format!("engine.step={step}");
+    wait_for("the step's container", Duration::from_secs(30), || !containers(&label).is_empty());
+    let started = Instant::now();
+    signal(&child, libc::SIGINT);
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(code(&o), 130, "{}", text(&o.stderr));
+    assert!(started.elapsed() < Duration::from_secs(15), "took {:?}", started.elapsed());
+    assert!(text(&o.stderr).contains("cancelled"), "{}", text(&o.stderr));
+    assert!(containers(&label).is_empty());
+    assert!(containers(&format!("engine.step=other-{step}")).is_empty());
+}
+
+#[test]
+fn leftovers_of_a_sigkilled_engine_are_removed_by_clean_but_a_live_run_is_untouched() {
+    let dead_step = unique("dead");
+    let live_step = unique("live");
+    let dead = Project::new(&format!("version: 1\nsteps:\n  {dead_step}: {{ image: {IMAGE}, run: sleep 300 }}\n"));
+    let live = Project::new(&format!("version: 1\nsteps:\n  {live_step}: {{ image: {IMAGE}, run: sleep 300 }}\n"));
+    let dead_label = format!("engine.step={dead_step}");
+    let live_label = format!("engine.step={live_step}");
+
+    let mut victim = dead.spawn(&["run"]);
+    wait_for("the victim's container", Duration::from_secs(30), || !containers(&dead_label).is_empty());
+    signal(&victim, libc::SIGKILL);
+    victim.wait().unwrap();
+    assert_eq!(containers(&dead_label).len(), 1, "SIGKILL leaves the container behind");
+
+    let survivor = live.spawn(&["run"]);
+    wait_for("the live run's container", Duration::from_secs(30), || !containers(&live_label).is_empty());
+
+    let o = dead.run(&["clean"]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    assert!(containers(&dead_label).is_empty(), "clean removes the dead run's container");
+    assert_eq!(containers(&live_label).len(), 1, "clean leaves a live run alone");
+
+    signal(&survivor, libc::SIGTERM);
+    let o = survivor.wait_with_output().unwrap();
+    assert_eq!(code(&o), 130);
+    assert!(containers(&live_label).is_empty());
+}
+
+#[test]
+fn the_next_run_removes_leftovers_of_a_sigkilled_engine() {
+    let step = unique("orphan");
+    let p = Project::new(&format!("version: 1\nsteps:\n  {step}: {{ image: {IMAGE}, run: sleep 300 }}\n  quick: {{ image: {IMAGE}, run: 'true' }}\n"));
+    let label = format!("engine.step={step}");
+    let mut victim = p.spawn(&["run", step.as_str()]);
+    wait_for("the container", Duration::from_secs(30), || !containers(&label).is_empty());
+    signal(&victim, libc::SIGKILL);
+    victim.wait().unwrap();
+    let o = p.run(&["run", "quick"]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    assert!(containers(&label).is_empty());
+}
+
+#[test]
+fn timeout_and_symlink_escape_fail_the_step_with_a_sentence_and_write_nothing_outside_out() {
+    let p = Project::new(&format!(
+        "version: 1\ndefaults: {{ image: {IMAGE} }}\nsteps:\n  slow: {{ run: sleep 60, limits: {{ timeout: 1s }} }}\n  sneaky: {{ run: ln -s /etc/passwd leak, outputs: [leak] }}\n"
+    ));
+    let out: PathBuf = p.path().join("custom-out");
+    let started = Instant::now();
+    let o = p.run(&["run", "--keep-going", "--out", out.to_str().unwrap()]);
+    assert_eq!(code(&o), 1);
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let err = text(&o.stderr);
+    assert!(err.contains("timed out after 1s"), "{err}");
+    assert!(err.contains("leak"), "{err}");
+    assert!(!out.join("sneaky/leak").exists() && std::fs::symlink_metadata(out.join("sneaky/leak")).is_err());
+}
