@@ -207,8 +207,9 @@ pub(crate) fn fmt_size(bytes: u64) -> String {
     const UNITS: [(u64, &str); 4] = [(1 << 40, "t"), (1 << 30, "g"), (1 << 20, "m"), (1 << 10, "k")];
     for (size, suffix) in UNITS {
         if bytes >= size {
-            if bytes % size == 0 {
-                return format!("{}{suffix}", bytes / size);
+            let whole = bytes / size;
+            if whole * size == bytes {
+                return format!("{whole}{suffix}");
             }
             let text = format!("{:.1}", bytes as f64 / size as f64);
             return format!("{}{suffix}", text.trim_end_matches(".0"));

@@ -391,43 +391,41 @@ mod tests {
     }
 
     impl Executor for Fake {
-        fn execute(&self, step: Arc<dsl::Step>, ctx: StepContext) -> impl std::future::Future<Output = StepOutcome> + Send {
-            async move {
-                let b = self.behaviours.get(&step.name).cloned().unwrap_or_default();
-                let start = Instant::now();
-                {
-                    let mut r = self.record.lock().unwrap();
-                    r.running += 1;
-                    r.millicpus += step.limits.millicpus;
-                    r.memory += step.limits.memory;
-                    r.max_running = r.max_running.max(r.running);
-                    r.max_millicpus = r.max_millicpus.max(r.millicpus);
-                    r.max_memory = r.max_memory.max(r.memory);
-                }
-                let cancelled = tokio::select! {
-                    _ = tokio::time::sleep(b.duration) => false,
-                    _ = ctx.cancel.cancelled() => true,
-                };
-                {
-                    let mut r = self.record.lock().unwrap();
-                    r.running -= 1;
-                    r.millicpus -= step.limits.millicpus;
-                    r.memory -= step.limits.memory;
-                    let secs = |t: Instant| (t - self.t0).as_secs_f64();
-                    r.spans.insert(step.name.clone(), (secs(start), secs(Instant::now())));
-                    if cancelled {
-                        r.saw_cancel.push(step.name.clone());
-                    }
-                }
-                if b.panic {
-                    panic!("fake executor panics on purpose");
-                }
-                let duration = start.elapsed();
-                if cancelled {
-                    return StepOutcome { result: Err(StepFailure::Cancelled), duration, exit_code: None };
-                }
-                StepOutcome { result: b.result, duration, exit_code: b.exit_code }
+        async fn execute(&self, step: Arc<dsl::Step>, ctx: StepContext) -> StepOutcome {
+            let b = self.behaviours.get(&step.name).cloned().unwrap_or_default();
+            let start = Instant::now();
+            {
+                let mut r = self.record.lock().unwrap();
+                r.running += 1;
+                r.millicpus += step.limits.millicpus;
+                r.memory += step.limits.memory;
+                r.max_running = r.max_running.max(r.running);
+                r.max_millicpus = r.max_millicpus.max(r.millicpus);
+                r.max_memory = r.max_memory.max(r.memory);
             }
+            let cancelled = tokio::select! {
+                _ = tokio::time::sleep(b.duration) => false,
+                _ = ctx.cancel.cancelled() => true,
+            };
+            {
+                let mut r = self.record.lock().unwrap();
+                r.running -= 1;
+                r.millicpus -= step.limits.millicpus;
+                r.memory -= step.limits.memory;
+                let secs = |t: Instant| (t - self.t0).as_secs_f64();
+                r.spans.insert(step.name.clone(), (secs(start), secs(Instant::now())));
+                if cancelled {
+                    r.saw_cancel.push(step.name.clone());
+                }
+            }
+            if b.panic {
+                panic!("fake executor panics on purpose");
+            }
+            let duration = start.elapsed();
+            if cancelled {
+                return StepOutcome { result: Err(StepFailure::Cancelled), duration, exit_code: None };
+            }
+            StepOutcome { result: b.result, duration, exit_code: b.exit_code }
         }
     }
 
