@@ -68,7 +68,11 @@ impl PlainRenderer {
     }
 
     fn paint(&self, code: &str, text: &str) -> String {
-        if self.color { format!("{code}{text}{RESET}") } else { text.to_string() }
+        if self.color {
+            format!("{code}{text}{RESET}")
+        } else {
+            text.to_string()
+        }
     }
 
     /// Status markers: symbols on a colour terminal, plain ASCII otherwise.
@@ -80,7 +84,11 @@ impl PlainRenderer {
             StepStatus::Cancelled => ("✗", "!!", BOLD_RED),
             StepStatus::Skipped => ("-", "--", DIM),
         };
-        if self.color { self.paint(code, symbol) } else { ascii.to_string() }
+        if self.color {
+            self.paint(code, symbol)
+        } else {
+            ascii.to_string()
+        }
     }
 
     /// The lines one event produces (possibly none). `Log` lines belong on stdout, everything
@@ -98,11 +106,21 @@ impl PlainRenderer {
             }
             Event::Log { step, line, .. } => vec![format!("{} {line}", self.prefix(step))],
             Event::StepFinished { step, status, duration_ms, .. } => {
-                let what = if *status == StepStatus::Cached { "restored from cache".to_string() } else { format!("{} in {}", status.as_str(), fmt_secs(*duration_ms)) };
+                let what = if *status == StepStatus::Cached {
+                    "restored from cache".to_string()
+                } else {
+                    format!("{} in {}", status.as_str(), fmt_secs(*duration_ms))
+                };
                 vec![format!("{} {} {what}", self.prefix(step), self.marker(*status))]
             }
             Event::StepFailed { step, status, duration_ms, reason, .. } => {
-                let mut line = format!("{} {} {} after {}", self.prefix(step), self.marker(*status), status.as_str(), fmt_secs(*duration_ms));
+                let mut line = format!(
+                    "{} {} {} after {}",
+                    self.prefix(step),
+                    self.marker(*status),
+                    status.as_str(),
+                    fmt_secs(*duration_ms)
+                );
                 // "cancelled after 2.0s: cancelled" would say it twice.
                 if reason != status.as_str() {
                     let _ = write!(line, ": {reason}");
@@ -169,7 +187,8 @@ pub fn summary_table(steps: &[StepSummary]) -> String {
 
 /// The last line of a run: `3 succeeded, 1 failed, 2 skipped in 4.1s` (zero counts left out).
 pub fn summary_line(steps: &[StepSummary], total: Duration) -> String {
-    let order = [StepStatus::Succeeded, StepStatus::Cached, StepStatus::Failed, StepStatus::Cancelled, StepStatus::Skipped];
+    let order =
+        [StepStatus::Succeeded, StepStatus::Cached, StepStatus::Failed, StepStatus::Cancelled, StepStatus::Skipped];
     let counts: Vec<String> = order
         .iter()
         .filter_map(|status| {
@@ -255,7 +274,12 @@ mod tests {
             Event::StepStarted { step: "compile".into() },
             Event::Log { step: "compile".into(), stream: Stream::Stdout, line: "cc -o build/app main.c".into() },
             Event::Log { step: "compile".into(), stream: Stream::Stderr, line: "warning: unused variable".into() },
-            Event::StepFinished { step: "compile".into(), status: StepStatus::Succeeded, duration_ms: 1234, exit_code: Some(0) },
+            Event::StepFinished {
+                step: "compile".into(),
+                status: StepStatus::Succeeded,
+                duration_ms: 1234,
+                exit_code: Some(0),
+            },
             Event::StepFinished { step: "lint".into(), status: StepStatus::Cached, duration_ms: 0, exit_code: None },
             Event::StepStarted { step: "unit-test".into() },
             Event::StepFailed {
@@ -303,7 +327,11 @@ mod tests {
     #[test]
     fn names_are_padded_to_the_longest_step() {
         let mut r = PlainRenderer::new(false);
-        r.render(&Event::RunStarted { run_id: "r".into(), workflow: "w".into(), steps: vec!["a".into(), "long-name".into()] });
+        r.render(&Event::RunStarted {
+            run_id: "r".into(),
+            workflow: "w".into(),
+            steps: vec!["a".into(), "long-name".into()],
+        });
         let lines = r.render(&Event::Log { step: "a".into(), stream: Stream::Stdout, line: "x".into() });
         assert_eq!(lines, ["a         | x"]);
     }

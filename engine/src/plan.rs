@@ -58,8 +58,7 @@ pub enum PlanError {
 
 /// Plan `targets` (all steps if empty) and everything they need.
 pub fn plan(workflow: Arc<dsl::Workflow>, targets: &[String], budget: HostBudget) -> Result<Plan, PlanError> {
-    let index: HashMap<&str, usize> =
-        workflow.steps.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
+    let index: HashMap<&str, usize> = workflow.steps.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
 
     // Which steps (by file index) take part: the targets and everything they transitively need.
     let mut selected = vec![targets.is_empty(); workflow.steps.len()];
@@ -116,10 +115,7 @@ pub fn plan(workflow: Arc<dsl::Workflow>, targets: &[String], budget: HostBudget
 }
 
 fn need_index(index: &HashMap<&str, usize>, step: &dsl::Step, need: &str) -> Result<usize, PlanError> {
-    index
-        .get(need)
-        .copied()
-        .ok_or_else(|| PlanError::UnknownNeed { step: step.name.clone(), need: need.to_string() })
+    index.get(need).copied().ok_or_else(|| PlanError::UnknownNeed { step: step.name.clone(), need: need.to_string() })
 }
 
 /// Kahn's algorithm with a min-heap on file index: among the steps that are ready, the one written
@@ -165,7 +161,8 @@ fn unknown_target(workflow: &dsl::Workflow, name: &str) -> PlanError {
         .filter(|(score, _)| *score >= 0.8)
         .max_by(|a, b| a.0.total_cmp(&b.0));
     let names: Vec<String> = workflow.steps.iter().map(|s| format!("`{}`", s.name)).collect();
-    let list = if names.is_empty() { "the workflow has no steps".to_string() } else { format!("steps: {}", names.join(", ")) };
+    let list =
+        if names.is_empty() { "the workflow has no steps".to_string() } else { format!("steps: {}", names.join(", ")) };
     let help = match best {
         Some((_, suggestion)) => format!("did you mean `{suggestion}`? {list}"),
         None => list,
@@ -226,7 +223,11 @@ fn image_text(image: &dsl::ImageRef) -> String {
 }
 
 fn list_or_dash(items: &[String]) -> String {
-    if items.is_empty() { "-".into() } else { items.join(", ") }
+    if items.is_empty() {
+        "-".into()
+    } else {
+        items.join(", ")
+    }
 }
 
 fn limits_text(l: &dsl::Limits) -> String {
@@ -260,7 +261,8 @@ pub fn render_text(plan: &Plan) -> String {
             // Continuation lines of a multi-line script keep the value column.
             dsl::Command::Shell(script) => field("run", script.trim_end().replace('\n', "\n            ")),
             dsl::Command::Argv(argv) => {
-                let quoted: Vec<String> = argv.iter().map(|a| serde_json::Value::from(a.as_str()).to_string()).collect();
+                let quoted: Vec<String> =
+                    argv.iter().map(|a| serde_json::Value::from(a.as_str()).to_string()).collect();
                 field("command", format!("[{}]", quoted.join(", ")));
             }
         }

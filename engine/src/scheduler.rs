@@ -252,8 +252,8 @@ pub async fn run<E: Executor>(
         if run.stop.is_none() {
             for i in 0..plan.steps.len() {
                 let step = &plan.steps[i].step;
-                let ready = matches!(run.states[i], State::Pending)
-                    && plan.steps[i].needs.iter().all(|&n| run.succeeded(n));
+                let ready =
+                    matches!(run.states[i], State::Pending) && plan.steps[i].needs.iter().all(|&n| run.succeeded(n));
                 if !ready || !run.fits(&step.limits) {
                     continue;
                 }
@@ -433,7 +433,12 @@ mod tests {
         SchedulerConfig { jobs, budget: BIG, keep_going: false }
     }
 
-    async fn go(plan: &Plan, fake: &Arc<Fake>, config: SchedulerConfig, cancel: CancellationToken) -> (RunReport, Vec<Event>) {
+    async fn go(
+        plan: &Plan,
+        fake: &Arc<Fake>,
+        config: SchedulerConfig,
+        cancel: CancellationToken,
+    ) -> (RunReport, Vec<Event>) {
         let (sink, mut rx) = EventSink::channel();
         let report = run(plan, fake.clone(), config, sink, cancel).await;
         let mut events = Vec::new();
@@ -443,8 +448,10 @@ mod tests {
         (report, events)
     }
 
-    fn statuses(report: &RunReport) -> Vec<(&str, StepStatus)> {
-        report.steps.iter().map(|s| (s.step.as_str(), s.status)).collect()
+    /// `a=failed b=succeeded`: every step's status, in plan order.
+    fn statuses(report: &RunReport) -> String {
+        let rows: Vec<String> = report.steps.iter().map(|s| format!("{}={}", s.step, s.status.as_str())).collect();
+        rows.join(" ")
     }
 
     fn reason<'a>(report: &'a RunReport, step: &str) -> &'a str {
@@ -477,7 +484,7 @@ mod tests {
         let fake = Arc::new(Fake::new().with("c", |b| b.duration = Duration::from_secs(2)));
         let (report, events) = go(&p, &fake, config(4), CancellationToken::new()).await;
         assert_eq!(report.status, RunStatus::Succeeded);
-        assert_eq!(statuses(&report), [("a", StepStatus::Succeeded), ("b", StepStatus::Succeeded), ("c", StepStatus::Succeeded), ("d", StepStatus::Succeeded)]);
+        assert_eq!(statuses(&report), "a=succeeded b=succeeded c=succeeded d=succeeded");
         assert_eq!(fake.span("a"), (0.0, 1.0));
         assert_eq!(fake.span("b"), (1.0, 2.0));
         assert_eq!(fake.span("c"), (1.0, 3.0));
@@ -487,7 +494,12 @@ mod tests {
         assert_eq!(events[0], Event::StepStarted { step: "a".into() });
         assert_eq!(
             events[1],
-            Event::StepFinished { step: "a".into(), status: StepStatus::Succeeded, duration_ms: 1000, exit_code: Some(0) }
+            Event::StepFinished {
+                step: "a".into(),
+                status: StepStatus::Succeeded,
+                duration_ms: 1000,
+                exit_code: Some(0)
+            }
         );
     }
 
@@ -544,7 +556,8 @@ mod tests {
         let p = Plan { workflow: wf, steps };
         let fake = Arc::new(Fake::new());
         let budget = HostBudget { millicpus: 64_000, memory: 2 * GIB };
-        let (report, _) = go(&p, &fake, SchedulerConfig { jobs: 4, budget, keep_going: false }, CancellationToken::new()).await;
+        let (report, _) =
+            go(&p, &fake, SchedulerConfig { jobs: 4, budget, keep_going: false }, CancellationToken::new()).await;
         assert_eq!(report.status, RunStatus::Succeeded);
         assert_eq!(fake.span("small"), (0.0, 1.0));
         assert_eq!(fake.span("huge"), (1.0, 2.0));
@@ -569,16 +582,7 @@ mod tests {
         let (p, fake) = failing();
         let (report, events) = go(&p, &fake, config(2), CancellationToken::new()).await;
         assert_eq!(report.status, RunStatus::Failed);
-        assert_eq!(
-            statuses(&report),
-            [
-                ("a", StepStatus::Failed),
-                ("b", StepStatus::Succeeded),
-                ("c", StepStatus::Skipped),
-                ("d", StepStatus::Skipped),
-                ("e", StepStatus::Skipped)
-            ]
-        );
+        assert_eq!(statuses(&report), "a=failed b=succeeded c=skipped d=skipped e=skipped");
         assert_eq!(fake.span("b"), (0.0, 3.0));
         assert!(!fake.started("c"));
         assert_eq!(reason(&report, "a"), "exited with code 2");
@@ -603,18 +607,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn keep_going_runs_everything_whose_needs_succeeded() {
         let (p, fake) = failing();
-        let (report, _) = go(&p, &fake, SchedulerConfig { keep_going: true, ..config(2) }, CancellationToken::new()).await;
+        let (report, _) =
+            go(&p, &fake, SchedulerConfig { keep_going: true, ..config(2) }, CancellationToken::new()).await;
         assert_eq!(report.status, RunStatus::Failed);
-        assert_eq!(
-            statuses(&report),
-            [
-                ("a", StepStatus::Failed),
-                ("b", StepStatus::Succeeded),
-                ("c", StepStatus::Succeeded),
-                ("d", StepStatus::Skipped),
-                ("e", StepStatus::Skipped)
-            ]
-        );
+        assert_eq!(statuses(&report), "a=failed b=succeeded c=succeeded d=skipped e=skipped");
         assert_eq!(fake.span("c"), (1.0, 2.0));
         assert_eq!(reason(&report, "d"), "needs `a`, which failed");
     }
@@ -630,10 +626,11 @@ mod tests {
                 })
                 .with("b", |b| b.duration = Duration::from_secs(3)),
         );
-        let (report, _) = go(&p, &fake, SchedulerConfig { keep_going: true, ..config(2) }, CancellationToken::new()).await;
+        let (report, _) =
+            go(&p, &fake, SchedulerConfig { keep_going: true, ..config(2) }, CancellationToken::new()).await;
         assert_eq!(report.status, RunStatus::EnvironmentFailed);
         assert!(!fake.started("c"));
-        assert_eq!(statuses(&report)[1], ("b", StepStatus::Succeeded));
+        assert_eq!(statuses(&report), "a=failed b=succeeded c=skipped d=skipped e=skipped");
         assert_eq!(reason(&report, "a"), "the Docker daemon is not reachable");
         assert_eq!(reason(&report, "c"), "not started: the run stopped after `a` failed because of the environment");
     }
@@ -652,10 +649,7 @@ mod tests {
         });
         let (report, events) = go(&p, &fake, config(2), cancel).await;
         assert_eq!(report.status, RunStatus::Cancelled);
-        assert_eq!(
-            statuses(&report),
-            [("a", StepStatus::Cancelled), ("b", StepStatus::Cancelled), ("c", StepStatus::Skipped), ("d", StepStatus::Skipped)]
-        );
+        assert_eq!(statuses(&report), "a=cancelled b=cancelled c=skipped d=skipped");
         let mut r = fake.record.lock().unwrap();
         r.saw_cancel.sort();
         assert_eq!(r.saw_cancel, ["a", "b"]);
@@ -680,7 +674,7 @@ mod tests {
         cancel.cancel();
         let (report, _) = go(&p, &fake, config(2), cancel).await;
         assert_eq!(report.status, RunStatus::Cancelled);
-        assert_eq!(statuses(&report), [("s0", StepStatus::Skipped), ("s1", StepStatus::Skipped)]);
+        assert_eq!(statuses(&report), "s0=skipped s1=skipped");
         assert!(fake.record.lock().unwrap().spans.is_empty());
     }
 
@@ -689,9 +683,10 @@ mod tests {
         let wf = workflow("w").step("a", &[]).step("b", &["a"]).step("c", &[]).build();
         let p = plan(wf, &[], BIG).unwrap();
         let fake = Arc::new(Fake::new().with("a", |b| b.panic = true));
-        let (report, _) = go(&p, &fake, SchedulerConfig { keep_going: true, ..config(2) }, CancellationToken::new()).await;
+        let (report, _) =
+            go(&p, &fake, SchedulerConfig { keep_going: true, ..config(2) }, CancellationToken::new()).await;
         assert_eq!(report.status, RunStatus::Failed);
-        assert_eq!(statuses(&report), [("a", StepStatus::Failed), ("b", StepStatus::Skipped), ("c", StepStatus::Succeeded)]);
+        assert_eq!(statuses(&report), "a=failed b=skipped c=succeeded");
         assert_eq!(reason(&report, "a"), "the engine crashed while running this step (a bug; please report it)");
         assert_eq!(reason(&report, "b"), "needs `a`, which failed");
     }
