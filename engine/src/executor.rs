@@ -32,7 +32,8 @@ pub struct StepJob {
 #[derive(Debug, Clone)]
 pub struct StepContext {
     pub events: EventSink,
-    /// Cancelled on SIGINT/SIGTERM, or by fail-fast; the executor kills and removes its container.
+    /// Cancelled on SIGINT/SIGTERM; the executor kills and removes its container. (Fail-fast does
+    /// not cancel: running steps finish, only new starts stop.)
     pub cancel: CancellationToken,
 }
 

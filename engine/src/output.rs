@@ -1,4 +1,369 @@
 //! Renders run events for people and machines: plain mode prefixes each log line with its step
-//! name (coloured on a TTY) and ends with a summary table; JSON mode prints one event per line.
+//! name (coloured on a TTY) and ends with a summary table; JSON mode prints one event per line
+//! (the schema is documented in `engine/EVENTS.md`).
 //!
-//! Renderers only format; they never decide anything about the run.
+//! Renderers only format; they never decide anything about the run. The formatting is done by
+//! pure functions ([`PlainRenderer::render`], [`summary_table`], [`summary_line`]) so that tests
+//! can snapshot it; [`spawn`] only moves their lines to stdout/stderr.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::time::Duration;
+
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use crate::events::{Event, StepStatus, StepSummary};
+
+/// `--output plain|json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputMode {
+    Plain,
+    Json,
+}
+
+/// Foreground colours given to step names; bright and distinguishable on dark and light terminals.
+/// Red and green are left out: they mean failure and success here.
+const PALETTE: [&str; 6] = ["36", "35", "33", "34", "96", "95"];
+const RESET: &str = "\x1b[0m";
+const BOLD_GREEN: &str = "\x1b[1;32m";
+const BOLD_RED: &str = "\x1b[1;31m";
+const DIM: &str = "\x1b[2m";
+
+/// A step's colour depends on its name only (FNV-1a), so it is the same in every run and does not
+/// change when steps are added to the workflow.
+fn colour_of(step: &str) -> &'static str {
+    let hash = step.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    PALETTE[(hash % PALETTE.len() as u64) as usize]
+}
+
+/// `1.2s`, `0.0s`, `75.3s`: one decimal of seconds, easy to compare down a column.
+pub fn fmt_secs(ms: u64) -> String {
+    format!("{}.{}s", ms / 1000, (ms % 1000) / 100)
+}
+
+/// Turns events into lines of text for people. Log lines are `step | line` with step names
+/// padded to the longest name of the run (known from `RunStarted`).
+#[derive(Debug, Clone)]
+pub struct PlainRenderer {
+    color: bool,
+    width: usize,
+}
+
+impl PlainRenderer {
+    pub fn new(color: bool) -> Self {
+        PlainRenderer { color, width: 0 }
+    }
+
+    /// The step name padded to the common width, coloured when enabled (padding stays outside
+    /// the escape codes so that columns line up).
+    fn prefix(&mut self, step: &str) -> String {
+        let len = step.chars().count();
+        self.width = self.width.max(len);
+        let pad = " ".repeat(self.width - len);
+        if self.color {
+            format!("\x1b[{}m{step}{RESET}{pad} |", colour_of(step))
+        } else {
+            format!("{step}{pad} |")
+        }
+    }
+
+    fn paint(&self, code: &str, text: &str) -> String {
+        if self.color {
+            format!("{code}{text}{RESET}")
+        } else {
+            text.to_string()
+        }
+    }
+
+    /// Status markers: symbols on a colour terminal, plain ASCII otherwise.
+    fn marker(&self, status: StepStatus) -> String {
+        let (symbol, ascii, code) = match status {
+            StepStatus::Succeeded => ("✓", "ok", BOLD_GREEN),
+            StepStatus::Cached => ("✓", "ok", BOLD_GREEN),
+            StepStatus::Failed => ("✗", "!!", BOLD_RED),
+            StepStatus::Cancelled => ("✗", "!!", BOLD_RED),
+            StepStatus::Skipped => ("-", "--", DIM),
+        };
+        if self.color {
+            self.paint(code, symbol)
+        } else {
+            ascii.to_string()
+        }
+    }
+
+    /// The lines one event produces (possibly none). `Log` lines belong on stdout, everything
+    /// else on stderr (see [`spawn`]).
+    pub fn render(&mut self, event: &Event) -> Vec<String> {
+        match event {
+            Event::RunStarted { run_id, workflow, steps } => {
+                self.width = steps.iter().map(|s| s.chars().count()).max().unwrap_or(0).max(self.width);
+                let n = steps.len();
+                vec![format!("run {run_id}: workflow `{workflow}`, {n} step{}", if n == 1 { "" } else { "s" })]
+            }
+            Event::StepStarted { step } => {
+                let arrow = if self.color { self.paint(DIM, "▶") } else { ">>".into() };
+                vec![format!("{} {arrow} started", self.prefix(step))]
+            }
+            Event::Log { step, line, .. } => vec![format!("{} {line}", self.prefix(step))],
+            Event::StepFinished { step, status, duration_ms, .. } => {
+                let what = if *status == StepStatus::Cached {
+                    "restored from cache".to_string()
+                } else {
+                    format!("{} in {}", status.as_str(), fmt_secs(*duration_ms))
+                };
+                vec![format!("{} {} {what}", self.prefix(step), self.marker(*status))]
+            }
+            Event::StepFailed { step, status, duration_ms, reason, .. } => {
+                let mut line = format!(
+                    "{} {} {} after {}",
+                    self.prefix(step),
+                    self.marker(*status),
+                    status.as_str(),
+                    fmt_secs(*duration_ms)
+                );
+                // "cancelled after 2.0s: cancelled" would say it twice.
+                if reason != status.as_str() {
+                    let _ = write!(line, ": {reason}");
+                }
+                vec![line]
+            }
+            Event::StepSkipped { step, reason } => {
+                vec![format!("{} {} skipped: {reason}", self.prefix(step), self.marker(StepStatus::Skipped))]
+            }
+            Event::RunFinished { steps, duration_ms, .. } => {
+                let mut lines: Vec<String> = vec![String::new()];
+                lines.extend(summary_table(steps).lines().map(str::to_string));
+                lines.push(summary_line(steps, Duration::from_millis(*duration_ms)));
+                lines
+            }
+        }
+    }
+}
+
+/// The end-of-run table: step, status, duration, exit code, and why (for failures and skips).
+pub fn summary_table(steps: &[StepSummary]) -> String {
+    let header = ["step", "status", "duration", "exit", "reason"];
+    let rows: Vec<[String; 5]> = steps
+        .iter()
+        .map(|s| {
+            let ran = !matches!(s.status, StepStatus::Skipped | StepStatus::Cached);
+            [
+                s.step.clone(),
+                s.status.as_str().to_string(),
+                if ran { fmt_secs(s.duration_ms) } else { "-".into() },
+                s.exit_code.map_or_else(|| "-".into(), |c| c.to_string()),
+                s.reason.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: [&str; 5]| {
+        let mut text = String::new();
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            if i > 0 {
+                text.push_str("  ");
+            }
+            // Durations and exit codes read best right-aligned.
+            if i == 2 || i == 3 {
+                let _ = write!(text, "{cell:>w$}");
+            } else {
+                let _ = write!(text, "{cell:<w$}");
+            }
+        }
+        let _ = writeln!(out, "{}", text.trim_end());
+    };
+    line(header);
+    for row in &rows {
+        line([&row[0], &row[1], &row[2], &row[3], &row[4]]);
+    }
+    out
+}
+
+/// The last line of a run: `3 succeeded, 1 failed, 2 skipped in 4.1s` (zero counts left out).
+pub fn summary_line(steps: &[StepSummary], total: Duration) -> String {
+    let order =
+        [StepStatus::Succeeded, StepStatus::Cached, StepStatus::Failed, StepStatus::Cancelled, StepStatus::Skipped];
+    let counts: Vec<String> = order
+        .iter()
+        .filter_map(|status| {
+            let n = steps.iter().filter(|s| s.status == *status).count();
+            (n > 0).then(|| format!("{n} {}", status.as_str()))
+        })
+        .collect();
+    let what = if counts.is_empty() { "no steps".to_string() } else { counts.join(", ") };
+    format!("{what} in {}", fmt_secs(u64::try_from(total.as_millis()).unwrap_or(u64::MAX)))
+}
+
+/// One event as one line of JSON (the shape is `Event`'s serde form, see `engine/EVENTS.md`).
+pub fn json_line(event: &Event) -> String {
+    // Serialising plain data with string keys cannot fail; an empty object keeps the stream valid.
+    serde_json::to_string(event).unwrap_or_else(|_| "{}".into())
+}
+
+/// Drains `rx` until every sender is gone. Plain: log lines to stdout, status and summary lines
+/// to stderr (so `engine run > log` keeps only the steps' output). JSON: everything to stdout.
+/// Write errors (a closed pipe) are ignored: output must never abort the run.
+pub fn spawn(mode: OutputMode, color: bool, mut rx: UnboundedReceiver<Event>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut plain = PlainRenderer::new(color);
+        while let Some(event) = rx.recv().await {
+            match mode {
+                OutputMode::Json => {
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(out, "{}", json_line(&event));
+                    let _ = out.flush();
+                }
+                OutputMode::Plain => {
+                    let lines = plain.render(&event);
+                    let to_stdout = matches!(event, Event::Log { .. });
+                    if to_stdout {
+                        let mut out = std::io::stdout().lock();
+                        for line in lines {
+                            let _ = writeln!(out, "{line}");
+                        }
+                        let _ = out.flush();
+                    } else {
+                        let mut err = std::io::stderr().lock();
+                        for line in lines {
+                            let _ = writeln!(err, "{line}");
+                        }
+                    }
+                }
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{RunStatus, Stream};
+
+    fn summaries() -> Vec<StepSummary> {
+        let row = |step: &str, status, duration_ms, exit_code, reason: Option<&str>| StepSummary {
+            step: step.into(),
+            status,
+            duration_ms,
+            exit_code,
+            reason: reason.map(str::to_string),
+        };
+        vec![
+            row("compile", StepStatus::Succeeded, 1234, Some(0), None),
+            row("unit-test", StepStatus::Failed, 30_000, None, Some("timed out after 30s")),
+            row("lint", StepStatus::Cached, 0, None, None),
+            row("scan", StepStatus::Cancelled, 2_050, None, Some("cancelled")),
+            row("package", StepStatus::Skipped, 0, None, Some("needs `unit-test`, which failed")),
+            row("docs", StepStatus::Failed, 150, Some(2), Some("exited with code 2")),
+        ]
+    }
+
+    fn events() -> Vec<Event> {
+        let steps = summaries();
+        vec![
+            Event::RunStarted {
+                run_id: "r-1".into(),
+                workflow: "demo".into(),
+                steps: steps.iter().map(|s| s.step.clone()).collect(),
+            },
+            Event::StepStarted { step: "compile".into() },
+            Event::Log { step: "compile".into(), stream: Stream::Stdout, line: "cc -o build/app main.c".into() },
+            Event::Log { step: "compile".into(), stream: Stream::Stderr, line: "warning: unused variable".into() },
+            Event::StepFinished {
+                step: "compile".into(),
+                status: StepStatus::Succeeded,
+                duration_ms: 1234,
+                exit_code: Some(0),
+            },
+            Event::StepFinished { step: "lint".into(), status: StepStatus::Cached, duration_ms: 0, exit_code: None },
+            Event::StepStarted { step: "unit-test".into() },
+            Event::StepFailed {
+                step: "unit-test".into(),
+                status: StepStatus::Failed,
+                duration_ms: 30_000,
+                exit_code: None,
+                reason: "timed out after 30s".into(),
+            },
+            Event::StepFailed {
+                step: "scan".into(),
+                status: StepStatus::Cancelled,
+                duration_ms: 2050,
+                exit_code: None,
+                reason: "cancelled".into(),
+            },
+            Event::StepSkipped { step: "package".into(), reason: "needs `unit-test`, which failed".into() },
+            Event::RunFinished { run_id: "r-1".into(), status: RunStatus::Failed, duration_ms: 33_400, steps },
+        ]
+    }
+
+    fn render_all(color: bool) -> String {
+        let mut r = PlainRenderer::new(color);
+        events().iter().flat_map(|e| r.render(e)).map(|l| l + "\n").collect()
+    }
+
+    #[test]
+    fn plain_rendering_without_colour() {
+        let text = render_all(false);
+        assert!(text.is_ascii(), "no-colour output must be ASCII");
+        insta::assert_snapshot!(text);
+    }
+
+    #[test]
+    fn colour_is_stable_per_step_and_only_when_asked() {
+        let text = render_all(true);
+        assert!(text.contains("\x1b["));
+        let mut a = PlainRenderer::new(true);
+        let mut b = PlainRenderer::new(true);
+        let log = Event::Log { step: "x".into(), stream: Stream::Stdout, line: "hi".into() };
+        assert_eq!(a.render(&log), b.render(&log));
+        assert_eq!(a.render(&log), [format!("\x1b[{}mx{RESET} | hi", colour_of("x"))]);
+    }
+
+    #[test]
+    fn names_are_padded_to_the_longest_step() {
+        let mut r = PlainRenderer::new(false);
+        r.render(&Event::RunStarted {
+            run_id: "r".into(),
+            workflow: "w".into(),
+            steps: vec!["a".into(), "long-name".into()],
+        });
+        let lines = r.render(&Event::Log { step: "a".into(), stream: Stream::Stdout, line: "x".into() });
+        assert_eq!(lines, ["a         | x"]);
+    }
+
+    #[test]
+    fn table() {
+        insta::assert_snapshot!(summary_table(&summaries()));
+    }
+
+    #[test]
+    fn last_line() {
+        assert_eq!(
+            summary_line(&summaries(), Duration::from_millis(4100)),
+            "1 succeeded, 1 cached, 2 failed, 1 cancelled, 1 skipped in 4.1s"
+        );
+        assert_eq!(summary_line(&[], Duration::ZERO), "no steps in 0.0s");
+    }
+
+    #[test]
+    fn json_lines() {
+        let lines: Vec<String> = events().iter().map(json_line).collect();
+        assert_eq!(lines[1], r#"{"event":"step_started","step":"compile"}"#);
+        assert!(lines.iter().all(|l| !l.contains('\n')));
+        insta::assert_snapshot!(lines.join("\n"));
+    }
+
+    #[tokio::test]
+    async fn spawned_renderer_ends_when_the_senders_are_gone() {
+        let (sink, rx) = crate::events::EventSink::channel();
+        let handle = spawn(OutputMode::Json, false, rx);
+        sink.emit(Event::StepStarted { step: "x".into() });
+        drop(sink);
+        handle.await.unwrap();
+    }
+}
