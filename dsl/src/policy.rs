@@ -104,8 +104,9 @@ impl Policy {
     fn over<T: PartialOrd>(&self, src: &SourceFile, ask: &Ask, name: &str, asked: &T, cap: &Option<Capped<T>>, show: fn(&T) -> String) -> Option<Diagnostic> {
         let cap = cap.as_ref().filter(|c| *asked > c.value)?;
         let (asked, max) = (show(asked), show(&cap.value));
-        let d = Diagnostic::new(src, ask.span, format!("{} asks for {name} {asked}, above the policy's maximum {max}", ask.who), "above the policy's maximum")
-            .with_help(format!("ask for at most {max}, or have the operator raise `max_limits.{name}` in the policy"));
+        let note = if ask.builtin { " (the built-in default)" } else { "" };
+        let d = Diagnostic::new(src, ask.span, format!("{} asks for {name} {asked}{note}, above the policy's maximum {max}", ask.who), "above the policy's maximum")
+            .with_help(format!("set `limits.{name}` to at most {max} (on the step or in `defaults`), or have the operator raise `max_limits.{name}` in the policy"));
         Some(self.with_related(d, cap.span, &format!("the policy caps {name} at {max}")))
     }
 
@@ -124,6 +125,8 @@ pub(crate) struct Ask {
     pub who: String,
     pub asked: Asked,
     pub span: Span,
+    /// The value is a built-in default nobody wrote (the span is then the step's key).
+    pub builtin: bool,
 }
 
 #[derive(Debug, Clone)]

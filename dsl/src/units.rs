@@ -59,7 +59,7 @@ pub fn parse_size(text: &str) -> Option<u64> {
 /// Formats bytes with the largest unit that divides them exactly (`2g`, `512m`, `1000b`).
 pub fn format_size(bytes: u64) -> String {
     for (shift, unit) in [(40, "t"), (30, "g"), (20, "m"), (10, "k")] {
-        if bytes != 0 && bytes % (1u64 << shift) == 0 {
+        if bytes != 0 && bytes.trailing_zeros() >= shift {
             return format!("{}{unit}", bytes >> shift);
         }
     }
@@ -119,7 +119,8 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
 /// Formats a duration compactly (`1m30s`, `500ms`, `10m`).
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 != 0 && ms < 60_000 {
+    // Sub-second precision only matters for short limits.
+    if (ms / 1000) * 1000 != ms && ms < 60_000 {
         return format!("{ms}ms");
     }
     let mut secs = d.as_secs();

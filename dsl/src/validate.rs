@@ -119,7 +119,8 @@ fn cycles(src: &SourceFile, steps: &[Step], edges: &[Vec<(usize, Span)>], diags:
 fn output_collisions(src: &SourceFile, steps: &[Step], spans: &[StepSpans], edges: &[Vec<(usize, Span)>], diags: &mut Vec<Diagnostic>) {
     // (step, output index) pairs already reported, so a pair met by several consumers is reported once.
     let mut seen = BTreeSet::new();
-    let mut report = |first: (usize, usize), second: (usize, usize), consumer: &str, diags: &mut Vec<Diagnostic>| {
+    // `meet` says where the two outputs end up together.
+    let mut report = |first: (usize, usize), second: (usize, usize), meet: String, diags: &mut Vec<Diagnostic>| {
         if !seen.insert((first, second)) {
             return;
         }
@@ -129,7 +130,7 @@ fn output_collisions(src: &SourceFile, steps: &[Step], spans: &[StepSpans], edge
             Diagnostic::new(
                 src,
                 spans[second.0].outputs[second.1],
-                format!("an output path claimed by two steps that meet in one /workspace: `{pb}` of step `{}` overlaps `{pa}` of step `{}` (both in the /workspace of `{consumer}`)", b.name, a.name),
+                format!("an output path claimed by two steps that meet in one /workspace: `{pb}` of step `{}` overlaps `{pa}` of step `{}` ({meet})", b.name, a.name),
                 "second claim",
             )
             .with_help("give each step its own output directory, e.g. `build/<step>/`")
@@ -144,7 +145,7 @@ fn output_collisions(src: &SourceFile, steps: &[Step], spans: &[StepSpans], edge
             for (i, out) in step.outputs.iter().enumerate() {
                 for (k, other) in steps[n].outputs.iter().enumerate() {
                     if overlap(out, other) {
-                        report((n, k), (s, i), &step.name, diags);
+                        report((n, k), (s, i), format!("which `{}` needs", step.name), diags);
                     }
                 }
             }
@@ -159,7 +160,7 @@ fn output_collisions(src: &SourceFile, steps: &[Step], spans: &[StepSpans], edge
                 for (i, pa) in steps[first].outputs.iter().enumerate() {
                     for (k, pb) in steps[second].outputs.iter().enumerate() {
                         if overlap(pa, pb) {
-                            report((first, i), (second, k), &step.name, diags);
+                            report((first, i), (second, k), format!("both needed by `{}`", step.name), diags);
                         }
                     }
                 }

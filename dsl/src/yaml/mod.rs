@@ -242,7 +242,7 @@ fn step(r: &mut Reader, ctx: &StepCtx, name: String, key_span: Span, node: &Node
     let image = match &resolved.image {
         Some(Val { value, .. }) if ctx.images.contains_key(value) => ImageRef::Built(value.clone()),
         Some(Val { value, span }) => {
-            asks.push(Ask { who: format!("step `{name}`"), asked: Asked::Image(value.clone()), span: span.unwrap_or(key_span) });
+            asks.push(Ask { who: format!("step `{name}`"), asked: Asked::Image(value.clone()), span: span.unwrap_or(key_span), builtin: false });
             ImageRef::Reference(value.clone())
         }
         None => {
@@ -329,7 +329,7 @@ fn image_stages(r: &mut Reader, image: &str, node: &Node, asks: &mut Vec<Ask>) -
                     if seq.iter().skip(i + 1).any(|n| n.as_mapping().and_then(|m| m.get_scalar("name")).is_some_and(|s| s.as_str() == from)) {
                         r.error(fspan, format!("stage `{name}` starts from `{from}`, which comes later"), "later stage", "`from` may only name an earlier stage of the same image");
                     } else {
-                        asks.push(Ask { who: format!("image `{image}`"), asked: Asked::Image(from.clone()), span: fspan });
+                        asks.push(Ask { who: format!("image `{image}`"), asked: Asked::Image(from.clone()), span: fspan, builtin: false });
                     }
                 }
                 from

@@ -59,8 +59,27 @@ impl<'a> Reader<'a> {
                 return;
             }
         };
-        let span = self.marker_span(&marker, 1);
+        // The scanner often reports the end of the file or an empty line; point at the last
+        // real character before it instead, so the user sees a line and a caret.
+        let start = marker.character().min(self.char_bytes.len() - 1);
+        let before = &self.src.text[..self.char_bytes[start]];
+        let span = if self.src.text[self.char_bytes[start]..].lines().next().unwrap_or("").trim().is_empty() {
+            match before.trim_end().char_indices().last() {
+                Some((b, c)) => self.byte_span(b, c.len_utf8()),
+                None => self.marker_span(&marker, 1),
+            }
+        } else {
+            self.marker_span(&marker, 1)
+        };
         self.diags.push(Diagnostic::new(self.src, span, msg, "here").with_help(help));
+    }
+
+    /// A span from a byte offset, computing line and column (in characters).
+    fn byte_span(&self, offset: usize, len: usize) -> Span {
+        let before = &self.src.text[..offset];
+        let line = before.matches('\n').count() + 1;
+        let col = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+        Span { offset, len, line, col }
     }
 
     fn marker_span(&self, m: &Marker, chars: usize) -> Span {
@@ -103,7 +122,8 @@ impl<'a> Reader<'a> {
             _ => match node.span().start() {
                 Some(m) => {
                     let start = m.character().min(self.char_bytes.len() - 1);
-                    self.marker_span(m, line_chars(&self.src.text[self.char_bytes[start]..]).max(1))
+                    let rest = &self.src.text[self.char_bytes[start]..];
+                    self.marker_span(m, flow_chars(rest).unwrap_or_else(|| line_chars(rest)).max(1))
                 }
                 None => Span::default(),
             },
@@ -214,6 +234,31 @@ impl<'a> Reader<'a> {
             }
         }
     }
+}
+
+/// Characters of a flow collection (`[a, b]`, `{ k: v }`) written on one line, brackets included.
+fn flow_chars(rest: &str) -> Option<usize> {
+    let line = rest.lines().next()?;
+    if !line.starts_with(['[', '{']) {
+        return None;
+    }
+    let (mut depth, mut quote) = (0usize, None);
+    for (i, c) in line.chars().enumerate() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '"' | '\'') => quote = Some(c),
+            (None, '[' | '{') => depth += 1,
+            (None, ']' | '}') => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(i + 1);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 /// Characters up to the end of the line, without trailing blanks.

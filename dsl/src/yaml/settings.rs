@@ -170,7 +170,7 @@ impl Layer {
 
     /// What this (resolved) layer asks of the policy; built-in values point at the step's key.
     pub fn asks(&self, who: &str, fallback: Span, out: &mut Vec<Ask>) {
-        let mut ask = |asked: Asked, span: Option<Span>| out.push(Ask { who: who.to_string(), asked, span: span.unwrap_or(fallback) });
+        let mut ask = |asked: Asked, span: Option<Span>| out.push(Ask { who: who.to_string(), asked, span: span.unwrap_or(fallback), builtin: span.is_none() });
         if let Some(v) = &self.cpus {
             ask(Asked::Cpus(v.value), v.span);
         }
