@@ -141,3 +141,23 @@ fn policy_allows_what_is_within_it() {
     .unwrap_or_else(|e| panic!("{}", common::render(&e)));
     assert_eq!(wf.steps[0].isolation.user, User { uid: 0, gid: 0 });
 }
+
+#[test]
+fn no_panic_on_any_prefix_of_the_spec_example() {
+    // Truncated files hit every parser error path; none may panic.
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/spec.yml")).unwrap();
+    let text = format!("# ✓ non-ASCII\n{text}");
+    for (i, _) in text.char_indices() {
+        let _ = dsl::load_str(Path::new("w.yml"), &text[..i]);
+    }
+    for odd in ["", "[]", "x", "version: 1\nsteps: []", "version: 1\nsteps:\n  a:\n", "version: 1\nsteps:\n  a: 3\n", "&a x: *a"] {
+        assert!(dsl::load_str(Path::new("w.yml"), odd).is_err(), "{odd:?} should not load");
+    }
+}
+
+#[test]
+fn no_panic_on_odd_yaml() {
+    for odd in ["a: 1\n---\nb: 2\n", "---\n...\n---\n", "a: !tag x", "? [a]\n: b", "a: 1\n...\n", "--- 1\n--- 2"] {
+        assert!(dsl::load_str(Path::new("w.yml"), odd).is_err(), "{odd:?} should not load");
+    }
+}
