@@ -170,27 +170,17 @@ impl Layer {
 
     /// What this (resolved) layer asks of the policy; built-in values point at the step's key.
     pub fn asks(&self, who: &str, fallback: Span, out: &mut Vec<Ask>) {
-        let mut ask = |asked: Asked, span: Option<Span>| out.push(Ask { who: who.to_string(), asked, span: span.unwrap_or(fallback), builtin: span.is_none() });
-        if let Some(v) = &self.cpus {
-            ask(Asked::Cpus(v.value), v.span);
-        }
-        if let Some(v) = &self.memory {
-            ask(Asked::Memory(v.value), v.span);
-        }
-        if let Some(v) = &self.pids {
-            ask(Asked::Pids(v.value), v.span);
-        }
-        if let Some(v) = &self.timeout {
-            ask(Asked::Timeout(v.value), v.span);
-        }
-        if let Some(v) = &self.tmpfs {
-            ask(Asked::Tmpfs(v.value), v.span);
-        }
-        if let Some(v) = &self.network {
-            ask(Asked::Network(v.value), v.span);
-        }
-        if let Some(v) = &self.user {
-            ask(Asked::User(v.value), v.span);
+        let asked = [
+            self.cpus.as_ref().map(|v| (Asked::Cpus(v.value), v.span)),
+            self.memory.as_ref().map(|v| (Asked::Memory(v.value), v.span)),
+            self.pids.as_ref().map(|v| (Asked::Pids(v.value), v.span)),
+            self.timeout.as_ref().map(|v| (Asked::Timeout(v.value), v.span)),
+            self.tmpfs.as_ref().map(|v| (Asked::Tmpfs(v.value), v.span)),
+            self.network.as_ref().map(|v| (Asked::Network(v.value), v.span)),
+            self.user.as_ref().map(|v| (Asked::User(v.value), v.span)),
+        ];
+        for (asked, span) in asked.into_iter().flatten() {
+            out.push(Ask { who: who.to_string(), asked, span: span.unwrap_or(fallback), builtin: span.is_none() });
         }
     }
 }
