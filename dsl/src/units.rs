@@ -14,6 +14,14 @@ pub const DURATION_HELP: &str =
 /// What a CPU count may look like.
 pub const CPUS_HELP: &str = "expected a positive number of CPUs, e.g. 0.5, 1 or 2 (at most 3 decimals)";
 
+/// What a process count may look like.
+pub const PIDS_HELP: &str = "expected a positive whole number, e.g. 256";
+
+/// Parses a positive whole number (`pids`).
+pub fn parse_count(text: &str) -> Option<u64> {
+    text.trim().parse::<u64>().ok().filter(|n| *n > 0)
+}
+
 /// Splits `12.5mb` into (`12.5`, `mb`).
 fn split_number(s: &str) -> (&str, &str) {
     let end = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());

@@ -14,7 +14,6 @@ use crate::units;
 use crate::LoadError;
 
 const POLICY_KEYS: &[&str] = &["version", "max_limits", "networks", "image_prefixes", "allow_root"];
-const MAX_KEYS: &[&str] = &["cpus", "memory", "pids", "timeout", "tmpfs"];
 
 pub(crate) fn load_policy(path: &Path, text: &str) -> Result<Policy, LoadError> {
     let src = Arc::new(SourceFile { path: path.to_path_buf(), text: text.to_string() });
@@ -28,23 +27,13 @@ pub(crate) fn load_policy(path: &Path, text: &str) -> Result<Policy, LoadError> 
         check_version(&mut r, top, "policy");
     }
     if let Some(max) = top.get_node("max_limits").and_then(|n| r.mapping(n, "`max_limits`")) {
-        r.check_keys(max, MAX_KEYS, "`max_limits`");
-        let mut cap = |key: &str, parse: &dyn Fn(&str) -> Option<u64>, help: &str| -> Option<Capped<u64>> {
-            let (text, span) = r.string(max.get_node(key)?, &format!("`{key}`"))?;
-            match parse(&text) {
-                Some(value) => Some(Capped { value, span }),
-                None => {
-                    r.error(span, format!("invalid {key} `{text}`"), format!("invalid {key}"), help);
-                    None
-                }
-            }
-        };
-        policy.max_cpus = cap("cpus", &units::parse_cpus, units::CPUS_HELP);
-        policy.max_memory = cap("memory", &units::parse_size, units::SIZE_HELP);
-        policy.max_pids = cap("pids", &|s| s.parse::<u64>().ok().filter(|n| *n > 0), "expected a positive whole number, e.g. 256");
-        policy.max_tmpfs = cap("tmpfs", &units::parse_size, units::SIZE_HELP);
-        let ms = cap("timeout", &|s| units::parse_duration(s).and_then(|d| u64::try_from(d.as_millis()).ok()), units::DURATION_HELP);
-        policy.max_timeout = ms.map(|c| Capped { value: std::time::Duration::from_millis(c.value), span: c.span });
+        r.check_keys(max, settings::LIMIT_KEYS, "`max_limits`");
+        let capped = |(value, span)| Capped { value, span };
+        policy.max_cpus = r.parsed(max, "cpus", units::parse_cpus, units::CPUS_HELP).map(capped);
+        policy.max_memory = r.parsed(max, "memory", units::parse_size, units::SIZE_HELP).map(capped);
+        policy.max_pids = r.parsed(max, "pids", units::parse_count, units::PIDS_HELP).map(capped);
+        policy.max_tmpfs = r.parsed(max, "tmpfs", units::parse_size, units::SIZE_HELP).map(capped);
+        policy.max_timeout = r.parsed(max, "timeout", units::parse_duration, units::DURATION_HELP).map(|(value, span)| Capped { value, span });
     }
     if let Some(node) = top.get_node("networks") {
         let span = r.span(node);

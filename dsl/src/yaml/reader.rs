@@ -187,6 +187,16 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// `map[key]` through `parse`; an unparsable value is reported as "invalid <key>" with `help`.
+    pub(crate) fn parsed<T>(&mut self, map: &MarkedMappingNode, key: &str, parse: impl Fn(&str) -> Option<T>, help: &str) -> Option<(T, Span)> {
+        let (text, span) = self.string(map.get_node(key)?, &format!("`{key}`"))?;
+        let value = parse(&text);
+        if value.is_none() {
+            self.error(span, format!("invalid {key} `{text}`"), format!("invalid {key}"), help);
+        }
+        Some((value?, span))
+    }
+
     pub(crate) fn bool(&mut self, node: &Node, what: &str) -> Option<bool> {
         let parsed = match node {
             Node::Scalar(s) if s.may_coerce() => match s.as_str() {

@@ -16,7 +16,7 @@ use crate::policy::{Ask, Asked};
 use crate::suggest;
 use crate::units;
 
-const LIMIT_KEYS: &[&str] = &["cpus", "memory", "pids", "timeout", "tmpfs"];
+pub(super) const LIMIT_KEYS: &[&str] = &["cpus", "memory", "pids", "timeout", "tmpfs"];
 /// Docker refuses smaller memory limits; a tmpfs that small is useless too.
 const MIN_SIZE: u64 = 6 << 20;
 
@@ -118,32 +118,20 @@ impl Layer {
         }
         if let Some(limits) = map.get_node("limits").and_then(|n| r.mapping(n, "`limits`")) {
             r.check_keys(limits, LIMIT_KEYS, "`limits`");
-            let mut get = |key: &str, parse: fn(&str) -> Option<u64>, help: &str| -> Option<Val<u64>> {
-                let (text, span) = r.string(limits.get_node(key)?, &format!("`{key}`"))?;
-                match parse(&text) {
-                    Some(v) => val(v, Some(span)),
-                    None => {
-                        r.error(span, format!("invalid {key} `{text}`"), format!("invalid {key}"), help);
-                        None
-                    }
-                }
+            let mut get = |key: &str, parse: fn(&str) -> Option<u64>, help: &str| {
+                r.parsed(limits, key, parse, help).and_then(|(v, span)| val(v, Some(span)))
             };
             self.cpus = get("cpus", units::parse_cpus, units::CPUS_HELP);
             self.memory = get("memory", units::parse_size, units::SIZE_HELP);
-            self.pids = get("pids", |s| s.parse::<u64>().ok().filter(|n| *n > 0), "expected a positive whole number, e.g. 256");
+            self.pids = get("pids", units::parse_count, units::PIDS_HELP);
             self.tmpfs = get("tmpfs", units::parse_size, units::SIZE_HELP);
+            self.timeout = r.parsed(limits, "timeout", units::parse_duration, units::DURATION_HELP).and_then(|(d, span)| val(d, Some(span)));
             for (key, v) in [("memory", &mut self.memory), ("tmpfs", &mut self.tmpfs)] {
                 if let Some(Val { value, span: Some(span) }) = v {
                     if *value < MIN_SIZE {
                         r.error(*span, format!("{key} `{}` is below the minimum of 6m", units::format_size(*value)), "too small", format!("Docker refuses limits below 6m; {}", units::SIZE_HELP));
                         *v = None;
                     }
-                }
-            }
-            if let Some((text, span)) = limits.get_node("timeout").and_then(|n| r.string(n, "`timeout`")) {
-                match units::parse_duration(&text) {
-                    Some(d) => self.timeout = val(d, Some(span)),
-                    None => r.error(span, format!("invalid timeout `{text}`"), "invalid timeout", units::DURATION_HELP),
                 }
             }
         }
