@@ -64,8 +64,7 @@ pub(crate) fn load(path: &Path, text: &str, policy: &Policy) -> Result<Workflow,
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let env: BTreeMap<String, String> =
-        top.get_node("env").map(|n| r.string_map(n, "`env`")).unwrap_or_default().into_iter().map(|(k, v, _)| (k, v)).collect();
+    let env = top.get_node("env").map(|n| env_map(&mut r, n)).unwrap_or_default();
 
     let mut defaults = Layer::default();
     if let Some(map) = top.get_node("defaults").and_then(|n| r.mapping(n, "`defaults`")) {
@@ -214,12 +213,7 @@ fn step(r: &mut Reader, ctx: &StepCtx, name: String, key_span: Span, node: &Node
     }
     let mut env = ctx.env.clone();
     if let Some(n) = map.get_node("env") {
-        for (k, v, span) in r.string_map(n, "`env`") {
-            if !is_env_name(&k) {
-                r.error(span, format!("invalid environment variable name `{k}`"), "invalid name", "names contain letters, digits and `_`, not starting with a digit");
-            }
-            env.insert(k, v);
-        }
+        env.extend(env_map(r, n));
     }
     let cache = map.get_node("cache").and_then(|n| r.bool(n, "`cache`")).unwrap_or(true);
 
@@ -257,6 +251,18 @@ fn step(r: &mut Reader, ctx: &StepCtx, name: String, key_span: Span, node: &Node
 
     let step = Step { name, span: key_span, image, command, inputs, outputs, needs, env, secrets, cache, workdir, profile, isolation, limits };
     (step, spans)
+}
+
+/// An `env:` mapping; names must be valid environment variable names.
+fn env_map(r: &mut Reader, node: &Node) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    for (k, v, span) in r.string_map(node, "`env`") {
+        if !is_env_name(&k) {
+            r.error(span, format!("invalid environment variable name `{k}`"), "invalid name", "names contain letters, digits and `_`, not starting with a digit");
+        }
+        env.insert(k, v);
+    }
+    env
 }
 
 fn is_env_name(s: &str) -> bool {
@@ -339,7 +345,7 @@ fn image_stages(r: &mut Reader, image: &str, node: &Node, asks: &mut Vec<Ask>) -
                 String::new()
             }
         };
-        let env = map.get_node("env").map(|n| r.string_map(n, "`env`")).unwrap_or_default().into_iter().map(|(k, v, _)| (k, v)).collect();
+        let env = map.get_node("env").map(|n| env_map(r, n)).unwrap_or_default();
         let workdir = map.get_node("workdir").and_then(|n| r.string(n, "`workdir`")).map(|(w, wspan)| {
             settings::check_workdir(r, &w, wspan);
             w
