@@ -72,7 +72,7 @@ impl Policy {
                     return None;
                 }
                 let names: Vec<&str> = allowed.value.iter().map(|n| n.as_str()).collect();
-                let d = Diagnostic::new(src, ask.span, format!("{who} asks for network {}, which the policy does not allow", n.as_str()), "network not allowed")
+                let d = Diagnostic::new(src, ask.span, format!("{who} asks for network {}{}, which the policy does not allow", n.as_str(), ask.note()), "network not allowed")
                     .with_help(format!("the policy allows: {}", names.join(", ")));
                 Some(self.with_related(d, allowed.span, "the policy's allowed networks"))
             }
@@ -104,7 +104,7 @@ impl Policy {
     fn over<T: PartialOrd>(&self, src: &SourceFile, ask: &Ask, name: &str, asked: &T, cap: &Option<Capped<T>>, show: fn(&T) -> String) -> Option<Diagnostic> {
         let cap = cap.as_ref().filter(|c| *asked > c.value)?;
         let (asked, max) = (show(asked), show(&cap.value));
-        let note = if ask.builtin { " (the built-in default)" } else { "" };
+        let note = ask.note();
         let d = Diagnostic::new(src, ask.span, format!("{} asks for {name} {asked}{note}, above the policy's maximum {max}", ask.who), "above the policy's maximum")
             .with_help(format!("set `limits.{name}` to at most {max} (on the step or in `defaults`), or have the operator raise `max_limits.{name}` in the policy"));
         Some(self.with_related(d, cap.span, &format!("the policy caps {name} at {max}")))
@@ -127,6 +127,12 @@ pub(crate) struct Ask {
     pub span: Span,
     /// The value is a built-in default nobody wrote (the span is then the step's key).
     pub builtin: bool,
+}
+
+impl Ask {
+    fn note(&self) -> &'static str {
+        if self.builtin { " (the built-in default)" } else { "" }
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -173,3 +173,14 @@ fn policy_file_errors() {
     .expect_err("policy should not load");
     assert_snapshot!(common::render(&err));
 }
+
+#[test]
+fn policy_violation_in_defaults_is_reported_once() {
+    let policy = dsl::Policy::load_str(Path::new("policy.yml"), "max_limits: { memory: 1g }\nnetworks: [bridge]\n")
+        .unwrap_or_else(|e| panic!("{}", common::render(&e)));
+    assert_snapshot!(errors_with(
+        "once.yml",
+        "version: 1\ndefaults:\n  image: local/x\n  network: bridge\n  limits: { memory: 2g }\nsteps:\n  a: { run: x }\n  b: { run: x }\n  c: { run: x, network: none }\n",
+        &policy
+    ));
+}

@@ -99,9 +99,13 @@ pub(crate) fn load(path: &Path, text: &str, policy: &Policy) -> Result<Workflow,
         }
     }
     r.diags.extend(validate::check_graph(&src, &steps, &spans));
+    // A value written once in `defaults:` is asked for by every step; report it once.
+    let mut reported = std::collections::HashSet::new();
     for ask in &asks {
         if let Some(d) = policy.check(&src, ask) {
-            r.push(d);
+            if reported.insert((ask.span, std::mem::discriminant(&ask.asked))) {
+                r.push(d);
+            }
         }
     }
     let diags = std::mem::take(&mut r.diags);
