@@ -38,7 +38,7 @@ pub struct Policy {
 impl Policy {
     /// Reads and validates a policy file (YAML, see the crate README for the format).
     pub fn load(path: &Path) -> Result<Policy, LoadError> {
-        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| LoadError::PolicyIo { path: path.to_path_buf(), source })?;
         Policy::load_str(path, &text)
     }
 

@@ -161,3 +161,9 @@ fn no_panic_on_odd_yaml() {
         assert!(dsl::load_str(Path::new("w.yml"), odd).is_err(), "{odd:?} should not load");
     }
 }
+
+#[test]
+fn missing_policy_file_is_an_error_naming_it() {
+    let err = dsl::Policy::load(Path::new("/nonexistent/policy.yml")).expect_err("no such file");
+    assert!(common::render(&err).contains("cannot read policy file /nonexistent/policy.yml"));
+}
