@@ -150,7 +150,7 @@ fn no_panic_on_any_prefix_of_the_spec_example() {
     for (i, _) in text.char_indices() {
         let _ = dsl::load_str(Path::new("w.yml"), &text[..i]);
     }
-    for odd in ["", "[]", "x", "version: 1\nsteps: []", "version: 1\nsteps:\n  a:\n", "version: 1\nsteps:\n  a: 3\n", "&a x: *a"] {
+    for odd in ["", "[]", "x", "version: 1\nsteps: []", "version: 1\nsteps:\n", "version: 1\nsteps: {}\n", "version: 1\nsteps:\n  a:\n", "version: 1\nsteps:\n  a: 3\n", "&a x: *a"] {
         assert!(dsl::load_str(Path::new("w.yml"), odd).is_err(), "{odd:?} should not load");
     }
 }

@@ -86,6 +86,11 @@ pub(crate) fn load(path: &Path, text: &str, policy: &Policy) -> Result<Workflow,
             r.error(span, "the workflow has no `steps`", "no steps here", "add a `steps:` mapping of step name to step");
         }
         Some(n) => {
+            let empty_map = matches!(n, Node::Mapping(m) if m.is_empty());
+            if empty_map || matches!(n, Node::Scalar(s) if s.is_empty()) {
+                let span = r.span(n);
+                r.error(span, "`steps` is empty", "no steps", "add at least one step under `steps:`");
+            }
             if let Some(map) = r.mapping(n, "`steps`") {
                 let ctx = StepCtx { env: &env, defaults: &defaults, images: &images };
                 for (key, node) in map.iter() {
