@@ -38,7 +38,10 @@ pub struct Policy {
 impl Policy {
     /// Reads and validates a policy file (YAML, see the crate README for the format).
     pub fn load(path: &Path) -> Result<Policy, LoadError> {
-        let text = std::fs::read_to_string(path).map_err(|source| LoadError::PolicyIo { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| LoadError::PolicyIo {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Policy::load_str(path, &text)
     }
 
@@ -54,7 +57,9 @@ impl Policy {
 
     /// The related diagnostic pointing at the policy line, when there is a policy file.
     fn at(&self, span: Span, message: String) -> Option<Diagnostic> {
-        self.source.as_ref().map(|src| Diagnostic::new(src, span, message, "set by the policy"))
+        self.source
+            .as_ref()
+            .map(|src| Diagnostic::new(src, span, message, "set by the policy"))
     }
 
     /// Checks one thing a workflow asks for; `None` when allowed.
@@ -62,18 +67,33 @@ impl Policy {
         let who = &ask.who;
         match &ask.asked {
             Asked::Cpus(v) => self.over(src, ask, "cpus", v, &self.max_cpus, |v| format_cpus(*v)),
-            Asked::Memory(v) => self.over(src, ask, "memory", v, &self.max_memory, |v| format_size(*v)),
+            Asked::Memory(v) => {
+                self.over(src, ask, "memory", v, &self.max_memory, |v| format_size(*v))
+            }
             Asked::Pids(v) => self.over(src, ask, "pids", v, &self.max_pids, |v| v.to_string()),
-            Asked::Timeout(v) => self.over(src, ask, "timeout", v, &self.max_timeout, |v| format_duration(*v)),
-            Asked::Tmpfs(v) => self.over(src, ask, "tmpfs", v, &self.max_tmpfs, |v| format_size(*v)),
+            Asked::Timeout(v) => self.over(src, ask, "timeout", v, &self.max_timeout, |v| {
+                format_duration(*v)
+            }),
+            Asked::Tmpfs(v) => {
+                self.over(src, ask, "tmpfs", v, &self.max_tmpfs, |v| format_size(*v))
+            }
             Asked::Network(n) => {
                 let allowed = self.networks.as_ref()?;
                 if allowed.value.contains(n) {
                     return None;
                 }
                 let names: Vec<&str> = allowed.value.iter().map(|n| n.as_str()).collect();
-                let d = Diagnostic::new(src, ask.span, format!("{who} asks for network {}{}, which the policy does not allow", n.as_str(), ask.note()), "network not allowed")
-                    .with_help(format!("the policy allows: {}", names.join(", ")));
+                let d = Diagnostic::new(
+                    src,
+                    ask.span,
+                    format!(
+                        "{who} asks for network {}{}, which the policy does not allow",
+                        n.as_str(),
+                        ask.note()
+                    ),
+                    "network not allowed",
+                )
+                .with_help(format!("the policy allows: {}", names.join(", ")));
                 Some(self.with_related(d, allowed.span, "the policy's allowed networks"))
             }
             Asked::Image(image) => {
@@ -82,8 +102,16 @@ impl Policy {
                     return None;
                 }
                 let list: Vec<String> = prefixes.value.iter().map(|p| format!("`{p}`")).collect();
-                let d = Diagnostic::new(src, ask.span, format!("{who} uses image `{image}`, which the policy does not allow"), "image not allowed")
-                    .with_help(format!("the policy allows images starting with {}", list.join(", ")));
+                let d = Diagnostic::new(
+                    src,
+                    ask.span,
+                    format!("{who} uses image `{image}`, which the policy does not allow"),
+                    "image not allowed",
+                )
+                .with_help(format!(
+                    "the policy allows images starting with {}",
+                    list.join(", ")
+                ));
                 Some(self.with_related(d, prefixes.span, "the policy's allowed image prefixes"))
             }
             Asked::User(user) => {
@@ -101,7 +129,15 @@ impl Policy {
     }
 
     /// A limit above the policy's maximum.
-    fn over<T: PartialOrd>(&self, src: &SourceFile, ask: &Ask, name: &str, asked: &T, cap: &Option<Capped<T>>, show: fn(&T) -> String) -> Option<Diagnostic> {
+    fn over<T: PartialOrd>(
+        &self,
+        src: &SourceFile,
+        ask: &Ask,
+        name: &str,
+        asked: &T,
+        cap: &Option<Capped<T>>,
+        show: fn(&T) -> String,
+    ) -> Option<Diagnostic> {
         let cap = cap.as_ref().filter(|c| *asked > c.value)?;
         let (asked, max) = (show(asked), show(&cap.value));
         let note = ask.note();
@@ -131,7 +167,11 @@ pub(crate) struct Ask {
 
 impl Ask {
     fn note(&self) -> &'static str {
-        if self.builtin { " (the built-in default)" } else { "" }
+        if self.builtin {
+            " (the built-in default)"
+        } else {
+            ""
+        }
     }
 }
 

@@ -12,7 +12,8 @@ pub const SIZE_HELP: &str = "expected a number with an optional unit b, k, m, g,
 pub const DURATION_HELP: &str =
     "expected a duration such as 30s, 10m, 1h, 500ms or 1m30s (a bare number is seconds), greater than 0";
 /// What a CPU count may look like.
-pub const CPUS_HELP: &str = "expected a positive number of CPUs, e.g. 0.5, 1 or 2 (at most 3 decimals)";
+pub const CPUS_HELP: &str =
+    "expected a positive number of CPUs, e.g. 0.5, 1 or 2 (at most 3 decimals)";
 
 /// What a process count may look like.
 pub const PIDS_HELP: &str = "expected a positive whole number, e.g. 256";
@@ -24,7 +25,9 @@ pub fn parse_count(text: &str) -> Option<u64> {
 
 /// Splits `12.5mb` into (`12.5`, `mb`).
 fn split_number(s: &str) -> (&str, &str) {
-    let end = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let end = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
     (&s[..end], s[end..].trim_start())
 }
 
@@ -37,7 +40,10 @@ fn parse_milli(num: &str) -> Option<u128> {
     if int.is_empty() && frac.is_empty() {
         return None;
     }
-    if !int.chars().all(|c| c.is_ascii_digit()) || !frac.chars().all(|c| c.is_ascii_digit()) || frac.len() > 3 {
+    if !int.chars().all(|c| c.is_ascii_digit())
+        || !frac.chars().all(|c| c.is_ascii_digit())
+        || frac.len() > 3
+    {
         return None;
     }
     let int: u128 = if int.is_empty() { 0 } else { int.parse().ok()? };
@@ -99,10 +105,14 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
     let mut total_ms: u128 = 0;
     let mut rest = text;
     while !rest.is_empty() {
-        let end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
         let num = &rest[..end];
         rest = &rest[end..];
-        let uend = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let uend = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
         let unit = &rest[..uend];
         rest = &rest[uend..];
         // A bare number is only allowed alone.

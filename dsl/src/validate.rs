@@ -33,7 +33,9 @@ pub(crate) fn relative_path_problem(path: &str) -> Option<&'static str> {
 
 /// `./build/` and `build` are the same output.
 fn components(path: &str) -> Vec<&str> {
-    path.split('/').filter(|c| !c.is_empty() && *c != ".").collect()
+    path.split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect()
 }
 
 /// Two outputs collide when they are equal or one contains the other.
@@ -44,25 +46,46 @@ fn overlap(a: &str, b: &str) -> bool {
 }
 
 /// All graph problems of `steps` (in file order; `spans[i]` belongs to `steps[i]`).
-pub(crate) fn check_graph(src: &SourceFile, steps: &[Step], spans: &[StepSpans]) -> Vec<Diagnostic> {
+pub(crate) fn check_graph(
+    src: &SourceFile,
+    steps: &[Step],
+    spans: &[StepSpans],
+) -> Vec<Diagnostic> {
     let mut diags = Vec::new();
-    let index: HashMap<&str, usize> = steps.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
+    let index: HashMap<&str, usize> = steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.name.as_str(), i))
+        .collect();
     // Edges that point at known, other steps: (target, span of the needs entry).
     let mut edges: Vec<Vec<(usize, Span)>> = vec![Vec::new(); steps.len()];
     for (i, step) in steps.iter().enumerate() {
         for (need, span) in step.needs.iter().zip(&spans[i].needs) {
             match index.get(need.as_str()) {
                 Some(&j) if j == i => diags.push(
-                    Diagnostic::new(src, *span, format!("step `{need}` needs itself"), "self-dependency")
-                        .with_help(format!("remove `{need}` from its own `needs`")),
+                    Diagnostic::new(
+                        src,
+                        *span,
+                        format!("step `{need}` needs itself"),
+                        "self-dependency",
+                    )
+                    .with_help(format!("remove `{need}` from its own `needs`")),
                 ),
                 Some(&j) => edges[i].push((j, *span)),
                 None => {
                     let hint = suggest::hint(need, steps.iter().map(|s| s.name.as_str()));
                     let names: Vec<&str> = steps.iter().map(|s| s.name.as_str()).collect();
                     diags.push(
-                        Diagnostic::new(src, *span, format!("unknown step `{need}` in needs of `{}`{hint}", step.name), "no such step")
-                            .with_help(format!("`needs` names steps of this workflow: {}", names.join(", "))),
+                        Diagnostic::new(
+                            src,
+                            *span,
+                            format!("unknown step `{need}` in needs of `{}`{hint}", step.name),
+                            "no such step",
+                        )
+                        .with_help(format!(
+                            "`needs` names steps of this workflow: {}",
+                            names.join(", ")
+                        )),
                     );
                 }
             }
@@ -74,7 +97,12 @@ pub(crate) fn check_graph(src: &SourceFile, steps: &[Step], spans: &[StepSpans])
 }
 
 /// One diagnostic per back edge of a depth-first search: each closes a distinct cycle.
-fn cycles(src: &SourceFile, steps: &[Step], edges: &[Vec<(usize, Span)>], diags: &mut Vec<Diagnostic>) {
+fn cycles(
+    src: &SourceFile,
+    steps: &[Step],
+    edges: &[Vec<(usize, Span)>],
+    diags: &mut Vec<Diagnostic>,
+) {
     #[derive(Clone, Copy, PartialEq)]
     enum State {
         New,
@@ -99,7 +127,10 @@ fn cycles(src: &SourceFile, steps: &[Step], edges: &[Vec<(usize, Span)>], diags:
                     }
                     State::Active => {
                         let start = stack.iter().position(|(n, _)| *n == to).unwrap_or(0);
-                        let mut names: Vec<&str> = stack[start..].iter().map(|(n, _)| steps[*n].name.as_str()).collect();
+                        let mut names: Vec<&str> = stack[start..]
+                            .iter()
+                            .map(|(n, _)| steps[*n].name.as_str())
+                            .collect();
                         names.push(&steps[to].name);
                         diags.push(
                             Diagnostic::new(src, span, format!("dependency cycle: {}", names.join(" -> ")), "this need closes the cycle")
@@ -116,11 +147,20 @@ fn cycles(src: &SourceFile, steps: &[Step], edges: &[Vec<(usize, Span)>], diags:
     }
 }
 
-fn output_collisions(src: &SourceFile, steps: &[Step], spans: &[StepSpans], edges: &[Vec<(usize, Span)>], diags: &mut Vec<Diagnostic>) {
+fn output_collisions(
+    src: &SourceFile,
+    steps: &[Step],
+    spans: &[StepSpans],
+    edges: &[Vec<(usize, Span)>],
+    diags: &mut Vec<Diagnostic>,
+) {
     // (step, output index) pairs already reported, so a pair met by several consumers is reported once.
     let mut seen = BTreeSet::new();
     // `meet` says where the two outputs end up together.
-    let mut report = |first: (usize, usize), second: (usize, usize), meet: String, diags: &mut Vec<Diagnostic>| {
+    let mut report = |first: (usize, usize),
+                      second: (usize, usize),
+                      meet: String,
+                      diags: &mut Vec<Diagnostic>| {
         if !seen.insert((first, second)) {
             return;
         }
@@ -145,7 +185,12 @@ fn output_collisions(src: &SourceFile, steps: &[Step], spans: &[StepSpans], edge
             for (i, out) in step.outputs.iter().enumerate() {
                 for (k, other) in steps[n].outputs.iter().enumerate() {
                     if overlap(out, other) {
-                        report((n, k), (s, i), format!("which `{}` needs", step.name), diags);
+                        report(
+                            (n, k),
+                            (s, i),
+                            format!("which `{}` needs", step.name),
+                            diags,
+                        );
                     }
                 }
             }
@@ -160,7 +205,12 @@ fn output_collisions(src: &SourceFile, steps: &[Step], spans: &[StepSpans], edge
                 for (i, pa) in steps[first].outputs.iter().enumerate() {
                     for (k, pb) in steps[second].outputs.iter().enumerate() {
                         if overlap(pa, pb) {
-                            report((first, i), (second, k), format!("both needed by `{}`", step.name), diags);
+                            report(
+                                (first, i),
+                                (second, k),
+                                format!("both needed by `{}`", step.name),
+                                diags,
+                            );
                         }
                     }
                 }
@@ -184,7 +234,10 @@ mod tests {
     #[test]
     fn path_problems() {
         assert_eq!(relative_path_problem("/etc"), Some("is absolute"));
-        assert_eq!(relative_path_problem("a/../b"), Some("contains a `..` component"));
+        assert_eq!(
+            relative_path_problem("a/../b"),
+            Some("contains a `..` component")
+        );
         assert_eq!(relative_path_problem(""), Some("is empty"));
         assert_eq!(relative_path_problem("a/..b"), None);
     }

@@ -13,12 +13,18 @@ fn yaml_syntax_error() {
 
 #[test]
 fn unsupported_version() {
-    assert_snapshot!(errors("v2.yml", "version: 2\nsteps:\n  a: { image: alpine, run: 'true' }\n"));
+    assert_snapshot!(errors(
+        "v2.yml",
+        "version: 2\nsteps:\n  a: { image: alpine, run: 'true' }\n"
+    ));
 }
 
 #[test]
 fn missing_version() {
-    assert_snapshot!(errors("nov.yml", "steps:\n  a: { image: alpine, run: 'true' }\n"));
+    assert_snapshot!(errors(
+        "nov.yml",
+        "steps:\n  a: { image: alpine, run: 'true' }\n"
+    ));
 }
 
 #[test]
@@ -47,7 +53,10 @@ fn run_and_command() {
 
 #[test]
 fn missing_image() {
-    assert_snapshot!(errors("img.yml", "version: 1\nsteps:\n  a:\n    run: make\n"));
+    assert_snapshot!(errors(
+        "img.yml",
+        "version: 1\nsteps:\n  a:\n    run: make\n"
+    ));
 }
 
 #[test]
@@ -144,7 +153,8 @@ const POLICY: &str = "version: 1\nmax_limits:\n  memory: 2g\n  timeout: 5m\nnetw
 
 #[test]
 fn policy_violations() {
-    let policy = dsl::Policy::load_str(Path::new("/etc/engine/policy.yml"), POLICY).unwrap_or_else(|e| panic!("{}", common::render(&e)));
+    let policy = dsl::Policy::load_str(Path::new("/etc/engine/policy.yml"), POLICY)
+        .unwrap_or_else(|e| panic!("{}", common::render(&e)));
     assert_snapshot!(errors_with(
         "pol.yml",
         r#"version: 1
@@ -176,8 +186,11 @@ fn policy_file_errors() {
 
 #[test]
 fn policy_violation_in_defaults_is_reported_once() {
-    let policy = dsl::Policy::load_str(Path::new("policy.yml"), "max_limits: { memory: 1g }\nnetworks: [bridge]\n")
-        .unwrap_or_else(|e| panic!("{}", common::render(&e)));
+    let policy = dsl::Policy::load_str(
+        Path::new("policy.yml"),
+        "max_limits: { memory: 1g }\nnetworks: [bridge]\n",
+    )
+    .unwrap_or_else(|e| panic!("{}", common::render(&e)));
     assert_snapshot!(errors_with(
         "once.yml",
         "version: 1\ndefaults:\n  image: local/x\n  network: bridge\n  limits: { memory: 2g }\nsteps:\n  a: { run: x }\n  b: { run: x }\n  c: { run: x, network: none }\n",

@@ -24,12 +24,18 @@ impl<'a> Reader<'a> {
     pub(crate) fn new(src: &'a SourceFile) -> Self {
         let mut char_bytes: Vec<usize> = src.text.char_indices().map(|(b, _)| b).collect();
         char_bytes.push(src.text.len());
-        Reader { src, char_bytes, diags: Vec::new() }
+        Reader {
+            src,
+            char_bytes,
+            diags: Vec::new(),
+        }
     }
 
     /// Parses the text; a syntax error becomes a diagnostic and `None`.
     pub(crate) fn parse(&mut self) -> Option<Node> {
-        let opts = LoaderOptions::default().error_on_duplicate_keys(true).prevent_coercion(true);
+        let opts = LoaderOptions::default()
+            .error_on_duplicate_keys(true)
+            .prevent_coercion(true);
         match marked_yaml::parse_yaml_with_options(0, &self.src.text, opts) {
             Ok(node) => Some(node),
             Err(e) => {
@@ -42,12 +48,36 @@ impl<'a> Reader<'a> {
     fn syntax_error(&mut self, e: marked_yaml::LoadError) {
         use marked_yaml::LoadError as E;
         let (marker, msg, help) = match &e {
-            E::TopLevelMustBeMapping(m) => (*m, "the file must be a YAML mapping".to_string(), "start with `version: 1`"),
-            E::TopLevelMustBeSequence(m) => (*m, "unexpected top-level mapping".to_string(), "expected a list"),
-            E::UnexpectedAnchor(m) => (*m, "YAML anchors and aliases are not supported".to_string(), "write the value out"),
-            E::MappingKeyMustBeScalar(m) => (*m, "a mapping key must be a plain string".to_string(), "use `key: value`"),
-            E::UnexpectedTag(m) => (*m, "YAML tags (`!name`) are not supported".to_string(), "remove the tag"),
-            E::ScanError(m, se) => (*m, format!("invalid YAML: {}", se.info()), "check indentation, quoting and `key: value` syntax"),
+            E::TopLevelMustBeMapping(m) => (
+                *m,
+                "the file must be a YAML mapping".to_string(),
+                "start with `version: 1`",
+            ),
+            E::TopLevelMustBeSequence(m) => (
+                *m,
+                "unexpected top-level mapping".to_string(),
+                "expected a list",
+            ),
+            E::UnexpectedAnchor(m) => (
+                *m,
+                "YAML anchors and aliases are not supported".to_string(),
+                "write the value out",
+            ),
+            E::MappingKeyMustBeScalar(m) => (
+                *m,
+                "a mapping key must be a plain string".to_string(),
+                "use `key: value`",
+            ),
+            E::UnexpectedTag(m) => (
+                *m,
+                "YAML tags (`!name`) are not supported".to_string(),
+                "remove the tag",
+            ),
+            E::ScanError(m, se) => (
+                *m,
+                format!("invalid YAML: {}", se.info()),
+                "check indentation, quoting and `key: value` syntax",
+            ),
             E::DuplicateKey(d) => {
                 let first = self.scalar_span(&d.prev_key);
                 let second = self.scalar_span(&d.key);
@@ -63,7 +93,13 @@ impl<'a> Reader<'a> {
         // real character before it instead, so the user sees a line and a caret.
         let start = marker.character().min(self.char_bytes.len() - 1);
         let before = &self.src.text[..self.char_bytes[start]];
-        let span = if self.src.text[self.char_bytes[start]..].lines().next().unwrap_or("").trim().is_empty() {
+        let span = if self.src.text[self.char_bytes[start]..]
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim()
+            .is_empty()
+        {
             match before.trim_end().char_indices().last() {
                 Some((b, c)) => self.byte_span(b, c.len_utf8()),
                 None => self.marker_span(&marker, 1),
@@ -71,7 +107,8 @@ impl<'a> Reader<'a> {
         } else {
             self.marker_span(&marker, 1)
         };
-        self.diags.push(Diagnostic::new(self.src, span, msg, "here").with_help(help));
+        self.diags
+            .push(Diagnostic::new(self.src, span, msg, "here").with_help(help));
     }
 
     /// A span from a byte offset, computing line and column (in characters).
@@ -79,7 +116,12 @@ impl<'a> Reader<'a> {
         let before = &self.src.text[..offset];
         let line = before.matches('\n').count() + 1;
         let col = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
-        Span { offset, len, line, col }
+        Span {
+            offset,
+            len,
+            line,
+            col,
+        }
     }
 
     fn marker_span(&self, m: &Marker, chars: usize) -> Span {
@@ -96,7 +138,9 @@ impl<'a> Reader<'a> {
     /// The span of a scalar: its text as written (quotes included), or up to the end of the line
     /// when it cannot be matched (block scalars, escapes).
     pub(crate) fn scalar_span(&self, s: &MarkedScalarNode) -> Span {
-        let Some(m) = s.span().start() else { return Span::default() };
+        let Some(m) = s.span().start() else {
+            return Span::default();
+        };
         let start = m.character().min(self.char_bytes.len() - 1);
         let rest = &self.src.text[self.char_bytes[start]..];
         let value = s.as_str();
@@ -123,29 +167,48 @@ impl<'a> Reader<'a> {
                 Some(m) => {
                     let start = m.character().min(self.char_bytes.len() - 1);
                     let rest = &self.src.text[self.char_bytes[start]..];
-                    self.marker_span(m, flow_chars(rest).unwrap_or_else(|| line_chars(rest)).max(1))
+                    self.marker_span(
+                        m,
+                        flow_chars(rest).unwrap_or_else(|| line_chars(rest)).max(1),
+                    )
                 }
                 None => Span::default(),
             },
         }
     }
 
-    pub(crate) fn error(&mut self, span: Span, message: impl Into<String>, label: impl Into<String>, help: impl Into<String>) {
-        self.diags.push(Diagnostic::new(self.src, span, message, label).with_help(help));
+    pub(crate) fn error(
+        &mut self,
+        span: Span,
+        message: impl Into<String>,
+        label: impl Into<String>,
+        help: impl Into<String>,
+    ) {
+        self.diags
+            .push(Diagnostic::new(self.src, span, message, label).with_help(help));
     }
 
     pub(crate) fn push(&mut self, d: Diagnostic) {
         self.diags.push(d);
     }
 
-    pub(crate) fn mapping<'n>(&mut self, node: &'n Node, what: &str) -> Option<&'n MarkedMappingNode> {
+    pub(crate) fn mapping<'n>(
+        &mut self,
+        node: &'n Node,
+        what: &str,
+    ) -> Option<&'n MarkedMappingNode> {
         match node {
             Node::Mapping(m) => Some(m),
             // `key:` with nothing after it is an empty mapping, not an error.
             Node::Scalar(s) if s.is_empty() && s.may_coerce() => None,
             _ => {
                 let span = self.span(node);
-                self.error(span, format!("expected a mapping for {what}"), "not a mapping", format!("write {what} as `key: value` lines or `{{ key: value }}`"));
+                self.error(
+                    span,
+                    format!("expected a mapping for {what}"),
+                    "not a mapping",
+                    format!("write {what} as `key: value` lines or `{{ key: value }}`"),
+                );
                 None
             }
         }
@@ -157,7 +220,12 @@ impl<'a> Reader<'a> {
             Node::Scalar(s) => Some((s.as_str().to_string(), self.scalar_span(s))),
             _ => {
                 let span = self.span(node);
-                self.error(span, format!("expected a string for {what}"), "not a string", format!("write {what} as a single value"));
+                self.error(
+                    span,
+                    format!("expected a string for {what}"),
+                    "not a string",
+                    format!("write {what} as a single value"),
+                );
                 None
             }
         }
@@ -173,7 +241,12 @@ impl<'a> Reader<'a> {
                         Node::Scalar(s) => out.push((s.as_str().to_string(), self.scalar_span(s))),
                         _ => {
                             let span = self.span(item);
-                            self.error(span, format!("expected a list of strings for {what}"), "not a string", help.clone());
+                            self.error(
+                                span,
+                                format!("expected a list of strings for {what}"),
+                                "not a string",
+                                help.clone(),
+                            );
                         }
                     }
                 }
@@ -181,18 +254,34 @@ impl<'a> Reader<'a> {
             }
             _ => {
                 let span = self.span(node);
-                self.error(span, format!("expected a list of strings for {what}"), "not a list", help);
+                self.error(
+                    span,
+                    format!("expected a list of strings for {what}"),
+                    "not a list",
+                    help,
+                );
                 None
             }
         }
     }
 
     /// `map[key]` through `parse`; an unparsable value is reported as "invalid <key>" with `help`.
-    pub(crate) fn parsed<T>(&mut self, map: &MarkedMappingNode, key: &str, parse: impl Fn(&str) -> Option<T>, help: &str) -> Option<(T, Span)> {
+    pub(crate) fn parsed<T>(
+        &mut self,
+        map: &MarkedMappingNode,
+        key: &str,
+        parse: impl Fn(&str) -> Option<T>,
+        help: &str,
+    ) -> Option<(T, Span)> {
         let (text, span) = self.string(map.get_node(key)?, &format!("`{key}`"))?;
         let value = parse(&text);
         if value.is_none() {
-            self.error(span, format!("invalid {key} `{text}`"), format!("invalid {key}"), help);
+            self.error(
+                span,
+                format!("invalid {key} `{text}`"),
+                format!("invalid {key}"),
+                help,
+            );
         }
         Some((value?, span))
     }
@@ -208,21 +297,40 @@ impl<'a> Reader<'a> {
         };
         if parsed.is_none() {
             let span = self.span(node);
-            self.error(span, format!("expected `true` or `false` for {what}"), "not a boolean", "write true or false, unquoted");
+            self.error(
+                span,
+                format!("expected `true` or `false` for {what}"),
+                "not a boolean",
+                "write true or false, unquoted",
+            );
         }
         parsed
     }
 
     /// A `NAME: value` mapping of scalars (numbers and booleans become their text).
     pub(crate) fn string_map(&mut self, node: &Node, what: &str) -> Vec<(String, String, Span)> {
-        let Some(map) = self.mapping(node, what) else { return Vec::new() };
+        let Some(map) = self.mapping(node, what) else {
+            return Vec::new();
+        };
         let mut out = Vec::new();
         for (k, v) in map.iter() {
             match v {
-                Node::Scalar(s) => out.push((k.as_str().to_string(), s.as_str().to_string(), self.scalar_span(k))),
+                Node::Scalar(s) => out.push((
+                    k.as_str().to_string(),
+                    s.as_str().to_string(),
+                    self.scalar_span(k),
+                )),
                 _ => {
                     let span = self.span(v);
-                    self.error(span, format!("expected a string, number or boolean for `{}` in {what}", k.as_str()), "not a scalar", "env values are single values; quote them if in doubt");
+                    self.error(
+                        span,
+                        format!(
+                            "expected a string, number or boolean for `{}` in {what}",
+                            k.as_str()
+                        ),
+                        "not a scalar",
+                        "env values are single values; quote them if in doubt",
+                    );
                 }
             }
         }

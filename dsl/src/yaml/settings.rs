@@ -74,7 +74,10 @@ impl Layer {
             "build" => Limits::default(),
             _ => return None,
         };
-        Some(Layer { network: val(Network::None, Some(span)), ..Layer::with_limits(limits, Some(span)) })
+        Some(Layer {
+            network: val(Network::None, Some(span)),
+            ..Layer::with_limits(limits, Some(span))
+        })
     }
 
     /// `self` with every value `top` sets replaced.
@@ -111,25 +114,51 @@ impl Layer {
         if let Some((u, span)) = map.get_node("user").and_then(|n| r.string(n, "`user`")) {
             self.user = parse_user(r, &u, span).and_then(|v| val(v, Some(span)));
         }
-        if let Some((w, span)) = map.get_node("workdir").and_then(|n| r.string(n, "`workdir`")) {
+        if let Some((w, span)) = map
+            .get_node("workdir")
+            .and_then(|n| r.string(n, "`workdir`"))
+        {
             if check_workdir(r, &w, span) {
                 self.workdir = val(w, Some(span));
             }
         }
-        if let Some(limits) = map.get_node("limits").and_then(|n| r.mapping(n, "`limits`")) {
+        if let Some(limits) = map
+            .get_node("limits")
+            .and_then(|n| r.mapping(n, "`limits`"))
+        {
             r.check_keys(limits, LIMIT_KEYS, "`limits`");
             let mut get = |key: &str, parse: fn(&str) -> Option<u64>, help: &str| {
-                r.parsed(limits, key, parse, help).and_then(|(v, span)| val(v, Some(span)))
+                r.parsed(limits, key, parse, help)
+                    .and_then(|(v, span)| val(v, Some(span)))
             };
             self.cpus = get("cpus", units::parse_cpus, units::CPUS_HELP);
             self.memory = get("memory", units::parse_size, units::SIZE_HELP);
             self.pids = get("pids", units::parse_count, units::PIDS_HELP);
             self.tmpfs = get("tmpfs", units::parse_size, units::SIZE_HELP);
-            self.timeout = r.parsed(limits, "timeout", units::parse_duration, units::DURATION_HELP).and_then(|(d, span)| val(d, Some(span)));
+            self.timeout = r
+                .parsed(
+                    limits,
+                    "timeout",
+                    units::parse_duration,
+                    units::DURATION_HELP,
+                )
+                .and_then(|(d, span)| val(d, Some(span)));
             for (key, v) in [("memory", &mut self.memory), ("tmpfs", &mut self.tmpfs)] {
-                if let Some(Val { value, span: Some(span) }) = v {
+                if let Some(Val {
+                    value,
+                    span: Some(span),
+                }) = v
+                {
                     if *value < MIN_SIZE {
-                        r.error(*span, format!("{key} `{}` is below the minimum of 6m", units::format_size(*value)), "too small", format!("Docker refuses limits below 6m; {}", units::SIZE_HELP));
+                        r.error(
+                            *span,
+                            format!(
+                                "{key} `{}` is below the minimum of 6m",
+                                units::format_size(*value)
+                            ),
+                            "too small",
+                            format!("Docker refuses limits below 6m; {}", units::SIZE_HELP),
+                        );
                         *v = None;
                     }
                 }
@@ -160,15 +189,26 @@ impl Layer {
     pub fn asks(&self, who: &str, fallback: Span, out: &mut Vec<Ask>) {
         let asked = [
             self.cpus.as_ref().map(|v| (Asked::Cpus(v.value), v.span)),
-            self.memory.as_ref().map(|v| (Asked::Memory(v.value), v.span)),
+            self.memory
+                .as_ref()
+                .map(|v| (Asked::Memory(v.value), v.span)),
             self.pids.as_ref().map(|v| (Asked::Pids(v.value), v.span)),
-            self.timeout.as_ref().map(|v| (Asked::Timeout(v.value), v.span)),
+            self.timeout
+                .as_ref()
+                .map(|v| (Asked::Timeout(v.value), v.span)),
             self.tmpfs.as_ref().map(|v| (Asked::Tmpfs(v.value), v.span)),
-            self.network.as_ref().map(|v| (Asked::Network(v.value), v.span)),
+            self.network
+                .as_ref()
+                .map(|v| (Asked::Network(v.value), v.span)),
             self.user.as_ref().map(|v| (Asked::User(v.value), v.span)),
         ];
         for (asked, span) in asked.into_iter().flatten() {
-            out.push(Ask { who: who.to_string(), asked, span: span.unwrap_or(fallback), builtin: span.is_none() });
+            out.push(Ask {
+                who: who.to_string(),
+                asked,
+                span: span.unwrap_or(fallback),
+                builtin: span.is_none(),
+            });
         }
     }
 }
@@ -182,12 +222,22 @@ pub(super) fn network(r: &mut Reader, node: &Node) -> Option<Network> {
         "none" => Some(Network::None),
         "bridge" => Some(Network::Bridge),
         "host" => {
-            r.error(span, "host networking is never allowed", "not allowed", "use `none` (the default) or `bridge`");
+            r.error(
+                span,
+                "host networking is never allowed",
+                "not allowed",
+                "use `none` (the default) or `bridge`",
+            );
             None
         }
         _ => {
             let hint = suggest::hint(&text, NETWORKS.iter().copied());
-            r.error(span, format!("unknown network `{text}`{hint}"), "unknown network", "valid networks: none, bridge");
+            r.error(
+                span,
+                format!("unknown network `{text}`{hint}"),
+                "unknown network",
+                "valid networks: none, bridge",
+            );
             None
         }
     }
@@ -202,7 +252,12 @@ pub(super) fn parse_user(r: &mut Reader, text: &str, span: Span) -> Option<User>
     match (uid.parse::<u32>(), gid.parse::<u32>()) {
         (Ok(uid), Ok(gid)) => Some(User { uid, gid }),
         _ => {
-            r.error(span, format!("invalid user `{text}`"), "invalid user", "expected numeric \"UID:GID\" or \"UID\", e.g. \"1000:1000\"");
+            r.error(
+                span,
+                format!("invalid user `{text}`"),
+                "invalid user",
+                "expected numeric \"UID:GID\" or \"UID\", e.g. \"1000:1000\"",
+            );
             None
         }
     }
@@ -212,7 +267,12 @@ pub(super) fn parse_user(r: &mut Reader, text: &str, span: Span) -> Option<User>
 pub(super) fn check_workdir(r: &mut Reader, w: &str, span: Span) -> bool {
     let ok = w.starts_with('/');
     if !ok {
-        r.error(span, format!("workdir `{w}` is not an absolute path"), "relative path", "expected an absolute path inside the container, e.g. /workspace/src");
+        r.error(
+            span,
+            format!("workdir `{w}` is not an absolute path"),
+            "relative path",
+            "expected an absolute path inside the container, e.g. /workspace/src",
+        );
     }
     ok
 }

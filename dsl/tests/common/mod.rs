@@ -7,9 +7,13 @@ use dsl::{LoadError, Policy, Workflow};
 
 /// Renders an error the way the engine shows it, without colours and at a fixed width.
 pub fn render(err: &LoadError) -> String {
-    let handler = miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor()).with_width(100);
+    let handler =
+        miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())
+            .with_width(100);
     let mut out = String::new();
-    handler.render_report(&mut out, err).expect("rendering into a String cannot fail");
+    handler
+        .render_report(&mut out, err)
+        .expect("rendering into a String cannot fail");
     out
 }
 
