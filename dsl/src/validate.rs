@@ -179,44 +179,42 @@ fn output_collisions(
     };
     for (s, step) in steps.iter().enumerate() {
         let mut needs: Vec<usize> = edges[s].iter().map(|(j, _)| *j).collect();
+        needs.sort_unstable();
         needs.dedup();
         // The step's own outputs against those of its direct needs.
         for &n in &needs {
-            for (i, out) in step.outputs.iter().enumerate() {
-                for (k, other) in steps[n].outputs.iter().enumerate() {
-                    if overlap(out, other) {
-                        report(
-                            (n, k),
-                            (s, i),
-                            format!("which `{}` needs", step.name),
-                            diags,
-                        );
-                    }
-                }
+            for (k, i) in clashes(steps, n, s) {
+                report(
+                    (n, k),
+                    (s, i),
+                    format!("which `{}` needs", step.name),
+                    diags,
+                );
             }
         }
         // Each pair of direct needs against each other, the later-declared one reported.
-        for (x, &a) in needs.iter().enumerate() {
-            for &b in &needs[x + 1..] {
-                if a == b {
-                    continue;
-                }
-                let (first, second) = if a < b { (a, b) } else { (b, a) };
-                for (i, pa) in steps[first].outputs.iter().enumerate() {
-                    for (k, pb) in steps[second].outputs.iter().enumerate() {
-                        if overlap(pa, pb) {
-                            report(
-                                (first, i),
-                                (second, k),
-                                format!("both needed by `{}`", step.name),
-                                diags,
-                            );
-                        }
-                    }
+        for (x, &first) in needs.iter().enumerate() {
+            for &second in &needs[x + 1..] {
+                for (k, i) in clashes(steps, first, second) {
+                    report(
+                        (first, k),
+                        (second, i),
+                        format!("both needed by `{}`", step.name),
+                        diags,
+                    );
                 }
             }
         }
     }
+}
+
+/// Index pairs (output of `a`, output of `b`) that overlap.
+fn clashes(steps: &[Step], a: usize, b: usize) -> Vec<(usize, usize)> {
+    let (a, b) = (&steps[a].outputs, &steps[b].outputs);
+    (0..a.len())
+        .flat_map(|k| (0..b.len()).map(move |i| (k, i)))
+        .filter(|&(k, i)| overlap(&a[k], &b[i]))
+        .collect()
 }
 
 #[cfg(test)]
