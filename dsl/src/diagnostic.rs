@@ -66,6 +66,11 @@ pub enum LoadError {
     #[diagnostic(help("check the path; `engine run` looks for workflow.yml, then workflow.wf, in the current directory"))]
     Io { path: PathBuf, source: std::io::Error },
 
+    /// The operator's policy file could not be read.
+    #[error("cannot read policy file {}: {source}", path.display())]
+    #[diagnostic(help("check the path given with `--policy` or ENGINE_POLICY"))]
+    PolicyIo { path: PathBuf, source: std::io::Error },
+
     /// One or more problems in the file, in source order.
     #[error("{} in {}", count(.diagnostics.len()), path.display())]
     Invalid {

@@ -6,23 +6,38 @@
 
 pub mod diagnostic;
 pub mod ir;
+pub mod policy;
+mod suggest;
+pub mod units;
+mod validate;
 mod yaml;
 
 use std::path::Path;
 
 pub use diagnostic::{Diagnostic, LoadError};
+pub use policy::Policy;
 pub use ir::*;
 
 /// Load and validate a workflow file. The syntax is chosen by extension (`.wf` is the DSL,
 /// anything else YAML).
 pub fn load_file(path: &Path) -> Result<Workflow, LoadError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| LoadError::Io { path: path.to_path_buf(), source })?;
-    load_str(path, &text)
+    load_file_with(path, &Policy::default())
 }
 
 /// Load and validate workflow text as if it were read from `path` (used for messages, the
 /// default name, and as the base directory of relative inputs).
 pub fn load_str(path: &Path, text: &str) -> Result<Workflow, LoadError> {
-    yaml::load(path, text)
+    load_str_with(path, text, &Policy::default())
+}
+
+/// [`load_file`], also checking what the workflow asks for against an operator's `policy`.
+pub fn load_file_with(path: &Path, policy: &Policy) -> Result<Workflow, LoadError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| LoadError::Io { path: path.to_path_buf(), source })?;
+    load_str_with(path, &text, policy)
+}
+
+/// [`load_str`], also checking what the workflow asks for against an operator's `policy`.
+pub fn load_str_with(path: &Path, text: &str, policy: &Policy) -> Result<Workflow, LoadError> {
+    yaml::load(path, text, policy)
 }

@@ -1,0 +1,188 @@
+//! Operator policy: caps on what any workflow may ask for (maximum limits, allowed networks,
+//! allowed image prefixes, root or not). A workflow that asks for more is rejected at load time
+//! with a diagnostic at the workflow line and a related one at the policy line.
+//!
+//! This module owns the policy data and the comparison; reading the policy file's YAML lives in
+//! the YAML front end, and this module must not decide defaults of workflows.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::ir::{Network, SourceFile, Span, User};
+use crate::units::{format_cpus, format_duration, format_size};
+use crate::{Diagnostic, LoadError};
+
+/// A policy value and the line of the policy file that set it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Capped<T> {
+    pub value: T,
+    pub span: Span,
+}
+
+/// What an operator allows. [`Policy::default()`] caps nothing and refuses root.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    /// The policy file, when the policy came from one (for the related diagnostic).
+    pub(crate) source: Option<Arc<SourceFile>>,
+    pub(crate) max_cpus: Option<Capped<u64>>,
+    pub(crate) max_memory: Option<Capped<u64>>,
+    pub(crate) max_pids: Option<Capped<u64>>,
+    pub(crate) max_timeout: Option<Capped<Duration>>,
+    pub(crate) max_tmpfs: Option<Capped<u64>>,
+    pub(crate) networks: Option<Capped<Vec<Network>>>,
+    pub(crate) image_prefixes: Option<Capped<Vec<String>>>,
+    pub(crate) allow_root: Option<Capped<bool>>,
+}
+
+impl Policy {
+    /// Reads and validates a policy file (YAML, see the crate README for the format).
+    pub fn load(path: &Path) -> Result<Policy, LoadError> {
+        let text = std::fs::read_to_string(path).map_err(|source| LoadError::PolicyIo {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Policy::load_str(path, &text)
+    }
+
+    /// Parses policy text as if read from `path` (used in messages).
+    pub fn load_str(path: &Path, text: &str) -> Result<Policy, LoadError> {
+        crate::yaml::load_policy(path, text)
+    }
+
+    /// Whether workflows may run steps as uid 0.
+    pub fn allows_root(&self) -> bool {
+        self.allow_root.as_ref().is_some_and(|c| c.value)
+    }
+
+    /// The related diagnostic pointing at the policy line, when there is a policy file.
+    fn at(&self, span: Span, message: String) -> Option<Diagnostic> {
+        self.source
+            .as_ref()
+            .map(|src| Diagnostic::new(src, span, message, "set by the policy"))
+    }
+
+    /// Checks one thing a workflow asks for; `None` when allowed.
+    pub(crate) fn check(&self, src: &SourceFile, ask: &Ask) -> Option<Diagnostic> {
+        let who = &ask.who;
+        match &ask.asked {
+            Asked::Cpus(v) => self.over(src, ask, "cpus", v, &self.max_cpus, |v| format_cpus(*v)),
+            Asked::Memory(v) => {
+                self.over(src, ask, "memory", v, &self.max_memory, |v| format_size(*v))
+            }
+            Asked::Pids(v) => self.over(src, ask, "pids", v, &self.max_pids, |v| v.to_string()),
+            Asked::Timeout(v) => self.over(src, ask, "timeout", v, &self.max_timeout, |v| {
+                format_duration(*v)
+            }),
+            Asked::Tmpfs(v) => {
+                self.over(src, ask, "tmpfs", v, &self.max_tmpfs, |v| format_size(*v))
+            }
+            Asked::Network(n) => {
+                let allowed = self.networks.as_ref()?;
+                if allowed.value.contains(n) {
+                    return None;
+                }
+                let names: Vec<&str> = allowed.value.iter().map(|n| n.as_str()).collect();
+                let d = Diagnostic::new(
+                    src,
+                    ask.span,
+                    format!(
+                        "{who} asks for network {}{}, which the policy does not allow",
+                        n.as_str(),
+                        ask.note()
+                    ),
+                    "network not allowed",
+                )
+                .with_help(format!("the policy allows: {}", names.join(", ")));
+                Some(self.with_related(d, allowed.span, "the policy's allowed networks"))
+            }
+            Asked::Image(image) => {
+                let prefixes = self.image_prefixes.as_ref()?;
+                if prefixes.value.iter().any(|p| image.starts_with(p.as_str())) {
+                    return None;
+                }
+                let list: Vec<String> = prefixes.value.iter().map(|p| format!("`{p}`")).collect();
+                let d = Diagnostic::new(
+                    src,
+                    ask.span,
+                    format!("{who} uses image `{image}`, which the policy does not allow"),
+                    "image not allowed",
+                )
+                .with_help(format!(
+                    "the policy allows images starting with {}",
+                    list.join(", ")
+                ));
+                Some(self.with_related(d, prefixes.span, "the policy's allowed image prefixes"))
+            }
+            Asked::User(user) => {
+                if user.uid != 0 || self.allows_root() {
+                    return None;
+                }
+                let d = Diagnostic::new(src, ask.span, format!("{who} asks to run as root (uid 0), which is not allowed"), "root")
+                    .with_help("use a non-root user such as \"1000:1000\"; root is only accepted when the operator's policy file (`--policy FILE` or ENGINE_POLICY) says `allow_root: true`");
+                Some(match &self.allow_root {
+                    Some(c) => self.with_related(d, c.span, "root is refused here"),
+                    None => d,
+                })
+            }
+        }
+    }
+
+    /// A limit above the policy's maximum.
+    fn over<T: PartialOrd>(
+        &self,
+        src: &SourceFile,
+        ask: &Ask,
+        name: &str,
+        asked: &T,
+        cap: &Option<Capped<T>>,
+        show: fn(&T) -> String,
+    ) -> Option<Diagnostic> {
+        let cap = cap.as_ref().filter(|c| *asked > c.value)?;
+        let (asked, max) = (show(asked), show(&cap.value));
+        let note = ask.note();
+        let d = Diagnostic::new(src, ask.span, format!("{} asks for {name} {asked}{note}, above the policy's maximum {max}", ask.who), "above the policy's maximum")
+            .with_help(format!("set `limits.{name}` to at most {max} (on the step or in `defaults`), or have the operator raise `max_limits.{name}` in the policy"));
+        Some(self.with_related(d, cap.span, &format!("the policy caps {name} at {max}")))
+    }
+
+    fn with_related(&self, d: Diagnostic, span: Span, message: &str) -> Diagnostic {
+        match self.at(span, message.to_string()) {
+            Some(r) => d.with_related(r),
+            None => d,
+        }
+    }
+}
+
+/// One thing a workflow asks for, and where.
+#[derive(Debug, Clone)]
+pub(crate) struct Ask {
+    /// "step `x`" or "image `t`".
+    pub who: String,
+    pub asked: Asked,
+    pub span: Span,
+    /// The value is a built-in default nobody wrote (the span is then the step's key).
+    pub builtin: bool,
+}
+
+impl Ask {
+    fn note(&self) -> &'static str {
+        if self.builtin {
+            " (the built-in default)"
+        } else {
+            ""
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum Asked {
+    Cpus(u64),
+    Memory(u64),
+    Pids(u64),
+    Timeout(Duration),
+    Tmpfs(u64),
+    Network(Network),
+    Image(String),
+    User(User),
+}

@@ -1,0 +1,242 @@
+//! Checks that need the whole workflow rather than one node: `needs` names, self-dependencies,
+//! cycles and output paths that two steps would write into one `/workspace`; plus the shape
+//! rules for relative paths shared by `inputs`, `outputs` and image `copy` sources.
+//!
+//! This module works on the IR plus the spans the front end recorded; it must not parse
+//! anything, so the `.wf` front end can reuse it.
+
+use std::collections::{BTreeSet, HashMap};
+
+use crate::ir::{SourceFile, Span, Step};
+use crate::suggest;
+use crate::Diagnostic;
+
+/// Where the parts of one step were written, in the order of the IR vectors.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct StepSpans {
+    pub needs: Vec<Span>,
+    pub outputs: Vec<Span>,
+}
+
+/// Why a relative path (an input pattern or an output path) is unacceptable, if it is.
+pub(crate) fn relative_path_problem(path: &str) -> Option<&'static str> {
+    if path.trim().is_empty() {
+        Some("is empty")
+    } else if path.starts_with('/') {
+        Some("is absolute")
+    } else if path.split('/').any(|c| c == "..") {
+        Some("contains a `..` component")
+    } else {
+        None
+    }
+}
+
+/// `./build/` and `build` are the same output.
+fn components(path: &str) -> Vec<&str> {
+    path.split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect()
+}
+
+/// Two outputs collide when they are equal or one contains the other.
+fn overlap(a: &str, b: &str) -> bool {
+    let (a, b) = (components(a), components(b));
+    let n = a.len().min(b.len());
+    a[..n] == b[..n]
+}
+
+/// All graph problems of `steps` (in file order; `spans[i]` belongs to `steps[i]`).
+pub(crate) fn check_graph(
+    src: &SourceFile,
+    steps: &[Step],
+    spans: &[StepSpans],
+) -> Vec<Diagnostic> {
+    let mut diags = Vec::new();
+    let index: HashMap<&str, usize> = steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.name.as_str(), i))
+        .collect();
+    // Edges that point at known, other steps: (target, span of the needs entry).
+    let mut edges: Vec<Vec<(usize, Span)>> = vec![Vec::new(); steps.len()];
+    for (i, step) in steps.iter().enumerate() {
+        for (need, span) in step.needs.iter().zip(&spans[i].needs) {
+            match index.get(need.as_str()) {
+                Some(&j) if j == i => diags.push(
+                    Diagnostic::new(
+                        src,
+                        *span,
+                        format!("step `{need}` needs itself"),
+                        "self-dependency",
+                    )
+                    .with_help(format!("remove `{need}` from its own `needs`")),
+                ),
+                Some(&j) => edges[i].push((j, *span)),
+                None => {
+                    let hint = suggest::hint(need, steps.iter().map(|s| s.name.as_str()));
+                    let names: Vec<&str> = steps.iter().map(|s| s.name.as_str()).collect();
+                    diags.push(
+                        Diagnostic::new(
+                            src,
+                            *span,
+                            format!("unknown step `{need}` in needs of `{}`{hint}", step.name),
+                            "no such step",
+                        )
+                        .with_help(format!(
+                            "`needs` names steps of this workflow: {}",
+                            names.join(", ")
+                        )),
+                    );
+                }
+            }
+        }
+    }
+    cycles(src, steps, &edges, &mut diags);
+    output_collisions(src, steps, spans, &edges, &mut diags);
+    diags
+}
+
+/// One diagnostic per back edge of a depth-first search: each closes a distinct cycle.
+fn cycles(
+    src: &SourceFile,
+    steps: &[Step],
+    edges: &[Vec<(usize, Span)>],
+    diags: &mut Vec<Diagnostic>,
+) {
+    #[derive(Clone, Copy, PartialEq)]
+    enum State {
+        New,
+        Active,
+        Done,
+    }
+    let mut state = vec![State::New; steps.len()];
+    for root in 0..steps.len() {
+        if state[root] != State::New {
+            continue;
+        }
+        // Iterative DFS: (node, next edge index); `path` mirrors the active nodes.
+        let mut stack = vec![(root, 0usize)];
+        state[root] = State::Active;
+        while let Some(&mut (node, ref mut next)) = stack.last_mut() {
+            if let Some(&(to, span)) = edges[node].get(*next) {
+                *next += 1;
+                match state[to] {
+                    State::New => {
+                        state[to] = State::Active;
+                        stack.push((to, 0));
+                    }
+                    State::Active => {
+                        let start = stack.iter().position(|(n, _)| *n == to).unwrap_or(0);
+                        let mut names: Vec<&str> = stack[start..]
+                            .iter()
+                            .map(|(n, _)| steps[*n].name.as_str())
+                            .collect();
+                        names.push(&steps[to].name);
+                        diags.push(
+                            Diagnostic::new(src, span, format!("dependency cycle: {}", names.join(" -> ")), "this need closes the cycle")
+                                .with_help("steps cannot depend on themselves, directly or through others; remove one of these needs"),
+                        );
+                    }
+                    State::Done => {}
+                }
+            } else {
+                state[node] = State::Done;
+                stack.pop();
+            }
+        }
+    }
+}
+
+fn output_collisions(
+    src: &SourceFile,
+    steps: &[Step],
+    spans: &[StepSpans],
+    edges: &[Vec<(usize, Span)>],
+    diags: &mut Vec<Diagnostic>,
+) {
+    // (step, output index) pairs already reported, so a pair met by several consumers is reported once.
+    let mut seen = BTreeSet::new();
+    // `meet` says where the two outputs end up together.
+    let mut report = |first: (usize, usize),
+                      second: (usize, usize),
+                      meet: String,
+                      diags: &mut Vec<Diagnostic>| {
+        if !seen.insert((first, second)) {
+            return;
+        }
+        let (a, b) = (&steps[first.0], &steps[second.0]);
+        let (pa, pb) = (&a.outputs[first.1], &b.outputs[second.1]);
+        diags.push(
+            Diagnostic::new(
+                src,
+                spans[second.0].outputs[second.1],
+                format!("an output path claimed by two steps that meet in one /workspace: `{pb}` of step `{}` overlaps `{pa}` of step `{}` ({meet})", b.name, a.name),
+                "second claim",
+            )
+            .with_help("give each step its own output directory, e.g. `build/<step>/`")
+            .with_related(Diagnostic::new(src, spans[first.0].outputs[first.1], format!("`{pa}` first claimed by step `{}`", a.name), "first claim")),
+        );
+    };
+    for (s, step) in steps.iter().enumerate() {
+        let mut needs: Vec<usize> = edges[s].iter().map(|(j, _)| *j).collect();
+        needs.sort_unstable();
+        needs.dedup();
+        // The step's own outputs against those of its direct needs.
+        for &n in &needs {
+            for (k, i) in clashes(steps, n, s) {
+                report(
+                    (n, k),
+                    (s, i),
+                    format!("which `{}` needs", step.name),
+                    diags,
+                );
+            }
+        }
+        // Each pair of direct needs against each other, the later-declared one reported.
+        for (x, &first) in needs.iter().enumerate() {
+            for &second in &needs[x + 1..] {
+                for (k, i) in clashes(steps, first, second) {
+                    report(
+                        (first, k),
+                        (second, i),
+                        format!("both needed by `{}`", step.name),
+                        diags,
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Index pairs (output of `a`, output of `b`) that overlap.
+fn clashes(steps: &[Step], a: usize, b: usize) -> Vec<(usize, usize)> {
+    let (a, b) = (&steps[a].outputs, &steps[b].outputs);
+    (0..a.len())
+        .flat_map(|k| (0..b.len()).map(move |i| (k, i)))
+        .filter(|&(k, i)| overlap(&a[k], &b[i]))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlaps() {
+        assert!(overlap("build", "build/app"));
+        assert!(overlap("./build/", "build"));
+        assert!(!overlap("build", "builder"));
+        assert!(!overlap("a/b", "a/c"));
+    }
+
+    #[test]
+    fn path_problems() {
+        assert_eq!(relative_path_problem("/etc"), Some("is absolute"));
+        assert_eq!(
+            relative_path_problem("a/../b"),
+            Some("contains a `..` component")
+        );
+        assert_eq!(relative_path_problem(""), Some("is empty"));
+        assert_eq!(relative_path_problem("a/..b"), None);
+    }
+}
