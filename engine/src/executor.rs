@@ -51,9 +51,9 @@ pub struct StepOutcome {
 pub enum StepFailure {
     #[error("exited with code {0}")]
     Exit(i64),
-    #[error("timed out after {}", crate::units::fmt_duration(*.0))]
+    #[error("timed out after {}", dsl::units::format_duration(*.0))]
     TimedOut(Duration),
-    #[error("killed: out of memory (limit {})", crate::units::fmt_bytes(*.limit))]
+    #[error("killed: out of memory (limit {})", dsl::units::format_size(*.limit))]
     OutOfMemory { limit: u64 },
     #[error("declared output `{0}` does not exist after the step exited 0")]
     MissingOutput(String),

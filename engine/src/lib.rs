@@ -11,5 +11,4 @@ pub mod owner;
 pub mod plan;
 pub mod run;
 pub mod scheduler;
-pub mod units;
 pub mod workspace;

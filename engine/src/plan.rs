@@ -172,7 +172,7 @@ fn unknown_target(workflow: &dsl::Workflow, name: &str) -> PlanError {
 
 fn check_budget(workflow: &dsl::Workflow, step: &dsl::Step, budget: HostBudget) -> Result<(), PlanError> {
     let (what, asked, has, key) = if step.limits.millicpus > budget.millicpus {
-        ("cpus", fmt_cpus(step.limits.millicpus), fmt_cpus(budget.millicpus), "limits.cpus")
+        ("cpus", dsl::units::format_cpus(step.limits.millicpus), dsl::units::format_cpus(budget.millicpus), "limits.cpus")
     } else if step.limits.memory > budget.memory {
         ("memory", fmt_size(step.limits.memory), fmt_size(budget.memory), "limits.memory")
     } else {
@@ -188,18 +188,8 @@ fn check_budget(workflow: &dsl::Workflow, step: &dsl::Step, budget: HostBudget) 
     Err(PlanError::TooLarge(Box::new(diagnostic)))
 }
 
-/// `1`, `1.5`, `0.25`: CPUs as the spec writes them.
-pub(crate) fn fmt_cpus(millicpus: u64) -> String {
-    let whole = millicpus / 1000;
-    let frac = millicpus % 1000;
-    if frac == 0 {
-        return whole.to_string();
-    }
-    let frac = format!("{frac:03}");
-    format!("{whole}.{}", frac.trim_end_matches('0'))
-}
 
-/// Like [`crate::units::fmt_bytes`], but a host's memory is rarely a round number: `23.5g`.
+/// Like [`dsl::units::format_size`], but a host's memory is rarely a round number: `23.5g`.
 pub(crate) fn fmt_size(bytes: u64) -> String {
     const UNITS: [(u64, &str); 4] = [(1 << 40, "t"), (1 << 30, "g"), (1 << 20, "m"), (1 << 10, "k")];
     for (size, suffix) in UNITS {
@@ -233,10 +223,10 @@ fn list_or_dash(items: &[String]) -> String {
 fn limits_text(l: &dsl::Limits) -> String {
     format!(
         "cpus {}, memory {}, pids {}, timeout {}, tmpfs {}",
-        fmt_cpus(l.millicpus),
+        dsl::units::format_cpus(l.millicpus),
         fmt_size(l.memory),
         l.pids,
-        crate::units::fmt_duration(l.timeout),
+        dsl::units::format_duration(l.timeout),
         fmt_size(l.tmpfs)
     )
 }
@@ -545,9 +535,6 @@ mod tests {
 
     #[test]
     fn formats() {
-        assert_eq!(fmt_cpus(1500), "1.5");
-        assert_eq!(fmt_cpus(250), "0.25");
-        assert_eq!(fmt_cpus(2000), "2");
         assert_eq!(fmt_size((23 << 30) + (512 << 20)), "23.5g");
         assert_eq!(fmt_size(512 << 20), "512m");
         assert_eq!(fmt_size(100), "100b");
