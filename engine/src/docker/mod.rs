@@ -17,9 +17,9 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType, VolumeCreateRequest};
+use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType, MountVolumeOptions, VolumeCreateRequest};
 use bollard::query_parameters::{
-    CreateContainerOptions, DownloadFromContainerOptions, KillContainerOptions, LogsOptions, RemoveContainerOptions,
+    AttachContainerOptions, CreateContainerOptions, DownloadFromContainerOptions, KillContainerOptions, RemoveContainerOptions,
     UploadToContainerOptions, WaitContainerOptions,
 };
 use bollard::Docker;
@@ -169,9 +169,14 @@ impl DockerExecutor {
         if ctx.cancel.is_cancelled() {
             return Err(StepFailure::Cancelled);
         }
+        // Attached before start, like `docker run`: the attach stream carries everything the
+        // step writes and ends only after its stdio closed, whereas following the log driver
+        // right after exit can miss a last line that has not been flushed to the log yet.
+        let opts = AttachContainerOptions { stream: true, stdout: true, stderr: true, ..Default::default() };
+        let output = self.docker.attach_container(&id, Some(opts)).await.map_err(|e| env_failure("attach to the step's container", &e))?.output;
         self.docker.start_container(&id, None).await.map_err(|e| env_failure("start the step's container", &e))?;
         let started = Instant::now();
-        let ended = self.follow(job, ctx, &id, started).await;
+        let ended = self.follow(job, ctx, &id, output, started).await;
         let duration = started.elapsed();
         let outcome = |result, exit_code| Ok(StepOutcome { result, duration, exit_code });
         let code = match ended {
@@ -217,6 +222,9 @@ impl DockerExecutor {
                 target: Some(target.to_string()),
                 source: Some(volume.name),
                 typ: Some(MountType::VOLUME),
+                // No copy-up from the image: it would reset the owner of an empty volume's root
+                // to the image's (root), undoing the upload's `workspace/` entry.
+                volume_options: Some(MountVolumeOptions { no_copy: Some(true), ..Default::default() }),
                 ..Default::default()
             });
         }
@@ -254,10 +262,8 @@ impl DockerExecutor {
     }
 
     /// Stream the logs until the container stops, the timeout expires, or the step is cancelled.
-    async fn follow(&self, job: &StepJob, ctx: &StepContext, id: &str, started: Instant) -> Ended {
+    async fn follow(&self, job: &StepJob, ctx: &StepContext, id: &str, mut stream: OutputStream, started: Instant) -> Ended {
         let mut lines = logs::LineSplitter::new(job.step.name.clone(), ctx.events.clone(), &job.secrets);
-        let opts = LogsOptions { follow: true, stdout: true, stderr: true, ..Default::default() };
-        let mut stream = self.docker.logs(id, Some(opts));
         let run = async {
             while let Some(item) = stream.next().await {
                 match item {
@@ -266,7 +272,7 @@ impl DockerExecutor {
                     Err(e) => return Ended::Failed(env_failure("read the step's logs", &e)),
                 }
             }
-            // The log stream ends when the container stops; wait makes sure the state is final.
+            // The output stream ends when the container stops; wait makes sure the state is final.
             let opts = WaitContainerOptions { condition: "not-running".into() };
             let mut wait = self.docker.wait_container(id, Some(opts));
             match wait.next().await {
@@ -325,6 +331,9 @@ impl DockerExecutor {
         Ok(())
     }
 }
+
+type OutputStream =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<bollard::container::LogOutput, bollard::errors::Error>> + Send>>;
 
 enum Ended {
     Exited,
@@ -417,6 +426,8 @@ fn container_body(job: &StepJob, labels: HashMap<String, String>, mounts: Vec<Mo
         working_dir: Some(workdir),
         user: Some(step.isolation.user.to_string()),
         labels: Some(labels),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
         host_config: Some(host_config),
         ..Default::default()
     }
