@@ -103,14 +103,17 @@ async fn inputs_and_outputs(transfer: Transfer) {
     fx.input("src/in.txt", "hello input\n");
     let mut s = step(
         "build",
-        "cat /workspace/src/in.txt && mkdir -p build dist/sub && cp src/in.txt build/out.txt \
+        "cat /workspace/src/in.txt && echo env=$GREETING && echo pwd=$(pwd) && cd /workspace \
+         && mkdir -p build dist/sub && cp src/in.txt build/out.txt \
          && echo nested > dist/sub/n.txt && ln -s sub/n.txt dist/link",
     );
     s.outputs = vec!["build/out.txt".into(), "dist".into()];
+    s.env.insert("GREETING".into(), "hi there".into());
+    s.workdir = "/workspace/src".into();
     let ran = run(&exec, fx.job(s, &[])).await;
     assert_eq!(ran.outcome.result, Ok(()), "{:?}", ran.events);
     assert_eq!(ran.outcome.exit_code, Some(0));
-    assert_eq!(ran.stdout(), vec!["hello input"]);
+    assert_eq!(ran.stdout(), vec!["hello input", "env=hi there", "pwd=/workspace/src"]);
     assert_eq!(fx.collected("build/out.txt"), "hello input\n");
     assert_eq!(fx.collected("dist/sub/n.txt"), "nested\n");
     let link = std::fs::read_link(fx.collect.path().join("dist/link")).expect("link collected as a link");
@@ -244,7 +247,7 @@ async fn out_of_memory() {
     let mut s = step("hog", "head -c 200000000 /dev/zero | tail");
     s.limits.memory = 32 << 20;
     let ran = run(&exec, fx.job(s, &[])).await;
-    let failure = ran.outcome.result.clone().err().expect("the step fails");
+    let failure = ran.outcome.result.clone().expect_err("the step fails");
     assert_eq!(failure, StepFailure::OutOfMemory { limit: 32 << 20 });
     assert_eq!(failure.to_string(), "killed: out of memory (limit 32m)");
     assert_clean(&exec, &fx.run_id).await;
@@ -327,5 +330,39 @@ async fn transfer_timing() {
             assert_clean(&exec, &fx.run_id).await;
         }
         println!("transfer {transfer:?}: {:?} per step", total / N);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dropped_step_still_removes_its_container() {
+    for transfer in [Transfer::Bind, Transfer::Archive] {
+        let exec = executor(transfer).await;
+        let fx = Fixture::new("dropped");
+        let job = fx.job(step("abandoned", "sleep 30"), &[]);
+        let task = tokio::spawn({
+            let exec = executor(transfer).await;
+            async move { run(&exec, job).await }
+        });
+        poll(Duration::from_secs(20), "the running container", || {
+            let exec = &exec;
+            let run_id = fx.run_id.clone();
+            async move {
+                let (containers, _) = leftovers(exec, &run_id).await;
+                (!containers.is_empty()).then_some(())
+            }
+        })
+        .await;
+        // Dropping the future mid-run (the scheduler gave up on it) must not leak the container.
+        task.abort();
+        let _ = task.await;
+        poll(Duration::from_secs(20), "removal after drop", || {
+            let exec = &exec;
+            let run_id = fx.run_id.clone();
+            async move {
+                let (containers, volumes) = leftovers(exec, &run_id).await;
+                (containers.is_empty() && volumes.is_empty()).then_some(())
+            }
+        })
+        .await;
     }
 }
