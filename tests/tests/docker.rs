@@ -37,6 +37,8 @@ both!(
     secrets_are_files_and_masked,
     labels_while_running_and_cancel,
     non_zero_exit,
+    timeout_kills_promptly,
+    out_of_memory,
 );
 
 const PROBE: &str = r#"
@@ -123,13 +125,10 @@ async fn inputs_and_outputs(transfer: Transfer) {
 }
 
 async fn missing_output(transfer: Transfer) {
-    let exec = executor(transfer).await;
-    let fx = Fixture::new("missing");
     let mut s = step("m", "true");
     s.outputs = vec!["nope/file".into()];
-    let ran = run(&exec, fx.job(s, &[])).await;
+    let ran = run_alone(transfer, "missing", s).await;
     assert_eq!(ran.outcome.result, Err(StepFailure::MissingOutput("nope/file".into())));
-    assert_clean(&exec, &fx.run_id).await;
 }
 
 /// The step's output is rejected naming `out`, and nothing lands in collect_to.
@@ -217,40 +216,38 @@ async fn labels_while_running_and_cancel(transfer: Transfer) {
     assert_clean(&exec, &fx.run_id).await;
 }
 
-async fn non_zero_exit(transfer: Transfer) {
+/// Run `s` alone in a fresh fixture and check that nothing of it remains afterwards.
+async fn run_alone(transfer: Transfer, test: &str, s: dsl::Step) -> Ran {
     let exec = executor(transfer).await;
-    let fx = Fixture::new("exit");
-    let ran = run(&exec, fx.job(step("fail", "echo partial; printf 'no newline'; exit 3"), &[])).await;
+    let fx = Fixture::new(test);
+    let ran = run(&exec, fx.job(s, &[])).await;
+    assert_clean(&exec, &fx.run_id).await;
+    ran
+}
+
+async fn non_zero_exit(transfer: Transfer) {
+    let ran = run_alone(transfer, "exit", step("fail", "echo partial; printf 'no newline'; exit 3")).await;
     assert_eq!(ran.outcome.result, Err(StepFailure::Exit(3)));
     assert_eq!(ran.outcome.exit_code, Some(3));
     assert_eq!(ran.stdout(), vec!["partial", "no newline"], "partial last line is flushed");
-    assert_clean(&exec, &fx.run_id).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn timeout_kills_promptly() {
-    let exec = executor(Transfer::Bind).await;
-    let fx = Fixture::new("timeout");
+async fn timeout_kills_promptly(transfer: Transfer) {
     let mut s = step("slow", "sleep 30");
     s.limits.timeout = Duration::from_secs(1);
-    let ran = run(&exec, fx.job(s, &[])).await;
+    let ran = run_alone(transfer, "timeout", s).await;
     assert_eq!(ran.outcome.result, Err(StepFailure::TimedOut(Duration::from_secs(1))));
     assert_eq!(ran.outcome.result.as_ref().err().map(ToString::to_string).as_deref(), Some("timed out after 1s"));
     assert!(ran.elapsed < Duration::from_secs(5), "took {:?}", ran.elapsed);
-    assert_clean(&exec, &fx.run_id).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn out_of_memory() {
-    let exec = executor(Transfer::Bind).await;
-    let fx = Fixture::new("oom");
+async fn out_of_memory(transfer: Transfer) {
     let mut s = step("hog", "head -c 200000000 /dev/zero | tail");
     s.limits.memory = 32 << 20;
-    let ran = run(&exec, fx.job(s, &[])).await;
+    let ran = run_alone(transfer, "oom", s).await;
     let failure = ran.outcome.result.clone().expect_err("the step fails");
     assert_eq!(failure, StepFailure::OutOfMemory { limit: 32 << 20 });
     assert_eq!(failure.to_string(), "killed: out of memory (limit 32m)");
-    assert_clean(&exec, &fx.run_id).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
