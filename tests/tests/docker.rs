@@ -34,6 +34,7 @@ both!(
     symlink_to_file_outside,
     symlink_dir_escape,
     dir_containing_escaping_symlink,
+    output_through_symlinked_folder,
     secrets_are_files_and_masked,
     labels_while_running_and_cancel,
     non_zero_exit,
@@ -160,6 +161,11 @@ async fn symlink_dir_escape(transfer: Transfer) {
 
 async fn dir_containing_escaping_symlink(transfer: Transfer) {
     assert_unsafe(transfer, "mkdir d && echo ok > d/fine && ln -s /etc d/x", "d").await;
+}
+
+async fn output_through_symlinked_folder(transfer: Transfer) {
+    // `a/passwd` would be read through `a -> /etc`: the host's /etc for the bind transfer.
+    assert_unsafe(transfer, "ln -s /etc a", "a/passwd").await;
 }
 
 async fn secrets_are_files_and_masked(transfer: Transfer) {

@@ -35,6 +35,20 @@ pub fn check_output_path(path: &str) -> Result<PathBuf, StepFailure> {
     }
 }
 
+/// The folders an output is reached through (`a`, `a/b` for `a/b/c`). Each must be a real
+/// directory: a symlink there would make the copy read from wherever it points (on the host,
+/// for the bind transfer).
+pub fn parents(rel: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = rel.ancestors().skip(1).filter(|p| !p.as_os_str().is_empty()).map(Path::to_path_buf).collect();
+    out.reverse();
+    out
+}
+
+pub fn symlinked_parent(output: &str, parent: &Path) -> StepFailure {
+    let reason = format!("`{}` is a symlink; outputs are collected only through real directories", parent.display());
+    unsafe_output(output, &reason)
+}
+
 fn unsafe_output(path: &str, reason: &str) -> StepFailure {
     StepFailure::UnsafeOutput { path: path.to_string(), reason: reason.to_string() }
 }
@@ -91,12 +105,19 @@ fn check_link(output: &str, link: &Path, target: &Path) -> Result<PathBuf, StepF
 pub fn from_host(workspace: &Path, outputs: &[String], collect_to: &Path) -> Result<(), StepFailure> {
     for output in outputs {
         let rel = check_output_path(output)?;
+        for parent in parents(&rel) {
+            match workspace.join(&parent).symlink_metadata() {
+                Ok(m) if m.file_type().is_symlink() => return Err(symlinked_parent(output, &parent)),
+                Ok(_) => {}
+                Err(_) => return Err(StepFailure::MissingOutput(output.clone())),
+            }
+        }
         let src = workspace.join(&rel);
         if src.symlink_metadata().is_err() {
             return Err(StepFailure::MissingOutput(output.clone()));
         }
         let mut items = Vec::new();
-        for entry in walkdir::WalkDir::new(&src).follow_links(false).sort_by_file_name() {
+        for entry in walkdir::WalkDir::new(&src).follow_links(false).follow_root_links(false).sort_by_file_name() {
             let entry = entry.map_err(|e| io_failure(output, &io::Error::other(e)))?;
             let meta = entry.path().symlink_metadata().map_err(|e| io_failure(output, &e))?;
             let sub = entry.path().strip_prefix(workspace).map_err(|e| io_failure(output, &io::Error::other(e)))?;
@@ -233,6 +254,12 @@ mod tests {
         assert_eq!(t("d/x", "/workspace/d/y"), Some("../d/y".into()));
         assert_eq!(t("x", "/workspace/../etc"), None);
         assert_eq!(t("d/x", "y"), Some("y".into()));
+    }
+
+    #[test]
+    fn parent_folders() {
+        assert_eq!(parents(Path::new("a/b/c")), vec![PathBuf::from("a"), PathBuf::from("a/b")]);
+        assert!(parents(Path::new("c")).is_empty());
     }
 
     #[test]

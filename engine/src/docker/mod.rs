@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType, MountVolumeOptions, VolumeCreateRequest};
 use bollard::query_parameters::{
-    AttachContainerOptions, CreateContainerOptions, DownloadFromContainerOptions, KillContainerOptions, RemoveContainerOptions,
+    AttachContainerOptions, ContainerArchiveInfoOptions, CreateContainerOptions, DownloadFromContainerOptions, KillContainerOptions, RemoveContainerOptions,
     UploadToContainerOptions, WaitContainerOptions,
 };
 use bollard::Docker;
@@ -313,6 +313,15 @@ impl DockerExecutor {
         }
         for output in &job.step.outputs {
             let rel = collect::check_output_path(output)?;
+            for parent in collect::parents(&rel) {
+                let path = Path::new("/workspace").join(&parent).display().to_string();
+                match self.docker.get_container_archive_info(id, Some(ContainerArchiveInfoOptions { path })).await {
+                    Ok(stat) if !stat.link_target.is_empty() => return Err(collect::symlinked_parent(output, &parent)),
+                    Ok(_) => {}
+                    Err(e) if is_not_found(&e) => return Err(StepFailure::MissingOutput(output.clone())),
+                    Err(e) => return Err(env_failure(&format!("look up output `{output}`"), &e)),
+                }
+            }
             let path = Path::new("/workspace").join(rel).display().to_string();
             let mut stream = self.docker.download_from_container(id, Some(DownloadFromContainerOptions { path }));
             let mut tar = Vec::new();
