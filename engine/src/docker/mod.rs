@@ -145,8 +145,10 @@ impl DockerExecutor {
         let labels = labels(job);
         let mounts = match self.transfer {
             Transfer::Bind => {
-                transfer::prepare_bind_workspace(&job.workspace, user).map_err(|e| host_failure("prepare the workspace", &e))?;
-                let mut mounts = vec![bind_mount(&job.workspace, "/workspace", false)];
+                // The daemon wants an absolute source, and a resolved one: no symlink in the way.
+                let workspace = job.workspace.canonicalize().map_err(|e| host_failure("find the workspace", &e))?;
+                transfer::prepare_bind_workspace(&workspace, user).map_err(|e| host_failure("prepare the workspace", &e))?;
+                let mut mounts = vec![bind_mount(&workspace, "/workspace", false)];
                 if !job.secrets.is_empty() {
                     let dir = transfer::secrets_dir(&job.secrets, user).map_err(|e| host_failure("write the secrets", &e))?;
                     mounts.push(bind_mount(dir.path(), "/run/secrets", true));
@@ -157,14 +159,11 @@ impl DockerExecutor {
             Transfer::Archive => self.archive_volumes(job, &labels, res).await?,
         };
         let body = container_body(job, labels, mounts);
-        let create = |action: &'static str, body: ContainerCreateBody, name: Option<String>| async move {
-            let opts = CreateContainerOptions { name, ..Default::default() };
-            self.docker.create_container(Some(opts), body).await.map(|r| r.id).map_err(|e| create_failure(action, &job.image, &e))
-        };
         if self.transfer == Transfer::Archive {
-            self.upload(job, &body, res, create).await?;
+            self.upload(job, &body, res).await?;
         }
-        let id = create("create the step's container", body, Some(container_name(&job.run_id, &step.name))).await?;
+        let name = container_name(&job.run_id, &step.name);
+        let id = self.create(job, "create the step's container", body, Some(name)).await?;
         res.container(id.clone());
         if ctx.cancel.is_cancelled() {
             return Err(StepFailure::Cancelled);
@@ -234,16 +233,12 @@ impl DockerExecutor {
     /// Archive transfer: fill the volumes through a helper container that is created with the
     /// same mounts but a writable root and never started (the daemon refuses uploads onto a
     /// read-only root, and only an upload at `/` can set the owner of the volume roots).
-    async fn upload<F, Fut>(&self, job: &StepJob, body: &ContainerCreateBody, res: &mut Resources, create: F) -> Result<(), StepFailure>
-    where
-        F: Fn(&'static str, ContainerCreateBody, Option<String>) -> Fut,
-        Fut: std::future::Future<Output = Result<String, StepFailure>>,
-    {
+    async fn upload(&self, job: &StepJob, body: &ContainerCreateBody, res: &mut Resources) -> Result<(), StepFailure> {
         let mut helper = body.clone();
         if let Some(hc) = helper.host_config.as_mut() {
             hc.readonly_rootfs = Some(false);
         }
-        let id = create("create the upload container", helper, None).await?;
+        let id = self.create(job, "create the upload container", helper, None).await?;
         res.container(id.clone());
         let (workspace, secrets, user) = (job.workspace.clone(), job.secrets.clone(), job.step.isolation.user);
         let tar = tokio::task::spawn_blocking(move || transfer::upload_tar(&workspace, &secrets, user))
@@ -259,6 +254,16 @@ impl DockerExecutor {
         self.docker.remove_container(&id, Some(remove)).await.map_err(|e| env_failure("remove the upload container", &e))?;
         res.forget_container(&id);
         Ok(())
+    }
+
+    async fn create(&self, job: &StepJob, action: &str, body: ContainerCreateBody, name: Option<String>) -> Result<String, StepFailure> {
+        let opts = CreateContainerOptions { name, ..Default::default() };
+        match self.docker.create_container(Some(opts), body).await {
+            Ok(created) => Ok(created.id),
+            // 404 on create: the image is missing (no registry here, so nothing is pulled).
+            Err(e) if is_not_found(&e) => Err(StepFailure::Environment(missing_image_sentence(&job.image))),
+            Err(e) => Err(env_failure(action, &e)),
+        }
     }
 
     /// Stream the logs until the container stops, the timeout expires, or the step is cancelled.
@@ -353,14 +358,6 @@ enum Ended {
 
 fn env_failure(action: &str, err: &bollard::errors::Error) -> StepFailure {
     StepFailure::Environment(daemon_sentence(action, err))
-}
-
-fn create_failure(action: &str, image: &str, err: &bollard::errors::Error) -> StepFailure {
-    if is_not_found(err) {
-        StepFailure::Environment(missing_image_sentence(image))
-    } else {
-        env_failure(action, err)
-    }
 }
 
 fn host_failure(action: &str, err: &std::io::Error) -> StepFailure {
