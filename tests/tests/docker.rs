@@ -369,3 +369,12 @@ async fn dropped_step_still_removes_its_container() {
         .await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bridge_network_when_asked() {
+    let mut s = step("net", "ls /sys/class/net | sort | tr '\\n' ' '");
+    s.isolation.network = dsl::Network::Bridge;
+    let ran = run_alone(Transfer::Bind, "bridge", s).await;
+    assert_eq!(ran.outcome.result, Ok(()));
+    assert_eq!(ran.stdout(), vec!["eth0 lo "]);
+}

@@ -60,6 +60,6 @@ async fn list(docker: &bollard::Docker, filter: String) -> Result<(Labelled, Lab
 
 /// Containers first: a volume still used by a container cannot be removed.
 async fn remove(docker: &bollard::Docker, containers: Vec<String>, volumes: Vec<String>) -> Result<CleanupReport, EnvironmentError> {
-    remove_all(docker, containers.clone(), volumes.clone()).await;
+    let (containers, volumes) = remove_all(docker, containers, volumes).await;
     Ok(CleanupReport { containers, volumes })
 }

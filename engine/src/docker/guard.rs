@@ -1,5 +1,6 @@
 //! Removal of everything one step created (containers, volumes, temp folders), whatever happens:
-//! `release` on the normal path, and a spawned removal when the step's future is dropped midway.
+//! `release` on the normal path, and a spawned removal when the step's future is dropped midway
+//! (including midway through `release` itself).
 //!
 //! Owns only what was registered with it; must not remove anything by label or of other steps.
 
@@ -7,17 +8,19 @@ use bollard::query_parameters::{RemoveContainerOptions, RemoveVolumeOptions};
 use bollard::Docker;
 use tempfile::TempDir;
 
+use super::errors::is_not_found;
+
 pub struct Resources {
     docker: Docker,
+    /// Still to remove; an entry leaves only once the daemon confirmed its removal.
     containers: Vec<String>,
     volumes: Vec<String>,
     temp: Vec<TempDir>,
-    released: bool,
 }
 
 impl Resources {
     pub fn new(docker: Docker) -> Self {
-        Resources { docker, containers: Vec::new(), volumes: Vec::new(), temp: Vec::new(), released: false }
+        Resources { docker, containers: Vec::new(), volumes: Vec::new(), temp: Vec::new() }
     }
 
     pub fn container(&mut self, id: String) {
@@ -37,20 +40,22 @@ impl Resources {
         self.temp.push(dir);
     }
 
-    /// Remove everything now and wait for it.
+    /// Remove everything now and wait for it. What the daemon failed to remove is left for
+    /// `cleanup::remove_stale` (it carries the owner labels).
     pub async fn release(mut self) {
-        self.released = true;
-        let containers = std::mem::take(&mut self.containers);
-        let volumes = std::mem::take(&mut self.volumes);
-        remove_all(&self.docker, containers, volumes).await;
+        while let Some(id) = self.containers.last() {
+            remove_container(&self.docker, id).await;
+            self.containers.pop();
+        }
+        while let Some(name) = self.volumes.last() {
+            remove_volume(&self.docker, name).await;
+            self.volumes.pop();
+        }
     }
 }
 
 impl Drop for Resources {
     fn drop(&mut self) {
-        if self.released {
-            return;
-        }
         let containers = std::mem::take(&mut self.containers);
         let volumes = std::mem::take(&mut self.volumes);
         if containers.is_empty() && volumes.is_empty() {
@@ -66,14 +71,34 @@ impl Drop for Resources {
     }
 }
 
-/// Force-remove containers (with their anonymous volumes), then the named volumes. Errors are
-/// ignored on purpose: "already gone" is success, and anything else is left for `remove_stale`.
-pub async fn remove_all(docker: &Docker, containers: Vec<String>, volumes: Vec<String>) {
+/// Force-remove containers (with their anonymous volumes), then the named volumes, and return
+/// what is gone ("already gone" counts). Other errors leave the item for a later cleanup.
+pub async fn remove_all(docker: &Docker, containers: Vec<String>, volumes: Vec<String>) -> (Vec<String>, Vec<String>) {
+    let mut gone = (Vec::new(), Vec::new());
     for id in containers {
-        let opts = RemoveContainerOptions { force: true, v: true, ..Default::default() };
-        let _ = docker.remove_container(&id, Some(opts)).await;
+        if remove_container(docker, &id).await {
+            gone.0.push(id);
+        }
     }
     for name in volumes {
-        let _ = docker.remove_volume(&name, Some(RemoveVolumeOptions { force: true })).await;
+        if remove_volume(docker, &name).await {
+            gone.1.push(name);
+        }
+    }
+    gone
+}
+
+async fn remove_container(docker: &Docker, id: &str) -> bool {
+    let opts = RemoveContainerOptions { force: true, v: true, ..Default::default() };
+    match docker.remove_container(id, Some(opts)).await {
+        Ok(()) => true,
+        Err(e) => is_not_found(&e),
+    }
+}
+
+async fn remove_volume(docker: &Docker, name: &str) -> bool {
+    match docker.remove_volume(name, Some(RemoveVolumeOptions { force: true })).await {
+        Ok(()) => true,
+        Err(e) => is_not_found(&e),
     }
 }
