@@ -302,6 +302,7 @@ async fn unreachable_daemon_is_one_clear_sentence() {
     assert!(msg.starts_with("cannot reach the Docker daemon at unix:///nonexistent/engine-test.sock: "), "{msg}");
     assert!(msg.contains("sudo systemctl start docker") && msg.contains("DOCKER_HOST"), "{msg}");
     assert!(!msg.contains('\n') && !msg.contains("Error {") && !msg.contains("Os {"), "{msg}");
+    println!("{msg}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
