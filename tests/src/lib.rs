@@ -1,2 +1,186 @@
 //! Shared helpers for the integration tests. Every test here needs a Docker daemon and the test
 //! images (`scripts/test-images.sh`); a missing daemon is a loud failure, never a skip.
+//!
+//! Each test builds its own run id and temp folders, so tests can run in parallel against one
+//! daemon; `assert_clean` checks that nothing labelled with the run id is left behind.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bollard::query_parameters::{ListContainersOptions, ListVolumesOptions};
+use dsl::{Command, ImageRef, Isolation, Limits, Span, Step};
+use engine::docker::{DockerExecutor, Transfer, LABEL_RUN};
+use engine::events::{Event, EventSink, Stream};
+use engine::executor::{StepContext, StepJob, StepOutcome};
+use tempfile::TempDir;
+use tokio_util::sync::CancellationToken;
+
+pub const BUSYBOX: &str = "local/busybox:1";
+
+/// Connect to the real daemon or panic with a message that says what is missing.
+pub async fn executor(transfer: Transfer) -> DockerExecutor {
+    match DockerExecutor::connect().await {
+        Ok(exec) => {
+            if let Err(e) = exec.check_image(BUSYBOX).await {
+                panic!("integration tests need the test image: {e}");
+            }
+            exec.with_transfer(transfer)
+        }
+        Err(e) => panic!("integration tests need a running Docker daemon: {e}"),
+    }
+}
+
+/// A run id unique across parallel tests and repeated runs.
+pub fn run_id(test: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    format!("t-{test}-{}-{}-{nanos}", std::process::id(), N.fetch_add(1, Ordering::SeqCst))
+}
+
+/// A busybox step running `script` with the spec's defaults and a 60 s timeout.
+pub fn step(name: &str, script: &str) -> Step {
+    Step {
+        name: name.into(),
+        span: Span::default(),
+        image: ImageRef::Reference(BUSYBOX.into()),
+        command: Command::Shell(script.into()),
+        inputs: Vec::new(),
+        outputs: Vec::new(),
+        needs: Vec::new(),
+        env: BTreeMap::new(),
+        secrets: Vec::new(),
+        cache: true,
+        workdir: "/workspace".into(),
+        profile: None,
+        isolation: Isolation::default(),
+        limits: Limits { timeout: Duration::from_secs(60), ..Limits::default() },
+    }
+}
+
+/// One step's job with its own temp workspace and collect folder.
+pub struct Fixture {
+    pub run_id: String,
+    pub workspace: TempDir,
+    pub collect: TempDir,
+}
+
+impl Fixture {
+    pub fn new(test: &str) -> Fixture {
+        Fixture {
+            run_id: run_id(test),
+            workspace: tempfile::tempdir().expect("temp workspace"),
+            collect: tempfile::tempdir().expect("temp collect folder"),
+        }
+    }
+
+    /// Put a file into the workspace (the step's inputs).
+    pub fn input(&self, rel: &str, content: &str) {
+        let path = self.workspace.path().join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("create input folder");
+        }
+        std::fs::write(path, content).expect("write input");
+    }
+
+    pub fn job(&self, step: Step, secrets: &[(&str, &str)]) -> StepJob {
+        StepJob {
+            run_id: self.run_id.clone(),
+            image: match &step.image {
+                ImageRef::Reference(r) | ImageRef::Built(r) => r.clone(),
+            },
+            step: Arc::new(step),
+            workspace: self.workspace.path().to_path_buf(),
+            collect_to: self.collect.path().to_path_buf(),
+            secrets: secrets.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        }
+    }
+
+    pub fn collected(&self, rel: &str) -> String {
+        std::fs::read_to_string(self.collect.path().join(rel)).unwrap_or_else(|e| panic!("collected `{rel}`: {e}"))
+    }
+}
+
+/// What a step printed, and how it ended.
+pub struct Ran {
+    pub outcome: StepOutcome,
+    pub events: Vec<Event>,
+    pub elapsed: Duration,
+}
+
+impl Ran {
+    pub fn stdout(&self) -> Vec<String> {
+        self.lines(Stream::Stdout)
+    }
+
+    pub fn lines(&self, want: Stream) -> Vec<String> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Log { stream, line, .. } if *stream == want => Some(line.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// `key=value` lines of stdout as a map.
+    pub fn values(&self) -> HashMap<String, String> {
+        self.stdout().iter().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+}
+
+pub async fn run(exec: &DockerExecutor, job: StepJob) -> Ran {
+    run_with(exec, job, CancellationToken::new()).await
+}
+
+pub async fn run_with(exec: &DockerExecutor, job: StepJob, cancel: CancellationToken) -> Ran {
+    let (events, mut rx) = EventSink::channel();
+    let started = Instant::now();
+    let outcome = exec.run_step(job, StepContext { events, cancel }).await;
+    let elapsed = started.elapsed();
+    let mut collected = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        collected.push(e);
+    }
+    Ran { outcome, events: collected, elapsed }
+}
+
+/// Containers and volumes labelled with `run_id` (names/ids).
+pub async fn leftovers(exec: &DockerExecutor, run_id: &str) -> (Vec<String>, Vec<String>) {
+    let filters = HashMap::from([("label".to_string(), vec![format!("{LABEL_RUN}={run_id}")])]);
+    let opts = ListContainersOptions { all: true, filters: Some(filters.clone()), ..Default::default() };
+    let containers = exec.client().list_containers(Some(opts)).await.expect("list containers");
+    let volumes = exec.client().list_volumes(Some(ListVolumesOptions { filters: Some(filters) })).await.expect("list volumes");
+    (
+        containers.into_iter().filter_map(|c| c.id).collect(),
+        volumes.volumes.unwrap_or_default().into_iter().map(|v| v.name).collect(),
+    )
+}
+
+/// Nothing of `run_id` remains on the daemon.
+pub async fn assert_clean(exec: &DockerExecutor, run_id: &str) {
+    let (containers, volumes) = leftovers(exec, run_id).await;
+    assert!(containers.is_empty() && volumes.is_empty(), "left behind by {run_id}: containers {containers:?}, volumes {volumes:?}");
+}
+
+/// Poll `probe` until it returns `Some`, or panic after `limit`.
+pub async fn poll<T, F, Fut>(limit: Duration, what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn exists(path: &Path) -> bool {
+    path.symlink_metadata().is_ok()
+}

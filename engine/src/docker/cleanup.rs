@@ -2,6 +2,16 @@
 //! owning engine process (labels `engine.pid`, `engine.pid.start`, `engine.host`) is gone.
 //! Never touches resources of a live run.
 
+use std::collections::HashMap;
+
+use bollard::query_parameters::{ListContainersOptions, ListVolumesOptions};
+
+use super::errors::daemon_sentence;
+use super::guard::remove_all;
+use super::owner::owner_is_dead;
+use super::LABEL_RUN;
+use crate::error::EnvironmentError;
+
 /// What a cleanup removed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct CleanupReport {
@@ -10,11 +20,46 @@ pub struct CleanupReport {
 }
 
 /// Remove containers and volumes of runs whose engine process is gone.
-pub async fn remove_stale(_docker: &bollard::Docker) -> Result<CleanupReport, crate::error::EnvironmentError> {
-    todo!()
+pub async fn remove_stale(docker: &bollard::Docker) -> Result<CleanupReport, crate::error::EnvironmentError> {
+    let (containers, volumes) = list(docker, LABEL_RUN.to_string()).await?;
+    let containers = containers.into_iter().filter(|(_, l)| owner_is_dead(l)).map(|(id, _)| id).collect();
+    let volumes = volumes.into_iter().filter(|(_, l)| owner_is_dead(l)).map(|(id, _)| id).collect();
+    remove(docker, containers, volumes).await
 }
 
 /// Force-remove every container and volume of `run_id` (used on interrupt and at the end of a run).
-pub async fn remove_run(_docker: &bollard::Docker, _run_id: &str) -> Result<CleanupReport, crate::error::EnvironmentError> {
-    todo!()
+pub async fn remove_run(docker: &bollard::Docker, run_id: &str) -> Result<CleanupReport, crate::error::EnvironmentError> {
+    let (containers, volumes) = list(docker, format!("{LABEL_RUN}={run_id}")).await?;
+    remove(docker, containers.into_iter().map(|(id, _)| id).collect(), volumes.into_iter().map(|(id, _)| id).collect()).await
+}
+
+type Labelled = Vec<(String, HashMap<String, String>)>;
+
+/// Containers (all states) and volumes matching a label filter, with their labels.
+async fn list(docker: &bollard::Docker, filter: String) -> Result<(Labelled, Labelled), EnvironmentError> {
+    let filters = HashMap::from([("label".to_string(), vec![filter])]);
+    let opts = ListContainersOptions { all: true, filters: Some(filters.clone()), ..Default::default() };
+    let containers = docker
+        .list_containers(Some(opts))
+        .await
+        .map_err(|e| EnvironmentError(daemon_sentence("list the engine's containers", &e)))?
+        .into_iter()
+        .filter_map(|c| Some((c.id?, c.labels.unwrap_or_default())))
+        .collect();
+    let volumes = docker
+        .list_volumes(Some(ListVolumesOptions { filters: Some(filters) }))
+        .await
+        .map_err(|e| EnvironmentError(daemon_sentence("list the engine's volumes", &e)))?
+        .volumes
+        .unwrap_or_default()
+        .into_iter()
+        .map(|v| (v.name, v.labels))
+        .collect();
+    Ok((containers, volumes))
+}
+
+/// Containers first: a volume still used by a container cannot be removed.
+async fn remove(docker: &bollard::Docker, containers: Vec<String>, volumes: Vec<String>) -> Result<CleanupReport, EnvironmentError> {
+    let (containers, volumes) = remove_all(docker, containers, volumes).await;
+    Ok(CleanupReport { containers, volumes })
 }

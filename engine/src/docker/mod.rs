@@ -6,10 +6,31 @@
 //! from the host except the engine's own prepared workspace folder (bind transfer).
 
 pub mod cleanup;
+mod collect;
+mod errors;
+mod guard;
+mod logs;
+pub mod owner;
+mod transfer;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType, MountVolumeOptions, VolumeCreateRequest};
+use bollard::query_parameters::{
+    AttachContainerOptions, ContainerArchiveInfoOptions, CreateContainerOptions, DownloadFromContainerOptions, KillContainerOptions, RemoveContainerOptions,
+    UploadToContainerOptions, WaitContainerOptions,
+};
+use bollard::Docker;
+use futures_util::StreamExt;
 
 use crate::error::EnvironmentError;
-use crate::executor::{StepContext, StepJob, StepOutcome};
+use crate::events::Stream;
+use crate::executor::{StepContext, StepFailure, StepJob, StepOutcome};
 use crate::plan::HostBudget;
+use errors::{daemon_sentence, is_not_found, short_reason};
+use guard::Resources;
 
 /// Labels every container, volume and network the engine creates carries.
 pub const LABEL_RUN: &str = "engine.run";
@@ -19,6 +40,9 @@ pub const LABEL_STEP: &str = "engine.step";
 pub const LABEL_PID: &str = "engine.pid";
 pub const LABEL_PID_START: &str = "engine.pid.start";
 pub const LABEL_HOST: &str = "engine.host";
+
+/// The daemon address used when DOCKER_HOST is unset.
+pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
 
 /// How the workspace reaches the container.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,7 +63,35 @@ impl DockerExecutor {
     /// version (daemons as old as API 1.41 must work), and pick the transfer automatically
     /// (`ENGINE_TRANSFER=archive|bind` overrides).
     pub async fn connect() -> Result<Self, EnvironmentError> {
-        todo!()
+        let host = std::env::var("DOCKER_HOST").unwrap_or_else(|_| DEFAULT_DOCKER_HOST.to_string());
+        let mut executor = Self::connect_to(&host).await?;
+        match std::env::var("ENGINE_TRANSFER").as_deref() {
+            Ok("archive") => executor.transfer = Transfer::Archive,
+            Ok("bind") => executor.transfer = Transfer::Bind,
+            Ok(other) => {
+                return Err(EnvironmentError(format!(
+                    "ENGINE_TRANSFER must be `archive` or `bind`, not `{other}`"
+                )))
+            }
+            Err(_) => {}
+        }
+        Ok(executor)
+    }
+
+    /// Connect to the daemon at `host` (`unix:///path`, `tcp://host:port`, ...), ignoring
+    /// DOCKER_HOST and ENGINE_TRANSFER. Bind transfer for a unix socket, archive otherwise.
+    pub async fn connect_to(host: &str) -> Result<Self, EnvironmentError> {
+        let unreachable = |reason: String| {
+            EnvironmentError(format!(
+                "cannot reach the Docker daemon at {host}: {reason}. Start it (e.g. `sudo systemctl start docker`) \
+                 or point DOCKER_HOST at a running daemon"
+            ))
+        };
+        let docker = Docker::connect_with_host(host).map_err(|e| unreachable(short_reason(&e)))?;
+        let docker = docker.negotiate_version().await.map_err(|e| unreachable(short_reason(&e)))?;
+        docker.ping().await.map_err(|e| unreachable(short_reason(&e)))?;
+        let transfer = if host.starts_with("unix://") { Transfer::Bind } else { Transfer::Archive };
+        Ok(DockerExecutor { docker, transfer })
     }
 
     pub fn with_transfer(mut self, transfer: Transfer) -> Self {
@@ -57,16 +109,332 @@ impl DockerExecutor {
 
     /// CPUs and memory of the daemon's host.
     pub async fn host_budget(&self) -> Result<HostBudget, EnvironmentError> {
-        todo!()
+        let info = self.docker.info().await.map_err(|e| EnvironmentError(daemon_sentence("describe its host", &e)))?;
+        let cpus = info.ncpu.unwrap_or(1).max(1) as u64;
+        let memory = info.mem_total.unwrap_or(0).max(0) as u64;
+        Ok(HostBudget { millicpus: cpus * 1000, memory })
     }
 
     /// Error (exit 3) if `reference` is not present locally, with a sentence saying how to get it.
-    pub async fn check_image(&self, _reference: &str) -> Result<(), EnvironmentError> {
-        todo!()
+    pub async fn check_image(&self, reference: &str) -> Result<(), EnvironmentError> {
+        match self.docker.inspect_image(reference).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_not_found(&e) => Err(EnvironmentError(missing_image_sentence(reference))),
+            Err(e) => Err(EnvironmentError(daemon_sentence(&format!("look up image `{reference}`"), &e))),
+        }
     }
 
     /// Run one step's container to the end and remove it.
-    pub async fn run_step(&self, _job: StepJob, _ctx: StepContext) -> StepOutcome {
-        todo!()
+    pub async fn run_step(&self, job: StepJob, ctx: StepContext) -> StepOutcome {
+        let mut resources = Resources::new(self.docker.clone());
+        let outcome = match self.run_inner(&job, &ctx, &mut resources).await {
+            Ok(outcome) => outcome,
+            Err(failure) => StepOutcome { result: Err(failure), duration: Duration::ZERO, exit_code: None },
+        };
+        resources.release().await;
+        outcome
+    }
+
+    /// Everything up to the end of the step; `Err` only for failures before the container ran.
+    async fn run_inner(&self, job: &StepJob, ctx: &StepContext, res: &mut Resources) -> Result<StepOutcome, StepFailure> {
+        if ctx.cancel.is_cancelled() {
+            return Err(StepFailure::Cancelled);
+        }
+        let step = &job.step;
+        let user = step.isolation.user;
+        let labels = labels(job);
+        let mounts = match self.transfer {
+            Transfer::Bind => {
+                // The daemon wants an absolute source, and a resolved one: no symlink in the way.
+                let workspace = job.workspace.canonicalize().map_err(|e| host_failure("find the workspace", &e))?;
+                transfer::prepare_bind_workspace(&workspace, user).map_err(|e| host_failure("prepare the workspace", &e))?;
+                let mut mounts = vec![bind_mount(&workspace, "/workspace", false)];
+                if !job.secrets.is_empty() {
+                    let dir = transfer::secrets_dir(&job.secrets, user).map_err(|e| host_failure("write the secrets", &e))?;
+                    mounts.push(bind_mount(dir.path(), "/run/secrets", true));
+                    res.temp_dir(dir);
+                }
+                mounts
+            }
+            Transfer::Archive => self.archive_volumes(job, &labels, res).await?,
+        };
+        let body = container_body(job, labels, mounts);
+        if self.transfer == Transfer::Archive {
+            self.upload(job, &body, res).await?;
+        }
+        let name = container_name(&job.run_id, &step.name);
+        let id = self.create(job, "create the step's container", body, Some(name)).await?;
+        res.container(id.clone());
+        if ctx.cancel.is_cancelled() {
+            return Err(StepFailure::Cancelled);
+        }
+        // Attached before start, like `docker run`: the attach stream carries everything the
+        // step writes and ends only after its stdio closed, whereas following the log driver
+        // right after exit can miss a last line that has not been flushed to the log yet.
+        let opts = AttachContainerOptions { stream: true, stdout: true, stderr: true, ..Default::default() };
+        let output = self.docker.attach_container(&id, Some(opts)).await.map_err(|e| env_failure("attach to the step's container", &e))?.output;
+        self.docker.start_container(&id, None).await.map_err(|e| env_failure("start the step's container", &e))?;
+        let started = Instant::now();
+        let ended = self.follow(job, ctx, &id, output, started).await;
+        let duration = started.elapsed();
+        let outcome = |result, exit_code| Ok(StepOutcome { result, duration, exit_code });
+        let code = match ended {
+            Ended::Exited => self.exit_code(&id).await,
+            Ended::TimedOut => {
+                self.kill(&id).await;
+                return outcome(Err(StepFailure::TimedOut(step.limits.timeout)), None);
+            }
+            Ended::Cancelled => {
+                self.kill(&id).await;
+                return outcome(Err(StepFailure::Cancelled), None);
+            }
+            Ended::Failed(f) => return outcome(Err(f), None),
+        };
+        let (code, oom) = match code {
+            Ok(c) => c,
+            Err(f) => return outcome(Err(f), None),
+        };
+        if code != 0 {
+            let failure = if oom { StepFailure::OutOfMemory { limit: step.limits.memory } } else { StepFailure::Exit(code) };
+            return outcome(Err(failure), Some(code));
+        }
+        outcome(self.collect(job, &id).await, Some(code))
+    }
+
+    /// Archive transfer: the named volumes for /workspace (and /run/secrets).
+    async fn archive_volumes(
+        &self,
+        job: &StepJob,
+        labels: &HashMap<String, String>,
+        res: &mut Resources,
+    ) -> Result<Vec<Mount>, StepFailure> {
+        let mut targets = vec!["/workspace"];
+        if !job.secrets.is_empty() {
+            targets.push("/run/secrets");
+        }
+        let mut mounts = Vec::new();
+        for target in targets {
+            let req = VolumeCreateRequest { labels: Some(labels.clone()), ..Default::default() };
+            let volume = self.docker.create_volume(req).await.map_err(|e| env_failure("create a volume", &e))?;
+            res.volume(volume.name.clone());
+            mounts.push(Mount {
+                target: Some(target.to_string()),
+                source: Some(volume.name),
+                typ: Some(MountType::VOLUME),
+                // No copy-up from the image: it would reset the owner of an empty volume's root
+                // to the image's (root), undoing the upload's `workspace/` entry.
+                volume_options: Some(MountVolumeOptions { no_copy: Some(true), ..Default::default() }),
+                ..Default::default()
+            });
+        }
+        Ok(mounts)
+    }
+
+    /// Archive transfer: fill the volumes through a helper container that is created with the
+    /// same mounts but a writable root and never started (the daemon refuses uploads onto a
+    /// read-only root, and only an upload at `/` can set the owner of the volume roots).
+    async fn upload(&self, job: &StepJob, body: &ContainerCreateBody, res: &mut Resources) -> Result<(), StepFailure> {
+        let mut helper = body.clone();
+        if let Some(hc) = helper.host_config.as_mut() {
+            hc.readonly_rootfs = Some(false);
+        }
+        let id = self.create(job, "create the upload container", helper, None).await?;
+        res.container(id.clone());
+        let (workspace, secrets, user) = (job.workspace.clone(), job.secrets.clone(), job.step.isolation.user);
+        let tar = tokio::task::spawn_blocking(move || transfer::upload_tar(&workspace, &secrets, user))
+            .await
+            .map_err(|e| StepFailure::Environment(format!("cannot pack the workspace: {e}")))?
+            .map_err(|e| host_failure("pack the workspace", &e))?;
+        let opts = UploadToContainerOptions { path: "/".into(), ..Default::default() };
+        self.docker
+            .upload_to_container(&id, Some(opts), bollard::body_full(tar.into()))
+            .await
+            .map_err(|e| env_failure("upload the workspace", &e))?;
+        let remove = RemoveContainerOptions { force: true, ..Default::default() };
+        self.docker.remove_container(&id, Some(remove)).await.map_err(|e| env_failure("remove the upload container", &e))?;
+        res.forget_container(&id);
+        Ok(())
+    }
+
+    async fn create(&self, job: &StepJob, action: &str, body: ContainerCreateBody, name: Option<String>) -> Result<String, StepFailure> {
+        let opts = CreateContainerOptions { name, ..Default::default() };
+        match self.docker.create_container(Some(opts), body).await {
+            Ok(created) => Ok(created.id),
+            // 404 on create: the image is missing (no registry here, so nothing is pulled).
+            Err(e) if is_not_found(&e) => Err(StepFailure::Environment(missing_image_sentence(&job.image))),
+            Err(e) => Err(env_failure(action, &e)),
+        }
+    }
+
+    /// Stream the logs until the container stops, the timeout expires, or the step is cancelled.
+    async fn follow(&self, job: &StepJob, ctx: &StepContext, id: &str, mut stream: OutputStream, started: Instant) -> Ended {
+        let mut lines = logs::LineSplitter::new(job.step.name.clone(), ctx.events.clone(), &job.secrets);
+        let run = async {
+            while let Some(item) = stream.next().await {
+                match item {
+                    Ok(bollard::container::LogOutput::StdErr { message }) => lines.push(Stream::Stderr, &message),
+                    Ok(out) => lines.push(Stream::Stdout, &out.into_bytes()),
+                    Err(e) => return Ended::Failed(env_failure("read the step's logs", &e)),
+                }
+            }
+            // The output stream ends when the container stops; wait makes sure the state is final.
+            let opts = WaitContainerOptions { condition: "not-running".into() };
+            let mut wait = self.docker.wait_container(id, Some(opts));
+            match wait.next().await {
+                Some(Err(e)) if !matches!(e, bollard::errors::Error::DockerContainerWaitError { .. }) => {
+                    Ended::Failed(env_failure("wait for the step's container", &e))
+                }
+                _ => Ended::Exited,
+            }
+        };
+        let deadline = tokio::time::Instant::from_std(started + job.step.limits.timeout);
+        let ended = tokio::select! {
+            ended = run => ended,
+            _ = tokio::time::sleep_until(deadline) => Ended::TimedOut,
+            _ = ctx.cancel.cancelled() => Ended::Cancelled,
+        };
+        lines.flush();
+        ended
+    }
+
+    async fn exit_code(&self, id: &str) -> Result<(i64, bool), StepFailure> {
+        let info = self.docker.inspect_container(id, None).await.map_err(|e| env_failure("inspect the step's container", &e))?;
+        let state = info.state.unwrap_or_default();
+        Ok((state.exit_code.unwrap_or(-1), state.oom_killed.unwrap_or(false)))
+    }
+
+    async fn kill(&self, id: &str) {
+        // Errors ignored: the container may have exited meanwhile; removal forces it anyway.
+        let opts = KillContainerOptions { signal: "SIGKILL".into() };
+        let _ = self.docker.kill_container(id, Some(opts)).await;
+    }
+
+    async fn collect(&self, job: &StepJob, id: &str) -> Result<(), StepFailure> {
+        if self.transfer == Transfer::Bind {
+            let (ws, outs, to) = (job.workspace.clone(), job.step.outputs.clone(), job.collect_to.clone());
+            return tokio::task::spawn_blocking(move || collect::from_host(&ws, &outs, &to))
+                .await
+                .map_err(|e| StepFailure::Environment(format!("cannot collect the outputs: {e}")))?;
+        }
+        for output in &job.step.outputs {
+            let rel = collect::check_output_path(output)?;
+            for parent in collect::parents(&rel) {
+                let path = Path::new("/workspace").join(&parent).display().to_string();
+                match self.docker.get_container_archive_info(id, Some(ContainerArchiveInfoOptions { path })).await {
+                    Ok(stat) if !stat.link_target.is_empty() => return Err(collect::symlinked_parent(output, &parent)),
+                    Ok(_) => {}
+                    Err(e) if is_not_found(&e) => return Err(StepFailure::MissingOutput(output.clone())),
+                    Err(e) => return Err(env_failure(&format!("look up output `{output}`"), &e)),
+                }
+            }
+            let path = Path::new("/workspace").join(rel).display().to_string();
+            let mut stream = self.docker.download_from_container(id, Some(DownloadFromContainerOptions { path }));
+            let mut tar = Vec::new();
+            while let Some(chunk) = stream.next().await {
+                match chunk {
+                    Ok(bytes) => tar.extend_from_slice(&bytes),
+                    Err(e) if is_not_found(&e) => return Err(StepFailure::MissingOutput(output.clone())),
+                    Err(e) => return Err(env_failure(&format!("download output `{output}`"), &e)),
+                }
+            }
+            let (out, to) = (output.clone(), job.collect_to.clone());
+            tokio::task::spawn_blocking(move || collect::from_tar(&out, &tar, &to))
+                .await
+                .map_err(|e| StepFailure::Environment(format!("cannot collect the outputs: {e}")))??;
+        }
+        Ok(())
+    }
+}
+
+type OutputStream =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<bollard::container::LogOutput, bollard::errors::Error>> + Send>>;
+
+enum Ended {
+    Exited,
+    TimedOut,
+    Cancelled,
+    Failed(StepFailure),
+}
+
+fn env_failure(action: &str, err: &bollard::errors::Error) -> StepFailure {
+    StepFailure::Environment(daemon_sentence(action, err))
+}
+
+fn host_failure(action: &str, err: &std::io::Error) -> StepFailure {
+    StepFailure::Environment(format!("cannot {action} on this host: {err}"))
+}
+
+fn missing_image_sentence(reference: &str) -> String {
+    let offline = if reference == "local/busybox:1" {
+        "run `scripts/import-busybox.sh`".to_string()
+    } else {
+        format!("load it with `docker load -i <file>` or `docker import <rootfs.tar> {reference}`")
+    };
+    format!("image `{reference}` is not present on the Docker host: offline, {offline}; online, `docker pull {reference}`")
+}
+
+fn labels(job: &StepJob) -> HashMap<String, String> {
+    let mut labels = owner::owner_labels();
+    labels.insert(LABEL_RUN.into(), job.run_id.clone());
+    labels.insert(LABEL_STEP.into(), job.step.name.clone());
+    labels
+}
+
+fn bind_mount(source: &Path, target: &str, read_only: bool) -> Mount {
+    Mount {
+        target: Some(target.to_string()),
+        source: Some(source.display().to_string()),
+        typ: Some(MountType::BIND),
+        read_only: Some(read_only),
+        ..Default::default()
+    }
+}
+
+/// `engine-<run>-<step>`, with anything Docker refuses in a name replaced by `-`.
+pub fn container_name(run_id: &str, step: &str) -> String {
+    format!("engine-{run_id}-{step}")
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') { c } else { '-' })
+        .collect()
+}
+
+/// The step's container: the spec's isolation defaults, applied from the step's resolved IR.
+fn container_body(job: &StepJob, labels: HashMap<String, String>, mounts: Vec<Mount>) -> ContainerCreateBody {
+    let step = &job.step;
+    let limits = step.limits;
+    let argv = step.command.argv();
+    let (entrypoint, cmd) = match argv.split_first() {
+        Some((first, rest)) => (vec![first.clone()], rest.to_vec()),
+        None => (Vec::new(), Vec::new()),
+    };
+    let workdir = if step.workdir.is_empty() { "/workspace".to_string() } else { step.workdir.clone() };
+    let memory = i64::try_from(limits.memory).unwrap_or(i64::MAX);
+    let host_config = HostConfig {
+        network_mode: Some(step.isolation.network.as_str().to_string()),
+        readonly_rootfs: Some(true),
+        privileged: Some(false),
+        cap_drop: Some(vec!["ALL".into()]),
+        security_opt: Some(vec!["no-new-privileges".into()]),
+        memory: Some(memory),
+        // Equal to memory: no swap at all.
+        memory_swap: Some(memory),
+        nano_cpus: Some(i64::try_from(limits.millicpus.saturating_mul(1_000_000)).unwrap_or(i64::MAX)),
+        pids_limit: Some(i64::try_from(limits.pids).unwrap_or(i64::MAX)),
+        tmpfs: Some(HashMap::from([("/tmp".to_string(), format!("rw,nosuid,nodev,size={},mode=1777", limits.tmpfs))])),
+        mounts: Some(mounts),
+        ..Default::default()
+    };
+    ContainerCreateBody {
+        image: Some(job.image.clone()),
+        entrypoint: Some(entrypoint),
+        cmd: Some(cmd),
+        env: Some(step.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+        working_dir: Some(workdir),
+        user: Some(step.isolation.user.to_string()),
+        labels: Some(labels),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        host_config: Some(host_config),
+        ..Default::default()
     }
 }
