@@ -20,10 +20,14 @@ use tokio_util::sync::CancellationToken;
 
 pub const BUSYBOX: &str = "local/busybox:1";
 
-/// Connect to the real daemon or panic with a message that says what is missing.
+/// Connect to the real daemon or panic with a message that says what is missing. The test image
+/// is imported (offline, `scripts/import-busybox.sh`) the first time it is found missing.
 pub async fn executor(transfer: Transfer) -> DockerExecutor {
     match DockerExecutor::connect().await {
         Ok(exec) => {
+            if exec.check_image(BUSYBOX).await.is_err() {
+                import_test_image();
+            }
             if let Err(e) = exec.check_image(BUSYBOX).await {
                 panic!("integration tests need the test image: {e}");
             }
@@ -31,6 +35,14 @@ pub async fn executor(transfer: Transfer) -> DockerExecutor {
         }
         Err(e) => panic!("integration tests need a running Docker daemon: {e}"),
     }
+}
+
+fn import_test_image() {
+    static IMPORT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = IMPORT.lock().unwrap_or_else(|e| e.into_inner());
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/import-busybox.sh");
+    let status = std::process::Command::new("bash").arg(script).arg(BUSYBOX).status();
+    assert!(matches!(status, Ok(s) if s.success()), "could not import {BUSYBOX} with scripts/import-busybox.sh");
 }
 
 /// A run id unique across parallel tests and repeated runs.
