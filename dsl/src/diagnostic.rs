@@ -83,3 +83,23 @@ pub enum LoadError {
 fn count(n: usize) -> String {
     if n == 1 { "1 error".into() } else { format!("{n} errors") }
 }
+
+/// Render any error for a person: the message, and for each diagnostic its `file:line:col`, the
+/// source line with a `^` caret under the span, and the help. The binary and the snapshot tests
+/// both use this, so snapshots show exactly what users see. Colour only when asked (a TTY).
+pub fn render(err: &dyn miette::Diagnostic, color: bool) -> String {
+    let styles = if color { miette::ThemeStyles::ansi() } else { miette::ThemeStyles::none() };
+    let mut characters = miette::ThemeCharacters::ascii();
+    // `error: message`, as compilers print it, rather than a bare `x`.
+    characters.error = "error:".into();
+    let theme = miette::GraphicalTheme { characters, styles };
+    let mut out = String::new();
+    if miette::GraphicalReportHandler::new_themed(theme)
+        .with_width(100)
+        .render_report(&mut out, err)
+        .is_err()
+    {
+        out = err.to_string();
+    }
+    out
+}

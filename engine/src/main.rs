@@ -178,11 +178,6 @@ fn load_policy(arg: &PolicyArg) -> Result<dsl::policy::Policy, StartError> {
 /// diagnostic with its file:line:col, the source line and a caret.
 fn report(err: &StartError) {
     let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    let theme = if color { miette::GraphicalTheme::unicode() } else { miette::GraphicalTheme::unicode_nocolor() };
-    let handler = miette::GraphicalReportHandler::new_themed(theme).with_width(100);
-    let mut out = String::new();
-    if handler.render_report(&mut out, err).is_err() {
-        out = err.to_string();
-    }
-    eprintln!("engine: {}", out.trim_start_matches(['×', ' ']).trim_end());
+    let out = dsl::diagnostic::render(err, color);
+    eprintln!("engine: {}", out.trim_start().trim_end());
 }

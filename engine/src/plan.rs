@@ -493,12 +493,7 @@ mod tests {
     }
 
     fn render_diagnostic(err: &PlanError) -> String {
-        let mut out = String::new();
-        miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())
-            .with_width(100)
-            .render_report(&mut out, err)
-            .unwrap();
-        out
+        dsl::diagnostic::render(err, false)
     }
 
     #[test]

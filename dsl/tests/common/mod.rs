@@ -7,14 +7,7 @@ use dsl::{LoadError, Policy, Workflow};
 
 /// Renders an error the way the engine shows it, without colours and at a fixed width.
 pub fn render(err: &LoadError) -> String {
-    let handler =
-        miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())
-            .with_width(100);
-    let mut out = String::new();
-    handler
-        .render_report(&mut out, err)
-        .expect("rendering into a String cannot fail");
-    out
+    dsl::diagnostic::render(err, false)
 }
 
 /// Loads `text` as `dir/name` and returns the rendered errors; panics if it loads.
