@@ -248,7 +248,9 @@ async fn timeout_kills_promptly(transfer: Transfer) {
 }
 
 async fn out_of_memory(transfer: Transfer) {
-    let mut s = step("hog", "head -c 200000000 /dev/zero | tail");
+    // One 100M buffer, touched at once by the read: over the limit immediately, whatever the load
+    // (a slowly growing pipe buffer can take a minute under CPU throttling).
+    let mut s = step("hog", "dd if=/dev/zero of=/dev/null bs=100M count=1");
     s.limits.memory = 32 << 20;
     let ran = run_alone(transfer, "oom", s).await;
     let failure = ran.outcome.result.clone().expect_err("the step fails");
