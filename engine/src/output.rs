@@ -1,6 +1,6 @@
 //! Renders run events for people and machines: plain mode prefixes each log line with its step
 //! name (coloured on a TTY) and ends with a summary table; JSON mode prints one event per line
-//! (the schema is documented in `engine/EVENTS.md`).
+//! (the schema is documented in `docs/events.md`).
 //!
 //! Renderers only format; they never decide anything about the run. The formatting is done by
 //! pure functions ([`PlainRenderer::render`], [`summary_table`], [`summary_line`]) so that tests
@@ -200,7 +200,7 @@ pub fn summary_line(steps: &[StepSummary], total: Duration) -> String {
     format!("{what} in {}", fmt_secs(u64::try_from(total.as_millis()).unwrap_or(u64::MAX)))
 }
 
-/// One event as one line of JSON (the shape is `Event`'s serde form, see `engine/EVENTS.md`).
+/// One event as one line of JSON (the shape is `Event`'s serde form, see `docs/events.md`).
 pub fn json_line(event: &Event) -> String {
     // Serialising plain data with string keys cannot fail; an empty object keeps the stream valid.
     serde_json::to_string(event).unwrap_or_else(|_| "{}".into())
