@@ -90,6 +90,28 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}-{}-{n:x}", std::process::id())
 }
 
+/// The run id from the `run_started` event of an engine started with `--output json`.
+fn first_event_run_id(child: &mut Child) -> String {
+    use std::io::BufRead;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut line = String::new();
+    std::io::BufReader::new(stdout).read_line(&mut line).unwrap();
+    let event: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(event["event"], "run_started", "{line}");
+    event["run_id"].as_str().unwrap().to_string()
+}
+
+/// Temporary folders of run `run_id` (`<tmp>/engine-run-<id>-*`).
+fn run_dirs(run_id: &str) -> Vec<PathBuf> {
+    let prefix = format!("engine-run-{run_id}-");
+    std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .collect()
+}
+
 fn signal(child: &Child, sig: i32) {
     let rc = unsafe { libc::kill(child.id() as i32, sig) };
     assert_eq!(rc, 0, "kill failed");
@@ -121,6 +143,28 @@ steps:
     assert!(stdout.lines().any(|l| l.starts_with("shout") && l.ends_with("HELLO, WORLD")), "{stdout}");
     let stderr = text(&o.stderr);
     assert!(stderr.contains("greet") && stderr.contains("succeeded"), "{stderr}");
+}
+
+#[test]
+fn a_workspace_holds_only_its_inputs_and_its_direct_needs_outputs() {
+    let p = Project::new(&format!(
+        r#"version: 1
+defaults: {{ image: {IMAGE} }}
+steps:
+  a: {{ inputs: [in.txt], run: cp in.txt a.txt, outputs: [a.txt] }}
+  b: {{ needs: [a], run: test -f a.txt && echo b > b.txt, outputs: [b.txt] }}
+  c:
+    needs: [b]
+    run: ls -A /workspace; test -f b.txt && test ! -e a.txt && test ! -e in.txt && test ! -e private.txt
+"#
+    ));
+    p.write("in.txt", "input\n");
+    p.write("private.txt", "not an input of anyone\n");
+    let o = p.run(&["run"]);
+    assert_eq!(code(&o), 0, "stdout:\n{}\nstderr:\n{}", text(&o.stdout), text(&o.stderr));
+    let listing: Vec<String> = text(&o.stdout).lines().filter(|l| l.starts_with('c')).map(str::to_string).collect();
+    assert_eq!(listing.len(), 1, "c's /workspace holds b.txt only: {listing:?}");
+    assert!(listing[0].ends_with("b.txt"), "{listing:?}");
 }
 
 #[test]
@@ -238,11 +282,13 @@ fn leftovers_of_a_sigkilled_engine_are_removed_by_clean_but_a_live_run_is_untouc
     let dead_label = format!("engine.step={dead_step}");
     let live_label = format!("engine.step={live_step}");
 
-    let mut victim = dead.spawn(&["run"]);
+    let mut victim = dead.spawn(&["run", "--output", "json"]);
+    let run_id = first_event_run_id(&mut victim);
     wait_for("the victim's container", Duration::from_secs(30), || !containers(&dead_label).is_empty());
     signal(&victim, libc::SIGKILL);
     victim.wait().unwrap();
     assert_eq!(containers(&dead_label).len(), 1, "SIGKILL leaves the container behind");
+    assert_eq!(run_dirs(&run_id).len(), 1, "and its temporary folder");
 
     let survivor = live.spawn(&["run"]);
     wait_for("the live run's container", Duration::from_secs(30), || !containers(&live_label).is_empty());
@@ -250,6 +296,7 @@ fn leftovers_of_a_sigkilled_engine_are_removed_by_clean_but_a_live_run_is_untouc
     let o = dead.run(&["clean"]);
     assert_eq!(code(&o), 0, "{}", text(&o.stderr));
     assert!(containers(&dead_label).is_empty(), "clean removes the dead run's container");
+    assert!(run_dirs(&run_id).is_empty(), "clean removes the dead run's temporary folder");
     assert_eq!(containers(&live_label).len(), 1, "clean leaves a live run alone");
 
     signal(&survivor, libc::SIGTERM);

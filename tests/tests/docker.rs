@@ -212,6 +212,23 @@ async fn labels_while_running_and_cancel(transfer: Transfer) {
     assert!(labels.contains_key(LABEL_HOST));
     let name = format!("/{}", container_name(&fx.run_id, "wait"));
     assert_eq!(container.names.unwrap_or_default(), vec![name]);
+
+    // What the daemon was asked for: never privileged, never the host's network or the docker
+    // socket, nothing mounted but /workspace (and /run/secrets), every capability dropped.
+    let id = container.id.expect("container id");
+    let inspected = exec.client().inspect_container(&id, None).await.expect("inspect");
+    let host = inspected.host_config.expect("host config");
+    assert_ne!(host.privileged, Some(true));
+    assert_eq!(host.network_mode.as_deref(), Some("none"));
+    assert_eq!(host.readonly_rootfs, Some(true));
+    assert_eq!(host.cap_drop, Some(vec!["ALL".to_string()]));
+    assert!(host.cap_add.unwrap_or_default().is_empty());
+    assert!(host.security_opt.unwrap_or_default().iter().any(|o| o == "no-new-privileges"));
+    assert_eq!(host.memory_swap, host.memory, "no swap");
+    let mounts = inspected.mounts.unwrap_or_default();
+    let targets: Vec<String> = mounts.iter().filter_map(|m| m.destination.clone()).collect();
+    assert!(targets.iter().all(|t| t == "/workspace" || t == "/run/secrets"), "{targets:?}");
+    assert!(mounts.iter().all(|m| !m.source.clone().unwrap_or_default().contains("docker.sock")));
     if transfer == Transfer::Archive {
         let (_, volumes) = leftovers(&exec, &fx.run_id).await;
         assert!(!volumes.is_empty(), "the workspace volume carries the run label");
