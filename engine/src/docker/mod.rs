@@ -111,7 +111,9 @@ impl DockerExecutor {
     pub async fn host_budget(&self) -> Result<HostBudget, EnvironmentError> {
         let info = self.docker.info().await.map_err(|e| EnvironmentError(daemon_sentence("describe its host", &e)))?;
         let cpus = info.ncpu.unwrap_or(1).max(1) as u64;
-        let memory = info.mem_total.unwrap_or(0).max(0) as u64;
+        // A daemon that does not say how much memory it has gets no memory budget rather than
+        // a zero one (which would make every step "too large").
+        let memory = info.mem_total.filter(|m| *m > 0).map_or(u64::MAX, |m| m as u64);
         Ok(HostBudget { millicpus: cpus * 1000, memory })
     }
 
