@@ -76,6 +76,30 @@ pub struct Step {
     pub limits: Limits,
 }
 
+impl Step {
+    /// A step with the spec's defaults for everything but its name, image and command: what a
+    /// workflow gets when it sets only those (no inputs, outputs, needs, env or secrets; cache
+    /// on; workdir /workspace; default isolation and limits).
+    pub fn new(name: impl Into<String>, image: ImageRef, command: Command) -> Step {
+        Step {
+            name: name.into(),
+            span: Span::default(),
+            image,
+            command,
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+            needs: Vec::new(),
+            env: BTreeMap::new(),
+            secrets: Vec::new(),
+            cache: true,
+            workdir: "/workspace".into(),
+            profile: None,
+            isolation: Isolation::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", content = "name", rename_all = "snake_case")]
 pub enum ImageRef {

@@ -368,22 +368,11 @@ pub(crate) mod test_support {
     }
 
     pub fn step(name: &str) -> dsl::Step {
-        dsl::Step {
-            name: name.into(),
-            span: dsl::Span::default(),
-            image: dsl::ImageRef::Reference("local/busybox:1".into()),
-            command: dsl::Command::Shell(format!("echo {name}")),
-            inputs: Vec::new(),
-            outputs: Vec::new(),
-            needs: Vec::new(),
-            env: BTreeMap::new(),
-            secrets: Vec::new(),
-            cache: true,
-            workdir: "/workspace".into(),
-            profile: None,
-            isolation: dsl::Isolation::default(),
-            limits: dsl::Limits::default(),
-        }
+        dsl::Step::new(
+            name,
+            dsl::ImageRef::Reference("local/busybox:1".into()),
+            dsl::Command::Shell(format!("echo {name}")),
+        )
     }
 
     impl WorkflowBuilder {

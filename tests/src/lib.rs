@@ -4,14 +4,14 @@
 //! Each test builds its own run id and temp folders, so tests can run in parallel against one
 //! daemon; `assert_clean` checks that nothing labelled with the run id is left behind.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bollard::query_parameters::{ListContainersOptions, ListVolumesOptions};
-use dsl::{Command, ImageRef, Isolation, Limits, Span, Step};
+use dsl::{Command, ImageRef, Limits, Step};
 use engine::docker::{DockerExecutor, Transfer, LABEL_RUN};
 use engine::events::{Event, EventSink, Stream};
 use engine::executor::{StepContext, StepJob, StepOutcome};
@@ -55,20 +55,8 @@ pub fn run_id(test: &str) -> String {
 /// A busybox step running `script` with the spec's defaults and a 60 s timeout.
 pub fn step(name: &str, script: &str) -> Step {
     Step {
-        name: name.into(),
-        span: Span::default(),
-        image: ImageRef::Reference(BUSYBOX.into()),
-        command: Command::Shell(script.into()),
-        inputs: Vec::new(),
-        outputs: Vec::new(),
-        needs: Vec::new(),
-        env: BTreeMap::new(),
-        secrets: Vec::new(),
-        cache: true,
-        workdir: "/workspace".into(),
-        profile: None,
-        isolation: Isolation::default(),
         limits: Limits { timeout: Duration::from_secs(60), ..Limits::default() },
+        ..Step::new(name, ImageRef::Reference(BUSYBOX.into()), Command::Shell(script.into()))
     }
 }
 
