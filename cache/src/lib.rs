@@ -1,2 +1,18 @@
-//! Content-addressed store: hashing, action keys, blobs, GC. Not built yet (issue: cache);
-//! the engine already depends on it so the crate graph is in place.
+//! The content-addressed step cache: canonical, versioned action keys ([`key`]), input hashing
+//! with a stat cache ([`hash`]), and the on-disk store of blobs and manifests ([`store`]).
+//!
+//! This crate knows nothing about Docker, workflows or the scheduler: the engine hands it plain
+//! values (argv, env, paths, digests) and folders of files. It never stores a secret value: the
+//! engine passes secret NAMES only.
+
+pub mod digest;
+pub mod hash;
+pub mod key;
+pub mod store;
+
+pub use digest::Digest;
+pub use key::{ActionKey, InputEntry, KeyComponents, Reason, UpstreamEntry};
+pub use store::{Manifest, Store};
+
+/// Bumped whenever the key encoding or the store layout changes: old entries simply stop matching.
+pub const CACHE_FORMAT_VERSION: u32 = 1;

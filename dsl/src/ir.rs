@@ -68,6 +68,8 @@ pub struct Step {
     pub secrets: Vec<String>,
     /// `cache: false` turns reuse off for this step.
     pub cache: bool,
+    /// Persistent folders shared across runs (package-manager caches). Not part of the cache key.
+    pub caches: Vec<CacheMount>,
     /// Working directory inside the container; `/workspace` unless set.
     pub workdir: String,
     /// The profile the step asked for, if any (already applied to `isolation`/`limits`).
@@ -92,12 +94,22 @@ impl Step {
             env: BTreeMap::new(),
             secrets: Vec::new(),
             cache: true,
+            caches: Vec::new(),
             workdir: "/workspace".into(),
             profile: None,
             isolation: Isolation::default(),
             limits: Limits::default(),
         }
     }
+}
+
+/// `caches: [{ path: /home/user/.cargo/registry, name: cargo }]` on a step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CacheMount {
+    /// Shared by every step (of any workflow) that names it.
+    pub name: String,
+    /// Absolute path inside the container.
+    pub path: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -26,6 +26,19 @@ pub struct StepJob {
     pub collect_to: PathBuf,
     /// Secret name and value, mounted as /run/secrets/<name>; values are masked in logs.
     pub secrets: Vec<(String, String)>,
+    /// Persistent cache mounts (`caches:`): the step's mounts with the host folder the engine
+    /// keeps for each name (`Store::mount_dir`), used by the bind transfer; the archive transfer
+    /// uses a named volume per cache name instead.
+    pub caches: Vec<CacheMountJob>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CacheMountJob {
+    pub name: String,
+    /// Absolute path in the container.
+    pub path: String,
+    /// The engine's persistent folder for this cache name.
+    pub host_dir: PathBuf,
 }
 
 /// Per-step plumbing: where logs go and how to tell the step to stop.
@@ -44,6 +57,8 @@ pub struct StepOutcome {
     pub duration: Duration,
     /// The container's exit code, when it exited by itself.
     pub exit_code: Option<i64>,
+    /// The outputs came from the cache; no container was created.
+    pub cached: bool,
 }
 
 /// Why a step failed. `Display` is the sentence shown to users.

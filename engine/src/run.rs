@@ -225,6 +225,7 @@ impl Executor for EngineExecutor {
                 .iter()
                 .filter_map(|s| self.secrets.get(s).map(|v| (s.clone(), v.clone())))
                 .collect(),
+            caches: Vec::new(),
             step,
         };
         let mut outcome = self.docker.run_step(job, ctx).await;
@@ -257,5 +258,5 @@ fn flatten(r: Result<std::io::Result<()>, tokio::task::JoinError>) -> std::io::R
 }
 
 fn environment_failure(message: String) -> StepOutcome {
-    StepOutcome { result: Err(StepFailure::Environment(message)), duration: Default::default(), exit_code: None }
+    StepOutcome { result: Err(StepFailure::Environment(message)), duration: Default::default(), exit_code: None, cached: false }
 }

@@ -423,9 +423,9 @@ mod tests {
             }
             let duration = start.elapsed();
             if cancelled {
-                return StepOutcome { result: Err(StepFailure::Cancelled), duration, exit_code: None };
+                return StepOutcome { result: Err(StepFailure::Cancelled), duration, exit_code: None, cached: false };
             }
-            StepOutcome { result: b.result, duration, exit_code: b.exit_code }
+            StepOutcome { result: b.result, duration, exit_code: b.exit_code, cached: false }
         }
     }
 

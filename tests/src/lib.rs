@@ -95,6 +95,7 @@ impl Fixture {
             workspace: self.workspace.path().to_path_buf(),
             collect_to: self.collect.path().to_path_buf(),
             secrets: secrets.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            caches: Vec::new(),
         }
     }
 

@@ -413,6 +413,7 @@ fn step(
         env,
         secrets,
         cache,
+        caches: Vec::new(),
         workdir,
         profile,
         isolation,

@@ -131,7 +131,7 @@ impl DockerExecutor {
         let mut resources = Resources::new(self.docker.clone());
         let outcome = match self.run_inner(&job, &ctx, &mut resources).await {
             Ok(outcome) => outcome,
-            Err(failure) => StepOutcome { result: Err(failure), duration: Duration::ZERO, exit_code: None },
+            Err(failure) => StepOutcome { result: Err(failure), duration: Duration::ZERO, exit_code: None, cached: false },
         };
         resources.release().await;
         outcome
@@ -179,7 +179,7 @@ impl DockerExecutor {
         let started = Instant::now();
         let ended = self.follow(job, ctx, &id, output, started).await;
         let duration = started.elapsed();
-        let outcome = |result, exit_code| Ok(StepOutcome { result, duration, exit_code });
+        let outcome = |result, exit_code| Ok(StepOutcome { result, duration, exit_code, cached: false });
         let code = match ended {
             Ended::Exited => self.exit_code(&id).await,
             Ended::TimedOut => {
