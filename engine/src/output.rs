@@ -36,8 +36,12 @@ fn colour_of(step: &str) -> &'static str {
     PALETTE[(hash % PALETTE.len() as u64) as usize]
 }
 
-/// `1.2s`, `0.0s`, `75.3s`: one decimal of seconds, easy to compare down a column.
+/// `45ms` below a second (container steps are often that short), then `1.2s`, `75.3s`: one
+/// decimal of seconds, easy to compare down a column.
 pub fn fmt_secs(ms: u64) -> String {
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
     format!("{}.{}s", ms / 1000, (ms % 1000) / 100)
 }
 
@@ -347,7 +351,9 @@ mod tests {
             summary_line(&summaries(), Duration::from_millis(4100)),
             "1 succeeded, 1 cached, 2 failed, 1 cancelled, 1 skipped in 4.1s"
         );
-        assert_eq!(summary_line(&[], Duration::ZERO), "no steps in 0.0s");
+        assert_eq!(summary_line(&[], Duration::ZERO), "no steps in 0ms");
+        assert_eq!(fmt_secs(45), "45ms");
+        assert_eq!(fmt_secs(1250), "1.2s");
     }
 
     #[test]
