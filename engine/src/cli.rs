@@ -34,6 +34,50 @@ pub enum Command {
     Graph(GraphArgs),
     /// Remove containers, volumes and temporary folders left by engines that died
     Clean,
+    /// Inspect and maintain the step cache
+    #[command(subcommand)]
+    Cache(CacheCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// List cache entries, most recently used first
+    Ls(CacheDirArg),
+    /// Remove least-recently-used entries until the cache fits in SIZE (e.g. 5G)
+    Gc {
+        /// Largest total size to keep (b, k, m, g, t; binary)
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        max_size: u64,
+        #[command(flatten)]
+        dir: CacheDirArg,
+    },
+    /// Re-hash every stored blob; report and drop corrupt ones
+    Verify(CacheDirArg),
+    /// Print the full key breakdown of a step, and whether it would come from the cache
+    Explain {
+        /// Workflow file (optional), then the step
+        #[arg(value_name = "[FILE] STEP", required = true, num_args = 1..=2)]
+        words: Vec<String>,
+        #[command(flatten)]
+        dir: CacheDirArg,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CacheDirArg {
+    /// Cache directory [default: $ENGINE_CACHE_DIR, else the user's cache directory + /engine]
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl CacheDirArg {
+    pub fn resolve(&self) -> PathBuf {
+        self.cache_dir.clone().unwrap_or_else(cache::Store::default_dir)
+    }
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    dsl::units::parse_size(s).ok_or_else(|| format!("invalid size `{s}`: {}", dsl::units::SIZE_HELP))
 }
 
 /// `[FILE] [STEP...]`: the first word is the workflow file if it exists or ends in
@@ -62,9 +106,11 @@ pub struct RunArgs {
     /// After a failure, keep running every step whose needs succeeded
     #[arg(long)]
     pub keep_going: bool,
-    /// Execute every step even if a cached result exists
+    /// Execute every step even if a cached result exists (results are still stored)
     #[arg(long)]
     pub no_cache: bool,
+    #[command(flatten)]
+    pub cache: CacheDirArg,
     /// Where outputs are exported, as <DIR>/<step>/<path> [default: .engine/out beside the workflow]
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
@@ -87,6 +133,11 @@ pub struct CheckArgs {
 pub struct PlanArgs {
     #[command(flatten)]
     pub target: Target,
+    /// Show every step as `run`, as `engine run --no-cache` would
+    #[arg(long)]
+    pub no_cache: bool,
+    #[command(flatten)]
+    pub cache: CacheDirArg,
     #[arg(long, value_enum, default_value_t = OutputFormat::Plain)]
     pub output: OutputFormat,
     #[command(flatten)]

@@ -3,6 +3,8 @@
 //!
 //! Events carry no secret values: executors mask secrets before a log line becomes an event.
 
+use std::sync::{Arc, Mutex};
+
 use serde::Serialize;
 use tokio::sync::mpsc;
 
@@ -81,21 +83,69 @@ pub enum Event {
 
 /// Where events go. Cloneable, never blocks; a closed receiver drops events silently.
 #[derive(Debug, Clone)]
-pub struct EventSink(mpsc::UnboundedSender<Event>);
+pub struct EventSink {
+    tx: mpsc::UnboundedSender<Event>,
+    /// When set, every `Log` event emitted through this sink is also appended here (the cache
+    /// records the digest of a step's log).
+    capture: Option<LogCapture>,
+}
+
+/// The log lines of one step, as `<stream> <line>\n`, collected while it runs. Lines are
+/// captured after secret masking, exactly as they were shown.
+#[derive(Debug, Clone, Default)]
+pub struct LogCapture(Arc<Mutex<Vec<u8>>>);
+
+impl LogCapture {
+    pub fn take(&self) -> Vec<u8> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
 
 impl EventSink {
     pub fn channel() -> (EventSink, mpsc::UnboundedReceiver<Event>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (EventSink(tx), rx)
+        (EventSink { tx, capture: None }, rx)
+    }
+
+    /// A sink that forwards to this one and also captures log lines.
+    pub fn capturing_logs(&self) -> (EventSink, LogCapture) {
+        let capture = LogCapture::default();
+        (EventSink { tx: self.tx.clone(), capture: Some(capture.clone()) }, capture)
     }
 
     pub fn emit(&self, event: Event) {
-        let _ = self.0.send(event);
+        if let (Some(capture), Event::Log { stream, line, .. }) = (&self.capture, &event) {
+            let mut buf = capture.0.lock().unwrap_or_else(|e| e.into_inner());
+            let stream = match stream {
+                Stream::Stdout => "stdout",
+                Stream::Stderr => "stderr",
+            };
+            buf.extend_from_slice(format!("{stream} {line}\n").as_bytes());
+        }
+        let _ = self.tx.send(event);
     }
 
     /// A sink that discards everything (tests, `plan`).
     pub fn null() -> EventSink {
         let (tx, _rx) = mpsc::unbounded_channel();
-        EventSink(tx)
+        EventSink { tx, capture: None }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn captured_logs_are_forwarded_too() {
+        let (sink, mut rx) = EventSink::channel();
+        let (tee, capture) = sink.capturing_logs();
+        tee.emit(Event::Log { step: "s".into(), stream: Stream::Stdout, line: "hello".into() });
+        tee.emit(Event::StepStarted { step: "s".into() });
+        sink.emit(Event::Log { step: "other".into(), stream: Stream::Stderr, line: "not captured".into() });
+        assert_eq!(capture.take(), b"stdout hello\n");
+        assert!(matches!(rx.try_recv(), Ok(Event::Log { .. })));
+        assert!(matches!(rx.try_recv(), Ok(Event::StepStarted { .. })));
+        assert!(matches!(rx.try_recv(), Ok(Event::Log { .. })));
     }
 }

@@ -1,11 +1,13 @@
 //! The `engine` library: planner, scheduler, Docker executor, output rendering. The binary in
 //! `main.rs` is a thin CLI over it.
 
+pub mod caching;
 pub mod cli;
 pub mod docker;
 pub mod error;
 pub mod events;
 pub mod executor;
+pub mod explain;
 pub mod output;
 pub mod owner;
 pub mod plan;

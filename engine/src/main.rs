@@ -6,10 +6,11 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
-use engine::cli::{Cli, Command, GraphFormat, OutputFormat, PolicyArg};
+use engine::cli::{CacheCommand, Cli, Command, GraphFormat, OutputFormat, PolicyArg};
 use engine::error::exit;
 use engine::events::RunStatus;
 use engine::output::OutputMode;
+use engine::error::EnvironmentError;
 use engine::run::{self, RunConfig, StartError};
 use tokio_util::sync::CancellationToken;
 
@@ -45,12 +46,10 @@ async fn dispatch(cli: Cli) -> i32 {
     let result = match cli.command {
         Command::Run(args) => run_command(args).await,
         Command::Check(args) => check(args.file, &args.policy),
-        Command::Plan(args) => {
-            let (file, targets) = args.target.split();
-            plan_command(file, &targets, args.output, &args.policy)
-        }
+        Command::Plan(args) => plan_command(args).await,
         Command::Graph(args) => graph(args.file, args.format),
         Command::Clean => clean().await,
+        Command::Cache(cmd) => cache_command(cmd).await,
     };
     match result {
         Ok(code) => code,
@@ -80,10 +79,9 @@ async fn run_command(args: engine::cli::RunArgs) -> Result<i32, StartError> {
         output: mode,
         color: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
         policy,
+        no_cache: args.no_cache,
+        cache_dir: args.cache.resolve(),
     };
-    // `--no-cache` is accepted for forward compatibility: this version has no step cache yet, so
-    // every step executes anyway.
-    let _ = args.no_cache;
     let status = run::run(cfg, cancel).await?;
     Ok(match status {
         RunStatus::Succeeded => exit::OK,
@@ -118,13 +116,15 @@ fn check(file: Option<PathBuf>, policy: &PolicyArg) -> Result<i32, StartError> {
     Ok(exit::OK)
 }
 
-fn plan_command(file: Option<PathBuf>, targets: &[String], output: OutputFormat, policy: &PolicyArg) -> Result<i32, StartError> {
+async fn plan_command(args: engine::cli::PlanArgs) -> Result<i32, StartError> {
+    let (file, targets) = args.target.split();
     let file = workflow_file(file)?;
-    let policy = load_policy(policy)?;
-    let plan = run::load_and_plan(&file, targets, &policy, run::local_budget())?;
-    match output {
-        OutputFormat::Plain => print!("{}", engine::plan::render_text(&plan)),
-        OutputFormat::Json => println!("{}", engine::plan::to_json(&plan)),
+    let policy = load_policy(&args.policy)?;
+    let (plan, forecasts) = run::forecast(&file, &targets, &policy, &args.cache.resolve(), args.no_cache).await?;
+    let views: Vec<_> = forecasts.iter().map(run::Forecast::view).collect();
+    match args.output {
+        OutputFormat::Plain => print!("{}", engine::plan::render_text(&plan, &views)),
+        OutputFormat::Json => println!("{}", engine::plan::to_json(&plan, &views)),
     }
     Ok(exit::OK)
 }
@@ -149,6 +149,72 @@ async fn clean() -> Result<i32, StartError> {
         report.volumes.len(),
         dirs.len()
     );
+    Ok(exit::OK)
+}
+
+async fn cache_command(cmd: CacheCommand) -> Result<i32, StartError> {
+    use engine::explain::fmt_age;
+    use engine::output::fmt_size;
+    match cmd {
+        CacheCommand::Ls(dir) => {
+            let store = run::open_store(&dir.resolve())?;
+            let entries = store.list();
+            println!("{:<14} {:<20} {:<20} {:>9}  last used", "key", "workflow", "step", "size");
+            for e in &entries {
+                println!(
+                    "{:<14} {:<20} {:<20} {:>9}  {}",
+                    e.key.0.short(),
+                    e.workflow,
+                    e.step,
+                    fmt_size(e.size),
+                    fmt_age(e.last_used)
+                );
+            }
+            let total: u64 = entries.iter().map(|e| e.size).sum();
+            println!("{} entries, {} in {}", entries.len(), fmt_size(total), store.dir().display());
+        }
+        CacheCommand::Gc { max_size, dir } => {
+            let store = run::open_store(&dir.resolve())?;
+            let report = store.gc(max_size).map_err(|e| EnvironmentError(e.to_string()))?;
+            println!(
+                "removed {} entries and {} blobs, freed {}; {} remain",
+                report.removed_entries,
+                report.removed_blobs,
+                fmt_size(report.freed_bytes),
+                fmt_size(report.remaining_bytes)
+            );
+        }
+        CacheCommand::Verify(dir) => {
+            let store = run::open_store(&dir.resolve())?;
+            let report = store.verify().map_err(|e| EnvironmentError(e.to_string()))?;
+            for blob in &report.corrupt_blobs {
+                println!("corrupt blob {blob} removed");
+            }
+            for key in &report.dropped_entries {
+                println!("entry {key} dropped");
+            }
+            println!(
+                "checked {} blobs: {} corrupt, {} entries dropped",
+                report.blobs_checked,
+                report.corrupt_blobs.len(),
+                report.dropped_entries.len()
+            );
+            if !report.corrupt_blobs.is_empty() || !report.dropped_entries.is_empty() {
+                return Ok(exit::STEP_FAILED);
+            }
+        }
+        CacheCommand::Explain { words, dir } => {
+            let (file, step) = match words.as_slice() {
+                [step] => (workflow_file(None)?, step.clone()),
+                [file, step] => (PathBuf::from(file), step.clone()),
+                _ => return Err(StartError::Invalid("usage: engine cache explain [FILE] STEP".into())),
+            };
+            let policy = dsl::policy::Policy::default();
+            let (plan, forecasts) = run::forecast(&file, std::slice::from_ref(&step), &policy, &dir.resolve(), false).await?;
+            let pos = plan.steps.iter().position(|p| p.step.name == step).unwrap_or(plan.steps.len() - 1);
+            print!("{}", engine::explain::explain(&step, &forecasts[pos]));
+        }
+    }
     Ok(exit::OK)
 }
 

@@ -174,7 +174,7 @@ fn check_budget(workflow: &dsl::Workflow, step: &dsl::Step, budget: HostBudget) 
     let (what, asked, has, key) = if step.limits.millicpus > budget.millicpus {
         ("cpus", dsl::units::format_cpus(step.limits.millicpus), dsl::units::format_cpus(budget.millicpus), "limits.cpus")
     } else if step.limits.memory > budget.memory {
-        ("memory", fmt_size(step.limits.memory), fmt_size(budget.memory), "limits.memory")
+        ("memory", crate::output::fmt_size(step.limits.memory), crate::output::fmt_size(budget.memory), "limits.memory")
     } else {
         return Ok(());
     };
@@ -189,21 +189,6 @@ fn check_budget(workflow: &dsl::Workflow, step: &dsl::Step, budget: HostBudget) 
 }
 
 
-/// Like [`dsl::units::format_size`], but a host's memory is rarely a round number: `23.5g`.
-pub(crate) fn fmt_size(bytes: u64) -> String {
-    const UNITS: [(u64, &str); 4] = [(1 << 40, "t"), (1 << 30, "g"), (1 << 20, "m"), (1 << 10, "k")];
-    for (size, suffix) in UNITS {
-        if bytes >= size {
-            let whole = bytes / size;
-            if whole * size == bytes {
-                return format!("{whole}{suffix}");
-            }
-            let text = format!("{:.1}", bytes as f64 / size as f64);
-            return format!("{}{suffix}", text.trim_end_matches(".0"));
-        }
-    }
-    format!("{bytes}b")
-}
 
 fn image_text(image: &dsl::ImageRef) -> String {
     match image {
@@ -224,19 +209,24 @@ fn limits_text(l: &dsl::Limits) -> String {
     format!(
         "cpus {}, memory {}, pids {}, timeout {}, tmpfs {}",
         dsl::units::format_cpus(l.millicpus),
-        fmt_size(l.memory),
+        crate::output::fmt_size(l.memory),
         l.pids,
         dsl::units::format_duration(l.timeout),
-        fmt_size(l.tmpfs)
+        crate::output::fmt_size(l.tmpfs)
     )
 }
 
 /// The plan as `engine plan` prints it: each step in order with its resolved settings. Env values
 /// and secret values are never shown, only their names.
-pub fn render_text(plan: &Plan) -> String {
+pub fn render_text(plan: &Plan, cache: &[CacheView]) -> String {
     let mut out = String::new();
     let n = plan.steps.len();
-    let _ = writeln!(out, "workflow `{}`: {n} step{} in this order", plan.workflow.name, if n == 1 { "" } else { "s" });
+    let _ = write!(out, "workflow `{}`: {n} step{} in this order", plan.workflow.name, if n == 1 { "" } else { "s" });
+    if !cache.is_empty() {
+        let cached = cache.iter().filter(|c| c.status == "cached").count();
+        let _ = write!(out, " ({cached} cached, {} to run)", n - cached);
+    }
+    let _ = writeln!(out);
     for (pos, planned) in plan.steps.iter().enumerate() {
         let s = &planned.step;
         let needs: Vec<String> = planned.needs.iter().map(|&i| plan.steps[i].step.name.clone()).collect();
@@ -268,25 +258,49 @@ pub fn render_text(plan: &Plan) -> String {
         field("env", list_or_dash(&env));
         field("secrets", list_or_dash(&s.secrets));
         field("workdir", s.workdir.clone());
-        field("cache", if s.cache { "on".into() } else { "off (cache: false)".into() });
+        match cache.get(pos) {
+            Some(view) if view.status == "cached" => {
+                field("cache", format!("cached (key {})", view.key.as_deref().map(short).unwrap_or("-")))
+            }
+            Some(view) => field("cache", format!("run: {}", view.reasons.join("; "))),
+            None => field("cache", if s.cache { "on".into() } else { "off (cache: false)".into() }),
+        }
     }
     out
 }
 
-/// The plan as JSON for tools: `{"workflow": name, "steps": [{"name", "needs", "image", ...}]}`.
+/// What the cache says about one planned step (same order as `Plan::steps`), computed by the
+/// engine before rendering: the planner itself never looks at the cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheView {
+    /// `cached` or `run`.
+    pub status: &'static str,
+    /// The action key, when it can be known now (not when a needed step will run first).
+    pub key: Option<String>,
+    /// Why it runs, one sentence each; empty when cached.
+    pub reasons: Vec<String>,
+}
+
+fn short(key: &str) -> &str {
+    key.get(..12).unwrap_or(key)
+}
+
+/// The plan as JSON for tools: `{"workflow": name, "steps": [{"name", "key", "status", "reasons",
+/// "needs", "image", ...}]}` (`key`/`status`/`reasons` only when `cache` has a view per step).
 /// Like [`render_text`], only the names of env variables and secrets.
-pub fn to_json(plan: &Plan) -> serde_json::Value {
+pub fn to_json(plan: &Plan, cache: &[CacheView]) -> serde_json::Value {
     let steps: Vec<serde_json::Value> = plan
         .steps
         .iter()
-        .map(|planned| {
+        .enumerate()
+        .map(|(pos, planned)| {
             let s = &planned.step;
             let needs: Vec<&str> = planned.needs.iter().map(|&i| plan.steps[i].step.name.as_str()).collect();
             let (run, command) = match &s.command {
                 dsl::Command::Shell(script) => (serde_json::json!(script), serde_json::Value::Null),
                 dsl::Command::Argv(argv) => (serde_json::Value::Null, serde_json::json!(argv)),
             };
-            serde_json::json!({
+            let mut value = serde_json::json!({
                 "name": s.name,
                 "needs": needs,
                 "image": s.image,
@@ -302,7 +316,13 @@ pub fn to_json(plan: &Plan) -> serde_json::Value {
                 "secrets": s.secrets,
                 "workdir": s.workdir,
                 "cache": s.cache,
-            })
+            });
+            if let (Some(view), Some(obj)) = (cache.get(pos), value.as_object_mut()) {
+                obj.insert("key".into(), serde_json::json!(view.key));
+                obj.insert("status".into(), serde_json::json!(view.status));
+                obj.insert("reasons".into(), serde_json::json!(view.reasons));
+            }
+            value
         })
         .collect();
     serde_json::json!({ "workflow": plan.workflow.name, "steps": steps })
@@ -519,9 +539,9 @@ mod tests {
 
     #[test]
     fn formats() {
-        assert_eq!(fmt_size((23 << 30) + (512 << 20)), "23.5g");
-        assert_eq!(fmt_size(512 << 20), "512m");
-        assert_eq!(fmt_size(100), "100b");
+        assert_eq!(crate::output::fmt_size((23 << 30) + (512 << 20)), "23.5g");
+        assert_eq!(crate::output::fmt_size(512 << 20), "512m");
+        assert_eq!(crate::output::fmt_size(100), "100b");
     }
 
     /// A workflow with every kind of setting, and names that need quoting in DOT and Mermaid.
@@ -554,14 +574,14 @@ mod tests {
 
     #[test]
     fn text_rendering() {
-        let text = render_text(&rich());
+        let text = render_text(&rich(), &[]);
         assert!(!text.contains("gcc") && !text.contains("secret.example"), "env values leaked");
         insta::assert_snapshot!(text);
     }
 
     #[test]
     fn json_rendering() {
-        let json = to_json(&rich());
+        let json = to_json(&rich(), &[]);
         assert!(!json.to_string().contains("secret.example"), "env values leaked");
         insta::assert_json_snapshot!(json);
     }

@@ -7,15 +7,18 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use cache::{Digest, InputEntry, Store, UpstreamEntry};
 use tokio_util::sync::CancellationToken;
+
+use crate::caching::{self, Decision};
 
 use crate::docker::{cleanup, DockerExecutor};
 use crate::error::EnvironmentError;
 use crate::events::{Event, EventSink, RunStatus};
-use crate::executor::{Executor, StepContext, StepFailure, StepJob, StepOutcome};
+use crate::executor::{CacheMountJob, Executor, StepContext, StepFailure, StepJob, StepOutcome};
 use crate::output::{self, OutputMode};
 use crate::plan::{self, HostBudget, Plan};
 use crate::scheduler::{self, SchedulerConfig};
@@ -56,6 +59,9 @@ pub struct RunConfig {
     pub output: OutputMode,
     pub color: bool,
     pub policy: dsl::policy::Policy,
+    /// `--no-cache`: execute every step (results are still stored).
+    pub no_cache: bool,
+    pub cache_dir: PathBuf,
 }
 
 /// Load, validate and plan `file` against the given budget. Shared by `run`, `plan` and `check`.
@@ -105,28 +111,14 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<RunStatus,
     let budget = docker.host_budget().await?;
     let plan = plan::plan(workflow.clone(), &cfg.targets, budget)?;
 
-    // Everything a step needs from the host is checked before the first container starts.
-    let tree = SourceTree::scan(&workflow.dir)?;
-    let mut inputs = HashMap::new();
-    let mut images = HashMap::new();
+    let store = open_store(&cfg.cache_dir)?;
+    let prepared = prepare(&docker, &store, &plan).await?;
+
+    // Secrets are read from the environment before anything starts; only their names go further
+    // than the executor.
     let mut secrets = HashMap::new();
-    let mut checked = BTreeSet::new();
     for planned in &plan.steps {
         let step = &planned.step;
-        inputs.insert(step.name.clone(), tree.select(&step.name, &step.inputs)?);
-        let image = match &step.image {
-            dsl::ImageRef::Reference(r) => r.clone(),
-            dsl::ImageRef::Built(name) => {
-                return Err(StartError::Invalid(format!(
-                    "step `{}` uses image `{name}` from `images:`; building images is not supported by this version yet (use an image reference such as local/busybox:1)",
-                    step.name
-                )))
-            }
-        };
-        if checked.insert(image.clone()) {
-            docker.check_image(&image).await?;
-        }
-        images.insert(step.name.clone(), image);
         for name in &step.secrets {
             let value = std::env::var(name).map_err(|_| {
                 EnvironmentError(format!(
@@ -160,9 +152,12 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<RunStatus,
         run_dir,
         source_dir: workflow.dir.clone(),
         out_dir,
-        inputs,
-        images,
+        prepared,
         secrets,
+        store: Arc::new(store),
+        workflow: workflow.name.clone(),
+        no_cache: cfg.no_cache,
+        outputs: Mutex::new(HashMap::new()),
     });
     let jobs = cfg.jobs.map(|j| j as usize).unwrap_or_else(|| {
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
@@ -186,38 +181,176 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<RunStatus,
     Ok(report.status)
 }
 
-/// The real executor: host-side staging and export around one container run.
+/// What `run`, `plan` and `cache explain` need to know about each planned step before deciding:
+/// its selected input files, hashed, and its image reference and ID.
+pub struct Prepared {
+    pub inputs: HashMap<String, Vec<String>>,
+    pub hashed: HashMap<String, Vec<InputEntry>>,
+    pub images: HashMap<String, String>,
+    pub image_ids: HashMap<String, String>,
+}
+
+pub fn open_store(dir: &Path) -> Result<Store, EnvironmentError> {
+    Store::open(dir).map_err(|e| EnvironmentError(format!("cannot use the cache directory {}: {e}", dir.display())))
+}
+
+/// Select and hash every step's inputs (one walk, one parallel hashing pass over the union, with
+/// the stat cache), and resolve every image to its ID. Errors here stop the run before any
+/// container starts.
+pub async fn prepare(docker: &DockerExecutor, store: &Store, plan: &Plan) -> Result<Prepared, StartError> {
+    let workflow = &plan.workflow;
+    let tree = SourceTree::scan(&workflow.dir)?;
+    let mut inputs = HashMap::new();
+    let mut images = HashMap::new();
+    let mut image_ids = HashMap::new();
+    let mut resolved: HashMap<String, String> = HashMap::new();
+    for planned in &plan.steps {
+        let step = &planned.step;
+        inputs.insert(step.name.clone(), tree.select(&step.name, &step.inputs)?);
+        let image = match &step.image {
+            dsl::ImageRef::Reference(r) => r.clone(),
+            dsl::ImageRef::Built(name) => {
+                return Err(StartError::Invalid(format!(
+                    "step `{}` uses image `{name}` from `images:`; building images is not supported by this version yet (use an image reference such as local/busybox:1)",
+                    step.name
+                )))
+            }
+        };
+        if !resolved.contains_key(&image) {
+            let id = docker.image_id(&image).await?;
+            resolved.insert(image.clone(), id);
+        }
+        image_ids.insert(step.name.clone(), resolved[&image].clone());
+        images.insert(step.name.clone(), image);
+    }
+
+    let all: BTreeSet<String> = inputs.values().flatten().cloned().collect();
+    let all: Vec<String> = all.into_iter().collect();
+    let (root, cache_dir) = (workflow.dir.clone(), store.dir().to_path_buf());
+    let entries = tokio::task::spawn_blocking(move || {
+        let mut stat = cache::hash::StatCache::load(&cache_dir, &root);
+        let entries = cache::hash::hash_inputs(&root, &all, &mut stat)?;
+        // A stat cache that cannot be saved only costs a re-hash next time.
+        let _ = stat.save();
+        Ok::<_, std::io::Error>(entries)
+    })
+    .await
+    .map_err(|e| EnvironmentError(format!("cannot hash the inputs: {e}")))?
+    .map_err(|e| EnvironmentError(format!("cannot read the inputs under {}: {e}", workflow.dir.display())))?;
+    let by_path: HashMap<String, InputEntry> = entries.into_iter().map(|e| (e.path.clone(), e)).collect();
+    let hashed = inputs.iter().map(|(step, sel)| (step.clone(), caching::step_inputs(sel, &by_path))).collect();
+    Ok(Prepared { inputs, hashed, images, image_ids })
+}
+
+/// The real executor: the cache check, host-side staging and export around one container run.
 struct EngineExecutor {
     docker: DockerExecutor,
     run_id: String,
     run_dir: RunDir,
     source_dir: PathBuf,
     out_dir: PathBuf,
-    inputs: HashMap<String, Vec<String>>,
-    images: HashMap<String, String>,
+    prepared: Prepared,
     secrets: HashMap<String, String>,
+    store: Arc<Store>,
+    workflow: String,
+    no_cache: bool,
+    /// Output digest of every step that succeeded or was restored: the upstream part of the keys
+    /// of the steps that need it.
+    outputs: Mutex<HashMap<String, Digest>>,
+}
+
+impl EngineExecutor {
+    fn upstream(&self, step: &dsl::Step) -> Result<Vec<UpstreamEntry>, StepFailure> {
+        let outputs = self.outputs.lock().unwrap_or_else(|e| e.into_inner());
+        step.needs
+            .iter()
+            .map(|n| match outputs.get(n) {
+                Some(d) => Ok(UpstreamEntry { step: n.clone(), outputs: *d }),
+                // The scheduler starts a step only after its needs succeeded.
+                None => Err(StepFailure::Environment(format!("internal: `{n}` has no recorded outputs"))),
+            })
+            .collect()
+    }
+
+    /// Restore a cache hit into the step's collect folder and export it. `None` when the entry
+    /// turned out damaged (it is removed; the step runs instead).
+    async fn restore(&self, step: &dsl::Step, manifest: cache::Manifest) -> Option<Result<(), StepFailure>> {
+        let collect = self.run_dir.collected(&step.name);
+        let store = self.store.clone();
+        let (out_dir, name) = (self.out_dir.clone(), step.name.clone());
+        let restored = tokio::task::spawn_blocking(move || {
+            let _ = std::fs::remove_dir_all(&collect);
+            std::fs::create_dir_all(&collect).map_err(|e| e.to_string())?;
+            match store.restore(&manifest, &collect) {
+                Ok(()) => {}
+                Err(cache::store::StoreError::Corrupt { .. }) => return Ok(false),
+                Err(e) => return Err(e.to_string()),
+            }
+            workspace::export(&collect, &out_dir, &name).map_err(|e| format!("cannot export the outputs to {}: {e}", out_dir.display()))?;
+            Ok(true)
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        match restored {
+            Ok(true) => Some(Ok(())),
+            Ok(false) => {
+                tracing::warn!(step = %step.name, "cache entry damaged; it was removed and the step runs");
+                None
+            }
+            Err(e) => Some(Err(StepFailure::Environment(format!("cannot restore step `{}` from the cache: {e}", step.name)))),
+        }
+    }
 }
 
 impl Executor for EngineExecutor {
     async fn execute(&self, step: Arc<dsl::Step>, ctx: StepContext) -> StepOutcome {
         let name = step.name.clone();
+        let upstream = match self.upstream(&step) {
+            Ok(u) => u,
+            Err(f) => return failure(f),
+        };
+        let image_id = self.prepared.image_ids.get(&name).cloned().unwrap_or_default();
+        let inputs = self.prepared.hashed.get(&name).cloned().unwrap_or_default();
+        let components = caching::components(&step, &image_id, inputs, upstream);
+        let key = components.key();
+
+        if let Decision::Cached(manifest) = caching::decide(&self.store, &self.workflow, &step, &components, self.no_cache) {
+            let (exit_code, digest) = (manifest.exit_code, manifest.outputs_digest());
+            if let Some(result) = self.restore(&step, *manifest).await {
+                if result.is_ok() {
+                    self.outputs.lock().unwrap_or_else(|e| e.into_inner()).insert(name.clone(), digest);
+                    let _ = self.store.record_last(&self.workflow, &name, &components);
+                }
+                return StepOutcome { result, duration: Default::default(), exit_code: Some(exit_code), cached: true };
+            }
+        }
+
         let workspace = self.run_dir.workspace(&name);
         let collect_to = self.run_dir.collected(&name);
-        let upstream: Vec<PathBuf> = step.needs.iter().map(|n| self.run_dir.collected(n)).collect();
-        let inputs = self.inputs.get(&name).cloned().unwrap_or_default();
+        let upstream_dirs: Vec<PathBuf> = step.needs.iter().map(|n| self.run_dir.collected(n)).collect();
+        let selected = self.prepared.inputs.get(&name).cloned().unwrap_or_default();
         let (source, ws, collect) = (self.source_dir.clone(), workspace.clone(), collect_to.clone());
         let staged = tokio::task::spawn_blocking(move || {
-            workspace::stage(&source, &inputs, &upstream, &ws)?;
+            let _ = std::fs::remove_dir_all(&collect);
+            workspace::stage(&source, &selected, &upstream_dirs, &ws)?;
             std::fs::create_dir_all(&collect)
         })
         .await;
         if let Err(e) = flatten(staged) {
-            return environment_failure(format!("cannot prepare the workspace of step `{name}`: {e}"));
+            return failure(StepFailure::Environment(format!("cannot prepare the workspace of step `{name}`: {e}")));
+        }
+        let mut caches = Vec::new();
+        for mount in &step.caches {
+            match self.store.mount_dir(&mount.name) {
+                Ok(host_dir) => caches.push(CacheMountJob { name: mount.name.clone(), path: mount.path.clone(), host_dir }),
+                Err(e) => return failure(StepFailure::Environment(format!("cannot prepare cache mount `{}`: {e}", mount.name))),
+            }
         }
 
+        let (events, log) = ctx.events.capturing_logs();
         let job = StepJob {
             run_id: self.run_id.clone(),
-            image: self.images.get(&name).cloned().unwrap_or_default(),
+            image: self.prepared.images.get(&name).cloned().unwrap_or_default(),
             workspace: workspace.clone(),
             collect_to: collect_to.clone(),
             secrets: step
@@ -225,38 +358,113 @@ impl Executor for EngineExecutor {
                 .iter()
                 .filter_map(|s| self.secrets.get(s).map(|v| (s.clone(), v.clone())))
                 .collect(),
-            caches: Vec::new(),
-            step,
+            caches,
+            step: step.clone(),
         };
-        let mut outcome = self.docker.run_step(job, ctx).await;
+        let mut outcome = self.docker.run_step(job, StepContext { events, cancel: ctx.cancel }).await;
 
-        let out_dir = self.out_dir.clone();
         let succeeded = outcome.result.is_ok();
-        let step_name = name.clone();
-        let exported = tokio::task::spawn_blocking(move || {
+        let duration_ms = u64::try_from(outcome.duration.as_millis()).unwrap_or(u64::MAX);
+        let (store, out_dir, wf, step_name) = (self.store.clone(), self.out_dir.clone(), self.workflow.clone(), name.clone());
+        let log = log.take();
+        let finished = tokio::task::spawn_blocking(move || -> Result<Option<Digest>, String> {
             // The workspace is no longer needed; its space is freed as soon as the step ends.
             let _ = std::fs::remove_dir_all(&workspace);
-            if succeeded {
-                workspace::export(&collect_to, &out_dir, &step_name)
-            } else {
-                Ok(())
+            if !succeeded {
+                // A failed step is never cached.
+                return Ok(None);
             }
+            let manifest = store
+                .put(key, &wf, &step_name, &collect_to, 0, &log, duration_ms)
+                .map_err(|e| format!("cannot store the outputs in the cache: {e}"))?;
+            workspace::export(&collect_to, &out_dir, &step_name)
+                .map_err(|e| format!("cannot export the outputs to {}: {e}", out_dir.display()))?;
+            Ok(Some(manifest.outputs_digest()))
         })
-        .await;
-        if let Err(e) = flatten(exported) {
-            outcome.result = Err(StepFailure::Environment(format!(
-                "cannot export the outputs of step `{name}` to {}: {e}",
-                self.out_dir.display()
-            )));
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        match finished {
+            Ok(Some(digest)) => {
+                self.outputs.lock().unwrap_or_else(|e| e.into_inner()).insert(name.clone(), digest);
+                let _ = self.store.record_last(&self.workflow, &name, &components);
+            }
+            Ok(None) => {}
+            Err(e) => outcome.result = Err(StepFailure::Environment(format!("step `{name}`: {e}"))),
         }
         outcome
     }
+}
+
+fn failure(f: StepFailure) -> StepOutcome {
+    StepOutcome { result: Err(f), duration: Default::default(), exit_code: None, cached: false }
 }
 
 fn flatten(r: Result<std::io::Result<()>, tokio::task::JoinError>) -> std::io::Result<()> {
     r.map_err(std::io::Error::other)?
 }
 
-fn environment_failure(message: String) -> StepOutcome {
-    StepOutcome { result: Err(StepFailure::Environment(message)), duration: Default::default(), exit_code: None, cached: false }
+/// What the cache will do with one planned step, predicted without running anything.
+#[derive(Debug, Clone)]
+pub struct Forecast {
+    /// Known unless a step it needs will run first (its outputs, hence this key, are unknown).
+    pub components: Option<cache::KeyComponents>,
+    pub cached: bool,
+    /// Why it will run; empty when cached.
+    pub reasons: Vec<cache::Reason>,
+}
+
+impl Forecast {
+    pub fn view(&self) -> plan::CacheView {
+        plan::CacheView {
+            status: if self.cached { "cached" } else { "run" },
+            key: self.components.as_ref().map(|c| c.key().to_string()),
+            reasons: self.reasons.iter().map(ToString::to_string).collect(),
+        }
+    }
+}
+
+/// Load, plan and predict, for `engine plan` and `engine cache explain`: each step's key and
+/// whether it would be restored or run, and why. Uses the same decision as `run`.
+pub async fn forecast(
+    file: &Path,
+    targets: &[String],
+    policy: &dsl::policy::Policy,
+    cache_dir: &Path,
+    no_cache: bool,
+) -> Result<(Plan, Vec<Forecast>), StartError> {
+    let workflow = Arc::new(dsl::load_file_with(file, policy)?);
+    let docker = DockerExecutor::connect().await?;
+    let budget = docker.host_budget().await?;
+    let plan = plan::plan(workflow.clone(), targets, budget)?;
+    let store = open_store(cache_dir)?;
+    let prepared = prepare(&docker, &store, &plan).await?;
+    let mut digests: HashMap<String, Digest> = HashMap::new();
+    let mut forecasts = Vec::new();
+    for planned in &plan.steps {
+        let step = &planned.step;
+        if let Some(pending) = step.needs.iter().find(|n| !digests.contains_key(*n)) {
+            forecasts.push(Forecast {
+                components: None,
+                cached: false,
+                reasons: vec![cache::Reason::UpstreamWillRun { step: pending.clone() }],
+            });
+            continue;
+        }
+        let upstream = step.needs.iter().map(|n| UpstreamEntry { step: n.clone(), outputs: digests[n] }).collect();
+        let components = caching::components(
+            step,
+            prepared.image_ids.get(&step.name).map(String::as_str).unwrap_or_default(),
+            prepared.hashed.get(&step.name).cloned().unwrap_or_default(),
+            upstream,
+        );
+        let forecast = match caching::decide(&store, &workflow.name, step, &components, no_cache) {
+            Decision::Cached(manifest) => {
+                digests.insert(step.name.clone(), manifest.outputs_digest());
+                Forecast { components: Some(components), cached: true, reasons: Vec::new() }
+            }
+            Decision::Run(reasons) => Forecast { components: Some(components), cached: false, reasons },
+        };
+        forecasts.push(forecast);
+    }
+    Ok((plan, forecasts))
 }

@@ -45,6 +45,8 @@ enum Stop {
 /// How a running step ended, as the scheduler classifies it.
 enum Ended {
     Succeeded,
+    /// Outputs restored from the cache: a success for the steps that need it.
+    Cached,
     Cancelled,
     Failed(String),
     Environment(String),
@@ -138,6 +140,7 @@ impl Run<'_> {
     fn finish(&mut self, i: usize, outcome: StepOutcome) {
         let duration_ms = u64::try_from(outcome.duration.as_millis()).unwrap_or(u64::MAX);
         let ended = match outcome.result {
+            Ok(()) if outcome.cached => Ended::Cached,
             Ok(()) => Ended::Succeeded,
             Err(StepFailure::Cancelled) => Ended::Cancelled,
             Err(failure) if failure.is_environment() => Ended::Environment(failure.to_string()),
@@ -155,6 +158,7 @@ impl Run<'_> {
         let name = step.name.clone();
         let (status, reason) = match ended {
             Ended::Succeeded => (StepStatus::Succeeded, None),
+            Ended::Cached => (StepStatus::Cached, None),
             Ended::Environment(reason) => {
                 if !matches!(self.stop, Some(Stop::Environment(_) | Stop::Cancelled)) {
                     self.stop = Some(Stop::Environment(name.clone()));
@@ -342,11 +346,12 @@ mod tests {
         result: Result<(), StepFailure>,
         exit_code: Option<i64>,
         panic: bool,
+        cached: bool,
     }
 
     impl Default for Behaviour {
         fn default() -> Self {
-            Behaviour { duration: Duration::from_secs(1), result: Ok(()), exit_code: Some(0), panic: false }
+            Behaviour { duration: Duration::from_secs(1), result: Ok(()), exit_code: Some(0), panic: false, cached: false }
         }
     }
 
@@ -425,7 +430,7 @@ mod tests {
             if cancelled {
                 return StepOutcome { result: Err(StepFailure::Cancelled), duration, exit_code: None, cached: false };
             }
-            StepOutcome { result: b.result, duration, exit_code: b.exit_code, cached: false }
+            StepOutcome { result: b.result, duration, exit_code: b.exit_code, cached: b.cached }
         }
     }
 
@@ -475,6 +480,25 @@ mod tests {
             wf = wf.step(&format!("s{i}"), &[]);
         }
         plan(wf.build(), &[], BIG).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cached_step_counts_as_success_for_its_dependents() {
+        let wf = workflow("w").step("a", &[]).step("b", &["a"]).build();
+        let p = plan(wf, &[], BIG).unwrap();
+        let fake = Arc::new(Fake::new().with("a", |b| {
+            b.cached = true;
+            b.duration = Duration::ZERO;
+        }));
+        let (report, events) = go(&p, &fake, config(4), CancellationToken::new()).await;
+        assert_eq!(report.status, RunStatus::Succeeded);
+        assert_eq!(statuses(&report), "a=cached b=succeeded");
+        assert!(events.contains(&Event::StepFinished {
+            step: "a".into(),
+            status: StepStatus::Cached,
+            duration_ms: 0,
+            exit_code: Some(0)
+        }));
     }
 
     #[tokio::test(start_paused = true)]

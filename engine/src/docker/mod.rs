@@ -119,8 +119,15 @@ impl DockerExecutor {
 
     /// Error (exit 3) if `reference` is not present locally, with a sentence saying how to get it.
     pub async fn check_image(&self, reference: &str) -> Result<(), EnvironmentError> {
+        self.image_id(reference).await.map(|_| ())
+    }
+
+    /// The image ID (`sha256:...`) `reference` resolves to now; a missing image is an error (exit
+    /// 3) with the same sentence as [`Self::check_image`]. Step keys use the ID, not the tag, so a
+    /// re-tagged image changes them.
+    pub async fn image_id(&self, reference: &str) -> Result<String, EnvironmentError> {
         match self.docker.inspect_image(reference).await {
-            Ok(_) => Ok(()),
+            Ok(image) => image.id.ok_or_else(|| EnvironmentError(format!("the Docker daemon reported no ID for image `{reference}`"))),
             Err(e) if is_not_found(&e) => Err(EnvironmentError(missing_image_sentence(reference))),
             Err(e) => Err(EnvironmentError(daemon_sentence(&format!("look up image `{reference}`"), &e))),
         }

@@ -1,0 +1,76 @@
+//! How a step meets the cache: its key components (from the resolved step, its image ID, its
+//! hashed inputs and the output digests of the steps it needs), and the decision "restore from
+//! the cache" or "run, because ...". `run`, `plan` and `cache explain` all decide through
+//! [`decide`], so what `plan` predicts is what `run` does.
+//!
+//! No Docker here; the store is read, never written (runs write through `run.rs`).
+
+use std::collections::HashMap;
+
+use cache::{InputEntry, KeyComponents, Manifest, Reason, Store, UpstreamEntry, CACHE_FORMAT_VERSION};
+
+/// The key components of `step`. `inputs` are the hashed input files of the step (sorted);
+/// `upstream` the output digest of each direct need. Secret values never enter: names only.
+pub fn components(step: &dsl::Step, image_id: &str, inputs: Vec<InputEntry>, mut upstream: Vec<UpstreamEntry>) -> KeyComponents {
+    upstream.sort_by(|a, b| a.step.cmp(&b.step));
+    let mut secrets = step.secrets.clone();
+    secrets.sort();
+    KeyComponents {
+        format: CACHE_FORMAT_VERSION,
+        image_id: image_id.to_string(),
+        command: step.command.argv(),
+        env: step.env.clone(),
+        workdir: step.workdir.clone(),
+        user: step.isolation.user.to_string(),
+        network: step.isolation.network.as_str().to_string(),
+        outputs: step.outputs.clone(),
+        secrets,
+        inputs,
+        upstream,
+    }
+}
+
+/// The input entries of one step, picked from the hashes of the whole tree.
+pub fn step_inputs(selected: &[String], hashed: &HashMap<String, InputEntry>) -> Vec<InputEntry> {
+    let mut entries: Vec<InputEntry> = selected.iter().filter_map(|p| hashed.get(p).cloned()).collect();
+    entries.sort_by(|a, b| a.path.cmp(&b.path));
+    entries
+}
+
+/// What happens to a step.
+#[derive(Debug, Clone)]
+pub enum Decision {
+    /// Its key has an entry: restore it, create no container.
+    Cached(Box<Manifest>),
+    /// It runs, for these reasons (never empty).
+    Run(Vec<Reason>),
+}
+
+/// Cached or run, and why. `force` is `--no-cache`.
+pub fn decide(store: &Store, workflow: &str, step: &dsl::Step, components: &KeyComponents, force: bool) -> Decision {
+    if !step.cache {
+        return Decision::Run(vec![Reason::CacheDisabled]);
+    }
+    if force {
+        return Decision::Run(vec![Reason::NoCacheFlag]);
+    }
+    if let Some(manifest) = store.get(&components.key()) {
+        return Decision::Cached(Box::new(manifest));
+    }
+    Decision::Run(why_miss(store, workflow, &step.name, components))
+}
+
+/// Why `components` has no entry: what changed since the step's last successful run.
+pub fn why_miss(store: &Store, workflow: &str, step: &str, components: &KeyComponents) -> Vec<Reason> {
+    match store.last(workflow, step) {
+        None => vec![Reason::NeverRun],
+        Some(previous) => {
+            let reasons = components.diff(&previous);
+            if reasons.is_empty() {
+                vec![Reason::EntryMissing]
+            } else {
+                reasons
+            }
+        }
+    }
+}
