@@ -18,14 +18,8 @@ const ENTRY_HELP: &str =
 
 /// Parses `caches:` of step `step`; entries with a problem are reported and left out.
 pub(super) fn read(r: &mut Reader, step: &str, node: &Node) -> Vec<CacheMount> {
-    let Node::Sequence(seq) = node else {
-        let span = r.span(node);
-        r.error(
-            span,
-            format!("expected a list for `caches` of step `{step}`"),
-            "not a list",
-            ENTRY_HELP,
-        );
+    let message = format!("expected a list for `caches` of step `{step}`");
+    let Some(seq) = r.sequence(node, message, ENTRY_HELP) else {
         return Vec::new();
     };
     let mut out: Vec<(CacheMount, Span)> = Vec::new();

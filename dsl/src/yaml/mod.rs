@@ -502,14 +502,9 @@ fn image(r: &mut Reader, name: &str, node: &Node, asks: &mut Vec<Ask>) -> Option
 }
 
 fn image_stages(r: &mut Reader, image: &str, node: &Node, asks: &mut Vec<Ask>) -> Vec<Stage> {
-    let Node::Sequence(seq) = node else {
-        let span = r.span(node);
-        r.error(
-            span,
-            format!("expected a list of stages for image `{image}`"),
-            "not a list",
-            "write `stages:` followed by `- name: ...` entries",
-        );
+    let message = format!("expected a list of stages for image `{image}`");
+    let Some(seq) = r.sequence(node, message, "write `stages:` followed by `- name: ...` entries")
+    else {
         return Vec::new();
     };
     let mut stages: Vec<Stage> = Vec::new();
@@ -610,21 +605,15 @@ fn image_stages(r: &mut Reader, image: &str, node: &Node, asks: &mut Vec<Ask>) -
                 .collect(),
             None => Vec::new(),
         };
+        let copy_help = "write `copy:` followed by `- { src: ..., dst: ... }` entries";
         let copy = match map.get_node("copy") {
-            Some(Node::Sequence(items)) => items
-                .iter()
-                .filter_map(|c| copy_spec(r, c, &earlier))
-                .collect(),
-            Some(n) => {
-                let span = r.span(n);
-                r.error(
-                    span,
-                    "expected a list for `copy`",
-                    "not a list",
-                    "write `copy:` followed by `- { src: ..., dst: ... }` entries",
-                );
-                Vec::new()
-            }
+            Some(n) => match r.sequence(n, "expected a list for `copy`", copy_help) {
+                Some(items) => items
+                    .iter()
+                    .filter_map(|c| copy_spec(r, c, &earlier))
+                    .collect(),
+                None => Vec::new(),
+            },
             None => Vec::new(),
         };
         stages.push(Stage {
