@@ -197,3 +197,11 @@ fn policy_violation_in_defaults_is_reported_once() {
         &policy
     ));
 }
+
+#[test]
+fn caches_validation() {
+    assert_snapshot!(errors(
+        "caches.yml",
+        "version: 1\ndefaults: { image: alpine }\nsteps:\n  a:\n    run: x\n    caches:\n      - { name: cargo, path: /home/user/.cargo }\n      - { name: cargo2, path: /home/user/.cargo/ }\n      - { name: -bad, path: relative/dir }\n      - { name: ws, path: /workspace/target }\n      - { name: run, path: /run }\n      - { name: t, path: /tmp }\n      - { name: up, path: /home/../etc }\n      - { nmae: x, path: /x }\n      - { path: /y }\n      - just-a-name\n  b:\n    run: x\n    cachs: []\n  c:\n    run: x\n    caches: { name: x, path: /x }\n"
+    ));
+}

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::load;
-use dsl::{Command, ImageDef, ImageRef, Limits, Network, User};
+use dsl::{CacheMount, Command, ImageDef, ImageRef, Limits, Network, User};
 
 #[test]
 fn spec_example_loads() {
@@ -239,4 +239,27 @@ fn no_panic_on_odd_yaml() {
 fn missing_policy_file_is_an_error_naming_it() {
     let err = dsl::Policy::load(Path::new("/nonexistent/policy.yml")).expect_err("no such file");
     assert!(common::render(&err).contains("cannot read policy file /nonexistent/policy.yml"));
+}
+
+#[test]
+fn caches_load_in_normal_form() {
+    let wf = load(
+        "caches.yml",
+        "version: 1\ndefaults: { image: alpine }\nsteps:\n  a:\n    run: x\n    caches:\n      - { name: cargo, path: /home/user/.cargo/registry/ }\n      - name: npm\n        path: /home/user/.npm\n  b:\n    run: x\n",
+    );
+    let a = wf.step("a").unwrap();
+    assert_eq!(
+        a.caches,
+        [
+            CacheMount {
+                name: "cargo".into(),
+                path: "/home/user/.cargo/registry".into()
+            },
+            CacheMount {
+                name: "npm".into(),
+                path: "/home/user/.npm".into()
+            },
+        ]
+    );
+    assert!(wf.step("b").unwrap().caches.is_empty());
 }

@@ -11,10 +11,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bollard::query_parameters::{ListContainersOptions, ListVolumesOptions};
-use dsl::{Command, ImageRef, Limits, Step};
+use dsl::{CacheMount, Command, ImageRef, Limits, Step};
 use engine::docker::{DockerExecutor, Transfer, LABEL_RUN};
 use engine::events::{Event, EventSink, Stream};
-use engine::executor::{StepContext, StepJob, StepOutcome};
+use engine::executor::{CacheMountJob, StepContext, StepJob, StepOutcome};
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 
@@ -99,6 +99,18 @@ impl Fixture {
         }
     }
 
+    /// `job` with cache mounts: each `(name, path)` is backed by `cache_root/<name>` (bind
+    /// transfer) and is written into the step's IR too, as the planner would.
+    pub fn job_with_caches(&self, mut step: Step, caches: &[(&str, &str)], cache_root: &Path) -> StepJob {
+        step.caches = caches.iter().map(|(name, path)| CacheMount { name: name.to_string(), path: path.to_string() }).collect();
+        let mut job = self.job(step, &[]);
+        job.caches = caches
+            .iter()
+            .map(|(name, path)| CacheMountJob { name: name.to_string(), path: path.to_string(), host_dir: cache_root.join(name) })
+            .collect();
+        job
+    }
+
     pub fn collected(&self, rel: &str) -> String {
         std::fs::read_to_string(self.collect.path().join(rel)).unwrap_or_else(|e| panic!("collected `{rel}`: {e}"))
     }
@@ -164,6 +176,19 @@ pub async fn leftovers(exec: &DockerExecutor, run_id: &str) -> (Vec<String>, Vec
 pub async fn assert_clean(exec: &DockerExecutor, run_id: &str) {
     let (containers, volumes) = leftovers(exec, run_id).await;
     assert!(containers.is_empty() && volumes.is_empty(), "left behind by {run_id}: containers {containers:?}, volumes {volumes:?}");
+}
+
+/// Remove the persistent volume of each cache in `names` (archive transfer), if there is one:
+/// caches outlive runs by design, so tests clean up their own.
+pub async fn remove_cache_volumes(exec: &DockerExecutor, names: &[&str]) {
+    for name in names {
+        let volume = engine::docker::cache_volume_name(name);
+        let opts = bollard::query_parameters::RemoveVolumeOptions { force: true };
+        match exec.client().remove_volume(&volume, Some(opts)).await {
+            Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {}
+            Err(e) => panic!("remove cache volume {volume}: {e}"),
+        }
+    }
 }
 
 /// Poll `probe` until it returns `Some`, or panic after `limit`.

@@ -1,12 +1,12 @@
 //! The Docker executor against the real daemon: isolation defaults observed from inside the
 //! container, workspace and outputs for both transfers, failures (exit, timeout, OOM,
-//! cancellation, missing image, unsafe outputs), secrets, labels and cleanup.
+//! cancellation, missing image, unsafe outputs), secrets, cache mounts, labels and cleanup.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use bollard::query_parameters::ListContainersOptions;
-use engine::docker::{container_name, DockerExecutor, Transfer, LABEL_HOST, LABEL_PID, LABEL_PID_START, LABEL_RUN, LABEL_STEP};
+use engine::docker::{container_name, DockerExecutor, Transfer, LABEL_CACHE, LABEL_HOST, LABEL_PID, LABEL_PID_START, LABEL_RUN, LABEL_STEP};
 use engine::executor::StepFailure;
 use integration::*;
 use tokio_util::sync::CancellationToken;
@@ -37,6 +37,7 @@ both!(
     output_through_symlinked_folder,
     secrets_are_files_and_masked,
     labels_while_running_and_cancel,
+    cache_mounts_persist_across_runs,
     non_zero_exit,
     timeout_kills_promptly,
     out_of_memory,
@@ -192,6 +193,9 @@ async fn labels_while_running_and_cancel(transfer: Transfer) {
     let exec = executor(transfer).await;
     let fx = Fixture::new("labels");
     let job = fx.job(step("wait", "sleep 30"), &[]);
+    // Only the engine's own mounts: /workspace, /run/secrets and the step's cache paths.
+    let allowed: Vec<String> =
+        ["/workspace", "/run/secrets"].into_iter().map(String::from).chain(job.caches.iter().map(|c| c.path.clone())).collect();
     let cancel = CancellationToken::new();
     let running = tokio::spawn({
         let exec = executor(transfer).await;
@@ -214,7 +218,7 @@ async fn labels_while_running_and_cancel(transfer: Transfer) {
     assert_eq!(container.names.unwrap_or_default(), vec![name]);
 
     // What the daemon was asked for: never privileged, never the host's network or the docker
-    // socket, nothing mounted but /workspace (and /run/secrets), every capability dropped.
+    // socket, nothing mounted but /workspace (and /run/secrets, caches), every capability dropped.
     let id = container.id.expect("container id");
     let inspected = exec.client().inspect_container(&id, None).await.expect("inspect");
     let host = inspected.host_config.expect("host config");
@@ -227,7 +231,7 @@ async fn labels_while_running_and_cancel(transfer: Transfer) {
     assert_eq!(host.memory_swap, host.memory, "no swap");
     let mounts = inspected.mounts.unwrap_or_default();
     let targets: Vec<String> = mounts.iter().filter_map(|m| m.destination.clone()).collect();
-    assert!(targets.iter().all(|t| t == "/workspace" || t == "/run/secrets"), "{targets:?}");
+    assert!(targets.iter().all(|t| allowed.contains(t)), "{targets:?}");
     assert!(mounts.iter().all(|m| !m.source.clone().unwrap_or_default().contains("docker.sock")));
     if transfer == Transfer::Archive {
         let (_, volumes) = leftovers(&exec, &fx.run_id).await;
@@ -397,4 +401,51 @@ async fn bridge_network_when_asked() {
     let ran = run_alone(Transfer::Bind, "bridge", s).await;
     assert_eq!(ran.outcome.result, Ok(()));
     assert_eq!(ran.stdout(), vec!["eth0 lo "]);
+}
+
+/// A cache written by one run is seen by a later run naming it (fresh workspace, new run id),
+/// not by a step naming another cache; the step user owns it; only the cache itself outlives
+/// the runs (and this test removes it).
+async fn cache_mounts_persist_across_runs(transfer: Transfer) {
+    let exec = executor(transfer).await;
+    let cache_root = tempfile::tempdir().expect("cache root");
+    let (shared, other) = (run_id("cache-a"), run_id("cache-b"));
+    let path = "/home/user/.cache/tool";
+    let mut runs = Vec::new();
+    let scripts = [
+        (&shared, "echo owner=$(stat -c %u:%g /home/user/.cache/tool) && echo hello > /home/user/.cache/tool/note && mkdir /home/user/.cache/tool/sub && echo wrote=yes"),
+        (&shared, "echo note=$(cat /home/user/.cache/tool/note) && ls -d /home/user/.cache/tool/sub"),
+        (&other, "echo entries=$(ls -A /home/user/.cache/tool | wc -l)"),
+    ];
+    for (name, script) in scripts {
+        let fx = Fixture::new("cache");
+        let ran = run(&exec, fx.job_with_caches(step("c", script), &[(name.as_str(), path)], cache_root.path())).await;
+        runs.push((fx.run_id.clone(), ran));
+    }
+    let volume = exec.client().inspect_volume(&engine::docker::cache_volume_name(&shared)).await;
+    remove_cache_volumes(&exec, &[&shared, &other]).await;
+
+    for (run_id, _) in &runs {
+        assert_clean(&exec, run_id).await;
+    }
+    let values: Vec<_> = runs.iter().map(|(_, ran)| (ran.outcome.result.clone(), ran.values())).collect();
+    assert_eq!(values[0].0, Ok(()), "{:?}", runs[0].1.events);
+    assert_eq!(values[0].1.get("owner").map(String::as_str), Some("1000:1000"));
+    assert_eq!(values[0].1.get("wrote").map(String::as_str), Some("yes"));
+    assert_eq!(values[1].0, Ok(()), "{:?}", runs[1].1.events);
+    assert_eq!(values[1].1.get("note").map(String::as_str), Some("hello"));
+    assert_eq!(values[2].0, Ok(()), "{:?}", runs[2].1.events);
+    assert_eq!(values[2].1.get("entries").map(String::as_str), Some("0"));
+    match transfer {
+        Transfer::Archive => {
+            let labels = volume.expect("the cache volume survived the run").labels;
+            assert_eq!(labels.get(LABEL_CACHE), Some(&shared));
+            assert!(!labels.contains_key(LABEL_RUN), "the cache volume must not carry the run label");
+        }
+        Transfer::Bind => {
+            assert!(volume.is_err(), "the bind transfer uses host folders, not volumes");
+            let note = std::fs::read_to_string(cache_root.path().join(&shared).join("note")).expect("cache folder kept");
+            assert_eq!(note, "hello\n");
+        }
+    }
 }

@@ -5,6 +5,7 @@
 //!
 //! This module must not stop at the first problem: it collects them all, sorted by position.
 
+mod caches;
 mod policy_file;
 mod reader;
 mod settings;
@@ -28,8 +29,8 @@ use settings::{Layer, Val};
 const TOP_KEYS: &[&str] = &["version", "name", "env", "defaults", "images", "steps"];
 const DEFAULTS_KEYS: &[&str] = &["image", "network", "user", "workdir", "limits"];
 const STEP_KEYS: &[&str] = &[
-    "image", "run", "command", "inputs", "outputs", "needs", "env", "secrets", "cache", "profile",
-    "limits", "network", "user", "workdir",
+    "image", "run", "command", "inputs", "outputs", "needs", "env", "secrets", "cache", "caches",
+    "profile", "limits", "network", "user", "workdir",
 ];
 const IMAGE_KEYS: &[&str] = &["stages", "dockerfile", "context"];
 const STAGE_KEYS: &[&str] = &[
@@ -220,14 +221,16 @@ pub(crate) fn check_version(r: &mut Reader, top: &MarkedMappingNode, what: &str)
     }
 }
 
-/// Step and image names become container labels and folder names.
-fn check_name(r: &mut Reader, name: &str, span: Span, what: &str) {
+/// Step, image and cache names become container labels, volume and folder names; `false` when
+/// reported as invalid.
+fn check_name(r: &mut Reader, name: &str, span: Span, what: &str) -> bool {
     let mut chars = name.chars();
     let ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
     if !ok {
         r.error(span, format!("invalid {what} name `{name}`"), "invalid name", format!("{what} names start with a letter or digit and contain only letters, digits, `_`, `.` and `-`"));
     }
+    ok
 }
 
 struct StepCtx<'a> {
@@ -345,6 +348,10 @@ fn step(
         .get_node("cache")
         .and_then(|n| r.bool(n, "`cache`"))
         .unwrap_or(true);
+    let caches = map
+        .get_node("caches")
+        .map(|n| caches::read(r, &name, n))
+        .unwrap_or_default();
 
     let mut profile = None;
     let mut profile_layer = Layer::default();
@@ -413,7 +420,7 @@ fn step(
         env,
         secrets,
         cache,
-        caches: Vec::new(),
+        caches,
         workdir,
         profile,
         isolation,
@@ -495,14 +502,9 @@ fn image(r: &mut Reader, name: &str, node: &Node, asks: &mut Vec<Ask>) -> Option
 }
 
 fn image_stages(r: &mut Reader, image: &str, node: &Node, asks: &mut Vec<Ask>) -> Vec<Stage> {
-    let Node::Sequence(seq) = node else {
-        let span = r.span(node);
-        r.error(
-            span,
-            format!("expected a list of stages for image `{image}`"),
-            "not a list",
-            "write `stages:` followed by `- name: ...` entries",
-        );
+    let message = format!("expected a list of stages for image `{image}`");
+    let Some(seq) = r.sequence(node, message, "write `stages:` followed by `- name: ...` entries")
+    else {
         return Vec::new();
     };
     let mut stages: Vec<Stage> = Vec::new();
@@ -603,21 +605,15 @@ fn image_stages(r: &mut Reader, image: &str, node: &Node, asks: &mut Vec<Ask>) -
                 .collect(),
             None => Vec::new(),
         };
+        let copy_help = "write `copy:` followed by `- { src: ..., dst: ... }` entries";
         let copy = match map.get_node("copy") {
-            Some(Node::Sequence(items)) => items
-                .iter()
-                .filter_map(|c| copy_spec(r, c, &earlier))
-                .collect(),
-            Some(n) => {
-                let span = r.span(n);
-                r.error(
-                    span,
-                    "expected a list for `copy`",
-                    "not a list",
-                    "write `copy:` followed by `- { src: ..., dst: ... }` entries",
-                );
-                Vec::new()
-            }
+            Some(n) => match r.sequence(n, "expected a list for `copy`", copy_help) {
+                Some(items) => items
+                    .iter()
+                    .filter_map(|c| copy_spec(r, c, &earlier))
+                    .collect(),
+                None => Vec::new(),
+            },
             None => Vec::new(),
         };
         stages.push(Stage {

@@ -5,7 +5,7 @@
 //! This module owns the marked-yaml specifics (character markers, scalar styles); it must not
 //! know what a workflow or a policy means.
 
-use marked_yaml::types::{MarkedMappingNode, MarkedScalarNode};
+use marked_yaml::types::{MarkedMappingNode, MarkedScalarNode, MarkedSequenceNode};
 use marked_yaml::{LoaderOptions, Marker, Node};
 
 use crate::ir::{SourceFile, Span};
@@ -209,6 +209,23 @@ impl<'a> Reader<'a> {
                     "not a mapping",
                     format!("write {what} as `key: value` lines or `{{ key: value }}`"),
                 );
+                None
+            }
+        }
+    }
+
+    /// A list; anything else is reported as "not a list" with `message` and `help`.
+    pub(crate) fn sequence<'n>(
+        &mut self,
+        node: &'n Node,
+        message: impl Into<String>,
+        help: &str,
+    ) -> Option<&'n MarkedSequenceNode> {
+        match node {
+            Node::Sequence(seq) => Some(seq),
+            _ => {
+                let span = self.span(node);
+                self.error(span, message, "not a list", help);
                 None
             }
         }

@@ -3,7 +3,8 @@
 //! masked), enforces the hard timeout, detects OOM kills, and always removes the container.
 //!
 //! It must not decide what runs or when (that is the scheduler's), and must never mount anything
-//! from the host except the engine's own prepared workspace folder (bind transfer).
+//! from the host except the engine's own prepared folders: the workspace, the secrets and the
+//! persistent cache folders of `caches:` (bind transfer).
 
 pub mod cleanup;
 mod collect;
@@ -40,6 +41,9 @@ pub const LABEL_STEP: &str = "engine.step";
 pub const LABEL_PID: &str = "engine.pid";
 pub const LABEL_PID_START: &str = "engine.pid.start";
 pub const LABEL_HOST: &str = "engine.host";
+/// Label of the persistent volume behind a `caches:` name (archive transfer). Deliberately not
+/// `engine.run`: the volume outlives every run, so run cleanup must never see it.
+pub const LABEL_CACHE: &str = "engine.cache";
 
 /// The daemon address used when DOCKER_HOST is unset.
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
@@ -163,6 +167,11 @@ impl DockerExecutor {
                     mounts.push(bind_mount(dir.path(), "/run/secrets", true));
                     res.temp_dir(dir);
                 }
+                for cache in &job.caches {
+                    let dir = transfer::prepare_cache_dir(&cache.host_dir, user)
+                        .map_err(|e| host_failure(&format!("prepare the folder of cache `{}`", cache.name), &e))?;
+                    mounts.push(bind_mount(&dir, &cache.path, false));
+                }
                 mounts
             }
             Transfer::Archive => self.archive_volumes(job, &labels, res).await?,
@@ -210,7 +219,8 @@ impl DockerExecutor {
         outcome(self.collect(job, &id).await, Some(code))
     }
 
-    /// Archive transfer: the named volumes for /workspace (and /run/secrets).
+    /// Archive transfer: the volumes for /workspace (and /run/secrets), removed with the step, and
+    /// the persistent volume of each cache, which is not.
     async fn archive_volumes(
         &self,
         job: &StepJob,
@@ -226,15 +236,19 @@ impl DockerExecutor {
             let req = VolumeCreateRequest { labels: Some(labels.clone()), ..Default::default() };
             let volume = self.docker.create_volume(req).await.map_err(|e| env_failure("create a volume", &e))?;
             res.volume(volume.name.clone());
-            mounts.push(Mount {
-                target: Some(target.to_string()),
-                source: Some(volume.name),
-                typ: Some(MountType::VOLUME),
-                // No copy-up from the image: it would reset the owner of an empty volume's root
-                // to the image's (root), undoing the upload's `workspace/` entry.
-                volume_options: Some(MountVolumeOptions { no_copy: Some(true), ..Default::default() }),
-                ..Default::default()
-            });
+            mounts.push(volume_mount(volume.name, target));
+        }
+        for cache in &job.caches {
+            // Creating a volume that exists is a no-op returning it, so steps of parallel runs
+            // sharing a cache need no coordination. Not registered with `res`: it must survive.
+            let name = cache_volume_name(&cache.name);
+            let labels = HashMap::from([(LABEL_CACHE.to_string(), cache.name.clone())]);
+            let req = VolumeCreateRequest { name: Some(name.clone()), labels: Some(labels), ..Default::default() };
+            self.docker
+                .create_volume(req)
+                .await
+                .map_err(|e| env_failure(&format!("create the volume of cache `{}`", cache.name), &e))?;
+            mounts.push(volume_mount(name, &cache.path));
         }
         Ok(mounts)
     }
@@ -250,7 +264,8 @@ impl DockerExecutor {
         let id = self.create(job, "create the upload container", helper, None).await?;
         res.container(id.clone());
         let (workspace, secrets, user) = (job.workspace.clone(), job.secrets.clone(), job.step.isolation.user);
-        let tar = tokio::task::spawn_blocking(move || transfer::upload_tar(&workspace, &secrets, user))
+        let caches: Vec<String> = job.caches.iter().map(|c| c.path.clone()).collect();
+        let tar = tokio::task::spawn_blocking(move || transfer::upload_tar(&workspace, &secrets, &caches, user))
             .await
             .map_err(|e| StepFailure::Environment(format!("cannot pack the workspace: {e}")))?
             .map_err(|e| host_failure("pack the workspace", &e))?;
@@ -399,12 +414,31 @@ fn bind_mount(source: &Path, target: &str, read_only: bool) -> Mount {
     }
 }
 
+/// A named volume mounted at `target`, without copy-up from the image: copy-up would reset the
+/// owner of an empty volume's root to the image's (root), undoing the upload's directory entry.
+fn volume_mount(source: String, target: &str) -> Mount {
+    Mount {
+        target: Some(target.to_string()),
+        source: Some(source),
+        typ: Some(MountType::VOLUME),
+        volume_options: Some(MountVolumeOptions { no_copy: Some(true), ..Default::default() }),
+        ..Default::default()
+    }
+}
+
 /// `engine-<run>-<step>`, with anything Docker refuses in a name replaced by `-`.
 pub fn container_name(run_id: &str, step: &str) -> String {
-    format!("engine-{run_id}-{step}")
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') { c } else { '-' })
-        .collect()
+    docker_name(&format!("engine-{run_id}-{step}"))
+}
+
+/// `engine-cache-<name>`: the persistent volume behind cache `name` (archive transfer), shared by
+/// every step and run naming it. Anything Docker refuses in a name is replaced by `-`.
+pub fn cache_volume_name(name: &str) -> String {
+    docker_name(&format!("engine-cache-{name}"))
+}
+
+fn docker_name(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') { c } else { '-' }).collect()
 }
 
 /// The step's container: the spec's isolation defaults, applied from the step's resolved IR.

@@ -1,14 +1,14 @@
-//! Getting the workspace and the secrets to the container, for both transfers: preparing the
-//! host folders for a bind mount (ownership, modes), and building the tar uploaded into the
-//! volumes for the archive transfer.
+//! Getting the workspace, the secrets and the cache mounts to the container, for both
+//! transfers: preparing the host folders for a bind mount (ownership, modes), and building the
+//! tar uploaded into the volumes for the archive transfer.
 //!
-//! Works on the engine's own prepared folders only; must not touch anything else on the host
-//! and does not talk to Docker.
+//! Works on the engine's own prepared folders (and its persistent cache folders) only; must not
+//! touch anything else on the host and does not talk to Docker.
 
 use std::fs;
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use dsl::User;
 use tempfile::TempDir;
@@ -35,6 +35,22 @@ pub fn prepare_bind_workspace(dir: &Path, user: User) -> io::Result<()> {
     Ok(())
 }
 
+/// The persistent folder of a cache mount, created if missing, resolved (the daemon wants no
+/// symlink in a bind source), and writable by the step: its root is given to the step user when
+/// we are root, otherwise opened up as for the workspace. Only the root: what the steps wrote
+/// inside is theirs already, and a large cache is not walked on every step.
+pub fn prepare_cache_dir(dir: &Path, user: User) -> io::Result<PathBuf> {
+    fs::create_dir_all(dir)?;
+    let dir = dir.canonicalize()?;
+    if running_as_root() {
+        std::os::unix::fs::chown(&dir, Some(user.uid), Some(user.gid))?;
+    } else {
+        let mode = fs::metadata(&dir)?.mode() & 0o7777;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(mode | 0o777))?;
+    }
+    Ok(dir)
+}
+
 /// A 0700 folder holding one 0400 file per secret, owned by the step user (when we are root;
 /// otherwise readable by all, the best an unprivileged engine can do), for a read-only bind.
 pub fn secrets_dir(secrets: &[(String, String)], user: User) -> io::Result<TempDir> {
@@ -58,10 +74,11 @@ pub fn secrets_dir(secrets: &[(String, String)], user: User) -> io::Result<TempD
 }
 
 /// The tar uploaded at `/` of a (never started) helper container that has the workspace volume
-/// at /workspace and the secrets volume at /run/secrets. Extracting at `/` rather than at
-/// `/workspace` is what makes the volume roots themselves owned by the step user: the daemon
-/// skips the metadata of a `.` entry, but applies that of `workspace/`.
-pub fn upload_tar(workspace: &Path, secrets: &[(String, String)], user: User) -> io::Result<Vec<u8>> {
+/// at /workspace, the secrets volume at /run/secrets and the cache volumes at `cache_paths`.
+/// Extracting at `/` rather than at `/workspace` is what makes the volume roots themselves owned
+/// by the step user: the daemon skips the metadata of a `.` entry, but applies that of
+/// `workspace/`. A cache volume gets only its root entry, which leaves its contents alone.
+pub fn upload_tar(workspace: &Path, secrets: &[(String, String)], cache_paths: &[String], user: User) -> io::Result<Vec<u8>> {
     let mut tar = tar::Builder::new(Vec::new());
     tar.follow_symlinks(false);
     append_dir(&mut tar, "workspace/", 0o755, user)?;
@@ -94,6 +111,9 @@ pub fn upload_tar(workspace: &Path, secrets: &[(String, String)], user: User) ->
             let mut header = file_header(0o400, user, value.len() as u64);
             tar.append_data(&mut header, format!("run/secrets/{name}"), value.as_bytes())?;
         }
+    }
+    for path in cache_paths {
+        append_dir(&mut tar, &format!("{}/", path.trim_matches('/')), 0o755, user)?;
     }
     tar.into_inner()
 }
