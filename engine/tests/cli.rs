@@ -1,121 +1,13 @@
 //! End-to-end tests of the `engine` binary against the real Docker daemon: exit codes, outputs,
 //! JSON events, interrupts and recovery after SIGKILL. A missing daemon fails these tests loudly.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::Once;
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const IMAGE: &str = "local/busybox:1";
-
-fn ensure_docker() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let ok = Command::new("docker").arg("info").stdout(Stdio::null()).stderr(Stdio::null()).status();
-        assert!(
-            matches!(ok, Ok(s) if s.success()),
-            "these tests need a running Docker daemon (`docker info` failed); start one, e.g. `dockerd &`"
-        );
-        let have = Command::new("docker").args(["image", "inspect", IMAGE]).output().unwrap();
-        if !have.status.success() {
-            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/import-busybox.sh");
-            let st = Command::new("bash").arg(script).arg(IMAGE).status().unwrap();
-            assert!(st.success(), "could not import {IMAGE}");
-        }
-    });
-}
-
-struct Project {
-    dir: tempfile::TempDir,
-}
-
-impl Project {
-    fn new(workflow: &str) -> Project {
-        ensure_docker();
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("workflow.yml"), workflow).unwrap();
-        Project { dir }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn write(&self, rel: &str, content: &str) {
-        let p = self.path().join(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, content).unwrap();
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_engine"));
-        c.args(args).current_dir(self.path()).env_remove("ENGINE_POLICY").env("NO_COLOR", "1");
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().unwrap()
-    }
-
-    fn spawn(&self, args: &[&str]) -> Child {
-        self.cmd(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
-    }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn code(o: &Output) -> i32 {
-    o.status.code().unwrap_or(-1)
-}
-
-/// Container ids carrying `label` (e.g. `engine.step=slow-abc`), stopped ones included.
-fn containers(label: &str) -> Vec<String> {
-    let o = Command::new("docker").args(["ps", "-aq", "--filter", &format!("label={label}")]).output().unwrap();
-    text(&o.stdout).lines().map(str::to_string).collect()
-}
-
-/// Poll until `f` holds; panics with `what` after the deadline. No fixed sleeps: state, not time.
-fn wait_for(what: &str, deadline: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn unique(prefix: &str) -> String {
-    let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-    format!("{prefix}-{}-{n:x}", std::process::id())
-}
-
-/// The run id from the `run_started` event of an engine started with `--output json`.
-fn first_event_run_id(child: &mut Child) -> String {
-    use std::io::BufRead;
-    let stdout = child.stdout.take().expect("piped stdout");
-    let mut line = String::new();
-    std::io::BufReader::new(stdout).read_line(&mut line).unwrap();
-    let event: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
-    assert_eq!(event["event"], "run_started", "{line}");
-    event["run_id"].as_str().unwrap().to_string()
-}
-
-/// Temporary folders of run `run_id` (`<tmp>/engine-run-<id>-*`).
-fn run_dirs(run_id: &str) -> Vec<PathBuf> {
-    let prefix = format!("engine-run-{run_id}-");
-    std::fs::read_dir(std::env::temp_dir())
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
-        .map(|e| e.path())
-        .collect()
-}
-
-fn signal(child: &Child, sig: i32) {
-    let rc = unsafe { libc::kill(child.id() as i32, sig) };
-    assert_eq!(rc, 0, "kill failed");
-}
+use common::*;
 
 #[test]
 fn quick_start_runs_and_passes_outputs_downstream() {
