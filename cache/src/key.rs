@@ -70,8 +70,69 @@ pub struct KeyComponents {
 impl KeyComponents {
     /// The canonical encoding: every field tagged and length-prefixed, lists counted, maps in key
     /// order, so no two different component sets share an encoding (`A=1,B=2` vs `A=1B=2`).
+    ///
+    /// Layout (all integers big-endian, `len` and `count` are u64):
+    ///
+    /// ```text
+    /// "engine-action-key\0"                       magic: this is an action key encoding
+    /// field*                                      in tag order, every tag exactly once
+    ///
+    /// field    = tag:u8 len payload[len]
+    /// str      = len bytes[len]                     (UTF-8)
+    /// tag 0  format     u32
+    /// tag 1  image_id   bytes (the whole payload)
+    /// tag 2  command    count str*
+    /// tag 3  env        count (str key, str value)*  in key order
+    /// tag 4  workdir    bytes
+    /// tag 5  user       bytes
+    /// tag 6  network    bytes
+    /// tag 7  outputs    count str*                   as written
+    /// tag 8  secrets    count str*                   names only, as given
+    /// tag 9  inputs     count (str path, mode:u32, digest:[u8;32])*  in path order
+    /// tag 10 upstream   count (str step, digest:[u8;32])*            in step order
+    /// ```
+    ///
+    /// `inputs` and `upstream` are documented as sorted; they are sorted again here so a caller
+    /// that forgets cannot produce two keys for one set of files. Changing anything in this layout
+    /// requires bumping [`crate::CACHE_FORMAT_VERSION`] (and the pinned key in the tests).
     pub fn encode(&self) -> Vec<u8> {
-        todo!()
+        let mut enc = Encoder::default();
+        enc.buf.extend_from_slice(MAGIC);
+        enc.field(TAG_FORMAT, |e| e.u32(self.format));
+        enc.field(TAG_IMAGE, |e| e.raw(self.image_id.as_bytes()));
+        enc.field(TAG_COMMAND, |e| e.strs(&self.command));
+        enc.field(TAG_ENV, |e| {
+            e.count(self.env.len());
+            for (k, v) in &self.env {
+                e.str(k);
+                e.str(v);
+            }
+        });
+        enc.field(TAG_WORKDIR, |e| e.raw(self.workdir.as_bytes()));
+        enc.field(TAG_USER, |e| e.raw(self.user.as_bytes()));
+        enc.field(TAG_NETWORK, |e| e.raw(self.network.as_bytes()));
+        enc.field(TAG_OUTPUTS, |e| e.strs(&self.outputs));
+        enc.field(TAG_SECRETS, |e| e.strs(&self.secrets));
+        enc.field(TAG_INPUTS, |e| {
+            let mut inputs: Vec<&InputEntry> = self.inputs.iter().collect();
+            inputs.sort_by(|a, b| (&a.path, a.mode, a.digest).cmp(&(&b.path, b.mode, b.digest)));
+            e.count(inputs.len());
+            for i in inputs {
+                e.str(&i.path);
+                e.u32(i.mode);
+                e.raw(&i.digest.0);
+            }
+        });
+        enc.field(TAG_UPSTREAM, |e| {
+            let mut upstream: Vec<&UpstreamEntry> = self.upstream.iter().collect();
+            upstream.sort_by(|a, b| (&a.step, a.outputs).cmp(&(&b.step, b.outputs)));
+            e.count(upstream.len());
+            for u in upstream {
+                e.str(&u.step);
+                e.raw(&u.outputs.0);
+            }
+        });
+        enc.buf
     }
 
     pub fn key(&self) -> ActionKey {
@@ -81,8 +142,67 @@ impl KeyComponents {
     /// Why `self` differs from `previous` (the last run of the same step), in a stable order:
     /// format, image, command, env (per variable), workdir, user, network, outputs, secrets,
     /// inputs (per file: added, removed, changed), upstream (per step). Empty if equal.
-    pub fn diff(&self, _previous: &KeyComponents) -> Vec<Reason> {
-        todo!()
+    ///
+    /// Env variables are listed in name order, input files in path order (each file gives one
+    /// reason: added, removed or changed), upstream steps in name order (a step newly needed or
+    /// no longer needed counts as its output changing).
+    pub fn diff(&self, previous: &KeyComponents) -> Vec<Reason> {
+        let mut reasons = Vec::new();
+        if self.format != previous.format {
+            reasons.push(Reason::FormatChanged { old: previous.format, new: self.format });
+        }
+        if self.image_id != previous.image_id {
+            reasons.push(Reason::ImageChanged { old: previous.image_id.clone(), new: self.image_id.clone() });
+        }
+        if self.command != previous.command {
+            reasons.push(Reason::CommandChanged);
+        }
+        for (name, old, new) in merge(
+            previous.env.iter().map(|(k, v)| (k.as_str(), v)),
+            self.env.iter().map(|(k, v)| (k.as_str(), v)),
+        ) {
+            if old != new {
+                reasons.push(Reason::EnvChanged { name: name.to_string(), old: old.cloned(), new: new.cloned() });
+            }
+        }
+        if self.workdir != previous.workdir {
+            reasons.push(Reason::WorkdirChanged { old: previous.workdir.clone(), new: self.workdir.clone() });
+        }
+        if self.user != previous.user {
+            reasons.push(Reason::UserChanged { old: previous.user.clone(), new: self.user.clone() });
+        }
+        if self.network != previous.network {
+            reasons.push(Reason::NetworkChanged { old: previous.network.clone(), new: self.network.clone() });
+        }
+        if self.outputs != previous.outputs {
+            reasons.push(Reason::OutputsChanged);
+        }
+        if self.secrets != previous.secrets {
+            reasons.push(Reason::SecretsChanged);
+        }
+        for (path, old, new) in merge(
+            previous.inputs.iter().map(|i| (i.path.as_str(), i)),
+            self.inputs.iter().map(|i| (i.path.as_str(), i)),
+        ) {
+            let path = path.to_string();
+            match (old, new) {
+                (None, Some(_)) => reasons.push(Reason::InputAdded { path }),
+                (Some(_), None) => reasons.push(Reason::InputRemoved { path }),
+                (Some(o), Some(n)) if (o.mode, o.digest) != (n.mode, n.digest) => {
+                    reasons.push(Reason::InputChanged { path })
+                }
+                _ => {}
+            }
+        }
+        for (step, old, new) in merge(
+            previous.upstream.iter().map(|u| (u.step.as_str(), &u.outputs)),
+            self.upstream.iter().map(|u| (u.step.as_str(), &u.outputs)),
+        ) {
+            if old != new {
+                reasons.push(Reason::UpstreamChanged { step: step.to_string() });
+            }
+        }
+        reasons
     }
 }
 
@@ -120,7 +240,138 @@ pub enum Reason {
 impl fmt::Display for Reason {
     /// One short sentence: "input `src/main.c` changed", "env `CC` changed (gcc -> clang)",
     /// "never run", "image changed (sha256:ab12.. -> sha256:cd34..)", "`build` will run".
-    fn fmt(&self, _f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        todo!()
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::NeverRun => f.write_str("never run"),
+            Reason::CacheDisabled => f.write_str("cache: false on the step"),
+            Reason::NoCacheFlag => f.write_str("--no-cache"),
+            Reason::EntryMissing => f.write_str("cache entry missing or damaged"),
+            Reason::UpstreamWillRun { step } => write!(f, "needs `{step}`, which will run"),
+            Reason::FormatChanged { old, new } => write!(f, "cache format changed ({old} -> {new})"),
+            Reason::ImageChanged { old, new } => {
+                write!(f, "image changed ({} -> {})", short_image_id(old), short_image_id(new))
+            }
+            Reason::CommandChanged => f.write_str("command changed"),
+            Reason::EnvChanged { name, old, new } => match (old, new) {
+                (None, Some(new)) => write!(f, "env `{name}` added (= {new})"),
+                (Some(_), None) => write!(f, "env `{name}` removed"),
+                (Some(old), Some(new)) => write!(f, "env `{name}` changed ({old} -> {new})"),
+                (None, None) => write!(f, "env `{name}` changed"),
+            },
+            Reason::WorkdirChanged { old, new } => write!(f, "workdir changed ({old} -> {new})"),
+            Reason::UserChanged { .. } => f.write_str("user changed"),
+            Reason::NetworkChanged { old, new } => write!(f, "network changed ({old} -> {new})"),
+            Reason::OutputsChanged => f.write_str("outputs changed"),
+            Reason::SecretsChanged => f.write_str("secrets changed"),
+            Reason::InputAdded { path } => write!(f, "input `{path}` added"),
+            Reason::InputRemoved { path } => write!(f, "input `{path}` removed"),
+            Reason::InputChanged { path } => write!(f, "input `{path}` changed"),
+            Reason::UpstreamChanged { step } => write!(f, "output of `{step}` changed"),
+        }
+    }
+}
+
+/// `sha256:` + 12 hex digits, as `docker images` shows them; anything else unchanged.
+fn short_image_id(id: &str) -> &str {
+    const PREFIX: &str = "sha256:";
+    match id.strip_prefix(PREFIX) {
+        Some(rest) if rest.len() > 12 && rest.is_char_boundary(12) => &id[..PREFIX.len() + 12],
+        _ => id,
+    }
+}
+
+/// Walks two lists sorted by name in step, yielding each name once with its value on each side.
+/// Both sides are sorted by the [`KeyComponents`] contract; if a caller breaks it the walk still
+/// terminates, it only reports more changes than there are.
+fn merge<'a, T: 'a>(
+    old: impl Iterator<Item = (&'a str, T)>,
+    new: impl Iterator<Item = (&'a str, T)>,
+) -> Vec<(&'a str, Option<T>, Option<T>)> {
+    let mut old = old.peekable();
+    let mut new = new.peekable();
+    let mut out = Vec::new();
+    loop {
+        let order = match (old.peek(), new.peek()) {
+            (None, None) => break,
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some((o, _)), Some((n, _))) => o.cmp(n),
+        };
+        match order {
+            std::cmp::Ordering::Less => {
+                if let Some((name, v)) = old.next() {
+                    out.push((name, Some(v), None));
+                }
+            }
+            std::cmp::Ordering::Greater => {
+                if let Some((name, v)) = new.next() {
+                    out.push((name, None, Some(v)));
+                }
+            }
+            std::cmp::Ordering::Equal => {
+                if let (Some((name, o)), Some((_, n))) = (old.next(), new.next()) {
+                    out.push((name, Some(o), Some(n)));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Identifies the byte string as an action key encoding (see [`KeyComponents::encode`]).
+const MAGIC: &[u8] = b"engine-action-key\0";
+const TAG_FORMAT: u8 = 0;
+const TAG_IMAGE: u8 = 1;
+const TAG_COMMAND: u8 = 2;
+const TAG_ENV: u8 = 3;
+const TAG_WORKDIR: u8 = 4;
+const TAG_USER: u8 = 5;
+const TAG_NETWORK: u8 = 6;
+const TAG_OUTPUTS: u8 = 7;
+const TAG_SECRETS: u8 = 8;
+const TAG_INPUTS: u8 = 9;
+const TAG_UPSTREAM: u8 = 10;
+
+/// Builds the canonical encoding; the helpers are the only way bytes enter it, so every variable
+/// length part is length-prefixed by construction.
+#[derive(Default)]
+struct Encoder {
+    buf: Vec<u8>,
+}
+
+impl Encoder {
+    /// Tag, then the payload's length (patched in once the payload is written), then the payload.
+    fn field(&mut self, tag: u8, payload: impl FnOnce(&mut Encoder)) {
+        self.buf.push(tag);
+        let len_at = self.buf.len();
+        self.buf.extend_from_slice(&[0; 8]);
+        payload(self);
+        let len = (self.buf.len() - len_at - 8) as u64;
+        self.buf[len_at..len_at + 8].copy_from_slice(&len.to_be_bytes());
+    }
+
+    fn u32(&mut self, v: u32) {
+        self.buf.extend_from_slice(&v.to_be_bytes());
+    }
+
+    fn count(&mut self, n: usize) {
+        self.buf.extend_from_slice(&(n as u64).to_be_bytes());
+    }
+
+    /// Bytes whose length is already known from the enclosing field or their fixed size.
+    fn raw(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    fn str(&mut self, s: &str) {
+        self.count(s.len());
+        self.raw(s.as_bytes());
+    }
+
+    fn strs(&mut self, list: &[String]) {
+        self.count(list.len());
+        for s in list {
+            self.str(s);
+        }
     }
 }
