@@ -299,6 +299,19 @@ mod tests {
         }
     }
 
+    /// A tree of old files, all hashed once (so stat-cached) and saved.
+    fn hashed(files: &[(&str, &[u8])]) -> (Tree, StatCache) {
+        let t = Tree::new();
+        for (rel, content) in files {
+            write_old(t.root(), rel, content);
+        }
+        let mut stat = t.stat();
+        let all: Vec<String> = files.iter().map(|(rel, _)| rel.to_string()).collect();
+        hash_inputs(t.root(), &all, &mut stat).unwrap();
+        stat.save().unwrap();
+        (t, stat)
+    }
+
     #[test]
     fn hash_file_streams_large_and_empty_files() {
         let dir = tempfile::tempdir().unwrap();
@@ -347,11 +360,7 @@ mod tests {
 
     #[test]
     fn stat_file_lives_under_the_digest_of_the_root_and_is_saved_atomically() {
-        let t = Tree::new();
-        write_old(t.root(), "a", b"a");
-        let mut stat = t.stat();
-        hash_inputs(t.root(), &paths(&["a"]), &mut stat).unwrap();
-        stat.save().unwrap();
+        let (t, _) = hashed(&[("a", b"a")]);
         let root = fs::canonicalize(t.root()).unwrap();
         let name = format!("{}.json", Digest::of(root.as_os_str().as_bytes()).hex());
         let file = t.cache.path().join("v1/stat").join(name);
@@ -364,11 +373,7 @@ mod tests {
 
     #[test]
     fn damaged_stat_file_is_an_empty_cache() {
-        let t = Tree::new();
-        write_old(t.root(), "a", b"a");
-        let mut stat = t.stat();
-        hash_inputs(t.root(), &paths(&["a"]), &mut stat).unwrap();
-        stat.save().unwrap();
+        let (t, stat) = hashed(&[("a", b"a")]);
         fs::write(&stat.file, b"{ not json").unwrap();
         let mut stat = t.stat();
         assert_eq!(hash_inputs(t.root(), &paths(&["a"]), &mut stat).unwrap()[0].digest, Digest::of(b"a"));
@@ -377,10 +382,8 @@ mod tests {
 
     #[test]
     fn touch_keeps_the_digest_and_is_cached_again_after_one_rehash() {
-        let t = Tree::new();
-        write_old(t.root(), "a.c", b"same");
+        let (t, mut stat) = hashed(&[("a.c", b"same")]);
         let want = paths(&["a.c"]);
-        let mut stat = t.stat();
         let before = hash_inputs(t.root(), &want, &mut stat).unwrap();
 
         age(&t.root().join("a.c"), 30); // a touch, to a time outside the racy window
@@ -412,10 +415,7 @@ mod tests {
 
     #[test]
     fn replaced_file_is_caught_by_inode() {
-        let t = Tree::new();
-        write_old(t.root(), "a", b"1111");
-        let mut stat = t.stat();
-        hash_inputs(t.root(), &paths(&["a"]), &mut stat).unwrap();
+        let (t, mut stat) = hashed(&[("a", b"1111")]);
         let mut entry = stat.entries["a"];
         write_old(t.root(), "b", b"2222");
         fs::rename(t.root().join("b"), t.root().join("a")).unwrap();
@@ -430,9 +430,7 @@ mod tests {
 
     #[test]
     fn mode_change_changes_the_entry() {
-        let t = Tree::new();
-        write_old(t.root(), "x.sh", b"echo");
-        let mut stat = t.stat();
+        let (t, mut stat) = hashed(&[("x.sh", b"echo")]);
         let before = hash_inputs(t.root(), &paths(&["x.sh"]), &mut stat).unwrap();
         fs::set_permissions(t.root().join("x.sh"), fs::Permissions::from_mode(0o750)).unwrap();
         let after = hash_inputs(t.root(), &paths(&["x.sh"]), &mut stat).unwrap();
@@ -507,12 +505,7 @@ mod tests {
 
     #[test]
     fn entries_of_other_steps_are_kept_and_vanished_files_dropped_on_save() {
-        let t = Tree::new();
-        write_old(t.root(), "a", b"a");
-        write_old(t.root(), "b", b"b");
-        write_old(t.root(), "c", b"c");
-        let mut stat = t.stat();
-        hash_inputs(t.root(), &paths(&["a", "b", "c"]), &mut stat).unwrap();
+        let (t, mut stat) = hashed(&[("a", b"a"), ("b", b"b"), ("c", b"c")]);
         hash_inputs(t.root(), &paths(&["a"]), &mut stat).unwrap();
         assert_eq!(stat.entries.len(), 3, "other steps' entries are kept");
         fs::remove_file(t.root().join("c")).unwrap();
