@@ -5,45 +5,548 @@
 //! The stat cache is an optimisation only: a wrong or missing entry costs a re-hash, never a wrong
 //! digest. Entries whose mtime is too close to the moment they were recorded are not trusted
 //! (a write in the same timestamp tick would be invisible: git's "racy clean" problem).
+//!
+//! This module must not put anything it learns from the file system other than relative paths,
+//! modes and content digests into an [`InputEntry`]: mtimes, inodes and the absolute root live in
+//! the stat cache only, which is never part of a key.
 
-use std::io;
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
+use std::fs::{self, File, Metadata};
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Component, Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
 
 use crate::key::InputEntry;
 use crate::Digest;
 
+/// Read buffer of [`hash_file`]: large enough that syscalls do not dominate, small enough that
+/// many files hashed in parallel stay cheap.
+const BUF_SIZE: usize = 64 * 1024;
+
+/// The mode an [`InputEntry`] gives every symlink, whatever `lstat` says.
+pub const SYMLINK_MODE: u32 = 0o120777;
+
+/// An entry whose mtime is this close to (or after) the moment it is recorded is not recorded:
+/// the file may still be written within the same timestamp tick without its stat changing.
+const RACY_WINDOW: Duration = Duration::from_secs(2);
+
+/// Version of the stat cache file; another version is ignored (the tree is simply re-hashed).
+const STAT_FILE_VERSION: u32 = 1;
+
 /// SHA-256 of a file's content (streamed, not read whole into memory).
-pub fn hash_file(_path: &Path) -> io::Result<Digest> {
-    todo!()
+pub fn hash_file(path: &Path) -> io::Result<Digest> {
+    let mut file = File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; BUF_SIZE];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => hasher.update(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Digest(hasher.finalize().into()))
+}
+
+/// What the stat cache remembers of one file: the stat fields that change whenever its content
+/// can have changed, and the digest they vouch for.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+struct StatEntry {
+    size: u64,
+    mtime_ns: i64,
+    ctime_ns: i64,
+    inode: u64,
+    /// As in the [`InputEntry`]: permission bits, or [`SYMLINK_MODE`].
+    mode: u32,
+    digest: Digest,
+}
+
+impl StatEntry {
+    fn same_stat(&self, other: &StatEntry) -> bool {
+        (self.size, self.mtime_ns, self.ctime_ns, self.inode, self.mode)
+            == (other.size, other.mtime_ns, other.ctime_ns, other.inode, other.mode)
+    }
+}
+
+/// The stat cache file as written (borrowing, so saving does not clone the cache).
+#[derive(Serialize)]
+struct StatFileRef<'a> {
+    version: u32,
+    entries: BTreeMap<&'a String, &'a StatEntry>,
+}
+
+/// The stat cache file as read.
+#[derive(Deserialize)]
+struct StatFile {
+    version: u32,
+    entries: BTreeMap<String, StatEntry>,
 }
 
 /// The stat cache of one source tree, persisted as a file in the cache directory.
 pub struct StatCache {
-    _file: PathBuf,
+    /// `<cache_dir>/v1/stat/<sha256 of the absolute root>.json`.
+    file: PathBuf,
+    /// `<cache_dir>/v1/tmp`, for the atomic save (same file system as `file`).
+    tmp_dir: PathBuf,
+    /// The tree the relative paths are relative to, to prune vanished files on save.
+    root: PathBuf,
+    /// By relative path. Entries not asked for by the last call are kept: steps share a tree.
+    entries: BTreeMap<String, StatEntry>,
+    /// Whether `entries` changed since loading, so a no-op re-key does not rewrite the file.
+    dirty: bool,
+    files_read: usize,
 }
 
 impl StatCache {
     /// Load the stat cache for the tree at `root` from `cache_dir` (missing or unreadable: empty).
     /// The file is chosen by a digest of `root`'s absolute path; that path never enters a key.
-    pub fn load(_cache_dir: &Path, _root: &Path) -> StatCache {
-        todo!()
+    pub fn load(cache_dir: &Path, root: &Path) -> StatCache {
+        // Canonical when possible, so the same tree reached through a symlink shares its cache.
+        let root = fs::canonicalize(root)
+            .or_else(|_| std::path::absolute(root))
+            .unwrap_or_else(|_| root.to_path_buf());
+        let name = format!("{}.json", Digest::of(root.as_os_str().as_bytes()).hex());
+        let file = cache_dir.join("v1").join("stat").join(name);
+        let entries = fs::read(&file)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<StatFile>(&bytes).ok())
+            .filter(|f| f.version == STAT_FILE_VERSION)
+            .map(|f| f.entries)
+            .unwrap_or_default();
+        StatCache { file, tmp_dir: cache_dir.join("v1").join("tmp"), root, entries, dirty: false, files_read: 0 }
     }
 
     /// Write it back atomically (temp file + rename); concurrent engines may race, last wins.
+    /// Entries of files that no longer exist are left out. Nothing is written when nothing changed.
     pub fn save(&self) -> io::Result<()> {
-        todo!()
+        let entries: BTreeMap<&String, &StatEntry> = self
+            .entries
+            .iter()
+            .filter(|(path, _)| fs::symlink_metadata(self.root.join(path)).is_ok())
+            .collect();
+        if !self.dirty && entries.len() == self.entries.len() && self.file.exists() {
+            return Ok(());
+        }
+        let at = |what: &Path, e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", what.display()));
+        let stat_dir = self.file.parent().unwrap_or(Path::new("."));
+        fs::create_dir_all(stat_dir).map_err(|e| at(stat_dir, e))?;
+        fs::create_dir_all(&self.tmp_dir).map_err(|e| at(&self.tmp_dir, e))?;
+        let mut tmp = tempfile::NamedTempFile::new_in(&self.tmp_dir).map_err(|e| at(&self.tmp_dir, e))?;
+        let mut out = io::BufWriter::new(tmp.as_file_mut());
+        serde_json::to_writer(&mut out, &StatFileRef { version: STAT_FILE_VERSION, entries })
+            .map_err(io::Error::other)
+            .and_then(|()| out.flush())
+            .map_err(|e| at(&self.file, e))?;
+        drop(out);
+        tmp.persist(&self.file).map_err(|e| at(&self.file, e.error))?;
+        Ok(())
     }
 }
 
 /// Digest every file of `paths` (relative to `root`, `/`-separated), in parallel for the ones the
 /// stat cache cannot vouch for, updating the stat cache. Result sorted by path. Symlinks are not
 /// followed: their digest is the digest of the link target text, their mode 0o120777.
-pub fn hash_inputs(_root: &Path, _paths: &[String], _stat: &mut StatCache) -> io::Result<Vec<InputEntry>> {
-    todo!()
+///
+/// A missing or unreadable input, a directory, or a path that is absolute or climbs out of
+/// `root` is an error naming the path.
+pub fn hash_inputs(root: &Path, paths: &[String], stat: &mut StatCache) -> io::Result<Vec<InputEntry>> {
+    let mut paths: Vec<&str> = paths.iter().map(String::as_str).collect();
+    paths.sort_unstable();
+    paths.dedup();
+
+    let mut entries: Vec<Option<InputEntry>> = Vec::with_capacity(paths.len());
+    // (index into `entries`, relative path, stat as seen before reading)
+    let mut misses: Vec<(usize, &str, StatEntry)> = Vec::new();
+    for (i, rel) in paths.iter().enumerate() {
+        let full = input_path(root, rel)?;
+        let meta = fs::symlink_metadata(&full).map_err(|e| named(rel, e))?;
+        let seen = stat_of(&meta, rel)?;
+        match stat.entries.get(*rel) {
+            Some(cached) if cached.same_stat(&seen) => {
+                entries.push(Some(InputEntry { path: rel.to_string(), mode: seen.mode, digest: cached.digest }));
+            }
+            _ => {
+                entries.push(None);
+                misses.push((i, rel, seen));
+            }
+        }
+    }
+
+    let hashed: Vec<io::Result<(usize, StatEntry)>> = misses
+        .par_iter()
+        .map(|&(i, rel, seen)| {
+            let full = root.join(rel);
+            let digest = if seen.mode == SYMLINK_MODE {
+                fs::read_link(&full).map(|target| Digest::of(target.as_os_str().as_bytes()))
+            } else {
+                hash_file(&full)
+            };
+            digest.map(|digest| (i, StatEntry { digest, ..seen })).map_err(|e| named(rel, e))
+        })
+        .collect();
+    stat.files_read = misses.len();
+
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let racy_after = i128::try_from(now.saturating_sub(RACY_WINDOW).as_nanos()).unwrap_or(i128::MAX);
+    for result in hashed {
+        let (i, entry) = result?;
+        let rel = paths[i];
+        entries[i] = Some(InputEntry { path: rel.to_string(), mode: entry.mode, digest: entry.digest });
+        // Racy clean: a file modified in the last moments may change again within the same
+        // timestamp tick, unseen by its stat; it is re-hashed next time instead of trusted.
+        if i128::from(entry.mtime_ns) >= racy_after {
+            if stat.entries.remove(rel).is_some() {
+                stat.dirty = true;
+            }
+        } else if stat.entries.insert(rel.to_string(), entry) != Some(entry) {
+            stat.dirty = true;
+        }
+    }
+    Ok(entries.into_iter().flatten().collect())
 }
 
 /// How many files the last `hash_inputs` call read (0 for a fully stat-cached tree). For tests
 /// and benchmarks.
-pub fn files_read(_stat: &StatCache) -> usize {
-    todo!()
+pub fn files_read(stat: &StatCache) -> usize {
+    stat.files_read
+}
+
+/// `root` joined with a relative, `/`-separated input path that stays inside it.
+fn input_path(root: &Path, rel: &str) -> io::Result<PathBuf> {
+    let relative = Path::new(rel);
+    let inside = !rel.is_empty() && relative.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+    if !inside {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("input `{rel}`: not a relative path inside the workflow directory"),
+        ));
+    }
+    Ok(root.join(relative))
+}
+
+/// The stat fields of a regular file or symlink (digest not known yet: zero).
+fn stat_of(meta: &Metadata, rel: &str) -> io::Result<StatEntry> {
+    let kind = meta.file_type();
+    let mode = if kind.is_symlink() {
+        SYMLINK_MODE
+    } else if kind.is_file() {
+        meta.mode() & 0o7777
+    } else {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("input `{rel}`: not a regular file or symlink")));
+    };
+    let ns = |secs: i64, nsec: i64| secs.saturating_mul(1_000_000_000).saturating_add(nsec);
+    Ok(StatEntry {
+        size: meta.size(),
+        mtime_ns: ns(meta.mtime(), meta.mtime_nsec()),
+        ctime_ns: ns(meta.ctime(), meta.ctime_nsec()),
+        inode: meta.ino(),
+        mode,
+        digest: Digest([0; 32]),
+    })
+}
+
+/// The same error, with the input path it concerns in front.
+fn named(rel: &str, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("input `{rel}`: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    use filetime::FileTime;
+
+    /// Moves a file's mtime `secs` into the past, out of the racy window (also changes its ctime).
+    fn age(path: &Path, secs: i64) {
+        let now = FileTime::now();
+        let t = FileTime::from_unix_time(now.unix_seconds() - secs, now.nanoseconds());
+        filetime::set_symlink_file_times(path, t, t).unwrap();
+    }
+
+    fn write_old(root: &Path, rel: &str, content: &[u8]) {
+        let path = root.join(rel);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, content).unwrap();
+        age(&path, 60);
+    }
+
+    fn paths(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    struct Tree {
+        root: tempfile::TempDir,
+        cache: tempfile::TempDir,
+    }
+
+    impl Tree {
+        fn new() -> Tree {
+            Tree { root: tempfile::tempdir().unwrap(), cache: tempfile::tempdir().unwrap() }
+        }
+        fn root(&self) -> &Path {
+            self.root.path()
+        }
+        fn stat(&self) -> StatCache {
+            StatCache::load(self.cache.path(), self.root.path())
+        }
+    }
+
+    /// A tree of old files, all hashed once (so stat-cached) and saved.
+    fn hashed(files: &[(&str, &[u8])]) -> (Tree, StatCache) {
+        let t = Tree::new();
+        for (rel, content) in files {
+            write_old(t.root(), rel, content);
+        }
+        let mut stat = t.stat();
+        let all: Vec<String> = files.iter().map(|(rel, _)| rel.to_string()).collect();
+        hash_inputs(t.root(), &all, &mut stat).unwrap();
+        stat.save().unwrap();
+        (t, stat)
+    }
+
+    #[test]
+    fn hash_file_streams_large_and_empty_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let big: Vec<u8> = (0..(3 * BUF_SIZE + 17)).map(|i| (i % 251) as u8).collect();
+        fs::write(dir.path().join("big"), &big).unwrap();
+        fs::write(dir.path().join("empty"), b"").unwrap();
+        assert_eq!(hash_file(&dir.path().join("big")).unwrap(), Digest::of(&big));
+        assert_eq!(hash_file(&dir.path().join("empty")).unwrap(), Digest::of(b""));
+        assert!(hash_file(&dir.path().join("nope")).is_err());
+    }
+
+    #[test]
+    fn stat_cache_is_reused_across_loads() {
+        let t = Tree::new();
+        write_old(t.root(), "src/a.c", b"int a;");
+        write_old(t.root(), "src/b.c", b"int b;");
+        write_old(t.root(), "run.sh", b"#!/bin/sh\n");
+        fs::set_permissions(t.root().join("run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+        age(&t.root().join("run.sh"), 60);
+        let want = paths(&["src/b.c", "run.sh", "src/a.c"]);
+
+        let mut stat = t.stat();
+        let first = hash_inputs(t.root(), &want, &mut stat).unwrap();
+        assert_eq!(files_read(&stat), 3);
+        stat.save().unwrap();
+        assert_eq!(
+            first,
+            vec![
+                InputEntry { path: "run.sh".into(), mode: 0o755, digest: Digest::of(b"#!/bin/sh\n") },
+                InputEntry { path: "src/a.c".into(), mode: 0o644 & !umask_bits(), digest: Digest::of(b"int a;") },
+                InputEntry { path: "src/b.c".into(), mode: 0o644 & !umask_bits(), digest: Digest::of(b"int b;") },
+            ]
+        );
+
+        let mut stat = t.stat();
+        assert_eq!(hash_inputs(t.root(), &want, &mut stat).unwrap(), first);
+        assert_eq!(files_read(&stat), 0);
+    }
+
+    /// The mode files get from `fs::write` depends on the umask; tests compare against it.
+    fn umask_bits() -> u32 {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("f"), b"").unwrap();
+        0o666 & !(fs::metadata(dir.path().join("f")).unwrap().mode() & 0o7777)
+    }
+
+    #[test]
+    fn stat_file_lives_under_the_digest_of_the_root_and_is_saved_atomically() {
+        let (t, _) = hashed(&[("a", b"a")]);
+        let root = fs::canonicalize(t.root()).unwrap();
+        let name = format!("{}.json", Digest::of(root.as_os_str().as_bytes()).hex());
+        let file = t.cache.path().join("v1/stat").join(name);
+        assert!(file.is_file());
+        assert!(t.cache.path().join("v1/tmp").is_dir());
+        assert_eq!(fs::read_dir(t.cache.path().join("v1/tmp")).unwrap().count(), 0);
+        let text = fs::read_to_string(&file).unwrap();
+        assert!(!text.contains(root.to_str().unwrap()), "the root path is in the file name only");
+    }
+
+    #[test]
+    fn damaged_stat_file_is_an_empty_cache() {
+        let (t, stat) = hashed(&[("a", b"a")]);
+        fs::write(&stat.file, b"{ not json").unwrap();
+        let mut stat = t.stat();
+        assert_eq!(hash_inputs(t.root(), &paths(&["a"]), &mut stat).unwrap()[0].digest, Digest::of(b"a"));
+        assert_eq!(files_read(&stat), 1);
+    }
+
+    #[test]
+    fn touch_keeps_the_digest_and_is_cached_again_after_one_rehash() {
+        let (t, mut stat) = hashed(&[("a.c", b"same")]);
+        let want = paths(&["a.c"]);
+        let before = hash_inputs(t.root(), &want, &mut stat).unwrap();
+
+        age(&t.root().join("a.c"), 30); // a touch, to a time outside the racy window
+        assert_eq!(hash_inputs(t.root(), &want, &mut stat).unwrap(), before);
+        assert_eq!(files_read(&stat), 1);
+        assert_eq!(hash_inputs(t.root(), &want, &mut stat).unwrap(), before);
+        assert_eq!(files_read(&stat), 0);
+    }
+
+    #[test]
+    fn same_size_rewrite_with_restored_mtime_is_caught_by_ctime() {
+        let t = Tree::new();
+        let path = t.root().join("a.c");
+        write_old(t.root(), "a.c", b"aaaa");
+        let mtime = FileTime::from_last_modification_time(&fs::metadata(&path).unwrap());
+        let want = paths(&["a.c"]);
+        let mut stat = t.stat();
+        assert_eq!(hash_inputs(t.root(), &want, &mut stat).unwrap()[0].digest, Digest::of(b"aaaa"));
+
+        std::thread::sleep(Duration::from_millis(20)); // let the clock move on for ctime
+        fs::write(&path, b"bbbb").unwrap();
+        filetime::set_file_mtime(&path, mtime).unwrap();
+        let meta = fs::metadata(&path).unwrap();
+        assert_eq!((meta.size(), FileTime::from_last_modification_time(&meta)), (4, mtime));
+
+        assert_eq!(hash_inputs(t.root(), &want, &mut stat).unwrap()[0].digest, Digest::of(b"bbbb"));
+        assert_eq!(files_read(&stat), 1);
+    }
+
+    #[test]
+    fn replaced_file_is_caught_by_inode() {
+        let (t, mut stat) = hashed(&[("a", b"1111")]);
+        let mut entry = stat.entries["a"];
+        write_old(t.root(), "b", b"2222");
+        fs::rename(t.root().join("b"), t.root().join("a")).unwrap();
+        // Pretend every other stat field matched: only the inode tells the files apart.
+        let meta = fs::symlink_metadata(t.root().join("a")).unwrap();
+        let seen = stat_of(&meta, "a").unwrap();
+        entry.mtime_ns = seen.mtime_ns;
+        entry.ctime_ns = seen.ctime_ns;
+        stat.entries.insert("a".into(), entry);
+        assert_eq!(hash_inputs(t.root(), &paths(&["a"]), &mut stat).unwrap()[0].digest, Digest::of(b"2222"));
+    }
+
+    #[test]
+    fn mode_change_changes_the_entry() {
+        let (t, mut stat) = hashed(&[("x.sh", b"echo")]);
+        let before = hash_inputs(t.root(), &paths(&["x.sh"]), &mut stat).unwrap();
+        fs::set_permissions(t.root().join("x.sh"), fs::Permissions::from_mode(0o750)).unwrap();
+        let after = hash_inputs(t.root(), &paths(&["x.sh"]), &mut stat).unwrap();
+        assert_eq!(after[0].mode, 0o750);
+        assert_eq!(after[0].digest, before[0].digest);
+        assert_ne!(after, before);
+    }
+
+    #[test]
+    fn symlinks_are_not_followed() {
+        let t = Tree::new();
+        write_old(t.root(), "real", b"content");
+        let link = t.root().join("link");
+        std::os::unix::fs::symlink("real", &link).unwrap();
+        std::os::unix::fs::symlink("../outside/nowhere", t.root().join("dangling")).unwrap();
+        age(&link, 60);
+        let want = paths(&["link", "dangling"]);
+        let mut stat = t.stat();
+        let got = hash_inputs(t.root(), &want, &mut stat).unwrap();
+        assert_eq!(
+            got,
+            vec![
+                InputEntry { path: "dangling".into(), mode: SYMLINK_MODE, digest: Digest::of(b"../outside/nowhere") },
+                InputEntry { path: "link".into(), mode: SYMLINK_MODE, digest: Digest::of(b"real") },
+            ]
+        );
+        // A changed target changes the digest.
+        fs::remove_file(&link).unwrap();
+        std::os::unix::fs::symlink("other", &link).unwrap();
+        assert_eq!(hash_inputs(t.root(), &want, &mut stat).unwrap()[1].digest, Digest::of(b"other"));
+    }
+
+    #[test]
+    fn parallel_hashing_matches_sequential() {
+        let t = Tree::new();
+        let mut want = Vec::new();
+        for i in 0..400 {
+            let rel = format!("d{}/f{i}.txt", i % 7);
+            write_old(t.root(), &rel, format!("file {i}\n").repeat(i % 50).as_bytes());
+            want.push(rel);
+        }
+        let mut stat = t.stat();
+        let got = hash_inputs(t.root(), &want, &mut stat).unwrap();
+        assert_eq!(files_read(&stat), 400);
+        let mut sequential: Vec<(String, Digest)> =
+            want.iter().map(|rel| (rel.clone(), hash_file(&t.root().join(rel)).unwrap())).collect();
+        sequential.sort();
+        let got: Vec<(String, Digest)> = got.into_iter().map(|e| (e.path, e.digest)).collect();
+        assert_eq!(got, sequential);
+    }
+
+    #[test]
+    fn racy_clean_files_are_rehashed_until_they_are_old_enough() {
+        let t = Tree::new();
+        fs::write(t.root().join("fresh"), b"v1").unwrap(); // mtime: now
+        let want = paths(&["fresh"]);
+        let mut stat = t.stat();
+        hash_inputs(t.root(), &want, &mut stat).unwrap();
+        assert!(!stat.entries.contains_key("fresh"), "a racy entry is not recorded");
+
+        // Same tick, same size: its stat alone could not tell; the re-hash does.
+        fs::write(t.root().join("fresh"), b"v2").unwrap();
+        assert_eq!(hash_inputs(t.root(), &want, &mut stat).unwrap()[0].digest, Digest::of(b"v2"));
+        assert_eq!(files_read(&stat), 1);
+
+        age(&t.root().join("fresh"), 3);
+        hash_inputs(t.root(), &want, &mut stat).unwrap();
+        assert_eq!(files_read(&stat), 1);
+        hash_inputs(t.root(), &want, &mut stat).unwrap();
+        assert_eq!(files_read(&stat), 0);
+    }
+
+    #[test]
+    fn entries_of_other_steps_are_kept_and_vanished_files_dropped_on_save() {
+        let (t, mut stat) = hashed(&[("a", b"a"), ("b", b"b"), ("c", b"c")]);
+        hash_inputs(t.root(), &paths(&["a"]), &mut stat).unwrap();
+        assert_eq!(stat.entries.len(), 3, "other steps' entries are kept");
+        fs::remove_file(t.root().join("c")).unwrap();
+        stat.save().unwrap();
+
+        let mut stat = t.stat();
+        assert_eq!(stat.entries.keys().collect::<Vec<_>>(), ["a", "b"]);
+        hash_inputs(t.root(), &paths(&["b"]), &mut stat).unwrap();
+        assert_eq!(files_read(&stat), 0);
+    }
+
+    #[test]
+    fn missing_or_escaping_inputs_are_errors_naming_the_path() {
+        let t = Tree::new();
+        fs::create_dir(t.root().join("dir")).unwrap();
+        let mut stat = t.stat();
+        for (rel, kind) in [
+            ("src/missing.c", io::ErrorKind::NotFound),
+            ("/etc/passwd", io::ErrorKind::InvalidInput),
+            ("../x", io::ErrorKind::InvalidInput),
+            ("", io::ErrorKind::InvalidInput),
+            ("dir", io::ErrorKind::InvalidInput),
+        ] {
+            let err = hash_inputs(t.root(), &paths(&[rel]), &mut stat).unwrap_err();
+            assert_eq!(err.kind(), kind, "{rel}: {err}");
+            assert!(err.to_string().contains(&format!("`{rel}`")), "{err}");
+        }
+    }
+
+    #[test]
+    fn moving_the_tree_keeps_the_entries_but_not_the_stat_cache() {
+        // The same files in another folder give the same entries (no absolute path in a key).
+        let a = Tree::new();
+        let b = Tree::new();
+        for t in [&a, &b] {
+            write_old(t.root(), "src/x", b"x");
+        }
+        let want = paths(&["src/x"]);
+        let ea = hash_inputs(a.root(), &want, &mut a.stat()).unwrap();
+        let eb = hash_inputs(b.root(), &want, &mut b.stat()).unwrap();
+        assert_eq!(ea, eb);
+        assert_ne!(a.stat().file.file_name(), StatCache::load(a.cache.path(), b.root()).file.file_name());
+    }
 }
