@@ -79,6 +79,21 @@ fn file_digest(m: &Manifest, path: &str) -> Digest {
         .unwrap()
 }
 
+/// Overwrite a (read-only) blob in place, as a disk error or a careless person would.
+fn tamper(blob: &Path, content: &[u8]) {
+    fs::set_permissions(blob, fs::Permissions::from_mode(0o644)).unwrap();
+    fs::write(blob, content).unwrap();
+}
+
+/// A fresh store holding the sample outputs under `k`, with the source folder.
+fn stored_sample(tag: &str, k: ActionKey) -> (TempDir, Store, TempDir, Manifest) {
+    let (dir, store) = store();
+    let src = TempDir::new().unwrap();
+    sample_outputs(src.path(), tag);
+    let m = put(&store, k, src.path());
+    (dir, store, src, m)
+}
+
 fn set_mtime(path: &Path, secs_ago: u64) {
     let t = SystemTime::now() - Duration::from_secs(secs_ago);
     filetime::set_file_mtime(path, FileTime::from_system_time(t)).unwrap();
@@ -107,10 +122,7 @@ fn open_creates_the_layout() {
 
 #[test]
 fn round_trip_is_byte_identical_with_modes() {
-    let (_d, store) = store();
-    let src = TempDir::new().unwrap();
-    sample_outputs(src.path(), "one");
-    let m = put(&store, key("a"), src.path());
+    let (_d, store, src, m) = stored_sample("one", key("a"));
 
     let paths: Vec<&str> = m.entries.iter().map(|e| e.path()).collect();
     let mut sorted = paths.clone();
@@ -151,10 +163,7 @@ fn read_only_folders_are_restored_with_their_mode() {
 
 #[test]
 fn an_existing_blob_is_not_rewritten() {
-    let (_d, store) = store();
-    let src = TempDir::new().unwrap();
-    sample_outputs(src.path(), "same");
-    let m1 = put(&store, key("1"), src.path());
+    let (_d, store, src, m1) = stored_sample("same", key("1"));
     let blob = store.blob_path(&file_digest(&m1, "a.txt"));
     let ino = fs::metadata(&blob).unwrap().ino();
     let m2 = put(&store, key("2"), src.path());
@@ -211,13 +220,9 @@ fn outputs_digest_is_stable_and_sensitive() {
 
 #[test]
 fn corrupt_blob_is_a_miss_and_the_next_put_repairs_it() {
-    let (_d, store) = store();
-    let src = TempDir::new().unwrap();
-    sample_outputs(src.path(), "c");
-    let m = put(&store, key("c"), src.path());
+    let (_d, store, src, m) = stored_sample("c", key("c"));
     let blob = store.blob_path(&file_digest(&m, "share/doc/readme.txt"));
-    fs::set_permissions(&blob, fs::Permissions::from_mode(0o644)).unwrap();
-    fs::write(&blob, b"tampered").unwrap();
+    tamper(&blob, b"tampered");
 
     let dest = TempDir::new().unwrap();
     let got = store.get(&key("c")).unwrap();
@@ -238,10 +243,7 @@ fn corrupt_blob_is_a_miss_and_the_next_put_repairs_it() {
 
 #[test]
 fn missing_blob_or_damaged_manifest_is_a_miss() {
-    let (_d, store) = store();
-    let src = TempDir::new().unwrap();
-    sample_outputs(src.path(), "m");
-    let m = put(&store, key("m"), src.path());
+    let (_d, store, src, m) = stored_sample("m", key("m"));
     fs::remove_file(store.blob_path(&file_digest(&m, "a.txt"))).unwrap();
     assert!(store.get(&key("m")).is_none());
 
@@ -463,8 +465,7 @@ fn verify_removes_corrupt_blobs_and_their_manifests() {
     let ma = put(&store, key("a"), a.path());
     put(&store, key("b"), b.path());
     let blob = store.blob_path(&file_digest(&ma, "f"));
-    fs::set_permissions(&blob, fs::Permissions::from_mode(0o644)).unwrap();
-    fs::write(&blob, b"aab").unwrap();
+    tamper(&blob, b"aab");
     fs::create_dir_all(store.manifest_path(&key("junk")).parent().unwrap()).unwrap();
     fs::write(store.manifest_path(&key("junk")), b"not json").unwrap();
 

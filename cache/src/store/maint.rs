@@ -196,6 +196,10 @@ pub(super) fn gc(store: &Store, max_size: u64) -> Result<GcReport, StoreError> {
         if young && !referenced_at_start.contains(&b.digest) {
             continue;
         }
+        // Touched since the scan: a concurrent put reused it for a manifest of its own.
+        if fs::metadata(&b.path).and_then(|m| m.modified()).is_ok_and(|t| t > b.mtime) {
+            continue;
+        }
         if remove(&b.path) {
             report.removed_blobs += 1;
             report.freed_bytes += b.bytes;
