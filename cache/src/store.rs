@@ -348,7 +348,11 @@ impl Store {
 
 /// `path` relative to `root`, `/`-separated, as UTF-8 (manifests are JSON text).
 fn relative(root: &Path, path: &Path) -> Result<String, StoreError> {
-    let rel = path.strip_prefix(root).map_err(|_| not_utf8(path))?;
+    // WalkDir only yields paths below its root; this is a guard, not an expected error.
+    let rel = path.strip_prefix(root).map_err(|_| StoreError::Io {
+        path: path.to_path_buf(),
+        source: io::Error::new(io::ErrorKind::InvalidInput, "not below the collected outputs"),
+    })?;
     let parts: Option<Vec<&str>> = rel.components().map(|c| c.as_os_str().to_str()).collect();
     Ok(parts.ok_or_else(|| not_utf8(path))?.join("/"))
 }
