@@ -16,13 +16,30 @@
 //! uses a reflink where the filesystem allows and a copy otherwise; never a hard link, since
 //! editing an exported output would then silently corrupt the cache.
 
-use std::io;
-use std::path::{Path, PathBuf};
+mod fsio;
+mod maint;
+mod restore;
 
+use std::fs;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use walkdir::WalkDir;
 
 use crate::key::{ActionKey, KeyComponents};
 use crate::Digest;
+use fsio::at;
+pub use fsio::sanitise;
+
+/// The folders under `v1/`.
+const LAYOUT: [&str; 6] = ["blobs", "actions", "last", "stat", "mounts", "tmp"];
+/// Permission bits kept for outputs (including setuid/setgid/sticky), not the file type.
+const MODE_BITS: u32 = 0o7777;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -39,6 +56,21 @@ pub enum OutputEntry {
     File { path: String, mode: u32, digest: Digest, size: u64 },
     Symlink { path: String, target: String },
     Dir { path: String, mode: u32 },
+}
+
+impl OutputEntry {
+    /// Relative, `/`-separated path of the entry.
+    pub fn path(&self) -> &str {
+        match self {
+            OutputEntry::File { path, .. } | OutputEntry::Symlink { path, .. } | OutputEntry::Dir { path, .. } => path,
+        }
+    }
+}
+
+/// Length-prefixed bytes, so that no two different sequences of fields share an encoding.
+fn put_field(h: &mut Sha256, bytes: &[u8]) {
+    h.update((bytes.len() as u64).to_le_bytes());
+    h.update(bytes);
 }
 
 /// What a successful step produced, stored under its action key.
@@ -61,7 +93,34 @@ impl Manifest {
     /// Digest of the outputs alone (paths, modes, contents, link targets; not the key, log or
     /// times): what a downstream step's key depends on.
     pub fn outputs_digest(&self) -> Digest {
-        todo!()
+        let mut h = Sha256::new();
+        put_field(&mut h, b"engine-outputs-v1");
+        // Sorted here too, so a hand-built manifest in another order has the same digest.
+        let mut entries: Vec<&OutputEntry> = self.entries.iter().collect();
+        entries.sort_by(|a, b| a.path().cmp(b.path()));
+        h.update((entries.len() as u64).to_le_bytes());
+        for e in entries {
+            match e {
+                OutputEntry::File { path, mode, digest, size } => {
+                    h.update(b"F");
+                    put_field(&mut h, path.as_bytes());
+                    h.update(mode.to_le_bytes());
+                    h.update(digest.0);
+                    h.update(size.to_le_bytes());
+                }
+                OutputEntry::Symlink { path, target } => {
+                    h.update(b"L");
+                    put_field(&mut h, path.as_bytes());
+                    put_field(&mut h, target.as_bytes());
+                }
+                OutputEntry::Dir { path, mode } => {
+                    h.update(b"D");
+                    put_field(&mut h, path.as_bytes());
+                    h.update(mode.to_le_bytes());
+                }
+            }
+        }
+        Digest(h.finalize().into())
     }
 
     pub fn size(&self) -> u64 {
@@ -104,31 +163,92 @@ pub struct Store {
 
 impl Store {
     /// Open (creating if needed) the store in `dir`.
-    pub fn open(_dir: &Path) -> Result<Store, StoreError> {
-        todo!()
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let store = Store { root: dir.to_path_buf() };
+        for sub in LAYOUT {
+            let p = store.v1(sub);
+            fs::create_dir_all(&p).map_err(at(&p))?;
+        }
+        Ok(store)
     }
 
     /// `ENGINE_CACHE_DIR`, else the user's cache directory + `/engine` (`~/.cache/engine`).
     pub fn default_dir() -> PathBuf {
-        todo!()
+        if let Some(dir) = std::env::var_os("ENGINE_CACHE_DIR").filter(|d| !d.is_empty()) {
+            return PathBuf::from(dir);
+        }
+        dirs::cache_dir()
+            .or_else(|| dirs::home_dir().map(|h| h.join(".cache")))
+            .unwrap_or_else(|| PathBuf::from(".cache"))
+            .join("engine")
     }
 
     pub fn dir(&self) -> &Path {
         &self.root
     }
 
+    fn v1(&self, sub: &str) -> PathBuf {
+        self.root.join("v1").join(sub)
+    }
+
+    /// Where the blob with `digest` lives (`v1/blobs/<aa>/<hex>`), whether or not it exists.
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        let hex = digest.hex();
+        self.v1("blobs").join(&hex[..2]).join(hex)
+    }
+
+    /// Where the manifest of `key` lives (`v1/actions/<aa>/<hex>.json`), whether or not it exists.
+    pub fn manifest_path(&self, key: &ActionKey) -> PathBuf {
+        let hex = key.0.hex();
+        self.v1("actions").join(&hex[..2]).join(format!("{hex}.json"))
+    }
+
     /// The manifest stored under `key`, if there is one and every blob it names exists. Contents
     /// are checked by `restore`.
-    pub fn get(&self, _key: &ActionKey) -> Option<Manifest> {
-        todo!()
+    pub fn get(&self, key: &ActionKey) -> Option<Manifest> {
+        let path = self.manifest_path(key);
+        let bytes = fs::read(&path).ok()?;
+        match serde_json::from_slice::<Manifest>(&bytes) {
+            Ok(m) if m.key == *key => {
+                let complete = maint::referenced(&m).all(|d| self.blob_path(&d).is_file());
+                complete.then_some(m)
+            }
+            // Damaged (or filed under the wrong key): useless, and it would only fail again.
+            _ => {
+                let _ = fs::remove_file(&path);
+                None
+            }
+        }
+    }
+
+    /// Remove `manifest` (and `blob`, if given) and say why.
+    fn corrupt(&self, manifest: &Manifest, blob: Option<&Digest>, what: String) -> StoreError {
+        if let Some(d) = blob {
+            let _ = fs::remove_file(self.blob_path(d));
+        }
+        let _ = fs::remove_file(self.manifest_path(&manifest.key));
+        StoreError::Corrupt { key: manifest.key, what }
     }
 
     /// Recreate the outputs of `manifest` under `dest` (which exists and is empty). Every blob is
     /// re-hashed first; a mismatch removes the blob and the manifest and returns `Corrupt`, with
     /// nothing written under `dest` that the caller must keep (it re-runs the step). Marks the entry
     /// used (LRU).
-    pub fn restore(&self, _manifest: &Manifest, _dest: &Path) -> Result<(), StoreError> {
-        todo!()
+    pub fn restore(&self, manifest: &Manifest, dest: &Path) -> Result<(), StoreError> {
+        if let Some(what) = restore::unsafe_entries(&manifest.entries) {
+            return Err(self.corrupt(manifest, None, what));
+        }
+        let mut digests: Vec<Digest> = maint::referenced(manifest).collect();
+        digests.sort_unstable();
+        digests.dedup();
+        // Checked before anything is written, so a damaged entry leaves `dest` untouched.
+        let bad = digests.par_iter().find_any(|d| !fsio::hash_file(&self.blob_path(d)).is_ok_and(|h| h == **d));
+        if let Some(d) = bad {
+            return Err(self.corrupt(manifest, Some(d), format!("blob {} is missing or does not match", d.short())));
+        }
+        restore::materialise(&manifest.entries, dest, |d| self.blob_path(d))?;
+        fsio::touch(&self.manifest_path(&manifest.key));
+        Ok(())
     }
 
     /// Store everything under `collected` (the step's collected outputs) as blobs and write the
@@ -136,44 +256,110 @@ impl Store {
     #[allow(clippy::too_many_arguments)]
     pub fn put(
         &self,
-        _key: ActionKey,
-        _workflow: &str,
-        _step: &str,
-        _collected: &Path,
-        _exit_code: i64,
-        _log: &[u8],
-        _duration_ms: u64,
+        key: ActionKey,
+        workflow: &str,
+        step: &str,
+        collected: &Path,
+        exit_code: i64,
+        log: &[u8],
+        duration_ms: u64,
     ) -> Result<Manifest, StoreError> {
-        todo!()
+        let tmp = self.v1("tmp");
+        let mut entries = Vec::new();
+        for item in WalkDir::new(collected).follow_links(false).min_depth(1) {
+            let item = item.map_err(|e| StoreError::Io { path: collected.to_path_buf(), source: e.into() })?;
+            let src = item.path();
+            let path = relative(collected, src)?;
+            let ft = item.file_type();
+            if ft.is_symlink() {
+                let target = fs::read_link(src).map_err(at(src))?;
+                let target = target.to_str().ok_or_else(|| not_utf8(src))?.to_string();
+                entries.push(OutputEntry::Symlink { path, target });
+            } else if ft.is_dir() {
+                let meta = item.metadata().map_err(|e| StoreError::Io { path: src.to_path_buf(), source: e.into() })?;
+                entries.push(OutputEntry::Dir { path, mode: meta.permissions().mode() & MODE_BITS });
+            } else if ft.is_file() {
+                let meta = item.metadata().map_err(|e| StoreError::Io { path: src.to_path_buf(), source: e.into() })?;
+                let (digest, size) = fsio::store_file_blob(&tmp, src, |d| self.blob_path(d))?;
+                entries.push(OutputEntry::File { path, mode: meta.permissions().mode() & MODE_BITS, digest, size });
+            }
+            // Sockets, fifos and devices cannot be restored as content; they are not outputs.
+        }
+        entries.sort_by(|a, b| a.path().cmp(b.path()));
+        let log_digest = Digest::of(log);
+        fsio::store_bytes_blob(&tmp, log, &self.blob_path(&log_digest))?;
+        let created = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let manifest = Manifest {
+            key,
+            workflow: workflow.to_string(),
+            step: step.to_string(),
+            entries,
+            exit_code,
+            log: log_digest,
+            created,
+            duration_ms,
+        };
+        let dest = self.manifest_path(&key);
+        let json = serde_json::to_vec_pretty(&manifest).map_err(|e| StoreError::Io { path: dest.clone(), source: e.into() })?;
+        // Every blob was synced before its rename, so the manifest never names unwritten data.
+        fsio::write_atomic(&tmp, &dest, &json)?;
+        Ok(manifest)
+    }
+
+    fn last_path(&self, workflow: &str, step: &str) -> PathBuf {
+        self.v1("last").join(sanitise(workflow)).join(format!("{}.json", sanitise(step)))
     }
 
     /// Remember the components of the latest run of `step` of `workflow`, for explanations.
-    pub fn record_last(&self, _workflow: &str, _step: &str, _components: &KeyComponents) -> Result<(), StoreError> {
-        todo!()
+    pub fn record_last(&self, workflow: &str, step: &str, components: &KeyComponents) -> Result<(), StoreError> {
+        let dest = self.last_path(workflow, step);
+        let json = serde_json::to_vec_pretty(components).map_err(|e| StoreError::Io { path: dest.clone(), source: e.into() })?;
+        fsio::write_atomic(&self.v1("tmp"), &dest, &json)
     }
 
-    pub fn last(&self, _workflow: &str, _step: &str) -> Option<KeyComponents> {
-        todo!()
+    pub fn last(&self, workflow: &str, step: &str) -> Option<KeyComponents> {
+        let bytes = fs::read(self.last_path(workflow, step)).ok()?;
+        serde_json::from_slice(&bytes).ok()
     }
 
     /// Every entry, most recently used first.
     pub fn list(&self) -> Vec<EntryInfo> {
-        todo!()
+        maint::list(self)
     }
 
     /// Remove least-recently-used entries until entries + blobs take at most `max_size` bytes,
     /// then blobs no manifest references.
-    pub fn gc(&self, _max_size: u64) -> Result<GcReport, StoreError> {
-        todo!()
+    pub fn gc(&self, max_size: u64) -> Result<GcReport, StoreError> {
+        maint::gc(self, max_size)
     }
 
     /// Re-hash every blob; remove corrupt blobs and the manifests that reference them.
     pub fn verify(&self) -> Result<VerifyReport, StoreError> {
-        todo!()
+        maint::verify(self)
     }
 
     /// The persistent folder of cache mount `name` (created on demand).
-    pub fn mount_dir(&self, _name: &str) -> Result<PathBuf, StoreError> {
-        todo!()
+    pub fn mount_dir(&self, name: &str) -> Result<PathBuf, StoreError> {
+        let dir = self.v1("mounts").join(sanitise(name));
+        fs::create_dir_all(&dir).map_err(at(&dir))?;
+        Ok(dir)
+    }
+}
+
+/// `path` relative to `root`, `/`-separated, as UTF-8 (manifests are JSON text).
+fn relative(root: &Path, path: &Path) -> Result<String, StoreError> {
+    // WalkDir only yields paths below its root; this is a guard, not an expected error.
+    let rel = path.strip_prefix(root).map_err(|_| StoreError::Io {
+        path: path.to_path_buf(),
+        source: io::Error::new(io::ErrorKind::InvalidInput, "not below the collected outputs"),
+    })?;
+    let parts: Option<Vec<&str>> = rel.components().map(|c| c.as_os_str().to_str()).collect();
+    Ok(parts.ok_or_else(|| not_utf8(path))?.join("/"))
+}
+
+fn not_utf8(path: &Path) -> StoreError {
+    StoreError::Io {
+        path: path.to_path_buf(),
+        source: io::Error::new(io::ErrorKind::InvalidData, "output path or link target is not UTF-8"),
     }
 }
