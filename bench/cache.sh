@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 REPS="${REPS:-5}"
 IMAGE=local/busybox:1
 docker image inspect "$IMAGE" >/dev/null 2>&1 || scripts/import-busybox.sh "$IMAGE"
-cargo build -q --release -p engine -p cache --example hashbench
+cargo build -q --release -p engine
+cargo build -q --release -p cache --example hashbench
 ENGINE="$PWD/target/release/engine"
 HASHBENCH="$PWD/target/release/examples/hashbench"
 work="$(mktemp -d)"

@@ -5,7 +5,7 @@
 //! v1/blobs/<aa>/<digest>        file contents, by their own SHA-256, read-only
 //! v1/actions/<aa>/<key>.json    one Manifest per action key
 //! v1/last/<workflow>/<step>.json  KeyComponents of the step's last run (explains misses)
-//! v1/stat/<root digest>.json    stat caches (see `hash`)
+//! v1/stat/<root digest>.bin     stat caches (see `hash`)
 //! v1/mounts/<name>/             persistent cache mounts (`caches:` on a step; not in any key)
 //! v1/tmp/                       temp files, renamed into place (same filesystem)
 //! ```
@@ -311,10 +311,21 @@ impl Store {
     }
 
     /// Remember the components of the latest run of `step` of `workflow`, for explanations.
+    ///
+    /// A no-op re-run records the same components again; a small `<step>.key` beside the record
+    /// holds the key it was written for, so an unchanged record (megabytes for a step with many
+    /// inputs) is not rewritten. The key file is written last: after a crash between the two
+    /// writes it does not match, and the record is simply written again next time.
     pub fn record_last(&self, workflow: &str, step: &str, components: &KeyComponents) -> Result<(), StoreError> {
         let dest = self.last_path(workflow, step);
-        let json = serde_json::to_vec_pretty(components).map_err(|e| StoreError::Io { path: dest.clone(), source: e.into() })?;
-        fsio::write_atomic(&self.v1("tmp"), &dest, &json)
+        let key_file = dest.with_extension("key");
+        let key = components.key().to_string();
+        if fs::read_to_string(&key_file).is_ok_and(|k| k == key) && dest.exists() {
+            return Ok(());
+        }
+        let json = serde_json::to_vec(components).map_err(|e| StoreError::Io { path: dest.clone(), source: e.into() })?;
+        fsio::write_atomic(&self.v1("tmp"), &dest, &json)?;
+        fsio::write_atomic(&self.v1("tmp"), &key_file, key.as_bytes())
     }
 
     pub fn last(&self, workflow: &str, step: &str) -> Option<KeyComponents> {

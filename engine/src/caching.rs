@@ -5,8 +5,6 @@
 //!
 //! No Docker here; the store is read, never written (runs write through `run.rs`).
 
-use std::collections::HashMap;
-
 use cache::{InputEntry, KeyComponents, Manifest, Reason, Store, UpstreamEntry, CACHE_FORMAT_VERSION};
 
 /// The key components of `step`. `inputs` are the hashed input files of the step (sorted);
@@ -30,11 +28,19 @@ pub fn components(step: &dsl::Step, image_id: &str, inputs: Vec<InputEntry>, mut
     }
 }
 
-/// The input entries of one step, picked from the hashes of the whole tree.
-pub fn step_inputs(selected: &[String], hashed: &HashMap<String, InputEntry>) -> Vec<InputEntry> {
-    let mut entries: Vec<InputEntry> = selected.iter().filter_map(|p| hashed.get(p).cloned()).collect();
-    entries.sort_by(|a, b| a.path.cmp(&b.path));
-    entries
+/// The input entries of one step (`selected`, sorted) picked from the hashes of the whole tree
+/// (`hashed`, sorted by path): a merge of two sorted lists.
+pub fn step_inputs(selected: &[String], hashed: &[InputEntry]) -> Vec<InputEntry> {
+    let mut out = Vec::with_capacity(selected.len());
+    let mut rest = hashed;
+    for path in selected {
+        let skip = rest.partition_point(|e| e.path.as_str() < path.as_str());
+        rest = &rest[skip..];
+        if let Some(entry) = rest.first().filter(|e| &e.path == path) {
+            out.push(entry.clone());
+        }
+    }
+    out
 }
 
 /// What happens to a step.

@@ -5,12 +5,12 @@
 //! This module wires the parts together; it owns no policy of its own beyond the order of the
 //! checks that happen before any container starts.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use cache::{Digest, InputEntry, Store, UpstreamEntry};
+use cache::{Digest, Store, UpstreamEntry};
 use tokio_util::sync::CancellationToken;
 
 use crate::caching::{self, Decision};
@@ -102,6 +102,7 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<RunStatus,
     // Validate first: a broken workflow is reported even when Docker is down.
     let workflow = Arc::new(dsl::load_file_with(&cfg.file, &cfg.policy)?);
     let docker = DockerExecutor::connect().await?;
+    tracing::debug!(elapsed = ?started.elapsed(), "connected to the daemon");
     // Leftovers of engines that died (SIGKILL, power loss) go before we add our own.
     let stale = cleanup::remove_stale(docker.client()).await?;
     let stale_dirs = workspace::remove_stale_run_dirs();
@@ -163,11 +164,14 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<RunStatus,
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     });
     let config = SchedulerConfig { jobs, budget, keep_going: cfg.keep_going };
+    tracing::debug!(elapsed = ?started.elapsed(), "prepared; starting the scheduler");
     let report = scheduler::run(&plan, executor.clone(), config, events.clone(), cancel).await;
+    tracing::debug!(elapsed = ?started.elapsed(), "scheduler done");
 
     // Safety net: every executor removes its own containers; this catches anything a bug or a
     // dropped future left behind, so `docker ps --filter label=engine.run` shows nothing of us.
     let _ = cleanup::remove_run(executor.docker.client(), &run_id).await;
+    tracing::debug!(elapsed = ?started.elapsed(), "removed the run's containers");
 
     events.emit(Event::RunFinished {
         run_id,
@@ -185,7 +189,7 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<RunStatus,
 /// its selected input files, hashed, and its image reference and ID.
 pub struct Prepared {
     pub inputs: HashMap<String, Vec<String>>,
-    pub hashed: HashMap<String, Vec<InputEntry>>,
+    pub hashed: HashMap<String, Vec<cache::InputEntry>>,
     pub images: HashMap<String, String>,
     pub image_ids: HashMap<String, String>,
 }
@@ -199,7 +203,12 @@ pub fn open_store(dir: &Path) -> Result<Store, EnvironmentError> {
 /// container starts.
 pub async fn prepare(docker: &DockerExecutor, store: &Store, plan: &Plan) -> Result<Prepared, StartError> {
     let workflow = &plan.workflow;
+    let t = Instant::now();
+    // The stat cache (large for a large tree) loads while the tree is walked.
+    let (root, cache_dir) = (workflow.dir.clone(), store.dir().to_path_buf());
+    let stat = tokio::task::spawn_blocking(move || cache::hash::StatCache::load(&cache_dir, &root));
     let tree = SourceTree::scan(&workflow.dir)?;
+    tracing::debug!(elapsed = ?t.elapsed(), "scanned the workflow folder");
     let mut inputs = HashMap::new();
     let mut images = HashMap::new();
     let mut image_ids = HashMap::new();
@@ -224,21 +233,29 @@ pub async fn prepare(docker: &DockerExecutor, store: &Store, plan: &Plan) -> Res
         images.insert(step.name.clone(), image);
     }
 
-    let all: BTreeSet<String> = inputs.values().flatten().cloned().collect();
-    let all: Vec<String> = all.into_iter().collect();
-    let (root, cache_dir) = (workflow.dir.clone(), store.dir().to_path_buf());
+    tracing::debug!(elapsed = ?t.elapsed(), "selected inputs and resolved images");
+    // The union of every step's selection, hashed once. Selections are sorted, so sorting and
+    // deduplicating references is cheap even for 100,000 files.
+    let mut union: Vec<&String> = inputs.values().flatten().collect();
+    union.sort_unstable();
+    union.dedup();
+    let all: Vec<String> = union.into_iter().cloned().collect();
+    let mut stat = stat.await.map_err(|e| EnvironmentError(format!("cannot load the stat cache: {e}")))?;
+    tracing::debug!(elapsed = ?t.elapsed(), "loaded the stat cache");
+    let root = workflow.dir.clone();
     let entries = tokio::task::spawn_blocking(move || {
-        let mut stat = cache::hash::StatCache::load(&cache_dir, &root);
+        let t = Instant::now();
         let entries = cache::hash::hash_inputs(&root, &all, &mut stat)?;
+        tracing::debug!(elapsed = ?t.elapsed(), files_read = cache::hash::files_read(&stat), "hashed the inputs");
         // A stat cache that cannot be saved only costs a re-hash next time.
         let _ = stat.save();
+        tracing::debug!(elapsed = ?t.elapsed(), "saved the stat cache");
         Ok::<_, std::io::Error>(entries)
     })
     .await
     .map_err(|e| EnvironmentError(format!("cannot hash the inputs: {e}")))?
     .map_err(|e| EnvironmentError(format!("cannot read the inputs under {}: {e}", workflow.dir.display())))?;
-    let by_path: HashMap<String, InputEntry> = entries.into_iter().map(|e| (e.path.clone(), e)).collect();
-    let hashed = inputs.iter().map(|(step, sel)| (step.clone(), caching::step_inputs(sel, &by_path))).collect();
+    let hashed = inputs.iter().map(|(step, sel)| (step.clone(), caching::step_inputs(sel, &entries))).collect();
     Ok(Prepared { inputs, hashed, images, image_ids })
 }
 
@@ -311,15 +328,19 @@ impl Executor for EngineExecutor {
         };
         let image_id = self.prepared.image_ids.get(&name).cloned().unwrap_or_default();
         let inputs = self.prepared.hashed.get(&name).cloned().unwrap_or_default();
+        let t = Instant::now();
         let components = caching::components(&step, &image_id, inputs, upstream);
         let key = components.key();
+        tracing::debug!(step = %name, elapsed = ?t.elapsed(), "computed the key");
 
         if let Decision::Cached(manifest) = caching::decide(&self.store, &self.workflow, &step, &components, self.no_cache) {
             let (exit_code, digest) = (manifest.exit_code, manifest.outputs_digest());
             if let Some(result) = self.restore(&step, *manifest).await {
                 if result.is_ok() {
                     self.outputs.lock().unwrap_or_else(|e| e.into_inner()).insert(name.clone(), digest);
+                    tracing::debug!(step = %name, elapsed = ?t.elapsed(), "restored from the cache");
                     let _ = self.store.record_last(&self.workflow, &name, &components);
+                    tracing::debug!(step = %name, elapsed = ?t.elapsed(), "recorded the last run");
                 }
                 return StepOutcome { result, duration: Default::default(), exit_code: Some(exit_code), cached: true };
             }

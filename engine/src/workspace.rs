@@ -40,7 +40,8 @@ pub struct SourceTree {
 impl SourceTree {
     pub fn scan(dir: &Path) -> Result<SourceTree, InputError> {
         let mut files = Vec::new();
-        let walker = WalkDir::new(dir).follow_links(false).sort_by_file_name().into_iter();
+        // Unsorted: `select` sorts what it keeps, and sorting every folder of a large tree costs.
+        let walker = WalkDir::new(dir).follow_links(false).into_iter();
         let walker = walker.filter_entry(|e| {
             !(e.depth() == 1 && e.file_type().is_dir() && SKIPPED_DIRS.iter().any(|s| e.file_name() == *s))
         });
@@ -101,6 +102,13 @@ fn compile(step: &str, pattern: &str) -> Result<GlobSet, InputError> {
 }
 
 fn slash_path(p: &Path) -> String {
+    // Fast path: a relative Unix path is already `/`-separated (the scan of a large tree spends
+    // its time here).
+    if let Some(s) = p.to_str() {
+        if !s.starts_with('/') && !s.split('/').any(|c| c == "." || c == ".." || c.is_empty()) {
+            return s.to_owned();
+        }
+    }
     p.components()
         .filter_map(|c| match c {
             Component::Normal(s) => Some(s.to_string_lossy().into_owned()),
