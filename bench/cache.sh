@@ -8,22 +8,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPS="${REPS:-5}"
-IMAGE=local/busybox:1
-docker image inspect "$IMAGE" >/dev/null 2>&1 || scripts/import-busybox.sh "$IMAGE"
-cargo build -q --release -p engine
+. bench/lib.sh
 cargo build -q --release -p cache --example hashbench
-ENGINE="$PWD/target/release/engine"
 HASHBENCH="$PWD/target/release/examples/hashbench"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 export ENGINE_CACHE_DIR="$work/cache"
 
-now() { date +%s.%N; }
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
-measure() { # measure CMD... -> median seconds over REPS runs
-  local t0 t1 i
-  for i in $(seq 1 "$REPS"); do t0=$(now); "$@" >/dev/null 2>&1; t1=$(now); echo "$t1 - $t0" | bc -l; done | median
-}
 
 # --- 50 steps over 2,000 files ----------------------------------------------------------------
 p50="$work/p50"; mkdir -p "$p50"

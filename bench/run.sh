@@ -8,10 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPS="${REPS:-3}"
-IMAGE=local/busybox:1
-docker image inspect "$IMAGE" >/dev/null 2>&1 || scripts/import-busybox.sh "$IMAGE"
-cargo build -q --release -p engine
-ENGINE="$PWD/target/release/engine"
+. bench/lib.sh
 JOBS="$(nproc)"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
@@ -43,26 +40,17 @@ docker_step() {
 }
 export -f docker_step; export work IMAGE
 
-now() { date +%s.%N; }
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
-time_it() { # time_it CMD... -> seconds
-  local t0 t1; t0=$(now); "$@" >/dev/null 2>&1; t1=$(now); echo "$t1 - $t0" | bc -l
-}
-engine_chain() { "$ENGINE" run "$work/chain20.yml" --out "$work/out" >/dev/null 2>&1; }
-engine_fan() { "$ENGINE" run "$work/fan50.yml" --jobs "$JOBS" --out "$work/out" >/dev/null 2>&1; }
+# --no-cache: this compares executing steps (results are still stored, a cost the engine pays).
+export ENGINE_CACHE_DIR="$work/cache"
+engine_chain() { "$ENGINE" run "$work/chain20.yml" --no-cache --out "$work/out" >/dev/null 2>&1; }
+engine_fan() { "$ENGINE" run "$work/fan50.yml" --no-cache --jobs "$JOBS" --out "$work/out" >/dev/null 2>&1; }
 docker_chain() { for i in $(seq 1 20); do docker_step "$i"; done; }
 docker_fan() { seq 1 50 | xargs -P "$JOBS" -I{} bash -c 'docker_step {}'; }
 
-command -v bc >/dev/null || { apt-get install -y -qq bc >/dev/null 2>&1 || { echo "bench needs bc" >&2; exit 1; }; }
 engine_chain || { echo "engine failed on chain20; run it by hand: $ENGINE run $work/chain20.yml" >&2; exit 1; }
 
-measure() { # measure NAME FUNC
-  local name=$1 f=$2 samples=()
-  for _ in $(seq 1 "$REPS"); do samples+=("$(time_it "$f")"); done
-  printf '%s\n' "${samples[@]}" | median
-}
-ec=$(measure engine-chain engine_chain); dc=$(measure docker-chain docker_chain)
-ef=$(measure engine-fan engine_fan); df=$(measure docker-fan docker_fan)
+ec=$(measure engine_chain); dc=$(measure docker_chain)
+ef=$(measure engine_fan); df=$(measure docker_fan)
 ratio() { echo "scale=2; $1 / $2" | bc -l; }
 per() { echo "scale=1; 1000 * $1 / $2" | bc -l; }
 

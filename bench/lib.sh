@@ -1,0 +1,15 @@
+# Shared by the benchmark scripts: the test image, a release build, and median timing.
+# Sourced from the repository root with REPS set.
+IMAGE=local/busybox:1
+docker image inspect "$IMAGE" >/dev/null 2>&1 || scripts/import-busybox.sh "$IMAGE"
+command -v bc >/dev/null || apt-get install -y -qq bc >/dev/null 2>&1 || { echo "the benchmarks need bc" >&2; exit 1; }
+cargo build -q --release -p engine
+ENGINE="$PWD/target/release/engine"
+
+now() { date +%s.%N; }
+median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+# measure CMD... -> median wall seconds of REPS runs (output discarded)
+measure() {
+  local t0 t1 i
+  for i in $(seq 1 "$REPS"); do t0=$(now); "$@" >/dev/null 2>&1; t1=$(now); echo "$t1 - $t0" | bc -l; done | median
+}
