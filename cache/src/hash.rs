@@ -121,7 +121,8 @@ pub struct StatCache {
     dirty: bool,
     /// Paths the last `hash_inputs` call just stat'ed: they exist, so `save` need not stat them
     /// again (a no-op re-key of a large tree would otherwise stat every file twice).
-    seen: std::collections::HashSet<String>,
+    /// Sorted: `save` walks it alongside the (sorted) entries.
+    seen: Vec<String>,
     files_read: usize,
 }
 
@@ -155,10 +156,15 @@ impl StatCache {
     /// Write it back atomically (temp file + rename); concurrent engines may race, last wins.
     /// Entries of files that no longer exist are left out. Nothing is written when nothing changed.
     pub fn save(&self) -> io::Result<()> {
+        // Both sorted: one merge pass finds which entries were just seen.
+        let mut seen = self.seen.iter().peekable();
         let entries: BTreeMap<&String, &StatEntry> = self
             .entries
             .iter()
-            .filter(|(path, _)| self.seen.contains(*path) || fs::symlink_metadata(self.root.join(path)).is_ok())
+            .filter(|(path, _)| {
+                while seen.next_if(|s| s < path).is_some() {}
+                seen.peek() == Some(path) || fs::symlink_metadata(self.root.join(path)).is_ok()
+            })
             .collect();
         if !self.dirty && entries.len() == self.entries.len() && self.file.exists() {
             return Ok(());
@@ -191,23 +197,18 @@ pub fn hash_inputs(root: &Path, paths: &[String], stat: &mut StatCache) -> io::R
     paths.sort_unstable();
     paths.dedup();
 
-    // One lstat per file is the whole cost of a no-op re-key: spread it over the cores.
-    let stats: Vec<io::Result<StatEntry>> = paths
-        .par_iter()
-        .map(|rel| {
-            let full = input_path(root, rel)?;
-            let meta = fs::symlink_metadata(&full).map_err(|e| named(rel, e))?;
-            stat_of(&meta, rel)
-        })
-        .collect();
-    stat.seen.clear();
+    let stats = stat_all(root, &paths);
+    stat.seen = paths.iter().map(|p| p.to_string()).collect();
     let mut entries: Vec<Option<InputEntry>> = Vec::with_capacity(paths.len());
     // (index into `entries`, relative path, stat as seen before reading)
     let mut misses: Vec<(usize, &str, StatEntry)> = Vec::new();
+    // Paths and stat entries are both sorted: a merge pass, not a tree lookup per file.
+    let mut known = stat.entries.iter().peekable();
     for (i, (rel, seen)) in paths.iter().zip(stats).enumerate() {
         let seen = seen?;
-        stat.seen.insert(rel.to_string());
-        match stat.entries.get(*rel) {
+        while known.next_if(|(p, _)| p.as_str() < *rel).is_some() {}
+        let cached = known.peek().filter(|(p, _)| p.as_str() == *rel).map(|(_, e)| **e);
+        match cached {
             Some(cached) if cached.same_stat(&seen) => {
                 entries.push(Some(InputEntry { path: rel.to_string(), mode: seen.mode, digest: cached.digest }));
             }
@@ -268,6 +269,63 @@ fn input_path(root: &Path, rel: &str) -> io::Result<PathBuf> {
         ));
     }
     Ok(root.join(relative))
+}
+
+/// The `lstat` of every path (sorted), which is the whole cost of a no-op re-key. Paths are grouped
+/// by folder; each folder is opened once and its files are stat'ed relative to it (`fstatat`), so
+/// the kernel does not walk the full path again for every file, and folders are spread over the
+/// cores. Results are in the order of `paths`.
+fn stat_all(root: &Path, paths: &[&str]) -> Vec<io::Result<StatEntry>> {
+    let mut groups: Vec<(&str, std::ops::Range<usize>)> = Vec::new();
+    for (i, rel) in paths.iter().enumerate() {
+        let parent = rel.rfind('/').map_or("", |slash| &rel[..slash]);
+        match groups.last_mut() {
+            Some((p, range)) if *p == parent => range.end = i + 1,
+            _ => groups.push((parent, i..i + 1)),
+        }
+    }
+    groups
+        .par_iter()
+        .flat_map_iter(|(parent, range)| {
+            use rustix::fs::{AtFlags, Mode, OFlags};
+            let dir = rustix::fs::open(root.join(parent), OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty());
+            range.clone().map(move |i| {
+                let rel = paths[i];
+                let full = input_path(root, rel)?;
+                let name = if parent.is_empty() { rel } else { &rel[parent.len() + 1..] };
+                match &dir {
+                    Ok(fd) => match rustix::fs::statat(fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+                        Ok(st) => stat_of_raw(&st, rel),
+                        Err(e) => Err(named(rel, e.into())),
+                    },
+                    // The folder cannot be opened: the per-file call gives the precise error.
+                    Err(_) => fs::symlink_metadata(&full).map_err(|e| named(rel, e)).and_then(|m| stat_of(&m, rel)),
+                }
+            })
+        })
+        .collect()
+}
+
+/// [`stat_of`] for a raw `stat` result; the same fields, so both vouch for the same entries.
+// The casts are no-ops on x86_64 Linux but not on every target (field widths vary).
+#[allow(clippy::unnecessary_cast)]
+fn stat_of_raw(st: &rustix::fs::Stat, rel: &str) -> io::Result<StatEntry> {
+    use rustix::fs::FileType;
+    let raw_mode = st.st_mode as u32;
+    let mode = match FileType::from_raw_mode(st.st_mode as _) {
+        FileType::Symlink => SYMLINK_MODE,
+        FileType::RegularFile => raw_mode & 0o7777,
+        _ => return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("input `{rel}`: not a regular file or symlink"))),
+    };
+    let ns = |secs: i64, nsec: i64| secs.saturating_mul(1_000_000_000).saturating_add(nsec);
+    Ok(StatEntry {
+        size: st.st_size as u64,
+        mtime_ns: ns(st.st_mtime as i64, st.st_mtime_nsec as i64),
+        ctime_ns: ns(st.st_ctime as i64, st.st_ctime_nsec as i64),
+        inode: st.st_ino as u64,
+        mode,
+        digest: Digest([0; 32]),
+    })
 }
 
 /// The stat fields of a regular file or symlink (digest not known yet: zero).
@@ -409,6 +467,20 @@ mod tests {
         let bytes = fs::read(&file).unwrap();
         let root_bytes = root.as_os_str().as_bytes();
         assert!(!bytes.windows(root_bytes.len()).any(|w| w == root_bytes), "the root path is in the file name only");
+    }
+
+    #[test]
+    fn fstatat_and_lstat_see_the_same_entry() {
+        let t = Tree::new();
+        write_old(t.root(), "d/f", b"content");
+        std::os::unix::fs::symlink("f", t.root().join("d/link")).unwrap();
+        for rel in ["d/f", "d/link"] {
+            let via_lstat = stat_of(&fs::symlink_metadata(t.root().join(rel)).unwrap(), rel).unwrap();
+            let via_fstatat = stat_all(t.root(), &[rel]).pop().unwrap().unwrap();
+            assert_eq!(via_lstat, via_fstatat, "{rel}");
+        }
+        let missing = stat_all(t.root(), &["d/nope", "gone/x"]);
+        assert!(missing.iter().all(|r| r.as_ref().is_err_and(|e| e.to_string().contains("nope") || e.to_string().contains("gone/x"))));
     }
 
     #[test]

@@ -29,14 +29,13 @@ pub fn components(step: &dsl::Step, image_id: &str, inputs: Vec<InputEntry>, mut
 }
 
 /// The input entries of one step (`selected`, sorted) picked from the hashes of the whole tree
-/// (`hashed`, sorted by path): a merge of two sorted lists.
+/// (`hashed`, sorted by path): one merge pass over the two sorted lists.
 pub fn step_inputs(selected: &[String], hashed: &[InputEntry]) -> Vec<InputEntry> {
     let mut out = Vec::with_capacity(selected.len());
-    let mut rest = hashed;
+    let mut all = hashed.iter().peekable();
     for path in selected {
-        let skip = rest.partition_point(|e| e.path.as_str() < path.as_str());
-        rest = &rest[skip..];
-        if let Some(entry) = rest.first().filter(|e| &e.path == path) {
+        while all.next_if(|e| e.path < *path).is_some() {}
+        if let Some(entry) = all.next_if(|e| e.path == *path) {
             out.push(entry.clone());
         }
     }
@@ -78,5 +77,25 @@ pub fn why_miss(store: &Store, workflow: &str, step: &str, components: &KeyCompo
                 reasons
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cache::Digest;
+
+    #[test]
+    fn step_inputs_picks_the_selected_entries_in_order() {
+        let entry = |p: &str| InputEntry { path: p.into(), mode: 0o644, digest: Digest::of(p.as_bytes()) };
+        let hashed: Vec<InputEntry> = ["a", "b/c", "b/d", "e"].iter().map(|p| entry(p)).collect();
+        let pick = |sel: &[&str]| -> Vec<String> {
+            let sel: Vec<String> = sel.iter().map(|s| s.to_string()).collect();
+            step_inputs(&sel, &hashed).into_iter().map(|e| e.path).collect()
+        };
+        assert_eq!(pick(&["b/c", "e"]), ["b/c", "e"]);
+        assert_eq!(pick(&["a", "b/c", "b/d", "e"]), ["a", "b/c", "b/d", "e"]);
+        assert_eq!(pick(&["a0", "zz"]), Vec::<String>::new());
+        assert_eq!(pick(&[]), Vec::<String>::new());
     }
 }

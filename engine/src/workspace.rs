@@ -7,7 +7,6 @@
 //! outside the run's temporary folder and the output folder, and no symlink is ever followed when
 //! writing.
 
-use std::collections::BTreeSet;
 use std::fs;
 use std::io;
 use std::path::{Component, Path, PathBuf};
@@ -57,6 +56,8 @@ impl SourceTree {
                 files.push(slash_path(rel));
             }
         }
+        // Sorted once here (byte order, as `select` promises), not folder by folder during the walk.
+        files.sort_unstable();
         Ok(SourceTree { dir: dir.to_path_buf(), files })
     }
 
@@ -64,24 +65,26 @@ impl SourceTree {
     /// under it (`src` is `src/**`). A pattern that selects nothing is an error: it is almost
     /// always a typo, and silently running without the file would be worse.
     pub fn select(&self, step: &str, patterns: &[String]) -> Result<Vec<String>, InputError> {
-        let mut selected = BTreeSet::new();
-        for pattern in patterns {
-            let set = compile(step, pattern)?;
-            let before = selected.len();
-            for f in &self.files {
+        let sets = patterns.iter().map(|p| compile(step, p)).collect::<Result<Vec<_>, _>>()?;
+        let mut matched = vec![false; sets.len()];
+        // One pass over the (sorted) tree: the selection comes out sorted and without duplicates.
+        let mut selected = Vec::new();
+        for f in &self.files {
+            let mut any = false;
+            for (k, set) in sets.iter().enumerate() {
                 if set.is_match(f) {
-                    selected.insert(f.clone());
+                    matched[k] = true;
+                    any = true;
                 }
             }
-            if selected.len() == before && !self.files.iter().any(|f| set.is_match(f)) {
-                return Err(InputError::NoMatch {
-                    step: step.to_string(),
-                    pattern: pattern.clone(),
-                    dir: self.dir.clone(),
-                });
+            if any {
+                selected.push(f.clone());
             }
         }
-        Ok(selected.into_iter().collect())
+        if let Some(k) = matched.iter().position(|m| !m) {
+            return Err(InputError::NoMatch { step: step.to_string(), pattern: patterns[k].clone(), dir: self.dir.clone() });
+        }
+        Ok(selected)
     }
 }
 
