@@ -1,0 +1,72 @@
+//! The builder's public face. Stage images are built in `stages`, Dockerfile images in
+//! `dockerfile`; base images are found (or pulled) and root folders imported in `base`; what the
+//! engine built is listed and pruned in `manage`.
+
+use tokio_util::sync::CancellationToken;
+
+use crate::{BuildContext, BuildError, BuiltImage, LogFn};
+
+/// One image the engine built, for `engine images ls`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ImageInfo {
+    pub id: String,
+    pub tags: Vec<String>,
+    /// The `images:` entry it was built for (label `engine.image`).
+    pub name: String,
+    pub key: String,
+    pub size: u64,
+    /// Unix seconds.
+    pub created: i64,
+}
+
+pub struct Builder {
+    pub(crate) docker: bollard::Docker,
+}
+
+impl Builder {
+    pub fn new(docker: bollard::Docker) -> Builder {
+        Builder { docker }
+    }
+
+    /// Build image `name` of the workflow (or find it: every stage whose key exists as an image
+    /// is reused), tag it `<workflow>/<name>:<short key>` and label it `engine.image=<name>`,
+    /// `engine.image.key=<key>`. Stages without a dependency between them build concurrently.
+    pub async fn build(
+        &self,
+        ctx: &BuildContext<'_>,
+        name: &str,
+        def: &dsl::ImageDef,
+        log: LogFn<'_>,
+        cancel: &CancellationToken,
+    ) -> Result<BuiltImage, BuildError> {
+        match def {
+            dsl::ImageDef::Stages(stages) => crate::stages::build(self, ctx, name, stages, log, cancel).await,
+            dsl::ImageDef::Dockerfile { dockerfile, context } => {
+                crate::dockerfile::build(self, ctx, name, dockerfile, context, log, cancel).await
+            }
+        }
+    }
+
+    /// The ID of `reference`, pulling it from its registry (with progress on `log`) when it is not
+    /// present locally. A failed pull is `Environment`, naming the image.
+    pub async fn ensure_base(&self, reference: &str, log: LogFn<'_>) -> Result<String, BuildError> {
+        crate::base::ensure(self, reference, log).await
+    }
+
+    /// Turn a root folder into an image tagged `reference` (the offline path: debootstrap or
+    /// busybox-static roots). Returns its ID.
+    pub async fn import_rootfs(&self, dir: &std::path::Path, reference: &str) -> Result<String, BuildError> {
+        crate::base::import_rootfs(self, dir, reference).await
+    }
+
+    /// Every image labelled `engine.image`, newest first.
+    pub async fn list(&self) -> Result<Vec<ImageInfo>, BuildError> {
+        crate::manage::list(self).await
+    }
+
+    /// Remove engine-built images (final and stage images) whose ID is not in `keep`. Returns
+    /// the removed IDs.
+    pub async fn prune(&self, keep: &[String]) -> Result<Vec<String>, BuildError> {
+        crate::manage::prune(self, keep).await
+    }
+}
