@@ -12,7 +12,7 @@ use super::errors::is_not_found;
 
 pub struct Resources {
     docker: Docker,
-    /// Still to remove; an entry leaves only once the daemon confirmed its removal.
+    /// Still to remove (names or IDs); an entry leaves only once the daemon confirmed its removal.
     containers: Vec<String>,
     volumes: Vec<String>,
     temp: Vec<TempDir>,
@@ -66,7 +66,16 @@ impl Drop for Resources {
         // `remove_stale` picks the leftovers up by their owner labels.
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             let docker = self.docker.clone();
-            handle.spawn(async move { remove_all(&docker, containers, volumes).await });
+            handle.spawn(async move {
+                // A create may still have been in flight when the future was dropped: the daemon
+                // can complete it after a first removal found nothing. Removing by name again a
+                // few times over the next seconds closes that window (a removal of what is
+                // already gone is a no-op).
+                for delay_ms in [0, 250, 750, 2000] {
+                    tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+                    remove_all(&docker, containers.clone(), volumes.clone()).await;
+                }
+            });
         }
     }
 }

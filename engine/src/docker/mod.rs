@@ -181,8 +181,10 @@ impl DockerExecutor {
             self.upload(job, &body, res).await?;
         }
         let name = container_name(&job.run_id, &step.name);
+        // Registered by name BEFORE the daemon is asked: if this future is dropped while the
+        // create is in flight, the guard still knows what to remove.
+        res.container(name.clone());
         let id = self.create(job, "create the step's container", body, Some(name)).await?;
-        res.container(id.clone());
         if ctx.cancel.is_cancelled() {
             return Err(StepFailure::Cancelled);
         }
@@ -232,11 +234,13 @@ impl DockerExecutor {
             targets.push("/run/secrets");
         }
         let mut mounts = Vec::new();
-        for target in targets {
-            let req = VolumeCreateRequest { labels: Some(labels.clone()), ..Default::default() };
-            let volume = self.docker.create_volume(req).await.map_err(|e| env_failure("create a volume", &e))?;
-            res.volume(volume.name.clone());
-            mounts.push(volume_mount(volume.name, target));
+        for (n, target) in targets.into_iter().enumerate() {
+            // Named by us and registered before creation, like the container (see `run_inner`).
+            let name = format!("{}-v{n}", container_name(&job.run_id, &job.step.name));
+            res.volume(name.clone());
+            let req = VolumeCreateRequest { name: Some(name.clone()), labels: Some(labels.clone()), ..Default::default() };
+            self.docker.create_volume(req).await.map_err(|e| env_failure("create a volume", &e))?;
+            mounts.push(volume_mount(name, target));
         }
         for cache in &job.caches {
             // Creating a volume that exists is a no-op returning it, so steps of parallel runs
@@ -261,8 +265,9 @@ impl DockerExecutor {
         if let Some(hc) = helper.host_config.as_mut() {
             hc.readonly_rootfs = Some(false);
         }
-        let id = self.create(job, "create the upload container", helper, None).await?;
-        res.container(id.clone());
+        let name = format!("{}-upload", container_name(&job.run_id, &job.step.name));
+        res.container(name.clone());
+        let id = self.create(job, "create the upload container", helper, Some(name.clone())).await?;
         let (workspace, secrets, user) = (job.workspace.clone(), job.secrets.clone(), job.step.isolation.user);
         let caches: Vec<String> = job.caches.iter().map(|c| c.path.clone()).collect();
         let tar = tokio::task::spawn_blocking(move || transfer::upload_tar(&workspace, &secrets, &caches, user))
@@ -276,7 +281,7 @@ impl DockerExecutor {
             .map_err(|e| env_failure("upload the workspace", &e))?;
         let remove = RemoveContainerOptions { force: true, ..Default::default() };
         self.docker.remove_container(&id, Some(remove)).await.map_err(|e| env_failure("remove the upload container", &e))?;
-        res.forget_container(&id);
+        res.forget_container(&name);
         Ok(())
     }
 
@@ -322,9 +327,20 @@ impl DockerExecutor {
     }
 
     async fn exit_code(&self, id: &str) -> Result<(i64, bool), StepFailure> {
-        let info = self.docker.inspect_container(id, None).await.map_err(|e| env_failure("inspect the step's container", &e))?;
-        let state = info.state.unwrap_or_default();
-        Ok((state.exit_code.unwrap_or(-1), state.oom_killed.unwrap_or(false)))
+        // The daemon records the kernel's OOM event and the exit separately; under load the exit
+        // (137, SIGKILL) can be visible before the OOM flag. A SIGKILL we did not send is worth
+        // another look before calling it a plain exit.
+        for delay_ms in [0, 100, 300, 600] {
+            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            let info =
+                self.docker.inspect_container(id, None).await.map_err(|e| env_failure("inspect the step's container", &e))?;
+            let state = info.state.unwrap_or_default();
+            let (code, oom) = (state.exit_code.unwrap_or(-1), state.oom_killed.unwrap_or(false));
+            if oom || code != 137 {
+                return Ok((code, oom));
+            }
+        }
+        Ok((137, false))
     }
 
     async fn kill(&self, id: &str) {
