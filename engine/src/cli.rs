@@ -37,6 +37,33 @@ pub enum Command {
     /// Inspect and maintain the step cache
     #[command(subcommand)]
     Cache(CacheCommand),
+    /// Build, list and prune the images defined under `images:`
+    #[command(subcommand)]
+    Images(ImagesCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImagesCommand {
+    /// Build the workflow's images (all, or the named ones); unchanged stages are reused
+    Build {
+        /// Workflow file (optional), then image names
+        #[arg(value_name = "FILE|NAME")]
+        words: Vec<String>,
+        /// Rebuild every stage instead of reusing stage images with the same key
+        #[arg(long)]
+        no_cache: bool,
+    },
+    /// List the images the engine built, with their keys and sizes
+    Ls,
+    /// Remove every image the engine built (they are rebuilt, or found again, on demand)
+    Prune,
+    /// Turn a root folder (debootstrap, busybox-static) into an image: the offline way to a base
+    Import {
+        /// The root folder
+        rootfs: PathBuf,
+        /// The reference to tag it as, e.g. local/debian:bookworm
+        reference: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -6,7 +6,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
-use engine::cli::{CacheCommand, Cli, Command, GraphFormat, OutputFormat, PolicyArg};
+use engine::cli::{CacheCommand, Cli, Command, GraphFormat, ImagesCommand, OutputFormat, PolicyArg};
 use engine::error::exit;
 use engine::events::RunStatus;
 use engine::output::OutputMode;
@@ -50,6 +50,7 @@ async fn dispatch(cli: Cli) -> i32 {
         Command::Graph(args) => graph(args.file, args.format),
         Command::Clean => clean().await,
         Command::Cache(cmd) => cache_command(cmd).await,
+        Command::Images(cmd) => images_command(cmd).await,
     };
     match result {
         Ok(code) => code,
@@ -213,6 +214,59 @@ async fn cache_command(cmd: CacheCommand) -> Result<i32, StartError> {
             let (plan, forecasts) = run::forecast(&file, std::slice::from_ref(&step), &policy, &dir.resolve(), false).await?;
             let pos = plan.steps.iter().position(|p| p.step.name == step).unwrap_or(plan.steps.len() - 1);
             print!("{}", engine::explain::explain(&step, &forecasts[pos]));
+        }
+    }
+    Ok(exit::OK)
+}
+
+async fn images_command(cmd: ImagesCommand) -> Result<i32, StartError> {
+    let docker = engine::docker::DockerExecutor::connect().await?;
+    let builder = images::Builder::new(docker.client().clone());
+    let failed = |e: images::BuildError| match e {
+        images::BuildError::Environment(m) => StartError::Environment(EnvironmentError(m)),
+        images::BuildError::Invalid { .. } => StartError::Invalid(e.to_string()),
+        other => StartError::ImageFailed(other.to_string()),
+    };
+    match cmd {
+        ImagesCommand::Build { words, no_cache } => {
+            let target = engine::cli::Target { words };
+            let (file, names) = target.split();
+            let file = workflow_file(file)?;
+            let workflow = dsl::load_file(&file)?;
+            let names: Vec<String> = if names.is_empty() { workflow.images.keys().cloned().collect() } else { names };
+            let run_id = run::new_run_id();
+            let ctx = images::BuildContext { workflow: &workflow.name, dir: &workflow.dir, run_id: &run_id, no_cache };
+            let log = |image: &str, stage: &str, line: &str| println!("{image}/{stage} | {line}");
+            for name in &names {
+                let def = workflow.images.get(name).ok_or_else(|| {
+                    StartError::Invalid(format!("no image named `{name}` under `images:` in {}", file.display()))
+                })?;
+                let built = builder.build(&ctx, name, def, &log, &CancellationToken::new()).await.map_err(failed)?;
+                let what = if built.stages_built == 0 { "up to date".to_string() } else { format!("{} stages built", built.stages_built) };
+                eprintln!("{name}: {} ({}), {what}", built.tag, &built.id);
+            }
+        }
+        ImagesCommand::Ls => {
+            let list = builder.list().await.map_err(failed)?;
+            println!("{:<20} {:<40} {:<14} {:>9}", "image", "tag", "key", "size");
+            for i in &list {
+                println!(
+                    "{:<20} {:<40} {:<14} {:>9}",
+                    i.name,
+                    i.tags.first().map(String::as_str).unwrap_or("-"),
+                    i.key.get(..12).unwrap_or(&i.key),
+                    engine::output::fmt_size(i.size)
+                );
+            }
+            println!("{} images", list.len());
+        }
+        ImagesCommand::Prune => {
+            let removed = builder.prune(&[]).await.map_err(failed)?;
+            println!("removed {} images", removed.len());
+        }
+        ImagesCommand::Import { rootfs, reference } => {
+            let id = builder.import_rootfs(&rootfs, &reference).await.map_err(failed)?;
+            println!("imported {} as {reference} ({id})", rootfs.display());
         }
     }
     Ok(exit::OK)

@@ -37,6 +37,9 @@ pub enum StartError {
     Input(#[from] workspace::InputError),
     #[error("{0}")]
     Invalid(String),
+    /// An image could not be built (exit 1, like a failed step).
+    #[error("{0}")]
+    ImageFailed(String),
     #[error(transparent)]
     Environment(#[from] EnvironmentError),
 }
@@ -45,6 +48,7 @@ impl StartError {
     pub fn exit_code(&self) -> i32 {
         match self {
             StartError::Environment(_) => crate::error::exit::ENVIRONMENT,
+            StartError::ImageFailed(_) => crate::error::exit::STEP_FAILED,
             _ => crate::error::exit::INVALID,
         }
     }
@@ -113,7 +117,7 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<RunStatus,
     let plan = plan::plan(workflow.clone(), &cfg.targets, budget)?;
 
     let store = open_store(&cfg.cache_dir)?;
-    let prepared = prepare(&docker, &store, &plan).await?;
+    let mut prepared = prepare(&docker, &store, &plan).await?;
 
     // Secrets are read from the environment before anything starts; only their names go further
     // than the executor.
@@ -146,6 +150,38 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<RunStatus,
         workflow: workflow.name.clone(),
         steps: plan.steps.iter().map(|p| p.step.name.clone()).collect(),
     });
+
+    let log = |image: &str, stage: &str, line: &str| {
+        events.emit(Event::Log { step: format!("image {image}/{stage}"), stream: crate::events::Stream::Stdout, line: line.to_string() });
+    };
+    if let Err(e) = build_images(&docker, &plan, &mut prepared, &run_id, &log, &cancel).await {
+        // An image that cannot be built ends the run like a failed step: every step is reported.
+        let status = match &e {
+            images::BuildError::Environment(_) => RunStatus::EnvironmentFailed,
+            images::BuildError::Cancelled(_) => RunStatus::Cancelled,
+            _ => RunStatus::Failed,
+        };
+        let reason = format!("not started: {e}");
+        let steps: Vec<_> = plan
+            .steps
+            .iter()
+            .map(|p| crate::events::StepSummary {
+                step: p.step.name.clone(),
+                status: crate::events::StepStatus::Skipped,
+                duration_ms: 0,
+                exit_code: None,
+                reason: Some(reason.clone()),
+            })
+            .collect();
+        for s in &steps {
+            events.emit(Event::StepSkipped { step: s.step.clone(), reason: reason.clone() });
+        }
+        let _ = cleanup::remove_run(docker.client(), &run_id).await;
+        events.emit(Event::RunFinished { run_id, status, duration_ms: started.elapsed().as_millis() as u64, steps });
+        drop(events);
+        let _ = renderer.await;
+        return Ok(status);
+    }
 
     let executor = Arc::new(EngineExecutor {
         docker,
@@ -192,6 +228,8 @@ pub struct Prepared {
     pub hashed: HashMap<String, Vec<cache::InputEntry>>,
     pub images: HashMap<String, String>,
     pub image_ids: HashMap<String, String>,
+    /// Names under `images:` the planned steps use; `build_images` fills their steps' entries.
+    pub built: std::collections::BTreeSet<String>,
 }
 
 pub fn open_store(dir: &Path) -> Result<Store, EnvironmentError> {
@@ -213,24 +251,24 @@ pub async fn prepare(docker: &DockerExecutor, store: &Store, plan: &Plan) -> Res
     let mut images = HashMap::new();
     let mut image_ids = HashMap::new();
     let mut resolved: HashMap<String, String> = HashMap::new();
+    let mut built = std::collections::BTreeSet::new();
     for planned in &plan.steps {
         let step = &planned.step;
         inputs.insert(step.name.clone(), tree.select(&step.name, &step.inputs)?);
-        let image = match &step.image {
-            dsl::ImageRef::Reference(r) => r.clone(),
-            dsl::ImageRef::Built(name) => {
-                return Err(StartError::Invalid(format!(
-                    "step `{}` uses image `{name}` from `images:`; building images is not supported by this version yet (use an image reference such as local/busybox:1)",
-                    step.name
-                )))
+        match &step.image {
+            dsl::ImageRef::Reference(image) => {
+                if !resolved.contains_key(image) {
+                    let id = docker.image_id(image).await?;
+                    resolved.insert(image.clone(), id);
+                }
+                image_ids.insert(step.name.clone(), resolved[image].clone());
+                images.insert(step.name.clone(), image.clone());
             }
-        };
-        if !resolved.contains_key(&image) {
-            let id = docker.image_id(&image).await?;
-            resolved.insert(image.clone(), id);
+            // Built by `build_images` once the run has started (its output is part of the run).
+            dsl::ImageRef::Built(name) => {
+                built.insert(name.clone());
+            }
         }
-        image_ids.insert(step.name.clone(), resolved[&image].clone());
-        images.insert(step.name.clone(), image);
     }
 
     tracing::debug!(elapsed = ?t.elapsed(), "selected inputs and resolved images");
@@ -256,7 +294,49 @@ pub async fn prepare(docker: &DockerExecutor, store: &Store, plan: &Plan) -> Res
     .map_err(|e| EnvironmentError(format!("cannot hash the inputs: {e}")))?
     .map_err(|e| EnvironmentError(format!("cannot read the inputs under {}: {e}", workflow.dir.display())))?;
     let hashed = inputs.iter().map(|(step, sel)| (step.clone(), caching::step_inputs(sel, &entries))).collect();
-    Ok(Prepared { inputs, hashed, images, image_ids })
+    Ok(Prepared { inputs, hashed, images, image_ids, built })
+}
+
+/// Build (or find: stage keys make an unchanged image free) every image of `images:` that the
+/// planned steps use, concurrently, and record its ID as those steps' image. `log` gets every
+/// line a build prints, as `(image, stage, line)`.
+pub async fn build_images(
+    docker: &DockerExecutor,
+    plan: &Plan,
+    prepared: &mut Prepared,
+    run_id: &str,
+    log: images::LogFn<'_>,
+    cancel: &CancellationToken,
+) -> Result<(), images::BuildError> {
+    let workflow = &plan.workflow;
+    let builder = images::Builder::new(docker.client().clone());
+    let ctx = images::BuildContext { workflow: &workflow.name, dir: &workflow.dir, run_id, no_cache: false };
+    let builds = prepared.built.iter().map(|name| {
+        let (builder, ctx) = (&builder, &ctx);
+        async move {
+            let def = workflow.images.get(name).ok_or_else(|| images::BuildError::Invalid {
+                image: name.clone(),
+                message: "not defined under `images:`".into(),
+            })?;
+            builder.build(ctx, name, def, log, cancel).await
+        }
+    });
+    let results = futures_util::future::join_all(builds).await;
+    let mut ids = HashMap::new();
+    for result in results {
+        let image = result?;
+        ids.insert(image.name.clone(), image.id.clone());
+    }
+    for planned in &plan.steps {
+        if let dsl::ImageRef::Built(name) = &planned.step.image {
+            if let Some(id) = ids.get(name) {
+                // Containers are created from the ID: what ran is exactly what the key names.
+                prepared.images.insert(planned.step.name.clone(), id.clone());
+                prepared.image_ids.insert(planned.step.name.clone(), id.clone());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The real executor: the cache check, host-side staging and export around one container run.
@@ -458,7 +538,14 @@ pub async fn forecast(
     let budget = docker.host_budget().await?;
     let plan = plan::plan(workflow.clone(), targets, budget)?;
     let store = open_store(cache_dir)?;
-    let prepared = prepare(&docker, &store, &plan).await?;
+    let mut prepared = prepare(&docker, &store, &plan).await?;
+    // Keys need the image IDs: images are built (usually found, by their stage keys) first.
+    build_images(&docker, &plan, &mut prepared, &new_run_id(), &|_, _, _| {}, &CancellationToken::new())
+        .await
+        .map_err(|e| match e {
+            images::BuildError::Environment(m) => StartError::Environment(EnvironmentError(m)),
+            other => StartError::Invalid(other.to_string()),
+        })?;
     let mut digests: HashMap<String, Digest> = HashMap::new();
     let mut forecasts = Vec::new();
     for planned in &plan.steps {
