@@ -1,0 +1,144 @@
+//! Engine-built images end to end against the real daemon: a two-stage image and a Dockerfile
+//! image used by steps, nothing rebuilt on a second run, and exactly the right things rebuilt
+//! and re-run when a copied file changes.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use common::*;
+
+fn now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64()
+}
+
+fn events(p: &Project) -> Vec<serde_json::Value> {
+    let o = p.run(&["run", "--output", "json"]);
+    assert_eq!(code(&o), 0, "stdout:\n{}\nstderr:\n{}", text(&o.stdout), text(&o.stderr));
+    text(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn statuses(events: &[serde_json::Value]) -> BTreeMap<String, String> {
+    events.last().unwrap()["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["step"].as_str().unwrap().to_string(), s["status"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+fn image_id(reference_glob: &str) -> String {
+    let o = Command::new("docker").args(["images", "-q", "--no-trunc", "--filter", &format!("reference={reference_glob}")]).output().unwrap();
+    let ids: Vec<String> = text(&o.stdout).lines().map(str::to_string).collect();
+    assert!(!ids.is_empty(), "no image matches {reference_glob}");
+    ids[0].clone()
+}
+
+fn containers_created(run_id: &str, since: f64, until: f64) -> usize {
+    let o = Command::new("docker")
+        .args(["events", "--since", &format!("{since:.3}"), "--until", &format!("{until:.3}")])
+        .args(["--filter", "type=container", "--filter", "event=create"])
+        .args(["--filter", &format!("label=engine.run={run_id}"), "--format", "{{.ID}}"])
+        .output()
+        .unwrap();
+    text(&o.stdout).lines().count()
+}
+
+/// Removes the test's images (by tag prefix and by the stage label of its unique image names).
+struct Images(String);
+
+impl Drop for Images {
+    fn drop(&mut self) {
+        for filter in [format!("reference={}/*", self.0), format!("label=engine.image={}-tool", self.0)] {
+            let o = Command::new("docker").args(["images", "-q", "--filter", &filter]).output().unwrap();
+            for id in text(&o.stdout).lines() {
+                let _ = Command::new("docker").args(["rmi", "-f", id]).output();
+            }
+        }
+    }
+}
+
+#[test]
+fn built_images_are_used_by_steps_reused_when_unchanged_and_rebuilt_from_the_changed_stage() {
+    let wf = unique("imgtest").to_lowercase();
+    let _cleanup = Images(wf.clone());
+    let p = Project::new(&format!(
+        r#"version: 1
+name: {wf}
+images:
+  {wf}-tool:
+    stages:
+      - name: build
+        from: local/busybox:1
+        copy: [{{ src: tools/greet.sh, dst: /opt/greet.sh }}]
+        run:
+          - chmod 755 /opt/greet.sh && echo junk > /opt/junk
+      - name: final
+        from: local/busybox:1
+        copy: [{{ from: build, src: /opt/greet.sh, dst: /bin/greet }}]
+  {wf}-legacy:
+    dockerfile: docker/Dockerfile
+    context: docker
+steps:
+  use:
+    image: {wf}-tool
+    run: greet > out.txt && test ! -e /opt/junk
+    outputs: [out.txt]
+  plain:
+    image: local/busybox:1
+    run: echo plain > p.txt
+    outputs: [p.txt]
+  old:
+    image: {wf}-legacy
+    run: cat /hello > o.txt
+    outputs: [o.txt]
+"#
+    ));
+    p.write("tools/greet.sh", &format!("#!/bin/sh\necho hello from {wf}\n"));
+    p.write(
+        "docker/Dockerfile",
+        &format!("FROM local/busybox:1 AS build\nRUN echo legacy-{wf} > /hello-build\nFROM local/busybox:1\nCOPY --from=build /hello-build /hello\n"),
+    );
+
+    let first = events(&p);
+    assert!(statuses(&first).values().all(|s| s == "succeeded"), "{:?}", statuses(&first));
+    let out = p.path().join(".engine/out");
+    assert_eq!(std::fs::read_to_string(out.join("use/out.txt")).unwrap(), format!("hello from {wf}\n"));
+    assert_eq!(std::fs::read_to_string(out.join("old/o.txt")).unwrap(), format!("legacy-{wf}\n"));
+    let tool = image_id(&format!("{wf}/{wf}-tool"));
+    let legacy = image_id(&format!("{wf}/{wf}-legacy"));
+
+    // Unchanged: nothing is built, no container is created, every step is cached.
+    let since = now();
+    let second = events(&p);
+    let until = now() + 1.0;
+    let run_id = second[0]["run_id"].as_str().unwrap().to_string();
+    assert!(statuses(&second).values().all(|s| s == "cached"), "{:?}", statuses(&second));
+    assert_eq!(containers_created(&run_id, since, until), 0);
+    assert_eq!(image_id(&format!("{wf}/{wf}-tool")), tool);
+
+    // A copied file changes: the tool image is rebuilt, the step using it re-runs; nothing else.
+    p.write("tools/greet.sh", &format!("#!/bin/sh\necho bonjour from {wf}\n"));
+    let third = events(&p);
+    assert_eq!(statuses(&third)["use"], "succeeded");
+    assert_eq!(statuses(&third)["plain"], "cached");
+    assert_eq!(statuses(&third)["old"], "cached");
+    assert_eq!(std::fs::read_to_string(out.join("use/out.txt")).unwrap(), format!("bonjour from {wf}\n"));
+    assert_ne!(image_id(&format!("{wf}/{wf}-tool")), tool);
+    assert_eq!(image_id(&format!("{wf}/{wf}-legacy")), legacy);
+    assert!(containers(&format!("engine.run={run_id}")).is_empty());
+}
+
+#[test]
+fn a_failing_image_build_fails_the_run_naming_the_stage() {
+    let wf = unique("imgfail").to_lowercase();
+    let _cleanup = Images(wf.clone());
+    let p = Project::new(&format!(
+        "version: 1\nname: {wf}\nimages:\n  {wf}-tool:\n    stages:\n      - {{ name: broken, from: local/busybox:1, run: [\"echo {wf}; exit 9\"] }}\nsteps:\n  s: {{ image: {wf}-tool, run: 'true' }}\n"
+    ));
+    let o = p.run(&["run"]);
+    assert_eq!(code(&o), 1, "{}", text(&o.stderr));
+    let err = text(&o.stderr);
+    assert!(err.contains("broken") && err.contains("skipped"), "{err}");
+}
