@@ -37,6 +37,11 @@ pub enum Command {
     /// Inspect and maintain the step cache
     #[command(subcommand)]
     Cache(CacheCommand),
+    /// Pin every base image reference to its current image ID in engine.lock beside the workflow
+    Lock {
+        /// Workflow file [default: ./workflow.yml, then ./workflow.wf]
+        file: Option<PathBuf>,
+    },
     /// Build, list and prune the images defined under `images:`
     #[command(subcommand)]
     Images(ImagesCommand),

@@ -51,6 +51,7 @@ async fn dispatch(cli: Cli) -> i32 {
         Command::Clean => clean().await,
         Command::Cache(cmd) => cache_command(cmd).await,
         Command::Images(cmd) => images_command(cmd).await,
+        Command::Lock { file } => lock_command(file).await,
     };
     match result {
         Ok(code) => code,
@@ -216,6 +217,19 @@ async fn cache_command(cmd: CacheCommand) -> Result<i32, StartError> {
             print!("{}", engine::explain::explain(&step, &forecasts[pos]));
         }
     }
+    Ok(exit::OK)
+}
+
+async fn lock_command(file: Option<PathBuf>) -> Result<i32, StartError> {
+    let file = workflow_file(file)?;
+    let workflow = dsl::load_file(&file)?;
+    let docker = engine::docker::DockerExecutor::connect().await?;
+    let resolved = run::resolve_bases(&docker, &workflow).await?;
+    let path = engine::lock::write(&workflow.dir, resolved.clone())?;
+    for (reference, id) in &resolved {
+        println!("{reference} -> {id}");
+    }
+    println!("pinned {} images in {}", resolved.len(), path.display());
     Ok(exit::OK)
 }
 

@@ -278,6 +278,7 @@ pub async fn prepare(docker: &DockerExecutor, store: &Store, plan: &Plan) -> Res
     union.sort_unstable();
     union.dedup();
     let all: Vec<String> = union.into_iter().cloned().collect();
+    check_lock(docker, workflow).await?;
     let mut stat = stat.await.map_err(|e| EnvironmentError(format!("cannot load the stat cache: {e}")))?;
     tracing::debug!(elapsed = ?t.elapsed(), "loaded the stat cache");
     let root = workflow.dir.clone();
@@ -295,6 +296,27 @@ pub async fn prepare(docker: &DockerExecutor, store: &Store, plan: &Plan) -> Res
     .map_err(|e| EnvironmentError(format!("cannot read the inputs under {}: {e}", workflow.dir.display())))?;
     let hashed = inputs.iter().map(|(step, sel)| (step.clone(), caching::step_inputs(sel, &entries))).collect();
     Ok(Prepared { inputs, hashed, images, image_ids, built })
+}
+
+/// With an `engine.lock` beside the workflow, every base reference must resolve to its pinned ID.
+async fn check_lock(docker: &DockerExecutor, workflow: &dsl::Workflow) -> Result<(), StartError> {
+    let Some(lock) = crate::lock::read(&workflow.dir)? else { return Ok(()) };
+    let resolved = resolve_bases(docker, workflow).await?;
+    crate::lock::check(&lock, &resolved)?;
+    Ok(())
+}
+
+/// Every base reference of the workflow and the image ID it resolves to now.
+pub async fn resolve_bases(
+    docker: &DockerExecutor,
+    workflow: &dsl::Workflow,
+) -> Result<std::collections::BTreeMap<String, String>, EnvironmentError> {
+    let mut resolved = std::collections::BTreeMap::new();
+    for reference in crate::lock::base_references(workflow) {
+        let id = docker.image_id(&reference).await?;
+        resolved.insert(reference, id);
+    }
+    Ok(resolved)
 }
 
 /// Build (or find: stage keys make an unchanged image free) every image of `images:` that the

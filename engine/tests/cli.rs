@@ -226,3 +226,21 @@ fn timeout_and_symlink_escape_fail_the_step_with_a_sentence_and_write_nothing_ou
     assert!(err.contains("leak"), "{err}");
     assert!(!out.join("sneaky/leak").exists() && std::fs::symlink_metadata(out.join("sneaky/leak")).is_err());
 }
+
+#[test]
+fn engine_lock_pins_base_images_and_a_changed_pin_stops_the_run() {
+    let p = Project::new(&format!("version: 1\nsteps:\n  a: {{ image: {IMAGE}, run: echo locked }}\n"));
+    let o = p.run(&["lock"]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    let lock: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p.path().join("engine.lock")).unwrap()).unwrap();
+    let pinned = lock["images"][IMAGE].as_str().unwrap().to_string();
+    assert!(pinned.starts_with("sha256:"), "{lock}");
+    assert_eq!(code(&p.run(&["run"])), 0);
+
+    let tampered = std::fs::read_to_string(p.path().join("engine.lock")).unwrap().replace(&pinned, "sha256:0000");
+    std::fs::write(p.path().join("engine.lock"), tampered).unwrap();
+    let o = p.run(&["run"]);
+    assert_eq!(code(&o), 3);
+    let err = text(&o.stderr);
+    assert!(err.contains(IMAGE) && err.contains("sha256:0000") && err.contains("engine lock"), "{err}");
+}
