@@ -11,7 +11,7 @@ work="$(mktemp -d)"
 name="bench-img-$$"
 cleanup() {
   docker images -q --filter "reference=$name/*" | xargs -r docker rmi -f >/dev/null 2>&1 || true
-  docker images -q --filter "label=engine.image=a" --filter "label=bench=$name" | xargs -r docker rmi -f >/dev/null 2>&1 || true
+  for i in a b c; do docker images -q --filter "label=engine.image=$name-$i" | xargs -r docker rmi -f >/dev/null 2>&1 || true; done
   docker images -q --filter "reference=$name-docker-*" | xargs -r docker rmi -f >/dev/null 2>&1 || true
   rm -rf "$work"
 }
@@ -24,22 +24,22 @@ cat > "$work/workflow.yml" <<YAML
 version: 1
 name: $name
 images:
-  a:
+  $name-a:
     stages:
       - { name: s1, from: $IMAGE, copy: [{ src: "src/f1.txt", dst: /opt/f1.txt }], run: ["cat /opt/f1.txt > /opt/a1"] }
       - { name: s2, from: s1, run: ["cat /opt/a1 /opt/a1 > /opt/a2"] }
       - { name: s3, from: $IMAGE, copy: [{ from: s2, src: /opt/a2, dst: /opt/a2 }] }
-  b:
+  $name-b:
     stages:
       - { name: s1, from: $IMAGE, copy: [{ src: "src/f2.txt", dst: /opt/f2.txt }], run: ["cat /opt/f2.txt > /opt/b1"] }
       - { name: s2, from: $IMAGE, copy: [{ src: "src/f3.txt", dst: /opt/f3.txt }], run: ["cat /opt/f3.txt > /opt/b2"] }
       - { name: s3, from: $IMAGE, copy: [{ from: s1, src: /opt/b1, dst: /opt/b1 }, { from: s2, src: /opt/b2, dst: /opt/b2 }] }
-  c:
+  $name-c:
     stages:
       - { name: s1, from: $IMAGE, copy: [{ src: "src/f4.txt", dst: /opt/f4.txt }], run: ["cat /opt/f4.txt > /opt/c1"] }
       - { name: s2, from: $IMAGE, copy: [{ from: s1, src: /opt/c1, dst: /opt/c1 }] }
 steps:
-  use: { image: a, run: "true" }
+  use: { image: $name-a, run: "true" }
 YAML
 # The same, as Dockerfiles for the classic builder.
 cat > "$work/a.Dockerfile" <<EOF2
