@@ -11,7 +11,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use bollard::models::BuildInfo;
-use bollard::query_parameters::{BuildImageOptionsBuilder, ListImagesOptionsBuilder, TagImageOptionsBuilder};
+use bollard::query_parameters::{
+    BuildImageOptionsBuilder, ListImagesOptionsBuilder, RemoveImageOptionsBuilder, TagImageOptionsBuilder,
+};
 use futures_util::StreamExt;
 use globset::{GlobBuilder, GlobMatcher};
 use sha2::{Digest as _, Sha256};
@@ -110,6 +112,30 @@ pub(crate) async fn build(
         // The spec lets image builds use the network (steps default to none).
         .networkmode("bridge")
         .build();
+    let mut steps = Vec::new();
+    let result = run_build(builder, name, &tag, options, tar, log, cancel, &mut steps).await;
+    let id = match &result {
+        Ok(built) => Some(built.as_str()),
+        Err(_) => None,
+    };
+    remove_intermediates(builder, &steps, id).await;
+    let id = result?;
+    Ok(BuiltImage { name: name.to_string(), id, tag, key, stages_built: 1 })
+}
+
+/// Send the context, stream the builder's output, and return the built image's ID. `steps`
+/// collects the IDs of the images the builder produced along the way.
+#[allow(clippy::too_many_arguments)]
+async fn run_build(
+    builder: &Builder,
+    name: &str,
+    tag: &str,
+    options: bollard::query_parameters::BuildImageOptions,
+    tar: Vec<u8>,
+    log: LogFn<'_>,
+    cancel: &CancellationToken,
+    steps: &mut Vec<String>,
+) -> Result<String, BuildError> {
     let mut stream = builder.docker.build_image(options, None, Some(bollard::body_full(tar.into())));
     loop {
         let item = tokio::select! {
@@ -120,7 +146,7 @@ pub(crate) async fn build(
         };
         let Some(item) = item else { break };
         match item {
-            Ok(info) => handle_line(name, &info, log)?,
+            Ok(info) => handle_line(name, &info, log, steps)?,
             Err(bollard::errors::Error::DockerStreamError { error }) => {
                 return Err(BuildError::StageFailed { image: name.to_string(), stage: STAGE.into(), message: error });
             }
@@ -129,22 +155,49 @@ pub(crate) async fn build(
             }
         }
     }
-    let id = match builder.docker.inspect_image(&tag).await {
+    let id = match builder.docker.inspect_image(tag).await {
         Ok(inspect) => inspect.id,
-        Err(e) => return Err(BuildError::Environment(format!("image `{name}`: built but `{tag}` cannot be inspected: {}", daemon_reason(&e)))),
+        Err(e) => {
+            return Err(BuildError::Environment(format!(
+                "image `{name}`: built but `{tag}` cannot be inspected: {}",
+                daemon_reason(&e)
+            )))
+        }
     };
-    let id = id.ok_or_else(|| BuildError::Environment(format!("image `{name}`: the daemon reports no ID for `{tag}`")))?;
-    Ok(BuiltImage { name: name.to_string(), id, tag, key, stages_built: 1 })
+    id.ok_or_else(|| BuildError::Environment(format!("image `{name}`: the daemon reports no ID for `{tag}`")))
+}
+
+/// The classic builder keeps an image per step. Those of the final stage are the built image's
+/// parents (the daemon refuses to remove them, rightly), but those of earlier stages and of a
+/// failed build would stay behind as unlabelled dangling images. Our own key replaces the
+/// builder's cache, so they are removed; tagged images (the bases) are never touched.
+async fn remove_intermediates(builder: &Builder, steps: &[String], built: Option<&str>) {
+    for step in steps.iter().rev() {
+        let Ok(image) = builder.docker.inspect_image(step).await else { continue };
+        let tagged = image.repo_tags.as_ref().is_some_and(|t| !t.is_empty());
+        if tagged || image.id.as_deref() == built || image.id.is_none() {
+            continue;
+        }
+        let options = RemoveImageOptionsBuilder::default().force(false).noprune(false).build();
+        // A refusal (a child image, a container using it) means it is still needed: keep it.
+        let _ = builder.docker.remove_image(step, Some(options), None).await;
+    }
 }
 
 /// Forward the builder's output; an error in the stream is the Dockerfile's failure.
-fn handle_line(name: &str, info: &BuildInfo, log: LogFn<'_>) -> Result<(), BuildError> {
+fn handle_line(name: &str, info: &BuildInfo, log: LogFn<'_>, steps: &mut Vec<String>) -> Result<(), BuildError> {
     if let Some(detail) = &info.error_detail {
         let message = detail.message.clone().unwrap_or_else(|| "the build failed".into());
         return Err(BuildError::StageFailed { image: name.to_string(), stage: STAGE.into(), message });
     }
     if let Some(text) = &info.stream {
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            // ` ---> 3adcc2b090a5`: the image a step produced (or reused).
+            if let Some(id) = line.trim().strip_prefix("---> ") {
+                if id.len() == 12 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    steps.push(id.to_string());
+                }
+            }
             log(name, STAGE, line);
         }
     }

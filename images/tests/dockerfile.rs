@@ -59,14 +59,25 @@ fn remove_engine_images(workflow: &str) {
     }
 }
 
-const MULTI: &str = "FROM local/busybox:1 AS build\nRUN echo built > /made.txt\nFROM local/busybox:1\nCOPY --from=build /made.txt /made.txt\nCOPY app/ /app/\n";
+fn multi(wf: &str) -> String {
+    format!("FROM local/busybox:1 AS build\nRUN echo built > /made.txt # {wf}\nFROM local/busybox:1\nCOPY --from=build /made.txt /made.txt\nCOPY app/ /app/\n")
+}
+
+/// Images whose build step mentions `marker`: intermediate images the builder left behind.
+fn leftover_steps(marker: &str) -> Vec<String> {
+    let ids = docker(&["images", "-a", "-q", "--no-trunc"]);
+    let mut args = vec!["inspect", "--format", "{{.Id}} {{json .ContainerConfig.Cmd}}"];
+    args.extend(ids.lines());
+    let out = Command::new("docker").args(&args).output().expect("docker CLI");
+    String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains(marker)).map(str::to_string).collect()
+}
 
 #[tokio::test]
 async fn dockerfile_builds_caches_and_keys_on_the_context() {
     let b = builder().await;
     let wf = unique("engtest-df");
     let dir = tempfile::tempdir().unwrap();
-    write(&dir.path().join("docker/Dockerfile"), MULTI);
+    write(&dir.path().join("docker/Dockerfile"), &multi(&wf));
     write(&dir.path().join("app/main.txt"), "v1");
     write(&dir.path().join("app/notes.log"), "ignored");
     write(&dir.path().join(".dockerignore"), "# logs are noise\n\n**/*.log\n");
@@ -111,6 +122,7 @@ async fn dockerfile_builds_caches_and_keys_on_the_context() {
     assert_eq!(docker(&["run", "--rm", &outside.tag, "cat", "/file.txt"]), "inside");
 
     remove_engine_images(&wf);
+    assert_eq!(leftover_steps(&wf), Vec::<String>::new(), "intermediate images are removed");
 }
 
 #[tokio::test]
@@ -118,7 +130,7 @@ async fn failing_run_is_stage_failed() {
     let b = builder().await;
     let wf = unique("engtest-fail");
     let dir = tempfile::tempdir().unwrap();
-    write(&dir.path().join("Dockerfile"), "FROM local/busybox:1\nRUN echo about to fail && exit 7\n");
+    write(&dir.path().join("Dockerfile"), &format!("FROM local/busybox:1\nRUN echo {wf} > /a\nRUN echo about to fail && exit 7\n"));
     let ctx = BuildContext { workflow: &wf, dir: dir.path(), run_id: "t", no_cache: false };
     let log = |_: &str, _: &str, _: &str| {};
     let err = b.build(&ctx, "bad", &def("Dockerfile", "."), &log, &CancellationToken::new()).await.unwrap_err();
@@ -129,6 +141,7 @@ async fn failing_run_is_stage_failed() {
         }
         other => panic!("expected StageFailed, got {other:?}"),
     }
+    assert_eq!(leftover_steps(&wf), Vec::<String>::new(), "a failed build leaves no step image");
     remove_engine_images(&wf);
 }
 
