@@ -44,7 +44,7 @@ pub(crate) async fn prune(builder: &Builder, keep: &[String]) -> Result<Vec<Stri
     let mut images = labelled(builder, LABEL_IMAGE).await?;
     // Newest first: a child image goes before the stage image it was built on, which the
     // daemon would otherwise refuse to remove ("image has dependent child images").
-    images.sort_by(|a, b| b.created.cmp(&a.created));
+    images.sort_by_key(|i| std::cmp::Reverse(i.created));
     let mut removed = Vec::new();
     for image in images {
         if keep.contains(&image.id) {

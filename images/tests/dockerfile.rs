@@ -173,11 +173,22 @@ async fn import_rootfs_gives_a_runnable_image() {
     assert!(matches!(b.import_rootfs(&file, &reference).await, Err(BuildError::Invalid { .. })));
 }
 
-/// Starts a local registry on 127.0.0.1:5000 unless one answers; returns the child we started.
-fn local_registry() -> Option<Option<std::process::Child>> {
+/// The registry this test started, stopped (and reaped) when the test ends, even by a panic.
+struct Registry(Option<std::process::Child>);
+impl Drop for Registry {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Starts a local registry on 127.0.0.1:5000 unless one answers.
+fn local_registry() -> Option<Registry> {
     let up = || std::net::TcpStream::connect("127.0.0.1:5000").is_ok();
     if up() {
-        return Some(None);
+        return Some(Registry(None));
     }
     let bin = Path::new("/usr/bin/docker-registry");
     if !bin.exists() {
@@ -192,15 +203,15 @@ fn local_registry() -> Option<Option<std::process::Child>> {
         dir.join("data").display()
     );
     std::fs::write(dir.join("config.yml"), config).unwrap();
-    let child = Command::new(bin)
+    let registry = Registry(Some(Command::new(bin)
         .args(["serve", dir.join("config.yml").to_str().unwrap()])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
-        .expect("start docker-registry");
+        .expect("start docker-registry")));
     for _ in 0..100 {
         if up() {
-            return Some(Some(child));
+            return Some(registry);
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
@@ -209,7 +220,7 @@ fn local_registry() -> Option<Option<std::process::Child>> {
 
 #[tokio::test]
 async fn ensure_base_pulls_from_a_local_registry() {
-    let Some(child) = local_registry() else { return };
+    let Some(_registry) = local_registry() else { return };
     let b = builder().await;
     let reference = format!("127.0.0.1:5000/engine-test/busybox:{}", unique("t"));
     docker(&["tag", "local/busybox:1", &reference]);
@@ -235,10 +246,6 @@ async fn ensure_base_pulls_from_a_local_registry() {
             assert!(m.contains(&format!("cannot pull base image `{missing}`")) && m.contains("engine images import"), "{m}")
         }
         other => panic!("expected Environment, got {other:?}"),
-    }
-    if let Some(mut child) = child {
-        let _ = child.kill();
-        let _ = child.wait();
     }
 }
 
