@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::Mutex;
 
-use images::{BuildContext, BuildError, Builder};
+use images::{BuildContext, BuildError, Builder, BuiltImage};
 use tokio_util::sync::CancellationToken;
 
 async fn builder() -> Builder {
@@ -125,15 +125,23 @@ async fn dockerfile_builds_caches_and_keys_on_the_context() {
     assert_eq!(leftover_steps(&wf), Vec::<String>::new(), "intermediate images are removed");
 }
 
+/// Build image `name` of workflow `wf` from a context holding only `Dockerfile` (none if `None`).
+async fn build_single(b: &Builder, wf: &str, name: &str, dockerfile: Option<&str>) -> Result<BuiltImage, BuildError> {
+    let dir = tempfile::tempdir().unwrap();
+    if let Some(text) = dockerfile {
+        write(&dir.path().join("Dockerfile"), text);
+    }
+    let ctx = BuildContext { workflow: wf, dir: dir.path(), run_id: "t", no_cache: false };
+    let log = |_: &str, _: &str, _: &str| {};
+    b.build(&ctx, name, &def("Dockerfile", "."), &log, &CancellationToken::new()).await
+}
+
 #[tokio::test]
 async fn failing_run_is_stage_failed() {
     let b = builder().await;
     let wf = unique("engtest-fail");
-    let dir = tempfile::tempdir().unwrap();
-    write(&dir.path().join("Dockerfile"), &format!("FROM local/busybox:1\nRUN echo {wf} > /a\nRUN echo about to fail && exit 7\n"));
-    let ctx = BuildContext { workflow: &wf, dir: dir.path(), run_id: "t", no_cache: false };
-    let log = |_: &str, _: &str, _: &str| {};
-    let err = b.build(&ctx, "bad", &def("Dockerfile", "."), &log, &CancellationToken::new()).await.unwrap_err();
+    let text = format!("FROM local/busybox:1\nRUN echo {wf} > /a\nRUN echo about to fail && exit 7\n");
+    let err = build_single(&b, &wf, "bad", Some(&text)).await.unwrap_err();
     match err {
         BuildError::StageFailed { image, stage, message } => {
             assert_eq!((image.as_str(), stage.as_str()), ("bad", "dockerfile"));
@@ -148,10 +156,7 @@ async fn failing_run_is_stage_failed() {
 #[tokio::test]
 async fn missing_dockerfile_is_invalid() {
     let b = builder().await;
-    let dir = tempfile::tempdir().unwrap();
-    let ctx = BuildContext { workflow: "engtest-missing", dir: dir.path(), run_id: "t", no_cache: false };
-    let log = |_: &str, _: &str, _: &str| {};
-    let err = b.build(&ctx, "x", &def("Dockerfile", "."), &log, &CancellationToken::new()).await.unwrap_err();
+    let err = build_single(&b, "engtest-missing", "x", None).await.unwrap_err();
     assert!(matches!(err, BuildError::Invalid { .. }), "{err:?}");
 }
 
@@ -253,11 +258,8 @@ async fn ensure_base_pulls_from_a_local_registry() {
 async fn list_and_prune() {
     let b = builder().await;
     let wf = unique("engtest-ls");
-    let dir = tempfile::tempdir().unwrap();
-    write(&dir.path().join("Dockerfile"), &format!("FROM local/busybox:1\nRUN echo {wf} > /id\n"));
-    let ctx = BuildContext { workflow: &wf, dir: dir.path(), run_id: "t", no_cache: false };
-    let log = |_: &str, _: &str, _: &str| {};
-    let built = b.build(&ctx, "listed", &def("Dockerfile", "."), &log, &CancellationToken::new()).await.expect("build");
+    let text = format!("FROM local/busybox:1\nRUN echo {wf} > /id\n");
+    let built = build_single(&b, &wf, "listed", Some(&text)).await.expect("build");
     let listed = b.list().await.expect("list");
     let info = listed.iter().find(|i| i.id == built.id).expect("the built image is listed");
     assert_eq!((info.name.as_str(), info.key.as_str()), ("listed", built.key.as_str()));
