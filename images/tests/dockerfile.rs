@@ -279,3 +279,33 @@ fn all_engine_images() -> Vec<String> {
     let out = docker(&["images", "-a", "--no-trunc", "--filter", "label=engine.image", "--format", "{{.ID}}"]);
     out.lines().map(str::to_string).collect()
 }
+
+#[tokio::test]
+async fn cancelled_build_is_cancelled() {
+    let b = builder().await;
+    let wf = unique("engtest-cancel");
+    let dir = tempfile::tempdir().unwrap();
+    write(&dir.path().join("Dockerfile"), &format!("FROM local/busybox:1\nRUN sleep 30 # {wf}\n"));
+    let ctx = BuildContext { workflow: &wf, dir: dir.path(), run_id: "t", no_cache: false };
+    let log = |_: &str, _: &str, _: &str| {};
+    let cancel = CancellationToken::new();
+    let timer = cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        timer.cancel();
+    });
+    let started = std::time::Instant::now();
+    let err = b.build(&ctx, "slow", &def("Dockerfile", "."), &log, &cancel).await.unwrap_err();
+    assert!(matches!(err, BuildError::Cancelled(ref i) if i == "slow"), "{err:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(20), "cancelled promptly");
+    // The daemon stops the build when the request is dropped; forcerm then removes its container.
+    let build_container = || docker(&["ps", "-a", "--no-trunc", "--format", "{{.Command}}"]).contains(&wf);
+    for _ in 0..50 {
+        if !build_container() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(!build_container(), "the cancelled build's container is removed");
+    assert_eq!(leftover_steps(&wf), Vec::<String>::new());
+}
