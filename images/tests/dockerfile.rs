@@ -179,12 +179,13 @@ async fn import_rootfs_gives_a_runnable_image() {
 }
 
 /// The registry this test started, stopped (and reaped) when the test ends, even by a panic.
-struct Registry(Option<std::process::Child>);
+struct Registry(Option<(std::process::Child, std::path::PathBuf)>);
 impl Drop for Registry {
     fn drop(&mut self) {
-        if let Some(child) = &mut self.0 {
+        if let Some((child, dir)) = &mut self.0 {
             let _ = child.kill();
             let _ = child.wait();
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }
@@ -208,12 +209,12 @@ fn local_registry() -> Option<Registry> {
         dir.join("data").display()
     );
     std::fs::write(dir.join("config.yml"), config).unwrap();
-    let registry = Registry(Some(Command::new(bin)
+    let registry = Registry(Some((Command::new(bin)
         .args(["serve", dir.join("config.yml").to_str().unwrap()])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
-        .expect("start docker-registry")));
+        .expect("start docker-registry"), dir)));
     for _ in 0..100 {
         if up() {
             return Some(registry);
