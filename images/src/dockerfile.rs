@@ -1,19 +1,429 @@
 //! `dockerfile:` images: built by the daemon's builder from a tar of the context (honouring
 //! `.dockerignore`), keyed by the Dockerfile and the context files' digests.
+//!
+//! Owned by the Dockerfile/base/manage part of the `images` crate (not by `stages`/`key`).
+//! The key is ours, not the daemon's: an image labelled `engine.image.key=<key>` is reused
+//! without sending the context at all, so a no-op run costs one walk of the context.
 
+use std::collections::HashMap;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use bollard::models::BuildInfo;
+use bollard::query_parameters::{
+    BuildImageOptionsBuilder, ListImagesOptionsBuilder, RemoveImageOptionsBuilder, TagImageOptionsBuilder,
+};
+use futures_util::StreamExt;
+use globset::{GlobBuilder, GlobMatcher};
+use sha2::{Digest as _, Sha256};
 use tokio_util::sync::CancellationToken;
 
+use crate::base::daemon_reason;
 use crate::build::Builder;
-use crate::{BuildContext, BuildError, BuiltImage, LogFn};
+use crate::{BuildContext, BuildError, BuiltImage, LogFn, LABEL_IMAGE, LABEL_IMAGE_KEY};
+
+/// Bumped when the key's encoding changes (old images then simply stop matching).
+const DOCKERFILE_KEY_VERSION: u32 = 1;
+
+/// The name a Dockerfile from outside the context gets in the tar. A context file of that name
+/// is left out, so the two cannot collide.
+const RESERVED_DOCKERFILE: &str = ".engine-dockerfile";
+
+/// The stage name used in logs and `StageFailed`: the daemon's builder is one opaque stage to us.
+const STAGE: &str = "dockerfile";
+
+/// One entry of the context as it is sent (after `.dockerignore`).
+struct Entry {
+    /// Relative to the context root, `/`-separated.
+    rel: String,
+    path: PathBuf,
+    kind: Kind,
+    mode: u32,
+}
+
+enum Kind {
+    File(cache::Digest),
+    Dir,
+    /// The link's target, never followed.
+    Symlink(PathBuf),
+}
+
+/// What is sent to the daemon: the Dockerfile's name in the tar, its content, and the entries.
+struct Context {
+    dockerfile_name: String,
+    /// Set when the Dockerfile lies outside the context and must be added under the reserved name.
+    extra_dockerfile: Option<Vec<u8>>,
+    dockerfile: Vec<u8>,
+    entries: Vec<Entry>,
+}
 
 pub(crate) async fn build(
-    _builder: &Builder,
-    _ctx: &BuildContext<'_>,
-    _name: &str,
-    _dockerfile: &str,
-    _context: &str,
-    _log: LogFn<'_>,
-    _cancel: &CancellationToken,
+    builder: &Builder,
+    ctx: &BuildContext<'_>,
+    name: &str,
+    dockerfile: &str,
+    context: &str,
+    log: LogFn<'_>,
+    cancel: &CancellationToken,
 ) -> Result<BuiltImage, BuildError> {
-    todo!("dockerfile")
+    let context_dir = ctx.dir.join(context);
+    let dockerfile_path = ctx.dir.join(dockerfile);
+    let image = name.to_string();
+    // Walking and hashing is blocking file work: keep it off the async workers.
+    let scanned = tokio::task::spawn_blocking(move || scan(&context_dir, &dockerfile_path).map(|c| (c, context_dir)))
+        .await
+        .map_err(|e| BuildError::Environment(format!("image `{image}`: reading the context failed: {e}")))?;
+    let (scanned, context_dir) = scanned.map_err(|message| BuildError::Invalid { image: name.to_string(), message })?;
+    let key = key_of(&scanned);
+    let tag = format!("{}/{}:{}", ctx.workflow, name, &key[..12]);
+
+    if !ctx.no_cache {
+        if let Some(id) = find_by_key(builder, &key).await? {
+            // The image may have lost its tag (`docker rmi` of the tag only): give it back.
+            let (repo, short) = split_reference(&tag);
+            let options = TagImageOptionsBuilder::default().repo(repo).tag(short).build();
+            if let Err(e) = builder.docker.tag_image(&id, Some(options)).await {
+                return Err(BuildError::Environment(format!("cannot tag image `{id}` as `{tag}`: {}", daemon_reason(&e))));
+            }
+            return Ok(BuiltImage { name: name.to_string(), id, tag, key, stages_built: 0 });
+        }
+    }
+
+    if cancel.is_cancelled() {
+        return Err(BuildError::Cancelled(name.to_string()));
+    }
+    let image = name.to_string();
+    let tar = tokio::task::spawn_blocking(move || make_tar(&scanned, &context_dir).map(|t| (t, scanned.dockerfile_name)))
+        .await
+        .map_err(|e| BuildError::Environment(format!("image `{image}`: packing the context failed: {e}")))?;
+    let (tar, dockerfile_name) =
+        tar.map_err(|e| BuildError::Invalid { image: name.to_string(), message: format!("cannot pack the context: {e}") })?;
+
+    let labels = HashMap::from([(LABEL_IMAGE.to_string(), name.to_string()), (LABEL_IMAGE_KEY.to_string(), key.clone())]);
+    let options = BuildImageOptionsBuilder::default()
+        .dockerfile(&dockerfile_name)
+        .t(&tag)
+        .labels(&labels)
+        // Intermediate containers are the daemon's, not labelled by us: remove them even on failure.
+        .rm(true)
+        .forcerm(true)
+        .nocache(ctx.no_cache)
+        // The spec lets image builds use the network (steps default to none).
+        .networkmode("bridge")
+        .build();
+    let mut steps = Vec::new();
+    let result = run_build(builder, name, &tag, options, tar, log, cancel, &mut steps).await;
+    let id = match &result {
+        Ok(built) => Some(built.as_str()),
+        Err(_) => None,
+    };
+    remove_intermediates(builder, &steps, id).await;
+    let id = result?;
+    Ok(BuiltImage { name: name.to_string(), id, tag, key, stages_built: 1 })
+}
+
+/// Send the context, stream the builder's output, and return the built image's ID. `steps`
+/// collects the IDs of the images the builder produced along the way.
+#[allow(clippy::too_many_arguments)]
+async fn run_build(
+    builder: &Builder,
+    name: &str,
+    tag: &str,
+    options: bollard::query_parameters::BuildImageOptions,
+    tar: Vec<u8>,
+    log: LogFn<'_>,
+    cancel: &CancellationToken,
+    steps: &mut Vec<String>,
+) -> Result<String, BuildError> {
+    let mut stream = builder.docker.build_image(options, None, Some(bollard::body_full(tar.into())));
+    loop {
+        let item = tokio::select! {
+            // Dropping the stream closes the request: the classic builder then stops, and
+            // forcerm removes its container.
+            _ = cancel.cancelled() => return Err(BuildError::Cancelled(name.to_string())),
+            item = stream.next() => item,
+        };
+        let Some(item) = item else { break };
+        match item {
+            Ok(info) => handle_line(name, &info, log, steps)?,
+            Err(bollard::errors::Error::DockerStreamError { error }) => {
+                return Err(BuildError::StageFailed { image: name.to_string(), stage: STAGE.into(), message: error });
+            }
+            Err(e) => {
+                return Err(BuildError::Environment(format!("image `{name}`: the build failed: {}", daemon_reason(&e))));
+            }
+        }
+    }
+    let id = match builder.docker.inspect_image(tag).await {
+        Ok(inspect) => inspect.id,
+        Err(e) => {
+            return Err(BuildError::Environment(format!(
+                "image `{name}`: built but `{tag}` cannot be inspected: {}",
+                daemon_reason(&e)
+            )))
+        }
+    };
+    id.ok_or_else(|| BuildError::Environment(format!("image `{name}`: the daemon reports no ID for `{tag}`")))
+}
+
+/// The classic builder keeps an image per step. Those of the final stage are the built image's
+/// parents (the daemon refuses to remove them, rightly), but those of earlier stages and of a
+/// failed build would stay behind as unlabelled dangling images. Our own key replaces the
+/// builder's cache, so they are removed; tagged images (the bases) are never touched.
+async fn remove_intermediates(builder: &Builder, steps: &[String], built: Option<&str>) {
+    for step in steps.iter().rev() {
+        let Ok(image) = builder.docker.inspect_image(step).await else { continue };
+        let tagged = image.repo_tags.as_ref().is_some_and(|t| !t.is_empty());
+        if tagged || image.id.as_deref() == built || image.id.is_none() {
+            continue;
+        }
+        let options = RemoveImageOptionsBuilder::default().force(false).noprune(false).build();
+        // A refusal (a child image, a container using it) means it is still needed: keep it.
+        let _ = builder.docker.remove_image(step, Some(options), None).await;
+    }
+}
+
+/// Forward the builder's output; an error in the stream is the Dockerfile's failure.
+fn handle_line(name: &str, info: &BuildInfo, log: LogFn<'_>, steps: &mut Vec<String>) -> Result<(), BuildError> {
+    if let Some(detail) = &info.error_detail {
+        let message = detail.message.clone().unwrap_or_else(|| "the build failed".into());
+        return Err(BuildError::StageFailed { image: name.to_string(), stage: STAGE.into(), message });
+    }
+    if let Some(text) = &info.stream {
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            // ` ---> 3adcc2b090a5`: the image a step produced (or reused).
+            if let Some(id) = line.trim().strip_prefix("---> ") {
+                if id.len() == 12 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    steps.push(id.to_string());
+                }
+            }
+            log(name, STAGE, line);
+        }
+    }
+    Ok(())
+}
+
+/// The final image built with `key`, if any.
+async fn find_by_key(builder: &Builder, key: &str) -> Result<Option<String>, BuildError> {
+    let filters = HashMap::from([("label", vec![format!("{LABEL_IMAGE_KEY}={key}")])]);
+    let options = ListImagesOptionsBuilder::default().filters(&filters).build();
+    let images = builder
+        .docker
+        .list_images(Some(options))
+        .await
+        .map_err(|e| BuildError::Environment(format!("cannot list images: {}", daemon_reason(&e))))?;
+    Ok(images.into_iter().max_by_key(|i| i.created).map(|i| i.id))
+}
+
+/// `repo:tag` split at the tag's colon (not a registry port's).
+pub(crate) fn split_reference(reference: &str) -> (&str, &str) {
+    let reference = reference.split('@').next().unwrap_or(reference);
+    match reference.rsplit_once(':') {
+        Some((repo, tag)) if !tag.contains('/') => (repo, tag),
+        _ => (reference, "latest"),
+    }
+}
+
+/// Read the Dockerfile and walk the context, applying `.dockerignore`.
+fn scan(context_dir: &Path, dockerfile_path: &Path) -> Result<Context, String> {
+    if !context_dir.is_dir() {
+        return Err(format!("the context `{}` is not a folder", context_dir.display()));
+    }
+    let dockerfile = std::fs::read(dockerfile_path)
+        .map_err(|e| format!("cannot read the Dockerfile `{}`: {e}", dockerfile_path.display()))?;
+    let ignore = match std::fs::read_to_string(context_dir.join(".dockerignore")) {
+        Ok(text) => Ignore::parse(&text)?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ignore::default(),
+        Err(e) => return Err(format!("cannot read `.dockerignore`: {e}")),
+    };
+    // Canonical paths decide whether the Dockerfile is inside the context (`..` or symlinks).
+    let canon_ctx = context_dir.canonicalize().map_err(|e| format!("cannot resolve `{}`: {e}", context_dir.display()))?;
+    let canon_df = dockerfile_path
+        .canonicalize()
+        .map_err(|e| format!("cannot resolve `{}`: {e}", dockerfile_path.display()))?;
+    let inside = canon_df.strip_prefix(&canon_ctx).ok().and_then(|p| p.to_str()).map(str::to_string);
+    let (dockerfile_name, extra_dockerfile) = match inside {
+        Some(rel) if rel != RESERVED_DOCKERFILE => (rel, None),
+        _ => (RESERVED_DOCKERFILE.to_string(), Some(dockerfile.clone())),
+    };
+
+    let mut entries = Vec::new();
+    let walk = walkdir::WalkDir::new(context_dir).follow_links(false).sort_by_file_name().min_depth(1);
+    for item in walk {
+        let item = item.map_err(|e| format!("cannot read the context: {e}"))?;
+        let rel = item
+            .path()
+            .strip_prefix(context_dir)
+            .ok()
+            .and_then(|p| p.to_str())
+            .ok_or_else(|| format!("`{}` is not a UTF-8 path", item.path().display()))?
+            .to_string();
+        if rel == RESERVED_DOCKERFILE {
+            continue;
+        }
+        // The Dockerfile and .dockerignore are always sent, as the docker CLI does.
+        let forced = rel == ".dockerignore" || rel == dockerfile_name;
+        if !forced && ignore.excludes(&rel) {
+            continue;
+        }
+        let meta = item.metadata().map_err(|e| format!("cannot read `{rel}`: {e}"))?;
+        let ft = meta.file_type();
+        let (kind, mode) = if ft.is_symlink() {
+            let target = std::fs::read_link(item.path()).map_err(|e| format!("cannot read the link `{rel}`: {e}"))?;
+            (Kind::Symlink(target), cache::hash::SYMLINK_MODE)
+        } else if ft.is_dir() {
+            (Kind::Dir, meta.mode())
+        } else if ft.is_file() {
+            let digest = cache::hash::hash_file(item.path()).map_err(|e| format!("cannot read `{rel}`: {e}"))?;
+            (Kind::File(digest), meta.mode())
+        } else {
+            // Sockets, fifos, devices: the docker CLI cannot send them meaningfully either.
+            continue;
+        };
+        entries.push(Entry { rel, path: item.into_path(), kind, mode });
+    }
+    Ok(Context { dockerfile_name, extra_dockerfile, dockerfile, entries })
+}
+
+/// SHA-256 over a versioned, length-prefixed encoding: no two contexts encode alike.
+fn key_of(ctx: &Context) -> String {
+    fn bytes(h: &mut Sha256, b: &[u8]) {
+        h.update((b.len() as u64).to_le_bytes());
+        h.update(b);
+    }
+    let mut h = Sha256::new();
+    bytes(&mut h, b"engine-dockerfile-image");
+    h.update(DOCKERFILE_KEY_VERSION.to_le_bytes());
+    bytes(&mut h, &ctx.dockerfile);
+    bytes(&mut h, ctx.dockerfile_name.as_bytes());
+    h.update((ctx.entries.len() as u64).to_le_bytes());
+    for e in &ctx.entries {
+        bytes(&mut h, e.rel.as_bytes());
+        h.update(e.mode.to_le_bytes());
+        match &e.kind {
+            Kind::File(d) => {
+                h.update([b'f']);
+                h.update(d.0);
+            }
+            Kind::Dir => h.update([b'd']),
+            Kind::Symlink(t) => {
+                h.update([b'l']);
+                bytes(&mut h, t.as_os_str().as_encoded_bytes());
+            }
+        }
+    }
+    cache::Digest(h.finalize().into()).hex()
+}
+
+/// The tar the daemon's builder reads. Deterministic headers: owners and times are not part of
+/// the key, so they must not reach the image either.
+fn make_tar(ctx: &Context, context_dir: &Path) -> io::Result<Vec<u8>> {
+    let mut tar = tar::Builder::new(Vec::new());
+    tar.mode(tar::HeaderMode::Deterministic);
+    tar.follow_symlinks(false);
+    for e in &ctx.entries {
+        debug_assert!(e.path.starts_with(context_dir));
+        tar.append_path_with_name(&e.path, &e.rel)?;
+    }
+    if let Some(content) = &ctx.extra_dockerfile {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(content.len() as u64);
+        header.set_mode(0o644);
+        header.set_entry_type(tar::EntryType::Regular);
+        tar.append_data(&mut header, RESERVED_DOCKERFILE, content.as_slice())?;
+    }
+    tar.into_inner()
+}
+
+/// `.dockerignore` patterns, in order: the last one matching a path decides.
+#[derive(Default)]
+struct Ignore {
+    rules: Vec<(GlobMatcher, bool)>,
+}
+
+impl Ignore {
+    fn parse(text: &str) -> Result<Ignore, String> {
+        let mut rules = Vec::new();
+        for line in text.lines() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (negated, pattern) = match line.strip_prefix('!') {
+                Some(rest) => (true, rest.trim()),
+                None => (false, line),
+            };
+            // Docker cleans patterns: no leading `/` or `./`, no trailing `/`.
+            let pattern = clean(pattern);
+            if pattern.is_empty() {
+                continue;
+            }
+            let glob = GlobBuilder::new(&pattern)
+                .literal_separator(true)
+                .backslash_escape(true)
+                .build()
+                .map_err(|e| format!("`.dockerignore`: bad pattern `{line}`: {e}"))?;
+            rules.push((glob.compile_matcher(), negated));
+        }
+        Ok(Ignore { rules })
+    }
+
+    /// Whether `rel` is left out. As in Docker, a pattern matching a parent folder matches
+    /// everything below it.
+    fn excludes(&self, rel: &str) -> bool {
+        let mut excluded = false;
+        for (glob, negated) in &self.rules {
+            let matched = glob.is_match(rel) || parents(rel).any(|p| glob.is_match(p));
+            if matched {
+                excluded = !negated;
+            }
+        }
+        excluded
+    }
+}
+
+fn clean(pattern: &str) -> String {
+    let parts: Vec<&str> = pattern.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
+    let mut out: Vec<&str> = Vec::new();
+    for p in parts {
+        if p == ".." {
+            out.pop();
+        } else {
+            out.push(p);
+        }
+    }
+    out.join("/")
+}
+
+fn parents(rel: &str) -> impl Iterator<Item = &str> {
+    rel.match_indices('/').map(move |(i, _)| &rel[..i])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dockerignore_rules() {
+        let ig = Ignore::parse("# comment\n\n*.log\n/build/\n**/tmp\n!keep.log\ndocs/?.md\n").unwrap();
+        assert!(ig.excludes("a.log"));
+        assert!(!ig.excludes("keep.log"));
+        assert!(!ig.excludes("sub/a.log"), "`*` does not cross folders");
+        assert!(ig.excludes("build"));
+        assert!(ig.excludes("build/x/y"));
+        assert!(ig.excludes("tmp/x"));
+        assert!(ig.excludes("a/b/tmp"));
+        assert!(ig.excludes("docs/a.md"));
+        assert!(!ig.excludes("docs/ab.md"));
+        assert!(!ig.excludes("src/main.rs"));
+    }
+
+    #[test]
+    fn references_split_at_the_tag() {
+        assert_eq!(split_reference("a/b:1"), ("a/b", "1"));
+        assert_eq!(split_reference("127.0.0.1:5000/x/y"), ("127.0.0.1:5000/x/y", "latest"));
+        assert_eq!(split_reference("127.0.0.1:5000/x/y:t"), ("127.0.0.1:5000/x/y", "t"));
+        assert_eq!(split_reference("busybox"), ("busybox", "latest"));
+    }
 }
