@@ -198,24 +198,16 @@ mod tests {
         assert_ne!(k1, k3);
     }
 
+    fn context_copy(path: &str, mode: u32, byte: u8) -> &'static [CopyKey] {
+        Box::leak(Box::new(vec![CopyKey::Context { src: "tools/*".into(), dst: "/src/".into(), files: vec![file(path, mode, byte)] }]))
+    }
+
     #[test]
     fn sensitive_to_each_field() {
         let base = key_with(|_| {});
-        let copies_mode: &'static [CopyKey] = Box::leak(Box::new(vec![CopyKey::Context {
-            src: "tools/*".into(),
-            dst: "/src/".into(),
-            files: vec![file("tools/a.sh", 0o644, 1)],
-        }]));
-        let copies_digest: &'static [CopyKey] = Box::leak(Box::new(vec![CopyKey::Context {
-            src: "tools/*".into(),
-            dst: "/src/".into(),
-            files: vec![file("tools/a.sh", 0o755, 2)],
-        }]));
-        let copies_path: &'static [CopyKey] = Box::leak(Box::new(vec![CopyKey::Context {
-            src: "tools/*".into(),
-            dst: "/src/".into(),
-            files: vec![file("tools/b.sh", 0o755, 1)],
-        }]));
+        let copies_mode = context_copy("tools/a.sh", 0o644, 1);
+        let copies_digest = context_copy("tools/a.sh", 0o755, 2);
+        let copies_path = context_copy("tools/b.sh", 0o755, 1);
         let copies_stage: &'static [CopyKey] = Box::leak(Box::new(vec![CopyKey::Stage {
             stage_key: "k2".into(),
             src: "/out".into(),

@@ -73,17 +73,30 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}-{}-{n}", std::process::id())
 }
 
-struct Build<'a> {
-    builder: &'a Builder,
-    workflow: &'a str,
-    dir: &'a Path,
-    run_id: &'a str,
+/// One test's daemon connection, context folder, workflow name and run id.
+struct Build {
+    docker: Docker,
+    builder: Builder,
+    workflow: String,
+    dir: tempfile::TempDir,
+    run_id: String,
     logs: Mutex<Vec<String>>,
 }
 
-impl Build<'_> {
+impl Build {
+    async fn new() -> Build {
+        let docker = docker().await;
+        let builder = Builder::new(docker.clone());
+        let (workflow, run_id) = (unique("Wf"), unique("run"));
+        Build { docker, builder, workflow, dir: context(), run_id, logs: Mutex::new(Vec::new()) }
+    }
+
+    fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     async fn build(&self, name: &str, def: &ImageDef, no_cache: bool) -> Result<BuiltImage, BuildError> {
-        let ctx = BuildContext { workflow: self.workflow, dir: self.dir, run_id: self.run_id, no_cache };
+        let ctx = BuildContext { workflow: &self.workflow, dir: self.dir(), run_id: &self.run_id, no_cache };
         let log = |image: &str, stage: &str, line: &str| self.logs.lock().unwrap().push(format!("{image}/{stage}: {line}"));
         self.builder.build(&ctx, name, def, &log, &CancellationToken::new()).await
     }
@@ -153,25 +166,22 @@ async fn run_in(docker: &Docker, image: &str, script: &str, run_id: &str) -> Str
 
 #[tokio::test]
 async fn two_stage_image_builds_then_is_found() {
-    let docker = docker().await;
-    let builder = Builder::new(docker.clone());
-    let dir = context();
-    let (workflow, name, run_id) = (unique("Wf"), unique("tool"), unique("run"));
-    let b = Build { builder: &builder, workflow: &workflow, dir: dir.path(), run_id: &run_id, logs: Mutex::new(Vec::new()) };
+    let b = Build::new().await;
+    let (workflow, name) = (b.workflow.clone(), unique("tool"));
     let def = tool_image();
 
     let first = b.build(&name, &def, false).await;
     let first = match first {
         Ok(f) => f,
         Err(e) => {
-            cleanup(&docker, &[&name]).await;
+            cleanup(&b.docker, &[&name]).await;
             panic!("build failed: {e}");
         }
     };
     assert_eq!(first.stages_built, 2, "build and final, not the unused stage");
     assert_eq!(first.tag, format!("{}/{}:{}", workflow.to_lowercase(), name, &first.key[..12]));
     assert!(b.logs.lock().unwrap().contains(&format!("{name}/build: hello-from-build")), "{:?}", b.logs.lock().unwrap());
-    let inspect = docker.inspect_image(&first.tag).await.unwrap();
+    let inspect = b.docker.inspect_image(&first.tag).await.unwrap();
     assert_eq!(inspect.id.as_deref(), Some(first.id.as_str()));
     let config = inspect.config.unwrap();
     let labels = config.labels.unwrap_or_default();
@@ -179,7 +189,7 @@ async fn two_stage_image_builds_then_is_found() {
     assert_eq!(labels.get("engine.image.key"), Some(&first.key));
     assert_eq!(config.cmd, Some(vec!["/bin/sh".to_string()]), "the base's Cmd is kept");
 
-    let out = run_in(&docker, &first.id, "/usr/local/bin/tool; test -e /src/other.txt && echo other-present || echo other-absent", &run_id).await;
+    let out = run_in(&b.docker, &first.id, "/usr/local/bin/tool; test -e /src/other.txt && echo other-present || echo other-absent", &b.run_id).await;
     assert!(out.contains("tool-ok-1"), "{out}");
     assert!(out.contains("other-absent"), "{out}");
 
@@ -191,17 +201,14 @@ async fn two_stage_image_builds_then_is_found() {
     assert_eq!(again.stages_built, 0);
     assert_eq!(creates(&since, &until, &name), 0, "no container was created for a found image");
 
-    assert_eq!(leftover_containers(&docker, &run_id).await, 0);
-    cleanup(&docker, &[&name]).await;
+    assert_eq!(leftover_containers(&b.docker, &b.run_id).await, 0);
+    cleanup(&b.docker, &[&name]).await;
 }
 
 #[tokio::test]
 async fn changed_context_file_rebuilds_only_what_uses_it() {
-    let docker = docker().await;
-    let builder = Builder::new(docker.clone());
-    let dir = context();
-    let (workflow, tool, other, run_id) = (unique("wf"), unique("tool"), unique("other"), unique("run"));
-    let b = Build { builder: &builder, workflow: &workflow, dir: dir.path(), run_id: &run_id, logs: Mutex::new(Vec::new()) };
+    let b = Build::new().await;
+    let (tool, other) = (unique("tool"), unique("other"));
     let tool_def = tool_image();
     let other_def = ImageDef::Stages(vec![stage("only", BASE, vec![cp(None, "notes.txt", "/notes.txt")], &["cat /notes.txt"])]);
 
@@ -209,34 +216,31 @@ async fn changed_context_file_rebuilds_only_what_uses_it() {
         let t1 = b.build(&tool, &tool_def, false).await?;
         let o1 = b.build(&other, &other_def, false).await?;
         // Changing a file the tool image does not copy changes nothing.
-        std::fs::write(dir.path().join("tools/readme.md"), "not a .sh").unwrap();
+        std::fs::write(b.dir().join("tools/readme.md"), "not a .sh").unwrap();
         let t_same = b.build(&tool, &tool_def, false).await?;
         assert_eq!((t_same.key.as_str(), t_same.stages_built), (t1.key.as_str(), 0));
 
-        std::fs::write(dir.path().join("tools/tool.sh"), "#!/bin/sh\necho tool-ok-2\n").unwrap();
+        std::fs::write(b.dir().join("tools/tool.sh"), "#!/bin/sh\necho tool-ok-2\n").unwrap();
         let t2 = b.build(&tool, &tool_def, false).await?;
         let o2 = b.build(&other, &other_def, false).await?;
         assert_ne!(t2.key, t1.key);
         assert_ne!(t2.id, t1.id);
         assert_eq!(t2.stages_built, 2, "the build stage and the final stage that copies from it");
         assert_eq!((o2.id.as_str(), o2.stages_built), (o1.id.as_str(), 0));
-        let out = run_in(&docker, &t2.id, "/usr/local/bin/tool", &run_id).await;
+        let out = run_in(&b.docker, &t2.id, "/usr/local/bin/tool", &b.run_id).await;
         assert!(out.contains("tool-ok-2"), "{out}");
         Ok::<_, BuildError>(())
     }
     .await;
-    assert_eq!(leftover_containers(&docker, &run_id).await, 0);
-    cleanup(&docker, &[&tool, &other]).await;
+    assert_eq!(leftover_containers(&b.docker, &b.run_id).await, 0);
+    cleanup(&b.docker, &[&tool, &other]).await;
     result.unwrap();
 }
 
 #[tokio::test]
 async fn failing_run_names_stage_and_command_and_leaves_no_container() {
-    let docker = docker().await;
-    let builder = Builder::new(docker.clone());
-    let dir = context();
-    let (workflow, name, good, run_id) = (unique("wf"), unique("bad"), unique("good"), unique("run"));
-    let b = Build { builder: &builder, workflow: &workflow, dir: dir.path(), run_id: &run_id, logs: Mutex::new(Vec::new()) };
+    let b = Build::new().await;
+    let (name, good) = (unique("bad"), unique("good"));
     let bad = ImageDef::Stages(vec![
         stage("ok", BASE, vec![], &["echo fine > /fine"]),
         stage("breaks", "ok", vec![], &["true", "echo about to fail; exit 3"]),
@@ -244,12 +248,12 @@ async fn failing_run_names_stage_and_command_and_leaves_no_container() {
     let err = b.build(&name, &bad, false).await.unwrap_err();
     let missing = ImageDef::Stages(vec![stage("s", BASE, vec![cp(None, "nothing/**", "/x/")], &[])]);
     let invalid = b.build(&name, &missing, false).await.unwrap_err();
-    let leftovers = leftover_containers(&docker, &run_id).await;
+    let leftovers = leftover_containers(&b.docker, &b.run_id).await;
 
     let good_def = tool_image();
     let g1 = b.build(&good, &good_def, false).await;
     let g2 = b.build(&good, &good_def, true).await;
-    cleanup(&docker, &[&name, &good]).await;
+    cleanup(&b.docker, &[&name, &good]).await;
 
     match &err {
         BuildError::StageFailed { image, stage, message } => {
@@ -263,5 +267,5 @@ async fn failing_run_names_stage_and_command_and_leaves_no_container() {
     let (g1, g2) = (g1.unwrap(), g2.unwrap());
     assert_eq!(g2.stages_built, 2, "no_cache rebuilds every needed stage");
     assert_eq!(g2.key, g1.key);
-    assert_eq!(leftover_containers(&docker, &run_id).await, 0);
+    assert_eq!(leftover_containers(&b.docker, &b.run_id).await, 0);
 }
