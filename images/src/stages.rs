@@ -41,7 +41,7 @@ enum Base {
 
 enum PlannedCopy {
     Context { files: Vec<copy::Matched> },
-    Stage { stage: usize, src: String, dst: String },
+    Stage { stage: usize, name: String, src: String, dst: String },
 }
 
 /// A needed stage, keyed.
@@ -211,7 +211,7 @@ async fn plan(
                     let d = index(i, from)?.ok_or_else(|| invalid(format!("unknown stage `{from}`")))?;
                     let stage_key = key_of(d).ok_or_else(|| invalid(format!("stage `{from}` has no key")))?;
                     copy_keys.push(CopyKey::Stage { stage_key, src: c.src.clone(), dst: c.dst.clone() });
-                    copies.push(PlannedCopy::Stage { stage: d, src: c.src.clone(), dst: c.dst.clone() });
+                    copies.push(PlannedCopy::Stage { stage: d, name: from.clone(), src: c.src.clone(), dst: c.dst.clone() });
                 }
                 None => {
                     let (dir, src, dst) = (ctx.dir.to_path_buf(), c.src.clone(), c.dst.clone());
@@ -267,7 +267,7 @@ async fn build_stage(
 ) -> Result<String, BuildError> {
     let failed = |message: String| BuildError::StageFailed { image: env.image.into(), stage: stage.name.clone(), message };
     let plan = plan.ok_or_else(|| failed("stage was not planned".into()))?;
-    let ready_id = |d: usize| ready.get(d).cloned().flatten().ok_or_else(|| failed(format!("stage `{d}` has no image")));
+    let ready_id = |d: usize| ready.get(d).cloned().flatten().ok_or_else(|| failed("a stage it uses has no image".into()));
     let mut current = match &plan.base {
         Base::Image(id) => id.clone(),
         Base::Stage(d) => ready_id(*d)?,
@@ -284,11 +284,11 @@ async fn build_stage(
                     .map_err(|e| BuildError::Environment(format!("packing copy sources failed: {e}")))?
                     .map_err(|e| failed(format!("cannot pack the copy sources: {e}")))?
             }
-            PlannedCopy::Stage { stage: d, src, dst } => {
+            PlannedCopy::Stage { stage: d, name, src, dst } => {
                 let from = ready_id(*d)?;
                 let archive = download(env, &from, src).await.map_err(|e| match e {
                     Error::Build(b) => b,
-                    Error::Message(m) => failed(format!("copy of `{src}` from stage `{}`: {m}", d)),
+                    Error::Message(m) => failed(format!("cannot copy `{src}` from stage `{name}`: {m}")),
                 })?;
                 let (src, dst) = (src.clone(), dst.clone());
                 tokio::task::spawn_blocking(move || copy::reroot(&archive, &src, &dst))
@@ -325,9 +325,15 @@ async fn build_stage(
         env: config.env.clone(),
         working_dir: config.working_dir.clone(),
         user: config.user.clone(),
-        // Never started; a command is only needed when the base has none.
-        entrypoint: Some(config.entrypoint.clone().filter(|e| !e.is_empty()).unwrap_or_else(|| vec!["/bin/sh".into()])),
-        cmd: config.cmd.clone(),
+        // Never started. The base's Entrypoint and Cmd, not those of the last instruction's image
+        // (an empty Entrypoint resets it); a placeholder command only when the base has neither,
+        // as the daemon refuses to create a container without one.
+        entrypoint: Some(config.entrypoint.clone().unwrap_or_default()),
+        cmd: match (&config.entrypoint, &config.cmd) {
+            (Some(e), _) if !e.is_empty() => config.cmd.clone(),
+            (_, Some(c)) if !c.is_empty() => config.cmd.clone(),
+            _ => Some(vec!["/bin/sh".into()]),
+        },
         ..Default::default()
     };
     let container = Container::create(env, body).await?;

@@ -81,6 +81,7 @@ struct Build {
     dir: tempfile::TempDir,
     run_id: String,
     logs: Mutex<Vec<String>>,
+    cancel: CancellationToken,
 }
 
 impl Build {
@@ -88,7 +89,7 @@ impl Build {
         let docker = docker().await;
         let builder = Builder::new(docker.clone());
         let (workflow, run_id) = (unique("Wf"), unique("run"));
-        Build { docker, builder, workflow, dir: context(), run_id, logs: Mutex::new(Vec::new()) }
+        Build { docker, builder, workflow, dir: context(), run_id, logs: Mutex::new(Vec::new()), cancel: CancellationToken::new() }
     }
 
     fn dir(&self) -> &Path {
@@ -98,7 +99,7 @@ impl Build {
     async fn build(&self, name: &str, def: &ImageDef, no_cache: bool) -> Result<BuiltImage, BuildError> {
         let ctx = BuildContext { workflow: &self.workflow, dir: self.dir(), run_id: &self.run_id, no_cache };
         let log = |image: &str, stage: &str, line: &str| self.logs.lock().unwrap().push(format!("{image}/{stage}: {line}"));
-        self.builder.build(&ctx, name, def, &log, &CancellationToken::new()).await
+        self.builder.build(&ctx, name, def, &log, &self.cancel).await
     }
 }
 
@@ -188,6 +189,7 @@ async fn two_stage_image_builds_then_is_found() {
     assert_eq!(labels.get("engine.image"), Some(&name));
     assert_eq!(labels.get("engine.image.key"), Some(&first.key));
     assert_eq!(config.cmd, Some(vec!["/bin/sh".to_string()]), "the base's Cmd is kept");
+    assert!(config.entrypoint.unwrap_or_default().is_empty(), "no Entrypoint of a build container leaks into the image");
 
     let out = run_in(&b.docker, &first.id, "/usr/local/bin/tool; test -e /src/other.txt && echo other-present || echo other-absent", &b.run_id).await;
     assert!(out.contains("tool-ok-1"), "{out}");
@@ -268,4 +270,22 @@ async fn failing_run_names_stage_and_command_and_leaves_no_container() {
     assert_eq!(g2.stages_built, 2, "no_cache rebuilds every needed stage");
     assert_eq!(g2.key, g1.key);
     assert_eq!(leftover_containers(&b.docker, &b.run_id).await, 0);
+}
+
+#[tokio::test]
+async fn cancel_stops_a_running_instruction_and_removes_its_container() {
+    let b = Build::new().await;
+    let name = unique("slow");
+    let def = ImageDef::Stages(vec![stage("slow", BASE, vec![], &["sleep 60"])]);
+    let started = std::time::Instant::now();
+    let cancel_soon = async {
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        b.cancel.cancel();
+    };
+    let (result, ()) = tokio::join!(b.build(&name, &def, false), cancel_soon);
+    let leftovers = leftover_containers(&b.docker, &b.run_id).await;
+    cleanup(&b.docker, &[&name]).await;
+    assert!(matches!(result, Err(BuildError::Cancelled(ref n)) if *n == name), "{result:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(20), "cancel is prompt");
+    assert_eq!(leftovers, 0);
 }

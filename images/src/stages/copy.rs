@@ -20,6 +20,10 @@ pub(crate) struct Matched {
     pub target: String,
 }
 
+/// Top-level folders of the workflow directory never copied by a glob or a folder: the engine's
+/// own state and VCS metadata (as for step inputs).
+const SKIPPED_DIRS: &[&str] = &[".engine", ".git"];
+
 fn is_glob(component: &str) -> bool {
     component.contains(['*', '?', '[', '{'])
 }
@@ -62,7 +66,13 @@ pub(crate) fn match_context(dir: &Path, src: &str, dst: &str) -> Result<Vec<Matc
     if single_file {
         paths.push(prefix.clone());
     } else if meta.is_dir() {
-        for entry in walkdir::WalkDir::new(&root).follow_links(false).sort_by_file_name() {
+        let skipped = |e: &walkdir::DirEntry| {
+            e.file_type().is_dir()
+                && e.path().strip_prefix(dir).is_ok_and(|r| r.components().count() == 1)
+                && SKIPPED_DIRS.iter().any(|s| e.file_name() == *s)
+        };
+        let walker = walkdir::WalkDir::new(&root).follow_links(false).sort_by_file_name().into_iter();
+        for entry in walker.filter_entry(|e| !skipped(e)) {
             let entry = entry.map_err(|e| format!("cannot list `{}`: {e}", root.display()))?;
             if !entry.file_type().is_file() {
                 continue;
@@ -182,6 +192,9 @@ mod tests {
         assert_eq!(one[0].file.path, "tools/a.sh");
         let into = match_context(dir.path(), "tools/a.sh", "/bin/").unwrap();
         assert_eq!(into[0].target, "/bin/a.sh");
+        std::fs::create_dir_all(dir.path().join(".engine/out")).unwrap();
+        std::fs::write(dir.path().join(".engine/out/x.sh"), "x").unwrap();
+        assert_eq!(match_context(dir.path(), "**/*.sh", "/s/").unwrap().len(), 2, "the engine's own folder is never copied");
         assert!(match_context(dir.path(), "nothing/*", "/x/").unwrap_err().contains("matches no file"));
         assert!(match_context(dir.path(), "../x", "/x/").is_err());
         assert!(match_context(dir.path(), "/etc/passwd", "/x/").is_err());
