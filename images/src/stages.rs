@@ -5,9 +5,9 @@
 //! Order of work: every stage the final stage needs is keyed first (keys need only base image
 //! IDs, context file digests and the keys of earlier stages, never a build); then, walking back
 //! from the final stage, a stage whose image exists (labels `engine.stage.key` and `engine.image`)
-//! is taken as is and what it needs is not even looked at (like BuildKit); the rest is built in
-//! waves: a wave holds every stage whose needed stages are all done, and its stages build
-//! concurrently.
+//! is taken as is and what it needs is not even looked at (like BuildKit); the rest is built, each
+//! stage starting as soon as the stages it uses (`from`, `copy.from`) have images, so independent
+//! stages build concurrently. Stages the final stage does not need are neither keyed nor built.
 //!
 //! Per-instruction images are the stage image's parent chain: they cannot be removed while the
 //! stage image exists (the daemon refuses to delete an image with children) and go away with it,
@@ -24,6 +24,7 @@ use bollard::query_parameters::{
     AttachContainerOptions, CommitContainerOptions, CreateContainerOptions, DownloadFromContainerOptions,
     ListImagesOptions, RemoveContainerOptions, TagImageOptions, UploadToContainerOptions,
 };
+use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
@@ -95,55 +96,54 @@ pub(crate) async fn build(
         }
     }
 
-    // Waves: a stage's wave is one more than the latest wave of the stages it needs built.
-    let mut wave = vec![0usize; stages.len()];
-    for &i in &to_build {
-        if let Some(p) = plans[i].as_ref() {
-            wave[i] = p.deps.iter().filter(|d| to_build.contains(d)).map(|&d| wave[d] + 1).max().unwrap_or(0);
-        }
-    }
-    let waves = to_build.iter().map(|&i| wave[i]).max().map_or(0, |w| w + 1);
-    // A failing stage cancels its siblings, which then clean up their containers before the
-    // failure is returned (dropping them would leave that to detached tasks).
+    // Each stage starts as soon as the stages it uses have images; a failing stage cancels the
+    // others, which then clean up their containers before the failure is returned (dropping them
+    // would leave that to detached tasks).
     let cancel = cancel.child_token();
     let env = Env { builder, ctx, image: name, log, cancel: &cancel };
-    for w in 0..waves {
-        let members: Vec<usize> = to_build.iter().copied().filter(|&i| wave[i] == w).collect();
-        let (ready, plans, key) = (&ids, &plans, &key);
-        let builds = members.iter().map(|&i| {
-            let cancel = &cancel;
-            async move {
-                let r = build_stage(env, &stages[i], plans[i].as_ref(), ready, i == last, key).await;
-                if r.is_err() {
-                    cancel.cancel();
-                }
-                (i, r)
+    let (plans, key) = (&plans, &key);
+    let start = |i: usize, ready: Vec<Option<String>>| {
+        let cancel = &cancel;
+        async move {
+            let r = build_stage(env, &stages[i], plans[i].as_ref(), &ready, i == last, key).await;
+            if r.is_err() {
+                cancel.cancel();
             }
-        });
-        let results = futures_util::future::join_all(builds).await;
-        let mut failure = None;
-        for (i, r) in results {
-            match r {
-                Ok(id) => ids[i] = Some(id),
-                // The first real failure wins over the cancellations it caused.
-                Err(e) => {
-                    if failure.is_none() || matches!(failure, Some(BuildError::Cancelled(_))) {
-                        failure = Some(e);
-                    }
+            (i, r)
+        }
+    };
+    let mut running = FuturesUnordered::new();
+    let mut started = BTreeSet::new();
+    let mut failure: Option<BuildError> = None;
+    loop {
+        if failure.is_none() {
+            for &i in &to_build {
+                let ready = plans[i].as_ref().is_some_and(|p| p.deps.iter().all(|&d| ids[d].is_some()));
+                if ready && started.insert(i) {
+                    running.push(start(i, ids.clone()));
                 }
             }
         }
-        if let Some(e) = failure {
-            return Err(e);
+        match running.next().await {
+            None => break,
+            Some((i, Ok(id))) => ids[i] = Some(id),
+            // The first real failure wins over the cancellations it caused.
+            Some((_, Err(e))) => {
+                if failure.is_none() || matches!(failure, Some(BuildError::Cancelled(_))) {
+                    failure = Some(e);
+                }
+            }
         }
     }
-
+    if let Some(e) = failure {
+        return Err(e);
+    }
     let id = ids[last].clone().ok_or_else(|| invalid("final stage has no image".into()))?;
     let repo = repository(ctx.workflow, name);
     let short = &key[..12.min(key.len())];
     let opts = TagImageOptions { repo: Some(repo.clone()), tag: Some(short.to_string()) };
     builder.docker.tag_image(&id, Some(opts)).await.map_err(|e| daemon(&format!("tag image `{name}`"), &e))?;
-    Ok(BuiltImage { name: name.to_string(), id, tag: format!("{repo}:{short}"), key, stages_built: to_build.len() })
+    Ok(BuiltImage { name: name.to_string(), id, tag: format!("{repo}:{short}"), key: key.clone(), stages_built: to_build.len() })
 }
 
 /// Key every stage the final stage needs (others get `None`).

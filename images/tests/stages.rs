@@ -289,3 +289,25 @@ async fn cancel_stops_a_running_instruction_and_removes_its_container() {
     assert!(started.elapsed() < std::time::Duration::from_secs(20), "cancel is prompt");
     assert_eq!(leftovers, 0);
 }
+
+#[tokio::test]
+async fn independent_stages_build_concurrently_and_unneeded_ones_not_at_all() {
+    let b = Build::new().await;
+    let name = unique("fanin");
+    // `slow` and `quick` are independent; `last` needs both; `quick` ends while `slow` runs.
+    let def = ImageDef::Stages(vec![
+        stage("slow", BASE, vec![], &["echo slow-start; sleep 3; echo slow-end > /slow"]),
+        stage("quick", BASE, vec![], &["echo quick > /quick; echo quick-done"]),
+        stage("unneeded", BASE, vec![], &["echo never"]),
+        stage("last", "quick", vec![cp(Some("slow"), "/slow", "/slow")], &["cat /quick /slow"]),
+    ]);
+    let result = b.build(&name, &def, false).await;
+    cleanup(&b.docker, &[&name]).await;
+    let built = result.unwrap();
+    assert_eq!(built.stages_built, 3);
+    let logs = b.logs.lock().unwrap().clone();
+    let at = |line: &str| logs.iter().position(|l| l.ends_with(line)).unwrap_or_else(|| panic!("no `{line}` in {logs:?}"));
+    assert!(at("quick-done") < at("slow-end"), "quick did not wait for slow: {logs:?}");
+    assert!(!logs.iter().any(|l| l.contains("never")), "{logs:?}");
+    assert_eq!(leftover_containers(&b.docker, &b.run_id).await, 0);
+}
