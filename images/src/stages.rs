@@ -253,7 +253,8 @@ async fn find(builder: &Builder, image: &str, key: &str, last: bool) -> Result<O
     // hidden from the default listing.
     let opts = ListImagesOptions { all: true, filters: Some(HashMap::from([("label".to_string(), labels)])), ..Default::default() };
     let found = builder.docker.list_images(Some(opts)).await.map_err(|e| daemon("list images", &e))?;
-    Ok(found.into_iter().next().map(|i| i.id))
+    // After `--no-cache` several images share a key: the newest is the one built last.
+    Ok(found.into_iter().max_by_key(|i| i.created).map(|i| i.id))
 }
 
 /// Build one stage; its needed stages are in `ready`. Returns the stage image's ID.
