@@ -9,10 +9,14 @@ REPS="${REPS:-5}"
 . bench/lib.sh
 work="$(mktemp -d)"
 name="bench-img-$$"
+dangling_before="$(docker images -q --no-trunc --filter dangling=true | sort)"
 cleanup() {
   docker images -q --filter "reference=$name/*" | xargs -r docker rmi -f >/dev/null 2>&1 || true
   for i in a b c; do docker images -q --filter "label=engine.image=$name-$i" | xargs -r docker rmi -f >/dev/null 2>&1 || true; done
   docker images -q --filter "reference=$name-docker-*" | xargs -r docker rmi -f >/dev/null 2>&1 || true
+  # The classic builder leaves the layers of the docker side's stages behind, untagged.
+  comm -13 <(echo "$dangling_before") <(docker images -q --no-trunc --filter dangling=true | sort) \
+    | xargs -r docker rmi -f >/dev/null 2>&1 || true
   rm -rf "$work"
 }
 trap cleanup EXIT
