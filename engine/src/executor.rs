@@ -76,6 +76,9 @@ pub enum StepFailure {
     UnsafeOutput { path: String, reason: String },
     #[error("cancelled")]
     Cancelled,
+    /// The image the step uses could not be built (names the image, stage and instruction).
+    #[error("{0}")]
+    ImageFailed(String),
     /// The environment, not the step, failed (daemon unreachable, image missing, disk full).
     /// The sentence says what to do. Makes the run exit 3.
     #[error("{0}")]

@@ -117,7 +117,7 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<RunStatus,
     let plan = plan::plan(workflow.clone(), &cfg.targets, budget)?;
 
     let store = open_store(&cfg.cache_dir)?;
-    let mut prepared = prepare(&docker, &store, &plan).await?;
+    let prepared = prepare(&docker, &store, &plan).await?;
 
     // Secrets are read from the environment before anything starts; only their names go further
     // than the executor.
@@ -151,37 +151,9 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<RunStatus,
         steps: plan.steps.iter().map(|p| p.step.name.clone()).collect(),
     });
 
-    let log = |image: &str, stage: &str, line: &str| {
-        events.emit(Event::Log { step: format!("image {image}/{stage}"), stream: crate::events::Stream::Stdout, line: line.to_string() });
-    };
-    if let Err(e) = build_images(&docker, &plan, &mut prepared, &run_id, &log, &cancel).await {
-        // An image that cannot be built ends the run like a failed step: every step is reported.
-        let status = match &e {
-            images::BuildError::Environment(_) => RunStatus::EnvironmentFailed,
-            images::BuildError::Cancelled(_) => RunStatus::Cancelled,
-            _ => RunStatus::Failed,
-        };
-        let reason = format!("not started: {e}");
-        let steps: Vec<_> = plan
-            .steps
-            .iter()
-            .map(|p| crate::events::StepSummary {
-                step: p.step.name.clone(),
-                status: crate::events::StepStatus::Skipped,
-                duration_ms: 0,
-                exit_code: None,
-                reason: Some(reason.clone()),
-            })
-            .collect();
-        for s in &steps {
-            events.emit(Event::StepSkipped { step: s.step.clone(), reason: reason.clone() });
-        }
-        let _ = cleanup::remove_run(docker.client(), &run_id).await;
-        events.emit(Event::RunFinished { run_id, status, duration_ms: started.elapsed().as_millis() as u64, steps });
-        drop(events);
-        let _ = renderer.await;
-        return Ok(status);
-    }
+    // Images build in the background from now on; a step waits only for the image it uses.
+    let builds_cancel = cancel.child_token();
+    let image_builds = start_image_builds(&docker, &workflow, &prepared, &run_id, &events, &builds_cancel);
 
     let executor = Arc::new(EngineExecutor {
         docker,
@@ -195,6 +167,7 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<RunStatus,
         workflow: workflow.name.clone(),
         no_cache: cfg.no_cache,
         outputs: Mutex::new(HashMap::new()),
+        image_builds: image_builds.clone(),
     });
     let jobs = cfg.jobs.map(|j| j as usize).unwrap_or_else(|| {
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
@@ -203,6 +176,12 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<RunStatus,
     tracing::debug!(elapsed = ?started.elapsed(), "prepared; starting the scheduler");
     let report = scheduler::run(&plan, executor.clone(), config, events.clone(), cancel).await;
     tracing::debug!(elapsed = ?started.elapsed(), "scheduler done");
+    // Builds nobody waits for any more (fail-fast stopped the run) are stopped and awaited, so
+    // that their containers are gone before the run ends.
+    builds_cancel.cancel();
+    for build in image_builds.values() {
+        let _ = build.clone().await;
+    }
 
     // Safety net: every executor removes its own containers; this catches anything a bug or a
     // dropped future left behind, so `docker ps --filter label=engine.run` shows nothing of us.
@@ -298,6 +277,60 @@ pub async fn prepare(docker: &DockerExecutor, store: &Store, plan: &Plan) -> Res
     Ok(Prepared { inputs, hashed, images, image_ids, built })
 }
 
+/// The outcome of one image build as the steps see it: the image ID, or why there is none.
+#[derive(Debug, Clone)]
+pub enum ImageOutcome {
+    Built(String),
+    Failed(StepFailure),
+}
+
+type ImageBuild = futures_util::future::Shared<futures_util::future::BoxFuture<'static, ImageOutcome>>;
+
+/// Start building every image the planned steps use, each on its own task; build output goes to
+/// `events` as log lines of `image <name>/<stage>`. Returns one shared future per image name.
+fn start_image_builds(
+    docker: &DockerExecutor,
+    workflow: &Arc<dsl::Workflow>,
+    prepared: &Prepared,
+    run_id: &str,
+    events: &EventSink,
+    cancel: &CancellationToken,
+) -> HashMap<String, ImageBuild> {
+    use futures_util::FutureExt;
+    let mut builds = HashMap::new();
+    for name in &prepared.built {
+        let (client, workflow, run_id) = (docker.client().clone(), workflow.clone(), run_id.to_string());
+        let (events, cancel, name_owned) = (events.clone(), cancel.clone(), name.clone());
+        let task = tokio::spawn(async move {
+            let Some(def) = workflow.images.get(&name_owned) else {
+                return ImageOutcome::Failed(StepFailure::ImageFailed(format!("image `{name_owned}` is not defined under `images:`")));
+            };
+            let builder = images::Builder::new(client);
+            let ctx = images::BuildContext { workflow: &workflow.name, dir: &workflow.dir, run_id: &run_id, no_cache: false };
+            let log = |image: &str, stage: &str, line: &str| {
+                events.emit(Event::Log {
+                    step: format!("image {image}/{stage}"),
+                    stream: crate::events::Stream::Stdout,
+                    line: line.to_string(),
+                });
+            };
+            match builder.build(&ctx, &name_owned, def, &log, &cancel).await {
+                Ok(image) => ImageOutcome::Built(image.id),
+                Err(images::BuildError::Environment(m)) => ImageOutcome::Failed(StepFailure::Environment(m)),
+                Err(images::BuildError::Cancelled(_)) => ImageOutcome::Failed(StepFailure::Cancelled),
+                Err(e) => ImageOutcome::Failed(StepFailure::ImageFailed(e.to_string())),
+            }
+        });
+        let build = async move {
+            task.await.unwrap_or_else(|e| ImageOutcome::Failed(StepFailure::ImageFailed(format!("the image build stopped: {e}"))))
+        }
+        .boxed()
+        .shared();
+        builds.insert(name.clone(), build);
+    }
+    builds
+}
+
 /// With an `engine.lock` beside the workflow, every base reference must resolve to its pinned ID.
 async fn check_lock(docker: &DockerExecutor, workflow: &dsl::Workflow) -> Result<(), StartError> {
     let Some(lock) = crate::lock::read(&workflow.dir)? else { return Ok(()) };
@@ -376,6 +409,8 @@ struct EngineExecutor {
     /// Output digest of every step that succeeded or was restored: the upstream part of the keys
     /// of the steps that need it.
     outputs: Mutex<HashMap<String, Digest>>,
+    /// Images of `images:` being built; a step using one waits for it (and only for it).
+    image_builds: HashMap<String, ImageBuild>,
 }
 
 impl EngineExecutor {
@@ -428,7 +463,20 @@ impl Executor for EngineExecutor {
             Ok(u) => u,
             Err(f) => return failure(f),
         };
-        let image_id = self.prepared.image_ids.get(&name).cloned().unwrap_or_default();
+        let (image, image_id) = match &step.image {
+            dsl::ImageRef::Built(image_name) => match self.image_builds.get(image_name) {
+                // Containers are created from the ID: what ran is exactly what the key names.
+                Some(build) => match build.clone().await {
+                    ImageOutcome::Built(id) => (id.clone(), id),
+                    ImageOutcome::Failed(f) => return failure(f),
+                },
+                None => return failure(StepFailure::ImageFailed(format!("image `{image_name}` was not built"))),
+            },
+            dsl::ImageRef::Reference(_) => (
+                self.prepared.images.get(&name).cloned().unwrap_or_default(),
+                self.prepared.image_ids.get(&name).cloned().unwrap_or_default(),
+            ),
+        };
         let inputs = self.prepared.hashed.get(&name).cloned().unwrap_or_default();
         let t = Instant::now();
         let components = caching::components(&step, &image_id, inputs, upstream);
@@ -473,7 +521,7 @@ impl Executor for EngineExecutor {
         let (events, log) = ctx.events.capturing_logs();
         let job = StepJob {
             run_id: self.run_id.clone(),
-            image: self.prepared.images.get(&name).cloned().unwrap_or_default(),
+            image,
             workspace: workspace.clone(),
             collect_to: collect_to.clone(),
             secrets: step

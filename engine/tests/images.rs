@@ -131,14 +131,36 @@ steps:
 }
 
 #[test]
-fn a_failing_image_build_fails_the_run_naming_the_stage() {
+fn a_failing_image_build_fails_the_steps_that_use_it_naming_the_stage() {
     let wf = unique("imgfail").to_lowercase();
     let _cleanup = Images(wf.clone());
     let p = Project::new(&format!(
-        "version: 1\nname: {wf}\nimages:\n  {wf}-tool:\n    stages:\n      - {{ name: broken, from: local/busybox:1, run: [\"echo {wf}; exit 9\"] }}\nsteps:\n  s: {{ image: {wf}-tool, run: 'true' }}\n"
+        "version: 1\nname: {wf}\nimages:\n  {wf}-tool:\n    stages:\n      - {{ name: broken, from: local/busybox:1, run: [\"echo {wf}; exit 9\"] }}\nsteps:\n  s: {{ image: {wf}-tool, run: 'true' }}\n  plain: {{ image: local/busybox:1, run: echo plain }}\n"
     ));
-    let o = p.run(&["run"]);
+    let o = p.run(&["run", "--keep-going"]);
     assert_eq!(code(&o), 1, "{}", text(&o.stderr));
     let err = text(&o.stderr);
-    assert!(err.contains("broken") && err.contains("skipped"), "{err}");
+    assert!(err.contains("broken") && err.contains("exit") , "{err}");
+    let o = p.run(&["run", "--keep-going", "--output", "json"]);
+    let events: Vec<serde_json::Value> = text(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let st = statuses(&events);
+    assert_eq!(st["s"], "failed");
+    assert_eq!(st["plain"], "cached", "a step that does not use the image is not held back by it");
+}
+
+#[test]
+fn a_step_waits_only_for_the_image_it_uses() {
+    let wf = unique("imgwait").to_lowercase();
+    let _cleanup = Images(wf.clone());
+    // The build takes seconds on purpose; the plain step takes a fraction of one.
+    let p = Project::new(&format!(
+        "version: 1\nname: {wf}\nimages:\n  {wf}-slow:\n    stages:\n      - {{ name: only, from: local/busybox:1, run: [\"sleep 5; echo built-{wf}\"] }}\nsteps:\n  uses: {{ image: {wf}-slow, run: 'true' }}\n  plain: {{ image: local/busybox:1, run: echo plain-{wf} }}\n"
+    ));
+    let all = events(&p);
+    let at = |pred: &dyn Fn(&serde_json::Value) -> bool| all.iter().position(|e| pred(e)).unwrap_or(usize::MAX);
+    let plain_done = at(&|e| e["event"] == "step_finished" && e["step"] == "plain");
+    let image_built = at(&|e| e["event"] == "log" && e["line"] == format!("built-{wf}"));
+    let uses_done = at(&|e| e["event"] == "step_finished" && e["step"] == "uses");
+    assert!(plain_done < image_built, "plain finished while the image was still building");
+    assert!(image_built < uses_done, "uses ran after its image");
 }
