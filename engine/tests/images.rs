@@ -157,7 +157,7 @@ fn a_step_waits_only_for_the_image_it_uses() {
         "version: 1\nname: {wf}\nimages:\n  {wf}-slow:\n    stages:\n      - {{ name: only, from: local/busybox:1, run: [\"sleep 5; echo built-{wf}\"] }}\nsteps:\n  uses: {{ image: {wf}-slow, run: 'true' }}\n  plain: {{ image: local/busybox:1, run: echo plain-{wf} }}\n"
     ));
     let all = events(&p);
-    let at = |pred: &dyn Fn(&serde_json::Value) -> bool| all.iter().position(|e| pred(e)).unwrap_or(usize::MAX);
+    let at = |pred: &dyn Fn(&serde_json::Value) -> bool| all.iter().position(pred).unwrap_or(usize::MAX);
     let plain_done = at(&|e| e["event"] == "step_finished" && e["step"] == "plain");
     let image_built = at(&|e| e["event"] == "log" && e["line"] == format!("built-{wf}"));
     let uses_done = at(&|e| e["event"] == "step_finished" && e["step"] == "uses");
