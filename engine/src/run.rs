@@ -237,7 +237,14 @@ pub async fn prepare(docker: &DockerExecutor, store: &Store, plan: &Plan) -> Res
         match &step.image {
             dsl::ImageRef::Reference(image) => {
                 if !resolved.contains_key(image) {
-                    let id = docker.image_id(image).await?;
+                    // Found locally, or pulled from its registry (progress on stderr, so that
+                    // `--output json` on stdout stays one event per line).
+                    let builder = images::Builder::new(docker.client().clone());
+                    let progress = |reference: &str, _: &str, line: &str| eprintln!("pull {reference} | {line}");
+                    let id = builder.ensure_base(image, &progress).await.map_err(|e| match e {
+                        images::BuildError::Environment(m) => StartError::Environment(EnvironmentError(m)),
+                        other => StartError::Environment(EnvironmentError(other.to_string())),
+                    })?;
                     resolved.insert(image.clone(), id);
                 }
                 image_ids.insert(step.name.clone(), resolved[image].clone());
