@@ -207,7 +207,7 @@ pub struct Prepared {
     pub hashed: HashMap<String, Vec<cache::InputEntry>>,
     pub images: HashMap<String, String>,
     pub image_ids: HashMap<String, String>,
-    /// Names under `images:` the planned steps use; `build_images` fills their steps' entries.
+    /// Names under `images:` the planned steps use; built by `start_image_builds`.
     pub built: std::collections::BTreeSet<String>,
 }
 
@@ -250,7 +250,7 @@ pub async fn prepare(docker: &DockerExecutor, store: &Store, plan: &Plan) -> Res
                 image_ids.insert(step.name.clone(), resolved[image].clone());
                 images.insert(step.name.clone(), image.clone());
             }
-            // Built by `build_images` once the run has started (its output is part of the run).
+            // Built by `start_image_builds` once the run has started (its output is part of it).
             dsl::ImageRef::Built(name) => {
                 built.insert(name.clone());
             }
@@ -357,48 +357,6 @@ pub async fn resolve_bases(
         resolved.insert(reference, id);
     }
     Ok(resolved)
-}
-
-/// Build (or find: stage keys make an unchanged image free) every image of `images:` that the
-/// planned steps use, concurrently, and record its ID as those steps' image. `log` gets every
-/// line a build prints, as `(image, stage, line)`.
-pub async fn build_images(
-    docker: &DockerExecutor,
-    plan: &Plan,
-    prepared: &mut Prepared,
-    run_id: &str,
-    log: images::LogFn<'_>,
-    cancel: &CancellationToken,
-) -> Result<(), images::BuildError> {
-    let workflow = &plan.workflow;
-    let builder = images::Builder::new(docker.client().clone());
-    let ctx = images::BuildContext { workflow: &workflow.name, dir: &workflow.dir, run_id, no_cache: false };
-    let builds = prepared.built.iter().map(|name| {
-        let (builder, ctx) = (&builder, &ctx);
-        async move {
-            let def = workflow.images.get(name).ok_or_else(|| images::BuildError::Invalid {
-                image: name.clone(),
-                message: "not defined under `images:`".into(),
-            })?;
-            builder.build(ctx, name, def, log, cancel).await
-        }
-    });
-    let results = futures_util::future::join_all(builds).await;
-    let mut ids = HashMap::new();
-    for result in results {
-        let image = result?;
-        ids.insert(image.name.clone(), image.id.clone());
-    }
-    for planned in &plan.steps {
-        if let dsl::ImageRef::Built(name) = &planned.step.image {
-            if let Some(id) = ids.get(name) {
-                // Containers are created from the ID: what ran is exactly what the key names.
-                prepared.images.insert(planned.step.name.clone(), id.clone());
-                prepared.image_ids.insert(planned.step.name.clone(), id.clone());
-            }
-        }
-    }
-    Ok(())
 }
 
 /// The real executor: the cache check, host-side staging and export around one container run.
@@ -617,12 +575,21 @@ pub async fn forecast(
     let store = open_store(cache_dir)?;
     let mut prepared = prepare(&docker, &store, &plan).await?;
     // Keys need the image IDs: images are built (usually found, by their stage keys) first.
-    build_images(&docker, &plan, &mut prepared, &new_run_id(), &|_, _, _| {}, &CancellationToken::new())
-        .await
-        .map_err(|e| match e {
-            images::BuildError::Environment(m) => StartError::Environment(EnvironmentError(m)),
-            other => StartError::Invalid(other.to_string()),
-        })?;
+    let builds = start_image_builds(&docker, &workflow, &prepared, &new_run_id(), &EventSink::null(), &CancellationToken::new());
+    for planned in &plan.steps {
+        if let dsl::ImageRef::Built(name) = &planned.step.image {
+            match builds.get(name).cloned() {
+                Some(build) => match build.await {
+                    ImageOutcome::Built(id) => {
+                        prepared.image_ids.insert(planned.step.name.clone(), id);
+                    }
+                    ImageOutcome::Failed(StepFailure::Environment(m)) => return Err(EnvironmentError(m).into()),
+                    ImageOutcome::Failed(f) => return Err(StartError::ImageFailed(f.to_string())),
+                },
+                None => return Err(StartError::ImageFailed(format!("image `{name}` was not built"))),
+            }
+        }
+    }
     let mut digests: HashMap<String, Digest> = HashMap::new();
     let mut forecasts = Vec::new();
     for planned in &plan.steps {

@@ -5,13 +5,9 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 
 use common::*;
 
-fn now() -> f64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64()
-}
 
 /// JSON events of a run; panics unless it exited with `expect`.
 fn run_json(p: &Project, args: &[&str], expect: i32) -> Vec<serde_json::Value> {
@@ -22,33 +18,11 @@ fn run_json(p: &Project, args: &[&str], expect: i32) -> Vec<serde_json::Value> {
     text(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
-/// step -> status from the run_finished summary.
-fn statuses(events: &[serde_json::Value]) -> BTreeMap<String, String> {
-    let last = events.last().unwrap();
-    assert_eq!(last["event"], "run_finished");
-    last["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| (s["step"].as_str().unwrap().to_string(), s["status"].as_str().unwrap().to_string()))
-        .collect()
-}
 
 fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
 }
 
-/// Containers created for run `run_id` between `since` and `until`, as the daemon recorded them.
-fn containers_created(run_id: &str, since: f64, until: f64) -> usize {
-    let o = Command::new("docker")
-        .args(["events", "--since", &format!("{since:.3}"), "--until", &format!("{until:.3}")])
-        .args(["--filter", "type=container", "--filter", "event=create"])
-        .args(["--filter", &format!("label=engine.run={run_id}"), "--format", "{{.ID}}"])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", text(&o.stderr));
-    text(&o.stdout).lines().count()
-}
 
 fn run_id(events: &[serde_json::Value]) -> String {
     events[0]["run_id"].as_str().unwrap().to_string()

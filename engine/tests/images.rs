@@ -4,14 +4,10 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::process::Command;
 
 use common::*;
 
-fn now() -> f64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64()
-}
 
 fn events(p: &Project) -> Vec<serde_json::Value> {
     let o = p.run(&["run", "--output", "json"]);
@@ -19,14 +15,6 @@ fn events(p: &Project) -> Vec<serde_json::Value> {
     text(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
-fn statuses(events: &[serde_json::Value]) -> BTreeMap<String, String> {
-    events.last().unwrap()["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| (s["step"].as_str().unwrap().to_string(), s["status"].as_str().unwrap().to_string()))
-        .collect()
-}
 
 fn image_id(reference_glob: &str) -> String {
     let o = Command::new("docker").args(["images", "-q", "--no-trunc", "--filter", &format!("reference={reference_glob}")]).output().unwrap();
@@ -35,15 +23,6 @@ fn image_id(reference_glob: &str) -> String {
     ids[0].clone()
 }
 
-fn containers_created(run_id: &str, since: f64, until: f64) -> usize {
-    let o = Command::new("docker")
-        .args(["events", "--since", &format!("{since:.3}"), "--until", &format!("{until:.3}")])
-        .args(["--filter", "type=container", "--filter", "event=create"])
-        .args(["--filter", &format!("label=engine.run={run_id}"), "--format", "{{.ID}}"])
-        .output()
-        .unwrap();
-    text(&o.stdout).lines().count()
-}
 
 /// Removes the test's images (by tag prefix and by the stage label of its unique image names).
 struct Images(String);

@@ -128,3 +128,31 @@ pub fn signal(child: &Child, sig: i32) {
     assert_eq!(rc, 0, "kill failed");
 }
 
+
+pub fn now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64()
+}
+
+/// step -> status from the `run_finished` summary of a JSON event stream.
+pub fn statuses(events: &[serde_json::Value]) -> std::collections::BTreeMap<String, String> {
+    let last = events.last().unwrap();
+    assert_eq!(last["event"], "run_finished");
+    last["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["step"].as_str().unwrap().to_string(), s["status"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+/// Containers created for run `run_id` between `since` and `until`, as the daemon recorded them.
+pub fn containers_created(run_id: &str, since: f64, until: f64) -> usize {
+    let o = Command::new("docker")
+        .args(["events", "--since", &format!("{since:.3}"), "--until", &format!("{until:.3}")])
+        .args(["--filter", "type=container", "--filter", "event=create"])
+        .args(["--filter", &format!("label=engine.run={run_id}"), "--format", "{{.ID}}"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    text(&o.stdout).lines().count()
+}
