@@ -1,0 +1,199 @@
+//! The `.wf` DSL: same IR as YAML, desugaring (templates, matrix, interpolation, imports), and
+//! rendered diagnostics pointing into the `.wf` text.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use proptest::prelude::*;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+/// The IR as JSON without spans and source paths, so that two syntaxes can be compared.
+fn ir(wf: &dsl::Workflow) -> serde_json::Value {
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                m.remove("span");
+                m.remove("spans");
+                m.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let mut v = serde_json::to_value(wf).expect("the IR serialises");
+    strip(&mut v);
+    v
+}
+
+fn load_file(path: &Path) -> dsl::Workflow {
+    dsl::load_file(path).unwrap_or_else(|e| panic!("{} should load:\n{}", path.display(), common::render(&e)))
+}
+
+fn wf_errors(text: &str) -> String {
+    common::errors("w.wf", text)
+}
+
+#[test]
+fn spec_example_in_both_syntaxes_gives_the_same_ir() {
+    let yaml = load_file(&fixture("spec.yml"));
+    let wf = load_file(&fixture("spec.wf"));
+    assert_eq!(ir(&yaml), ir(&wf));
+    assert_eq!(wf.steps.len(), 3);
+}
+
+const TEMPLATES: &str = r#"
+version 1
+defaults { image "local/busybox:1" }
+template unit(target) {
+  inputs "src/**"
+  run "make test-${target}"
+  needs compile
+  limits { timeout 5m }
+}
+step compile { run "make"  outputs "build/app" }
+step test[target in ["x86", "arm"]] = unit(target) { env { T "${target}" } }
+step other = unit("riscv") { needs test[x86], test[arm]  limits { timeout 1m } }
+step grid[os in [linux, mac], cpu in ["x86", "arm"]] { run "echo ${os}-${cpu}" }
+step argv { command ["/bin/echo", "hi \"there\"\n"] }
+"#;
+
+#[test]
+fn templates_matrix_interpolation_and_overrides() {
+    let wf = common::load("w.wf", TEMPLATES);
+    let names: Vec<&str> = wf.steps.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["compile", "test[x86]", "test[arm]", "other", "grid[linux,x86]", "grid[linux,arm]", "grid[mac,x86]", "grid[mac,arm]", "argv"]
+    );
+    let arm = wf.step("test[arm]").unwrap();
+    assert_eq!(arm.command, dsl::Command::Shell("make test-arm".into()));
+    assert_eq!(arm.env.get("T").map(String::as_str), Some("arm"));
+    assert_eq!(arm.needs, ["compile"]);
+    assert_eq!(arm.inputs, ["src/**"]);
+    assert_eq!(arm.limits.timeout.as_secs(), 300);
+    let other = wf.step("other").unwrap();
+    assert_eq!(other.command, dsl::Command::Shell("make test-riscv".into()));
+    // The instance's `needs` and `limits` replace the template's.
+    assert_eq!(other.needs, ["test[x86]", "test[arm]"]);
+    assert_eq!(other.limits.timeout.as_secs(), 60);
+    let grid = wf.step("grid[mac,arm]").unwrap();
+    assert_eq!(grid.command, dsl::Command::Shell("echo mac-arm".into()));
+    let argv = wf.step("argv").unwrap();
+    assert_eq!(argv.command, dsl::Command::Argv(vec!["/bin/echo".into(), "hi \"there\"\n".into()]));
+}
+
+#[test]
+fn image_templates() {
+    let wf = common::load(
+        "w.wf",
+        r#"version 1
+template image base(from) { stage only from "${from}" { run "true" } }
+image small = base("local/busybox:1")
+step s { image small  run "true" }
+"#,
+    );
+    assert!(matches!(wf.step("s").unwrap().image, dsl::ImageRef::Built(ref n) if n == "small"));
+    match wf.images.get("small") {
+        Some(dsl::ImageDef::Stages(stages)) => assert_eq!(stages[0].from, "local/busybox:1"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn imports_make_templates_available_but_not_steps() {
+    let wf = load_file(&fixture("wf/main.wf"));
+    let names: Vec<&str> = wf.steps.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["compile", "lint"]);
+    let lint = wf.step("lint").unwrap();
+    assert_eq!(lint.inputs, ["src/**"]);
+    assert_eq!(lint.command, dsl::Command::Shell("lint src".into()));
+}
+
+fn file_errors(path: &Path) -> String {
+    match dsl::load_file(path) {
+        Ok(_) => panic!("{} loaded", path.display()),
+        Err(e) => common::render(&e).replace(env!("CARGO_MANIFEST_DIR"), "<dsl>"),
+    }
+}
+
+#[test]
+fn import_cycle_is_an_error_at_the_import_line() {
+    insta::assert_snapshot!(file_errors(&fixture("wf/cycle_a.wf")));
+}
+
+#[test]
+fn missing_import_is_an_error_at_the_import_line() {
+    let out = file_errors(&fixture("wf/missing.wf"));
+    assert!(out.contains("missing.wf:2:1"), "{out}");
+    insta::assert_snapshot!(out.lines().filter(|l| !l.contains("cannot read")).collect::<Vec<_>>().join("\n"));
+}
+
+#[test]
+fn unknown_parameter_points_at_it() {
+    insta::assert_snapshot!(wf_errors(
+        "version 1\ntemplate t(target) { image \"i\" run \"make ${targte}\" }\nstep s = t(\"x\")\n"
+    ));
+}
+
+#[test]
+fn wrong_argument_count_points_at_the_call() {
+    insta::assert_snapshot!(wf_errors(
+        "version 1\ntemplate t(a, b) { image \"i\" run \"${a}${b}\" }\nstep s = t(\"x\") { }\n"
+    ));
+}
+
+#[test]
+fn broken_line_is_a_syntax_error_with_a_caret() {
+    let err = dsl::load_str(Path::new("w.wf"), "version 1\nstep s {\n  run make\"\n}\n").unwrap_err();
+    assert!(matches!(err, dsl::LoadError::Invalid { .. }));
+    insta::assert_snapshot!(common::render(&err));
+}
+
+#[test]
+fn syntax_errors_say_what_was_expected_in_words() {
+    insta::assert_snapshot!(wf_errors("version 1\nstep s {\n  run \"make\"\n"));
+    insta::assert_snapshot!(wf_errors("version 1\nstep s run \"make\"\n"));
+}
+
+#[test]
+fn resolver_errors_point_into_the_wf_file() {
+    // Unknown keys, missing images and unknown needs come from the shared resolver.
+    insta::assert_snapshot!(wf_errors(
+        "version 1\nstep s {\n  image \"local/busybox:1\"\n  rnu \"make\"\n  needs nope\n}\n"
+    ));
+}
+
+#[test]
+fn duplicate_steps_and_keys() {
+    insta::assert_snapshot!(wf_errors(
+        "version 1\ndefaults { image \"i\" }\nstep s { run \"a\" run \"b\" }\nstep s { run \"c\" }\n"
+    ));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn no_panic_on_random_input(text in "\\PC{0,200}") {
+        let _ = dsl::load_str(Path::new("w.wf"), &text);
+        let _ = dsl::load_str(Path::new("w.yml"), &text);
+    }
+
+    #[test]
+    fn no_panic_on_mutated_examples(cut in 0usize..2000, insert in "[ {}\\[\\]\"$,=()a-z0-9\\n#]{0,4}", which in 0usize..2) {
+        let text = if which == 0 { TEMPLATES.to_string() } else {
+            std::fs::read_to_string(fixture("spec.wf")).unwrap_or_default()
+        };
+        let mut at = cut.min(text.len());
+        while !text.is_char_boundary(at) { at -= 1; }
+        let mutated = format!("{}{}{}", &text[..at], insert, &text[at..]);
+        let _ = dsl::load_str(Path::new("w.wf"), &mutated);
+        let _ = dsl::load_str(Path::new("w.yml"), &mutated);
+        let truncated = &text[..at];
+        let _ = dsl::load_str(Path::new("w.wf"), truncated);
+    }
+}
