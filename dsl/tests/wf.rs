@@ -113,23 +113,25 @@ fn imports_make_templates_available_but_not_steps() {
     assert_eq!(lint.command, dsl::Command::Shell("lint src".into()));
 }
 
+/// Relative paths (cargo runs tests in the crate directory) keep the rendered layout, which wraps
+/// at a fixed width, independent of where the repository is checked out.
 fn file_errors(path: &Path) -> String {
     match dsl::load_file(path) {
         Ok(_) => panic!("{} loaded", path.display()),
-        Err(e) => common::render(&e).replace(env!("CARGO_MANIFEST_DIR"), "<dsl>"),
+        Err(e) => common::render(&e),
     }
 }
 
 #[test]
 fn import_cycle_is_an_error_at_the_import_line() {
-    insta::assert_snapshot!(file_errors(&fixture("wf/cycle_a.wf")));
+    insta::assert_snapshot!(file_errors(Path::new("tests/fixtures/wf/cycle_a.wf")));
 }
 
 #[test]
 fn missing_import_is_an_error_at_the_import_line() {
-    let out = file_errors(&fixture("wf/missing.wf"));
+    let out = file_errors(Path::new("tests/fixtures/wf/missing.wf"));
     assert!(out.contains("missing.wf:2:1"), "{out}");
-    insta::assert_snapshot!(out.lines().filter(|l| !l.contains("cannot read")).collect::<Vec<_>>().join("\n"));
+    insta::assert_snapshot!(out);
 }
 
 #[test]

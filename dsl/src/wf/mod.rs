@@ -197,7 +197,7 @@ fn parse_file(src: Arc<SourceFile>, stack: &mut Vec<PathBuf>, diags: &mut Vec<Di
     };
     for item in file.into_inner() {
         match item.as_rule() {
-            Rule::entry => parsed.top.push(entry(&loc, item)),
+            Rule::top_entry => parsed.top.extend(item.into_inner().map(|e| entry(&loc, e))),
             Rule::import => import(&loc, &src, item, stack, diags, &mut parsed),
             Rule::template => {
                 let mut kind = Kind::Step;
@@ -279,7 +279,7 @@ fn import(loc: &Locator, src: &Arc<SourceFile>, item: Pair<Rule>, stack: &mut Ve
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) => {
-            diags.push(Diagnostic::new(src, at.span, format!("cannot read imported file {}: {e}", path.display()), "cannot import").with_help("import paths are relative to the importing file; `stdlib/...` names the shipped library"));
+            diags.push(Diagnostic::new(src, at.span, format!("cannot read imported file `{rel}`: {e}"), "cannot import").with_help("import paths are relative to the importing file; `stdlib/...` names the shipped library"));
             return;
         }
     };
@@ -703,8 +703,15 @@ fn syntax_error(src: &SourceFile, e: &pest::error::Error<Rule>) -> Diagnostic {
         InputLocation::Span((s, _)) => s,
     };
     let loc = Locator::new(&src.text);
-    let len = src.text.get(offset..).and_then(|r| r.chars().next()).map_or(0, char::len_utf8);
-    let at = loc.at(offset, len);
+    // At the end of the file or of a line, point at the last real character instead, so the
+    // user sees a line and a caret.
+    let rest_of_line = src.text.get(offset..).and_then(|r| r.lines().next()).unwrap_or("");
+    let caret = match rest_of_line.trim().is_empty() {
+        true => src.text.get(..offset).and_then(|b| b.trim_end().char_indices().last()).map_or(offset, |(i, _)| i),
+        false => offset,
+    };
+    let len = src.text.get(caret..).and_then(|r| r.chars().next()).map_or(0, char::len_utf8);
+    let at = loc.at(caret, len);
     let (message, label) = match &e.variant {
         ErrorVariant::ParsingError { positives, .. } => {
             let mut words: Vec<&str> = Vec::new();
@@ -716,7 +723,7 @@ fn syntax_error(src: &SourceFile, e: &pest::error::Error<Rule>) -> Diagnostic {
             }
             let found = match src.text.get(offset..).and_then(|r| r.chars().next()) {
                 None => "the end of the file".to_string(),
-                Some(c) if c.is_whitespace() => "a line break".to_string(),
+                Some(c) if c.is_whitespace() => "the end of the line".to_string(),
                 Some(c) => format!("`{c}`"),
             };
             let expected = match words.len() {
@@ -737,7 +744,7 @@ fn expected(rule: Rule) -> &'static str {
         Rule::string | Rule::text | Rule::escape | Rule::interp => "a string in double quotes",
         Rule::param => "a parameter name",
         Rule::word | Rule::list => "a value (a string in double quotes, a number, a name or `[...]`)",
-        Rule::entry | Rule::pair | Rule::key | Rule::stage | Rule::copy | Rule::kw_stage | Rule::kw_copy => {
+        Rule::entry | Rule::top_entry | Rule::pair | Rule::key | Rule::stage | Rule::copy | Rule::kw_stage | Rule::kw_copy => {
             "a key such as `run`, `image`, `needs`"
         }
         Rule::block | Rule::lbrace => "`{`",
