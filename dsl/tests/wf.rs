@@ -199,3 +199,20 @@ proptest! {
         let _ = dsl::load_str(Path::new("w.wf"), truncated);
     }
 }
+
+#[test]
+fn stdlib_imports_resolve_to_the_shipped_library() {
+    let wf = common::load(
+        "w.wf",
+        "version 1\nimport \"stdlib/make.wf\" as make\nstep t = make.target(\"test\") { image \"local/busybox:1\" }\n",
+    );
+    assert_eq!(wf.step("t").unwrap().command, dsl::Command::Shell("make test".into()));
+}
+
+#[test]
+fn matrix_suffix_is_a_valid_step_name_in_yaml_too() {
+    let wf = common::load("w.yml", "version: 1\nsteps:\n  t[a,b]: { image: i, run: x }\n");
+    assert_eq!(wf.steps[0].name, "t[a,b]");
+    let out = common::errors("w.yml", "version: 1\nsteps:\n  t[a,]: { image: i, run: x }\n");
+    assert!(out.contains("invalid step name `t[a,]`"), "{out}");
+}
