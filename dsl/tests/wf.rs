@@ -216,3 +216,9 @@ fn matrix_suffix_is_a_valid_step_name_in_yaml_too() {
     let out = common::errors("w.yml", "version: 1\nsteps:\n  t[a,]: { image: i, run: x }\n");
     assert!(out.contains("invalid step name `t[a,]`"), "{out}");
 }
+
+#[test]
+fn empty_file_is_reported_as_empty() {
+    let out = wf_errors("# nothing here\n");
+    assert!(out.contains("the workflow file is empty"), "{out}");
+}

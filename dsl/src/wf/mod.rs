@@ -572,6 +572,10 @@ fn combinations(src: &Arc<SourceFile>, matrix: &[(String, Vec<Val>, At)], diags:
 fn build(p: &Parsed, diags: &mut Vec<Diagnostic>) -> Node {
     let loc = Locator::new(&p.src.text);
     let file_at = loc.at(0, 0);
+    if p.top.is_empty() && p.decls.is_empty() {
+        // Nothing but comments: the same "empty file" the YAML reader reports for an empty document.
+        return Node::Scalar(MarkedScalarNode::new(marked_yaml::Span::new_start(file_at.marker()), ""));
+    }
     let none = HashMap::new();
     let top_ex = Expand { src: &p.src, scope: &none, remap: None };
     let mut root = top_ex.mapping(&p.top, file_at, diags);
