@@ -8,7 +8,7 @@
 //! and the same messages. It only reports what the resolver cannot see: syntax errors, unknown
 //! parameters, template calls and imports.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -125,23 +125,13 @@ pub(crate) fn load(path: &Path, text: &str, policy: &Policy) -> Result<Workflow,
     let mut diags = Vec::new();
     let mut stack = vec![canonical(path)];
     let Some(parsed) = parse_file(src.clone(), &mut stack, &mut diags) else {
-        return yaml::finish(path, diags, empty(&src));
+        return yaml::finish(path, diags, yaml::unreachable_workflow(&src));
     };
     let root = build(&parsed, &mut diags);
     if !diags.is_empty() {
-        return yaml::finish(path, diags, empty(&src));
+        return yaml::finish(path, diags, yaml::unreachable_workflow(&src));
     }
     yaml::resolve(path, src, root, policy)
-}
-
-fn empty(src: &Arc<SourceFile>) -> Workflow {
-    Workflow {
-        name: String::new(),
-        source: src.clone(),
-        dir: PathBuf::new(),
-        images: BTreeMap::new(),
-        steps: Vec::new(),
-    }
 }
 
 fn canonical(path: &Path) -> PathBuf {

@@ -193,7 +193,7 @@ pub(crate) fn resolve(
 }
 
 /// The value `finish` never returns when there are diagnostics; keeps the signature simple.
-fn unreachable_workflow(src: &Arc<SourceFile>) -> Workflow {
+pub(crate) fn unreachable_workflow(src: &Arc<SourceFile>) -> Workflow {
     Workflow {
         name: String::new(),
         source: src.clone(),
