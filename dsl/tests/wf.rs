@@ -222,3 +222,26 @@ fn empty_file_is_reported_as_empty() {
     let out = wf_errors("# nothing here\n");
     assert!(out.contains("the workflow file is empty"), "{out}");
 }
+
+#[test]
+fn repeated_caches_and_equivalent_yaml() {
+    let wf = common::load(
+        "w.wf",
+        r#"version 1
+step s {
+  image "i"
+  run "cargo build"
+  caches { name cargo  path "/home/user/.cargo" }
+  caches { name target path "/home/user/target" }
+  user "1000:1000"
+  workdir "/workspace/sub"
+  network bridge
+}
+"#,
+    );
+    let yaml = common::load(
+        "w.yml",
+        "version: 1\nsteps:\n  s:\n    image: i\n    run: cargo build\n    caches:\n      - { name: cargo, path: /home/user/.cargo }\n      - { name: target, path: /home/user/target }\n    user: \"1000:1000\"\n    workdir: /workspace/sub\n    network: bridge\n",
+    );
+    assert_eq!(ir(&wf), ir(&yaml));
+}
