@@ -245,3 +245,9 @@ step s {
     );
     assert_eq!(ir(&wf), ir(&yaml));
 }
+
+#[test]
+fn non_ascii_text_keeps_columns() {
+    let out = wf_errors("version 1 # ✓ é\nstep s { image \"ü\" run \"✓\" rnu \"x\" }\n");
+    assert!(out.contains("w.wf:2:28: unknown key `rnu`"), "{out}");
+}
