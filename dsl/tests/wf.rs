@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use proptest::prelude::*;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 /// The IR as JSON without spans and source paths, so that two syntaxes can be compared.
@@ -30,7 +32,8 @@ fn ir(wf: &dsl::Workflow) -> serde_json::Value {
 }
 
 fn load_file(path: &Path) -> dsl::Workflow {
-    dsl::load_file(path).unwrap_or_else(|e| panic!("{} should load:\n{}", path.display(), common::render(&e)))
+    dsl::load_file(path)
+        .unwrap_or_else(|e| panic!("{} should load:\n{}", path.display(), common::render(&e)))
 }
 
 fn wf_errors(text: &str) -> String {
@@ -67,7 +70,17 @@ fn templates_matrix_interpolation_and_overrides() {
     let names: Vec<&str> = wf.steps.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(
         names,
-        ["compile", "test[x86]", "test[arm]", "other", "grid[linux,x86]", "grid[linux,arm]", "grid[mac,x86]", "grid[mac,arm]", "argv"]
+        [
+            "compile",
+            "test[x86]",
+            "test[arm]",
+            "other",
+            "grid[linux,x86]",
+            "grid[linux,arm]",
+            "grid[mac,x86]",
+            "grid[mac,arm]",
+            "argv"
+        ]
     );
     let arm = wf.step("test[arm]").unwrap();
     assert_eq!(arm.command, dsl::Command::Shell("make test-arm".into()));
@@ -83,7 +96,10 @@ fn templates_matrix_interpolation_and_overrides() {
     let grid = wf.step("grid[mac,arm]").unwrap();
     assert_eq!(grid.command, dsl::Command::Shell("echo mac-arm".into()));
     let argv = wf.step("argv").unwrap();
-    assert_eq!(argv.command, dsl::Command::Argv(vec!["/bin/echo".into(), "hi \"there\"\n".into()]));
+    assert_eq!(
+        argv.command,
+        dsl::Command::Argv(vec!["/bin/echo".into(), "hi \"there\"\n".into()])
+    );
 }
 
 #[test]
@@ -150,7 +166,8 @@ fn wrong_argument_count_points_at_the_call() {
 
 #[test]
 fn broken_line_is_a_syntax_error_with_a_caret() {
-    let err = dsl::load_str(Path::new("w.wf"), "version 1\nstep s {\n  run make\"\n}\n").unwrap_err();
+    let err =
+        dsl::load_str(Path::new("w.wf"), "version 1\nstep s {\n  run make\"\n}\n").unwrap_err();
     assert!(matches!(err, dsl::LoadError::Invalid { .. }));
     insta::assert_snapshot!(common::render(&err));
 }
@@ -159,6 +176,9 @@ fn broken_line_is_a_syntax_error_with_a_caret() {
 fn syntax_errors_say_what_was_expected_in_words() {
     insta::assert_snapshot!(wf_errors("version 1\nstep s {\n  run \"make\"\n"));
     insta::assert_snapshot!(wf_errors("version 1\nstep s run \"make\"\n"));
+    insta::assert_snapshot!(wf_errors(
+        "version 1\nimage i {\n  stage a from \"x\" { copy \"src\" }\n}\n"
+    ));
 }
 
 #[test]
@@ -206,14 +226,23 @@ fn stdlib_imports_resolve_to_the_shipped_library() {
         "w.wf",
         "version 1\nimport \"stdlib/make.wf\" as make\nstep t = make.target(\"test\") { image \"local/busybox:1\" }\n",
     );
-    assert_eq!(wf.step("t").unwrap().command, dsl::Command::Shell("make test".into()));
+    assert_eq!(
+        wf.step("t").unwrap().command,
+        dsl::Command::Shell("make test".into())
+    );
 }
 
 #[test]
 fn matrix_suffix_is_a_valid_step_name_in_yaml_too() {
-    let wf = common::load("w.yml", "version: 1\nsteps:\n  t[a,b]: { image: i, run: x }\n");
+    let wf = common::load(
+        "w.yml",
+        "version: 1\nsteps:\n  t[a,b]: { image: i, run: x }\n",
+    );
     assert_eq!(wf.steps[0].name, "t[a,b]");
-    let out = common::errors("w.yml", "version: 1\nsteps:\n  t[a,]: { image: i, run: x }\n");
+    let out = common::errors(
+        "w.yml",
+        "version: 1\nsteps:\n  t[a,]: { image: i, run: x }\n",
+    );
     assert!(out.contains("invalid step name `t[a,]`"), "{out}");
 }
 

@@ -155,10 +155,19 @@ impl<'a> Locator<'a> {
         let offset = offset.min(self.text.len());
         let line = self.line_starts.partition_point(|&s| s <= offset).max(1);
         let start = self.line_starts[line - 1];
-        let col = self.text.get(start..offset).map_or(0, |s| s.chars().count()) + 1;
+        let col = self
+            .text
+            .get(start..offset)
+            .map_or(0, |s| s.chars().count())
+            + 1;
         let ch = self.text.get(..offset).map_or(0, |s| s.chars().count());
         At {
-            span: Span { offset, len, line, col },
+            span: Span {
+                offset,
+                len,
+                line,
+                col,
+            },
             ch,
         }
     }
@@ -169,7 +178,11 @@ impl<'a> Locator<'a> {
     }
 }
 
-fn parse_file(src: Arc<SourceFile>, stack: &mut Vec<PathBuf>, diags: &mut Vec<Diagnostic>) -> Option<Parsed> {
+fn parse_file(
+    src: Arc<SourceFile>,
+    stack: &mut Vec<PathBuf>,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Parsed> {
     let file = match WfParser::parse(Rule::file, &src.text) {
         Ok(mut pairs) => pairs.next()?,
         Err(e) => {
@@ -195,7 +208,9 @@ fn parse_file(src: Arc<SourceFile>, stack: &mut Vec<PathBuf>, diags: &mut Vec<Di
                 for p in item.into_inner() {
                     match p.as_rule() {
                         Rule::kw_image => kind = Kind::Image,
-                        Rule::ident if name.is_none() => name = Some((p.as_str().to_string(), loc.pair(&p))),
+                        Rule::ident if name.is_none() => {
+                            name = Some((p.as_str().to_string(), loc.pair(&p)))
+                        }
                         Rule::ident => params.push(p.as_str().to_string()),
                         Rule::block => body = block(&loc, p).0,
                         _ => {}
@@ -203,14 +218,39 @@ fn parse_file(src: Arc<SourceFile>, stack: &mut Vec<PathBuf>, diags: &mut Vec<Di
                 }
                 let Some((name, nat)) = name else { continue };
                 if parsed.templates.contains_key(&name) {
-                    diags.push(Diagnostic::new(&src, nat.span, format!("duplicate template `{name}`"), "defined again").with_help("template names must be unique within a file"));
+                    diags.push(
+                        Diagnostic::new(
+                            &src,
+                            nat.span,
+                            format!("duplicate template `{name}`"),
+                            "defined again",
+                        )
+                        .with_help("template names must be unique within a file"),
+                    );
                 }
-                let t = Template { kind, params, body, src: src.clone(), imported: false };
+                let t = Template {
+                    kind,
+                    params,
+                    body,
+                    src: src.clone(),
+                    imported: false,
+                };
                 parsed.templates.insert(name, t);
             }
             Rule::image_decl | Rule::step_decl => {
-                let kind = if item.as_rule() == Rule::image_decl { Kind::Image } else { Kind::Step };
-                let mut d = Decl { kind, name: String::new(), at: loc.pair(&item), matrix: Vec::new(), call: None, body: None };
+                let kind = if item.as_rule() == Rule::image_decl {
+                    Kind::Image
+                } else {
+                    Kind::Step
+                };
+                let mut d = Decl {
+                    kind,
+                    name: String::new(),
+                    at: loc.pair(&item),
+                    matrix: Vec::new(),
+                    call: None,
+                    body: None,
+                };
                 for p in item.into_inner() {
                     match p.as_rule() {
                         Rule::ident => {
@@ -221,17 +261,29 @@ fn parse_file(src: Arc<SourceFile>, stack: &mut Vec<PathBuf>, diags: &mut Vec<Di
                             for axis in p.into_inner().filter(|a| a.as_rule() == Rule::axis) {
                                 let at = loc.pair(&axis);
                                 let mut inner = axis.into_inner();
-                                let name = inner.next().map(|n| n.as_str().to_string()).unwrap_or_default();
-                                let values = inner.find(|v| v.as_rule() == Rule::list).map(|l| list_items(&loc, l)).unwrap_or_default();
+                                let name = inner
+                                    .next()
+                                    .map(|n| n.as_str().to_string())
+                                    .unwrap_or_default();
+                                let values = inner
+                                    .find(|v| v.as_rule() == Rule::list)
+                                    .map(|l| list_items(&loc, l))
+                                    .unwrap_or_default();
                                 d.matrix.push((name, values, at));
                             }
                         }
                         Rule::call => {
-                            let mut c = Call { name: String::new(), at: loc.pair(&p), args: Vec::new() };
+                            let mut c = Call {
+                                name: String::new(),
+                                at: loc.pair(&p),
+                                args: Vec::new(),
+                            };
                             for a in p.into_inner() {
                                 match a.as_rule() {
                                     Rule::qname => c.name = a.as_str().to_string(),
-                                    Rule::string | Rule::list | Rule::word => c.args.push(value(&loc, a)),
+                                    Rule::string | Rule::list | Rule::word => {
+                                        c.args.push(value(&loc, a))
+                                    }
                                     _ => {}
                                 }
                             }
@@ -251,19 +303,54 @@ fn parse_file(src: Arc<SourceFile>, stack: &mut Vec<PathBuf>, diags: &mut Vec<Di
 
 /// `import "path" as name`: parse the library (its own imports too, to find cycles) and keep its
 /// templates. Its steps and images are not part of the importing workflow.
-fn import(loc: &Locator, src: &Arc<SourceFile>, item: Pair<Rule>, stack: &mut Vec<PathBuf>, diags: &mut Vec<Diagnostic>, parsed: &mut Parsed) {
+fn import(
+    loc: &Locator,
+    src: &Arc<SourceFile>,
+    item: Pair<Rule>,
+    stack: &mut Vec<PathBuf>,
+    diags: &mut Vec<Diagnostic>,
+    parsed: &mut Parsed,
+) {
     let at = loc.pair(&item);
-    let mut inner = item.into_inner().filter(|p| matches!(p.as_rule(), Rule::string | Rule::ident));
-    let (Some(path_pair), Some(alias)) = (inner.next(), inner.next()) else { return };
-    let Val::Str(parts, _) = value(loc, path_pair) else { return };
-    let rel: String = parts.iter().map(|p| match p { Part::Lit(s) => s.as_str(), Part::Param(..) => "" }).collect();
+    let mut inner = item
+        .into_inner()
+        .filter(|p| matches!(p.as_rule(), Rule::string | Rule::ident));
+    let (Some(path_pair), Some(alias)) = (inner.next(), inner.next()) else {
+        return;
+    };
+    let Val::Str(parts, _) = value(loc, path_pair) else {
+        return;
+    };
+    let rel: String = parts
+        .iter()
+        .map(|p| match p {
+            Part::Lit(s) => s.as_str(),
+            Part::Param(..) => "",
+        })
+        .collect();
     let Some(path) = import_path(&src.path, &rel) else {
-        diags.push(Diagnostic::new(src, at.span, format!("cannot find the standard library for `{rel}`"), "not found").with_help("set ENGINE_STDLIB to the folder holding the `stdlib-workflows` files"));
+        diags.push(
+            Diagnostic::new(
+                src,
+                at.span,
+                format!("cannot find the standard library for `{rel}`"),
+                "not found",
+            )
+            .with_help("set ENGINE_STDLIB to the folder holding the `stdlib-workflows` files"),
+        );
         return;
     };
     let canon = canonical(&path);
     if stack.contains(&canon) {
-        diags.push(Diagnostic::new(src, at.span, format!("import cycle: `{rel}` imports this file again"), "cycle").with_help("a library may not import, directly or not, a file that imports it"));
+        diags.push(
+            Diagnostic::new(
+                src,
+                at.span,
+                format!("import cycle: `{rel}` imports this file again"),
+                "cycle",
+            )
+            .with_help("a library may not import, directly or not, a file that imports it"),
+        );
         return;
     }
     let text = match std::fs::read_to_string(&path) {
@@ -274,34 +361,54 @@ fn import(loc: &Locator, src: &Arc<SourceFile>, item: Pair<Rule>, stack: &mut Ve
         }
     };
     stack.push(canon);
-    let lib_src = Arc::new(SourceFile { path: path.clone(), text });
+    let lib_src = Arc::new(SourceFile {
+        path: path.clone(),
+        text,
+    });
     let before = diags.len();
     let lib = parse_file(lib_src, stack, diags);
     stack.pop();
     if diags.len() > before {
         // Point at the import too, so the user sees which import brought the problem in.
-        diags.push(Diagnostic::new(src, at.span, format!("the import of `{rel}` has errors"), "imported here").with_help("fix the errors reported in the imported file"));
+        diags.push(
+            Diagnostic::new(
+                src,
+                at.span,
+                format!("the import of `{rel}` has errors"),
+                "imported here",
+            )
+            .with_help("fix the errors reported in the imported file"),
+        );
     }
     let Some(lib) = lib else { return };
     let templates = lib.templates.into_iter().map(|(k, mut t)| {
         t.imported = true;
         (k, t)
     });
-    parsed.imports.insert(alias.as_str().to_string(), templates.collect());
+    parsed
+        .imports
+        .insert(alias.as_str().to_string(), templates.collect());
 }
 
 /// `stdlib/x.wf` is looked up in `$ENGINE_STDLIB`, then `<exe dir>/../share/engine/stdlib-workflows`,
 /// then the repository's `stdlib-workflows/`; anything else is relative to the importing file.
 fn import_path(importer: &Path, rel: &str) -> Option<PathBuf> {
     let Some(lib) = rel.strip_prefix("stdlib/") else {
-        let dir = importer.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let dir = importer
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         return Some(dir.join(rel));
     };
     let mut roots = Vec::new();
     if let Some(dir) = std::env::var_os("ENGINE_STDLIB") {
         roots.push(PathBuf::from(dir));
     }
-    if let Some(exe_dir) = std::env::current_exe().ok().as_deref().and_then(Path::parent) {
+    if let Some(exe_dir) = std::env::current_exe()
+        .ok()
+        .as_deref()
+        .and_then(Path::parent)
+    {
         roots.push(exe_dir.join("../share/engine/stdlib-workflows"));
     }
     roots.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../stdlib-workflows"));
@@ -310,7 +417,11 @@ fn import_path(importer: &Path, rel: &str) -> Option<PathBuf> {
 
 fn block(loc: &Locator, p: Pair<Rule>) -> (Vec<Entry>, At) {
     let at = loc.pair(&p);
-    let entries = p.into_inner().filter(|e| e.as_rule() == Rule::entry).map(|e| entry(loc, e)).collect();
+    let entries = p
+        .into_inner()
+        .filter(|e| e.as_rule() == Rule::entry)
+        .map(|e| entry(loc, e))
+        .collect();
     (entries, at)
 }
 
@@ -359,7 +470,11 @@ fn value(loc: &Locator, p: Pair<Rule>) -> Val {
 fn entry(loc: &Locator, e: Pair<Rule>) -> Entry {
     let at = loc.pair(&e);
     let Some(inner) = e.into_inner().next() else {
-        return Entry { key: String::new(), at, body: Body::Values(Vec::new()) };
+        return Entry {
+            key: String::new(),
+            at,
+            body: Body::Values(Vec::new()),
+        };
     };
     let rule = inner.as_rule();
     let mut key = String::new();
@@ -382,7 +497,11 @@ fn entry(loc: &Locator, e: Pair<Rule>) -> Entry {
             Rule::ident => {
                 let field = if rule == Rule::stage { "name" } else { "from" };
                 let v = Val::Word(p.as_str().to_string(), loc.pair(&p));
-                fields.push(Entry { key: field.into(), at: v.at(), body: Body::Values(vec![v]) });
+                fields.push(Entry {
+                    key: field.into(),
+                    at: v.at(),
+                    body: Body::Values(vec![v]),
+                });
             }
             Rule::string | Rule::list | Rule::word => values.push(value(loc, p)),
             Rule::block => sub = Some(block(loc, p)),
@@ -392,25 +511,49 @@ fn entry(loc: &Locator, e: Pair<Rule>) -> Entry {
     match rule {
         Rule::stage => {
             if let Some(v) = values.pop() {
-                fields.push(Entry { key: "from".into(), at: v.at(), body: Body::Values(vec![v]) });
+                fields.push(Entry {
+                    key: "from".into(),
+                    at: v.at(),
+                    body: Body::Values(vec![v]),
+                });
             }
             if let Some((body, _)) = sub {
                 fields.extend(body);
             }
-            Entry { key: "stage".into(), at: key_at, body: Body::Block(fields, key_at) }
+            Entry {
+                key: "stage".into(),
+                at: key_at,
+                body: Body::Block(fields, key_at),
+            }
         }
         Rule::copy => {
             let mut vs = values.into_iter();
             for field in ["src", "dst"] {
                 if let Some(v) = vs.next() {
-                    fields.push(Entry { key: field.into(), at: v.at(), body: Body::Values(vec![v]) });
+                    fields.push(Entry {
+                        key: field.into(),
+                        at: v.at(),
+                        body: Body::Values(vec![v]),
+                    });
                 }
             }
-            Entry { key: "copy".into(), at: key_at, body: Body::Block(fields, key_at) }
+            Entry {
+                key: "copy".into(),
+                at: key_at,
+                body: Body::Block(fields, key_at),
+            }
         }
         _ => match sub {
-            Some((body, bat)) => Entry { key, at: key_at, body: Body::Block(body, bat) },
-            None => Entry { key, at: key_at, body: Body::Values(values) },
+            Some((body, bat)) => Entry {
+                key,
+                at: key_at,
+                body: Body::Block(body, bat),
+            },
+            None => Entry {
+                key,
+                at: key_at,
+                body: Body::Values(values),
+            },
         },
     }
 }
@@ -449,7 +592,15 @@ impl Expand<'_> {
                             k.sort();
                             format!("parameters in scope: {}", k.join(", "))
                         };
-                        diags.push(Diagnostic::new(self.src, at.span, format!("unknown parameter `{name}`{hint}"), "unknown parameter").with_help(format!("{known}; write `\\${{` for a literal `${{`")));
+                        diags.push(
+                            Diagnostic::new(
+                                self.src,
+                                at.span,
+                                format!("unknown parameter `{name}`{hint}"),
+                                "unknown parameter",
+                            )
+                            .with_help(format!("{known}; write `\\${{` for a literal `${{`")),
+                        );
                     }
                 },
             }
@@ -460,15 +611,24 @@ impl Expand<'_> {
     fn scalar(&self, val: &Val, diags: &mut Vec<Diagnostic>) -> Node {
         match val {
             Val::Str(parts, at) => {
-                let mut s = MarkedScalarNode::new(marked_yaml::Span::new_start(self.marker(*at)), self.string(parts, diags));
+                let mut s = MarkedScalarNode::new(
+                    marked_yaml::Span::new_start(self.marker(*at)),
+                    self.string(parts, diags),
+                );
                 // A quoted string stays a string (`cache "false"` is not a boolean), as in YAML.
                 s.set_coerce(false);
                 Node::Scalar(s)
             }
-            Val::Word(w, at) => Node::Scalar(MarkedScalarNode::new(marked_yaml::Span::new_start(self.marker(*at)), w.as_str())),
+            Val::Word(w, at) => Node::Scalar(MarkedScalarNode::new(
+                marked_yaml::Span::new_start(self.marker(*at)),
+                w.as_str(),
+            )),
             Val::List(items, at) => {
                 let items = items.iter().map(|v| self.scalar(v, diags)).collect();
-                Node::Sequence(MarkedSequenceNode::new(marked_yaml::Span::new_start(self.marker(*at)), items))
+                Node::Sequence(MarkedSequenceNode::new(
+                    marked_yaml::Span::new_start(self.marker(*at)),
+                    items,
+                ))
             }
         }
     }
@@ -478,38 +638,62 @@ impl Expand<'_> {
         let mut map = MarkedMappingNode::new_empty(marked_yaml::Span::new_start(self.marker(at)));
         let mut seen: HashMap<&str, At> = HashMap::new();
         for e in entries {
-            let repeated = REPEATED.iter().find(|(k, _)| *k == e.key).map(|(_, yaml_key)| *yaml_key);
+            let repeated = REPEATED
+                .iter()
+                .find(|(k, _)| *k == e.key)
+                .map(|(_, yaml_key)| *yaml_key);
             let value = match &e.body {
                 Body::Block(body, bat) => Node::Mapping(self.mapping(body, *bat, diags)),
-                Body::Values(vals) if vals.len() == 1 && !LISTS.contains(&e.key.as_str()) => self.scalar(&vals[0], diags),
+                Body::Values(vals) if vals.len() == 1 && !LISTS.contains(&e.key.as_str()) => {
+                    self.scalar(&vals[0], diags)
+                }
                 Body::Values(vals) => {
                     let mut items = Vec::new();
                     for v in vals {
                         match v {
                             // `command ["a", "b"]` is the list itself, not a list of one list.
-                            Val::List(inner, _) if vals.len() == 1 => items.extend(inner.iter().map(|i| self.scalar(i, diags))),
+                            Val::List(inner, _) if vals.len() == 1 => {
+                                items.extend(inner.iter().map(|i| self.scalar(i, diags)))
+                            }
                             v => items.push(self.scalar(v, diags)),
                         }
                     }
-                    Node::Sequence(MarkedSequenceNode::new(marked_yaml::Span::new_start(self.marker(e.at)), items))
+                    Node::Sequence(MarkedSequenceNode::new(
+                        marked_yaml::Span::new_start(self.marker(e.at)),
+                        items,
+                    ))
                 }
             };
-            let key_node = |k: &str| MarkedScalarNode::new(marked_yaml::Span::new_start(self.marker(e.at)), k);
+            let key_node =
+                |k: &str| MarkedScalarNode::new(marked_yaml::Span::new_start(self.marker(e.at)), k);
             if let Some(yaml_key) = repeated {
                 let existing = map.get_mut(&key_node(yaml_key) as &MarkedScalarNode);
                 match existing {
                     Some(Node::Sequence(seq)) => seq.push(value),
                     _ => {
-                        let seq = MarkedSequenceNode::new(marked_yaml::Span::new_start(self.marker(e.at)), vec![value]);
+                        let seq = MarkedSequenceNode::new(
+                            marked_yaml::Span::new_start(self.marker(e.at)),
+                            vec![value],
+                        );
                         map.insert(key_node(yaml_key), Node::Sequence(seq));
                     }
                 }
                 continue;
             }
             if let Some(first) = seen.get(e.key.as_str()) {
-                let d = Diagnostic::new(self.src, e.at.span, format!("duplicate key `{}`", e.key), "defined again here")
-                    .with_help("every key may appear only once in a block; rename or remove one")
-                    .with_related(Diagnostic::new(self.src, first.span, format!("`{}` first defined here", e.key), "first definition"));
+                let d = Diagnostic::new(
+                    self.src,
+                    e.at.span,
+                    format!("duplicate key `{}`", e.key),
+                    "defined again here",
+                )
+                .with_help("every key may appear only once in a block; rename or remove one")
+                .with_related(Diagnostic::new(
+                    self.src,
+                    first.span,
+                    format!("`{}` first defined here", e.key),
+                    "first definition",
+                ));
                 diags.push(d);
                 continue;
             }
@@ -522,19 +706,39 @@ impl Expand<'_> {
 
 /// Instance body over template body: a key written in the instance replaces the template's.
 fn merge(template: &[Entry], own: &[Entry]) -> Vec<Entry> {
-    let mut out: Vec<Entry> = template.iter().filter(|t| !own.iter().any(|o| o.key == t.key)).cloned().collect();
+    let mut out: Vec<Entry> = template
+        .iter()
+        .filter(|t| !own.iter().any(|o| o.key == t.key))
+        .cloned()
+        .collect();
     out.extend(own.iter().cloned());
     out
 }
 
 /// Every combination of the matrix axes, as (name suffix values, scope).
-fn combinations(src: &Arc<SourceFile>, matrix: &[(String, Vec<Val>, At)], diags: &mut Vec<Diagnostic>) -> Vec<(Vec<String>, HashMap<String, String>)> {
+fn combinations(
+    src: &Arc<SourceFile>,
+    matrix: &[(String, Vec<Val>, At)],
+    diags: &mut Vec<Diagnostic>,
+) -> Vec<(Vec<String>, HashMap<String, String>)> {
     let mut out = vec![(Vec::new(), HashMap::new())];
     let none = HashMap::new();
-    let ex = Expand { src, scope: &none, remap: None };
+    let ex = Expand {
+        src,
+        scope: &none,
+        remap: None,
+    };
     for (name, values, at) in matrix {
         if values.is_empty() {
-            diags.push(Diagnostic::new(src, at.span, format!("matrix axis `{name}` has no values"), "empty axis").with_help("list at least one value, e.g. `target in [\"x86\", \"arm\"]`"));
+            diags.push(
+                Diagnostic::new(
+                    src,
+                    at.span,
+                    format!("matrix axis `{name}` has no values"),
+                    "empty axis",
+                )
+                .with_help("list at least one value, e.g. `target in [\"x86\", \"arm\"]`"),
+            );
         }
         let mut next = Vec::new();
         for (suffix, scope) in &out {
@@ -543,7 +747,15 @@ fn combinations(src: &Arc<SourceFile>, matrix: &[(String, Vec<Val>, At)], diags:
                     Val::Str(parts, _) => ex.string(parts, diags),
                     Val::Word(w, _) => w.clone(),
                     Val::List(_, vat) => {
-                        diags.push(Diagnostic::new(src, vat.span, "a matrix value must be a single string or name", "a list").with_help("write the values as `[\"a\", \"b\"]`"));
+                        diags.push(
+                            Diagnostic::new(
+                                src,
+                                vat.span,
+                                "a matrix value must be a single string or name",
+                                "a list",
+                            )
+                            .with_help("write the values as `[\"a\", \"b\"]`"),
+                        );
                         continue;
                     }
                 };
@@ -564,28 +776,69 @@ fn build(p: &Parsed, diags: &mut Vec<Diagnostic>) -> Node {
     let file_at = loc.at(0, 0);
     if p.top.is_empty() && p.decls.is_empty() {
         // Nothing but comments: the same "empty file" the YAML reader reports for an empty document.
-        return Node::Scalar(MarkedScalarNode::new(marked_yaml::Span::new_start(file_at.marker()), ""));
+        return Node::Scalar(MarkedScalarNode::new(
+            marked_yaml::Span::new_start(file_at.marker()),
+            "",
+        ));
     }
     let none = HashMap::new();
-    let top_ex = Expand { src: &p.src, scope: &none, remap: None };
+    let top_ex = Expand {
+        src: &p.src,
+        scope: &none,
+        remap: None,
+    };
     let mut root = top_ex.mapping(&p.top, file_at, diags);
     let mut sections: [(Kind, &str, MarkedMappingNode, HashMap<String, At>); 2] = [
-        (Kind::Image, "images", MarkedMappingNode::new_empty(marked_yaml::Span::new_start(file_at.marker())), HashMap::new()),
-        (Kind::Step, "steps", MarkedMappingNode::new_empty(marked_yaml::Span::new_start(file_at.marker())), HashMap::new()),
+        (
+            Kind::Image,
+            "images",
+            MarkedMappingNode::new_empty(marked_yaml::Span::new_start(file_at.marker())),
+            HashMap::new(),
+        ),
+        (
+            Kind::Step,
+            "steps",
+            MarkedMappingNode::new_empty(marked_yaml::Span::new_start(file_at.marker())),
+            HashMap::new(),
+        ),
     ];
     for d in &p.decls {
-        let Some((_, what, section, names)) = sections.iter_mut().find(|s| s.0 == d.kind) else { continue };
+        let Some((_, what, section, names)) = sections.iter_mut().find(|s| s.0 == d.kind) else {
+            continue;
+        };
         let what = if *what == "images" { "image" } else { "step" };
         for (suffix, scope) in combinations(&p.src, &d.matrix, diags) {
-            let name = if d.matrix.is_empty() { d.name.clone() } else { format!("{}[{}]", d.name, suffix.join(",")) };
+            let name = if d.matrix.is_empty() {
+                d.name.clone()
+            } else {
+                format!("{}[{}]", d.name, suffix.join(","))
+            };
             if let Some(first) = names.get(&name) {
-                diags.push(Diagnostic::new(&p.src, d.at.span, format!("duplicate {what} `{name}`"), "defined again here")
-                    .with_help(format!("every {what} name may appear only once; rename or remove one"))
-                    .with_related(Diagnostic::new(&p.src, first.span, format!("`{name}` first defined here"), "first definition")));
+                diags.push(
+                    Diagnostic::new(
+                        &p.src,
+                        d.at.span,
+                        format!("duplicate {what} `{name}`"),
+                        "defined again here",
+                    )
+                    .with_help(format!(
+                        "every {what} name may appear only once; rename or remove one"
+                    ))
+                    .with_related(Diagnostic::new(
+                        &p.src,
+                        first.span,
+                        format!("`{name}` first defined here"),
+                        "first definition",
+                    )),
+                );
                 continue;
             }
             names.insert(name.clone(), d.at);
-            let own_ex = Expand { src: &p.src, scope: &scope, remap: None };
+            let own_ex = Expand {
+                src: &p.src,
+                scope: &scope,
+                remap: None,
+            };
             let (own, own_at) = d.body.clone().unwrap_or((Vec::new(), d.at));
             let node = match &d.call {
                 None => own_ex.mapping(&own, own_at, diags),
@@ -600,20 +853,39 @@ fn build(p: &Parsed, diags: &mut Vec<Diagnostic>) -> Node {
     }
     for (_, key, section, _) in sections {
         if !section.is_empty() {
-            root.insert(MarkedScalarNode::new(marked_yaml::Span::new_start(file_at.marker()), key), Node::Mapping(section));
+            root.insert(
+                MarkedScalarNode::new(marked_yaml::Span::new_start(file_at.marker()), key),
+                Node::Mapping(section),
+            );
         }
     }
     Node::Mapping(root)
 }
 
 /// `= template(args) { own }`: the template's body with its parameters bound, then `own` over it.
-fn instantiate(p: &Parsed, kind: Kind, call: &Call, scope: &HashMap<String, String>, own: &[Entry], own_at: At, diags: &mut Vec<Diagnostic>) -> Option<MarkedMappingNode> {
+fn instantiate(
+    p: &Parsed,
+    kind: Kind,
+    call: &Call,
+    scope: &HashMap<String, String>,
+    own: &[Entry],
+    own_at: At,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<MarkedMappingNode> {
     let t = match call.name.split_once('.') {
         Some((alias, name)) => match p.imports.get(alias) {
             Some(lib) => lib.get(name),
             None => {
                 let hint = suggest::hint(alias, p.imports.keys().map(String::as_str));
-                diags.push(Diagnostic::new(&p.src, call.at.span, format!("unknown import `{alias}`{hint}"), "not imported").with_help("import a library with `import \"path.wf\" as name`"));
+                diags.push(
+                    Diagnostic::new(
+                        &p.src,
+                        call.at.span,
+                        format!("unknown import `{alias}`{hint}"),
+                        "not imported",
+                    )
+                    .with_help("import a library with `import \"path.wf\" as name`"),
+                );
                 return None;
             }
         },
@@ -621,22 +893,57 @@ fn instantiate(p: &Parsed, kind: Kind, call: &Call, scope: &HashMap<String, Stri
     };
     let Some(t) = t else {
         let hint = match call.name.split_once('.') {
-            Some((alias, name)) => suggest::hint(name, p.imports.get(alias).into_iter().flat_map(|l| l.keys().map(String::as_str))),
+            Some((alias, name)) => suggest::hint(
+                name,
+                p.imports
+                    .get(alias)
+                    .into_iter()
+                    .flat_map(|l| l.keys().map(String::as_str)),
+            ),
             None => suggest::hint(&call.name, p.templates.keys().map(String::as_str)),
         };
-        diags.push(Diagnostic::new(&p.src, call.at.span, format!("unknown template `{}`{hint}", call.name), "no such template").with_help("define it with `template NAME(params) { ... }` or import it"));
+        diags.push(
+            Diagnostic::new(
+                &p.src,
+                call.at.span,
+                format!("unknown template `{}`{hint}", call.name),
+                "no such template",
+            )
+            .with_help("define it with `template NAME(params) { ... }` or import it"),
+        );
         return None;
     };
-    let want = if kind == Kind::Image { "an image" } else { "a step" };
+    let want = if kind == Kind::Image {
+        "an image"
+    } else {
+        "a step"
+    };
     if t.kind != kind {
         diags.push(Diagnostic::new(&p.src, call.at.span, format!("template `{}` is not {want} template", call.name), "wrong kind of template").with_help("image templates are written `template image NAME(...)` and used by `image`; step templates by `step`"));
         return None;
     }
     if t.params.len() != call.args.len() {
-        diags.push(Diagnostic::new(&p.src, call.at.span, format!("template `{}` takes {} argument(s), {} given", call.name, t.params.len(), call.args.len()), "wrong number of arguments").with_help(format!("`{}({})`", call.name, t.params.join(", "))));
+        diags.push(
+            Diagnostic::new(
+                &p.src,
+                call.at.span,
+                format!(
+                    "template `{}` takes {} argument(s), {} given",
+                    call.name,
+                    t.params.len(),
+                    call.args.len()
+                ),
+                "wrong number of arguments",
+            )
+            .with_help(format!("`{}({})`", call.name, t.params.join(", "))),
+        );
         return None;
     }
-    let caller = Expand { src: &p.src, scope, remap: None };
+    let caller = Expand {
+        src: &p.src,
+        scope,
+        remap: None,
+    };
     let mut bound = HashMap::new();
     for (param, arg) in t.params.iter().zip(&call.args) {
         let v = match arg {
@@ -644,13 +951,25 @@ fn instantiate(p: &Parsed, kind: Kind, call: &Call, scope: &HashMap<String, Stri
             Val::Word(w, _) => scope.get(w).cloned().unwrap_or_else(|| w.clone()),
             Val::Str(parts, _) => caller.string(parts, diags),
             Val::List(_, at) => {
-                diags.push(Diagnostic::new(&p.src, at.span, "a template argument must be a single string or name", "a list").with_help("pass one value per parameter"));
+                diags.push(
+                    Diagnostic::new(
+                        &p.src,
+                        at.span,
+                        "a template argument must be a single string or name",
+                        "a list",
+                    )
+                    .with_help("pass one value per parameter"),
+                );
                 return None;
             }
         };
         bound.insert(param.clone(), v);
     }
-    let template_ex = Expand { src: &t.src, scope: &bound, remap: t.imported.then_some(call.at) };
+    let template_ex = Expand {
+        src: &t.src,
+        scope: &bound,
+        remap: t.imported.then_some(call.at),
+    };
     // Bind the template's parameters first (its own scope), then merge: the instance's entries,
     // interpolated in the caller's scope, win key by key.
     let before = diags.len();
@@ -671,7 +990,9 @@ fn bind(entries: &[Entry], ex: &Expand, diags: &mut Vec<Diagnostic>) -> Vec<Entr
             match v {
                 Val::Str(parts, a) => Val::Str(vec![Part::Lit(ex.string(parts, diags))], at(*a)),
                 Val::Word(w, a) => Val::Word(w.clone(), at(*a)),
-                Val::List(items, a) => Val::List(items.iter().map(|i| go(i, ex, diags)).collect(), at(*a)),
+                Val::List(items, a) => {
+                    Val::List(items.iter().map(|i| go(i, ex, diags)).collect(), at(*a))
+                }
             }
         }
         go(v, ex, diags)
@@ -699,12 +1020,24 @@ fn syntax_error(src: &SourceFile, e: &pest::error::Error<Rule>) -> Diagnostic {
     let loc = Locator::new(&src.text);
     // At the end of the file or of a line, point at the last real character instead, so the
     // user sees a line and a caret.
-    let rest_of_line = src.text.get(offset..).and_then(|r| r.lines().next()).unwrap_or("");
+    let rest_of_line = src
+        .text
+        .get(offset..)
+        .and_then(|r| r.lines().next())
+        .unwrap_or("");
     let caret = match rest_of_line.trim().is_empty() {
-        true => src.text.get(..offset).and_then(|b| b.trim_end().char_indices().last()).map_or(offset, |(i, _)| i),
+        true => src
+            .text
+            .get(..offset)
+            .and_then(|b| b.trim_end().char_indices().last())
+            .map_or(offset, |(i, _)| i),
         false => offset,
     };
-    let len = src.text.get(caret..).and_then(|r| r.chars().next()).map_or(0, char::len_utf8);
+    let len = src
+        .text
+        .get(caret..)
+        .and_then(|r| r.chars().next())
+        .map_or(0, char::len_utf8);
     let at = loc.at(caret, len);
     let (message, label) = match &e.variant {
         ErrorVariant::ParsingError { positives, .. } => {
@@ -725,22 +1058,37 @@ fn syntax_error(src: &SourceFile, e: &pest::error::Error<Rule>) -> Diagnostic {
                 1 => words[0].to_string(),
                 n => format!("{} or {}", words[..n - 1].join(", "), words[n - 1]),
             };
-            (format!("expected {expected}, found {found}"), "unexpected here".to_string())
+            (
+                format!("expected {expected}, found {found}"),
+                "unexpected here".to_string(),
+            )
         }
         ErrorVariant::CustomError { message } => (message.clone(), "here".to_string()),
     };
-    Diagnostic::new(src, at.span, format!("invalid workflow syntax: {message}"), label)
-        .with_help("see docs/dsl.md for the syntax of .wf files")
+    Diagnostic::new(
+        src,
+        at.span,
+        format!("invalid workflow syntax: {message}"),
+        label,
+    )
+    .with_help("see docs/dsl.md for the syntax of .wf files")
 }
 
 fn expected(rule: Rule) -> &'static str {
     match rule {
         Rule::string | Rule::text | Rule::escape | Rule::interp => "a string in double quotes",
         Rule::param => "a parameter name",
-        Rule::word | Rule::list => "a value (a string in double quotes, a number, a name or `[...]`)",
-        Rule::entry | Rule::top_entry | Rule::pair | Rule::key | Rule::stage | Rule::copy | Rule::kw_stage | Rule::kw_copy => {
-            "a key such as `run`, `image`, `needs`"
+        Rule::word | Rule::list => {
+            "a value (a string in double quotes, a number, a name or `[...]`)"
         }
+        Rule::entry
+        | Rule::top_entry
+        | Rule::pair
+        | Rule::key
+        | Rule::stage
+        | Rule::copy
+        | Rule::kw_stage
+        | Rule::kw_copy => "a key such as `run`, `image`, `needs`",
         Rule::block | Rule::lbrace => "`{`",
         Rule::rbrace => "`}`",
         Rule::lparen => "`(`",
@@ -756,7 +1104,14 @@ fn expected(rule: Rule) -> &'static str {
         Rule::kw_to => "`to`",
         Rule::kw_in => "`in`",
         Rule::EOI | Rule::file => "the end of the file",
-        Rule::import | Rule::template | Rule::image_decl | Rule::step_decl | Rule::kw_import | Rule::kw_template | Rule::kw_image | Rule::kw_step => {
+        Rule::import
+        | Rule::template
+        | Rule::image_decl
+        | Rule::step_decl
+        | Rule::kw_import
+        | Rule::kw_template
+        | Rule::kw_image
+        | Rule::kw_step => {
             "a declaration such as `step`, `image`, `template`, `import` or a key such as `version`"
         }
         _ => "something else",
