@@ -280,3 +280,11 @@ fn non_ascii_text_keeps_columns() {
     let out = wf_errors("version 1 # ✓ é\nstep s { image \"ü\" run \"✓\" rnu \"x\" }\n");
     assert!(out.contains("w.wf:2:28: unknown key `rnu`"), "{out}");
 }
+
+#[test]
+fn unknown_parameter_in_an_unused_template_is_reported_once() {
+    let out = wf_errors("version 1\ntemplate t(a) { run \"${b}\" }\nstep s = t(\"x\") { image \"i\" }\n");
+    assert_eq!(out.matches("unknown parameter `b`").count(), 1, "{out}");
+    let out = wf_errors("version 1\ntemplate t(a) { run \"${b}\" }\nstep s { image \"i\" run \"x\" }\n");
+    assert!(out.contains("w.wf:2:22: unknown parameter `b`"), "{out}");
+}

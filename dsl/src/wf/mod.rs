@@ -298,6 +298,24 @@ fn parse_file(
             _ => {}
         }
     }
+    // A misspelt `${param}` is an error even in a template nobody instantiates (yet); the same
+    // message from an instantiation is dropped as a duplicate by `finish`.
+    let mut names: Vec<&String> = parsed.templates.keys().collect();
+    names.sort();
+    for name in names {
+        let t = &parsed.templates[name];
+        let scope = t
+            .params
+            .iter()
+            .map(|p| (p.clone(), String::new()))
+            .collect();
+        let ex = Expand {
+            src: &t.src,
+            scope: &scope,
+            remap: None,
+        };
+        bind(&t.body, &ex, diags);
+    }
     Some(parsed)
 }
 
