@@ -1,4 +1,5 @@
-//! Workflow front ends. Each syntax (YAML now, the `.wf` DSL later) is parsed into the single
+//! Workflow front ends. Each syntax (YAML, and the `.wf` DSL in [`wf`] which desugars to the same
+//! YAML-shaped tree) is parsed into the single
 //! IR in [`ir`]; validation of the graph and the values happens here, before any container starts,
 //! and every problem is reported as a spanned [`Diagnostic`].
 //!
@@ -10,6 +11,7 @@ pub mod policy;
 mod suggest;
 pub mod units;
 mod validate;
+mod wf;
 mod yaml;
 
 use std::path::Path;
@@ -39,5 +41,9 @@ pub fn load_file_with(path: &Path, policy: &Policy) -> Result<Workflow, LoadErro
 
 /// [`load_str`], also checking what the workflow asks for against an operator's `policy`.
 pub fn load_str_with(path: &Path, text: &str, policy: &Policy) -> Result<Workflow, LoadError> {
-    yaml::load(path, text, policy)
+    if path.extension().is_some_and(|e| e == "wf") {
+        wf::load(path, text, policy)
+    } else {
+        yaml::load(path, text, policy)
+    }
 }

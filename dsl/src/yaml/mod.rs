@@ -61,6 +61,19 @@ pub(crate) fn load(path: &Path, text: &str, policy: &Policy) -> Result<Workflow,
     let Some(root) = r.parse() else {
         return finish(path, r.diags, unreachable_workflow(&src));
     };
+    resolve(path, src.clone(), root, policy)
+}
+
+/// Resolves and validates an already-parsed YAML-shaped tree into the IR. Every front end ends
+/// here (the DSL builds such a tree with markers into its own text), so validation and messages
+/// are the same whatever the syntax.
+pub(crate) fn resolve(
+    path: &Path,
+    src: Arc<SourceFile>,
+    root: Node,
+    policy: &Policy,
+) -> Result<Workflow, LoadError> {
+    let mut r = Reader::new(&src);
     let Some(top) = r.mapping(&root, "the workflow file") else {
         let span = r.span(&root);
         r.error(
@@ -180,7 +193,7 @@ pub(crate) fn load(path: &Path, text: &str, policy: &Policy) -> Result<Workflow,
 }
 
 /// The value `finish` never returns when there are diagnostics; keeps the signature simple.
-fn unreachable_workflow(src: &Arc<SourceFile>) -> Workflow {
+pub(crate) fn unreachable_workflow(src: &Arc<SourceFile>) -> Workflow {
     Workflow {
         name: String::new(),
         source: src.clone(),
@@ -223,10 +236,18 @@ pub(crate) fn check_version(r: &mut Reader, top: &MarkedMappingNode, what: &str)
 
 /// Step, image and cache names become container labels, volume and folder names; `false` when
 /// reported as invalid.
+/// Step names may also end in a matrix suffix `[v1,v2]` (what the DSL's matrix produces), each
+/// value following the same rule; the engine maps `[`, `]` and `,` to `-` in container names.
 fn check_name(r: &mut Reader, name: &str, span: Span, what: &str) -> bool {
-    let mut chars = name.chars();
-    let ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    let plain = |s: &str| {
+        let mut chars = s.chars();
+        chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+            && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+    };
+    let ok = match name.strip_suffix(']').and_then(|n| n.split_once('[')) {
+        Some((base, values)) if what == "step" => plain(base) && values.split(',').all(plain),
+        _ => plain(name),
+    };
     if !ok {
         r.error(span, format!("invalid {what} name `{name}`"), "invalid name", format!("{what} names start with a letter or digit and contain only letters, digits, `_`, `.` and `-`"));
     }
