@@ -92,6 +92,9 @@ pub fn render(err: &dyn miette::Diagnostic, color: bool) -> String {
     let mut characters = miette::ThemeCharacters::ascii();
     // `error: message`, as compilers print it, rather than a bare `x`.
     characters.error = "error:".into();
+    // The connector under a span is drawn as a caret too, so a one-character span (a missing
+    // brace, a single-letter name) still gets a `^` under it.
+    characters.underbar = '^';
     let theme = miette::GraphicalTheme { characters, styles };
     let mut out = String::new();
     if miette::GraphicalReportHandler::new_themed(theme)

@@ -244,3 +244,49 @@ fn engine_lock_pins_base_images_and_a_changed_pin_stops_the_run() {
     let err = text(&o.stderr);
     assert!(err.contains(IMAGE) && err.contains("sha256:0000") && err.contains("engine lock"), "{err}");
 }
+
+#[test]
+fn a_wf_workflow_with_a_template_and_a_matrix_runs_and_its_instances_are_addressable() {
+    ensure_docker();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("workflow.wf"),
+        format!(
+            r#"version 1
+defaults {{ image "{IMAGE}" }}
+template greet(who) {{
+  run "echo hello-${{who}} > out.txt && cat out.txt"
+  outputs "out.txt"
+}}
+step prep {{ run "echo prep" }}
+step hi[who in ["x86", "arm"]] = greet(who) {{ needs prep }}
+"#
+        ),
+    )
+    .unwrap();
+    let engine = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_engine"))
+            .args(args)
+            .current_dir(dir.path())
+            .env("NO_COLOR", "1")
+            .env("ENGINE_CACHE_DIR", dir.path().join(".engine/test-cache"))
+            .output()
+            .unwrap()
+    };
+    let o = engine(&["run"]);
+    assert_eq!(code(&o), 0, "{}\n{}", text(&o.stdout), text(&o.stderr));
+    let out = text(&o.stdout);
+    assert!(out.contains("hello-x86") && out.contains("hello-arm"), "{out}");
+    assert_eq!(std::fs::read_to_string(dir.path().join(".engine/out/hi[arm]/out.txt")).unwrap(), "hello-arm\n");
+
+    let o = engine(&["run", "--no-cache", "hi[arm]"]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    assert!(out.contains("hello-arm") && !out.contains("hello-x86") && out.contains("prep"), "{out}");
+
+    std::fs::write(dir.path().join("workflow.wf"), "version 1\nstep broken { run \"echo\" image }\n").unwrap();
+    let o = engine(&["check"]);
+    assert_eq!(code(&o), 2);
+    let err = text(&o.stderr);
+    assert!(err.contains("workflow.wf:2:") && err.contains('^'), "{err}");
+}

@@ -444,7 +444,13 @@ fn volume_mount(source: String, target: &str) -> Mount {
 
 /// `engine-<run>-<step>`, with anything Docker refuses in a name replaced by `-`.
 pub fn container_name(run_id: &str, step: &str) -> String {
-    docker_name(&format!("engine-{run_id}-{step}"))
+    let name = docker_name(&format!("engine-{run_id}-{step}"));
+    if name.ends_with(step) {
+        return name;
+    }
+    // The step name had characters Docker refuses (a matrix step `test[x86]`): the replaced form
+    // could equal another step's name (`test-x86-`), so the original name's digest keeps it unique.
+    format!("{name}{}", &cache::Digest::of(step.as_bytes()).hex()[..8])
 }
 
 /// `engine-cache-<name>`: the persistent volume behind cache `name` (archive transfer), shared by
@@ -495,5 +501,19 @@ fn container_body(job: &StepJob, labels: HashMap<String, String>, mounts: Vec<Mo
         attach_stderr: Some(true),
         host_config: Some(host_config),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod name_tests {
+    use super::container_name;
+
+    #[test]
+    fn matrix_step_names_stay_distinct_from_their_sanitised_twins() {
+        assert_eq!(container_name("r1", "build"), "engine-r1-build");
+        let matrix = container_name("r1", "test[x86]");
+        assert!(matrix.starts_with("engine-r1-test-x86-"), "{matrix}");
+        assert_ne!(matrix, container_name("r1", "test-x86-"));
+        assert!(matrix.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)));
     }
 }
