@@ -5,6 +5,7 @@
 //!
 //! This crate must not talk to Docker, touch the network or run anything.
 
+mod convert;
 pub mod diagnostic;
 pub mod ir;
 pub mod policy;
@@ -16,6 +17,7 @@ mod yaml;
 
 use std::path::Path;
 
+pub use convert::{convert_file, convert_str};
 pub use diagnostic::{Diagnostic, LoadError};
 pub use policy::Policy;
 pub use ir::*;

@@ -134,6 +134,24 @@ pub(crate) fn load(path: &Path, text: &str, policy: &Policy) -> Result<Workflow,
     yaml::resolve(path, src, root, policy)
 }
 
+/// The desugared YAML-shaped tree of a `.wf` file (templates, matrix and imports expanded),
+/// after checking that the file loads.
+pub(crate) fn tree(path: &Path, text: &str) -> Result<Node, LoadError> {
+    load(path, text, &Policy::default())?;
+    let src = Arc::new(SourceFile {
+        path: path.to_path_buf(),
+        text: text.to_string(),
+    });
+    let mut diags = Vec::new();
+    let mut stack = vec![canonical(path)];
+    let empty = || Node::Scalar(MarkedScalarNode::new(marked_yaml::Span::new_blank(), ""));
+    let Some(parsed) = parse_file(src, &mut stack, &mut diags) else {
+        return yaml::finish(path, diags, empty());
+    };
+    let root = build(&parsed, &mut diags);
+    yaml::finish(path, diags, root)
+}
+
 fn canonical(path: &Path) -> PathBuf {
     std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
 }

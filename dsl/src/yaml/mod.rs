@@ -64,6 +64,20 @@ pub(crate) fn load(path: &Path, text: &str, policy: &Policy) -> Result<Workflow,
     resolve(path, src.clone(), root, policy)
 }
 
+/// The YAML-shaped node tree of a YAML workflow, after checking that the file loads.
+pub(crate) fn tree(path: &Path, text: &str) -> Result<Node, LoadError> {
+    load(path, text, &Policy::default())?;
+    let src = SourceFile {
+        path: path.to_path_buf(),
+        text: text.to_string(),
+    };
+    let mut r = Reader::new(&src);
+    match r.parse() {
+        Some(root) => Ok(root),
+        None => finish(path, r.diags, Node::Scalar(marked_yaml::types::MarkedScalarNode::new(marked_yaml::Span::new_blank(), ""))),
+    }
+}
+
 /// Resolves and validates an already-parsed YAML-shaped tree into the IR. Every front end ends
 /// here (the DSL builds such a tree with markers into its own text), so validation and messages
 /// are the same whatever the syntax.

@@ -1,0 +1,140 @@
+//! `engine convert`: YAML → DSL and DSL → YAML give text that loads to the same IR.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// The IR as JSON without spans and source paths, so that two syntaxes can be compared.
+fn ir(wf: &dsl::Workflow) -> serde_json::Value {
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                m.remove("span");
+                m.remove("spans");
+                m.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let mut v = serde_json::to_value(wf).expect("the IR serialises");
+    strip(&mut v);
+    v
+}
+
+fn convert(path: &Path, text: &str) -> String {
+    dsl::convert_str(path, text)
+        .unwrap_or_else(|e| panic!("{} should convert:\n{}", path.display(), common::render(&e)))
+}
+
+/// Converts `text` (read as `path`) and checks the result loads (as `other`) to the same IR.
+/// `other` is the extension to load the output with, in the same directory (inputs are relative).
+fn round_trip(path: &Path, text: &str, other: &str) -> String {
+    let other = path.with_extension(other);
+    let other = other.as_path();
+    let before = common::load(&path.display().to_string(), text);
+    let out = convert(path, text);
+    let after = dsl::load_str(other, &out).unwrap_or_else(|e| {
+        panic!("converted text should load:\n{out}\n{}", common::render(&e))
+    });
+    assert_eq!(ir(&before), ir(&after), "converted text:\n{out}");
+    out
+}
+
+const YAML: &str = r#"
+version: 1
+name: odd-strings
+env: { LANG: C.UTF-8, PAT: 'a "quoted" \ back', EMPTY: "" }
+defaults:
+  image: local/busybox:1
+  network: none
+steps:
+  build:
+    run: |
+      echo "${HOME}" $USER \
+        && echo 'done'
+    inputs: ["src/**"]
+    outputs: [out]
+    secrets: [API_TOKEN]
+    caches:
+      - { name: cargo, path: /home/user/.cargo }
+      - { name: npm, path: /home/user/.npm }
+    limits: { timeout: 5m, memory: 1g }
+  "t2":
+    needs: [build]
+    command: ["/bin/echo", "tab\there", "$x"]
+    cache: false
+    env: { "A_B": "1" }
+"#;
+
+const WF: &str = r#"
+version 1
+env { PATHX "\$HOME/bin:\${PATH}" }
+defaults { image "local/busybox:1" }
+image tools {
+  stage build from "local/debian:bookworm" {
+    run "a", "b"
+    copy "x/**" to "/x/"
+  }
+  stage final from "local/busybox:1" { copy from build "/usr/bin/gcc" to "/usr/bin/gcc" }
+}
+template unit(target) {
+  inputs "src/**"
+  run "make test-${target} && echo \$HOME"
+  needs compile
+  limits { timeout 5m }
+}
+step compile { image tools  run "make"  outputs "build/app"  caches { name "c" path "/c" } caches { name "d" path "/d" } }
+step test[target in ["x86", "arm"]] = unit(target) { env { T "${target}" }  secrets API_TOKEN }
+step other = unit("riscv") { needs test[x86], test[arm]  cache false }
+step grid[os in [linux, mac], cpu in ["x86", "arm"]] { run "echo ${os}-${cpu}" }
+"#;
+
+#[test]
+fn spec_example_converts_both_ways() {
+    let yml = std::fs::read_to_string(fixture("spec.yml")).expect("fixture");
+    let to_wf = round_trip(&fixture("spec.yml"), &yml, "wf");
+    insta::assert_snapshot!("spec_yaml_to_wf", to_wf);
+    let wf = std::fs::read_to_string(fixture("spec.wf")).expect("fixture");
+    let to_yaml = round_trip(&fixture("spec.wf"), &wf, "yml");
+    insta::assert_snapshot!("spec_wf_to_yaml", to_yaml);
+    // And back again: the converted text converts to the same IR once more.
+    round_trip(Path::new("spec.wf"), &to_wf, "yml");
+    round_trip(Path::new("spec.yml"), &to_yaml, "wf");
+}
+
+#[test]
+fn yaml_with_odd_strings_converts_to_dsl() {
+    let out = round_trip(Path::new("w.yml"), YAML, "wf");
+    assert!(out.contains(r#"\${HOME}"#), "{out}");
+    round_trip(Path::new("w.wf"), &out, "yml");
+}
+
+#[test]
+fn dsl_with_templates_matrix_images_converts_to_yaml() {
+    let out = round_trip(Path::new("w.wf"), WF, "yml");
+    assert!(out.contains("test[x86]"), "{out}");
+    round_trip(Path::new("w.yml"), &out, "wf");
+}
+
+#[test]
+fn dsl_with_imports_converts_to_yaml() {
+    let path = fixture("wf/main.wf");
+    let text = std::fs::read_to_string(&path).expect("fixture");
+    round_trip(&path, &text, "yml");
+}
+
+#[test]
+fn broken_files_give_their_usual_errors() {
+    let e = dsl::convert_str(Path::new("w.yml"), "version: 2\n").expect_err("invalid");
+    assert!(common::render(&e).contains("version"));
+    let e = dsl::convert_str(Path::new("w.wf"), "step {").expect_err("invalid");
+    assert!(common::render(&e).contains("w.wf"));
+    assert!(dsl::convert_file(Path::new("/nonexistent/x.yml")).is_err());
+}
