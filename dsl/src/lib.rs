@@ -34,6 +34,14 @@ pub fn load_str(path: &Path, text: &str) -> Result<Workflow, LoadError> {
     load_str_with(path, text, &Policy::default())
 }
 
+/// Canonical formatting of `.wf` text read from `path` (used in messages): one top-level item
+/// per block separated by a blank line, two-space indentation, one key per line. Works on the
+/// parse tree (templates, matrices and imports are kept); comments are dropped. Idempotent, and
+/// the result loads to the same IR. A syntax error is returned as the usual [`LoadError`].
+pub fn format_wf(path: &Path, text: &str) -> Result<String, LoadError> {
+    wf::format(path, text)
+}
+
 /// [`load_file`], also checking what the workflow asks for against an operator's `policy`.
 pub fn load_file_with(path: &Path, policy: &Policy) -> Result<Workflow, LoadError> {
     let text = std::fs::read_to_string(path)

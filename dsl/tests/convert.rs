@@ -138,3 +138,43 @@ fn broken_files_give_their_usual_errors() {
     assert!(common::render(&e).contains("w.wf"));
     assert!(dsl::convert_file(Path::new("/nonexistent/x.yml")).is_err());
 }
+
+/// Formats `text` (as `path`): idempotent, and the formatted file loads to the same IR.
+fn check_format(path: &Path, text: &str) -> String {
+    let once = dsl::format_wf(path, text)
+        .unwrap_or_else(|e| panic!("{} should format:\n{}", path.display(), common::render(&e)));
+    let twice = dsl::format_wf(path, &once).expect("formatted text formats");
+    assert_eq!(once, twice, "format is idempotent");
+    let before = dsl::load_str(path, text).map(|w| ir(&w));
+    let after = dsl::load_str(path, &once).map(|w| ir(&w));
+    match (before, after) {
+        (Ok(a), Ok(b)) => assert_eq!(a, b, "formatted:\n{once}"),
+        (Err(_), Err(_)) => {}
+        (a, b) => panic!("load differs after formatting: {:?} vs {:?}\n{once}", a.is_ok(), b.is_ok()),
+    }
+    once
+}
+
+#[test]
+fn format_is_idempotent_and_keeps_the_ir() {
+    for name in ["spec.wf", "wf/main.wf", "wf/lib/common.wf"] {
+        let path = fixture(name);
+        let text = std::fs::read_to_string(&path).expect("fixture");
+        check_format(&path, &text);
+    }
+    let out = check_format(Path::new("w.wf"), WF);
+    assert!(out.contains("step test[target in [\"x86\", \"arm\"]] = unit(target) {"), "{out}");
+    // The DSL printed by convert is already canonical except for grouping.
+    let yml = std::fs::read_to_string(fixture("spec.yml")).expect("fixture");
+    let wf = convert(&fixture("spec.yml"), &yml);
+    check_format(Path::new("spec.wf"), &wf);
+    let odd = "version 1 # c\nstep a{run \"x\\$y\tz $w\" needs [ ] }\ntemplate image t ( a,b ) { stage s from \"${a}\" { copy from s \"${b}\" to \"/\" } }";
+    let out = check_format(Path::new("o.wf"), odd);
+    insta::assert_snapshot!("format_odd", out);
+}
+
+#[test]
+fn format_reports_syntax_errors() {
+    let e = dsl::format_wf(Path::new("w.wf"), "step {").expect_err("syntax error");
+    assert!(common::render(&e).contains("w.wf:1"));
+}

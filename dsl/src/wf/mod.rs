@@ -8,6 +8,10 @@
 //! and the same messages. It only reports what the resolver cannot see: syntax errors, unknown
 //! parameters, template calls and imports.
 
+mod format;
+
+pub(crate) use format::format;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
