@@ -178,3 +178,50 @@ fn format_reports_syntax_errors() {
     let e = dsl::format_wf(Path::new("w.wf"), "step {").expect_err("syntax error");
     assert!(common::render(&e).contains("w.wf:1"));
 }
+
+proptest::proptest! {
+    #[test]
+    fn any_string_survives_yaml_to_dsl_and_back(run in "\\PC{0,40}", val in "[ -~\\t\\n]{0,20}") {
+        let yaml = format!(
+            "version: 1\ndefaults: {{ image: local/busybox:1 }}\nenv: {{ V: {} }}\nsteps:\n  s:\n    run: {}\n",
+            serde_json::to_string(&val).expect("json"),
+            serde_json::to_string(&format!("x{run}")).expect("json"),
+        );
+        if dsl::load_str(Path::new("p.yml"), &yaml).is_ok() {
+            let wf = round_trip(Path::new("p.yml"), &yaml, "wf");
+            round_trip(Path::new("p.wf"), &wf, "yml");
+            let formatted = dsl::format_wf(Path::new("p.wf"), &wf).expect("formats");
+            let a = dsl::load_str(Path::new("p.wf"), &formatted).expect("loads");
+            proptest::prop_assert_eq!(ir(&a), ir(&dsl::load_str(Path::new("p.wf"), &wf).expect("loads")));
+        }
+    }
+}
+
+proptest::proptest! {
+    #[test]
+    fn any_string_survives_dsl_to_yaml_and_back(run in "\\PC{0,40}", val in "[ -~\\t\u{85}\u{2028}é]{0,20}") {
+        let q = |s: &str| {
+            let mut o = String::from("\"");
+            for c in s.chars() {
+                match c {
+                    '"' => o.push_str("\\\""),
+                    '\\' => o.push_str("\\\\"),
+                    '$' => o.push_str("\\$"),
+                    '\n' => o.push_str("\\n"),
+                    c => o.push(c),
+                }
+            }
+            o.push('"');
+            o
+        };
+        let wf = format!(
+            "version 1\ndefaults {{ image \"local/busybox:1\" }}\nenv {{ V {} }}\nstep s {{ run {} }}\n",
+            q(&val),
+            q(&format!("x{run}")),
+        );
+        if dsl::load_str(Path::new("p.wf"), &wf).is_ok() {
+            let yaml = round_trip(Path::new("p.wf"), &wf, "yml");
+            round_trip(Path::new("p.yml"), &yaml, "wf");
+        }
+    }
+}
