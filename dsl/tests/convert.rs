@@ -225,3 +225,48 @@ proptest::proptest! {
         }
     }
 }
+
+/// Every YAML example written in the other test files (raw string literals) that loads converts
+/// to DSL and back with the same IR.
+#[test]
+fn every_loadable_yaml_example_in_the_tests_converts() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
+    let mut converted = 0;
+    for file in ["load.rs", "errors.rs", "wf.rs"] {
+        let src = std::fs::read_to_string(dir.join(file)).expect("test source");
+        let raw = src
+            .split("r#\"")
+            .skip(1)
+            .filter_map(|c| c.split_once("\"#").map(|(t, _)| t.to_string()));
+        // Plain literals such as "version: 1\nsteps: ...", with the Rust escapes undone.
+        let plain = src.split("\"version: 1").skip(1).map(|c| {
+            let mut text = String::from("version: 1");
+            let mut cs = c.chars();
+            while let Some(ch) = cs.next() {
+                match ch {
+                    '"' => break,
+                    '\\' => match cs.next() {
+                        Some('n') => text.push('\n'),
+                        Some('t') => text.push('\t'),
+                        Some(o) => text.push(o),
+                        None => break,
+                    },
+                    ch => text.push(ch),
+                }
+            }
+            text
+        });
+        for text in raw.chain(plain) {
+            let text = text.as_str();
+            let yml = Path::new("/nonexistent-dir/ex.yml");
+            if dsl::load_str(yml, text).is_err() {
+                continue;
+            }
+            let wf = round_trip(yml, text, "wf");
+            round_trip(Path::new("/nonexistent-dir/ex.wf"), &wf, "yml");
+            check_format(Path::new("/nonexistent-dir/ex.wf"), &wf);
+            converted += 1;
+        }
+    }
+    assert!(converted >= 5, "only {converted} examples loaded");
+}
