@@ -37,6 +37,19 @@ pub enum Command {
     /// Inspect and maintain the step cache
     #[command(subcommand)]
     Cache(CacheCommand),
+    /// Print the workflow in the other syntax: YAML becomes .wf, .wf becomes YAML
+    Convert {
+        /// The workflow file (.yml/.yaml or .wf)
+        file: PathBuf,
+    },
+    /// Format a .wf file canonically (in place), or check that it is formatted
+    Fmt {
+        /// The .wf file
+        file: PathBuf,
+        /// Do not write; exit 1 if the file is not formatted
+        #[arg(long)]
+        check: bool,
+    },
     /// Pin every base image reference to its current image ID in engine.lock beside the workflow
     Lock {
         /// Workflow file [default: ./workflow.yml, then ./workflow.wf]

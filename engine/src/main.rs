@@ -52,6 +52,11 @@ async fn dispatch(cli: Cli) -> i32 {
         Command::Cache(cmd) => cache_command(cmd).await,
         Command::Images(cmd) => images_command(cmd).await,
         Command::Lock { file } => lock_command(file).await,
+        Command::Convert { file } => dsl::convert_file(&file).map_err(StartError::from).map(|text| {
+            print!("{text}");
+            exit::OK
+        }),
+        Command::Fmt { file, check } => fmt_command(&file, check),
     };
     match result {
         Ok(code) => code,
@@ -217,6 +222,22 @@ async fn cache_command(cmd: CacheCommand) -> Result<i32, StartError> {
             print!("{}", engine::explain::explain(&step, &forecasts[pos]));
         }
     }
+    Ok(exit::OK)
+}
+
+fn fmt_command(file: &Path, check: bool) -> Result<i32, StartError> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| StartError::Invalid(format!("cannot read {}: {e}", file.display())))?;
+    let formatted = dsl::format_wf(file, &text)?;
+    if formatted == text {
+        return Ok(exit::OK);
+    }
+    if check {
+        eprintln!("{} is not formatted: run `engine fmt {}`", file.display(), file.display());
+        return Ok(exit::STEP_FAILED);
+    }
+    std::fs::write(file, formatted).map_err(|e| StartError::Invalid(format!("cannot write {}: {e}", file.display())))?;
+    println!("formatted {}", file.display());
     Ok(exit::OK)
 }
 

@@ -290,3 +290,58 @@ step hi[who in ["x86", "arm"]] = greet(who) {{ needs prep }}
     let err = text(&o.stderr);
     assert!(err.contains("workflow.wf:2:") && err.contains('^'), "{err}");
 }
+
+#[test]
+fn a_converted_workflow_has_the_same_plan_and_cache_keys_both_ways() {
+    let p = Project::new(&format!(
+        r#"version: 1
+name: demo
+env: {{ LANG: C.UTF-8 }}
+defaults: {{ image: {IMAGE}, limits: {{ memory: 256m }} }}
+steps:
+  build:
+    inputs: ["src/**"]
+    run: mkdir -p out && cat src/* > out/all && echo "${{HOME:-none}}"
+    outputs: [out/all]
+    env: {{ MODE: fast }}
+  test:
+    needs: [build]
+    command: ["/bin/sh", "-c", "cat out/all"]
+    secrets: [TOKEN]
+    profile: sandbox
+"#
+    ));
+    p.write("src/a.txt", "a\n");
+    let plan_keys = |file: &str| -> Vec<(String, String)> {
+        let o = p.run(&["plan", file, "--output", "json"]);
+        assert_eq!(code(&o), 0, "{file}: {}", text(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| (s["name"].as_str().unwrap().to_string(), s["key"].as_str().unwrap_or("-").to_string()))
+            .collect()
+    };
+    let o = p.run(&["convert", "workflow.yml"]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    std::fs::write(p.path().join("converted.wf"), &o.stdout).unwrap();
+    let o = p.run(&["convert", "converted.wf"]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    std::fs::write(p.path().join("back.yml"), &o.stdout).unwrap();
+    // Run once so that every step's key is known (a step's key includes its needs' outputs).
+    let o = p.cmd(&["run"]).env("TOKEN", "t0ken").output().unwrap();
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    let original = plan_keys("workflow.yml");
+    assert_eq!(original.len(), 2);
+    assert!(original.iter().all(|(_, k)| k.len() == 64), "{original:?}");
+    assert_eq!(plan_keys("converted.wf"), original);
+    assert_eq!(plan_keys("back.yml"), original);
+
+    // fmt is idempotent and leaves a formatted file alone.
+    assert_eq!(code(&p.run(&["fmt", "converted.wf"])), 0);
+    let once = std::fs::read_to_string(p.path().join("converted.wf")).unwrap();
+    assert_eq!(code(&p.run(&["fmt", "--check", "converted.wf"])), 0);
+    assert_eq!(std::fs::read_to_string(p.path().join("converted.wf")).unwrap(), once);
+    assert_eq!(plan_keys("converted.wf"), original);
+}
