@@ -121,7 +121,9 @@ struct Parsed {
 }
 
 /// Loads a `.wf` file: parse, desugar into a YAML-shaped tree, resolve with the YAML resolver.
-pub(crate) fn load(path: &Path, text: &str, policy: &Policy) -> Result<Workflow, LoadError> {
+/// The desugared YAML-shaped tree of `text` (templates, matrix and imports expanded), parsed
+/// once; syntax and desugaring errors as diagnostics.
+fn parse(path: &Path, text: &str) -> Result<(Arc<SourceFile>, Node), LoadError> {
     let src = Arc::new(SourceFile {
         path: path.to_path_buf(),
         text: text.to_string(),
@@ -129,31 +131,23 @@ pub(crate) fn load(path: &Path, text: &str, policy: &Policy) -> Result<Workflow,
     let mut diags = Vec::new();
     let mut stack = vec![canonical(path)];
     let Some(parsed) = parse_file(src.clone(), &mut stack, &mut diags) else {
-        return yaml::finish(path, diags, yaml::unreachable_workflow(&src));
+        return yaml::finish(path, diags, ()).and_then(|()| Err(yaml::no_tree(path)));
     };
     let root = build(&parsed, &mut diags);
-    if !diags.is_empty() {
-        return yaml::finish(path, diags, yaml::unreachable_workflow(&src));
-    }
+    yaml::finish(path, diags, (src, root))
+}
+
+pub(crate) fn load(path: &Path, text: &str, policy: &Policy) -> Result<Workflow, LoadError> {
+    let (src, root) = parse(path, text)?;
     yaml::resolve(path, src, root, policy)
 }
 
 /// The desugared YAML-shaped tree of a `.wf` file (templates, matrix and imports expanded),
 /// after checking that the file loads.
 pub(crate) fn tree(path: &Path, text: &str) -> Result<Node, LoadError> {
-    load(path, text, &Policy::default())?;
-    let src = Arc::new(SourceFile {
-        path: path.to_path_buf(),
-        text: text.to_string(),
-    });
-    let mut diags = Vec::new();
-    let mut stack = vec![canonical(path)];
-    let empty = || Node::Scalar(MarkedScalarNode::new(marked_yaml::Span::new_blank(), ""));
-    let Some(parsed) = parse_file(src, &mut stack, &mut diags) else {
-        return yaml::finish(path, diags, empty());
-    };
-    let root = build(&parsed, &mut diags);
-    yaml::finish(path, diags, root)
+    let (src, root) = parse(path, text)?;
+    yaml::resolve(path, src, root.clone(), &Policy::default())?;
+    Ok(root)
 }
 
 fn canonical(path: &Path) -> PathBuf {

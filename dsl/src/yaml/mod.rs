@@ -52,30 +52,35 @@ pub(crate) fn finish<T>(path: &Path, mut diags: Vec<Diagnostic>, value: T) -> Re
     })
 }
 
-pub(crate) fn load(path: &Path, text: &str, policy: &Policy) -> Result<Workflow, LoadError> {
+/// The YAML node tree of `text`, parsed once; syntax errors as diagnostics.
+fn parse(path: &Path, text: &str) -> Result<(Arc<SourceFile>, Node), LoadError> {
     let src = Arc::new(SourceFile {
         path: path.to_path_buf(),
         text: text.to_string(),
     });
     let mut r = Reader::new(&src);
-    let Some(root) = r.parse() else {
-        return finish(path, r.diags, unreachable_workflow(&src));
-    };
-    resolve(path, src.clone(), root, policy)
+    match r.parse() {
+        Some(root) => Ok((src, root)),
+        None => finish(path, r.diags, ()).and_then(|()| Err(no_tree(path))),
+    }
+}
+
+/// A parser gives no tree only with a diagnostic; this covers the impossible case without a
+/// panic (shared with the DSL front end).
+pub(crate) fn no_tree(path: &Path) -> LoadError {
+    LoadError::Invalid { path: path.to_path_buf(), diagnostics: Vec::new() }
+}
+
+pub(crate) fn load(path: &Path, text: &str, policy: &Policy) -> Result<Workflow, LoadError> {
+    let (src, root) = parse(path, text)?;
+    resolve(path, src, root, policy)
 }
 
 /// The YAML-shaped node tree of a YAML workflow, after checking that the file loads.
 pub(crate) fn tree(path: &Path, text: &str) -> Result<Node, LoadError> {
-    load(path, text, &Policy::default())?;
-    let src = SourceFile {
-        path: path.to_path_buf(),
-        text: text.to_string(),
-    };
-    let mut r = Reader::new(&src);
-    match r.parse() {
-        Some(root) => Ok(root),
-        None => finish(path, r.diags, Node::Scalar(marked_yaml::types::MarkedScalarNode::new(marked_yaml::Span::new_blank(), ""))),
-    }
+    let (src, root) = parse(path, text)?;
+    resolve(path, src, root.clone(), &Policy::default())?;
+    Ok(root)
 }
 
 /// Resolves and validates an already-parsed YAML-shaped tree into the IR. Every front end ends
