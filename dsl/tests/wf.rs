@@ -3,33 +3,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use common::{fixture, ir};
+
+use std::path::Path;
 
 use proptest::prelude::*;
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
 
-/// The IR as JSON without spans and source paths, so that two syntaxes can be compared.
-fn ir(wf: &dsl::Workflow) -> serde_json::Value {
-    fn strip(v: &mut serde_json::Value) {
-        match v {
-            serde_json::Value::Object(m) => {
-                m.remove("span");
-                m.remove("spans");
-                m.values_mut().for_each(strip);
-            }
-            serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
-            _ => {}
-        }
-    }
-    let mut v = serde_json::to_value(wf).expect("the IR serialises");
-    strip(&mut v);
-    v
-}
 
 fn load_file(path: &Path) -> dsl::Workflow {
     dsl::load_file(path)

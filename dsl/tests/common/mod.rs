@@ -28,3 +28,26 @@ pub fn load(name: &str, text: &str) -> Workflow {
         Err(e) => panic!("{name} should load:\n{}", render(&e)),
     }
 }
+
+/// A file under `dsl/tests/fixtures`.
+pub fn fixture(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+/// The IR as JSON without spans and source paths, so that two syntaxes can be compared.
+pub fn ir(wf: &Workflow) -> serde_json::Value {
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                m.remove("span");
+                m.remove("spans");
+                m.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let mut v = serde_json::to_value(wf).expect("the IR serialises");
+    strip(&mut v);
+    v
+}
