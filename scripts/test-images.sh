@@ -5,3 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 docker image inspect local/busybox:1 >/dev/null 2>&1 || ./import-busybox.sh local/busybox:1
+# The Debian base of the stdlib toolchain images (engine/tests/stdlib.rs); needs Debian's mirror.
+docker image inspect local/debian:bookworm >/dev/null 2>&1 || ./import-debian.sh bookworm local/debian:bookworm

@@ -38,6 +38,16 @@ impl Project {
         Project { dir }
     }
 
+    /// A copy of the example project `examples/<name>` (its own `.engine/` left out), so that a
+    /// test runs it exactly as its docs say without writing into the repository.
+    pub fn example(name: &str) -> Project {
+        ensure_docker();
+        let dir = tempfile::tempdir().unwrap();
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples").join(name);
+        copy_tree(&src, dir.path());
+        Project { dir }
+    }
+
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
@@ -70,6 +80,21 @@ impl Project {
 
     pub fn spawn(&self, args: &[&str]) -> Child {
         self.cmd(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+    }
+}
+
+fn copy_tree(src: &Path, dst: &Path) {
+    for entry in std::fs::read_dir(src).unwrap_or_else(|e| panic!("{}: {e}", src.display())) {
+        let entry = entry.unwrap();
+        let (from, to) = (entry.path(), dst.join(entry.file_name()));
+        if entry.file_type().unwrap().is_dir() {
+            if entry.file_name() != ".engine" {
+                std::fs::create_dir_all(&to).unwrap();
+                copy_tree(&from, &to);
+            }
+        } else {
+            std::fs::copy(&from, &to).unwrap();
+        }
     }
 }
 

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Debian base image for the stdlib toolchains: `debootstrap --variant=minbase` of a suite
+# (default bookworm) imported as `local/debian:<suite>` (or the tag given as $2). No registry is
+# needed, only Debian's mirror (the same one apt uses on this host). About 30 s.
+# Online alternative: `docker pull debian:bookworm && docker tag debian:bookworm local/debian:bookworm`.
+set -euo pipefail
+suite="${1:-bookworm}"
+tag="${2:-local/debian:$suite}"
+mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+if ! command -v debootstrap >/dev/null 2>&1; then
+  echo "installing debootstrap (Debian package)..." >&2
+  $SUDO apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq debootstrap >/dev/null
+fi
+root="$(mktemp -d)"
+trap '$SUDO rm -rf "$root"' EXIT
+echo "debootstrap $suite from $mirror..." >&2
+$SUDO debootstrap --variant=minbase "$suite" "$root" "$mirror" >"$root.log" 2>&1 \
+  || { tail -20 "$root.log" >&2; exit 1; }
+rm -f "$root.log"
+# A small image: no apt lists or caches (steps run `apt-get update` in an image stage first),
+# and an unprivileged user 1000:1000 like the one steps run as.
+$SUDO rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin "$root"/var/cache/apt/archives/*.deb
+grep -q '^user:' "$root/etc/passwd" || echo 'user:x:1000:1000:user:/workspace:/bin/sh' | $SUDO tee -a "$root/etc/passwd" >/dev/null
+grep -q '^user:' "$root/etc/group" || echo 'user:x:1000:' | $SUDO tee -a "$root/etc/group" >/dev/null
+$SUDO mkdir -p "$root/workspace"
+$SUDO tar -C "$root" --numeric-owner -c . \
+  | docker import --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+      --change 'CMD ["/bin/bash"]' - "$tag" >/dev/null
+echo "imported $tag"
