@@ -119,7 +119,8 @@ fn check(file: Option<PathBuf>, policy: &PolicyArg) -> Result<i32, StartError> {
     let file = workflow_file(file)?;
     let policy = load_policy(policy)?;
     let plan = run::load_and_plan(&file, &[], &policy, run::local_budget())?;
-    println!("{}: workflow `{}` is valid ({} steps)", file.display(), plan.workflow.name, plan.steps.len());
+    let n = plan.steps.len();
+    println!("{}: workflow `{}` is valid ({n} step{})", file.display(), plan.workflow.name, if n == 1 { "" } else { "s" });
     Ok(exit::OK)
 }
 
