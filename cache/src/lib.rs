@@ -12,7 +12,7 @@ pub mod store;
 
 pub use digest::Digest;
 pub use key::{ActionKey, InputEntry, KeyComponents, Reason, UpstreamEntry};
-pub use store::{Manifest, Store};
+pub use store::{Manifest, OutputEntry, Store};
 
 /// Bumped whenever the key encoding or the store layout changes: old entries simply stop matching.
 pub const CACHE_FORMAT_VERSION: u32 = 1;

@@ -87,6 +87,12 @@ pub struct Manifest {
     /// Unix seconds.
     pub created: u64,
     pub duration_ms: u64,
+    /// Digests of the step's input files, whose contents the store keeps (as blobs) for as long as
+    /// this entry lives, so that `engine replay` can re-create the step's workspace from the store
+    /// rather than from a working tree that may have changed. Not needed for (nor checked by) a
+    /// restore.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<Digest>,
 }
 
 impl Manifest {
@@ -264,28 +270,27 @@ impl Store {
         log: &[u8],
         duration_ms: u64,
     ) -> Result<Manifest, StoreError> {
+        self.put_with_inputs(key, workflow, step, collected, exit_code, log, duration_ms, Vec::new())
+    }
+
+    /// `put`, naming the blobs of the step's inputs (stored by [`Store::store_inputs`]) so that
+    /// they live as long as the entry.
+    #[allow(clippy::too_many_arguments)]
+    pub fn put_with_inputs(
+        &self,
+        key: ActionKey,
+        workflow: &str,
+        step: &str,
+        collected: &Path,
+        exit_code: i64,
+        log: &[u8],
+        duration_ms: u64,
+        mut inputs: Vec<Digest>,
+    ) -> Result<Manifest, StoreError> {
         let tmp = self.v1("tmp");
-        let mut entries = Vec::new();
-        for item in WalkDir::new(collected).follow_links(false).min_depth(1) {
-            let item = item.map_err(|e| StoreError::Io { path: collected.to_path_buf(), source: e.into() })?;
-            let src = item.path();
-            let path = relative(collected, src)?;
-            let ft = item.file_type();
-            if ft.is_symlink() {
-                let target = fs::read_link(src).map_err(at(src))?;
-                let target = target.to_str().ok_or_else(|| not_utf8(src))?.to_string();
-                entries.push(OutputEntry::Symlink { path, target });
-            } else if ft.is_dir() {
-                let meta = item.metadata().map_err(|e| StoreError::Io { path: src.to_path_buf(), source: e.into() })?;
-                entries.push(OutputEntry::Dir { path, mode: meta.permissions().mode() & MODE_BITS });
-            } else if ft.is_file() {
-                let meta = item.metadata().map_err(|e| StoreError::Io { path: src.to_path_buf(), source: e.into() })?;
-                let (digest, size) = fsio::store_file_blob(&tmp, src, |d| self.blob_path(d))?;
-                entries.push(OutputEntry::File { path, mode: meta.permissions().mode() & MODE_BITS, digest, size });
-            }
-            // Sockets, fifos and devices cannot be restored as content; they are not outputs.
-        }
-        entries.sort_by(|a, b| a.path().cmp(b.path()));
+        let entries = walk_outputs(collected, |src| fsio::store_file_blob(&tmp, src, |d| self.blob_path(d)))?;
+        inputs.sort_unstable();
+        inputs.dedup();
         let log_digest = Digest::of(log);
         fsio::store_bytes_blob(&tmp, log, &self.blob_path(&log_digest))?;
         let created = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
@@ -298,6 +303,7 @@ impl Store {
             log: log_digest,
             created,
             duration_ms,
+            inputs,
         };
         let dest = self.manifest_path(&key);
         let json = serde_json::to_vec_pretty(&manifest).map_err(|e| StoreError::Io { path: dest.clone(), source: e.into() })?;
@@ -349,12 +355,109 @@ impl Store {
         maint::verify(self)
     }
 
+    /// Keep the content of each input file (`root/<path>`) as a blob, for `engine replay`. A
+    /// blob that exists is not written again (one `stat`). Returns the inputs whose content no
+    /// longer matches the digest they were hashed with (edited meanwhile); those are stored under
+    /// their new digest and the caller should not name the old one.
+    pub fn store_inputs(&self, root: &Path, inputs: &[crate::InputEntry]) -> Result<Vec<String>, StoreError> {
+        let tmp = self.v1("tmp");
+        let changed: Result<Vec<Option<String>>, StoreError> = inputs
+            .par_iter()
+            .map(|input| {
+                if self.blob_path(&input.digest).is_file() {
+                    return Ok(None);
+                }
+                let (digest, _) = fsio::store_file_blob(&tmp, &root.join(&input.path), |d| self.blob_path(d))?;
+                Ok((digest != input.digest).then(|| input.path.clone()))
+            })
+            .collect();
+        Ok(changed?.into_iter().flatten().collect())
+    }
+
+    pub fn has_blob(&self, digest: &Digest) -> bool {
+        self.blob_path(digest).is_file()
+    }
+
+    /// Re-create `entries` (files by digest from the store, folders, symlinks) under `dest`, as a
+    /// restore does: paths are checked, every blob is re-hashed first, and a blob that is missing
+    /// or damaged is reported (`Err(Some(digest))`) with nothing written.
+    pub fn materialise(&self, entries: &[OutputEntry], dest: &Path) -> Result<(), MaterialiseError> {
+        if let Some(what) = restore::unsafe_entries(entries) {
+            return Err(MaterialiseError::Unsafe(what));
+        }
+        let mut digests: Vec<Digest> = entries
+            .iter()
+            .filter_map(|e| match e {
+                OutputEntry::File { digest, .. } => Some(*digest),
+                _ => None,
+            })
+            .collect();
+        digests.sort_unstable();
+        digests.dedup();
+        if let Some(d) = digests.par_iter().find_any(|d| !fsio::hash_file(&self.blob_path(d)).is_ok_and(|h| h == **d)) {
+            return Err(MaterialiseError::MissingBlob(*d));
+        }
+        restore::materialise(entries, dest, |d| self.blob_path(d)).map_err(MaterialiseError::Store)
+    }
+
+    /// The content of one blob, if the store has it.
+    pub fn read_blob(&self, digest: &Digest) -> Option<Vec<u8>> {
+        fs::read(self.blob_path(digest)).ok()
+    }
+
     /// The persistent folder of cache mount `name` (created on demand).
     pub fn mount_dir(&self, name: &str) -> Result<PathBuf, StoreError> {
         let dir = self.v1("mounts").join(sanitise(name));
         fs::create_dir_all(&dir).map_err(at(&dir))?;
         Ok(dir)
     }
+}
+
+/// Why [`Store::materialise`] wrote nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum MaterialiseError {
+    #[error("blob {0} is missing from the cache or damaged")]
+    MissingBlob(Digest),
+    #[error("{0}")]
+    Unsafe(String),
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+/// Every file, symlink and directory under `dir`, sorted by path; `file` hashes (and may store)
+/// each regular file and returns its digest and size. Sockets, fifos and devices cannot be
+/// restored as content, so they are not outputs.
+fn walk_outputs(
+    dir: &Path,
+    file: impl Fn(&Path) -> Result<(Digest, u64), StoreError>,
+) -> Result<Vec<OutputEntry>, StoreError> {
+    let mut entries = Vec::new();
+    for item in WalkDir::new(dir).follow_links(false).min_depth(1) {
+        let item = item.map_err(|e| StoreError::Io { path: dir.to_path_buf(), source: e.into() })?;
+        let src = item.path();
+        let path = relative(dir, src)?;
+        let ft = item.file_type();
+        if ft.is_symlink() {
+            let target = fs::read_link(src).map_err(at(src))?;
+            let target = target.to_str().ok_or_else(|| not_utf8(src))?.to_string();
+            entries.push(OutputEntry::Symlink { path, target });
+        } else if ft.is_dir() {
+            let meta = item.metadata().map_err(|e| StoreError::Io { path: src.to_path_buf(), source: e.into() })?;
+            entries.push(OutputEntry::Dir { path, mode: meta.permissions().mode() & MODE_BITS });
+        } else if ft.is_file() {
+            let meta = item.metadata().map_err(|e| StoreError::Io { path: src.to_path_buf(), source: e.into() })?;
+            let (digest, size) = file(src)?;
+            entries.push(OutputEntry::File { path, mode: meta.permissions().mode() & MODE_BITS, digest, size });
+        }
+    }
+    entries.sort_by(|a, b| a.path().cmp(b.path()));
+    Ok(entries)
+}
+
+/// The entries of the outputs collected in `dir`, hashed but not stored: what `put` would record,
+/// for comparing a re-execution with a stored manifest (`engine replay`).
+pub fn scan_outputs(dir: &Path) -> Result<Vec<OutputEntry>, StoreError> {
+    walk_outputs(dir, |src| fsio::hash_file_sized(src).map_err(at(src)))
 }
 
 /// `path` relative to `root`, `/`-separated, as UTF-8 (manifests are JSON text).

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The text of a workflow file, kept so that later stages (planner, policy) can point at lines.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -21,7 +21,7 @@ pub struct SourceFile {
 }
 
 /// A location in a source file. `offset`/`len` are bytes; `line`/`col` are 1-based.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 pub struct Span {
     pub offset: usize,
     pub len: usize,
@@ -49,7 +49,7 @@ impl Workflow {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Step {
     pub name: String,
     /// Where the step is defined (its key in `steps:`), for messages about the step as a whole.
@@ -104,7 +104,7 @@ impl Step {
 }
 
 /// `caches: [{ path: /home/user/.cargo/registry, name: cargo }]` on a step.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CacheMount {
     /// Shared by every step (of any workflow) that names it.
     pub name: String,
@@ -112,7 +112,7 @@ pub struct CacheMount {
     pub path: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "name", rename_all = "snake_case")]
 pub enum ImageRef {
     /// A plain image reference (`local/busybox:1`), used as is.
@@ -121,7 +121,7 @@ pub enum ImageRef {
     Built(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Command {
     /// `run:`: executed as `/bin/sh -c <script>`.
@@ -140,7 +140,7 @@ impl Command {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Network {
     None,
@@ -156,7 +156,7 @@ impl Network {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct User {
     pub uid: u32,
     pub gid: u32,
@@ -168,7 +168,7 @@ impl std::fmt::Display for User {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Isolation {
     pub network: Network,
     pub user: User,
@@ -180,7 +180,7 @@ impl Default for Isolation {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {
     /// CPU quota in thousandths of a CPU (`cpus: 1.5` is 1500).
     pub millicpus: u64,
@@ -222,6 +222,11 @@ impl Limits {
 mod duration_secs {
     pub fn serialize<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_f64(d.as_secs_f64())
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<std::time::Duration, D::Error> {
+        let secs = <f64 as serde::Deserialize>::deserialize(d)?;
+        std::time::Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom)
     }
 }
 

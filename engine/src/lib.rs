@@ -12,6 +12,7 @@ pub mod lock;
 pub mod output;
 pub mod owner;
 pub mod plan;
+pub mod record;
 pub mod run;
 pub mod scheduler;
 pub mod workspace;

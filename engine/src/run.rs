@@ -21,6 +21,7 @@ use crate::events::{Event, EventSink, RunStatus};
 use crate::executor::{CacheMountJob, Executor, StepContext, StepFailure, StepJob, StepOutcome};
 use crate::output::{self, OutputMode};
 use crate::plan::{self, HostBudget, Plan};
+use crate::record::{self, Recorder, RunRecord, StepRecord, StepState};
 use crate::scheduler::{self, SchedulerConfig};
 use crate::workspace::{self, RunDir, SourceTree};
 
@@ -142,6 +143,10 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<RunStatus,
     let run_id = new_run_id();
     let run_dir = RunDir::create(&run_id)
         .map_err(|e| EnvironmentError(format!("cannot create a temporary folder for the run: {e}")))?;
+    let jobs = cfg.jobs.map(|j| j as usize).unwrap_or_else(|| {
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    });
+    let recorder = Arc::new(start_record(&cfg, &docker, &workflow, &plan, &run_id, &out_dir, jobs).await?);
 
     let (events, rx) = EventSink::channel();
     let renderer = output::spawn(cfg.output, cfg.color, rx);
@@ -168,9 +173,7 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<RunStatus,
         no_cache: cfg.no_cache,
         outputs: Mutex::new(HashMap::new()),
         image_builds: image_builds.clone(),
-    });
-    let jobs = cfg.jobs.map(|j| j as usize).unwrap_or_else(|| {
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        recorder: recorder.clone(),
     });
     let config = SchedulerConfig { jobs, budget, keep_going: cfg.keep_going };
     tracing::debug!(elapsed = ?started.elapsed(), "prepared; starting the scheduler");
@@ -188,6 +191,26 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<RunStatus,
     let _ = cleanup::remove_run(executor.docker.client(), &run_id).await;
     tracing::debug!(elapsed = ?started.elapsed(), "removed the run's containers");
 
+    // The final record: how the run and every step ended (skips and cancellations included).
+    let finished = record::timestamp(std::time::SystemTime::now());
+    let written = recorder.update(|r| {
+        r.status = report.status.into();
+        r.finished_at = Some(finished);
+        r.duration_ms = Some(started.elapsed().as_millis() as u64);
+        for summary in &report.steps {
+            if let Some(s) = r.steps.iter_mut().find(|s| s.name == summary.step) {
+                s.status = summary.status.into();
+                s.reason = summary.reason.clone();
+                if s.exit_code.is_none() {
+                    s.exit_code = summary.exit_code;
+                }
+            }
+        }
+    });
+    if let Err(e) = written {
+        tracing::warn!(error = %e, "cannot write the run record");
+    }
+
     events.emit(Event::RunFinished {
         run_id,
         status: report.status,
@@ -198,6 +221,54 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<RunStatus,
     drop(executor);
     let _ = renderer.await;
     Ok(report.status)
+}
+
+/// Write the first version of the run's record: every planned step `pending`.
+async fn start_record(
+    cfg: &RunConfig,
+    docker: &DockerExecutor,
+    workflow: &dsl::Workflow,
+    plan: &Plan,
+    run_id: &str,
+    out_dir: &Path,
+    jobs: usize,
+) -> Result<Recorder, EnvironmentError> {
+    let text = std::fs::read(&cfg.file)
+        .map_err(|e| EnvironmentError(format!("cannot read {}: {e}", cfg.file.display())))?;
+    let (docker_version, docker_api_version) = docker.daemon_version().await;
+    let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()).display().to_string();
+    let record = RunRecord {
+        schema: record::SCHEMA.to_string(),
+        run_id: run_id.to_string(),
+        status: record::RecordStatus::Incomplete,
+        started_at: record::timestamp(std::time::SystemTime::now()),
+        finished_at: None,
+        duration_ms: None,
+        engine: record::EngineInfo::current(),
+        host: record::HostInfo {
+            os: std::env::consts::OS.to_string(),
+            arch: std::env::consts::ARCH.to_string(),
+            docker_version,
+            docker_api_version,
+        },
+        workflow: record::WorkflowInfo {
+            name: workflow.name.clone(),
+            file: cfg.file.display().to_string(),
+            dir: absolute(&workflow.dir),
+            digest: record::sha256(&text),
+        },
+        invocation: record::Invocation {
+            targets: cfg.targets.clone(),
+            jobs,
+            keep_going: cfg.keep_going,
+            no_cache: cfg.no_cache,
+            out_dir: absolute(out_dir),
+        },
+        steps: plan.steps.iter().map(|p| StepRecord::pending(&p.step)).collect(),
+    };
+    Recorder::create(&workflow.dir, record).map_err(|e| {
+        EnvironmentError(format!("cannot write the run record under {}: {e}", record::runs_dir(&workflow.dir).display()))
+    })
 }
 
 /// What `run`, `plan` and `cache explain` need to know about each planned step before deciding:
@@ -376,9 +447,22 @@ struct EngineExecutor {
     outputs: Mutex<HashMap<String, Digest>>,
     /// Images of `images:` being built; a step using one waits for it (and only for it).
     image_builds: HashMap<String, ImageBuild>,
+    recorder: Arc<Recorder>,
 }
 
 impl EngineExecutor {
+    /// Record one step's progress; a record that cannot be written costs the audit, not the run.
+    fn record(&self, step: &str, f: impl FnOnce(&mut StepRecord)) {
+        if let Err(e) = self.recorder.update_step(step, f) {
+            tracing::warn!(step, error = %e, "cannot write the run record");
+        }
+    }
+
+    /// Keep a step's log beside the record.
+    fn record_log(&self, step: &str, log: &[u8]) -> Option<record::LogRecord> {
+        self.recorder.write_log(step, log).map_err(|e| tracing::warn!(step, error = %e, "cannot write the step log")).ok()
+    }
+
     fn upstream(&self, step: &dsl::Step) -> Result<Vec<UpstreamEntry>, StepFailure> {
         let outputs = self.outputs.lock().unwrap_or_else(|e| e.into_inner());
         step.needs
@@ -447,15 +531,43 @@ impl Executor for EngineExecutor {
         let components = caching::components(&step, &image_id, inputs, upstream);
         let key = components.key();
         tracing::debug!(step = %name, elapsed = ?t.elapsed(), "computed the key");
+        let (run_step, source_date_epoch) = with_source_date_epoch(&step, &key);
+        let image_record = record::ImageRecord {
+            reference: match &step.image {
+                dsl::ImageRef::Reference(r) => r.clone(),
+                dsl::ImageRef::Built(n) => format!("images.{n}"),
+            },
+            id: image_id.clone(),
+        };
+        self.record(&name, |r| {
+            let mut recorded = components.clone();
+            r.inputs = std::mem::take(&mut recorded.inputs);
+            r.key = Some(key.to_string());
+            r.key_components = Some(recorded);
+            r.image = Some(image_record);
+            r.source_date_epoch = source_date_epoch;
+            r.started_at = Some(record::timestamp(std::time::SystemTime::now()));
+        });
 
         if let Decision::Cached(manifest) = caching::decide(&self.store, &self.workflow, &step, &components, self.no_cache) {
             let (exit_code, digest) = (manifest.exit_code, manifest.outputs_digest());
+            let (entries, log_digest) = (manifest.entries.clone(), manifest.log);
             if let Some(result) = self.restore(&step, *manifest).await {
                 if result.is_ok() {
                     self.outputs.lock().unwrap_or_else(|e| e.into_inner()).insert(name.clone(), digest);
                     tracing::debug!(step = %name, elapsed = ?t.elapsed(), "restored from the cache");
                     let _ = self.store.record_last(&self.workflow, &name, &components);
                     tracing::debug!(step = %name, elapsed = ?t.elapsed(), "recorded the last run");
+                    let log = self.store.read_blob(&log_digest).and_then(|bytes| self.record_log(&name, &bytes));
+                    self.record(&name, |r| {
+                        r.status = StepState::Cached;
+                        r.cached = true;
+                        r.outputs = entries;
+                        r.outputs_digest = Some(digest.to_string());
+                        r.exit_code = Some(exit_code);
+                        r.duration_ms = Some(0);
+                        r.log = log;
+                    });
                 }
                 return StepOutcome { result, duration: Default::default(), exit_code: Some(exit_code), cached: true };
             }
@@ -466,15 +578,23 @@ impl Executor for EngineExecutor {
         let upstream_dirs: Vec<PathBuf> = step.needs.iter().map(|n| self.run_dir.collected(n)).collect();
         let selected = self.prepared.inputs.get(&name).cloned().unwrap_or_default();
         let (source, ws, collect) = (self.source_dir.clone(), workspace.clone(), collect_to.clone());
+        let (store, hashed) = (self.store.clone(), components.inputs.clone());
         let staged = tokio::task::spawn_blocking(move || {
             let _ = std::fs::remove_dir_all(&collect);
             workspace::stage(&source, &selected, &upstream_dirs, &ws)?;
+            // The inputs' contents go to the store too (once per content): `engine replay`
+            // re-creates this workspace from there, whatever happens to the working tree later.
+            let changed = store.store_inputs(&source, &hashed).map_err(std::io::Error::other)?;
+            if !changed.is_empty() {
+                tracing::warn!(files = ?changed, "inputs changed while the run started; a replay will miss them");
+            }
             std::fs::create_dir_all(&collect)
         })
         .await;
         if let Err(e) = flatten(staged) {
             return failure(StepFailure::Environment(format!("cannot prepare the workspace of step `{name}`: {e}")));
         }
+        let input_digests: Vec<Digest> = components.inputs.iter().map(|i| i.digest).collect();
         let mut caches = Vec::new();
         for mount in &step.caches {
             match self.store.mount_dir(&mount.name) {
@@ -495,7 +615,7 @@ impl Executor for EngineExecutor {
                 .filter_map(|s| self.secrets.get(s).map(|v| (s.clone(), v.clone())))
                 .collect(),
             caches,
-            step: step.clone(),
+            step: run_step,
         };
         let mut outcome = self.docker.run_step(job, StepContext { events, cancel: ctx.cancel }).await;
 
@@ -503,7 +623,8 @@ impl Executor for EngineExecutor {
         let duration_ms = u64::try_from(outcome.duration.as_millis()).unwrap_or(u64::MAX);
         let (store, out_dir, wf, step_name) = (self.store.clone(), self.out_dir.clone(), self.workflow.clone(), name.clone());
         let log = log.take();
-        let finished = tokio::task::spawn_blocking(move || -> Result<Option<Digest>, String> {
+        let log_record = self.record_log(&name, &log);
+        let finished = tokio::task::spawn_blocking(move || -> Result<Option<cache::Manifest>, String> {
             // The workspace is no longer needed; its space is freed as soon as the step ends.
             let _ = std::fs::remove_dir_all(&workspace);
             if !succeeded {
@@ -511,24 +632,55 @@ impl Executor for EngineExecutor {
                 return Ok(None);
             }
             let manifest = store
-                .put(key, &wf, &step_name, &collect_to, 0, &log, duration_ms)
+                .put_with_inputs(key, &wf, &step_name, &collect_to, 0, &log, duration_ms, input_digests)
                 .map_err(|e| format!("cannot store the outputs in the cache: {e}"))?;
             workspace::export(&collect_to, &out_dir, &step_name)
                 .map_err(|e| format!("cannot export the outputs to {}: {e}", out_dir.display()))?;
-            Ok(Some(manifest.outputs_digest()))
+            Ok(Some(manifest))
         })
         .await
         .unwrap_or_else(|e| Err(e.to_string()));
+        let mut recorded_outputs = None;
         match finished {
-            Ok(Some(digest)) => {
+            Ok(Some(manifest)) => {
+                let digest = manifest.outputs_digest();
                 self.outputs.lock().unwrap_or_else(|e| e.into_inner()).insert(name.clone(), digest);
                 let _ = self.store.record_last(&self.workflow, &name, &components);
+                recorded_outputs = Some((manifest.entries, digest));
             }
             Ok(None) => {}
             Err(e) => outcome.result = Err(StepFailure::Environment(format!("step `{name}`: {e}"))),
         }
+        let (result, exit_code) = (outcome.result.clone(), outcome.exit_code);
+        self.record(&name, |r| {
+            r.status = match &result {
+                Ok(()) => StepState::Succeeded,
+                Err(StepFailure::Cancelled) => StepState::Cancelled,
+                Err(_) => StepState::Failed,
+            };
+            r.reason = result.err().map(|f| f.to_string());
+            r.exit_code = exit_code;
+            r.duration_ms = Some(duration_ms);
+            r.log = log_record;
+            if let Some((entries, digest)) = recorded_outputs {
+                r.outputs = entries;
+                r.outputs_digest = Some(digest.to_string());
+            }
+        });
         outcome
     }
+}
+
+/// The step as its container sees it: with `SOURCE_DATE_EPOCH` set from the key unless the step
+/// (or the workflow's `env`) sets it. Returns the value the engine added, if it added one.
+pub fn with_source_date_epoch(step: &Arc<dsl::Step>, key: &cache::ActionKey) -> (Arc<dsl::Step>, Option<u64>) {
+    if step.env.contains_key("SOURCE_DATE_EPOCH") {
+        return (step.clone(), None);
+    }
+    let epoch = record::source_date_epoch(key);
+    let mut with = (**step).clone();
+    with.env.insert("SOURCE_DATE_EPOCH".to_string(), epoch.to_string());
+    (Arc::new(with), Some(epoch))
 }
 
 fn failure(f: StepFailure) -> StepOutcome {

@@ -45,6 +45,10 @@ fn hash_stream(mut r: impl Read, mut sink: impl FnMut(&[u8]) -> io::Result<()>) 
 }
 
 /// SHA-256 of a file's content, streamed.
+pub(super) fn hash_file_sized(path: &Path) -> io::Result<(Digest, u64)> {
+    hash_stream(File::open(path)?, |_| Ok(()))
+}
+
 pub(super) fn hash_file(path: &Path) -> io::Result<Digest> {
     Ok(hash_stream(File::open(path)?, |_| Ok(()))?.0)
 }

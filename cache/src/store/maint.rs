@@ -94,6 +94,11 @@ fn blobs(store: &Store) -> Result<Vec<Blob>, StoreError> {
         .collect())
 }
 
+/// Every blob gc must keep for a manifest: what it restores, and the inputs `engine replay` needs.
+fn kept(m: &Manifest) -> impl Iterator<Item = Digest> + '_ {
+    referenced(m).chain(m.inputs.iter().copied())
+}
+
 /// Every blob a manifest references: its files and its log.
 pub(super) fn referenced(m: &Manifest) -> impl Iterator<Item = Digest> + '_ {
     m.entries
@@ -153,7 +158,7 @@ pub(super) fn gc(store: &Store, max_size: u64) -> Result<GcReport, StoreError> {
     let sizes: HashMap<Digest, u64> = blobs.iter().map(|b| (b.digest, b.bytes)).collect();
     let mut refs: HashMap<Digest, usize> = HashMap::new();
     for f in &found {
-        let unique: HashSet<Digest> = f.manifest.iter().flat_map(referenced).collect();
+        let unique: HashSet<Digest> = f.manifest.iter().flat_map(kept).collect();
         for d in unique {
             *refs.entry(d).or_default() += 1;
         }
@@ -174,7 +179,7 @@ pub(super) fn gc(store: &Store, max_size: u64) -> Result<GcReport, StoreError> {
         report.removed_entries += 1;
         report.freed_bytes += f.bytes;
         total -= f.bytes;
-        let unique: HashSet<Digest> = f.manifest.iter().flat_map(referenced).collect();
+        let unique: HashSet<Digest> = f.manifest.iter().flat_map(kept).collect();
         for d in unique {
             if let Some(n) = refs.get_mut(&d) {
                 *n -= 1;

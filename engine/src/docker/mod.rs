@@ -111,6 +111,14 @@ impl DockerExecutor {
         &self.docker
     }
 
+    /// The daemon's version and API version, for run records ("unknown" if it does not say).
+    pub async fn daemon_version(&self) -> (String, String) {
+        match self.docker.version().await {
+            Ok(v) => (v.version.unwrap_or_else(|| "unknown".into()), v.api_version.unwrap_or_else(|| "unknown".into())),
+            Err(_) => ("unknown".into(), "unknown".into()),
+        }
+    }
+
     /// CPUs and memory of the daemon's host.
     pub async fn host_budget(&self) -> Result<HostBudget, EnvironmentError> {
         let info = self.docker.info().await.map_err(|e| EnvironmentError(daemon_sentence("describe its host", &e)))?;

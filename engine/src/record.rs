@@ -1,0 +1,438 @@
+//! Run records: what `engine run` leaves in `.engine/runs/<run id>/` beside the workflow, for
+//! `engine runs`, `engine replay` and `engine provenance` (schema: docs/records.md).
+//!
+//! This module owns the record's schema, its atomic writing and its lookup. It never talks to
+//! Docker and never sees a secret value: steps carry secret *names*, logs are captured after
+//! masking, and the key components hold no values of secrets.
+//!
+//! A record is rewritten as a whole (temp file + fsync + rename) at the start of the run, after
+//! every step and at the end, so a reader always sees a complete JSON document; an engine killed
+//! mid-run leaves one whose `status` is `incomplete`, listing the steps finished so far.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use cache::{InputEntry, KeyComponents, OutputEntry};
+use serde::{Deserialize, Serialize};
+
+use crate::events::{RunStatus, StepStatus};
+
+/// The `schema` field of every record this engine writes. A reader refuses other values.
+pub const SCHEMA: &str = "engine.run-record/v1";
+
+/// `<workflow dir>/.engine/runs`.
+pub fn runs_dir(workflow_dir: &Path) -> PathBuf {
+    workflow_dir.join(".engine").join("runs")
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub schema: String,
+    pub run_id: String,
+    /// `incomplete` until the run ends; then how it ended.
+    pub status: RecordStatus,
+    /// RFC 3339, UTC.
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    pub duration_ms: Option<u64>,
+    pub engine: EngineInfo,
+    pub host: HostInfo,
+    pub workflow: WorkflowInfo,
+    pub invocation: Invocation,
+    /// In plan order (every step before the steps that need it).
+    pub steps: Vec<StepRecord>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordStatus {
+    /// The run has not ended (yet): the engine is running, or died.
+    Incomplete,
+    Succeeded,
+    Failed,
+    EnvironmentFailed,
+    Cancelled,
+}
+
+impl RecordStatus {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RecordStatus::Incomplete => "incomplete",
+            RecordStatus::Succeeded => "succeeded",
+            RecordStatus::Failed => "failed",
+            RecordStatus::EnvironmentFailed => "environment_failed",
+            RecordStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl From<RunStatus> for RecordStatus {
+    fn from(s: RunStatus) -> Self {
+        match s {
+            RunStatus::Succeeded => RecordStatus::Succeeded,
+            RunStatus::Failed => RecordStatus::Failed,
+            RunStatus::EnvironmentFailed => RecordStatus::EnvironmentFailed,
+            RunStatus::Cancelled => RecordStatus::Cancelled,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EngineInfo {
+    pub name: String,
+    pub version: String,
+}
+
+impl EngineInfo {
+    pub fn current() -> EngineInfo {
+        EngineInfo { name: "engine".into(), version: env!("CARGO_PKG_VERSION").into() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostInfo {
+    /// `linux`, as Rust names it.
+    pub os: String,
+    /// `x86_64`, `aarch64`, ...
+    pub arch: String,
+    /// The daemon's version and API version (`20.10.24`, `1.41`).
+    pub docker_version: String,
+    pub docker_api_version: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkflowInfo {
+    pub name: String,
+    /// The workflow file as given on the command line.
+    pub file: String,
+    /// The folder it lives in (inputs are relative to it), absolute.
+    pub dir: String,
+    /// `sha256:<hex>` of the workflow file's bytes.
+    pub digest: String,
+}
+
+/// The command line that started the run (nothing from the environment but what it names).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Invocation {
+    pub targets: Vec<String>,
+    pub jobs: usize,
+    pub keep_going: bool,
+    pub no_cache: bool,
+    /// Where outputs were exported, absolute.
+    pub out_dir: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepState {
+    /// Not finished when the record was written (still running, or the engine died).
+    Pending,
+    Succeeded,
+    Cached,
+    Failed,
+    Skipped,
+    Cancelled,
+}
+
+impl From<StepStatus> for StepState {
+    fn from(s: StepStatus) -> Self {
+        match s {
+            StepStatus::Succeeded => StepState::Succeeded,
+            StepStatus::Cached => StepState::Cached,
+            StepStatus::Failed => StepState::Failed,
+            StepStatus::Skipped => StepState::Skipped,
+            StepStatus::Cancelled => StepState::Cancelled,
+        }
+    }
+}
+
+impl StepState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            StepState::Pending => "pending",
+            StepState::Succeeded => "succeeded",
+            StepState::Cached => "cached",
+            StepState::Failed => "failed",
+            StepState::Skipped => "skipped",
+            StepState::Cancelled => "cancelled",
+        }
+    }
+
+    /// The step has outputs in the record (and the store): it can be replayed and attested.
+    pub fn has_outputs(&self) -> bool {
+        matches!(self, StepState::Succeeded | StepState::Cached)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub name: String,
+    pub status: StepState,
+    /// Outputs restored from the cache; no container ran.
+    pub cached: bool,
+    /// The step as resolved from the workflow (defaults and profile applied): image, command,
+    /// env, workdir, user, network, limits, caches, secret names, outputs, needs.
+    pub definition: dsl::Step,
+    /// The image the container was (or would have been) created from.
+    pub image: Option<ImageRecord>,
+    /// The action key (hex), once computed.
+    pub key: Option<String>,
+    /// What the key was computed from, except the input files (see `inputs`).
+    pub key_components: Option<KeyComponents>,
+    /// The input files: path, mode, content digest. Their contents are kept in the cache store
+    /// for as long as the step's cache entry lives.
+    pub inputs: Vec<InputEntry>,
+    /// `SOURCE_DATE_EPOCH` as the step saw it (unless the step set it itself).
+    pub source_date_epoch: Option<u64>,
+    /// Every file, folder and symlink of the outputs, with content digests.
+    pub outputs: Vec<OutputEntry>,
+    pub outputs_digest: Option<String>,
+    pub exit_code: Option<i64>,
+    pub reason: Option<String>,
+    pub started_at: Option<String>,
+    pub duration_ms: Option<u64>,
+    pub log: Option<LogRecord>,
+}
+
+impl StepRecord {
+    pub fn pending(step: &dsl::Step) -> StepRecord {
+        StepRecord {
+            name: step.name.clone(),
+            status: StepState::Pending,
+            cached: false,
+            definition: step.clone(),
+            image: None,
+            key: None,
+            key_components: None,
+            inputs: Vec::new(),
+            source_date_epoch: None,
+            outputs: Vec::new(),
+            outputs_digest: None,
+            exit_code: None,
+            reason: None,
+            started_at: None,
+            duration_ms: None,
+            log: None,
+        }
+    }
+
+    /// The key components with the input files put back: what the key was computed from.
+    pub fn full_components(&self) -> Option<KeyComponents> {
+        let mut c = self.key_components.clone()?;
+        c.inputs = self.inputs.clone();
+        Some(c)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImageRecord {
+    /// The reference as written (`local/busybox:1`), or `images.<name>` for an engine-built one.
+    pub reference: String,
+    /// The image ID (`sha256:...`).
+    pub id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogRecord {
+    /// Relative to the run's folder: `logs/<n>-<step>.log`.
+    pub path: String,
+    /// `sha256:<hex>` of the log's bytes (lines as shown, secrets masked).
+    pub digest: String,
+    pub bytes: u64,
+}
+
+/// RFC 3339 UTC time, seconds precision.
+pub fn timestamp(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// `sha256:<hex>`.
+pub fn sha256(bytes: &[u8]) -> String {
+    format!("sha256:{}", cache::Digest::of(bytes).hex())
+}
+
+/// The record of a run being written. Every update rewrites `record.json` atomically.
+pub struct Recorder {
+    dir: PathBuf,
+    record: Mutex<RunRecord>,
+}
+
+impl Recorder {
+    /// Create `<workflow dir>/.engine/runs/<run id>/` and write the first version of the record.
+    pub fn create(workflow_dir: &Path, record: RunRecord) -> io::Result<Recorder> {
+        let dir = runs_dir(workflow_dir).join(&record.run_id);
+        fs::create_dir_all(dir.join("logs"))?;
+        let recorder = Recorder { dir, record: Mutex::new(record) };
+        recorder.update(|_| {})?;
+        Ok(recorder)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Change the record and write it out (temp file, fsync, rename: never half a file).
+    pub fn update(&self, f: impl FnOnce(&mut RunRecord)) -> io::Result<()> {
+        let mut record = self.record.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut record);
+        let json = serde_json::to_vec_pretty(&*record).map_err(io::Error::other)?;
+        let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
+        tmp.write_all(&json)?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(self.dir.join("record.json")).map_err(|e| e.error)?;
+        Ok(())
+    }
+
+    /// Change one step's entry and write the record out.
+    pub fn update_step(&self, step: &str, f: impl FnOnce(&mut StepRecord)) -> io::Result<()> {
+        self.update(|r| {
+            if let Some(s) = r.steps.iter_mut().find(|s| s.name == step) {
+                f(s)
+            }
+        })
+    }
+
+    /// Write a step's log beside the record; returns what the record says about it.
+    pub fn write_log(&self, step: &str, log: &[u8]) -> io::Result<LogRecord> {
+        let index = {
+            let record = self.record.lock().unwrap_or_else(|e| e.into_inner());
+            record.steps.iter().position(|s| s.name == step).unwrap_or(record.steps.len())
+        };
+        // Numbered in plan order: unique even where two step names sanitise alike.
+        let rel = format!("logs/{index:02}-{}.log", cache::store::sanitise(step));
+        let mut tmp = tempfile::NamedTempFile::new_in(self.dir.join("logs"))?;
+        tmp.write_all(log)?;
+        tmp.persist(self.dir.join(&rel)).map_err(|e| e.error)?;
+        Ok(LogRecord { path: rel, digest: sha256(log), bytes: log.len() as u64 })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("no run records in {}: `engine run` writes one per run", .0.display())]
+    NoRuns(PathBuf),
+    #[error("no run `{id}` in {}; `engine runs` lists them", dir.display())]
+    NotFound { id: String, dir: PathBuf },
+    #[error("run id `{id}` is ambiguous: it starts {n} runs in {}", dir.display())]
+    Ambiguous { id: String, n: usize, dir: PathBuf },
+    #[error("cannot read the run record {}: {reason}", path.display())]
+    Unreadable { path: PathBuf, reason: String },
+}
+
+/// Every readable record under `<workflow dir>/.engine/runs`, oldest first. Folders without a
+/// readable record (a run killed before its first write) are skipped.
+pub fn list(workflow_dir: &Path) -> Vec<RunRecord> {
+    let mut runs: Vec<RunRecord> = fs::read_dir(runs_dir(workflow_dir))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| read(&e.path().join("record.json")).ok())
+        .collect();
+    // Run ids start with the start time in hex seconds; the timestamp breaks no ties better.
+    runs.sort_by(|a, b| a.started_at.cmp(&b.started_at).then_with(|| a.run_id.cmp(&b.run_id)));
+    runs
+}
+
+pub fn read(path: &Path) -> Result<RunRecord, RecordError> {
+    let unreadable = |reason: String| RecordError::Unreadable { path: path.to_path_buf(), reason };
+    let bytes = fs::read(path).map_err(|e| unreadable(e.to_string()))?;
+    let record: RunRecord = serde_json::from_slice(&bytes).map_err(|e| unreadable(e.to_string()))?;
+    if record.schema != SCHEMA {
+        return Err(unreadable(format!("schema `{}` is not `{SCHEMA}`", record.schema)));
+    }
+    Ok(record)
+}
+
+/// The record of run `id` (`latest`, a full id, or an unambiguous prefix) and its folder.
+pub fn find(workflow_dir: &Path, id: &str) -> Result<(PathBuf, RunRecord), RecordError> {
+    let dir = runs_dir(workflow_dir);
+    let runs = list(workflow_dir);
+    let record = if id == "latest" {
+        runs.into_iter().last().ok_or_else(|| RecordError::NoRuns(dir.clone()))?
+    } else {
+        let mut matching: Vec<RunRecord> = runs.into_iter().filter(|r| r.run_id.starts_with(id)).collect();
+        if let Some(exact) = matching.iter().position(|r| r.run_id == id) {
+            matching.swap_remove(exact)
+        } else {
+            match matching.len() {
+                0 => return Err(RecordError::NotFound { id: id.to_string(), dir }),
+                1 => matching.remove(0),
+                n => return Err(RecordError::Ambiguous { id: id.to_string(), n, dir }),
+            }
+        }
+    };
+    Ok((dir.join(&record.run_id), record))
+}
+
+/// `SOURCE_DATE_EPOCH` for a step that does not set it: a function of the step's action key, so
+/// that the same inputs always see the same time and the variable never changes a key by itself
+/// (it is not part of the key; the key decides it). Falls between 2001 and 2033.
+pub fn source_date_epoch(key: &cache::ActionKey) -> u64 {
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&key.0 .0[..8]);
+    1_000_000_000 + u64::from_be_bytes(first) % 1_000_000_000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str, started: &str) -> RunRecord {
+        RunRecord {
+            schema: SCHEMA.into(),
+            run_id: id.into(),
+            status: RecordStatus::Incomplete,
+            started_at: started.into(),
+            finished_at: None,
+            duration_ms: None,
+            engine: EngineInfo::current(),
+            host: HostInfo { os: "linux".into(), arch: "x86_64".into(), docker_version: "x".into(), docker_api_version: "y".into() },
+            workflow: WorkflowInfo { name: "w".into(), file: "workflow.yml".into(), dir: "/w".into(), digest: sha256(b"") },
+            invocation: Invocation::default(),
+            steps: vec![StepRecord::pending(&dsl::Step::new("a", dsl::ImageRef::Reference("i".into()), dsl::Command::Shell("true".into())))],
+        }
+    }
+
+    #[test]
+    fn records_are_written_whole_and_found_by_id_prefix_or_latest() {
+        let dir = tempfile::tempdir().unwrap();
+        let r1 = Recorder::create(dir.path(), record("6a0001", "2026-01-01T00:00:00Z")).unwrap();
+        let r2 = Recorder::create(dir.path(), record("6a0002", "2026-01-01T00:00:05Z")).unwrap();
+        r1.update_step("a", |s| s.status = StepState::Succeeded).unwrap();
+        let log = r2.write_log("a", b"stdout hi\n").unwrap();
+        assert_eq!(log.path, "logs/00-a.log");
+        assert_eq!(fs::read(r2.dir().join(&log.path)).unwrap(), b"stdout hi\n");
+        // No temp files left beside the records.
+        let names: Vec<String> =
+            fs::read_dir(r1.dir()).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+
+        assert_eq!(find(dir.path(), "latest").unwrap().1.run_id, "6a0002");
+        assert_eq!(find(dir.path(), "6a0001").unwrap().1.steps[0].status, StepState::Succeeded);
+        assert!(matches!(find(dir.path(), "6a"), Err(RecordError::Ambiguous { n: 2, .. })));
+        assert!(matches!(find(dir.path(), "7"), Err(RecordError::NotFound { .. })));
+        let empty = tempfile::tempdir().unwrap();
+        assert!(matches!(find(empty.path(), "latest"), Err(RecordError::NoRuns(_))));
+    }
+
+    #[test]
+    fn a_step_definition_survives_the_record() {
+        let mut step = dsl::Step::new("a", dsl::ImageRef::Built("tools".into()), dsl::Command::Argv(vec!["x".into()]));
+        step.limits = dsl::Limits::sandbox();
+        step.env.insert("A".into(), "1".into());
+        let json = serde_json::to_string(&StepRecord::pending(&step)).unwrap();
+        let back: StepRecord = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.definition, step);
+    }
+
+    #[test]
+    fn source_date_epoch_is_a_plausible_time_fixed_by_the_key() {
+        let k = cache::ActionKey(cache::Digest::of(b"x"));
+        assert_eq!(source_date_epoch(&k), source_date_epoch(&k));
+        assert!((1_000_000_000..2_000_000_000).contains(&source_date_epoch(&k)));
+        assert_ne!(source_date_epoch(&k), source_date_epoch(&cache::ActionKey(cache::Digest::of(b"y"))));
+    }
+}
