@@ -58,6 +58,62 @@ pub enum Command {
     /// Build, list and prune the images defined under `images:`
     #[command(subcommand)]
     Images(ImagesCommand),
+    /// List the recorded runs of the workflow in this folder (.engine/runs), or show one
+    #[command(after_help = "Examples:\n  engine runs                 # id, time, workflow, result, steps run/cached\n  engine runs show latest     # one run in detail\n  engine runs show 6b0457     # an unambiguous prefix of a run id")]
+    Runs {
+        #[command(subcommand)]
+        command: Option<RunsCommand>,
+        #[command(flatten)]
+        dir: RecordsDir,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Plain)]
+        output: OutputFormat,
+    },
+    /// Re-execute a recorded run's steps from the recorded inputs and images, and compare outputs
+    #[command(after_help = "Each step runs again, bypassing the cache, in a fresh container from the recorded image ID, \
+        with its inputs and the outputs of the steps it needs taken from the cache store (not from the \
+        working tree). Prints `reproduced` or `differs` per step, and for each differing file its path \
+        and both digests. Exit 0 when everything reproduces, 1 otherwise, 3 when an input or image is gone.")]
+    Replay(ReplayArgs),
+    /// Print the SLSA provenance (an in-toto Statement) of a recorded run's exported outputs
+    Provenance {
+        /// Run id (or an unambiguous prefix), or `latest`
+        id: String,
+        #[command(flatten)]
+        dir: RecordsDir,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RunsCommand {
+    /// Show one run: its steps, keys, images, outputs and logs
+    Show {
+        /// Run id (or an unambiguous prefix), or `latest`
+        id: String,
+    },
+}
+
+/// Where the run records are: `.engine/runs` beside the workflow.
+#[derive(Debug, Args)]
+pub struct RecordsDir {
+    /// The folder holding the workflow (and its .engine/runs) [default: the current directory]
+    #[arg(long = "dir", short = 'C', value_name = "DIR", default_value = ".")]
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// Run id (or an unambiguous prefix), or `latest`
+    pub id: String,
+    /// Replay only these steps [default: every step that succeeded or was cached]
+    #[arg(value_name = "STEP")]
+    pub steps: Vec<String>,
+    /// Maximum number of steps running at once [default: the recorded run's]
+    #[arg(long, short = 'j', value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub jobs: Option<u32>,
+    #[command(flatten)]
+    pub cache: CacheDirArg,
+    #[command(flatten)]
+    pub dir: RecordsDir,
 }
 
 #[derive(Debug, Subcommand)]

@@ -6,7 +6,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
-use engine::cli::{CacheCommand, Cli, Command, GraphFormat, ImagesCommand, OutputFormat, PolicyArg};
+use engine::cli::{CacheCommand, Cli, Command, GraphFormat, ImagesCommand, OutputFormat, PolicyArg, RunsCommand};
 use engine::error::exit;
 use engine::events::RunStatus;
 use engine::output::OutputMode;
@@ -57,6 +57,9 @@ async fn dispatch(cli: Cli) -> i32 {
             exit::OK
         }),
         Command::Fmt { file, check } => fmt_command(&file, check),
+        Command::Runs { command, dir, output } => runs_command(command, &dir.dir, output),
+        Command::Replay(args) => replay_command(args).await,
+        Command::Provenance { id, dir } => provenance_command(&id, &dir.dir),
     };
     match result {
         Ok(code) => code,
@@ -305,6 +308,38 @@ async fn images_command(cmd: ImagesCommand) -> Result<i32, StartError> {
             println!("imported {} as {reference} ({id})", rootfs.display());
         }
     }
+    Ok(exit::OK)
+}
+
+fn runs_command(command: Option<RunsCommand>, dir: &Path, output: OutputFormat) -> Result<i32, StartError> {
+    match command {
+        None => print!("{}", engine::runs::list(dir, output)?),
+        Some(RunsCommand::Show { id }) => {
+            let (run_dir, record) = engine::record::find(dir, &id)?;
+            print!("{}", engine::runs::show(&run_dir, &record, output)?);
+        }
+    }
+    Ok(exit::OK)
+}
+
+async fn replay_command(args: engine::cli::ReplayArgs) -> Result<i32, StartError> {
+    let cache_dir = args.cache.resolve();
+    let cfg = engine::replay::ReplayConfig {
+        dir: args.dir.dir,
+        id: args.id,
+        steps: args.steps,
+        jobs: args.jobs.map(|j| j as usize),
+        cache_dir,
+    };
+    let cancel = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(cancel.clone(), OutputMode::Plain));
+    engine::replay::replay(cfg, cancel).await
+}
+
+fn provenance_command(id: &str, dir: &Path) -> Result<i32, StartError> {
+    let (_, record) = engine::record::find(dir, id)?;
+    let statement = engine::provenance::statement(&record)?;
+    println!("{}", serde_json::to_string_pretty(&statement).map_err(|e| EnvironmentError(e.to_string()))?);
     Ok(exit::OK)
 }
 

@@ -43,12 +43,15 @@ pub enum StartError {
     ImageFailed(String),
     #[error(transparent)]
     Environment(#[from] EnvironmentError),
+    #[error(transparent)]
+    Record(#[from] crate::record::RecordError),
 }
 
 impl StartError {
     pub fn exit_code(&self) -> i32 {
         match self {
             StartError::Environment(_) => crate::error::exit::ENVIRONMENT,
+            StartError::Record(crate::record::RecordError::Unreadable { .. }) => crate::error::exit::ENVIRONMENT,
             StartError::ImageFailed(_) => crate::error::exit::STEP_FAILED,
             _ => crate::error::exit::INVALID,
         }
