@@ -368,6 +368,12 @@ fn load_policy(arg: &PolicyArg) -> Result<dsl::policy::Policy, StartError> {
 /// The one place errors reach the user: `engine: <message>` plus, for workflow files, every
 /// diagnostic with its file:line:col, the source line and a caret.
 fn report(err: &StartError) {
+    // Sentences without a place in a file are printed as they are: wrapping them would split
+    // digests and paths that users copy.
+    if !matches!(err, StartError::Load(_) | StartError::Plan(_)) {
+        eprintln!("engine: error: {err}");
+        return;
+    }
     let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let out = dsl::diagnostic::render(err, color);
     eprintln!("engine: {}", out.trim_start().trim_end());
