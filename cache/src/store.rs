@@ -4,6 +4,7 @@
 //! ```text
 //! v1/blobs/<aa>/<digest>        file contents, by their own SHA-256, read-only
 //! v1/actions/<aa>/<key>.json    one Manifest per action key
+//! v1/inputs/<aa>/<key>.json     the input files (path, mode, digest) of an executed key, for replay
 //! v1/last/<workflow>/<step>.json  KeyComponents of the step's last run (explains misses)
 //! v1/stat/<root digest>.bin     stat caches (see `hash`)
 //! v1/mounts/<name>/             persistent cache mounts (`caches:` on a step; not in any key)
@@ -37,7 +38,7 @@ use fsio::at;
 pub use fsio::sanitise;
 
 /// The folders under `v1/`.
-const LAYOUT: [&str; 6] = ["blobs", "actions", "last", "stat", "mounts", "tmp"];
+const LAYOUT: [&str; 7] = ["blobs", "actions", "inputs", "last", "stat", "mounts", "tmp"];
 /// Permission bits kept for outputs (including setuid/setgid/sticky), not the file type.
 const MODE_BITS: u32 = 0o7777;
 
@@ -87,12 +88,6 @@ pub struct Manifest {
     /// Unix seconds.
     pub created: u64,
     pub duration_ms: u64,
-    /// Digests of the step's input files, whose contents the store keeps (as blobs) for as long as
-    /// this entry lives, so that `engine replay` can re-create the step's workspace from the store
-    /// rather than from a working tree that may have changed. Not needed for (nor checked by) a
-    /// restore.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub inputs: Vec<Digest>,
 }
 
 impl Manifest {
@@ -270,27 +265,8 @@ impl Store {
         log: &[u8],
         duration_ms: u64,
     ) -> Result<Manifest, StoreError> {
-        self.put_with_inputs(key, workflow, step, collected, exit_code, log, duration_ms, Vec::new())
-    }
-
-    /// `put`, naming the blobs of the step's inputs (stored by [`Store::store_inputs`]) so that
-    /// they live as long as the entry.
-    #[allow(clippy::too_many_arguments)]
-    pub fn put_with_inputs(
-        &self,
-        key: ActionKey,
-        workflow: &str,
-        step: &str,
-        collected: &Path,
-        exit_code: i64,
-        log: &[u8],
-        duration_ms: u64,
-        mut inputs: Vec<Digest>,
-    ) -> Result<Manifest, StoreError> {
         let tmp = self.v1("tmp");
         let entries = walk_outputs(collected, |src| fsio::store_file_blob(&tmp, src, |d| self.blob_path(d)))?;
-        inputs.sort_unstable();
-        inputs.dedup();
         let log_digest = Digest::of(log);
         fsio::store_bytes_blob(&tmp, log, &self.blob_path(&log_digest))?;
         let created = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
@@ -303,7 +279,6 @@ impl Store {
             log: log_digest,
             created,
             duration_ms,
-            inputs,
         };
         let dest = self.manifest_path(&key);
         let json = serde_json::to_vec_pretty(&manifest).map_err(|e| StoreError::Io { path: dest.clone(), source: e.into() })?;
@@ -372,6 +347,31 @@ impl Store {
             })
             .collect();
         Ok(changed?.into_iter().flatten().collect())
+    }
+
+    /// Where the input manifest of `key` lives (`v1/inputs/<aa>/<hex>.json`).
+    pub fn inputs_path(&self, key: &ActionKey) -> PathBuf {
+        let hex = key.0.hex();
+        self.v1("inputs").join(&hex[..2]).join(format!("{hex}.json"))
+    }
+
+    /// Keep the input manifest of `key` (paths, modes, digests; the contents are blobs, see
+    /// [`Store::store_inputs`]) beside its entry, for `engine replay`. Written once per key: the
+    /// key covers every input, so an existing file is already right. gc keeps the blobs it
+    /// names, and removes it with the entry. Kept apart from the manifest, which every restore
+    /// reads, because it can be large (one line per input file).
+    pub fn put_inputs_manifest(&self, key: &ActionKey, inputs: &[crate::InputEntry]) -> Result<(), StoreError> {
+        let dest = self.inputs_path(key);
+        if dest.is_file() {
+            return Ok(());
+        }
+        let json = serde_json::to_vec(inputs).map_err(|e| StoreError::Io { path: dest.clone(), source: e.into() })?;
+        fsio::write_atomic(&self.v1("tmp"), &dest, &json)
+    }
+
+    /// The input manifest of `key`, if the store still has it.
+    pub fn inputs_manifest(&self, key: &ActionKey) -> Option<Vec<crate::InputEntry>> {
+        serde_json::from_slice(&fs::read(self.inputs_path(key)).ok()?).ok()
     }
 
     pub fn has_blob(&self, digest: &Digest) -> bool {

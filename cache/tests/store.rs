@@ -115,7 +115,7 @@ fn manifest(entries: Vec<OutputEntry>) -> Manifest {
 #[test]
 fn open_creates_the_layout() {
     let (dir, _store) = store();
-    for sub in ["blobs", "actions", "last", "stat", "mounts", "tmp"] {
+    for sub in ["blobs", "actions", "inputs", "last", "stat", "mounts", "tmp"] {
         assert!(dir.path().join("v1").join(sub).is_dir(), "{sub}");
     }
 }
@@ -568,4 +568,53 @@ fn default_dir_honours_engine_cache_dir() {
     if let Some(v) = before {
         std::env::set_var("ENGINE_CACHE_DIR", v);
     }
+}
+
+#[test]
+fn inputs_kept_for_replay_live_and_die_with_their_entry() {
+    let (_d, store) = store();
+    let tree = TempDir::new().unwrap();
+    write(&tree.path().join("src/a.c"), b"int a;", 0o644);
+    write(&tree.path().join("run.sh"), b"#!/bin/sh\n", 0o755);
+    let inputs: Vec<cache::InputEntry> = [("run.sh", 0o755, &b"#!/bin/sh\n"[..]), ("src/a.c", 0o644, &b"int a;"[..])]
+        .into_iter()
+        .map(|(path, mode, content)| cache::InputEntry { path: path.into(), mode, digest: Digest::of(content) })
+        .collect();
+    assert!(store.store_inputs(tree.path(), &inputs).unwrap().is_empty());
+    let outputs = TempDir::new().unwrap();
+    write(&outputs.path().join("o"), b"out", 0o644);
+    let m = put(&store, key("a"), outputs.path());
+    store.put_inputs_manifest(&m.key, &inputs).unwrap();
+    assert_eq!(store.inputs_manifest(&m.key).unwrap(), inputs);
+    for i in &inputs {
+        set_mtime(&store.blob_path(&i.digest), 600);
+    }
+
+    // Referenced by the entry's input manifest: gc keeps them, however old.
+    store.gc(u64::MAX).unwrap();
+    assert!(inputs.iter().all(|i| store.has_blob(&i.digest)));
+    // They re-create the inputs byte for byte, modes included.
+    let files: Vec<OutputEntry> = inputs
+        .iter()
+        .map(|i| OutputEntry::File { path: i.path.clone(), mode: i.mode, digest: i.digest, size: 0 })
+        .collect();
+    let again = TempDir::new().unwrap();
+    store.materialise(&files, again.path()).unwrap();
+    assert_eq!(snapshot(again.path()).get("run.sh"), snapshot(tree.path()).get("run.sh"));
+    assert_eq!(fs::read(again.path().join("src/a.c")).unwrap(), b"int a;");
+    // A missing blob is named, and nothing is written.
+    fs::remove_file(store.blob_path(&inputs[1].digest)).unwrap();
+    let empty = TempDir::new().unwrap();
+    let err = store.materialise(&files, empty.path()).unwrap_err();
+    assert!(matches!(err, cache::store::MaterialiseError::MissingBlob(d) if d == inputs[1].digest));
+    assert_eq!(fs::read_dir(empty.path()).unwrap().count(), 0);
+
+    // An input edited after it was hashed is reported (its new content is what gets stored).
+    write(&tree.path().join("src/a.c"), b"int b;", 0o644);
+    assert_eq!(store.store_inputs(tree.path(), &inputs).unwrap(), vec!["src/a.c".to_string()]);
+
+    // The entry goes: its input manifest and the blobs only it named go too.
+    store.gc(0).unwrap();
+    assert!(store.inputs_manifest(&m.key).is_none());
+    assert!(!store.has_blob(&inputs[0].digest));
 }

@@ -23,6 +23,10 @@ use crate::events::{RunStatus, StepStatus};
 /// The `schema` field of every record this engine writes. A reader refuses other values.
 pub const SCHEMA: &str = "engine.run-record/v1";
 
+/// Steps with more inputs than this keep their input manifest in the store only: a no-op run of
+/// a step over 100,000 files must not write megabytes of JSON into every record.
+pub const INLINE_INPUTS: usize = 10_000;
+
 /// `<workflow dir>/.engine/runs`.
 pub fn runs_dir(workflow_dir: &Path) -> PathBuf {
     workflow_dir.join(".engine").join("runs")
@@ -182,9 +186,15 @@ pub struct StepRecord {
     pub key: Option<String>,
     /// What the key was computed from, except the input files (see `inputs`).
     pub key_components: Option<KeyComponents>,
-    /// The input files: path, mode, content digest. Their contents are kept in the cache store
-    /// for as long as the step's cache entry lives.
+    /// The input files: path, mode, content digest, for steps with at most [`INLINE_INPUTS`]
+    /// inputs. Their contents are kept in the cache store for as long as the step's cache entry
+    /// lives.
     pub inputs: Vec<InputEntry>,
+    pub inputs_count: usize,
+    /// The step had more than [`INLINE_INPUTS`] inputs: the manifest is not repeated in every
+    /// record but kept once in the cache store under the key (`v1/inputs/<aa>/<key>.json`).
+    #[serde(default)]
+    pub inputs_in_store: bool,
     /// `SOURCE_DATE_EPOCH` as the step saw it (unless the step set it itself).
     pub source_date_epoch: Option<u64>,
     /// Every file, folder and symlink of the outputs, with content digests.
@@ -208,6 +218,8 @@ impl StepRecord {
             key: None,
             key_components: None,
             inputs: Vec::new(),
+            inputs_count: 0,
+            inputs_in_store: false,
             source_date_epoch: None,
             outputs: Vec::new(),
             outputs_digest: None,
@@ -219,11 +231,13 @@ impl StepRecord {
         }
     }
 
-    /// The key components with the input files put back: what the key was computed from.
-    pub fn full_components(&self) -> Option<KeyComponents> {
-        let mut c = self.key_components.clone()?;
-        c.inputs = self.inputs.clone();
-        Some(c)
+    /// The input files, from the record or, for a step with many, from the store.
+    pub fn input_entries(&self, store: &cache::Store) -> Option<Vec<InputEntry>> {
+        if !self.inputs_in_store {
+            return Some(self.inputs.clone());
+        }
+        let key = cache::ActionKey(self.key.as_ref()?.parse().ok()?);
+        store.inputs_manifest(&key)
     }
 }
 

@@ -185,7 +185,11 @@ async fn check_step(docker: &DockerExecutor, store: &Store, record: &RunRecord, 
         }
         None => missing.push(format!("step `{}`: the record names no image", step.name)),
     }
-    for input in &step.inputs {
+    let Some(inputs) = step.input_entries(store) else {
+        missing.push(format!("step `{}`: its input manifest is not in the cache store {}", step.name, store.dir().display()));
+        return missing;
+    };
+    for input in &inputs {
         if !store.has_blob(&input.digest) {
             missing.push(format!(
                 "step `{}`: input `{}` (sha256 {}) is not in the cache store {}",
@@ -311,8 +315,8 @@ fn stage_from_store(
     // The inputs, as a source tree of their own (only the recorded files, at their paths).
     let source = run_dir.path().join("replay-inputs").join(&safe);
     std::fs::create_dir_all(&source).map_err(|e| e.to_string())?;
-    let files: Vec<OutputEntry> = step
-        .inputs
+    let inputs = step.input_entries(store).ok_or("its input manifest is not in the cache store")?;
+    let files: Vec<OutputEntry> = inputs
         .iter()
         .map(|i| OutputEntry::File { path: i.path.clone(), mode: i.mode & 0o7777, digest: i.digest, size: 0 })
         .collect();
@@ -325,7 +329,7 @@ fn stage_from_store(
         store.materialise(&up.outputs, &dir).map_err(|e| format!("outputs of `{need}`: {e}"))?;
         upstream.push(dir);
     }
-    let paths: Vec<String> = step.inputs.iter().map(|i| i.path.clone()).collect();
+    let paths: Vec<String> = inputs.iter().map(|i| i.path.clone()).collect();
     workspace::stage(&source, &paths, &upstream, workspace).map_err(|e| e.to_string())?;
     let _ = std::fs::remove_dir_all(&source);
     std::fs::create_dir_all(collect).map_err(|e| e.to_string())

@@ -543,8 +543,23 @@ impl Executor for EngineExecutor {
             id: image_id.clone(),
         };
         self.record(&name, |r| {
-            let mut recorded = components.clone();
-            r.inputs = std::mem::take(&mut recorded.inputs);
+            // The components without the inputs (recorded apart, and not cloned when many).
+            let recorded = cache::KeyComponents {
+                format: components.format,
+                image_id: components.image_id.clone(),
+                command: components.command.clone(),
+                env: components.env.clone(),
+                workdir: components.workdir.clone(),
+                user: components.user.clone(),
+                network: components.network.clone(),
+                outputs: components.outputs.clone(),
+                secrets: components.secrets.clone(),
+                inputs: Vec::new(),
+                upstream: components.upstream.clone(),
+            };
+            r.inputs_count = components.inputs.len();
+            r.inputs_in_store = components.inputs.len() > record::INLINE_INPUTS;
+            r.inputs = if r.inputs_in_store { Vec::new() } else { components.inputs.clone() };
             r.key = Some(key.to_string());
             r.key_components = Some(recorded);
             r.image = Some(image_record);
@@ -597,7 +612,7 @@ impl Executor for EngineExecutor {
         if let Err(e) = flatten(staged) {
             return failure(StepFailure::Environment(format!("cannot prepare the workspace of step `{name}`: {e}")));
         }
-        let input_digests: Vec<Digest> = components.inputs.iter().map(|i| i.digest).collect();
+        let input_manifest = components.inputs.clone();
         let mut caches = Vec::new();
         for mount in &step.caches {
             match self.store.mount_dir(&mount.name) {
@@ -635,8 +650,11 @@ impl Executor for EngineExecutor {
                 return Ok(None);
             }
             let manifest = store
-                .put_with_inputs(key, &wf, &step_name, &collect_to, 0, &log, duration_ms, input_digests)
+                .put(key, &wf, &step_name, &collect_to, 0, &log, duration_ms)
                 .map_err(|e| format!("cannot store the outputs in the cache: {e}"))?;
+            store
+                .put_inputs_manifest(&key, &input_manifest)
+                .map_err(|e| format!("cannot store the input manifest in the cache: {e}"))?;
             workspace::export(&collect_to, &out_dir, &step_name)
                 .map_err(|e| format!("cannot export the outputs to {}: {e}", out_dir.display()))?;
             Ok(Some(manifest))

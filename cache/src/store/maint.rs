@@ -94,9 +94,12 @@ fn blobs(store: &Store) -> Result<Vec<Blob>, StoreError> {
         .collect())
 }
 
-/// Every blob gc must keep for a manifest: what it restores, and the inputs `engine replay` needs.
-fn kept(m: &Manifest) -> impl Iterator<Item = Digest> + '_ {
-    referenced(m).chain(m.inputs.iter().copied())
+/// Every blob gc must keep for an entry: what it restores, and the inputs `engine replay` needs
+/// (from the entry's input manifest, if there is one).
+fn kept(store: &Store, f: &Found) -> HashSet<Digest> {
+    let Some(m) = &f.manifest else { return HashSet::new() };
+    let inputs = store.inputs_manifest(&m.key).unwrap_or_default();
+    referenced(m).chain(inputs.into_iter().map(|i| i.digest)).collect()
 }
 
 /// Every blob a manifest references: its files and its log.
@@ -158,7 +161,7 @@ pub(super) fn gc(store: &Store, max_size: u64) -> Result<GcReport, StoreError> {
     let sizes: HashMap<Digest, u64> = blobs.iter().map(|b| (b.digest, b.bytes)).collect();
     let mut refs: HashMap<Digest, usize> = HashMap::new();
     for f in &found {
-        let unique: HashSet<Digest> = f.manifest.iter().flat_map(kept).collect();
+        let unique = kept(store, f);
         for d in unique {
             *refs.entry(d).or_default() += 1;
         }
@@ -179,7 +182,10 @@ pub(super) fn gc(store: &Store, max_size: u64) -> Result<GcReport, StoreError> {
         report.removed_entries += 1;
         report.freed_bytes += f.bytes;
         total -= f.bytes;
-        let unique: HashSet<Digest> = f.manifest.iter().flat_map(kept).collect();
+        let unique = kept(store, f);
+        if let Some(m) = &f.manifest {
+            remove(&store.inputs_path(&m.key));
+        }
         for d in unique {
             if let Some(n) = refs.get_mut(&d) {
                 *n -= 1;
