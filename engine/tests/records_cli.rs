@@ -198,3 +198,67 @@ fn a_folder_without_runs_has_nothing_to_list_show_or_attest() {
     assert_eq!(code(&o), 2);
     assert!(text(&o.stderr).contains("no run `nosuchid`"), "{}", text(&o.stderr));
 }
+
+#[test]
+fn a_failed_run_is_listed_failed_and_attests_what_it_exported() {
+    let p = Project::new(&format!(
+        "version: 1\nname: half\ndefaults: {{ image: {IMAGE} }}\nsteps:\n  good: {{ run: echo ok > ok.txt, outputs: [ok.txt] }}\n  bad: {{ run: echo oops && exit 3 }}\n"
+    ));
+    let o = p.run(&["run", "--keep-going"]);
+    assert_eq!(code(&o), 1, "{}", text(&o.stderr));
+    let listing = ok(&p, &["runs"]);
+    assert_eq!(rows(&listing)[0][2..], ["half", "failed", "2", "0"], "{listing}");
+    let shown = ok(&p, &["runs", "show", "latest"]);
+    assert!(shown.contains("status             failed\n"), "{shown}");
+    assert!(shown.contains("step bad: failed (executed in ") && shown.contains("  exit code          3\n"), "{shown}");
+    assert!(shown.contains("  reason             exited with code 3\n"), "{shown}");
+
+    let statement: serde_json::Value = serde_json::from_str(&ok(&p, &["provenance", "latest"])).unwrap();
+    assert_eq!(statement["subject"].as_array().unwrap().len(), 1, "{statement}");
+    assert_eq!(statement["subject"][0]["name"], "good/ok.txt");
+    assert_eq!(statement["subject"][0]["digest"]["sha256"].as_str().unwrap(), sha256sum(&p.path().join(".engine/out/good/ok.txt")));
+    let logs: Vec<&str> = statement["predicate"]["runDetails"]["byproducts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|b| b["name"].as_str().filter(|n| n.starts_with("logs/")))
+        .collect();
+    assert_eq!(logs.len(), 2, "the failed step's log is a byproduct too: {logs:?}");
+}
+
+/// docs/records.md, "Signing with OpenSSH", as written there (without a passphrase; the check of
+/// the files with jq and sha256sum is `runs_are_listed_shown_and_attested`'s, without jq).
+#[test]
+fn a_statement_signed_with_ssh_keygen_verifies_and_a_changed_one_does_not() {
+    let p = Project::new(&workflow());
+    p.write("src.txt", "source\n");
+    ok(&p, &["run"]);
+    let sh = |script: &str| {
+        let o = Command::new("sh").arg("-c").arg(script).current_dir(p.path()).output().unwrap();
+        (code(&o), text(&o.stdout), text(&o.stderr))
+    };
+    if sh("command -v ssh-keygen").0 != 0 {
+        // OpenSSH's client is not part of what the engine needs; the docs' commands are checked
+        // wherever it is installed.
+        eprintln!("skipped: no ssh-keygen on this machine (Debian: apt-get install openssh-client)");
+        return;
+    }
+    let engine = env!("CARGO_BIN_EXE_engine");
+    let (c, _, err) = sh(&format!(
+        r#"set -e
+ssh-keygen -q -t ed25519 -f release-key -C "release signing key" -N ''
+ENGINE_CACHE_DIR=.engine/test-cache {engine} provenance latest > provenance.json
+ssh-keygen -Y sign -f release-key -n in-toto provenance.json
+echo "release@example.com $(cat release-key.pub)" > allowed_signers"#
+    ));
+    assert_eq!(c, 0, "{err}");
+    let verify = "ssh-keygen -Y verify -f allowed_signers -I release@example.com -n in-toto -s provenance.json.sig";
+    let (c, out, err) = sh(&format!("{verify} < provenance.json"));
+    assert_eq!(c, 0, "{out}{err}");
+    assert!(out.contains(r#"Good "in-toto" signature for release@example.com"#), "{out}{err}");
+
+    let (c, _, _) = sh(&format!("sed 's/\"jobs\": [0-9]*/\"jobs\": 99/' provenance.json > changed.json && {verify} < changed.json"));
+    assert_ne!(c, 0, "a changed statement must not verify");
+    let (c, _, _) = sh(&format!("{} < provenance.json", verify.replace("-n in-toto", "-n file")));
+    assert_ne!(c, 0, "another namespace must not verify");
+}
