@@ -65,7 +65,8 @@ pub enum Command {
         command: Option<RunsCommand>,
         #[command(flatten)]
         dir: RecordsDir,
-        #[arg(long, value_enum, default_value_t = OutputFormat::Plain)]
+        /// `json`: one summary object per run on one line; with `show`, the record itself
+        #[arg(long, value_enum, default_value_t = OutputFormat::Plain, global = true)]
         output: OutputFormat,
     },
     /// Re-execute a recorded run's steps from the recorded inputs and images, and compare outputs
@@ -96,7 +97,7 @@ pub enum RunsCommand {
 #[derive(Debug, Args)]
 pub struct RecordsDir {
     /// The folder holding the workflow (and its .engine/runs) [default: the current directory]
-    #[arg(long = "dir", short = 'C', value_name = "DIR", default_value = ".")]
+    #[arg(long = "dir", short = 'C', value_name = "DIR", default_value = ".", global = true)]
     pub dir: PathBuf,
 }
 

@@ -1,19 +1,481 @@
 //! `engine runs` and `engine runs show`: run records as text or JSON. Reads records only.
+//!
+//! Plain text is for people (short digests, sizes like `1.5k`, no colours); JSON is for
+//! machines: `engine runs --output json` prints one summary object per run on one line, and
+//! `engine runs show ID --output json` prints the record itself (schema: docs/records.md).
 
+use std::fmt::Write as _;
 use std::path::Path;
 
+use cache::OutputEntry;
+
 use crate::cli::OutputFormat;
-use crate::record::{RecordError, RunRecord};
+use crate::output::{fmt_secs, fmt_size};
+use crate::record::{self, RecordError, RunRecord, StepRecord, StepState};
 
 /// The runs recorded under `<dir>/.engine/runs`, oldest first: id, start time, workflow, result,
 /// steps run / cached.
 pub fn list(dir: &Path, output: OutputFormat) -> Result<String, RecordError> {
-    let _ = (dir, output);
-    todo!("helper")
+    let runs_dir = record::runs_dir(dir);
+    let runs = record::list(dir);
+    if runs.is_empty() {
+        return Err(RecordError::NoRuns(runs_dir));
+    }
+    Ok(match output {
+        OutputFormat::Plain => list_table(&runs, &runs_dir),
+        OutputFormat::Json => {
+            let summaries: Vec<serde_json::Value> = runs.iter().map(summary_json).collect();
+            format!("{}\n", serde_json::Value::Array(summaries))
+        }
+    })
 }
 
 /// One run in detail. `run_dir` is the run's folder (logs are relative to it).
 pub fn show(run_dir: &Path, record: &RunRecord, output: OutputFormat) -> Result<String, RecordError> {
-    let _ = (run_dir, record, output);
-    todo!("helper")
+    match output {
+        OutputFormat::Plain => Ok(show_text(run_dir, record)),
+        OutputFormat::Json => serde_json::to_string_pretty(record).map(|json| format!("{json}\n")).map_err(|e| {
+            RecordError::Unreadable { path: run_dir.join("record.json"), reason: e.to_string() }
+        }),
+    }
+}
+
+/// Steps whose container ran to an end (succeeded or failed), not restored from the cache.
+fn steps_run(record: &RunRecord) -> usize {
+    record.steps.iter().filter(|s| executed(s)).count()
+}
+
+fn steps_cached(record: &RunRecord) -> usize {
+    record.steps.iter().filter(|s| s.status == StepState::Cached).count()
+}
+
+fn executed(step: &StepRecord) -> bool {
+    matches!(step.status, StepState::Succeeded | StepState::Failed) && !step.cached
+}
+
+fn summary_json(r: &RunRecord) -> serde_json::Value {
+    serde_json::json!({
+        "id": r.run_id,
+        "started_at": r.started_at,
+        "workflow": r.workflow.name,
+        "status": r.status.as_str(),
+        "steps_run": steps_run(r),
+        "steps_cached": steps_cached(r),
+        "steps_total": r.steps.len(),
+    })
+}
+
+fn list_table(runs: &[RunRecord], runs_dir: &Path) -> String {
+    let header = ["id", "started", "workflow", "result", "run", "cached"];
+    let rows: Vec<[String; 6]> = runs
+        .iter()
+        .map(|r| {
+            [
+                r.run_id.clone(),
+                r.started_at.clone(),
+                r.workflow.name.clone(),
+                r.status.as_str().to_string(),
+                steps_run(r).to_string(),
+                steps_cached(r).to_string(),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: [&str; 6]| {
+        // Text columns left-aligned, the two counts right-aligned; no trailing spaces.
+        let [id, started, workflow, result, run, cached] = cells;
+        format!(
+            "{id:<w0$}  {started:<w1$}  {workflow:<w2$}  {result:<w3$}  {run:>w4$}  {cached:>w5$}\n",
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2],
+            w3 = widths[3],
+            w4 = widths[4],
+            w5 = widths[5],
+        )
+    };
+    let mut out = line(header);
+    for row in &rows {
+        out.push_str(&line([&row[0], &row[1], &row[2], &row[3], &row[4], &row[5]]));
+    }
+    let n = runs.len();
+    let _ = writeln!(out, "{n} run{} in {}", if n == 1 { "" } else { "s" }, runs_dir.display());
+    out
+}
+
+/// `sha256:<first 12 hex digits>` of a `sha256:<hex>` (or bare hex) digest, for people.
+fn short_digest(digest: &str) -> String {
+    let (algo, hex) = digest.split_once(':').unwrap_or(("sha256", digest));
+    format!("{algo}:{}", hex.get(..12).unwrap_or(hex))
+}
+
+/// Label column of `show`: wide enough for `SOURCE_DATE_EPOCH`.
+const LABEL: usize = 18;
+
+fn field(out: &mut String, indent: &str, label: &str, value: impl std::fmt::Display) {
+    let _ = writeln!(out, "{indent}{label:<LABEL$} {value}");
+}
+
+fn show_text(run_dir: &Path, r: &RunRecord) -> String {
+    let mut out = String::new();
+    field(&mut out, "", "run", &r.run_id);
+    field(&mut out, "", "status", r.status.as_str());
+    field(&mut out, "", "workflow", format!("{} ({}, {})", r.workflow.name, r.workflow.file, short_digest(&r.workflow.digest)));
+    field(&mut out, "", "engine", format!("{} {}", r.engine.name, r.engine.version));
+    field(
+        &mut out,
+        "",
+        "host",
+        format!("{}/{}, docker {} (API {})", r.host.os, r.host.arch, r.host.docker_version, r.host.docker_api_version),
+    );
+    field(&mut out, "", "started", &r.started_at);
+    match (&r.finished_at, r.duration_ms) {
+        (Some(at), Some(ms)) => field(&mut out, "", "finished", format!("{at} ({})", fmt_secs(ms))),
+        (Some(at), None) => field(&mut out, "", "finished", at),
+        (None, _) => field(&mut out, "", "finished", "not yet (the run is going on, or the engine stopped)"),
+    }
+    let targets = if r.invocation.targets.is_empty() { "all steps".to_string() } else { r.invocation.targets.join(", ") };
+    field(&mut out, "", "targets", targets);
+    field(&mut out, "", "out dir", &r.invocation.out_dir);
+    field(
+        &mut out,
+        "",
+        "steps",
+        format!("{} ({} run, {} cached)", r.steps.len(), steps_run(r), steps_cached(r)),
+    );
+    for step in &r.steps {
+        out.push('\n');
+        step_text(&mut out, run_dir, step);
+    }
+    out
+}
+
+fn step_text(out: &mut String, run_dir: &Path, s: &StepRecord) {
+    const IN: &str = "  ";
+    let how = match s.status {
+        StepState::Cached => "outputs restored from the cache, no container ran".to_string(),
+        _ if executed(s) => match s.duration_ms {
+            Some(ms) => format!("executed in {}", fmt_secs(ms)),
+            None => "executed".to_string(),
+        },
+        StepState::Skipped => "not executed".to_string(),
+        StepState::Pending => "not finished".to_string(),
+        StepState::Succeeded | StepState::Failed | StepState::Cancelled => "stopped".to_string(),
+    };
+    let _ = writeln!(out, "step {}: {} ({how})", s.name, s.status.as_str());
+    if let Some(reason) = &s.reason {
+        field(out, IN, "reason", reason);
+    }
+    if let Some(code) = s.exit_code {
+        field(out, IN, "exit code", code);
+    }
+    if let Some(image) = &s.image {
+        field(out, IN, "image", format!("{} ({})", image.reference, short_digest(&image.id)));
+    }
+    if let Some(key) = &s.key {
+        field(out, IN, "key", key.get(..12).unwrap_or(key));
+    }
+    if s.key.is_some() {
+        let n = s.inputs.len();
+        field(out, IN, "inputs", format!("{n} file{}", if n == 1 { "" } else { "s" }));
+    }
+    if let Some(epoch) = s.source_date_epoch {
+        field(out, IN, "SOURCE_DATE_EPOCH", epoch);
+    }
+    let shown: Vec<(String, String)> = s
+        .outputs
+        .iter()
+        .filter_map(|o| match o {
+            OutputEntry::File { path, digest, size, .. } => {
+                Some((path.clone(), format!("sha256:{}  {}", digest.short(), fmt_size(*size))))
+            }
+            OutputEntry::Symlink { path, target } => Some((path.clone(), format!("-> {target}"))),
+            OutputEntry::Dir { .. } => None,
+        })
+        .collect();
+    if s.status.has_outputs() {
+        if shown.is_empty() {
+            field(out, IN, "outputs", "none");
+        }
+        let width = shown.iter().map(|(p, _)| p.chars().count()).max().unwrap_or(0);
+        for (i, (path, what)) in shown.iter().enumerate() {
+            let label = if i == 0 { "outputs" } else { "" };
+            field(out, IN, label, format!("{path:<width$}  {what}"));
+        }
+    }
+    if let Some(log) = &s.log {
+        field(
+            out,
+            IN,
+            "log",
+            format!("{}  {}  {}", run_dir.join(&log.path).display(), short_digest(&log.digest), fmt_size(log.bytes)),
+        );
+    }
+}
+
+/// Hand-built records for the tests of this module and of `provenance`.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use cache::{Digest, InputEntry, KeyComponents, OutputEntry};
+
+    use crate::record::*;
+
+    pub fn digest(content: &str) -> Digest {
+        Digest::of(content.as_bytes())
+    }
+
+    pub fn file(path: &str, content: &str) -> OutputEntry {
+        OutputEntry::File { path: path.into(), mode: 0o644, digest: digest(content), size: content.len() as u64 }
+    }
+
+    pub fn input(path: &str, content: &str) -> InputEntry {
+        InputEntry { path: path.into(), mode: 0o644, digest: digest(content) }
+    }
+
+    /// A finished step of `image` (`reference`, `sha256:<hex of id>`), with `outputs`.
+    pub fn step(name: &str, status: StepState, reference: &str, id: &str, outputs: Vec<OutputEntry>) -> StepRecord {
+        let definition = dsl::Step::new(name, dsl::ImageRef::Reference(reference.into()), dsl::Command::Shell(format!("make {name}")));
+        let mut s = StepRecord::pending(&definition);
+        s.status = status;
+        s.cached = status == StepState::Cached;
+        let image_id = format!("sha256:{}", digest(id).hex());
+        s.image = Some(ImageRecord { reference: reference.into(), id: image_id.clone() });
+        s.key = Some(digest(&format!("key of {name}")).hex());
+        s.key_components = Some(KeyComponents {
+            format: cache::CACHE_FORMAT_VERSION,
+            image_id,
+            command: vec!["/bin/sh".into(), "-c".into(), format!("make {name}")],
+            env: [("LANG".to_string(), "C".to_string())].into(),
+            workdir: "/workspace".into(),
+            user: "1000:1000".into(),
+            network: "none".into(),
+            outputs: outputs.iter().map(|o| o.path().to_string()).collect(),
+            secrets: Vec::new(),
+            inputs: Vec::new(),
+            upstream: Vec::new(),
+        });
+        s.source_date_epoch = Some(1_234_567_890);
+        s.exit_code = Some(0);
+        s.duration_ms = Some(if s.cached { 0 } else { 1500 });
+        s.started_at = Some("2026-03-01T10:00:01Z".into());
+        if status.has_outputs() {
+            s.outputs_digest = Some(digest(&format!("outputs of {name}")).hex());
+            s.outputs = outputs;
+        }
+        let log = format!("{name} | done\n");
+        s.log = Some(LogRecord { path: format!("logs/00-{name}.log"), digest: sha256(log.as_bytes()), bytes: log.len() as u64 });
+        s
+    }
+
+    pub fn record(id: &str, started: &str, status: RecordStatus, steps: Vec<StepRecord>) -> RunRecord {
+        RunRecord {
+            schema: SCHEMA.into(),
+            run_id: id.into(),
+            status,
+            started_at: started.into(),
+            finished_at: (status != RecordStatus::Incomplete).then(|| "2026-03-01T10:00:07Z".into()),
+            duration_ms: (status != RecordStatus::Incomplete).then_some(6200),
+            engine: EngineInfo { name: "engine".into(), version: "0.1.0".into() },
+            host: HostInfo {
+                os: "linux".into(),
+                arch: "x86_64".into(),
+                docker_version: "24.0.7".into(),
+                docker_api_version: "1.43".into(),
+            },
+            workflow: WorkflowInfo {
+                name: "demo".into(),
+                file: "workflow.yml".into(),
+                dir: "/src/demo".into(),
+                digest: sha256(b"version: 1\n"),
+            },
+            invocation: Invocation {
+                targets: Vec::new(),
+                jobs: 4,
+                keep_going: false,
+                no_cache: false,
+                out_dir: "/src/demo/.engine/out".into(),
+            },
+            steps,
+        }
+    }
+
+    /// `build` (executed, two files, one input) then `package` (cached, one file and a symlink).
+    pub fn two_steps(id: &str, started: &str) -> RunRecord {
+        let mut build = step(
+            "build",
+            StepState::Succeeded,
+            "local/busybox:1",
+            "busybox",
+            vec![OutputEntry::Dir { path: "out".into(), mode: 0o755 }, file("out/b.txt", "bbb"), file("out/a.txt", "a")],
+        );
+        build.inputs = vec![input("src/main.c", "int main;")];
+        let mut package = step(
+            "package",
+            StepState::Cached,
+            "local/busybox:1",
+            "busybox",
+            vec![file("pkg.tar", "tarball"), OutputEntry::Symlink { path: "latest.tar".into(), target: "pkg.tar".into() }],
+        );
+        package.definition.needs = vec!["build".into()];
+        package.inputs = vec![input("src/main.c", "int main;"), input("pkg.cfg", "cfg")];
+        record(id, started, RecordStatus::Succeeded, vec![build, package])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::*;
+    use super::*;
+    use crate::record::{Recorder, RecordStatus};
+
+    fn write(dir: &Path, record: RunRecord) {
+        Recorder::create(dir, record).unwrap();
+    }
+
+    #[test]
+    fn list_is_oldest_first_with_counts_and_a_total_line() {
+        let dir = tempfile::tempdir().unwrap();
+        // Written newest first: the listing orders by start time, not by folder or write order.
+        write(dir.path(), two_steps("6a000002aaaaaa", "2026-03-01T10:05:00Z"));
+        let failed = record(
+            "6a000001bbbbbb",
+            "2026-03-01T10:00:00Z",
+            RecordStatus::Failed,
+            vec![
+                step("build", StepState::Failed, "local/busybox:1", "busybox", vec![]),
+                step("package", StepState::Skipped, "local/busybox:1", "busybox", vec![]),
+            ],
+        );
+        write(dir.path(), failed);
+
+        let text = list(dir.path(), OutputFormat::Plain).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        let cols = |l: &str| l.split_whitespace().map(str::to_string).collect::<Vec<_>>();
+        assert_eq!(cols(lines[0]), ["id", "started", "workflow", "result", "run", "cached"]);
+        assert_eq!(cols(lines[1]), ["6a000001bbbbbb", "2026-03-01T10:00:00Z", "demo", "failed", "1", "0"]);
+        assert_eq!(cols(lines[2]), ["6a000002aaaaaa", "2026-03-01T10:05:00Z", "demo", "succeeded", "1", "1"]);
+        assert_eq!(lines[3], format!("2 runs in {}", record::runs_dir(dir.path()).display()));
+        // Columns line up: every row is as wide as the header up to the last column.
+        assert!(lines[..3].iter().all(|l| l.len() == lines[0].len()), "{text}");
+        assert!(lines.iter().all(|l| !l.ends_with(' ')), "{text}");
+    }
+
+    #[test]
+    fn one_run_is_one_run() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), two_steps("6a000002aaaaaa", "2026-03-01T10:05:00Z"));
+        let text = list(dir.path(), OutputFormat::Plain).unwrap();
+        assert!(text.ends_with(&format!("1 run in {}\n", record::runs_dir(dir.path()).display())), "{text}");
+    }
+
+    #[test]
+    fn list_as_json_is_one_line_of_summaries() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), two_steps("6a000002aaaaaa", "2026-03-01T10:05:00Z"));
+        let mut incomplete = two_steps("6a000003cccccc", "2026-03-01T10:09:00Z");
+        incomplete.status = RecordStatus::Incomplete;
+        incomplete.steps[1] = crate::record::StepRecord::pending(&incomplete.steps[1].definition);
+        write(dir.path(), incomplete);
+
+        let text = list(dir.path(), OutputFormat::Json).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!([
+                {"id": "6a000002aaaaaa", "started_at": "2026-03-01T10:05:00Z", "workflow": "demo", "status": "succeeded",
+                 "steps_run": 1, "steps_cached": 1, "steps_total": 2},
+                {"id": "6a000003cccccc", "started_at": "2026-03-01T10:09:00Z", "workflow": "demo", "status": "incomplete",
+                 "steps_run": 1, "steps_cached": 0, "steps_total": 2},
+            ])
+        );
+    }
+
+    #[test]
+    fn no_runs_is_an_error_naming_the_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        for output in [OutputFormat::Plain, OutputFormat::Json] {
+            match list(dir.path(), output) {
+                Err(RecordError::NoRuns(d)) => assert_eq!(d, record::runs_dir(dir.path())),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn show_names_everything_a_person_checks() {
+        let r = two_steps("6a000002aaaaaa", "2026-03-01T10:05:00Z");
+        let run_dir = Path::new("/src/demo/.engine/runs/6a000002aaaaaa");
+        let text = show(run_dir, &r, OutputFormat::Plain).unwrap();
+        let has = |needle: &str| assert!(text.contains(needle), "no `{needle}` in:\n{text}");
+        // The header.
+        has("run                6a000002aaaaaa\n");
+        has("status             succeeded\n");
+        has(&format!("workflow           demo (workflow.yml, sha256:{})\n", &digest("version: 1\n").hex()[..12]));
+        has("engine             engine 0.1.0\n");
+        has("host               linux/x86_64, docker 24.0.7 (API 1.43)\n");
+        has("started            2026-03-01T10:05:00Z\n");
+        has("finished           2026-03-01T10:00:07Z (6.2s)\n");
+        has("targets            all steps\n");
+        has("out dir            /src/demo/.engine/out\n");
+        has("steps              2 (1 run, 1 cached)\n");
+        // The steps, in record order.
+        let build = text.find("step build: succeeded (executed in 1.5s)\n").expect(&text);
+        let package = text.find("step package: cached (outputs restored from the cache, no container ran)\n").expect(&text);
+        assert!(build < package);
+        has("  exit code          0\n");
+        has(&format!("  image              local/busybox:1 (sha256:{})\n", &digest("busybox").hex()[..12]));
+        has(&format!("  key                {}\n", &digest("key of build").hex()[..12]));
+        has("  inputs             1 file\n");
+        has("  inputs             2 files\n");
+        has("  SOURCE_DATE_EPOCH  1234567890\n");
+        // Output files with short digest and size, in record order; folders left out.
+        has(&format!("  outputs            out/b.txt  sha256:{}  3b\n", digest("bbb").short()));
+        has(&format!("                     out/a.txt  sha256:{}  1b\n", digest("a").short()));
+        has(&format!("  outputs            pkg.tar     sha256:{}  7b\n", digest("tarball").short()));
+        has("                     latest.tar  -> pkg.tar\n");
+        assert!(!text.contains("out  "), "{text}");
+        has(&format!(
+            "  log                /src/demo/.engine/runs/6a000002aaaaaa/logs/00-build.log  sha256:{}  13b\n",
+            &digest("build | done\n").hex()[..12]
+        ));
+        assert!(!text.contains('\x1b'), "no colours");
+    }
+
+    #[test]
+    fn show_gives_reasons_and_unfinished_steps() {
+        let mut r = record(
+            "6a000001bbbbbb",
+            "2026-03-01T10:00:00Z",
+            RecordStatus::Incomplete,
+            vec![step("build", StepState::Failed, "local/busybox:1", "busybox", vec![])],
+        );
+        r.steps[0].reason = Some("exited with code 2".into());
+        r.steps[0].exit_code = Some(2);
+        r.steps.push(crate::record::StepRecord::pending(&r.steps[0].definition.clone()));
+        r.steps[1].name = "later".into();
+        r.invocation.targets = vec!["build".into(), "later".into()];
+        let text = show(Path::new("/r"), &r, OutputFormat::Plain).unwrap();
+        assert!(text.contains("status             incomplete\n"), "{text}");
+        assert!(text.contains("finished           not yet"), "{text}");
+        assert!(text.contains("targets            build, later\n"), "{text}");
+        assert!(text.contains("step build: failed (executed in 1.5s)\n  reason             exited with code 2\n  exit code          2\n"), "{text}");
+        assert!(text.contains("step later: pending (not finished)\n"), "{text}");
+        assert!(!text.contains("outputs"), "a failed step lists no outputs:\n{text}");
+    }
+
+    #[test]
+    fn show_as_json_is_the_record_itself() {
+        let r = two_steps("6a000002aaaaaa", "2026-03-01T10:05:00Z");
+        let text = show(Path::new("/r"), &r, OutputFormat::Json).unwrap();
+        let back: RunRecord = serde_json::from_str(&text).unwrap();
+        assert_eq!(serde_json::to_value(&back).unwrap(), serde_json::to_value(&r).unwrap());
+        assert!(text.lines().count() > 10, "pretty-printed");
+    }
 }
