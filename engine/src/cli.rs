@@ -81,6 +81,9 @@ pub enum Command {
         id: String,
         #[command(flatten)]
         dir: RecordsDir,
+        /// Where the input manifests of steps with more than 10,000 inputs are kept
+        #[command(flatten)]
+        cache: CacheDirArg,
     },
 }
 

@@ -59,7 +59,7 @@ async fn dispatch(cli: Cli) -> i32 {
         Command::Fmt { file, check } => fmt_command(&file, check),
         Command::Runs { command, dir, output } => runs_command(command, &dir.dir, output),
         Command::Replay(args) => replay_command(args).await,
-        Command::Provenance { id, dir } => provenance_command(&id, &dir.dir),
+        Command::Provenance { id, dir, cache } => provenance_command(&id, &dir.dir, &cache.resolve()),
     };
     match result {
         Ok(code) => code,
@@ -336,8 +336,21 @@ async fn replay_command(args: engine::cli::ReplayArgs) -> Result<i32, StartError
     engine::replay::replay(cfg, cancel).await
 }
 
-fn provenance_command(id: &str, dir: &Path) -> Result<i32, StartError> {
-    let (_, record) = engine::record::find(dir, id)?;
+fn provenance_command(id: &str, dir: &Path, cache_dir: &Path) -> Result<i32, StartError> {
+    let (_, mut record) = engine::record::find(dir, id)?;
+    // Steps with very many inputs keep their manifest in the store, not in the record.
+    if record.steps.iter().any(|s| s.inputs_in_store && s.status.has_outputs()) {
+        let store = run::open_store(cache_dir)?;
+        for step in record.steps.iter_mut().filter(|s| s.inputs_in_store && s.status.has_outputs()) {
+            step.inputs = step.input_entries(&store).ok_or_else(|| {
+                EnvironmentError(format!(
+                    "the input manifest of step `{}` is no longer in the cache store {}; the provenance would be incomplete",
+                    step.name,
+                    store.dir().display()
+                ))
+            })?;
+        }
+    }
     let statement = engine::provenance::statement(&record)?;
     println!("{}", serde_json::to_string_pretty(&statement).map_err(|e| EnvironmentError(e.to_string()))?);
     Ok(exit::OK)

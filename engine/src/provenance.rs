@@ -153,7 +153,9 @@ fn resolved_dependencies(record: &RunRecord, attested: &[&StepRecord]) -> Vec<Va
         let uri = format!("docker-image:{reference}");
         deps.insert((uri.clone(), id.to_string()), json!({ "uri": uri, "digest": digest_set(id), "name": reference }));
     }
-    let workflow = format!("file:{}", record.workflow.file);
+    // Relative to the workflow's folder, like the inputs (the file as typed may be `sub/x.yml`).
+    let name = std::path::Path::new(&record.workflow.file).file_name().map(|n| n.to_string_lossy().into_owned());
+    let workflow = format!("file:{}", name.unwrap_or_else(|| record.workflow.file.clone()));
     deps.insert(
         (workflow.clone(), record.workflow.digest.clone()),
         json!({ "uri": workflow, "digest": digest_set(&record.workflow.digest) }),

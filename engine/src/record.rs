@@ -13,7 +13,7 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use cache::{InputEntry, KeyComponents, OutputEntry};
 use serde::{Deserialize, Serialize};
@@ -268,10 +268,25 @@ pub fn sha256(bytes: &[u8]) -> String {
     format!("sha256:{}", cache::Digest::of(bytes).hex())
 }
 
-/// The record of a run being written. Every update rewrites `record.json` atomically.
+/// Updates closer together than this are written out together (see [`Recorder::update`]).
+pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
+
+/// The record of a run being written.
+///
+/// Each write replaces `record.json` as a whole (temp file + rename: never half a file). Writes
+/// are coalesced: an update writes at once unless the last write was less than [`FLUSH_EVERY`]
+/// ago, and [`Recorder::spawn_flusher`] writes pending updates within that time, so a run of many
+/// quick (cached) steps does not rewrite a growing file once per step, and a killed engine loses at
+/// most that much of its record. [`Recorder::finish`] writes and syncs to disk.
 pub struct Recorder {
     dir: PathBuf,
-    record: Mutex<RunRecord>,
+    state: Mutex<State>,
+}
+
+struct State {
+    record: RunRecord,
+    dirty: bool,
+    written: Option<Instant>,
 }
 
 impl Recorder {
@@ -279,8 +294,8 @@ impl Recorder {
     pub fn create(workflow_dir: &Path, record: RunRecord) -> io::Result<Recorder> {
         let dir = runs_dir(workflow_dir).join(&record.run_id);
         fs::create_dir_all(dir.join("logs"))?;
-        let recorder = Recorder { dir, record: Mutex::new(record) };
-        recorder.update(|_| {})?;
+        let recorder = Recorder { dir, state: Mutex::new(State { record, dirty: true, written: None }) };
+        recorder.flush(false)?;
         Ok(recorder)
     }
 
@@ -288,15 +303,58 @@ impl Recorder {
         &self.dir
     }
 
-    /// Change the record and write it out (temp file, fsync, rename: never half a file).
+    /// Change the record; it is written now, or with the next flush if it was written less than
+    /// [`FLUSH_EVERY`] ago.
     pub fn update(&self, f: impl FnOnce(&mut RunRecord)) -> io::Result<()> {
-        let mut record = self.record.lock().unwrap_or_else(|e| e.into_inner());
-        f(&mut record);
-        let json = serde_json::to_vec_pretty(&*record).map_err(io::Error::other)?;
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut state.record);
+        state.dirty = true;
+        if state.written.is_some_and(|t| t.elapsed() < FLUSH_EVERY) {
+            return Ok(());
+        }
+        self.write(&mut state, false)
+    }
+
+    /// Write pending changes (and with `sync`, make them durable even when nothing is pending).
+    pub fn flush(&self, sync: bool) -> io::Result<()> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.dirty || sync {
+            self.write(&mut state, sync)?;
+        }
+        Ok(())
+    }
+
+    /// The last change of the run: written and synced to disk.
+    pub fn finish(&self, f: impl FnOnce(&mut RunRecord)) -> io::Result<()> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut state.record);
+        self.write(&mut state, true)
+    }
+
+    /// Write pending changes every [`FLUSH_EVERY`] until the recorder is dropped.
+    pub fn spawn_flusher(self: &std::sync::Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let weak = std::sync::Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(FLUSH_EVERY).await;
+                let Some(recorder) = weak.upgrade() else { break };
+                if let Err(e) = recorder.flush(false) {
+                    tracing::warn!(error = %e, "cannot write the run record");
+                }
+            }
+        })
+    }
+
+    fn write(&self, state: &mut State, sync: bool) -> io::Result<()> {
+        let json = serde_json::to_vec_pretty(&state.record).map_err(io::Error::other)?;
         let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
         tmp.write_all(&json)?;
-        tmp.as_file().sync_all()?;
+        if sync {
+            tmp.as_file().sync_all()?;
+        }
         tmp.persist(self.dir.join("record.json")).map_err(|e| e.error)?;
+        state.dirty = false;
+        state.written = Some(Instant::now());
         Ok(())
     }
 
@@ -312,8 +370,8 @@ impl Recorder {
     /// Write a step's log beside the record; returns what the record says about it.
     pub fn write_log(&self, step: &str, log: &[u8]) -> io::Result<LogRecord> {
         let index = {
-            let record = self.record.lock().unwrap_or_else(|e| e.into_inner());
-            record.steps.iter().position(|s| s.name == step).unwrap_or(record.steps.len())
+            let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            state.record.steps.iter().position(|s| s.name == step).unwrap_or(state.record.steps.len())
         };
         // Numbered in plan order: unique even where two step names sanitise alike.
         let rel = format!("logs/{index:02}-{}.log", cache::store::sanitise(step));
@@ -416,6 +474,7 @@ mod tests {
         let r1 = Recorder::create(dir.path(), record("6a0001", "2026-01-01T00:00:00Z")).unwrap();
         let r2 = Recorder::create(dir.path(), record("6a0002", "2026-01-01T00:00:05Z")).unwrap();
         r1.update_step("a", |s| s.status = StepState::Succeeded).unwrap();
+        r1.flush(false).unwrap();
         let log = r2.write_log("a", b"stdout hi\n").unwrap();
         assert_eq!(log.path, "logs/00-a.log");
         assert_eq!(fs::read(r2.dir().join(&log.path)).unwrap(), b"stdout hi\n");
@@ -430,6 +489,19 @@ mod tests {
         assert!(matches!(find(dir.path(), "7"), Err(RecordError::NotFound { .. })));
         let empty = tempfile::tempdir().unwrap();
         assert!(matches!(find(empty.path(), "latest"), Err(RecordError::NoRuns(_))));
+    }
+
+    #[test]
+    fn updates_close_together_are_written_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Recorder::create(dir.path(), record("6a0003", "t")).unwrap();
+        let on_disk = || find(dir.path(), "6a0003").unwrap().1.steps[0].status;
+        r.update_step("a", |s| s.status = StepState::Succeeded).unwrap();
+        assert_eq!(on_disk(), StepState::Pending, "written less than FLUSH_EVERY ago");
+        r.flush(false).unwrap();
+        assert_eq!(on_disk(), StepState::Succeeded);
+        r.finish(|rec| rec.status = RecordStatus::Failed).unwrap();
+        assert_eq!(find(dir.path(), "6a0003").unwrap().1.status, RecordStatus::Failed);
     }
 
     #[test]

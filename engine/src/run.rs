@@ -150,6 +150,7 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<RunStatus,
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     });
     let recorder = Arc::new(start_record(&cfg, &docker, &workflow, &plan, &run_id, &out_dir, jobs).await?);
+    let flusher = recorder.spawn_flusher();
 
     let (events, rx) = EventSink::channel();
     let renderer = output::spawn(cfg.output, cfg.color, rx);
@@ -196,7 +197,8 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<RunStatus,
 
     // The final record: how the run and every step ended (skips and cancellations included).
     let finished = record::timestamp(std::time::SystemTime::now());
-    let written = recorder.update(|r| {
+    flusher.abort();
+    let written = recorder.finish(|r| {
         r.status = report.status.into();
         r.finished_at = Some(finished);
         r.duration_ms = Some(started.elapsed().as_millis() as u64);

@@ -165,6 +165,17 @@ fn a_record_of_a_sigkilled_run_is_readable_and_incomplete() {
     let label = format!("engine.step={slow}");
     let mut victim = p.spawn(&["run"]);
     wait_for("the slow step's container", Duration::from_secs(30), || !containers(&label).is_empty());
+    // The record catches up within its flush interval (100 ms).
+    let quick_recorded = || {
+        let runs = p.path().join(".engine/runs");
+        std::fs::read_dir(&runs).into_iter().flatten().flatten().any(|d| {
+            std::fs::read(d.path().join("record.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .is_some_and(|r| step(&r, "quick")["status"] == "succeeded")
+        })
+    };
+    wait_for("the quick step in the record", Duration::from_secs(10), quick_recorded);
     signal(&victim, libc::SIGKILL);
     victim.wait().unwrap();
 
