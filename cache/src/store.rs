@@ -342,7 +342,10 @@ impl Store {
                 if self.blob_path(&input.digest).is_file() {
                     return Ok(None);
                 }
-                let (digest, _) = fsio::store_file_blob(&tmp, &root.join(&input.path), |d| self.blob_path(d))?;
+                // Not synced one by one (100,000 fsyncs take minutes): these blobs serve replays
+                // only, which re-hash them before use.
+                let (digest, _) =
+                    fsio::store_file_blob_with(&tmp, &root.join(&input.path), |d| self.blob_path(d), false)?;
                 Ok((digest != input.digest).then(|| input.path.clone()))
             })
             .collect();

@@ -258,9 +258,9 @@ pub struct LogRecord {
     pub bytes: u64,
 }
 
-/// RFC 3339 UTC time, seconds precision.
+/// RFC 3339 UTC time, millisecond precision (runs started in the same second still sort).
 pub fn timestamp(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string()
+    humantime::format_rfc3339_millis(t).to_string()
 }
 
 /// `sha256:<hex>`.

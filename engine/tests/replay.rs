@@ -185,6 +185,10 @@ fn a_record_of_a_sigkilled_run_is_readable_and_incomplete() {
     assert_eq!(step(&r, "quick")["status"], "succeeded");
     assert_eq!(step(&r, &slow)["status"], "pending");
     // The engine lists it so, and its finished step can still be replayed.
+    let o = p.run(&["runs"]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    let listed = text(&o.stdout);
+    assert!(listed.lines().any(|l| l.starts_with(r["run_id"].as_str().unwrap()) && l.contains("incomplete")), "{listed}");
     let o = p.run(&["replay", "latest", "quick"]);
     assert_eq!(code(&o), 0, "{}{}", text(&o.stdout), text(&o.stderr));
     assert!(text(&o.stdout).contains("quick  reproduced"));

@@ -65,9 +65,15 @@ fn new_temp(tmp_dir: &Path) -> Result<NamedTempFile, StoreError> {
 /// Sync `tmp`, give it `mode` and rename it to `dest` (creating the fan-out folder). A rename is
 /// atomic, so a reader sees the old file, no file, or the whole new one.
 fn persist(tmp: NamedTempFile, dest: &Path, mode: u32) -> Result<(), StoreError> {
+    persist_with(tmp, dest, mode, true)
+}
+
+fn persist_with(tmp: NamedTempFile, dest: &Path, mode: u32, sync: bool) -> Result<(), StoreError> {
     let path = tmp.path().to_path_buf();
     tmp.as_file().set_permissions(Permissions::from_mode(mode)).map_err(at(&path))?;
-    tmp.as_file().sync_all().map_err(at(&path))?;
+    if sync {
+        tmp.as_file().sync_all().map_err(at(&path))?;
+    }
     if let Some(parent) = dest.parent() {
         // create_dir_all tolerates a concurrent creator of the same folder.
         fs::create_dir_all(parent).map_err(at(parent))?;
@@ -102,6 +108,18 @@ pub(super) fn store_file_blob(
     src: &Path,
     blob_path: impl Fn(&Digest) -> std::path::PathBuf,
 ) -> Result<(Digest, u64), StoreError> {
+    store_file_blob_with(tmp_dir, src, blob_path, true)
+}
+
+/// [`store_file_blob`], optionally without syncing the blob to disk first. Only for blobs no
+/// manifest depends on for a restore (the inputs kept for replay): after a power loss such a blob
+/// may be empty, which every reader notices, since blobs are re-hashed before use.
+pub(super) fn store_file_blob_with(
+    tmp_dir: &Path,
+    src: &Path,
+    blob_path: impl Fn(&Digest) -> std::path::PathBuf,
+    sync: bool,
+) -> Result<(Digest, u64), StoreError> {
     let mut tmp = new_temp(tmp_dir)?;
     let file = File::open(src).map_err(at(src))?;
     let (digest, size) = {
@@ -110,7 +128,7 @@ pub(super) fn store_file_blob(
     };
     let dest = blob_path(&digest);
     if !reuse_existing(&dest) {
-        persist(tmp, &dest, BLOB_MODE)?;
+        persist_with(tmp, &dest, BLOB_MODE, sync)?;
     }
     Ok((digest, size))
 }

@@ -111,14 +111,6 @@ impl DockerExecutor {
         &self.docker
     }
 
-    /// The daemon's version and API version, for run records ("unknown" if it does not say).
-    pub async fn daemon_version(&self) -> (String, String) {
-        match self.docker.version().await {
-            Ok(v) => (v.version.unwrap_or_else(|| "unknown".into()), v.api_version.unwrap_or_else(|| "unknown".into())),
-            Err(_) => ("unknown".into(), "unknown".into()),
-        }
-    }
-
     /// CPUs and memory of the daemon's host.
     pub async fn host_budget(&self) -> Result<HostBudget, EnvironmentError> {
         let info = self.docker.info().await.map_err(|e| EnvironmentError(daemon_sentence("describe its host", &e)))?;
@@ -459,6 +451,14 @@ pub fn container_name(run_id: &str, step: &str) -> String {
     // The step name had characters Docker refuses (a matrix step `test[x86]`): the replaced form
     // could equal another step's name (`test-x86-`), so the original name's digest keeps it unique.
     format!("{name}{}", &cache::Digest::of(step.as_bytes()).hex()[..8])
+}
+
+/// The daemon's version and API version, for run records ("unknown" if it does not say).
+pub async fn daemon_version(docker: &bollard::Docker) -> (String, String) {
+    match docker.version().await {
+        Ok(v) => (v.version.unwrap_or_else(|| "unknown".into()), v.api_version.unwrap_or_else(|| "unknown".into())),
+        Err(_) => ("unknown".into(), "unknown".into()),
+    }
 }
 
 /// `engine-cache-<name>`: the persistent volume behind cache `name` (archive transfer), shared by
