@@ -153,6 +153,52 @@ fn format_is_idempotent_and_keeps_the_ir() {
     insta::assert_snapshot!("format_odd", out);
 }
 
+const COMMENTED: &str = r#"# A workflow with comments everywhere.
+version 1   # the format
+name "demo"
+
+# Imports
+import "stdlib/make.wf" as make
+
+# The image.
+image tools {
+  # first stage
+  stage build from "local/busybox:1" {
+    run "echo #not-a-comment"  # trailing
+  }
+  # dangling at the end of a block
+}
+
+step a { run "x" }  # after a one-line step
+
+step b {   # on the opening line
+  needs a
+  # before inputs
+  inputs "a.txt",   # inside a list of values
+    "b.txt"
+}
+step e { }  # empty
+# the end
+"#;
+
+/// Every comment survives formatting, in place: own-line comments before what follows them,
+/// at its indentation; trailing ones at the end of their line. A `#` in a string is not one.
+#[test]
+fn format_keeps_every_comment() {
+    let out = check_format(Path::new("c.wf"), COMMENTED);
+    let comments = |t: &str| t.lines().filter_map(|l| l.find("# ").map(|i| l[i..].to_string())).collect::<Vec<_>>();
+    assert_eq!(comments(&out), comments(COMMENTED), "{out}");
+    assert!(out.contains("run \"echo #not-a-comment\"  # trailing"), "{out}");
+    insta::assert_snapshot!("format_comments", out);
+    // The shipped library is commented throughout: formatting it loses none of that.
+    let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join("../stdlib-workflows");
+    for entry in std::fs::read_dir(lib).unwrap().flatten() {
+        let text = std::fs::read_to_string(entry.path()).unwrap();
+        let out = check_format(&entry.path(), &text);
+        assert_eq!(comments(&out), comments(&text), "{}", entry.path().display());
+    }
+}
+
 #[test]
 fn format_reports_syntax_errors() {
     let e = dsl::format_wf(Path::new("w.wf"), "step {").expect_err("syntax error");

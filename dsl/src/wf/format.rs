@@ -2,8 +2,11 @@
 //! templates, matrices, calls and imports are printed as written, never desugared.
 //!
 //! This module must not change what a file means (the formatted file loads to the same IR) and
-//! must not resolve anything. The grammar drops comments (`COMMENT` is silent), so formatting
-//! removes them.
+//! must not resolve anything, nor lose a comment. The grammar drops comments (`COMMENT` is
+//! silent, so the desugarer never sees them); the formatter finds them in the text again
+//! ([`comments`]) and puts each one back before the item or entry that follows it (a comment on
+//! a line of its own, at that entry's indentation) or at the end of the line it followed (a
+//! trailing comment).
 
 use std::path::Path;
 
@@ -16,15 +19,12 @@ use crate::{yaml, LoadError};
 
 /// Formats `text` (read from `path`, used in messages); a syntax error is the usual `LoadError`.
 pub(crate) fn format(path: &Path, text: &str) -> Result<String, LoadError> {
-    let src = SourceFile {
-        path: path.to_path_buf(),
-        text: text.to_string(),
-    };
+    let src = SourceFile { path: path.to_path_buf(), text: text.to_string() };
     let file = match WfParser::parse(Rule::file, text) {
         Ok(mut pairs) => pairs.next(),
         Err(e) => return yaml::finish(path, vec![syntax_error(&src, &e)], String::new()),
     };
-    let mut out = String::new();
+    let mut f = Fmt { out: String::new(), comments: comments(text), next: 0 };
     let mut last: Option<Rule> = None;
     for item in file.into_iter().flat_map(|f| f.into_inner()) {
         let rule = item.as_rule();
@@ -34,147 +34,254 @@ pub(crate) fn format(path: &Path, text: &str) -> Result<String, LoadError> {
         // Consecutive imports and consecutive top-level keys stay together; anything else
         // is one block separated by a blank line.
         let grouped = last == Some(rule) && matches!(rule, Rule::import | Rule::top_entry);
+        // A comment trailing the previous item stays on its line, before the blank line.
+        f.trailing_before(item.as_span().start());
         if last.is_some() && !grouped {
-            out.push('\n');
+            f.out.push('\n');
         }
         last = Some(rule);
+        f.comments_before(item.as_span().start(), 0);
         match rule {
             Rule::top_entry => {
                 for e in item.into_inner() {
-                    entry(e, 0, &mut out);
+                    f.entry(e, 0);
                 }
             }
             _ => {
-                decl(item, &mut out);
-                out.push('\n');
+                f.decl(item);
+                f.out.push('\n');
             }
         }
     }
-    Ok(out)
+    f.comments_before(usize::MAX, 0);
+    Ok(f.out)
 }
 
-/// `import`, `template`, `image` and `step` declarations, on one line up to their block.
-fn decl(item: Pair<Rule>, out: &mut String) {
-    let mut params: Vec<String> = Vec::new();
-    let mut in_params = false;
-    for p in item.into_inner() {
-        match p.as_rule() {
-            Rule::kw_import | Rule::kw_template | Rule::kw_image | Rule::kw_step => {
-                if !out.ends_with('\n') && !out.is_empty() {
-                    out.push(' ');
+/// A `#` comment of the source: where it starts, its text (from `#`, trailing blanks removed),
+/// and whether it has a line of its own.
+struct Comment {
+    offset: usize,
+    text: String,
+    own_line: bool,
+}
+
+/// Every comment of `text`, in order. A `#` inside a string is not one. Only called on text
+/// that parsed, so strings are closed on their line.
+fn comments(text: &str) -> Vec<Comment> {
+    let mut found = Vec::new();
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut line_start = 0;
+    let mut chars = text.char_indices();
+    while let Some((i, c)) = chars.next() {
+        if in_string {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => in_string = true,
+            '\n' => line_start = i + 1,
+            '#' => {
+                let end = text[i..].find('\n').map_or(text.len(), |n| i + n);
+                found.push(Comment {
+                    offset: i,
+                    text: text[i..end].trim_end().to_string(),
+                    own_line: text[line_start..i].trim().is_empty(),
+                });
+                // The rest of the line is the comment's.
+                for _ in text[i..end].chars().skip(1) {
+                    chars.next();
                 }
-                out.push_str(p.as_str());
-            }
-            Rule::kw_as => out.push_str(" as"),
-            Rule::string => {
-                out.push(' ');
-                out.push_str(&string(p));
-            }
-            Rule::lparen => in_params = true,
-            Rule::rparen => {
-                out.push('(');
-                out.push_str(&params.join(", "));
-                out.push(')');
-                in_params = false;
-            }
-            Rule::ident if in_params => params.push(p.as_str().to_string()),
-            Rule::ident => {
-                out.push(' ');
-                out.push_str(p.as_str());
-            }
-            Rule::matrix => {
-                let axes: Vec<String> = p
-                    .into_inner()
-                    .filter(|a| a.as_rule() == Rule::axis)
-                    .map(|a| {
-                        let mut name = String::new();
-                        let mut list = String::new();
-                        for q in a.into_inner() {
-                            match q.as_rule() {
-                                Rule::ident => name = q.as_str().to_string(),
-                                Rule::list => list = value(q),
-                                _ => {}
-                            }
-                        }
-                        format!("{name} in {list}")
-                    })
-                    .collect();
-                out.push_str(&format!("[{}]", axes.join(", ")));
-            }
-            Rule::call => {
-                let mut name = String::new();
-                let mut args = Vec::new();
-                for a in p.into_inner() {
-                    match a.as_rule() {
-                        Rule::qname => name = a.as_str().to_string(),
-                        Rule::string | Rule::list | Rule::word => args.push(value(a)),
-                        _ => {}
-                    }
-                }
-                out.push_str(&format!(" = {name}({})", args.join(", ")));
-            }
-            Rule::block => {
-                out.push(' ');
-                block(p, 0, out);
             }
             _ => {}
         }
     }
+    found
 }
 
-/// `{ ... }`, one entry per line at `indent + 2`; an empty block is `{ }`.
-fn block(p: Pair<Rule>, indent: usize, out: &mut String) {
-    let entries: Vec<_> = p
-        .into_inner()
-        .filter(|e| e.as_rule() == Rule::entry)
-        .collect();
-    if entries.is_empty() {
-        out.push_str("{ }");
-        return;
-    }
-    out.push_str("{\n");
-    for e in entries {
-        entry(e, indent + 2, out);
-    }
-    out.push_str(&" ".repeat(indent));
-    out.push('}');
+/// The output being built, and the comments not yet put back.
+struct Fmt {
+    out: String,
+    comments: Vec<Comment>,
+    next: usize,
 }
 
-/// One entry on its own line (a block value spans several).
-fn entry(e: Pair<Rule>, indent: usize, out: &mut String) {
-    out.push_str(&" ".repeat(indent));
-    let Some(inner) = e.into_inner().next() else {
-        out.push('\n');
-        return;
-    };
-    let mut words: Vec<String> = Vec::new();
-    let mut sub = None;
-    for p in inner.into_inner() {
-        match p.as_rule() {
-            Rule::block => sub = Some(p),
-            Rule::string | Rule::list | Rule::word => words.push(value(p)),
-            Rule::comma => {}
-            _ => words.push(p.as_str().to_string()),
+impl Fmt {
+    /// Put back the trailing comments (those after code on their line) that start before
+    /// `offset` and come before any comment on a line of its own.
+    fn trailing_before(&mut self, offset: usize) {
+        while self.comments.get(self.next).is_some_and(|c| c.offset < offset && !c.own_line) {
+            self.put_back(0);
         }
     }
-    // In a pair the values after the key are comma-separated; stage and copy use keywords.
-    let text = if inner_is_pair(&words) {
-        let (key, vals) = words.split_at(1);
-        let mut t = key.join("");
-        if !vals.is_empty() {
-            t.push(' ');
-            t.push_str(&vals.join(", "));
+
+    /// Put back every comment that starts before `offset`.
+    fn comments_before(&mut self, offset: usize, indent: usize) {
+        while self.comments.get(self.next).is_some_and(|c| c.offset < offset) {
+            self.put_back(indent);
         }
-        t
-    } else {
-        words.join(" ")
-    };
-    out.push_str(&text);
-    if let Some(b) = sub {
-        out.push(' ');
-        block(b, indent, out);
     }
-    out.push('\n');
+
+    /// The next comment: on its own line at `indent`, or at the end of the last line written if
+    /// it followed code on its line.
+    fn put_back(&mut self, indent: usize) {
+        let c = &self.comments[self.next];
+        if c.own_line || self.out.is_empty() {
+            self.out.push_str(&" ".repeat(indent));
+            self.out.push_str(&c.text);
+            self.out.push('\n');
+        } else {
+            let had_newline = self.out.ends_with('\n');
+            if had_newline {
+                self.out.pop();
+            }
+            self.out.push_str("  ");
+            self.out.push_str(&c.text);
+            if had_newline {
+                self.out.push('\n');
+            }
+        }
+        self.next += 1;
+    }
+
+    /// `import`, `template`, `image` and `step` declarations, on one line up to their block.
+    fn decl(&mut self, item: Pair<Rule>) {
+        let out = &mut self.out;
+        let mut params: Vec<String> = Vec::new();
+        let mut in_params = false;
+        for p in item.into_inner() {
+            match p.as_rule() {
+                Rule::kw_import | Rule::kw_template | Rule::kw_image | Rule::kw_step => {
+                    if !out.ends_with('\n') && !out.is_empty() {
+                        out.push(' ');
+                    }
+                    out.push_str(p.as_str());
+                }
+                Rule::kw_as => out.push_str(" as"),
+                Rule::string => {
+                    out.push(' ');
+                    out.push_str(&string(p));
+                }
+                Rule::lparen => in_params = true,
+                Rule::rparen => {
+                    out.push('(');
+                    out.push_str(&params.join(", "));
+                    out.push(')');
+                    in_params = false;
+                }
+                Rule::ident if in_params => params.push(p.as_str().to_string()),
+                Rule::ident => {
+                    out.push(' ');
+                    out.push_str(p.as_str());
+                }
+                Rule::matrix => {
+                    let axes: Vec<String> = p
+                        .into_inner()
+                        .filter(|a| a.as_rule() == Rule::axis)
+                        .map(|a| {
+                            let mut name = String::new();
+                            let mut list = String::new();
+                            for q in a.into_inner() {
+                                match q.as_rule() {
+                                    Rule::ident => name = q.as_str().to_string(),
+                                    Rule::list => list = value(q),
+                                    _ => {}
+                                }
+                            }
+                            format!("{name} in {list}")
+                        })
+                        .collect();
+                    out.push_str(&format!("[{}]", axes.join(", ")));
+                }
+                Rule::call => {
+                    let mut name = String::new();
+                    let mut args = Vec::new();
+                    for a in p.into_inner() {
+                        match a.as_rule() {
+                            Rule::qname => name = a.as_str().to_string(),
+                            Rule::string | Rule::list | Rule::word => args.push(value(a)),
+                            _ => {}
+                        }
+                    }
+                    out.push_str(&format!(" = {name}({})", args.join(", ")));
+                }
+                Rule::block => {
+                    self.out.push(' ');
+                    self.block(p, 0);
+                    return;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// `{ ... }`, one entry per line at `indent + 2`; an empty block is `{ }` (a comment inside
+    /// one is put back after it).
+    fn block(&mut self, p: Pair<Rule>, indent: usize) {
+        let mut entries = Vec::new();
+        let mut close = None;
+        for e in p.into_inner() {
+            match e.as_rule() {
+                Rule::entry => entries.push(e),
+                Rule::rbrace => close = Some(e.as_span().start()),
+                _ => {}
+            }
+        }
+        if entries.is_empty() {
+            self.out.push_str("{ }");
+            return;
+        }
+        self.out.push_str("{\n");
+        for e in entries {
+            self.comments_before(e.as_span().start(), indent + 2);
+            self.entry(e, indent + 2);
+        }
+        self.comments_before(close.unwrap_or(usize::MAX), indent + 2);
+        self.out.push_str(&" ".repeat(indent));
+        self.out.push('}');
+    }
+
+    /// One entry on its own line (a block value spans several).
+    fn entry(&mut self, e: Pair<Rule>, indent: usize) {
+        self.out.push_str(&" ".repeat(indent));
+        let Some(inner) = e.into_inner().next() else {
+            self.out.push('\n');
+            return;
+        };
+        let mut words: Vec<String> = Vec::new();
+        let mut sub = None;
+        for p in inner.into_inner() {
+            match p.as_rule() {
+                Rule::block => sub = Some(p),
+                Rule::string | Rule::list | Rule::word => words.push(value(p)),
+                Rule::comma => {}
+                _ => words.push(p.as_str().to_string()),
+            }
+        }
+        // In a pair the values after the key are comma-separated; stage and copy use keywords.
+        let text = if inner_is_pair(&words) {
+            let (key, vals) = words.split_at(1);
+            let mut t = key.join("");
+            if !vals.is_empty() {
+                t.push(' ');
+                t.push_str(&vals.join(", "));
+            }
+            t
+        } else {
+            words.join(" ")
+        };
+        self.out.push_str(&text);
+        if let Some(b) = sub {
+            self.out.push(' ');
+            self.block(b, indent);
+        }
+        self.out.push('\n');
+    }
 }
 
 fn inner_is_pair(words: &[String]) -> bool {
