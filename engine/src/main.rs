@@ -274,7 +274,14 @@ async fn images_command(cmd: ImagesCommand) -> Result<i32, StartError> {
             let workflow = dsl::load_file(&file)?;
             let names: Vec<String> = if names.is_empty() { workflow.images.keys().cloned().collect() } else { names };
             let run_id = run::new_run_id();
-            let ctx = images::BuildContext { workflow: &workflow.name, dir: &workflow.dir, run_id: &run_id, no_cache };
+            let owner = engine::docker::owner::owner_labels();
+            let ctx = images::BuildContext {
+                workflow: &workflow.name,
+                dir: &workflow.dir,
+                run_id: &run_id,
+                no_cache,
+                container_labels: &owner,
+            };
             let log = |image: &str, stage: &str, line: &str| println!("{image}/{stage} | {line}");
             for name in &names {
                 let def = workflow.images.get(name).ok_or_else(|| {

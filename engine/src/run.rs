@@ -402,7 +402,14 @@ fn start_image_builds(
                 return ImageOutcome::Failed(StepFailure::ImageFailed(format!("image `{name_owned}` is not defined under `images:`")));
             };
             let builder = images::Builder::new(client);
-            let ctx = images::BuildContext { workflow: &workflow.name, dir: &workflow.dir, run_id: &run_id, no_cache: false };
+            let owner = crate::docker::owner::owner_labels();
+            let ctx = images::BuildContext {
+                workflow: &workflow.name,
+                dir: &workflow.dir,
+                run_id: &run_id,
+                no_cache: false,
+                container_labels: &owner,
+            };
             let log = |image: &str, stage: &str, line: &str| {
                 events.emit(Event::Log {
                     step: format!("image {image}/{stage}"),

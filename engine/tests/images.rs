@@ -5,6 +5,7 @@
 mod common;
 
 use std::process::Command;
+use std::time::Duration;
 
 use common::*;
 
@@ -142,4 +143,38 @@ fn a_step_waits_only_for_the_image_it_uses() {
     let uses_done = at(&|e| e["event"] == "step_finished" && e["step"] == "uses");
     assert!(plain_done < image_built, "plain finished while the image was still building");
     assert!(image_built < uses_done, "uses ran after its image");
+}
+
+/// A build container of an engine killed mid-build is removed by `engine clean` (it carries the
+/// owner labels), and the images the engine builds carry neither the run id nor the owner of the
+/// build (containers other tools create from them are not the engine's).
+#[test]
+fn build_containers_of_a_killed_engine_are_cleaned_and_images_keep_no_run_labels() {
+    let wf = unique("bk");
+    let image = format!("{wf}-slow");
+    let p = Project::new(&format!(
+        "version: 1\nname: {wf}\nimages:\n  {image}:\n    stages:\n      - {{ name: s, from: {IMAGE}, run: [\"sleep 300\"] }}\n  \
+         {image}-ok:\n    stages:\n      - {{ name: s, from: {IMAGE}, run: [\"echo {wf} > /made\"] }}\n\
+         steps:\n  a: {{ image: {image}, run: 'true' }}\n  b: {{ image: {image}-ok, run: cat /made }}\n"
+    ));
+    let _images = Images(wf.clone());
+    let label = format!("engine.image={image}");
+    let mut victim = p.spawn(&["run", "a"]);
+    wait_for("the build container", Duration::from_secs(30), || !containers(&label).is_empty());
+    signal(&victim, libc::SIGKILL);
+    victim.wait().unwrap();
+    assert_eq!(containers(&label).len(), 1, "SIGKILL leaves the build container behind");
+    let o = p.run(&["clean"]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    assert!(containers(&label).is_empty(), "clean removes the dead engine's build container");
+
+    let o = p.run(&["run", "b"]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    let id = image_id(&format!("{wf}/{image}-ok:*"));
+    let o = Command::new("docker").args(["image", "inspect", "-f", "{{json .Config.Labels}}", &id]).output().unwrap();
+    let labels: std::collections::HashMap<String, String> = serde_json::from_slice(&o.stdout).unwrap();
+    for key in ["engine.run", "engine.pid", "engine.pid.start", "engine.host"] {
+        assert_eq!(labels.get(key).map(String::as_str), Some(""), "{key} in {labels:?}");
+    }
+    assert_eq!(labels.get("engine.image").map(String::as_str), Some(format!("{image}-ok").as_str()));
 }

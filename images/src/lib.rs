@@ -37,6 +37,9 @@ pub struct BuildContext<'a> {
     pub run_id: &'a str,
     /// Rebuild every stage, ignoring existing stage images (`engine images build --no-cache`).
     pub no_cache: bool,
+    /// More labels for build containers: the engine's owner labels, so that a later run can remove
+    /// the build containers of an engine that died. Never left on the images (see `stages`).
+    pub container_labels: &'a std::collections::HashMap<String, String>,
 }
 
 /// The result of building (or finding) one image.

@@ -12,8 +12,8 @@
 //! Per-instruction images are the stage image's parent chain: they cannot be removed while the
 //! stage image exists (the daemon refuses to delete an image with children) and go away with it,
 //! so they are kept (visible only with `docker images -a`). The daemon merges a container's labels
-//! into the image committed from it, so built images also carry `engine.run` of the run that built
-//! them; nothing relies on that.
+//! into the image committed from it unless the commit sets them, so every commit blanks the run
+//! and owner labels (`engine.run` and the owner labels are empty on built images).
 
 mod copy;
 
@@ -450,7 +450,14 @@ async fn run(env: Env<'_>, stage: &dsl::Stage, image: &str, cmd: &str) -> Result
     result
 }
 
-async fn commit(env: Env<'_>, container: &str, config: ContainerConfig) -> Result<String, BuildError> {
+async fn commit(env: Env<'_>, container: &str, mut config: ContainerConfig) -> Result<String, BuildError> {
+    // The daemon copies the container's labels into the image unless the commit names them: the
+    // run id and owner of this build are blanked, so that containers other tools create from the
+    // image are not taken for this run's (an empty owner counts as alive, never as dead).
+    let labels = config.labels.get_or_insert_with(HashMap::new);
+    for key in env.ctx.container_labels.keys().map(String::as_str).chain([LABEL_RUN]) {
+        labels.entry(key.to_string()).or_default();
+    }
     let opts = CommitContainerOptions { container: Some(container.to_string()), pause: false, ..Default::default() };
     let id = env.builder.docker.commit_container(opts, config).await.map_err(|e| daemon("commit a build container", &e))?;
     Ok(id.id)
@@ -477,10 +484,10 @@ struct Container {
 
 impl Container {
     async fn create(env: Env<'_>, mut body: ContainerCreateBody) -> Result<Container, BuildError> {
-        body.labels = Some(HashMap::from([
-            (LABEL_RUN.to_string(), env.ctx.run_id.to_string()),
-            (LABEL_IMAGE.to_string(), env.image.to_string()),
-        ]));
+        let mut labels = env.ctx.container_labels.clone();
+        labels.insert(LABEL_RUN.to_string(), env.ctx.run_id.to_string());
+        labels.insert(LABEL_IMAGE.to_string(), env.image.to_string());
+        body.labels = Some(labels);
         let created = env
             .builder
             .docker

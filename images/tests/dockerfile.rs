@@ -81,7 +81,7 @@ async fn dockerfile_builds_caches_and_keys_on_the_context() {
     write(&dir.path().join("app/main.txt"), "v1");
     write(&dir.path().join("app/notes.log"), "ignored");
     write(&dir.path().join(".dockerignore"), "# logs are noise\n\n**/*.log\n");
-    let ctx = BuildContext { workflow: &wf, dir: dir.path(), run_id: "t", no_cache: false };
+    let ctx = BuildContext { workflow: &wf, dir: dir.path(), run_id: "t", no_cache: false, container_labels: &Default::default() };
     let logs = Logs::new();
     let log = |i: &str, s: &str, l: &str| logs.push(i, s, l);
     let cancel = CancellationToken::new();
@@ -131,7 +131,7 @@ async fn build_single(b: &Builder, wf: &str, name: &str, dockerfile: Option<&str
     if let Some(text) = dockerfile {
         write(&dir.path().join("Dockerfile"), text);
     }
-    let ctx = BuildContext { workflow: wf, dir: dir.path(), run_id: "t", no_cache: false };
+    let ctx = BuildContext { workflow: wf, dir: dir.path(), run_id: "t", no_cache: false, container_labels: &Default::default() };
     let log = |_: &str, _: &str, _: &str| {};
     b.build(&ctx, name, &def("Dockerfile", "."), &log, &CancellationToken::new()).await
 }
@@ -292,7 +292,7 @@ async fn cancelled_build_is_cancelled() {
     let wf = unique("engtest-cancel");
     let dir = tempfile::tempdir().unwrap();
     write(&dir.path().join("Dockerfile"), &format!("FROM local/busybox:1\nRUN sleep 30 # {wf}\n"));
-    let ctx = BuildContext { workflow: &wf, dir: dir.path(), run_id: "t", no_cache: false };
+    let ctx = BuildContext { workflow: &wf, dir: dir.path(), run_id: "t", no_cache: false, container_labels: &Default::default() };
     let log = |_: &str, _: &str, _: &str| {};
     let cancel = CancellationToken::new();
     let timer = cancel.clone();

@@ -97,7 +97,7 @@ impl Build {
     }
 
     async fn build(&self, name: &str, def: &ImageDef, no_cache: bool) -> Result<BuiltImage, BuildError> {
-        let ctx = BuildContext { workflow: &self.workflow, dir: self.dir(), run_id: &self.run_id, no_cache };
+        let ctx = BuildContext { workflow: &self.workflow, dir: self.dir(), run_id: &self.run_id, no_cache, container_labels: &Default::default() };
         let log = |image: &str, stage: &str, line: &str| self.logs.lock().unwrap().push(format!("{image}/{stage}: {line}"));
         self.builder.build(&ctx, name, def, &log, &self.cancel).await
     }
