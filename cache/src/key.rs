@@ -139,6 +139,23 @@ impl KeyComponents {
         ActionKey(Digest::of(&self.encode()))
     }
 
+    /// Everything but the input files, without copying them (which can be 100,000 entries).
+    pub fn without_inputs(&self) -> KeyComponents {
+        KeyComponents {
+            format: self.format,
+            image_id: self.image_id.clone(),
+            command: self.command.clone(),
+            env: self.env.clone(),
+            workdir: self.workdir.clone(),
+            user: self.user.clone(),
+            network: self.network.clone(),
+            outputs: self.outputs.clone(),
+            secrets: self.secrets.clone(),
+            inputs: Vec::new(),
+            upstream: self.upstream.clone(),
+        }
+    }
+
     /// Why `self` differs from `previous` (the last run of the same step), in a stable order:
     /// format, image, command, env (per variable), workdir, user, network, outputs, secrets,
     /// inputs (per file: added, removed, changed), upstream (per step). Empty if equal.

@@ -239,17 +239,22 @@ impl Store {
         if let Some(what) = restore::unsafe_entries(&manifest.entries) {
             return Err(self.corrupt(manifest, None, what));
         }
-        let mut digests: Vec<Digest> = maint::referenced(manifest).collect();
-        digests.sort_unstable();
-        digests.dedup();
         // Checked before anything is written, so a damaged entry leaves `dest` untouched.
-        let bad = digests.par_iter().find_any(|d| !fsio::hash_file(&self.blob_path(d)).is_ok_and(|h| h == **d));
-        if let Some(d) = bad {
-            return Err(self.corrupt(manifest, Some(d), format!("blob {} is missing or does not match", d.short())));
+        if let Some(d) = self.first_bad_blob(maint::referenced(manifest)) {
+            return Err(self.corrupt(manifest, Some(&d), format!("blob {} is missing or does not match", d.short())));
         }
         restore::materialise(&manifest.entries, dest, |d| self.blob_path(d))?;
         fsio::touch(&self.manifest_path(&manifest.key));
         Ok(())
+    }
+
+    /// A blob among `digests` that is missing or whose content no longer matches its name, if
+    /// any (each distinct blob re-hashed once, in parallel).
+    fn first_bad_blob(&self, digests: impl Iterator<Item = Digest>) -> Option<Digest> {
+        let mut digests: Vec<Digest> = digests.collect();
+        digests.sort_unstable();
+        digests.dedup();
+        digests.into_par_iter().find_any(|d| !fsio::hash_file(&self.blob_path(d)).is_ok_and(|h| h == *d))
     }
 
     /// Store everything under `collected` (the step's collected outputs) as blobs and write the
@@ -388,17 +393,12 @@ impl Store {
         if let Some(what) = restore::unsafe_entries(entries) {
             return Err(MaterialiseError::Unsafe(what));
         }
-        let mut digests: Vec<Digest> = entries
-            .iter()
-            .filter_map(|e| match e {
-                OutputEntry::File { digest, .. } => Some(*digest),
-                _ => None,
-            })
-            .collect();
-        digests.sort_unstable();
-        digests.dedup();
-        if let Some(d) = digests.par_iter().find_any(|d| !fsio::hash_file(&self.blob_path(d)).is_ok_and(|h| h == **d)) {
-            return Err(MaterialiseError::MissingBlob(*d));
+        let files = entries.iter().filter_map(|e| match e {
+            OutputEntry::File { digest, .. } => Some(*digest),
+            _ => None,
+        });
+        if let Some(d) = self.first_bad_blob(files) {
+            return Err(MaterialiseError::MissingBlob(d));
         }
         restore::materialise(entries, dest, |d| self.blob_path(d)).map_err(MaterialiseError::Store)
     }

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use cache::{Digest, OutputEntry, Store};
+use cache::{Digest, InputEntry, OutputEntry, Store};
 use tokio_util::sync::CancellationToken;
 
 use crate::docker::{cleanup, DockerExecutor};
@@ -69,8 +69,12 @@ pub async fn replay(cfg: ReplayConfig, cancel: CancellationToken) -> Result<i32,
     // image is the environment's problem (exit 3), named precisely.
     let mut secrets = HashMap::new();
     let mut missing = Vec::new();
+    // Each step's input manifest, read once (from the store for a step with many inputs).
+    let mut inputs = HashMap::new();
     for step in &selected {
-        missing.extend(check_step(&docker, &store, &record, step).await);
+        let (step_missing, step_inputs) = check_step(&docker, &store, &record, step).await;
+        missing.extend(step_missing);
+        inputs.insert(step.name.clone(), Arc::new(step_inputs));
         for name in &step.definition.secrets {
             match std::env::var(name) {
                 Ok(v) => {
@@ -104,12 +108,13 @@ pub async fn replay(cfg: ReplayConfig, cancel: CancellationToken) -> Result<i32,
         let (docker, store, record, run_dir) = (docker.clone(), store.clone(), record.clone(), run_dir.clone());
         let (permits, cancel, secrets, replay_id) = (permits.clone(), cancel.clone(), secrets.clone(), replay_id.clone());
         let name = step.name.clone();
+        let inputs = inputs[&name].clone();
         tasks.spawn(async move {
             let _permit = permits.acquire_owned().await;
             let verdict = if cancel.is_cancelled() {
                 Verdict::Failed("cancelled".into())
             } else {
-                replay_step(&docker, &store, &record, &name, &run_dir, &replay_id, &secrets, cancel).await
+                replay_step(&docker, &store, &record, &name, inputs, &run_dir, &replay_id, &secrets, cancel).await
             };
             (index, verdict)
         });
@@ -171,8 +176,14 @@ fn select<'r>(record: &'r RunRecord, names: &[String]) -> Result<Vec<&'r StepRec
     Ok(record.steps.iter().filter(|s| names.contains(&s.name)).collect())
 }
 
-/// What is missing for replaying `step`: its image, input contents, or its needs' outputs.
-async fn check_step(docker: &DockerExecutor, store: &Store, record: &RunRecord, step: &StepRecord) -> Vec<String> {
+/// What is missing for replaying `step` (its image, input contents, or its needs' outputs), and
+/// its input files.
+async fn check_step(
+    docker: &DockerExecutor,
+    store: &Store,
+    record: &RunRecord,
+    step: &StepRecord,
+) -> (Vec<String>, Vec<InputEntry>) {
     let mut missing = Vec::new();
     match &step.image {
         Some(image) => {
@@ -187,7 +198,7 @@ async fn check_step(docker: &DockerExecutor, store: &Store, record: &RunRecord, 
     }
     let Some(inputs) = step.input_entries(store) else {
         missing.push(format!("step `{}`: its input manifest is not in the cache store {}", step.name, store.dir().display()));
-        return missing;
+        return (missing, Vec::new());
     };
     for input in &inputs {
         if !store.has_blob(&input.digest) {
@@ -217,7 +228,7 @@ async fn check_step(docker: &DockerExecutor, store: &Store, record: &RunRecord, 
             }
         }
     }
-    missing
+    (missing, inputs)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -226,6 +237,7 @@ async fn replay_step(
     store: &Arc<Store>,
     record: &Arc<RunRecord>,
     name: &str,
+    inputs: Arc<Vec<InputEntry>>,
     run_dir: &Arc<RunDir>,
     replay_id: &str,
     secrets: &HashMap<String, String>,
@@ -238,7 +250,8 @@ async fn replay_step(
     let collect = run_dir.collected(name);
     let (store2, record2, run_dir2, name2) = (store.clone(), record.clone(), run_dir.clone(), name.to_string());
     let (ws, col) = (workspace.clone(), collect.clone());
-    let staged = tokio::task::spawn_blocking(move || stage_from_store(&store2, &record2, &name2, &run_dir2, &ws, &col))
+    let staged =
+        tokio::task::spawn_blocking(move || stage_from_store(&store2, &record2, &name2, &inputs, &run_dir2, &ws, &col))
         .await
         .unwrap_or_else(|e| Err(e.to_string()));
     if let Err(e) = staged {
@@ -306,6 +319,7 @@ fn stage_from_store(
     store: &Store,
     record: &RunRecord,
     name: &str,
+    inputs: &[InputEntry],
     run_dir: &RunDir,
     workspace: &Path,
     collect: &Path,
@@ -315,7 +329,6 @@ fn stage_from_store(
     // The inputs, as a source tree of their own (only the recorded files, at their paths).
     let source = run_dir.path().join("replay-inputs").join(&safe);
     std::fs::create_dir_all(&source).map_err(|e| e.to_string())?;
-    let inputs = step.input_entries(store).ok_or("its input manifest is not in the cache store")?;
     let files: Vec<OutputEntry> = inputs
         .iter()
         .map(|i| OutputEntry::File { path: i.path.clone(), mode: i.mode & 0o7777, digest: i.digest, size: 0 })

@@ -248,8 +248,6 @@ fn start_record(
     out_dir: &Path,
     jobs: usize,
 ) -> Result<Recorder, EnvironmentError> {
-    let text = std::fs::read(&cfg.file)
-        .map_err(|e| EnvironmentError(format!("cannot read {}: {e}", cfg.file.display())))?;
     let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()).display().to_string();
     let record = RunRecord {
         schema: record::SCHEMA.to_string(),
@@ -269,7 +267,8 @@ fn start_record(
             name: workflow.name.clone(),
             file: cfg.file.display().to_string(),
             dir: absolute(&workflow.dir),
-            digest: record::sha256(&text),
+            // The text the workflow was loaded from: the file is not read a second time.
+            digest: record::sha256(workflow.source.text.as_bytes()),
         },
         invocation: record::Invocation {
             targets: cfg.targets.clone(),
@@ -565,25 +564,12 @@ impl Executor for EngineExecutor {
             id: image_id.clone(),
         };
         self.record(&name, |r| {
-            // The components without the inputs (recorded apart, and not cloned when many).
-            let recorded = cache::KeyComponents {
-                format: components.format,
-                image_id: components.image_id.clone(),
-                command: components.command.clone(),
-                env: components.env.clone(),
-                workdir: components.workdir.clone(),
-                user: components.user.clone(),
-                network: components.network.clone(),
-                outputs: components.outputs.clone(),
-                secrets: components.secrets.clone(),
-                inputs: Vec::new(),
-                upstream: components.upstream.clone(),
-            };
             r.inputs_count = components.inputs.len();
             r.inputs_in_store = components.inputs.len() > record::INLINE_INPUTS;
             r.inputs = if r.inputs_in_store { Vec::new() } else { components.inputs.clone() };
             r.key = Some(key.to_string());
-            r.key_components = Some(recorded);
+            // The inputs are recorded apart (and not at all when there are many).
+            r.key_components = Some(components.without_inputs());
             r.image = Some(image_record);
             r.source_date_epoch = source_date_epoch;
             r.started_at = Some(record::timestamp(std::time::SystemTime::now()));
@@ -618,7 +604,8 @@ impl Executor for EngineExecutor {
         let upstream_dirs: Vec<PathBuf> = step.needs.iter().map(|n| self.run_dir.collected(n)).collect();
         let selected = self.prepared.inputs.get(&name).cloned().unwrap_or_default();
         let (source, ws, collect) = (self.source_dir.clone(), workspace.clone(), collect_to.clone());
-        let (store, hashed) = (self.store.clone(), components.inputs.clone());
+        let input_manifest = Arc::new(components.inputs.clone());
+        let (store, hashed) = (self.store.clone(), input_manifest.clone());
         let staged = tokio::task::spawn_blocking(move || {
             let _ = std::fs::remove_dir_all(&collect);
             workspace::stage(&source, &selected, &upstream_dirs, &ws)?;
@@ -634,7 +621,6 @@ impl Executor for EngineExecutor {
         if let Err(e) = flatten(staged) {
             return failure(StepFailure::Environment(format!("cannot prepare the workspace of step `{name}`: {e}")));
         }
-        let input_manifest = components.inputs.clone();
         let mut caches = Vec::new();
         for mount in &step.caches {
             match self.store.mount_dir(&mount.name) {
