@@ -2,6 +2,8 @@
 //! with its own cache directory, the binary, and polling of the daemon's state.
 #![allow(dead_code)]
 
+pub mod hostile;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Once;

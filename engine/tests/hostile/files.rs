@@ -1,0 +1,4 @@
+//! Hostile cases: files.
+
+#[allow(unused_imports)]
+use crate::common::{hostile::*, *};

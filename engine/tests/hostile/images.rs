@@ -1,0 +1,4 @@
+//! Hostile cases: images.
+
+#[allow(unused_imports)]
+use crate::common::{hostile::*, *};

@@ -1,0 +1,4 @@
+//! Hostile cases: replay.
+
+#[allow(unused_imports)]
+use crate::common::{hostile::*, *};

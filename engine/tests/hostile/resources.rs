@@ -1,0 +1,4 @@
+//! Hostile cases: resources.
+
+#[allow(unused_imports)]
+use crate::common::{hostile::*, *};

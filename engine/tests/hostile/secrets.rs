@@ -1,0 +1,4 @@
+//! Hostile cases: secrets.
+
+#[allow(unused_imports)]
+use crate::common::{hostile::*, *};
