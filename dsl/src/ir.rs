@@ -192,6 +192,26 @@ pub struct Limits {
     pub timeout: Duration,
     /// Size of the tmpfs mounted at /tmp, in bytes.
     pub tmpfs: u64,
+    /// Most bytes the step's /workspace may hold while it runs (inputs, needs' outputs and what
+    /// the step writes); over it the step fails. `limits.workspace`.
+    #[serde(default = "default_workspace")]
+    pub workspace: u64,
+    /// Most bytes of declared outputs collected after a successful step. `limits.outputs`.
+    #[serde(default = "default_outputs")]
+    pub outputs: u64,
+}
+
+/// Default of `limits.workspace`: 10 GiB.
+pub const DEFAULT_WORKSPACE: u64 = 10 << 30;
+/// Default of `limits.outputs`: 4 GiB.
+pub const DEFAULT_OUTPUTS: u64 = 4 << 30;
+
+fn default_workspace() -> u64 {
+    DEFAULT_WORKSPACE
+}
+
+fn default_outputs() -> u64 {
+    DEFAULT_OUTPUTS
 }
 
 impl Default for Limits {
@@ -202,6 +222,8 @@ impl Default for Limits {
             pids: 256,
             timeout: Duration::from_secs(600),
             tmpfs: 64 << 20,
+            workspace: DEFAULT_WORKSPACE,
+            outputs: DEFAULT_OUTPUTS,
         }
     }
 }
@@ -215,6 +237,8 @@ impl Limits {
             pids: 32,
             timeout: Duration::from_secs(30),
             tmpfs: 50 << 20,
+            workspace: 1 << 30,
+            outputs: 256 << 20,
         }
     }
 }

@@ -30,6 +30,8 @@ pub struct Policy {
     pub(crate) max_pids: Option<Capped<u64>>,
     pub(crate) max_timeout: Option<Capped<Duration>>,
     pub(crate) max_tmpfs: Option<Capped<u64>>,
+    pub(crate) max_workspace: Option<Capped<u64>>,
+    pub(crate) max_outputs: Option<Capped<u64>>,
     pub(crate) networks: Option<Capped<Vec<Network>>>,
     pub(crate) image_prefixes: Option<Capped<Vec<String>>>,
     pub(crate) allow_root: Option<Capped<bool>>,
@@ -76,6 +78,12 @@ impl Policy {
             }),
             Asked::Tmpfs(v) => {
                 self.over(src, ask, "tmpfs", v, &self.max_tmpfs, |v| format_size(*v))
+            }
+            Asked::Workspace(v) => {
+                self.over(src, ask, "workspace", v, &self.max_workspace, |v| format_size(*v))
+            }
+            Asked::Outputs(v) => {
+                self.over(src, ask, "outputs", v, &self.max_outputs, |v| format_size(*v))
             }
             Asked::Network(n) => {
                 let allowed = self.networks.as_ref()?;
@@ -182,6 +190,8 @@ pub(crate) enum Asked {
     Pids(u64),
     Timeout(Duration),
     Tmpfs(u64),
+    Workspace(u64),
+    Outputs(u64),
     Network(Network),
     Image(String),
     User(User),

@@ -60,6 +60,12 @@ pub(crate) fn load_policy(path: &Path, text: &str) -> Result<Policy, LoadError> 
         policy.max_tmpfs = r
             .parsed(max, "tmpfs", units::parse_size, units::SIZE_HELP)
             .map(capped);
+        policy.max_workspace = r
+            .parsed(max, "workspace", units::parse_size, units::SIZE_HELP)
+            .map(capped);
+        policy.max_outputs = r
+            .parsed(max, "outputs", units::parse_size, units::SIZE_HELP)
+            .map(capped);
         policy.max_timeout = r
             .parsed(max, "timeout", units::parse_duration, units::DURATION_HELP)
             .map(|(value, span)| Capped { value, span });

@@ -16,7 +16,7 @@ use crate::policy::{Ask, Asked};
 use crate::suggest;
 use crate::units;
 
-pub(super) const LIMIT_KEYS: &[&str] = &["cpus", "memory", "pids", "timeout", "tmpfs"];
+pub(super) const LIMIT_KEYS: &[&str] = &["cpus", "memory", "pids", "timeout", "tmpfs", "workspace", "outputs"];
 /// Docker refuses smaller memory limits; a tmpfs that small is useless too.
 const MIN_SIZE: u64 = 6 << 20;
 
@@ -42,6 +42,8 @@ pub(super) struct Layer {
     pub pids: Option<Val<u64>>,
     pub timeout: Option<Val<Duration>>,
     pub tmpfs: Option<Val<u64>>,
+    pub workspace: Option<Val<u64>>,
+    pub outputs: Option<Val<u64>>,
 }
 
 impl Layer {
@@ -63,6 +65,8 @@ impl Layer {
             pids: val(l.pids, span),
             timeout: val(l.timeout, span),
             tmpfs: val(l.tmpfs, span),
+            workspace: val(l.workspace, span),
+            outputs: val(l.outputs, span),
             ..Layer::default()
         }
     }
@@ -95,6 +99,8 @@ impl Layer {
             pids: pick(self.pids, &top.pids),
             timeout: pick(self.timeout, &top.timeout),
             tmpfs: pick(self.tmpfs, &top.tmpfs),
+            workspace: pick(self.workspace, &top.workspace),
+            outputs: pick(self.outputs, &top.outputs),
         }
     }
 
@@ -135,6 +141,8 @@ impl Layer {
             self.memory = get("memory", units::parse_size, units::SIZE_HELP);
             self.pids = get("pids", units::parse_count, units::PIDS_HELP);
             self.tmpfs = get("tmpfs", units::parse_size, units::SIZE_HELP);
+            self.workspace = get("workspace", units::parse_size, units::SIZE_HELP);
+            self.outputs = get("outputs", units::parse_size, units::SIZE_HELP);
             self.timeout = r
                 .parsed(
                     limits,
@@ -174,6 +182,8 @@ impl Layer {
             pids: self.pids.as_ref().map_or(d.pids, |v| v.value),
             timeout: self.timeout.as_ref().map_or(d.timeout, |v| v.value),
             tmpfs: self.tmpfs.as_ref().map_or(d.tmpfs, |v| v.value),
+            workspace: self.workspace.as_ref().map_or(d.workspace, |v| v.value),
+            outputs: self.outputs.as_ref().map_or(d.outputs, |v| v.value),
         }
     }
 
@@ -197,6 +207,8 @@ impl Layer {
                 .as_ref()
                 .map(|v| (Asked::Timeout(v.value), v.span)),
             self.tmpfs.as_ref().map(|v| (Asked::Tmpfs(v.value), v.span)),
+            self.workspace.as_ref().map(|v| (Asked::Workspace(v.value), v.span)),
+            self.outputs.as_ref().map(|v| (Asked::Outputs(v.value), v.span)),
             self.network
                 .as_ref()
                 .map(|v| (Asked::Network(v.value), v.span)),
