@@ -84,7 +84,10 @@ pub async fn replay(cfg: ReplayConfig, cancel: CancellationToken) -> Result<i32,
 
     // The record is untrusted: verified against the store, then admitted under today's policy,
     // before the daemon is asked anything.
-    let refused = |step: &str, why: String| StartError::Invalid(format!("record {} step `{step}`: {why}", record_path.display()));
+    // Names from the record are printed escaped: a record could carry terminal control codes.
+    let refused = |step: &str, why: String| {
+        StartError::Invalid(format!("record {} step `{}`: {why}", record_path.display(), step.escape_debug()))
+    };
     let mut inputs = HashMap::new();
     let mut unverifiable = Vec::new();
     check_unique_names(&record).map_err(|why| StartError::Invalid(format!("record {}: {why}", record_path.display())))?;
@@ -94,7 +97,7 @@ pub async fn replay(cfg: ReplayConfig, cancel: CancellationToken) -> Result<i32,
                 inputs.insert(step.name.clone(), Arc::new(step_inputs));
             }
             Err(Refusal::Edited(why)) => return Err(refused(&step.name, format!("{why}; refusing to replay an edited record"))),
-            Err(Refusal::Unverifiable(why)) => unverifiable.push(format!("step `{}`: {why}", step.name)),
+            Err(Refusal::Unverifiable(why)) => unverifiable.push(format!("step `{}`: {why}", step.name.escape_debug())),
         }
     }
     if !unverifiable.is_empty() {
@@ -145,9 +148,10 @@ pub async fn replay(cfg: ReplayConfig, cancel: CancellationToken) -> Result<i32,
         selected.len(),
         if selected.len() == 1 { "" } else { "s" },
         record.run_id,
-        record.workflow.name
+        record.workflow.name.escape_debug()
     );
-    let jobs = cfg.jobs.unwrap_or(record.invocation.jobs).max(1);
+    // The recorded `--jobs` is the record's word: never more permits than steps.
+    let jobs = cfg.jobs.unwrap_or(record.invocation.jobs).clamp(1, selected.len().max(1));
     let permits = Arc::new(tokio::sync::Semaphore::new(jobs));
     let record = Arc::new(record);
     let secrets = Arc::new(secrets);

@@ -158,6 +158,9 @@ fn edited_user_network_or_command_is_refused_before_any_container() {
     r.refused(&r.replay(&[]), 2, &edited("user"));
     r.edit(|v| step_mut(v, &gen)["definition"]["isolation"]["network"] = json!("bridge"));
     r.refused(&r.replay(&[]), 2, &edited("network"));
+    // Host networking has no spelling in a record.
+    r.edit(|v| step_mut(v, &gen)["definition"]["isolation"]["network"] = json!("host"));
+    r.refused(&r.replay(&[]), 2, &format!("refusing the run record {}: it does not follow the schema", shown(&r.run_id, "record.json").display()));
     let planted = format!("cat {} > o/uid", r.host.secret_path().display());
     r.edit(|v| step_mut(v, &gen)["definition"]["command"] = json!({ "shell": planted }));
     r.refused(&r.replay(&[&gen]), 2, &edited("command"));
@@ -402,6 +405,8 @@ fn an_honest_record_replays_reproduced_under_a_policy_that_allows_it() {
     let policy = "version: 1\nmax_limits: { memory: 2g, pids: 512 }\nnetworks: [none]\nimage_prefixes: [\"local/\"]\n";
     let r = recorded_run("", Some(policy));
     r.p.write("policy.yml", policy);
+    // The recorded `--jobs` is not checked against anything; an absurd one must not matter.
+    r.edit(|v| v["invocation"]["jobs"] = json!(u64::MAX));
     let o = r.replay(&["--policy", "policy.yml"]);
     let out = text(&o.stdout);
     assert_eq!(code(&o), 0, "{out}{}", text(&o.stderr));
