@@ -111,6 +111,11 @@ pub async fn replay(cfg: ReplayConfig, cancel: CancellationToken) -> Result<i32,
     let admitted = admit(&record_path, &selected, &cfg.policy)?;
 
     let docker = Arc::new(DockerExecutor::connect().await?);
+    for step in &selected {
+        if let Some(why) = claimed_build(&docker, step).await {
+            return Err(refused(&step.name, format!("{why}; refusing to replay an edited record")));
+        }
+    }
     let budget = docker.host_budget().await?;
     if let Err(e) = plan::plan(admitted.clone(), &[], budget) {
         let why = match e {
@@ -229,6 +234,19 @@ fn select<'r>(record: &'r RunRecord, names: &[String]) -> Result<Vec<&'r StepRec
         }
     }
     Ok(record.steps.iter().filter(|s| names.contains(&s.name)).collect())
+}
+
+/// A step that claims an engine-built image is admitted without an image-prefix check (the
+/// image is pinned by its ID): the image must then really be the engine's build of that name
+/// (label `engine.image`), or a record could pass any image off as built. `None` when fine or
+/// when the image is gone (reported with the other missing things).
+async fn claimed_build(docker: &DockerExecutor, step: &StepRecord) -> Option<String> {
+    let (dsl::ImageRef::Built(name), Some(image)) = (&step.definition.image, &step.image) else { return None };
+    let inspected = docker.client().inspect_image(&image.id).await.ok()?;
+    let label = inspected.config.and_then(|c| c.labels).and_then(|l| l.get(images::LABEL_IMAGE).cloned());
+    (label.as_deref() != Some(name.as_str())).then(|| {
+        format!("its image {} is not the engine-built image `{}` it claims (no label {}={})", image.id, name.escape_debug(), images::LABEL_IMAGE, name.escape_debug())
+    })
 }
 
 /// What is missing for replaying `step` (its image, input contents, or its needs' outputs).

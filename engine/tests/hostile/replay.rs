@@ -164,6 +164,15 @@ fn edited_user_network_or_command_is_refused_before_any_container() {
     let planted = format!("cat {} > o/uid", r.host.secret_path().display());
     r.edit(|v| step_mut(v, &gen)["definition"]["command"] = json!({ "shell": planted }));
     r.refused(&r.replay(&[&gen]), 2, &edited("command"));
+    // An image reference passed off as an engine-built image (which no image prefix checks).
+    r.edit(|v| {
+        let s = step_mut(v, &gen);
+        s["definition"]["image"] = json!({ "kind": "built", "name": "tools" });
+        s["image"]["reference"] = json!("images.tools");
+    });
+    r.refused(&r.replay(&[&gen]), 2, &r.sentence(&gen, "its image sha256:"));
+    let o = r.replay(&[&gen]);
+    assert!(text(&o.stderr).contains("is not the engine-built image `tools` it claims (no label engine.image=tools); refusing to replay an edited record"), "{}", text(&o.stderr));
     r.edit(|v| {
         let s = step_mut(v, &gen);
         s["definition"]["isolation"]["user"] = json!({ "uid": 0, "gid": 0 });
@@ -415,4 +424,28 @@ fn an_honest_record_replays_reproduced_under_a_policy_that_allows_it() {
     // Reproduced `o/uid` too: the replay ran as the recorded non-root user.
     assert_eq!(std::fs::read_to_string(r.p.path().join(".engine/out").join(&r.gen).join("o/uid")).unwrap(), "1000\n");
     assert_nothing_escaped(&r.p, &r.host, &[]);
+}
+
+#[test]
+fn a_step_on_an_engine_built_image_replays_reproduced() {
+    let _serial = one_at_a_time();
+    let host = Host::new();
+    let (tool, step) = (unique("rtool"), unique("rbuilt"));
+    let p = Project::new(&format!(
+        "version: 1\nname: {tool}\nimages:\n  {tool}:\n    stages:\n      - {{ name: only, from: {IMAGE}, run: [\"echo {tool} > /marker\"] }}\n\
+         steps:\n  {step}: {{ image: {tool}, run: 'mkdir -p o && cat /marker > o/m', outputs: [o] }}\n"
+    ));
+    let o = p.run(&["run"]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    let id = run_ids(&p).pop().unwrap();
+    let o = p.run(&["replay", &id]);
+    let out = text(&o.stdout);
+    assert_eq!(code(&o), 0, "{out}{}", text(&o.stderr));
+    assert!(out.contains(&format!("{step}  reproduced")), "{out}");
+    assert_nothing_escaped(&p, &host, &[]);
+    // The image is this test's own.
+    let ids = Command::new("docker").args(["images", "-q", "--filter", &format!("label=engine.image={tool}")]).output().unwrap();
+    for image in text(&ids.stdout).lines().collect::<std::collections::BTreeSet<_>>() {
+        let _ = Command::new("docker").args(["rmi", "-f", image]).output();
+    }
 }
