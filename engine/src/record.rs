@@ -661,6 +661,48 @@ mod tests {
     }
 
     #[test]
+    fn a_record_is_read_as_untrusted_input() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Recorder::create(dir.path(), record("6a0004", "t")).unwrap();
+        let path = r.dir().join("record.json");
+        // Limits and isolation dropped from a definition: the built-in defaults, not zero.
+        let mut v: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        let def = v["steps"][0]["definition"].as_object_mut().unwrap();
+        def.remove("limits");
+        def["isolation"].as_object_mut().unwrap().remove("user");
+        fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+        let back = read(&path).unwrap();
+        assert_eq!(back.steps[0].definition.limits, dsl::Limits::default());
+        assert_eq!(back.steps[0].definition.isolation, dsl::Isolation::default());
+
+        let refused = |p: &Path| match read(p) {
+            Err(RecordError::Refused { reason, .. }) => reason,
+            other => panic!("{other:?}"),
+        };
+        v["schema"] = "engine.run-record/v2".into();
+        fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+        assert_eq!(refused(&path), "schema `engine.run-record/v2` is not `engine.run-record/v1`");
+        fs::write(&path, b"{").unwrap();
+        assert!(refused(&path).starts_with("it is not valid JSON"));
+        fs::File::create(&path).unwrap().set_len(MAX_RECORD_BYTES + 1).unwrap();
+        assert!(refused(&path).contains("more than the 67108864 bytes allowed"));
+        fs::remove_file(&path).unwrap();
+        let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert_eq!(refused(&path), "it is not a regular file");
+        fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", &path).unwrap();
+        assert_eq!(refused(&path), "it is a symlink, which is never followed");
+        assert!(matches!(find(dir.path(), "6a0004"), Err(RecordError::Refused { .. })));
+        // A symlinked runs folder is not followed.
+        let other = tempfile::tempdir().unwrap();
+        fs::create_dir(other.path().join(".engine")).unwrap();
+        std::os::unix::fs::symlink(runs_dir(dir.path()), runs_dir(other.path())).unwrap();
+        assert!(matches!(find(other.path(), "latest"), Err(RecordError::Refused { .. })));
+        assert!(list(other.path()).is_empty());
+    }
+
+    #[test]
     fn source_date_epoch_is_a_plausible_time_fixed_by_the_key() {
         let k = cache::ActionKey(cache::Digest::of(b"x"));
         assert_eq!(source_date_epoch(&k), source_date_epoch(&k));
