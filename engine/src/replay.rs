@@ -77,38 +77,17 @@ pub enum Verdict {
 }
 
 pub async fn replay(cfg: ReplayConfig, cancel: CancellationToken) -> Result<i32, StartError> {
-    let (run_folder, record) = record::find(&cfg.dir, &cfg.id)?;
-    let record_path = run_folder.join("record.json");
-    let selected: Vec<StepRecord> = select(&record, &cfg.steps)?.into_iter().cloned().collect();
-    let store = Arc::new(open_store(&cfg.cache_dir)?);
-
-    // The record is untrusted: verified against the store, then admitted under today's policy,
-    // before the daemon is asked anything.
+    // Reading, verifying and admitting the record touch only files: off the async workers.
+    let ReplayConfig { dir, id, steps, jobs, cache_dir, policy } = cfg;
+    let checked = tokio::task::spawn_blocking(move || check_record(&dir, &id, &steps, &cache_dir, &policy))
+        .await
+        .map_err(|e| EnvironmentError(format!("the record check stopped: {e}")))??;
+    let Checked { record_path, record, selected, store, inputs, admitted } = checked;
+    let store = Arc::new(store);
     // Names from the record are printed escaped: a record could carry terminal control codes.
     let refused = |step: &str, why: String| {
         StartError::Invalid(format!("record {} step `{}`: {why}", record_path.display(), step.escape_debug()))
     };
-    let mut inputs = HashMap::new();
-    let mut unverifiable = Vec::new();
-    check_unique_names(&record).map_err(|why| StartError::Invalid(format!("record {}: {why}", record_path.display())))?;
-    for step in &selected {
-        match verify_step(&store, &record, step) {
-            Ok(step_inputs) => {
-                inputs.insert(step.name.clone(), Arc::new(step_inputs));
-            }
-            Err(Refusal::Edited(why)) => return Err(refused(&step.name, format!("{why}; refusing to replay an edited record"))),
-            Err(Refusal::Unverifiable(why)) => unverifiable.push(format!("step `{}`: {why}", step.name.escape_debug())),
-        }
-    }
-    if !unverifiable.is_empty() {
-        return Err(EnvironmentError(format!(
-            "cannot replay run {}: the record cannot be verified against the cache store:\n  {}",
-            record.run_id,
-            unverifiable.join("\n  ")
-        ))
-        .into());
-    }
-    let admitted = admit(&record_path, &selected, &cfg.policy)?;
 
     let docker = Arc::new(DockerExecutor::connect().await?);
     for step in &selected {
@@ -156,7 +135,7 @@ pub async fn replay(cfg: ReplayConfig, cancel: CancellationToken) -> Result<i32,
         record.workflow.name.escape_debug()
     );
     // The recorded `--jobs` is the record's word: never more permits than steps.
-    let jobs = cfg.jobs.unwrap_or(record.invocation.jobs).clamp(1, selected.len().max(1));
+    let jobs = jobs.unwrap_or(record.invocation.jobs).clamp(1, selected.len().max(1));
     let permits = Arc::new(tokio::sync::Semaphore::new(jobs));
     let record = Arc::new(record);
     let secrets = Arc::new(secrets);
@@ -205,6 +184,55 @@ pub async fn replay(cfg: ReplayConfig, cancel: CancellationToken) -> Result<i32,
     let differ = selected.len() - reproduced;
     println!("{reproduced} reproduced, {differ} differ{}", if differ == 1 { "s" } else { "" });
     Ok(if differ == 0 { exit::OK } else { exit::STEP_FAILED })
+}
+
+/// A record found, verified and admitted.
+struct Checked {
+    record_path: PathBuf,
+    record: RunRecord,
+    selected: Vec<StepRecord>,
+    store: Store,
+    /// Each selected step's verified input files.
+    inputs: HashMap<String, Arc<Vec<InputEntry>>>,
+    /// The selected steps as today's policy and rules admit them.
+    admitted: Arc<dsl::Workflow>,
+}
+
+/// Find the record, select the steps, verify each against its key and the store, and admit it
+/// under `policy`: everything about the record that needs no daemon. The record is untrusted.
+fn check_record(dir: &Path, id: &str, steps: &[String], cache_dir: &Path, policy: &dsl::policy::Policy) -> Result<Checked, StartError> {
+    let (run_folder, record) = record::find(dir, id)?;
+    let record_path = run_folder.join("record.json");
+    let selected: Vec<StepRecord> = select(&record, steps)?.into_iter().cloned().collect();
+    let store = open_store(cache_dir)?;
+    check_unique_names(&record).map_err(|why| StartError::Invalid(format!("record {}: {why}", record_path.display())))?;
+    let mut inputs = HashMap::new();
+    let mut unverifiable = Vec::new();
+    for step in &selected {
+        match verify_step(&store, &record, step) {
+            Ok(step_inputs) => {
+                inputs.insert(step.name.clone(), Arc::new(step_inputs));
+            }
+            Err(Refusal::Edited(why)) => {
+                return Err(StartError::Invalid(format!(
+                    "record {} step `{}`: {why}; refusing to replay an edited record",
+                    record_path.display(),
+                    step.name.escape_debug()
+                )))
+            }
+            Err(Refusal::Unverifiable(why)) => unverifiable.push(format!("step `{}`: {why}", step.name.escape_debug())),
+        }
+    }
+    if !unverifiable.is_empty() {
+        return Err(EnvironmentError(format!(
+            "cannot replay run {}: the record cannot be verified against the cache store:\n  {}",
+            record.run_id,
+            unverifiable.join("\n  ")
+        ))
+        .into());
+    }
+    let admitted = admit(&record_path, &selected, policy)?;
+    Ok(Checked { record_path, record, selected, store, inputs, admitted })
 }
 
 /// The steps to replay, in record (plan) order.
