@@ -79,7 +79,9 @@ pub enum Verdict {
 pub async fn replay(cfg: ReplayConfig, cancel: CancellationToken) -> Result<i32, StartError> {
     // Reading, verifying and admitting the record touch only files: off the async workers.
     let ReplayConfig { dir, id, steps, jobs, cache_dir, policy } = cfg;
-    let checked = tokio::task::spawn_blocking(move || check_record(&dir, &id, &steps, &cache_dir, &policy))
+    let policy = Arc::new(policy);
+    let for_check = policy.clone();
+    let checked = tokio::task::spawn_blocking(move || check_record(&dir, &id, &steps, &cache_dir, &for_check))
         .await
         .map_err(|e| EnvironmentError(format!("the record check stopped: {e}")))??;
     let Checked { record_path, record, selected, store, inputs, admitted } = checked;
@@ -91,6 +93,9 @@ pub async fn replay(cfg: ReplayConfig, cancel: CancellationToken) -> Result<i32,
 
     let docker = Arc::new(DockerExecutor::connect().await?);
     for step in &selected {
+        if let Some(why) = image_not_allowed(&docker, step, &policy).await {
+            return Err(refused(&step.name, format!("{why}; refusing to replay it")));
+        }
         if let Some(why) = claimed_build(&docker, step).await {
             return Err(refused(&step.name, format!("{why}; refusing to replay an edited record")));
         }
@@ -262,6 +267,28 @@ fn select<'r>(record: &'r RunRecord, names: &[String]) -> Result<Vec<&'r StepRec
         }
     }
     Ok(record.steps.iter().filter(|s| names.contains(&s.name)).collect())
+}
+
+/// Under a policy with `image_prefixes`, the image a step runs must carry a tag the policy
+/// allows: the recorded reference is the record's word, the image ID is what runs (an edited
+/// reference could otherwise pass a forbidden image off as an allowed one). An untagged image
+/// (its tag moved on) is refused too. Engine-built images are checked by [`claimed_build`].
+async fn image_not_allowed(docker: &DockerExecutor, step: &StepRecord, policy: &dsl::policy::Policy) -> Option<String> {
+    let prefixes = policy.image_prefixes()?;
+    let (dsl::ImageRef::Reference(_), Some(image)) = (&step.definition.image, &step.image) else { return None };
+    // A missing image is reported with the other missing things (exit 3).
+    let inspected = docker.client().inspect_image(&image.id).await.ok()?;
+    let tags = inspected.repo_tags.unwrap_or_default();
+    if tags.iter().any(|t| prefixes.iter().any(|p| t.starts_with(p.as_str()))) {
+        return None;
+    }
+    let shown: Vec<String> = prefixes.iter().map(|p| format!("`{p}`")).collect();
+    Some(format!(
+        "its image {} carries no tag the policy allows (tags: {}; the policy allows images starting with {})",
+        image.id,
+        if tags.is_empty() { "none".to_string() } else { tags.join(", ") },
+        shown.join(", ")
+    ))
 }
 
 /// A step that claims an engine-built image is admitted without an image-prefix check (the

@@ -449,3 +449,46 @@ fn a_step_on_an_engine_built_image_replays_reproduced() {
         let _ = Command::new("docker").args(["rmi", "-f", image]).output();
     }
 }
+
+#[test]
+fn a_forbidden_image_passed_off_as_an_allowed_reference_is_refused() {
+    let _serial = one_at_a_time();
+    let host = Host::new();
+    // An image of this test's own (its own ID), under a prefix the policy will not allow.
+    let tag = format!("rforbidden/{}:1", unique("img"));
+    let maker = unique("rmk");
+    assert!(Command::new("docker").args(["run", "--name", &maker, IMAGE, "true"]).output().unwrap().status.success());
+    let committed = Command::new("docker").args(["commit", "--change", &format!("ENV MADE={maker}"), &maker, &tag]).output().unwrap();
+    assert!(committed.status.success(), "{}", text(&committed.stderr));
+    let _ = Command::new("docker").args(["rm", &maker]).output();
+
+    let name = unique("rimg");
+    let p = Project::new(&format!("version: 1\nsteps:\n  {name}: {{ image: \"{tag}\", run: 'mkdir -p o && echo hi > o/x', outputs: [o] }}\n"));
+    let o = p.run(&["run"]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    let id = run_ids(&p).pop().unwrap();
+    let record = p.path().join(".engine/runs").join(&id).join("record.json");
+    let mut v: Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    let s = step_mut(&mut v, &name);
+    s["definition"]["image"] = json!({ "kind": "reference", "name": IMAGE });
+    s["image"]["reference"] = json!(IMAGE);
+    let image_id = s["image"]["id"].as_str().unwrap().to_string();
+    std::fs::write(&record, serde_json::to_vec(&v).unwrap()).unwrap();
+    p.write("policy.yml", "version: 1\nimage_prefixes: [\"local/\"]\n");
+    let since = now();
+
+    let o = p.run(&["replay", &id, "--policy", "policy.yml"]);
+    let err = text(&o.stderr);
+    assert_eq!(code(&o), 2, "{}{err}", text(&o.stdout));
+    let sentence = format!(
+        "record {} step `{name}`: its image {image_id} carries no tag the policy allows (tags: {tag}; the policy allows images starting with `local/`); refusing to replay it",
+        shown(&id, "record.json").display()
+    );
+    assert!(err.contains(&sentence), "{err}");
+    assert_eq!(created(&name, since), 0);
+    // Without an image policy the edit changes nothing that runs (the ID is the key's): it replays.
+    let o = p.run(&["replay", &id]);
+    assert_eq!(code(&o), 0, "{}{}", text(&o.stdout), text(&o.stderr));
+    assert_nothing_escaped(&p, &host, &[]);
+    let _ = Command::new("docker").args(["rmi", &tag]).output();
+}
