@@ -57,6 +57,13 @@ impl Policy {
         self.allow_root.as_ref().is_some_and(|c| c.value)
     }
 
+    /// The image prefixes the policy allows (`image_prefixes`), if it restricts images at all.
+    /// For checks of images outside a workflow file (`engine replay` checks a recorded image's
+    /// tags with it).
+    pub fn image_prefixes(&self) -> Option<&[String]> {
+        self.image_prefixes.as_ref().map(|c| c.value.as_slice())
+    }
+
     /// The related diagnostic pointing at the policy line, when there is a policy file.
     fn at(&self, span: Span, message: String) -> Option<Diagnostic> {
         self.source

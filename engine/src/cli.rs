@@ -118,6 +118,10 @@ pub struct ReplayArgs {
     pub cache: CacheDirArg,
     #[command(flatten)]
     pub dir: RecordsDir,
+    // Today's operator policy: every recorded step is checked against it (and the built-in
+    // rules) before anything starts, as a workflow step would be.
+    #[command(flatten)]
+    pub policy: PolicyArg,
 }
 
 #[derive(Debug, Subcommand)]

@@ -331,12 +331,14 @@ fn runs_command(command: Option<RunsCommand>, dir: &Path, output: OutputFormat) 
 
 async fn replay_command(args: engine::cli::ReplayArgs) -> Result<i32, StartError> {
     let cache_dir = args.cache.resolve();
+    let policy = load_policy(&args.policy)?;
     let cfg = engine::replay::ReplayConfig {
         dir: args.dir.dir,
         id: args.id,
         steps: args.steps,
         jobs: args.jobs.map(|j| j as usize),
         cache_dir,
+        policy,
     };
     let cancel = CancellationToken::new();
     tokio::spawn(cancel_on_signal(cancel.clone(), OutputMode::Plain));

@@ -390,53 +390,199 @@ pub enum RecordError {
     NotFound { id: String, dir: PathBuf },
     #[error("run id `{id}` is ambiguous: it starts {n} runs in {}", dir.display())]
     Ambiguous { id: String, n: usize, dir: PathBuf },
+    /// The file could not be read (permissions, I/O): the environment's problem.
     #[error("cannot read the run record {}: {reason}", path.display())]
     Unreadable { path: PathBuf, reason: String },
+    /// The file is not a record this engine accepts (not a regular file, too large, not JSON,
+    /// another schema, inconsistent): a record is untrusted input.
+    #[error("refusing the run record {}: {reason}", path.display())]
+    Refused { path: PathBuf, reason: String },
 }
 
-/// Every readable record under `<workflow dir>/.engine/runs`, oldest first. Folders without a
-/// readable record (a run killed before its first write) are skipped.
-pub fn list(workflow_dir: &Path) -> Vec<RunRecord> {
-    let mut runs: Vec<RunRecord> = fs::read_dir(runs_dir(workflow_dir))
+/// The largest record (or store manifest) read: 64 MiB. Records with more inputs than
+/// [`INLINE_INPUTS`] keep them in the store, so an honest record stays far below this.
+pub const MAX_RECORD_BYTES: u64 = 64 << 20;
+
+/// Why [`read_regular`] read nothing.
+#[derive(Debug)]
+pub enum ReadRefused {
+    /// Not there.
+    Missing,
+    /// A symlink, a FIFO, a device, a folder, or larger than the cap: never read.
+    Refused(String),
+    /// An I/O error other than those.
+    Io(io::Error),
+}
+
+/// The bytes of the regular file `path`, at most `cap` of them. A symlink is not followed (the
+/// open fails), and a FIFO or device is opened without blocking and refused before any read, so a
+/// planted FIFO cannot hang the engine and a planted device cannot feed it forever.
+pub fn read_regular(path: &Path, cap: u64) -> Result<Vec<u8>, ReadRefused> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            _ if e.kind() == io::ErrorKind::NotFound => ReadRefused::Missing,
+            Some(libc::ELOOP) => ReadRefused::Refused("it is a symlink, which is never followed".into()),
+            _ => ReadRefused::Io(e),
+        })?;
+    let meta = file.metadata().map_err(ReadRefused::Io)?;
+    if !meta.file_type().is_file() {
+        return Err(ReadRefused::Refused("it is not a regular file".into()));
+    }
+    if meta.len() > cap {
+        return Err(ReadRefused::Refused(format!("it is {} bytes, more than the {} bytes allowed", meta.len(), cap)));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    // The file may grow while it is read: never read more than the cap.
+    file.take(cap + 1).read_to_end(&mut bytes).map_err(ReadRefused::Io)?;
+    if bytes.len() as u64 > cap {
+        return Err(ReadRefused::Refused(format!("it is more than the {cap} bytes allowed")));
+    }
+    Ok(bytes)
+}
+
+/// `.engine/runs` and what leads to it must be real folders: run records are never read
+/// through a symlink (it could point anywhere).
+fn check_runs_dir(workflow_dir: &Path) -> Result<(), RecordError> {
+    for dir in [workflow_dir.join(".engine"), runs_dir(workflow_dir)] {
+        if let Ok(meta) = fs::symlink_metadata(&dir) {
+            if !meta.file_type().is_dir() {
+                return Err(RecordError::Refused {
+                    path: dir,
+                    reason: "it is not a folder (a symlink is never followed); run records are read from a real `.engine/runs` folder only".into(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The run folders under `<workflow dir>/.engine/runs` (real folders only, never symlinks), by
+/// name.
+fn run_folders(workflow_dir: &Path) -> Result<Vec<(String, PathBuf)>, RecordError> {
+    check_runs_dir(workflow_dir)?;
+    let mut out: Vec<(String, PathBuf)> = fs::read_dir(runs_dir(workflow_dir))
         .into_iter()
         .flatten()
         .flatten()
-        .filter_map(|e| read(&e.path().join("record.json")).ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| Some((e.file_name().into_string().ok()?, e.path())))
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// Every readable record under `<workflow dir>/.engine/runs`, oldest first. Folders without a
+/// readable record (a run killed before its first write, or a record refused by [`read`]) are
+/// skipped; so are symlinks.
+pub fn list(workflow_dir: &Path) -> Vec<RunRecord> {
+    let mut runs: Vec<RunRecord> = run_folders(workflow_dir)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(_, dir)| read_run(&dir).ok())
         .collect();
     // Run ids start with the start time in hex seconds; the timestamp breaks no ties better.
     runs.sort_by(|a, b| a.started_at.cmp(&b.started_at).then_with(|| a.run_id.cmp(&b.run_id)));
     runs
 }
 
-pub fn read(path: &Path) -> Result<RunRecord, RecordError> {
-    let unreadable = |reason: String| RecordError::Unreadable { path: path.to_path_buf(), reason };
-    let bytes = fs::read(path).map_err(|e| unreadable(e.to_string()))?;
-    let record: RunRecord = serde_json::from_slice(&bytes).map_err(|e| unreadable(e.to_string()))?;
-    if record.schema != SCHEMA {
-        return Err(unreadable(format!("schema `{}` is not `{SCHEMA}`", record.schema)));
+/// The record in the run folder `dir`, which must name the run after the folder.
+fn read_run(dir: &Path) -> Result<RunRecord, RecordError> {
+    let path = dir.join("record.json");
+    let record = read(&path)?;
+    if dir.file_name().and_then(|n| n.to_str()) != Some(record.run_id.as_str()) {
+        return Err(RecordError::Refused {
+            path,
+            reason: format!("its run id `{}` is not the name of its folder", record.run_id.escape_debug()),
+        });
     }
     Ok(record)
 }
 
-/// The record of run `id` (`latest`, a full id, or an unambiguous prefix) and its folder.
-pub fn find(workflow_dir: &Path, id: &str) -> Result<(PathBuf, RunRecord), RecordError> {
-    let dir = runs_dir(workflow_dir);
-    let runs = list(workflow_dir);
-    let record = if id == "latest" {
-        runs.into_iter().last().ok_or_else(|| RecordError::NoRuns(dir.clone()))?
-    } else {
-        let mut matching: Vec<RunRecord> = runs.into_iter().filter(|r| r.run_id.starts_with(id)).collect();
-        if let Some(exact) = matching.iter().position(|r| r.run_id == id) {
-            matching.swap_remove(exact)
-        } else {
-            match matching.len() {
-                0 => return Err(RecordError::NotFound { id: id.to_string(), dir }),
-                1 => matching.remove(0),
-                n => return Err(RecordError::Ambiguous { id: id.to_string(), n, dir }),
+/// Read and parse one record, treating it as untrusted: a regular file (symlinks not followed),
+/// at most [`MAX_RECORD_BYTES`], JSON of schema [`SCHEMA`]. A step definition without `limits` (or
+/// missing some) gets the built-in defaults, never "unlimited".
+pub fn read(path: &Path) -> Result<RunRecord, RecordError> {
+    let refused = |reason: String| RecordError::Refused { path: path.to_path_buf(), reason };
+    let bytes = match read_regular(path, MAX_RECORD_BYTES) {
+        Ok(b) => b,
+        Err(ReadRefused::Missing) => {
+            return Err(RecordError::Unreadable { path: path.to_path_buf(), reason: "there is no such file".into() })
+        }
+        Err(ReadRefused::Refused(why)) => return Err(refused(why)),
+        Err(ReadRefused::Io(e)) => return Err(RecordError::Unreadable { path: path.to_path_buf(), reason: e.to_string() }),
+    };
+    let mut value: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| refused(format!("it is not valid JSON ({e})")))?;
+    match value.get("schema").and_then(|s| s.as_str()) {
+        Some(SCHEMA) => {}
+        Some(other) => return Err(refused(format!("schema `{}` is not `{SCHEMA}`", other.escape_debug()))),
+        None => return Err(refused(format!("it has no `schema` (expected `{SCHEMA}`)"))),
+    }
+    fill_default_settings(&mut value);
+    serde_json::from_value(value).map_err(|e| refused(format!("it does not follow the schema `{SCHEMA}` ({e})")))
+}
+
+/// Step definitions that lack `limits` or `isolation` (or some of their fields) get the built-in
+/// defaults, as a workflow step that does not set them would.
+fn fill_default_settings(record: &mut serde_json::Value) {
+    let defaults = [
+        ("limits", serde_json::to_value(dsl::Limits::default())),
+        ("isolation", serde_json::to_value(dsl::Isolation::default())),
+    ];
+    let Some(steps) = record.get_mut("steps").and_then(|s| s.as_array_mut()) else { return };
+    for step in steps {
+        let Some(def) = step.get_mut("definition").and_then(|d| d.as_object_mut()) else { continue };
+        for (key, default) in &defaults {
+            let Ok(serde_json::Value::Object(default)) = default else { continue };
+            let slot = def.entry(key.to_string()).or_insert(serde_json::Value::Null);
+            if slot.is_null() {
+                *slot = serde_json::Value::Object(serde_json::Map::new());
+            }
+            if let Some(fields) = slot.as_object_mut() {
+                for (field, value) in default {
+                    let v = fields.entry(field.clone()).or_insert(serde_json::Value::Null);
+                    if v.is_null() {
+                        *v = value.clone();
+                    }
+                }
             }
         }
+    }
+}
+
+/// The record of run `id` (`latest`, a full id, or an unambiguous prefix) and its folder. A run
+/// named by id whose record is refused is an error (never silently another run); `latest` is the
+/// newest readable record.
+pub fn find(workflow_dir: &Path, id: &str) -> Result<(PathBuf, RunRecord), RecordError> {
+    let dir = runs_dir(workflow_dir);
+    let folders = run_folders(workflow_dir)?;
+    if id == "latest" {
+        let mut runs: Vec<(PathBuf, RunRecord)> =
+            folders.into_iter().filter_map(|(_, d)| read_run(&d).ok().map(|r| (d, r))).collect();
+        runs.sort_by(|(_, a), (_, b)| a.started_at.cmp(&b.started_at).then_with(|| a.run_id.cmp(&b.run_id)));
+        return runs.pop().ok_or(RecordError::NoRuns(dir));
+    }
+    // A folder without a record (a run killed before its first write) is no run.
+    let mut matching: Vec<(String, PathBuf)> = folders
+        .into_iter()
+        .filter(|(name, d)| name.starts_with(id) && fs::symlink_metadata(d.join("record.json")).is_ok())
+        .collect();
+    let (_, folder) = if let Some(exact) = matching.iter().position(|(name, _)| name == id) {
+        matching.swap_remove(exact)
+    } else {
+        match matching.len() {
+            0 => return Err(RecordError::NotFound { id: id.to_string(), dir }),
+            1 => matching.remove(0),
+            n => return Err(RecordError::Ambiguous { id: id.to_string(), n, dir }),
+        }
     };
-    Ok((dir.join(&record.run_id), record))
+    let record = read_run(&folder)?;
+    Ok((folder, record))
 }
 
 /// `SOURCE_DATE_EPOCH` for a step that does not set it: a function of the step's action key, so
@@ -512,6 +658,48 @@ mod tests {
         let json = serde_json::to_string(&StepRecord::pending(&step)).unwrap();
         let back: StepRecord = serde_json::from_str(&json).unwrap();
         assert_eq!(back.definition, step);
+    }
+
+    #[test]
+    fn a_record_is_read_as_untrusted_input() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Recorder::create(dir.path(), record("6a0004", "t")).unwrap();
+        let path = r.dir().join("record.json");
+        // Limits and isolation dropped from a definition: the built-in defaults, not zero.
+        let mut v: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        let def = v["steps"][0]["definition"].as_object_mut().unwrap();
+        def.remove("limits");
+        def["isolation"].as_object_mut().unwrap().remove("user");
+        fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+        let back = read(&path).unwrap();
+        assert_eq!(back.steps[0].definition.limits, dsl::Limits::default());
+        assert_eq!(back.steps[0].definition.isolation, dsl::Isolation::default());
+
+        let refused = |p: &Path| match read(p) {
+            Err(RecordError::Refused { reason, .. }) => reason,
+            other => panic!("{other:?}"),
+        };
+        v["schema"] = "engine.run-record/v2".into();
+        fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+        assert_eq!(refused(&path), "schema `engine.run-record/v2` is not `engine.run-record/v1`");
+        fs::write(&path, b"{").unwrap();
+        assert!(refused(&path).starts_with("it is not valid JSON"));
+        fs::File::create(&path).unwrap().set_len(MAX_RECORD_BYTES + 1).unwrap();
+        assert!(refused(&path).contains("more than the 67108864 bytes allowed"));
+        fs::remove_file(&path).unwrap();
+        let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert_eq!(refused(&path), "it is not a regular file");
+        fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", &path).unwrap();
+        assert_eq!(refused(&path), "it is a symlink, which is never followed");
+        assert!(matches!(find(dir.path(), "6a0004"), Err(RecordError::Refused { .. })));
+        // A symlinked runs folder is not followed.
+        let other = tempfile::tempdir().unwrap();
+        fs::create_dir(other.path().join(".engine")).unwrap();
+        std::os::unix::fs::symlink(runs_dir(dir.path()), runs_dir(other.path())).unwrap();
+        assert!(matches!(find(other.path(), "latest"), Err(RecordError::Refused { .. })));
+        assert!(list(other.path()).is_empty());
     }
 
     #[test]

@@ -8,8 +8,22 @@
 //! user, network, limits; `SOURCE_DATE_EPOCH` as recorded), bypassing the cache. The new outputs
 //! are hashed, never stored, and compared with the record path by path.
 //!
-//! Owns the comparison and its report; running a container is the Docker executor's job, and the
-//! run record is only read.
+//! A record is untrusted input (anyone who can write the project folder can edit it), so before
+//! anything starts every selected step is **verified** and **admitted**:
+//! - verified ([`verify_step`]): its key is recomputed from its recorded key components and input
+//!   files and must equal the recorded key; its definition (command, env, workdir, user, network,
+//!   outputs, secret names, image ID, needs' outputs) must be the one those components describe;
+//!   the cache store must hold an entry for that key (and, when it keeps the key's input manifest,
+//!   the same input files); the outputs of its needs, which are staged into its workspace, must
+//!   hash to the digests its key covers. An edited record is refused (exit 2).
+//! - admitted ([`admit`]): the recorded definition is loaded again through the workflow front end
+//!   as a one-step workflow, under today's operator policy and built-in rules and defaults (root,
+//!   networks, `max_limits`, image prefixes, names, paths, minimum sizes), and checked against the
+//!   daemon host's size like `engine run` does. The step that runs is the one the front end
+//!   returns, never the recorded one as is.
+//!
+//! Owns the comparison and its report; running a container is the Docker executor's job (the
+//! same hardened path as `engine run`), and the run record is only read.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -23,6 +37,7 @@ use crate::error::{exit, EnvironmentError};
 use crate::events::EventSink;
 use crate::executor::{CacheMountJob, StepContext, StepFailure, StepJob};
 use crate::record::{self, RunRecord, StepRecord};
+use crate::plan;
 use crate::run::{new_run_id, open_store, StartError};
 use crate::workspace::{self, RunDir};
 
@@ -35,6 +50,8 @@ pub struct ReplayConfig {
     /// Default: the recorded run's `--jobs`.
     pub jobs: Option<usize>,
     pub cache_dir: PathBuf,
+    /// Today's operator policy; every replayed step must pass it.
+    pub policy: dsl::policy::Policy,
 }
 
 /// How one output path compares with the record.
@@ -60,21 +77,44 @@ pub enum Verdict {
 }
 
 pub async fn replay(cfg: ReplayConfig, cancel: CancellationToken) -> Result<i32, StartError> {
-    let (_, record) = record::find(&cfg.dir, &cfg.id)?;
-    let selected: Vec<StepRecord> = select(&record, &cfg.steps)?.into_iter().cloned().collect();
-    let store = Arc::new(open_store(&cfg.cache_dir)?);
+    // Reading, verifying and admitting the record touch only files: off the async workers.
+    let ReplayConfig { dir, id, steps, jobs, cache_dir, policy } = cfg;
+    let policy = Arc::new(policy);
+    let for_check = policy.clone();
+    let checked = tokio::task::spawn_blocking(move || check_record(&dir, &id, &steps, &cache_dir, &for_check))
+        .await
+        .map_err(|e| EnvironmentError(format!("the record check stopped: {e}")))??;
+    let Checked { record_path, record, selected, store, inputs, admitted } = checked;
+    let store = Arc::new(store);
+    // Names from the record are printed escaped: a record could carry terminal control codes.
+    let refused = |step: &str, why: String| {
+        StartError::Invalid(format!("record {} step `{}`: {why}", record_path.display(), step.escape_debug()))
+    };
+
     let docker = Arc::new(DockerExecutor::connect().await?);
+    for step in &selected {
+        if let Some(why) = image_not_allowed(&docker, step, &policy).await {
+            return Err(refused(&step.name, format!("{why}; refusing to replay it")));
+        }
+        if let Some(why) = claimed_build(&docker, step).await {
+            return Err(refused(&step.name, format!("{why}; refusing to replay an edited record")));
+        }
+    }
+    let budget = docker.host_budget().await?;
+    if let Err(e) = plan::plan(admitted.clone(), &[], budget) {
+        let why = match e {
+            plan::PlanError::TooLarge(d) => d.message,
+            other => other.to_string(),
+        };
+        return Err(StartError::Invalid(format!("record {}: {why}; refusing to replay it", record_path.display())));
+    }
 
     // Everything a replay needs is checked before any container starts: a missing input or
     // image is the environment's problem (exit 3), named precisely.
     let mut secrets = HashMap::new();
     let mut missing = Vec::new();
-    // Each step's input manifest, read once (from the store for a step with many inputs).
-    let mut inputs = HashMap::new();
     for step in &selected {
-        let (step_missing, step_inputs) = check_step(&docker, &store, &record, step).await;
-        missing.extend(step_missing);
-        inputs.insert(step.name.clone(), Arc::new(step_inputs));
+        missing.extend(check_step(&docker, &store, &record, step, &inputs[&step.name]).await);
         for name in &step.definition.secrets {
             match std::env::var(name) {
                 Ok(v) => {
@@ -97,9 +137,10 @@ pub async fn replay(cfg: ReplayConfig, cancel: CancellationToken) -> Result<i32,
         selected.len(),
         if selected.len() == 1 { "" } else { "s" },
         record.run_id,
-        record.workflow.name
+        record.workflow.name.escape_debug()
     );
-    let jobs = cfg.jobs.unwrap_or(record.invocation.jobs).max(1);
+    // The recorded `--jobs` is the record's word: never more permits than steps.
+    let jobs = jobs.unwrap_or(record.invocation.jobs).clamp(1, selected.len().max(1));
     let permits = Arc::new(tokio::sync::Semaphore::new(jobs));
     let record = Arc::new(record);
     let secrets = Arc::new(secrets);
@@ -109,12 +150,15 @@ pub async fn replay(cfg: ReplayConfig, cancel: CancellationToken) -> Result<i32,
         let (permits, cancel, secrets, replay_id) = (permits.clone(), cancel.clone(), secrets.clone(), replay_id.clone());
         let name = step.name.clone();
         let inputs = inputs[&name].clone();
+        let definition = admitted.step(&name).cloned();
         tasks.spawn(async move {
             let _permit = permits.acquire_owned().await;
-            let verdict = if cancel.is_cancelled() {
-                Verdict::Failed("cancelled".into())
-            } else {
-                replay_step(&docker, &store, &record, &name, inputs, &run_dir, &replay_id, &secrets, cancel).await
+            let verdict = match definition {
+                _ if cancel.is_cancelled() => Verdict::Failed("cancelled".into()),
+                None => Verdict::Failed("not admitted".into()),
+                Some(definition) => {
+                    replay_step(&docker, &store, &record, definition, inputs, &run_dir, &replay_id, &secrets, cancel).await
+                }
             };
             (index, verdict)
         });
@@ -147,6 +191,55 @@ pub async fn replay(cfg: ReplayConfig, cancel: CancellationToken) -> Result<i32,
     Ok(if differ == 0 { exit::OK } else { exit::STEP_FAILED })
 }
 
+/// A record found, verified and admitted.
+struct Checked {
+    record_path: PathBuf,
+    record: RunRecord,
+    selected: Vec<StepRecord>,
+    store: Store,
+    /// Each selected step's verified input files.
+    inputs: HashMap<String, Arc<Vec<InputEntry>>>,
+    /// The selected steps as today's policy and rules admit them.
+    admitted: Arc<dsl::Workflow>,
+}
+
+/// Find the record, select the steps, verify each against its key and the store, and admit it
+/// under `policy`: everything about the record that needs no daemon. The record is untrusted.
+fn check_record(dir: &Path, id: &str, steps: &[String], cache_dir: &Path, policy: &dsl::policy::Policy) -> Result<Checked, StartError> {
+    let (run_folder, record) = record::find(dir, id)?;
+    let record_path = run_folder.join("record.json");
+    let selected: Vec<StepRecord> = select(&record, steps)?.into_iter().cloned().collect();
+    let store = open_store(cache_dir)?;
+    check_unique_names(&record).map_err(|why| StartError::Invalid(format!("record {}: {why}", record_path.display())))?;
+    let mut inputs = HashMap::new();
+    let mut unverifiable = Vec::new();
+    for step in &selected {
+        match verify_step(&store, &record, step) {
+            Ok(step_inputs) => {
+                inputs.insert(step.name.clone(), Arc::new(step_inputs));
+            }
+            Err(Refusal::Edited(why)) => {
+                return Err(StartError::Invalid(format!(
+                    "record {} step `{}`: {why}; refusing to replay an edited record",
+                    record_path.display(),
+                    step.name.escape_debug()
+                )))
+            }
+            Err(Refusal::Unverifiable(why)) => unverifiable.push(format!("step `{}`: {why}", step.name.escape_debug())),
+        }
+    }
+    if !unverifiable.is_empty() {
+        return Err(EnvironmentError(format!(
+            "cannot replay run {}: the record cannot be verified against the cache store:\n  {}",
+            record.run_id,
+            unverifiable.join("\n  ")
+        ))
+        .into());
+    }
+    let admitted = admit(&record_path, &selected, policy)?;
+    Ok(Checked { record_path, record, selected, store, inputs, admitted })
+}
+
 /// The steps to replay, in record (plan) order.
 fn select<'r>(record: &'r RunRecord, names: &[String]) -> Result<Vec<&'r StepRecord>, StartError> {
     if names.is_empty() {
@@ -176,14 +269,49 @@ fn select<'r>(record: &'r RunRecord, names: &[String]) -> Result<Vec<&'r StepRec
     Ok(record.steps.iter().filter(|s| names.contains(&s.name)).collect())
 }
 
-/// What is missing for replaying `step` (its image, input contents, or its needs' outputs), and
-/// its input files.
+/// Under a policy with `image_prefixes`, the image a step runs must carry a tag the policy
+/// allows: the recorded reference is the record's word, the image ID is what runs (an edited
+/// reference could otherwise pass a forbidden image off as an allowed one). An untagged image
+/// (its tag moved on) is refused too. Engine-built images are checked by [`claimed_build`].
+async fn image_not_allowed(docker: &DockerExecutor, step: &StepRecord, policy: &dsl::policy::Policy) -> Option<String> {
+    let prefixes = policy.image_prefixes()?;
+    let (dsl::ImageRef::Reference(_), Some(image)) = (&step.definition.image, &step.image) else { return None };
+    // A missing image is reported with the other missing things (exit 3).
+    let inspected = docker.client().inspect_image(&image.id).await.ok()?;
+    let tags = inspected.repo_tags.unwrap_or_default();
+    if tags.iter().any(|t| prefixes.iter().any(|p| t.starts_with(p.as_str()))) {
+        return None;
+    }
+    let shown: Vec<String> = prefixes.iter().map(|p| format!("`{p}`")).collect();
+    Some(format!(
+        "its image {} carries no tag the policy allows (tags: {}; the policy allows images starting with {})",
+        image.id,
+        if tags.is_empty() { "none".to_string() } else { tags.join(", ") },
+        shown.join(", ")
+    ))
+}
+
+/// A step that claims an engine-built image is admitted without an image-prefix check (the
+/// image is pinned by its ID): the image must then really be the engine's build of that name
+/// (label `engine.image`), or a record could pass any image off as built. `None` when fine or
+/// when the image is gone (reported with the other missing things).
+async fn claimed_build(docker: &DockerExecutor, step: &StepRecord) -> Option<String> {
+    let (dsl::ImageRef::Built(name), Some(image)) = (&step.definition.image, &step.image) else { return None };
+    let inspected = docker.client().inspect_image(&image.id).await.ok()?;
+    let label = inspected.config.and_then(|c| c.labels).and_then(|l| l.get(images::LABEL_IMAGE).cloned());
+    (label.as_deref() != Some(name.as_str())).then(|| {
+        format!("its image {} is not the engine-built image `{}` it claims (no label {}={})", image.id, name.escape_debug(), images::LABEL_IMAGE, name.escape_debug())
+    })
+}
+
+/// What is missing for replaying `step` (its image, input contents, or its needs' outputs).
 async fn check_step(
     docker: &DockerExecutor,
     store: &Store,
     record: &RunRecord,
     step: &StepRecord,
-) -> (Vec<String>, Vec<InputEntry>) {
+    inputs: &[InputEntry],
+) -> Vec<String> {
     let mut missing = Vec::new();
     match &step.image {
         Some(image) => {
@@ -196,11 +324,7 @@ async fn check_step(
         }
         None => missing.push(format!("step `{}`: the record names no image", step.name)),
     }
-    let Some(inputs) = step.input_entries(store) else {
-        missing.push(format!("step `{}`: its input manifest is not in the cache store {}", step.name, store.dir().display()));
-        return (missing, Vec::new());
-    };
-    for input in &inputs {
+    for input in inputs {
         if !store.has_blob(&input.digest) {
             missing.push(format!(
                 "step `{}`: input `{}` (sha256 {}) is not in the cache store {}",
@@ -228,7 +352,272 @@ async fn check_step(
             }
         }
     }
-    (missing, inputs)
+    missing
+}
+
+/// Why a recorded step is not replayed.
+#[derive(Debug, Clone, PartialEq)]
+enum Refusal {
+    /// The record contradicts itself or the store: it was edited (exit 2).
+    Edited(String),
+    /// The store no longer holds what the check needs (exit 3).
+    Unverifiable(String),
+}
+
+/// Steps are found by name: a record listing one twice could show one and replay the other.
+fn check_unique_names(record: &RunRecord) -> Result<(), String> {
+    let mut seen = std::collections::HashSet::new();
+    match record.steps.iter().find(|s| !seen.insert(s.name.as_str())) {
+        Some(s) => Err(format!("it lists step `{}` twice; refusing to replay an edited record", s.name.escape_debug())),
+        None => Ok(()),
+    }
+}
+
+/// The digest of a list of output entries, as the store computes it for a manifest.
+fn outputs_digest(entries: &[OutputEntry]) -> Digest {
+    cache::Manifest {
+        key: cache::ActionKey(Digest([0; 32])),
+        workflow: String::new(),
+        step: String::new(),
+        entries: entries.to_vec(),
+        exit_code: 0,
+        log: Digest([0; 32]),
+        created: 0,
+        duration_ms: 0,
+    }
+    .outputs_digest()
+}
+
+/// The fields in which two sets of key components differ, named as a person reads them.
+fn differing_fields(expected: &cache::KeyComponents, recorded: &cache::KeyComponents) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    let mut check = |differs: bool, name: &'static str| {
+        if differs {
+            out.push(name)
+        }
+    };
+    check(expected.format != recorded.format, "cache format");
+    check(expected.image_id != recorded.image_id, "image");
+    check(expected.command != recorded.command, "command");
+    check(expected.env != recorded.env, "env");
+    check(expected.workdir != recorded.workdir, "workdir");
+    check(expected.user != recorded.user, "user");
+    check(expected.network != recorded.network, "network");
+    check(expected.outputs != recorded.outputs, "outputs");
+    check(expected.secrets != recorded.secrets, "secrets");
+    check(expected.inputs != recorded.inputs, "inputs");
+    check(expected.upstream != recorded.upstream, "needs");
+    out
+}
+
+/// Checks that `step` is what its key says and that the store knows that key; returns its input
+/// files. Reads the record and the store only (manifests, not blobs).
+fn verify_step(store: &Store, record: &RunRecord, step: &StepRecord) -> Result<Vec<InputEntry>, Refusal> {
+    use Refusal::{Edited, Unverifiable};
+    let key_text = step.key.as_deref().ok_or_else(|| Edited("it has no key".into()))?;
+    let key = cache::ActionKey(
+        key_text.parse().map_err(|_| Edited(format!("its key `{}` is not a SHA-256 digest", key_text.escape_debug())))?,
+    );
+    let recorded = step.key_components.as_ref().ok_or_else(|| Edited("it has no key components".into()))?;
+    let image = step.image.as_ref().ok_or_else(|| Edited("it names no image".into()))?;
+    let inputs = if step.inputs_in_store {
+        store.inputs_manifest(&key).ok_or_else(|| {
+            Unverifiable(format!("its input manifest (key {}) is not in the cache store {}", key.0.short(), store.dir().display()))
+        })?
+    } else {
+        step.inputs.clone()
+    };
+    if inputs.len() != step.inputs_count {
+        return Err(Edited(format!("it counts {} input files but lists {}", step.inputs_count, inputs.len())));
+    }
+    let mut recorded = recorded.clone();
+    recorded.inputs = inputs;
+    if recorded.key() != key {
+        return Err(Edited("its key does not match its key components and input files".into()));
+    }
+
+    // The outputs of its needs are staged into its workspace: they must be what its key covers.
+    let mut upstream = Vec::new();
+    for need in &step.definition.needs {
+        let up = record
+            .steps
+            .iter()
+            .find(|s| &s.name == need)
+            .ok_or_else(|| Edited(format!("it needs `{}`, which the record does not have", need.escape_debug())))?;
+        let digest = up
+            .outputs_digest
+            .as_deref()
+            .and_then(|d| d.parse::<Digest>().ok())
+            .filter(|_| up.status.has_outputs())
+            .ok_or_else(|| Edited(format!("it needs `{need}`, which has no outputs in the record")))?;
+        if outputs_digest(&up.outputs) != digest {
+            return Err(Edited(format!("the outputs of `{need}` it needs do not match their digest")));
+        }
+        upstream.push(cache::UpstreamEntry { step: need.clone(), outputs: digest });
+    }
+
+    let expected = crate::caching::components(&step.definition, &image.id, recorded.inputs.clone(), upstream);
+    let mut differs = differing_fields(&expected, &recorded);
+    let reference = match &step.definition.image {
+        dsl::ImageRef::Reference(r) => r.clone(),
+        dsl::ImageRef::Built(n) => format!("images.{n}"),
+    };
+    if reference != image.reference && !differs.contains(&"image") {
+        differs.push("image");
+    }
+    let epoch = (!step.definition.env.contains_key("SOURCE_DATE_EPOCH")).then(|| record::source_date_epoch(&key));
+    if step.source_date_epoch != epoch {
+        differs.push("SOURCE_DATE_EPOCH");
+    }
+    if !differs.is_empty() {
+        return Err(Edited(format!(
+            "its definition does not match its key ({} differ{})",
+            differs.join(", "),
+            if differs.len() == 1 { "s" } else { "" }
+        )));
+    }
+    if let Some(d) = step.outputs_digest.as_deref() {
+        if d.parse::<Digest>().ok() != Some(outputs_digest(&step.outputs)) {
+            return Err(Edited("its outputs do not match their digest".into()));
+        }
+    }
+
+    // The store is the reference: it must know the key (a record with a key of its own making is
+    // not replayed), and the input files it keeps for the key must be the recorded ones.
+    let manifest_path = store.manifest_path(&key);
+    let manifest = match record::read_regular(&manifest_path, record::MAX_RECORD_BYTES) {
+        Ok(bytes) => serde_json::from_slice::<cache::Manifest>(&bytes).ok().filter(|m| m.key == key),
+        Err(record::ReadRefused::Missing) => {
+            return Err(Unverifiable(format!(
+                "the cache store {} has no entry for its key {} (collected by `engine cache gc`, or the record was edited)",
+                store.dir().display(),
+                key.0.short()
+            )))
+        }
+        Err(_) => None,
+    };
+    if manifest.is_none() {
+        return Err(Unverifiable(format!("the cache entry of its key {} is unreadable or damaged ({})", key.0.short(), manifest_path.display())));
+    }
+    if !step.inputs_in_store {
+        if let Some(mut kept) = store.inputs_manifest(&key) {
+            let mut listed = recorded.inputs.clone();
+            kept.sort_by(|a, b| a.path.cmp(&b.path));
+            listed.sort_by(|a, b| a.path.cmp(&b.path));
+            if kept != listed {
+                return Err(Edited("its input files do not match those the cache store keeps for its key".into()));
+            }
+        }
+    }
+    Ok(recorded.inputs)
+}
+
+/// The recorded steps as a workflow text for the front end: every setting explicit (JSON is
+/// YAML), `needs` left out (the record's graph is checked by [`verify_step`]).
+fn as_workflow_text(steps: &[StepRecord]) -> String {
+    use serde_json::{json, Map, Value};
+    let mut images = Map::new();
+    let mut out = Map::new();
+    for step in steps {
+        let d = &step.definition;
+        let mut m = Map::new();
+        match &d.image {
+            dsl::ImageRef::Reference(r) => m.insert("image".into(), json!(r)),
+            dsl::ImageRef::Built(n) => {
+                // The image itself is pinned by its ID; its build is not re-checked here.
+                images.insert(n.clone(), json!({ "dockerfile": "Dockerfile", "context": "." }));
+                m.insert("image".into(), json!(n))
+            }
+        };
+        match &d.command {
+            dsl::Command::Shell(script) => m.insert("run".into(), json!(script)),
+            dsl::Command::Argv(argv) => m.insert("command".into(), json!(argv)),
+        };
+        for (key, list) in [("inputs", &d.inputs), ("outputs", &d.outputs), ("secrets", &d.secrets)] {
+            if !list.is_empty() {
+                m.insert(key.into(), json!(list));
+            }
+        }
+        if !d.env.is_empty() {
+            m.insert("env".into(), json!(d.env));
+        }
+        if !d.caches.is_empty() {
+            let caches: Vec<Value> = d.caches.iter().map(|c| json!({ "name": c.name, "path": c.path })).collect();
+            m.insert("caches".into(), Value::Array(caches));
+        }
+        m.insert("workdir".into(), json!(d.workdir));
+        m.insert("network".into(), json!(d.isolation.network.as_str()));
+        m.insert("user".into(), json!(d.isolation.user.to_string()));
+        let l = &d.limits;
+        m.insert(
+            "limits".into(),
+            json!({
+                "cpus": dsl::units::format_cpus(l.millicpus),
+                "memory": format!("{}b", l.memory),
+                "pids": l.pids.to_string(),
+                "timeout": format!("{}ms", l.timeout.as_millis()),
+                "tmpfs": format!("{}b", l.tmpfs),
+                "workspace": format!("{}b", l.workspace),
+                "outputs": format!("{}b", l.outputs),
+            }),
+        );
+        out.insert(step.name.clone(), Value::Object(m));
+    }
+    let mut doc = Map::new();
+    doc.insert("version".into(), json!(1));
+    if !images.is_empty() {
+        doc.insert("images".into(), Value::Object(images));
+    }
+    doc.insert("steps".into(), Value::Object(out));
+    serde_json::to_string_pretty(&Value::Object(doc)).unwrap_or_default()
+}
+
+/// The selected steps as today's rules and `policy` resolve them: loaded again through the
+/// workflow front end, so a recorded step passes exactly the checks a workflow step passes. The
+/// result is what runs (without `needs`: staging takes the needs' verified recorded outputs). Refused: exit 2 naming the record, the step
+/// and every rule it breaks.
+fn admit(record_path: &Path, steps: &[StepRecord], policy: &dsl::policy::Policy) -> Result<Arc<dsl::Workflow>, StartError> {
+    let text = as_workflow_text(steps);
+    let workflow = match dsl::load_str_with(record_path, &text, policy) {
+        Ok(w) => w,
+        Err(dsl::LoadError::Invalid { diagnostics, .. }) => {
+            let record = record_path.display().to_string();
+            let mut lines = Vec::new();
+            for d in &diagnostics {
+                // The step the problem belongs to: the last whose entry starts before the place.
+                let steps_at = text.find("\n  \"steps\": {").unwrap_or(text.len());
+                let step = steps
+                    .iter()
+                    .filter_map(|s| {
+                        let at = text[steps_at..].find(&format!("\n    {}: {{", json_key(&s.name)))? + steps_at;
+                        (at <= d.span.offset).then_some((at, s.name.as_str()))
+                    })
+                    .max()
+                    .map(|(_, name)| name);
+                let mut line = match step {
+                    Some(name) => format!("record {record} step `{name}`: {}", d.message),
+                    None => format!("record {record}: {}", d.message),
+                };
+                for r in d.related.iter().filter(|r| !r.location.starts_with(&record)) {
+                    line.push_str(&format!(" ({}: {})", r.location, r.message));
+                }
+                lines.push(line);
+            }
+            return Err(StartError::Invalid(format!(
+                "{}\nrefusing to replay: a recorded step must pass today's policy and rules like a workflow step",
+                lines.join("\n")
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    // The recorded `needs` are kept out of the loaded workflow (a step's needs are not replayed
+    // with it); its staging uses the verified recorded outputs of its needs.
+    Ok(Arc::new(workflow))
+}
+
+/// A step name as it appears as a key in [`as_workflow_text`].
+fn json_key(name: &str) -> String {
+    serde_json::to_string(name).unwrap_or_default()
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -236,13 +625,14 @@ async fn replay_step(
     docker: &DockerExecutor,
     store: &Arc<Store>,
     record: &Arc<RunRecord>,
-    name: &str,
+    definition: dsl::Step,
     inputs: Arc<Vec<InputEntry>>,
     run_dir: &Arc<RunDir>,
     replay_id: &str,
     secrets: &HashMap<String, String>,
     cancel: CancellationToken,
 ) -> Verdict {
+    let name = definition.name.as_str();
     let Some(step) = record.steps.iter().find(|s| s.name == name) else {
         return Verdict::Failed("not in the record".into());
     };
@@ -258,7 +648,9 @@ async fn replay_step(
         return Verdict::Failed(format!("cannot prepare the workspace from the store: {e}"));
     }
 
-    let mut definition = step.definition.clone();
+    // The admitted definition (today's policy and defaults applied), not the recorded one.
+    let mut definition = definition.clone();
+    definition.needs = step.definition.needs.clone();
     if let Some(epoch) = step.source_date_epoch {
         definition.env.insert("SOURCE_DATE_EPOCH".into(), epoch.to_string());
     }
@@ -269,13 +661,14 @@ async fn replay_step(
             Err(e) => return Verdict::Failed(format!("cannot prepare cache mount `{}`: {e}", mount.name)),
         }
     }
+    let definition_secrets = definition.secrets.clone();
     let job = StepJob {
         run_id: replay_id.to_string(),
         step: Arc::new(definition),
         image: step.image.as_ref().map(|i| i.id.clone()).unwrap_or_default(),
         workspace: workspace.clone(),
         collect_to: collect.clone(),
-        secrets: step.definition.secrets.iter().filter_map(|s| secrets.get(s).map(|v| (s.clone(), v.clone()))).collect(),
+        secrets: definition_secrets.iter().filter_map(|s| secrets.get(s).map(|v| (s.clone(), v.clone()))).collect(),
         caches,
     };
     // The replay's log is kept only to explain a failure.
@@ -494,6 +887,65 @@ mod tests {
         let long_b: String = (0..100).map(|i| format!("{}\n", i * 2)).collect();
         let d = text_diff(long_a.as_bytes(), long_b.as_bytes()).unwrap();
         assert!(d.lines().count() <= DIFF_MAX_LINES + 1 && d.ends_with("more lines"), "{d}");
+    }
+
+    fn recorded(step: &dsl::Step) -> StepRecord {
+        StepRecord::pending(step)
+    }
+
+    #[test]
+    fn a_recorded_step_loads_back_as_itself() {
+        let mut step = dsl::Step::new("gen[a,b]", dsl::ImageRef::Reference("local/busybox:1".into()), dsl::Command::Argv(vec!["sh".into(), "-c".into(), "echo \"q\" 'x' \\ $A: {b}\n#c".into()]));
+        step.inputs = vec!["src/**".into(), "a b.txt".into()];
+        step.outputs = vec!["out".into()];
+        step.env.insert("A".into(), "multi\nline: {x} [y] \u{e9}".into());
+        step.secrets = vec!["TOKEN".into()];
+        step.caches = vec![dsl::CacheMount { name: "cargo".into(), path: "/home/user/.cargo".into() }];
+        step.workdir = "/workspace/src".into();
+        step.isolation = dsl::Isolation { network: dsl::Network::Bridge, user: dsl::User { uid: 1234, gid: 5678 } };
+        step.limits = dsl::Limits::sandbox();
+        step.limits.millicpus = 1250;
+        step.limits.timeout = std::time::Duration::from_millis(61_500);
+        let mut built = dsl::Step::new("use", dsl::ImageRef::Built("tools".into()), dsl::Command::Shell("true".into()));
+        built.needs = vec!["gen[a,b]".into()];
+        let wf = admit(Path::new("/r/record.json"), &[recorded(&step), recorded(&built)], &dsl::policy::Policy::default()).unwrap();
+        let back = wf.step("gen[a,b]").unwrap();
+        assert_eq!((&back.image, &back.command, &back.inputs, &back.outputs), (&step.image, &step.command, &step.inputs, &step.outputs));
+        assert_eq!((&back.env, &back.secrets, &back.caches, &back.workdir), (&step.env, &step.secrets, &step.caches, &step.workdir));
+        assert_eq!((back.isolation, back.limits), (step.isolation, step.limits));
+        assert_eq!(wf.step("use").unwrap().image, built.image);
+        assert!(wf.step("use").unwrap().needs.is_empty());
+    }
+
+    #[test]
+    fn a_recorded_step_is_admitted_only_within_todays_policy_and_rules() {
+        let record = Path::new("/r/record.json");
+        let mut root = dsl::Step::new("a", dsl::ImageRef::Reference("local/busybox:1".into()), dsl::Command::Shell("id".into()));
+        root.isolation.user = dsl::User { uid: 0, gid: 0 };
+        let err = admit(record, &[recorded(&root)], &dsl::policy::Policy::default()).unwrap_err().to_string();
+        assert!(err.starts_with("record /r/record.json step `a`: step `a` asks to run as root (uid 0), which is not allowed"), "{err}");
+        assert!(err.ends_with("refusing to replay: a recorded step must pass today's policy and rules like a workflow step"), "{err}");
+
+        let mut unlimited = dsl::Step::new("b", dsl::ImageRef::Reference("local/busybox:1".into()), dsl::Command::Shell("true".into()));
+        unlimited.limits.memory = 0;
+        unlimited.limits.pids = 0;
+        let err = admit(record, &[recorded(&root), recorded(&unlimited)], &dsl::policy::Policy::default()).unwrap_err().to_string();
+        assert!(err.contains("record /r/record.json step `b`: memory `0b` is below the minimum of 6m"), "{err}");
+        assert!(err.contains("record /r/record.json step `b`: invalid `limits.pids`") || err.contains("step `b`: ") && err.contains("pids"), "{err}");
+
+        let policy = dsl::policy::Policy::load_str(
+            Path::new("/etc/policy.yml"),
+            "version: 1\nmax_limits: { memory: 512m }\nnetworks: [none]\nimage_prefixes: [\"local/\"]\n",
+        )
+        .unwrap();
+        let mut big = dsl::Step::new("c", dsl::ImageRef::Reference("evil/x".into()), dsl::Command::Shell("true".into()));
+        big.isolation.network = dsl::Network::Bridge;
+        let err = admit(record, &[recorded(&big)], &policy).unwrap_err().to_string();
+        assert!(err.contains("step `c`: step `c` asks for memory 1g, above the policy's maximum 512m (/etc/policy.yml:2:"), "{err}");
+        assert!(err.contains("step `c`: step `c` asks for network bridge, which the policy does not allow"), "{err}");
+        assert!(err.contains("step `c`: step `c` uses image `evil/x`, which the policy does not allow"), "{err}");
+        let fine = dsl::Step::new("d", dsl::ImageRef::Reference("local/busybox:1".into()), dsl::Command::Shell("true".into()));
+        assert!(admit(record, &[recorded(&fine)], &policy).is_err(), "1g memory by default is above the policy's 512m");
     }
 
     #[test]
