@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use crate::bounds;
 use crate::ir::{SourceFile, Span, Step};
 use crate::suggest;
 use crate::Diagnostic;
@@ -18,14 +19,40 @@ pub(crate) struct StepSpans {
     pub outputs: Vec<Span>,
 }
 
-/// Why a relative path (an input pattern or an output path) is unacceptable, if it is.
-pub(crate) fn relative_path_problem(path: &str) -> Option<&'static str> {
+/// Why a relative path (an input pattern, an output path, a `copy` source) is unacceptable, if
+/// it is. Only one spelling of a path is accepted, so that what `check` accepts is what a run
+/// can stage and export: no empty or `.` components (the message gives the canonical spelling),
+/// no `..`, no leading `/` or `~`, file names of at most 255 bytes and paths of at most 1024.
+/// One trailing `/` (a folder) is kept as written.
+pub(crate) fn relative_path_problem(path: &str) -> Option<String> {
+    let body = path.strip_suffix('/').unwrap_or(path);
+    let canonical = || {
+        let parts: Vec<&str> = path.split('/').filter(|c| !c.is_empty() && *c != ".").collect();
+        let mut c = parts.join("/");
+        if path.ends_with('/') && !c.is_empty() {
+            c.push('/');
+        }
+        c
+    };
     if path.trim().is_empty() {
-        Some("is empty")
+        Some("is empty".into())
     } else if path.starts_with('/') {
-        Some("is absolute")
+        Some("is absolute".into())
+    } else if path.starts_with('~') {
+        Some("starts with `~`, which is not expanded (paths are relative, never to a home folder)".into())
     } else if path.split('/').any(|c| c == "..") {
-        Some("contains a `..` component")
+        Some("contains a `..` component".into())
+    } else if body.split('/').any(|c| c == ".") {
+        match canonical().as_str() {
+            "" | "/" => Some("names the whole folder (`.`); name the files or folders instead, or `**` for every input".into()),
+            c => Some(format!("has a `.` component; write `{c}`")),
+        }
+    } else if body.split('/').any(str::is_empty) {
+        Some(format!("has an empty component (`//`); write `{}`", canonical()))
+    } else if path.len() > bounds::MAX_PATH_BYTES {
+        Some(format!("is longer than {} bytes", bounds::MAX_PATH_BYTES))
+    } else if body.split('/').any(|c| c.len() > bounds::MAX_COMPONENT_BYTES) {
+        Some(format!("has a file name longer than {} bytes", bounds::MAX_COMPONENT_BYTES))
     } else {
         None
     }
@@ -231,12 +258,20 @@ mod tests {
 
     #[test]
     fn path_problems() {
-        assert_eq!(relative_path_problem("/etc"), Some("is absolute"));
-        assert_eq!(
-            relative_path_problem("a/../b"),
-            Some("contains a `..` component")
-        );
-        assert_eq!(relative_path_problem(""), Some("is empty"));
-        assert_eq!(relative_path_problem("a/..b"), None);
+        let p = |s: &str| relative_path_problem(s);
+        assert_eq!(p("/etc").as_deref(), Some("is absolute"));
+        assert_eq!(p("a/../b").as_deref(), Some("contains a `..` component"));
+        assert_eq!(p("").as_deref(), Some("is empty"));
+        assert_eq!(p("a/..b"), None);
+        assert_eq!(p("build/"), None);
+        assert_eq!(p("a//b").as_deref(), Some("has an empty component (`//`); write `a/b`"));
+        assert_eq!(p("./a/").as_deref(), Some("has a `.` component; write `a/`"));
+        assert!(p(".").unwrap().starts_with("names the whole folder"));
+        assert!(p("./").unwrap().starts_with("names the whole folder"));
+        assert!(p("~/x").unwrap().starts_with("starts with `~`"));
+        assert!(p("a//").unwrap().contains("write `a/`"));
+        assert!(p(&"x".repeat(256)).unwrap().contains("255"));
+        assert_eq!(p(&"x".repeat(255)), None);
+        assert!(p(&"x/".repeat(600)).unwrap().contains("1024"));
     }
 }
