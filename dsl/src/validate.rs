@@ -44,7 +44,7 @@ pub(crate) fn relative_path_problem(path: &str) -> Option<String> {
         Some("contains a `..` component".into())
     } else if body.split('/').any(|c| c == ".") {
         match canonical().as_str() {
-            "" | "/" => Some("names the whole folder (`.`); name the files or folders instead, or `**` for every input".into()),
+            "" | "/" => Some("names the whole folder (`.`); name the files or folders in it".into()),
             c => Some(format!("has a `.` component; write `{c}`")),
         }
     } else if body.split('/').any(str::is_empty) {

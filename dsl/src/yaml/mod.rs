@@ -151,6 +151,8 @@ pub(crate) fn resolve(
         Some(map) => map
             .iter()
             .filter_map(|(k, v)| {
+                let span = r.scalar_span(k);
+                check_name(&mut r, k.as_str(), span, "image");
                 Some((
                     k.as_str().to_string(),
                     image(&mut r, k.as_str(), v, &mut asks)?,
