@@ -117,7 +117,7 @@ fn many_diagnostics_in_a_large_file_stay_cheap_and_capped() {
     assert!(start.elapsed() < Duration::from_secs(20), "took {:?}", start.elapsed());
     let LoadError::Invalid { diagnostics, .. } = &e else { panic!("{e}") };
     assert_eq!(diagnostics.len(), 101);
-    assert!(diagnostics[100].message.contains("and 19900 more errors, not shown"), "{}", diagnostics[100]);
+    assert!(diagnostics[100].message.contains("and at least 900 more errors, not shown"), "{}", diagnostics[100]);
     // The excerpt still shows the right line numbers, far into the file.
     let keys: String = (0..3000).map(|i| format!("      K{i}: {}\n", "v".repeat(40))).collect();
     let text = format!("version: 1\nsteps:\n  s:\n    image: i\n    run: x\n    env:\n{keys}      1bad: x\n");
@@ -125,6 +125,28 @@ fn many_diagnostics_in_a_large_file_stay_cheap_and_capped() {
     assert!(out.contains("w.yml:3007:7: invalid environment variable name `1bad`"), "{out}");
     assert!(out.contains(" 3007 |       1bad: x"), "{out}");
     assert!(out.contains(" 3006 |       K2999:"), "{out}");
+}
+
+#[test]
+fn a_step_needing_thousands_of_steps_is_checked_in_linear_time() {
+    // Output collisions used to be checked pair by pair of needs: 4.5M pairs for 3000 needs.
+    let n = 5000;
+    let mut text = String::from("version: 1\ndefaults: { image: i }\nsteps:\n");
+    for i in 0..n {
+        text.push_str(&format!("  s{i}: {{ run: x, outputs: [o{i}/] }}\n"));
+    }
+    text.push_str("  late: { run: x, outputs: [o17/deep] }\n");
+    let needs: Vec<String> = (0..n).map(|i| format!("s{i}")).collect();
+    text.push_str(&format!("  all: {{ run: x, needs: [{}, late] }}\n", needs.join(", ")));
+    let start = Instant::now();
+    let out = errors("w.yml", &text);
+    assert!(start.elapsed() < Duration::from_secs(10), "took {:?}", start.elapsed());
+    let e = dsl::load_str(Path::new("w.yml"), &text).unwrap_err();
+    assert_eq!(
+        messages(&e),
+        format!("w.yml:{}:29: an output path claimed by two steps that meet in one /workspace: `o17/deep` of step `late` overlaps `o17/` of step `s17` (both needed by `all`)", n + 4),
+        "{out}"
+    );
 }
 
 mod imports {

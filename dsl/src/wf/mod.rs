@@ -243,7 +243,7 @@ fn parse_file(
     let file = match parse_text(&src) {
         Ok(file) => file,
         Err(d) => {
-            diags.push(*d);
+            push(diags, *d);
             return None;
         }
     };
@@ -275,7 +275,7 @@ fn parse_file(
                 }
                 let Some((name, nat)) = name else { continue };
                 if parsed.templates.contains_key(&name) {
-                    diags.push(
+                    push(diags, 
                         Diagnostic::new(
                             &src,
                             nat.span,
@@ -432,7 +432,7 @@ fn import(
         })
         .collect();
     let refuse = |diags: &mut Vec<Diagnostic>, message: String, help: &str| {
-        diags.push(Diagnostic::new(src, at.span, message, "cannot import").with_help(help.to_string()));
+        push(diags, Diagnostic::new(src, at.span, message, "cannot import").with_help(help.to_string()));
     };
     const WHERE: &str = "imports are `.wf` files inside the workflow's folder (relative to the importing file) or `stdlib/...` modules of the shipped library";
     if !rel.ends_with(".wf") {
@@ -445,7 +445,7 @@ fn import(
         return refuse(diags, format!("cannot import `{rel}`: more than {} imported files", bounds::MAX_IMPORTS), "import fewer files");
     }
     let Some(path) = import_path(&src.path, &rel) else {
-        diags.push(
+        push(diags, 
             Diagnostic::new(
                 src,
                 at.span,
@@ -464,7 +464,7 @@ fn import(
         return refuse(diags, format!("cannot import `{rel}`: it leaves the workflow's folder"), WHERE);
     }
     if stack.stack.contains(&canon) {
-        diags.push(
+        push(diags, 
             Diagnostic::new(
                 src,
                 at.span,
@@ -491,7 +491,7 @@ fn import(
     stack.stack.pop();
     if diags.len() > before {
         // Point at the import too, so the user sees which import brought the problem in.
-        diags.push(
+        push(diags, 
             Diagnostic::new(
                 src,
                 at.span,
@@ -736,7 +736,7 @@ impl Budget {
     /// The diagnostic for a spent budget (once).
     fn report(&self, diags: &mut Vec<Diagnostic>) {
         if let Some((src, span)) = self.over.borrow_mut().take() {
-            diags.push(
+            push(diags, 
                 Diagnostic::new(
                     &src,
                     span,
@@ -781,7 +781,7 @@ impl Expand<'_> {
                             k.sort();
                             format!("parameters in scope: {}", k.join(", "))
                         };
-                        diags.push(
+                        push(diags, 
                             Diagnostic::new(
                                 self.src,
                                 at.span,
@@ -887,7 +887,7 @@ impl Expand<'_> {
                     format!("`{}` first defined here", e.key),
                     "first definition",
                 ));
-                diags.push(d);
+                push(diags, d);
                 continue;
             }
             seen.insert(&e.key, e.at);
@@ -926,7 +926,7 @@ fn combinations(
     };
     for (name, values, at) in matrix {
         if values.is_empty() {
-            diags.push(
+            push(diags, 
                 Diagnostic::new(
                     src,
                     at.span,
@@ -943,7 +943,7 @@ fn combinations(
                     Val::Str(parts, vat) => ex.string(parts, *vat, diags),
                     Val::Word(w, _) => w.clone(),
                     Val::List(_, vat) => {
-                        diags.push(
+                        push(diags, 
                             Diagnostic::new(
                                 src,
                                 vat.span,
@@ -1021,7 +1021,7 @@ fn build(p: &Parsed, diags: &mut Vec<Diagnostic>) -> Node {
                 }
                 _ => (format!("the workflow declares more than {} {what}s (matrices expanded)", bounds::MAX_STEPS), d.at),
             };
-            diags.push(
+            push(diags, 
                 Diagnostic::new(&p.src, at.span, message, "too many")
                     .with_help(format!("a workflow has at most {} {what}s after matrix expansion; split it", bounds::MAX_STEPS)),
             );
@@ -1037,7 +1037,7 @@ fn build(p: &Parsed, diags: &mut Vec<Diagnostic>) -> Node {
                 format!("{}[{}]", d.name, suffix.join(","))
             };
             if let Some(first) = names.get(&name) {
-                diags.push(
+                push(diags, 
                     Diagnostic::new(
                         &p.src,
                         d.at.span,
@@ -1104,7 +1104,7 @@ fn instantiate(
             Some(lib) => lib.get(name),
             None => {
                 let hint = suggest::hint(alias, p.imports.keys().map(String::as_str));
-                diags.push(
+                push(diags, 
                     Diagnostic::new(
                         &p.src,
                         call.at.span,
@@ -1129,7 +1129,7 @@ fn instantiate(
             ),
             None => suggest::hint(&call.name, p.templates.keys().map(String::as_str)),
         };
-        diags.push(
+        push(diags, 
             Diagnostic::new(
                 &p.src,
                 call.at.span,
@@ -1146,11 +1146,11 @@ fn instantiate(
         "a step"
     };
     if t.kind != kind {
-        diags.push(Diagnostic::new(&p.src, call.at.span, format!("template `{}` is not {want} template", call.name), "wrong kind of template").with_help("image templates are written `template image NAME(...)` and used by `image`; step templates by `step`"));
+        push(diags, Diagnostic::new(&p.src, call.at.span, format!("template `{}` is not {want} template", call.name), "wrong kind of template").with_help("image templates are written `template image NAME(...)` and used by `image`; step templates by `step`"));
         return None;
     }
     if t.params.len() != call.args.len() {
-        diags.push(
+        push(diags, 
             Diagnostic::new(
                 &p.src,
                 call.at.span,
@@ -1179,7 +1179,7 @@ fn instantiate(
             Val::Word(w, _) => scope.get(w).cloned().unwrap_or_else(|| w.clone()),
             Val::Str(parts, sat) => caller.string(parts, *sat, diags),
             Val::List(_, at) => {
-                diags.push(
+                push(diags, 
                     Diagnostic::new(
                         &p.src,
                         at.span,
@@ -1237,6 +1237,14 @@ fn bind(entries: &[Entry], ex: &Expand, diags: &mut Vec<Diagnostic>) -> Vec<Entr
             },
         })
         .collect()
+}
+
+/// Collects a diagnostic, up to [`bounds::MAX_COLLECTED`]: a hostile file can have a problem in
+/// every line, and past the bound they are dropped rather than kept.
+fn push(diags: &mut Vec<Diagnostic>, d: Diagnostic) {
+    if diags.len() < bounds::MAX_COLLECTED {
+        diags.push(d);
+    }
 }
 
 /// A pest error as a diagnostic in the user's words: never a grammar rule name.

@@ -52,7 +52,8 @@ pub(crate) fn finish<T>(path: &Path, mut diags: Vec<Diagnostic>, value: T) -> Re
     // A hostile file can have a problem on every line: the first ones are enough.
     if diags.len() > MAX_DIAGNOSTICS {
         let mut more = diags[MAX_DIAGNOSTICS].clone();
-        more.message = format!("... and {} more errors, not shown", diags.len() - MAX_DIAGNOSTICS);
+        let capped = if diags.len() >= bounds::MAX_COLLECTED { "at least " } else { "" };
+        more.message = format!("... and {capped}{} more errors, not shown", diags.len() - MAX_DIAGNOSTICS);
         more.help = Some("fix the errors above first".into());
         more.related.clear();
         diags.truncate(MAX_DIAGNOSTICS);

@@ -58,7 +58,9 @@ impl<'a> Reader<'a> {
         let mut parser = Parser::new_from_str(&self.src.text);
         let mut depth = 0usize;
         loop {
-            let Ok((ev, mark)) = parser.next_token() else { return true };
+            let Ok((ev, mark)) = parser.next_token() else {
+                return true;
+            };
             let marker = Marker::new(0, mark.index(), mark.line(), mark.col() + 1);
             let anchored = match ev {
                 Event::StreamEnd => return true,
@@ -230,12 +232,17 @@ impl<'a> Reader<'a> {
         label: impl Into<String>,
         help: impl Into<String>,
     ) {
-        self.diags
-            .push(Diagnostic::new(self.src, span, message, label).with_help(help));
+        // A hostile file can have a problem on every line: stop building them past the bound.
+        if self.diags.len() < bounds::MAX_COLLECTED {
+            self.diags
+                .push(Diagnostic::new(self.src, span, message, label).with_help(help));
+        }
     }
 
     pub(crate) fn push(&mut self, d: Diagnostic) {
-        self.diags.push(d);
+        if self.diags.len() < bounds::MAX_COLLECTED {
+            self.diags.push(d);
+        }
     }
 
     pub(crate) fn mapping<'n>(
