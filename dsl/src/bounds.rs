@@ -21,6 +21,8 @@ pub const MAX_IMPORTS: usize = 64;
 pub const MAX_IMPORT_DEPTH: usize = 8;
 /// `{`/`[` nesting in a `.wf` file; mapping/sequence nesting in a YAML file.
 pub const MAX_NESTING: usize = 64;
+/// Axes of one matrix (each adds a value to the step's name, itself at most 128 characters).
+pub const MAX_AXES: usize = 16;
 /// Steps after matrix expansion (images likewise).
 pub const MAX_STEPS: usize = 10_000;
 /// Bytes of text (plus 16 per node) the `.wf` desugaring may produce: templates and matrices

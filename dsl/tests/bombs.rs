@@ -76,6 +76,22 @@ fn matrix_and_step_count_limits() {
 }
 
 #[test]
+fn matrix_values_copied_into_every_combination_count_towards_the_expansion_limit() {
+    // 100 x 100 combinations each holding a copy of a 100 KB bare word: 1 GB, from a 10 MB file.
+    let small: Vec<String> = (0..100).map(|i| i.to_string()).collect();
+    let big: Vec<String> = (0..100).map(|i| format!("w{i}{}", "x".repeat(100_000))).collect();
+    let text = format!("version 1\nstep s[a in [{}], b in [{}]] {{ image \"i\" run \"x\" }}\n", small.join(", "), big.join(", "));
+    let start = Instant::now();
+    let e = dsl::load_str(Path::new("m.wf"), &text).unwrap_err();
+    assert!(start.elapsed() < Duration::from_secs(10), "took {:?}", start.elapsed());
+    let m = messages(&e);
+    assert!(m.starts_with("m.wf:2:") && m.contains("the workflow expands to more than 64 MiB"), "{}", &m[..m.len().min(2000)]);
+    let axes: Vec<String> = (0..17).map(|i| format!("a{i} in [\"1\"]")).collect();
+    let out = errors("a.wf", &format!("version 1\nstep s[{}] {{ image \"i\" run \"x\" }}\n", axes.join(", ")));
+    assert!(out.contains("a.wf:2:222: the matrix of step `s` has 17 axes, more than the maximum of 16"), "{out}");
+}
+
+#[test]
 fn expansion_limit_points_at_the_parameter_that_went_over() {
     let uses = vec!["\"${p}\""; 2000].join(", ");
     let text = format!("version 1\ntemplate t(p) {{ image \"i\" run \"x\" inputs {uses} }}\nstep s[n in [\"1\", \"2\", \"3\", \"4\", \"5\", \"6\", \"7\", \"8\", \"9\", \"10\"]] = t(\"{}\")\n", "x".repeat(8000));

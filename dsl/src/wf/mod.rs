@@ -275,7 +275,7 @@ fn parse_file(
                 }
                 let Some((name, nat)) = name else { continue };
                 if parsed.templates.contains_key(&name) {
-                    push(diags, 
+                    push(diags,
                         Diagnostic::new(
                             &src,
                             nat.span,
@@ -445,7 +445,7 @@ fn import(
         return refuse(diags, format!("cannot import `{rel}`: more than {} imported files", bounds::MAX_IMPORTS), "import fewer files");
     }
     let Some(path) = import_path(&src.path, &rel) else {
-        push(diags, 
+        push(diags,
             Diagnostic::new(
                 src,
                 at.span,
@@ -464,7 +464,7 @@ fn import(
         return refuse(diags, format!("cannot import `{rel}`: it leaves the workflow's folder"), WHERE);
     }
     if stack.stack.contains(&canon) {
-        push(diags, 
+        push(diags,
             Diagnostic::new(
                 src,
                 at.span,
@@ -491,7 +491,7 @@ fn import(
     stack.stack.pop();
     if diags.len() > before {
         // Point at the import too, so the user sees which import brought the problem in.
-        push(diags, 
+        push(diags,
             Diagnostic::new(
                 src,
                 at.span,
@@ -736,7 +736,7 @@ impl Budget {
     /// The diagnostic for a spent budget (once).
     fn report(&self, diags: &mut Vec<Diagnostic>) {
         if let Some((src, span)) = self.over.borrow_mut().take() {
-            push(diags, 
+            push(diags,
                 Diagnostic::new(
                     &src,
                     span,
@@ -781,7 +781,7 @@ impl Expand<'_> {
                             k.sort();
                             format!("parameters in scope: {}", k.join(", "))
                         };
-                        push(diags, 
+                        push(diags,
                             Diagnostic::new(
                                 self.src,
                                 at.span,
@@ -926,7 +926,7 @@ fn combinations(
     };
     for (name, values, at) in matrix {
         if values.is_empty() {
-            push(diags, 
+            push(diags,
                 Diagnostic::new(
                     src,
                     at.span,
@@ -939,11 +939,21 @@ fn combinations(
         let mut next = Vec::new();
         for (suffix, scope) in &out {
             for v in values {
+                // Each combination holds copies of its values (suffix and scope): charged too.
+                let copies = suffix.iter().map(String::len).sum::<usize>() * 2 + NODE_COST;
+                if !budget.charge(copies, src, *at) {
+                    return next;
+                }
                 let text = match v {
                     Val::Str(parts, vat) => ex.string(parts, *vat, diags),
-                    Val::Word(w, _) => w.clone(),
+                    Val::Word(w, wat) => {
+                        if !budget.charge(w.len() * 2, src, *wat) {
+                            return next;
+                        }
+                        w.clone()
+                    }
                     Val::List(_, vat) => {
-                        push(diags, 
+                        push(diags,
                             Diagnostic::new(
                                 src,
                                 vat.span,
@@ -1010,6 +1020,14 @@ fn build(p: &Parsed, diags: &mut Vec<Diagnostic>) -> Node {
             continue;
         };
         let what = if *what == "images" { "image" } else { "step" };
+        if let Some((_, _, at)) = d.matrix.get(bounds::MAX_AXES) {
+            push(
+                diags,
+                Diagnostic::new(&p.src, at.span, format!("the matrix of {what} `{}` has {} axes, more than the maximum of {}", d.name, d.matrix.len(), bounds::MAX_AXES), "too many axes")
+                    .with_help("a matrix has a few axes; the values of all of them make up the step's name"),
+            );
+            continue;
+        }
         let count = d.matrix.iter().fold(1usize, |n, (_, values, _)| n.saturating_mul(values.len()));
         let total = &mut declared[usize::from(d.kind == Kind::Step)];
         *total = total.saturating_add(count);
@@ -1021,7 +1039,7 @@ fn build(p: &Parsed, diags: &mut Vec<Diagnostic>) -> Node {
                 }
                 _ => (format!("the workflow declares more than {} {what}s (matrices expanded)", bounds::MAX_STEPS), d.at),
             };
-            push(diags, 
+            push(diags,
                 Diagnostic::new(&p.src, at.span, message, "too many")
                     .with_help(format!("a workflow has at most {} {what}s after matrix expansion; split it", bounds::MAX_STEPS)),
             );
@@ -1037,7 +1055,7 @@ fn build(p: &Parsed, diags: &mut Vec<Diagnostic>) -> Node {
                 format!("{}[{}]", d.name, suffix.join(","))
             };
             if let Some(first) = names.get(&name) {
-                push(diags, 
+                push(diags,
                     Diagnostic::new(
                         &p.src,
                         d.at.span,
@@ -1104,7 +1122,7 @@ fn instantiate(
             Some(lib) => lib.get(name),
             None => {
                 let hint = suggest::hint(alias, p.imports.keys().map(String::as_str));
-                push(diags, 
+                push(diags,
                     Diagnostic::new(
                         &p.src,
                         call.at.span,
@@ -1129,7 +1147,7 @@ fn instantiate(
             ),
             None => suggest::hint(&call.name, p.templates.keys().map(String::as_str)),
         };
-        push(diags, 
+        push(diags,
             Diagnostic::new(
                 &p.src,
                 call.at.span,
@@ -1150,7 +1168,7 @@ fn instantiate(
         return None;
     }
     if t.params.len() != call.args.len() {
-        push(diags, 
+        push(diags,
             Diagnostic::new(
                 &p.src,
                 call.at.span,
@@ -1176,10 +1194,17 @@ fn instantiate(
     for (param, arg) in t.params.iter().zip(&call.args) {
         let v = match arg {
             // A bare name that is a parameter in scope (a matrix axis) passes its value.
-            Val::Word(w, _) => scope.get(w).cloned().unwrap_or_else(|| w.clone()),
+            Val::Word(w, wat) => {
+                let v = scope.get(w).cloned().unwrap_or_else(|| w.clone());
+                // Every instance holds its own copy of its arguments.
+                if !budget.charge(v.len(), &p.src, *wat) {
+                    return None;
+                }
+                v
+            }
             Val::Str(parts, sat) => caller.string(parts, *sat, diags),
             Val::List(_, at) => {
-                push(diags, 
+                push(diags,
                     Diagnostic::new(
                         &p.src,
                         at.span,
