@@ -212,6 +212,20 @@ mod imports {
     }
 
     #[test]
+    fn an_expansion_bomb_in_an_imported_template_points_into_the_library() {
+        let dir = tempfile::tempdir().unwrap();
+        let uses = vec!["\"${p}\""; 2000].join(", ");
+        std::fs::write(dir.path().join("lib.wf"), format!("template t(p) {{ image \"i\" run \"x\" inputs {uses} }}\n")).unwrap();
+        let values: Vec<String> = (0..10).map(|i| format!("\"{i}\"")).collect();
+        let out = load(
+            dir.path(),
+            &format!("version 1\nimport \"lib.wf\" as l\nstep s[n in [{}]] = l.t(\"{}\")\n", values.join(", "), "x".repeat(8000)),
+        );
+        assert!(out.contains("lib.wf:1:"), "{}", &out[..out.len().min(2000)]);
+        assert!(out.contains("the workflow expands to more than 64 MiB"), "{}", &out[..out.len().min(2000)]);
+    }
+
+    #[test]
     fn import_chains_and_counts_are_bounded() {
         let dir = tempfile::tempdir().unwrap();
         for i in 0..12 {

@@ -714,7 +714,8 @@ impl Budget {
         Budget { left: std::cell::Cell::new(bounds::MAX_EXPANDED_BYTES), over: std::cell::RefCell::new(None) }
     }
 
-    /// Takes `n` from the budget; `false` (and the place remembered) when it is spent.
+    /// Takes `n` from the budget; `false` (and the place remembered) when it is spent. `at` is
+    /// in `src` (for an imported template, the library: never remapped to the call site).
     fn charge(&self, n: usize, src: &Arc<SourceFile>, at: At) -> bool {
         let left = self.left.get();
         if n <= left {
@@ -762,13 +763,13 @@ impl Expand<'_> {
         for part in parts {
             match part {
                 Part::Lit(s) => {
-                    if self.budget.charge(s.len(), self.src, self.remap.unwrap_or(at)) {
+                    if self.budget.charge(s.len(), self.src, at) {
                         out.push_str(s)
                     }
                 }
                 Part::Param(name, at) => match self.scope.get(name) {
                     Some(v) => {
-                        if self.budget.charge(v.len(), self.src, self.remap.unwrap_or(*at)) {
+                        if self.budget.charge(v.len(), self.src, *at) {
                             out.push_str(v)
                         }
                     }
@@ -798,7 +799,7 @@ impl Expand<'_> {
     }
 
     fn scalar(&self, val: &Val, diags: &mut Vec<Diagnostic>) -> Node {
-        self.budget.charge(NODE_COST, self.src, self.remap.unwrap_or(val.at()));
+        self.budget.charge(NODE_COST, self.src, val.at());
         match val {
             Val::Str(parts, at) => {
                 let mut s = MarkedScalarNode::new(
@@ -828,7 +829,7 @@ impl Expand<'_> {
         let mut map = MarkedMappingNode::new_empty(marked_yaml::Span::new_start(self.marker(at)));
         let mut seen: HashMap<&str, At> = HashMap::new();
         for e in entries {
-            if !self.budget.charge(NODE_COST + e.key.len(), self.src, self.remap.unwrap_or(e.at)) {
+            if !self.budget.charge(NODE_COST + e.key.len(), self.src, e.at) {
                 break;
             }
             let repeated = REPEATED
