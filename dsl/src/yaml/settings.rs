@@ -179,26 +179,37 @@ impl Layer {
     /// Every limit has a maximum the engine can honour (see [`bounds`]); a value over it is
     /// refused at its line and dropped.
     fn check_maxima(&mut self, r: &mut Reader) {
-        fn over<T: PartialOrd>(r: &mut Reader, key: &str, v: &mut Option<Val<T>>, max: T, show: &str) {
+        fn over<T: PartialOrd>(
+            r: &mut Reader,
+            key: &str,
+            v: &mut Option<Val<T>>,
+            max: T,
+            show: impl Fn(&T) -> String,
+        ) {
             if let Some(Val { value, span: Some(span) }) = v {
                 if *value > max {
+                    let (asked, max) = (show(value), show(&max));
                     r.error(
                         *span,
-                        format!("{key} is above the maximum of {show}"),
+                        format!("{key} {asked} is above the maximum of {max}"),
                         "too large",
-                        format!("`limits.{key}` may be at most {show}"),
+                        format!("`limits.{key}` may be at most {max}"),
                     );
                     *v = None;
                 }
             }
         }
-        over(r, "cpus", &mut self.cpus, bounds::MAX_MILLICPUS, &units::format_cpus(bounds::MAX_MILLICPUS));
-        over(r, "memory", &mut self.memory, bounds::MAX_MEMORY, &units::format_size(bounds::MAX_MEMORY));
-        over(r, "pids", &mut self.pids, bounds::MAX_PIDS, &bounds::MAX_PIDS.to_string());
-        over(r, "timeout", &mut self.timeout, bounds::MAX_TIMEOUT, "7d");
-        over(r, "tmpfs", &mut self.tmpfs, bounds::MAX_TMPFS, &units::format_size(bounds::MAX_TMPFS));
-        over(r, "workspace", &mut self.workspace, bounds::MAX_WORKSPACE, &units::format_size(bounds::MAX_WORKSPACE));
-        over(r, "outputs", &mut self.outputs, bounds::MAX_OUTPUTS, &units::format_size(bounds::MAX_OUTPUTS));
+        over(r, "cpus", &mut self.cpus, bounds::MAX_MILLICPUS, |v| units::format_cpus(*v));
+        over(r, "memory", &mut self.memory, bounds::MAX_MEMORY, |v| units::format_size(*v));
+        over(r, "pids", &mut self.pids, bounds::MAX_PIDS, u64::to_string);
+        let days = |v: &Duration| match v.as_secs() {
+            s if v.subsec_nanos() == 0 && s > 0 && s % 86_400 == 0 => format!("{}d", s / 86_400),
+            _ => units::format_duration(*v),
+        };
+        over(r, "timeout", &mut self.timeout, bounds::MAX_TIMEOUT, days);
+        over(r, "tmpfs", &mut self.tmpfs, bounds::MAX_TMPFS, |v| units::format_size(*v));
+        over(r, "workspace", &mut self.workspace, bounds::MAX_WORKSPACE, |v| units::format_size(*v));
+        over(r, "outputs", &mut self.outputs, bounds::MAX_OUTPUTS, |v| units::format_size(*v));
     }
 
     pub fn limits(&self) -> Limits {

@@ -298,13 +298,13 @@ fn limits_above_their_maxima_are_refused_at_their_line() {
         &p,
         "workflow.yml",
         &[
-            "workflow.yml:7:16: timeout is above the maximum of 7d",
-            "workflow.yml:8:13: cpus is above the maximum of 1024",
-            "workflow.yml:9:15: memory is above the maximum of 1t",
-            "workflow.yml:10:13: pids is above the maximum of 4194304",
-            "workflow.yml:11:14: tmpfs is above the maximum of 64g",
-            "workflow.yml:12:18: workspace is above the maximum of 16t",
-            "workflow.yml:13:16: outputs is above the maximum of 16t",
+            "workflow.yml:7:16: timeout 500000000000h is above the maximum of 7d",
+            "workflow.yml:8:13: cpus 1025 is above the maximum of 1024",
+            "workflow.yml:9:15: memory 2t is above the maximum of 1t",
+            "workflow.yml:10:13: pids 4194305 is above the maximum of 4194304",
+            "workflow.yml:11:14: tmpfs 65g is above the maximum of 64g",
+            "workflow.yml:12:18: workspace 17t is above the maximum of 16t",
+            "workflow.yml:13:16: outputs 17t is above the maximum of 16t",
         ],
     );
     assert_nothing_escaped(&p, &host, &[]);
