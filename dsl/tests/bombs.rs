@@ -118,6 +118,14 @@ fn users_limits_names_and_paths() {
 }
 
 #[test]
+fn workflow_names_are_bounded() {
+    let out = errors("w.yml", &format!("version: 1\nname: {}\nsteps:\n  a: {{ image: i, run: x }}\n", "n".repeat(129)));
+    assert!(out.contains("w.yml:2:7: invalid workflow name: 129 characters"), "{out}");
+    let out = errors("w.yml", "version: 1\nname: \"a\\nb\"\nsteps:\n  a: { image: i, run: x }\n");
+    assert!(out.contains("invalid workflow name: 3 characters, with control characters"), "{out}");
+}
+
+#[test]
 fn root_group_is_allowed_when_the_policy_allows_root() {
     let policy = dsl::Policy::load_str(Path::new("p.yml"), "version: 1\nallow_root: true\n").unwrap();
     dsl::load_str_with(Path::new("w.yml"), "version: 1\nsteps:\n  a: { image: i, run: x, user: \"1000:0\" }\n", &policy).unwrap();

@@ -120,7 +120,15 @@ pub(crate) fn resolve(
     check_version(&mut r, top, "workflow");
 
     let name = match top.get_node("name") {
-        Some(n) => r.string(n, "`name`").map(|(s, _)| s).unwrap_or_default(),
+        Some(n) => match r.string(n, "`name`") {
+            // It names the workflow in records, cache listings and image repositories.
+            Some((s, span)) if s.chars().count() > bounds::MAX_NAME_CHARS || s.chars().any(char::is_control) => {
+                r.error(span, format!("invalid workflow name: {} characters{}", s.chars().count(), if s.chars().any(char::is_control) { ", with control characters" } else { "" }), "invalid name", format!("a workflow name has at most {} characters and no control characters (newlines, tabs)", bounds::MAX_NAME_CHARS));
+                String::new()
+            }
+            Some((s, _)) => s,
+            None => String::new(),
+        },
         None => path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
