@@ -20,13 +20,13 @@ const STAGES: &str = "stages";
 
 /// Reads `path` and returns the other form: a `.wf` file becomes YAML, anything else `.wf`.
 pub fn convert_file(path: &Path) -> Result<String, LoadError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| LoadError::Io { path: path.to_path_buf(), source })?;
+    let text = crate::read_workflow(path)?;
     convert_str(path, &text)
 }
 
 /// [`convert_file`] on text read from `path` (the extension chooses the direction).
 pub fn convert_str(path: &Path, text: &str) -> Result<String, LoadError> {
+    crate::check_size(path, text)?;
     if path.extension().is_some_and(|e| e == "wf") {
         let root = wf::tree(path, text)?;
         let mut out = String::new();

@@ -19,7 +19,7 @@ pub struct Diagnostic {
     pub location: String,
     pub message: String,
     #[source_code]
-    src: NamedSource<Arc<String>>,
+    src: NamedSource<Excerpt>,
     #[label("{label}")]
     at: SourceSpan,
     label: String,
@@ -39,7 +39,7 @@ impl Diagnostic {
         Diagnostic {
             location: format!("{}:{}:{}", source.path.display(), span.line, span.col),
             message: message.into(),
-            src: NamedSource::new(source.path.display().to_string(), Arc::new(source.text.clone())),
+            src: NamedSource::new(source.path.display().to_string(), Excerpt::around(&source.text, span)),
             at: SourceSpan::new(span.offset.into(), span.len),
             label: label.into(),
             help: None,
@@ -56,6 +56,89 @@ impl Diagnostic {
     pub fn with_related(mut self, other: Diagnostic) -> Self {
         self.related.push(other);
         self
+    }
+}
+
+/// The text a diagnostic shows: the whole file when it is small, else the lines around the span
+/// (at most [`EXCERPT_BYTES`] each side), so that many diagnostics on a large file never copy
+/// the file once each. Line numbers and offsets stay those of the whole file.
+#[derive(Debug, Clone)]
+struct Excerpt {
+    text: Arc<String>,
+    /// Byte offset of `text` in the file, and the (0-based) line it starts on.
+    offset: usize,
+    line: usize,
+}
+
+/// Files up to this size are kept whole in each diagnostic.
+const WHOLE_FILE_BYTES: usize = 64 << 10;
+const EXCERPT_BYTES: usize = 2 << 10;
+
+impl Excerpt {
+    fn around(text: &str, span: Span) -> Excerpt {
+        if text.len() <= WHOLE_FILE_BYTES {
+            return Excerpt { text: Arc::new(text.to_string()), offset: 0, line: 0 };
+        }
+        let floor = |mut i: usize| {
+            i = i.min(text.len());
+            while !text.is_char_boundary(i) {
+                i -= 1;
+            }
+            i
+        };
+        let (from, to) = (floor(span.offset), floor(span.offset.saturating_add(span.len)));
+        // Two lines before and after, within EXCERPT_BYTES of the span.
+        let limit_lo = floor(from.saturating_sub(EXCERPT_BYTES));
+        let mut start = from;
+        for _ in 0..3 {
+            match text[limit_lo..start].rfind('\n') {
+                // `start` on the newline before a line; the window begins after the last one.
+                Some(i) => start = limit_lo + i,
+                None => {
+                    start = limit_lo;
+                    break;
+                }
+            }
+        }
+        if text.as_bytes().get(start) == Some(&b'\n') && start < from {
+            start += 1;
+        }
+        let limit_hi = floor(to.saturating_add(EXCERPT_BYTES));
+        let mut end = to;
+        for _ in 0..3 {
+            match text[end..limit_hi].find('\n') {
+                Some(i) => end = end + i + 1,
+                None => {
+                    end = limit_hi;
+                    break;
+                }
+            }
+        }
+        let start = start.min(from);
+        let line = span.line.saturating_sub(1).saturating_sub(text[start..from].matches('\n').count());
+        Excerpt { text: Arc::new(text[start..end.max(from)].to_string()), offset: start, line }
+    }
+}
+
+impl miette::SourceCode for Excerpt {
+    fn read_span<'a>(
+        &'a self,
+        span: &SourceSpan,
+        before: usize,
+        after: usize,
+    ) -> Result<Box<dyn miette::SpanContents<'a> + 'a>, miette::MietteError> {
+        let local_offset = span.offset().saturating_sub(self.offset).min(self.text.len());
+        let local_len = span.len().min(self.text.len() - local_offset);
+        let local = SourceSpan::new(local_offset.into(), local_len);
+        let inner = self.text.read_span(&local, before, after)?;
+        let global = SourceSpan::new((inner.span().offset() + self.offset).into(), inner.span().len());
+        Ok(Box::new(miette::MietteSpanContents::new(
+            inner.data(),
+            global,
+            inner.line() + self.line,
+            inner.column(),
+            inner.line_count(),
+        )))
     }
 }
 

@@ -5,6 +5,7 @@
 //!
 //! This crate must not talk to Docker, touch the network or run anything.
 
+pub mod bounds;
 mod convert;
 pub mod diagnostic;
 pub mod ir;
@@ -39,21 +40,40 @@ pub fn load_str(path: &Path, text: &str) -> Result<Workflow, LoadError> {
 /// parse tree (templates, matrices and imports are kept); comments are dropped. Idempotent, and
 /// the result loads to the same IR. A syntax error is returned as the usual [`LoadError`].
 pub fn format_wf(path: &Path, text: &str) -> Result<String, LoadError> {
+    check_size(path, text)?;
     wf::format(path, text)
 }
 
 /// [`load_file`], also checking what the workflow asks for against an operator's `policy`.
 pub fn load_file_with(path: &Path, policy: &Policy) -> Result<Workflow, LoadError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| LoadError::Io { path: path.to_path_buf(), source })?;
+    let text = read_workflow(path)?;
     load_str_with(path, &text, policy)
+}
+
+/// The text of a workflow file: a regular file (never a FIFO or device, which could block or
+/// never end) of at most [`bounds::MAX_FILE_BYTES`]. Every command that reads a workflow uses it.
+pub fn read_workflow(path: &Path) -> Result<String, LoadError> {
+    bounds::read_regular(path, bounds::MAX_FILE_BYTES, false)
+        .map_err(|e| LoadError::Io { path: path.to_path_buf(), source: e.into() })
 }
 
 /// [`load_str`], also checking what the workflow asks for against an operator's `policy`.
 pub fn load_str_with(path: &Path, text: &str, policy: &Policy) -> Result<Workflow, LoadError> {
+    check_size(path, text)?;
     if path.extension().is_some_and(|e| e == "wf") {
         wf::load(path, text, policy)
     } else {
         yaml::load(path, text, policy)
     }
+}
+
+/// Text handed over directly (not read through [`read_workflow`]) gets the same size bound.
+pub(crate) fn check_size(path: &Path, text: &str) -> Result<(), LoadError> {
+    if text.len() as u64 > bounds::MAX_FILE_BYTES {
+        return Err(LoadError::Io {
+            path: path.to_path_buf(),
+            source: bounds::ReadError::TooLarge(bounds::MAX_FILE_BYTES).into(),
+        });
+    }
+    Ok(())
 }

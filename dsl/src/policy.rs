@@ -40,10 +40,8 @@ pub struct Policy {
 impl Policy {
     /// Reads and validates a policy file (YAML, see the crate README for the format).
     pub fn load(path: &Path) -> Result<Policy, LoadError> {
-        let text = std::fs::read_to_string(path).map_err(|source| LoadError::PolicyIo {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = crate::bounds::read_regular(path, crate::bounds::MAX_FILE_BYTES, false)
+            .map_err(|e| LoadError::PolicyIo { path: path.to_path_buf(), source: e.into() })?;
         Policy::load_str(path, &text)
     }
 
@@ -130,10 +128,12 @@ impl Policy {
                 Some(self.with_related(d, prefixes.span, "the policy's allowed image prefixes"))
             }
             Asked::User(user) => {
-                if user.uid != 0 || self.allows_root() {
+                // Group root is root's files too: gid 0 is refused like uid 0.
+                if (user.uid != 0 && user.gid != 0) || self.allows_root() {
                     return None;
                 }
-                let d = Diagnostic::new(src, ask.span, format!("{who} asks to run as root (uid 0), which is not allowed"), "root")
+                let what = if user.uid == 0 { "as root (uid 0)" } else { "with group root (gid 0)" };
+                let d = Diagnostic::new(src, ask.span, format!("{who} asks to run {what}, which is not allowed"), "root")
                     .with_help("use a non-root user such as \"1000:1000\"; root is only accepted when the operator's policy file (`--policy FILE` or ENGINE_POLICY) says `allow_root: true`");
                 Some(match &self.allow_root {
                     Some(c) => self.with_related(d, c.span, "root is refused here"),

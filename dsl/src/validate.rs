@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use crate::bounds;
 use crate::ir::{SourceFile, Span, Step};
 use crate::suggest;
 use crate::Diagnostic;
@@ -18,14 +19,57 @@ pub(crate) struct StepSpans {
     pub outputs: Vec<Span>,
 }
 
-/// Why a relative path (an input pattern or an output path) is unacceptable, if it is.
-pub(crate) fn relative_path_problem(path: &str) -> Option<&'static str> {
+/// Why a relative path (an input pattern, an output path, a `copy` source) is unacceptable, if
+/// it is. Only one spelling of a path is accepted, so that what `check` accepts is what a run
+/// can stage and export: no empty or `.` components (the message gives the canonical spelling),
+/// no `..`, no leading `/` or `~`, file names of at most 255 bytes and paths of at most 1024.
+/// One trailing `/` (a folder) is kept as written.
+pub(crate) fn relative_path_problem(path: &str) -> Option<String> {
+    let body = path.strip_suffix('/').unwrap_or(path);
+    let canonical = || {
+        let parts: Vec<&str> = path
+            .split('/')
+            .filter(|c| !c.is_empty() && *c != ".")
+            .collect();
+        let mut c = parts.join("/");
+        if path.ends_with('/') && !c.is_empty() {
+            c.push('/');
+        }
+        c
+    };
     if path.trim().is_empty() {
-        Some("is empty")
+        Some("is empty".into())
     } else if path.starts_with('/') {
-        Some("is absolute")
+        Some("is absolute".into())
+    } else if path.starts_with('~') {
+        Some(
+            "starts with `~`, which is not expanded (paths are relative, never to a home folder)"
+                .into(),
+        )
     } else if path.split('/').any(|c| c == "..") {
-        Some("contains a `..` component")
+        Some("contains a `..` component".into())
+    } else if body.split('/').any(|c| c == ".") {
+        match canonical().as_str() {
+            "" | "/" => {
+                Some("names the whole folder (`.`); name the files or folders in it".into())
+            }
+            c => Some(format!("has a `.` component; write `{c}`")),
+        }
+    } else if body.split('/').any(str::is_empty) {
+        Some(format!(
+            "has an empty component (`//`); write `{}`",
+            canonical()
+        ))
+    } else if path.len() > bounds::MAX_PATH_BYTES {
+        Some(format!("is longer than {} bytes", bounds::MAX_PATH_BYTES))
+    } else if body
+        .split('/')
+        .any(|c| c.len() > bounds::MAX_COMPONENT_BYTES)
+    {
+        Some(format!(
+            "has a file name longer than {} bytes",
+            bounds::MAX_COMPONENT_BYTES
+        ))
     } else {
         None
     }
@@ -39,6 +83,7 @@ fn components(path: &str) -> Vec<&str> {
 }
 
 /// Two outputs collide when they are equal or one contains the other.
+#[cfg(test)]
 fn overlap(a: &str, b: &str) -> bool {
     let (a, b) = (components(a), components(b));
     let n = a.len().min(b.len());
@@ -72,6 +117,8 @@ pub(crate) fn check_graph(
                     .with_help(format!("remove `{need}` from its own `needs`")),
                 ),
                 Some(&j) => edges[i].push((j, *span)),
+                // Past the bound, no more messages are built (each lists every step).
+                None if diags.len() >= bounds::MAX_COLLECTED => {}
                 None => {
                     let hint = suggest::hint(need, steps.iter().map(|s| s.name.as_str()));
                     let names: Vec<&str> = steps.iter().map(|s| s.name.as_str()).collect();
@@ -161,7 +208,7 @@ fn output_collisions(
                       second: (usize, usize),
                       meet: String,
                       diags: &mut Vec<Diagnostic>| {
-        if !seen.insert((first, second)) {
+        if !seen.insert((first, second)) || diags.len() >= bounds::MAX_COLLECTED {
             return;
         }
         let (a, b) = (&steps[first.0], &steps[second.0]);
@@ -177,44 +224,50 @@ fn output_collisions(
             .with_related(Diagnostic::new(src, spans[first.0].outputs[first.1], format!("`{pa}` first claimed by step `{}`", a.name), "first claim")),
         );
     };
+    let comps: Vec<Vec<Vec<&str>>> = steps
+        .iter()
+        .map(|s| s.outputs.iter().map(|o| components(o)).collect())
+        .collect();
     for (s, step) in steps.iter().enumerate() {
         let mut needs: Vec<usize> = edges[s].iter().map(|(j, _)| *j).collect();
+        if needs.is_empty() {
+            continue;
+        }
         needs.sort_unstable();
         needs.dedup();
-        // The step's own outputs against those of its direct needs.
-        for &n in &needs {
-            for (k, i) in clashes(steps, n, s) {
-                report(
-                    (n, k),
-                    (s, i),
-                    format!("which `{}` needs", step.name),
-                    diags,
-                );
-            }
+        // Every output that meets in this step's /workspace (its own and its direct needs'),
+        // sorted: a path comes right before the paths inside it, so one pass with a stack of
+        // the paths containing the current one finds every overlap (no pairwise scan).
+        let mut all: Vec<(&[&str], usize, usize)> = Vec::new();
+        for &t in needs.iter().chain([s].iter()) {
+            all.extend(comps[t].iter().enumerate().map(|(k, c)| (c.as_slice(), t, k)));
         }
-        // Each pair of direct needs against each other, the later-declared one reported.
-        for (x, &first) in needs.iter().enumerate() {
-            for &second in &needs[x + 1..] {
-                for (k, i) in clashes(steps, first, second) {
-                    report(
-                        (first, k),
-                        (second, i),
-                        format!("both needed by `{}`", step.name),
-                        diags,
-                    );
+        all.sort_unstable();
+        let mut open: Vec<(&[&str], usize, usize)> = Vec::new();
+        for &(c, t, k) in &all {
+            while open.last().is_some_and(|(p, _, _)| !c.starts_with(p)) {
+                open.pop();
+            }
+            for &(_, u, j) in &open {
+                if diags.len() >= bounds::MAX_COLLECTED {
+                    return;
+                }
+                if u == t {
+                    continue;
+                }
+                if u == s || t == s {
+                    // The step's own output against one of a need's.
+                    let (own, need) = if u == s { (j, (t, k)) } else { (k, (u, j)) };
+                    report(need, (s, own), format!("which `{}` needs", step.name), diags);
+                } else {
+                    // Two needs: the later-declared one is reported.
+                    let (first, second) = if u < t { ((u, j), (t, k)) } else { ((t, k), (u, j)) };
+                    report(first, second, format!("both needed by `{}`", step.name), diags);
                 }
             }
+            open.push((c, t, k));
         }
     }
-}
-
-/// Index pairs (output of `a`, output of `b`) that overlap.
-fn clashes(steps: &[Step], a: usize, b: usize) -> Vec<(usize, usize)> {
-    let (a, b) = (&steps[a].outputs, &steps[b].outputs);
-    (0..a.len())
-        .flat_map(|k| (0..b.len()).map(move |i| (k, i)))
-        .filter(|&(k, i)| overlap(&a[k], &b[i]))
-        .collect()
 }
 
 #[cfg(test)]
@@ -231,12 +284,26 @@ mod tests {
 
     #[test]
     fn path_problems() {
-        assert_eq!(relative_path_problem("/etc"), Some("is absolute"));
+        let p = |s: &str| relative_path_problem(s);
+        assert_eq!(p("/etc").as_deref(), Some("is absolute"));
+        assert_eq!(p("a/../b").as_deref(), Some("contains a `..` component"));
+        assert_eq!(p("").as_deref(), Some("is empty"));
+        assert_eq!(p("a/..b"), None);
+        assert_eq!(p("build/"), None);
         assert_eq!(
-            relative_path_problem("a/../b"),
-            Some("contains a `..` component")
+            p("a//b").as_deref(),
+            Some("has an empty component (`//`); write `a/b`")
         );
-        assert_eq!(relative_path_problem(""), Some("is empty"));
-        assert_eq!(relative_path_problem("a/..b"), None);
+        assert_eq!(
+            p("./a/").as_deref(),
+            Some("has a `.` component; write `a/`")
+        );
+        assert!(p(".").unwrap().starts_with("names the whole folder"));
+        assert!(p("./").unwrap().starts_with("names the whole folder"));
+        assert!(p("~/x").unwrap().starts_with("starts with `~`"));
+        assert!(p("a//").unwrap().contains("write `a/`"));
+        assert!(p(&"x".repeat(256)).unwrap().contains("255"));
+        assert_eq!(p(&"x".repeat(255)), None);
+        assert!(p(&"x/".repeat(600)).unwrap().contains("1024"));
     }
 }

@@ -230,8 +230,7 @@ async fn cache_command(cmd: CacheCommand) -> Result<i32, StartError> {
 }
 
 fn fmt_command(file: &Path, check: bool) -> Result<i32, StartError> {
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| StartError::Invalid(format!("cannot read {}: {e}", file.display())))?;
+    let text = dsl::read_workflow(file)?;
     let formatted = dsl::format_wf(file, &text)?;
     if formatted == text {
         return Ok(exit::OK);

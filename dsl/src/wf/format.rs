@@ -11,18 +11,16 @@
 use std::path::Path;
 
 use pest::iterators::Pair;
-use pest::Parser as _;
-
-use super::{syntax_error, Rule, WfParser};
+use super::{parse_text, Rule};
 use crate::ir::SourceFile;
 use crate::{yaml, LoadError};
 
 /// Formats `text` (read from `path`, used in messages); a syntax error is the usual `LoadError`.
 pub(crate) fn format(path: &Path, text: &str) -> Result<String, LoadError> {
     let src = SourceFile { path: path.to_path_buf(), text: text.to_string() };
-    let file = match WfParser::parse(Rule::file, text) {
-        Ok(mut pairs) => pairs.next(),
-        Err(e) => return yaml::finish(path, vec![syntax_error(&src, &e)], String::new()),
+    let file = match parse_text(&src) {
+        Ok(file) => Some(file),
+        Err(d) => return yaml::finish(path, vec![*d], String::new()),
     };
     let mut f = Fmt { out: String::new(), comments: comments(text), next: 0 };
     let mut last: Option<Rule> = None;

@@ -23,7 +23,7 @@ use pest::Parser as _;
 
 use crate::ir::{SourceFile, Span};
 use crate::policy::Policy;
-use crate::{suggest, yaml, Diagnostic, LoadError, Workflow};
+use crate::{bounds, suggest, yaml, Diagnostic, LoadError, Workflow};
 
 #[derive(pest_derive::Parser)]
 #[grammar = "wf/wf.pest"]
@@ -129,7 +129,7 @@ fn parse(path: &Path, text: &str) -> Result<(Arc<SourceFile>, Node), LoadError> 
         text: text.to_string(),
     });
     let mut diags = Vec::new();
-    let mut stack = vec![canonical(path)];
+    let mut stack = Imports::new(path);
     let Some(parsed) = parse_file(src.clone(), &mut stack, &mut diags) else {
         return yaml::finish(path, diags, ()).and_then(|()| Err(yaml::no_tree(path)));
     };
@@ -154,29 +154,46 @@ fn canonical(path: &Path) -> PathBuf {
     std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
-/// Byte offsets to spans and markers (markers count characters, spans count bytes).
+/// Byte offsets to spans and markers (markers count characters, spans count bytes). Every
+/// lookup costs at most one line start search plus [`CHUNK`] bytes of counting, so locating
+/// every node of a large file stays linear.
 struct Locator<'a> {
     text: &'a str,
     line_starts: Vec<usize>,
+    /// `chunk_chars[i]`: characters before byte `i * CHUNK`.
+    chunk_chars: Vec<usize>,
 }
+
+const CHUNK: usize = 256;
 
 impl<'a> Locator<'a> {
     fn new(text: &'a str) -> Self {
         let mut line_starts = vec![0];
         line_starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
-        Locator { text, line_starts }
+        let mut chunk_chars = Vec::with_capacity(text.len() / CHUNK + 1);
+        let mut chars = 0;
+        for chunk in text.as_bytes().chunks(CHUNK) {
+            chunk_chars.push(chars);
+            chars += chunk.iter().filter(|b| (**b & 0xC0) != 0x80).count();
+        }
+        chunk_chars.push(chars);
+        Locator { text, line_starts, chunk_chars }
+    }
+
+    /// Characters before byte `offset` (a char boundary).
+    fn chars_before(&self, offset: usize) -> usize {
+        let chunk = offset / CHUNK;
+        let start = chunk * CHUNK;
+        self.chunk_chars[chunk]
+            + self.text.as_bytes()[start..offset].iter().filter(|b| (**b & 0xC0) != 0x80).count()
     }
 
     fn at(&self, offset: usize, len: usize) -> At {
         let offset = offset.min(self.text.len());
         let line = self.line_starts.partition_point(|&s| s <= offset).max(1);
         let start = self.line_starts[line - 1];
-        let col = self
-            .text
-            .get(start..offset)
-            .map_or(0, |s| s.chars().count())
-            + 1;
-        let ch = self.text.get(..offset).map_or(0, |s| s.chars().count());
+        let ch = self.chars_before(offset);
+        let col = ch - self.chars_before(start) + 1;
         At {
             span: Span {
                 offset,
@@ -194,15 +211,39 @@ impl<'a> Locator<'a> {
     }
 }
 
+/// The pest parse tree of a file, after checking its nesting depth on the raw text: the pest
+/// parser (and the desugaring after it) recurse once per `{` or `[`.
+pub(crate) fn parse_text(src: &SourceFile) -> Result<Pair<'_, Rule>, Box<Diagnostic>> {
+    if let Some(offset) = bounds::wf_too_deep(&src.text, bounds::MAX_NESTING) {
+        let at = Locator::new(&src.text).at(offset, 1);
+        return Err(Box::new(
+            Diagnostic::new(
+                src,
+                at.span,
+                format!("nesting deeper than {} levels", bounds::MAX_NESTING),
+                "too deep",
+            )
+            .with_help("a workflow needs a few levels of blocks and lists; flatten the structure"),
+        ));
+    }
+    match WfParser::parse(Rule::file, &src.text) {
+        Ok(mut pairs) => pairs.next().ok_or_else(|| Box::new(syntax_error(src, &pest::error::Error::new_from_pos(
+            pest::error::ErrorVariant::CustomError { message: "empty parse".into() },
+            pest::Position::from_start(&src.text),
+        )))),
+        Err(e) => Err(Box::new(syntax_error(src, &e))),
+    }
+}
+
 fn parse_file(
     src: Arc<SourceFile>,
-    stack: &mut Vec<PathBuf>,
+    stack: &mut Imports,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<Parsed> {
-    let file = match WfParser::parse(Rule::file, &src.text) {
-        Ok(mut pairs) => pairs.next()?,
-        Err(e) => {
-            diags.push(syntax_error(&src, &e));
+    let file = match parse_text(&src) {
+        Ok(file) => file,
+        Err(d) => {
+            push(diags, *d);
             return None;
         }
     };
@@ -234,7 +275,7 @@ fn parse_file(
                 }
                 let Some((name, nat)) = name else { continue };
                 if parsed.templates.contains_key(&name) {
-                    diags.push(
+                    push(diags,
                         Diagnostic::new(
                             &src,
                             nat.span,
@@ -325,23 +366,51 @@ fn parse_file(
             .iter()
             .map(|p| (p.clone(), String::new()))
             .collect();
+        let budget = Budget::new();
         let ex = Expand {
             src: &t.src,
             scope: &scope,
             remap: None,
+            budget: &budget,
         };
         bind(&t.body, &ex, diags);
+        budget.report(diags);
     }
     Some(parsed)
 }
 
+/// The files being imported (to find cycles), how many were, and where imports may come from.
+struct Imports {
+    /// Canonical paths of the files on the current import chain, the workflow file first.
+    stack: Vec<PathBuf>,
+    /// Files imported so far, all levels together.
+    count: usize,
+    /// Real folders imports must stay in: the workflow's folder and the library's.
+    roots: Vec<PathBuf>,
+}
+
+impl Imports {
+    fn new(path: &Path) -> Imports {
+        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let mut roots: Vec<PathBuf> = std::fs::canonicalize(dir).into_iter().collect();
+        roots.extend(stdlib_roots().iter().filter_map(|r| std::fs::canonicalize(r).ok()));
+        Imports { stack: vec![canonical(path)], count: 0, roots }
+    }
+}
+
 /// `import "path" as name`: parse the library (its own imports too, to find cycles) and keep its
 /// templates. Its steps and images are not part of the importing workflow.
+///
+/// Imports are hostile paths: a `.wf` file whose real path (symlinks resolved) is inside the
+/// workflow's folder or the library's, a regular file of at most [`bounds::MAX_IMPORT_BYTES`]
+/// (never a FIFO or device), at most [`bounds::MAX_IMPORTS`] of them and
+/// [`bounds::MAX_IMPORT_DEPTH`] levels deep. A refused file is never read, so no message can
+/// quote it.
 fn import(
     loc: &Locator,
     src: &Arc<SourceFile>,
     item: Pair<Rule>,
-    stack: &mut Vec<PathBuf>,
+    stack: &mut Imports,
     diags: &mut Vec<Diagnostic>,
     parsed: &mut Parsed,
 ) {
@@ -362,8 +431,21 @@ fn import(
             Part::Param(..) => "",
         })
         .collect();
+    let refuse = |diags: &mut Vec<Diagnostic>, message: String, help: &str| {
+        push(diags, Diagnostic::new(src, at.span, message, "cannot import").with_help(help.to_string()));
+    };
+    const WHERE: &str = "imports are `.wf` files inside the workflow's folder (relative to the importing file) or `stdlib/...` modules of the shipped library";
+    if !rel.ends_with(".wf") {
+        return refuse(diags, format!("cannot import `{rel}`: only `.wf` files can be imported"), WHERE);
+    }
+    if stack.stack.len() > bounds::MAX_IMPORT_DEPTH {
+        return refuse(diags, format!("cannot import `{rel}`: imports nested deeper than {} levels", bounds::MAX_IMPORT_DEPTH), "flatten the chain of imports");
+    }
+    if stack.count >= bounds::MAX_IMPORTS {
+        return refuse(diags, format!("cannot import `{rel}`: more than {} imported files", bounds::MAX_IMPORTS), "import fewer files");
+    }
     let Some(path) = import_path(&src.path, &rel) else {
-        diags.push(
+        push(diags,
             Diagnostic::new(
                 src,
                 at.span,
@@ -374,9 +456,15 @@ fn import(
         );
         return;
     };
-    let canon = canonical(&path);
-    if stack.contains(&canon) {
-        diags.push(
+    let canon = match std::fs::canonicalize(&path) {
+        Ok(c) => c,
+        Err(e) => return refuse(diags, format!("cannot read imported file `{rel}`: {e}"), WHERE),
+    };
+    if !stack.roots.iter().any(|root| canon.starts_with(root)) {
+        return refuse(diags, format!("cannot import `{rel}`: it leaves the workflow's folder"), WHERE);
+    }
+    if stack.stack.contains(&canon) {
+        push(diags,
             Diagnostic::new(
                 src,
                 at.span,
@@ -387,24 +475,23 @@ fn import(
         );
         return;
     }
-    let text = match std::fs::read_to_string(&path) {
+    // The real path, without following a symlink swapped in since: what was checked is read.
+    let text = match bounds::read_regular(&canon, bounds::MAX_IMPORT_BYTES, true) {
         Ok(t) => t,
-        Err(e) => {
-            diags.push(Diagnostic::new(src, at.span, format!("cannot read imported file `{rel}`: {e}"), "cannot import").with_help("import paths are relative to the importing file; `stdlib/...` names the shipped library"));
-            return;
-        }
+        Err(e) => return refuse(diags, format!("cannot read imported file `{rel}`: {e}"), WHERE),
     };
-    stack.push(canon);
+    stack.count += 1;
+    stack.stack.push(canon);
     let lib_src = Arc::new(SourceFile {
         path: path.clone(),
         text,
     });
     let before = diags.len();
     let lib = parse_file(lib_src, stack, diags);
-    stack.pop();
+    stack.stack.pop();
     if diags.len() > before {
         // Point at the import too, so the user sees which import brought the problem in.
-        diags.push(
+        push(diags,
             Diagnostic::new(
                 src,
                 at.span,
@@ -434,6 +521,11 @@ fn import_path(importer: &Path, rel: &str) -> Option<PathBuf> {
             .unwrap_or(Path::new("."));
         return Some(dir.join(rel));
     };
+    stdlib_roots().into_iter().map(|r| r.join(lib)).find(|p| p.is_file())
+}
+
+/// Where `stdlib/` modules are looked up, in order.
+fn stdlib_roots() -> Vec<PathBuf> {
     let mut roots = Vec::new();
     if let Some(dir) = std::env::var_os("ENGINE_STDLIB") {
         roots.push(PathBuf::from(dir));
@@ -446,7 +538,7 @@ fn import_path(importer: &Path, rel: &str) -> Option<PathBuf> {
         roots.push(exe_dir.join("../share/engine/stdlib-workflows"));
     }
     roots.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../stdlib-workflows"));
-    roots.into_iter().map(|r| r.join(lib)).find(|p| p.is_file())
+    roots
 }
 
 fn block(loc: &Locator, p: Pair<Rule>) -> (Vec<Entry>, At) {
@@ -603,6 +695,62 @@ struct Expand<'a> {
     scope: &'a HashMap<String, String>,
     /// Imported text: every marker becomes this one (the call site in the main file).
     remap: Option<At>,
+    /// What the desugaring may still produce.
+    budget: &'a Budget,
+}
+
+/// The bytes of text (plus [`NODE_COST`] per node) the desugaring of one file may produce:
+/// templates and matrices multiply text, and this bounds the product. Once spent, nothing more
+/// is produced and the first place that went over is reported.
+struct Budget {
+    left: std::cell::Cell<usize>,
+    over: std::cell::RefCell<Option<(Arc<SourceFile>, Span)>>,
+}
+
+const NODE_COST: usize = 16;
+
+impl Budget {
+    fn new() -> Budget {
+        Budget { left: std::cell::Cell::new(bounds::MAX_EXPANDED_BYTES), over: std::cell::RefCell::new(None) }
+    }
+
+    /// Takes `n` from the budget; `false` (and the place remembered) when it is spent. `at` is
+    /// in `src` (for an imported template, the library: never remapped to the call site).
+    fn charge(&self, n: usize, src: &Arc<SourceFile>, at: At) -> bool {
+        let left = self.left.get();
+        if n <= left {
+            self.left.set(left - n);
+            return true;
+        }
+        self.left.set(0);
+        let mut over = self.over.borrow_mut();
+        if over.is_none() {
+            *over = Some((src.clone(), at.span));
+        }
+        false
+    }
+
+    fn spent(&self) -> bool {
+        self.over.borrow().is_some()
+    }
+
+    /// The diagnostic for a spent budget (once).
+    fn report(&self, diags: &mut Vec<Diagnostic>) {
+        if let Some((src, span)) = self.over.borrow_mut().take() {
+            push(diags,
+                Diagnostic::new(
+                    &src,
+                    span,
+                    format!(
+                        "the workflow expands to more than {} MiB (templates and matrices multiply text)",
+                        bounds::MAX_EXPANDED_BYTES >> 20
+                    ),
+                    "expansion limit reached here",
+                )
+                .with_help("use fewer matrix values, shorter template parameters or fewer `${param}` in a template"),
+            );
+        }
+    }
 }
 
 impl Expand<'_> {
@@ -610,13 +758,21 @@ impl Expand<'_> {
         self.remap.unwrap_or(at).marker()
     }
 
-    fn string(&self, parts: &[Part], diags: &mut Vec<Diagnostic>) -> String {
+    fn string(&self, parts: &[Part], at: At, diags: &mut Vec<Diagnostic>) -> String {
         let mut out = String::new();
         for part in parts {
             match part {
-                Part::Lit(s) => out.push_str(s),
+                Part::Lit(s) => {
+                    if self.budget.charge(s.len(), self.src, at) {
+                        out.push_str(s)
+                    }
+                }
                 Part::Param(name, at) => match self.scope.get(name) {
-                    Some(v) => out.push_str(v),
+                    Some(v) => {
+                        if self.budget.charge(v.len(), self.src, *at) {
+                            out.push_str(v)
+                        }
+                    }
                     None => {
                         let hint = suggest::hint(name, self.scope.keys().map(String::as_str));
                         let known = if self.scope.is_empty() {
@@ -626,7 +782,7 @@ impl Expand<'_> {
                             k.sort();
                             format!("parameters in scope: {}", k.join(", "))
                         };
-                        diags.push(
+                        push(diags,
                             Diagnostic::new(
                                 self.src,
                                 at.span,
@@ -643,11 +799,12 @@ impl Expand<'_> {
     }
 
     fn scalar(&self, val: &Val, diags: &mut Vec<Diagnostic>) -> Node {
+        self.budget.charge(NODE_COST, self.src, val.at());
         match val {
             Val::Str(parts, at) => {
                 let mut s = MarkedScalarNode::new(
                     marked_yaml::Span::new_start(self.marker(*at)),
-                    self.string(parts, diags),
+                    self.string(parts, *at, diags),
                 );
                 // A quoted string stays a string (`cache "false"` is not a boolean), as in YAML.
                 s.set_coerce(false);
@@ -672,6 +829,9 @@ impl Expand<'_> {
         let mut map = MarkedMappingNode::new_empty(marked_yaml::Span::new_start(self.marker(at)));
         let mut seen: HashMap<&str, At> = HashMap::new();
         for e in entries {
+            if !self.budget.charge(NODE_COST + e.key.len(), self.src, e.at) {
+                break;
+            }
             let repeated = REPEATED
                 .iter()
                 .find(|(k, _)| *k == e.key)
@@ -728,7 +888,7 @@ impl Expand<'_> {
                     format!("`{}` first defined here", e.key),
                     "first definition",
                 ));
-                diags.push(d);
+                push(diags, d);
                 continue;
             }
             seen.insert(&e.key, e.at);
@@ -740,9 +900,10 @@ impl Expand<'_> {
 
 /// Instance body over template body: a key written in the instance replaces the template's.
 fn merge(template: &[Entry], own: &[Entry]) -> Vec<Entry> {
+    let written: std::collections::HashSet<&str> = own.iter().map(|o| o.key.as_str()).collect();
     let mut out: Vec<Entry> = template
         .iter()
-        .filter(|t| !own.iter().any(|o| o.key == t.key))
+        .filter(|t| !written.contains(t.key.as_str()))
         .cloned()
         .collect();
     out.extend(own.iter().cloned());
@@ -753,6 +914,7 @@ fn merge(template: &[Entry], own: &[Entry]) -> Vec<Entry> {
 fn combinations(
     src: &Arc<SourceFile>,
     matrix: &[(String, Vec<Val>, At)],
+    budget: &Budget,
     diags: &mut Vec<Diagnostic>,
 ) -> Vec<(Vec<String>, HashMap<String, String>)> {
     let mut out = vec![(Vec::new(), HashMap::new())];
@@ -761,10 +923,11 @@ fn combinations(
         src,
         scope: &none,
         remap: None,
+        budget,
     };
     for (name, values, at) in matrix {
         if values.is_empty() {
-            diags.push(
+            push(diags,
                 Diagnostic::new(
                     src,
                     at.span,
@@ -777,11 +940,21 @@ fn combinations(
         let mut next = Vec::new();
         for (suffix, scope) in &out {
             for v in values {
+                // Each combination holds copies of its values (suffix and scope): charged too.
+                let copies = suffix.iter().map(String::len).sum::<usize>() * 2 + NODE_COST;
+                if !budget.charge(copies, src, *at) {
+                    return next;
+                }
                 let text = match v {
-                    Val::Str(parts, _) => ex.string(parts, diags),
-                    Val::Word(w, _) => w.clone(),
+                    Val::Str(parts, vat) => ex.string(parts, *vat, diags),
+                    Val::Word(w, wat) => {
+                        if !budget.charge(w.len() * 2, src, *wat) {
+                            return next;
+                        }
+                        w.clone()
+                    }
                     Val::List(_, vat) => {
-                        diags.push(
+                        push(diags,
                             Diagnostic::new(
                                 src,
                                 vat.span,
@@ -816,10 +989,12 @@ fn build(p: &Parsed, diags: &mut Vec<Diagnostic>) -> Node {
         ));
     }
     let none = HashMap::new();
+    let budget = Budget::new();
     let top_ex = Expand {
         src: &p.src,
         scope: &none,
         remap: None,
+        budget: &budget,
     };
     let mut root = top_ex.mapping(&p.top, file_at, diags);
     let mut sections: [(Kind, &str, MarkedMappingNode, HashMap<String, At>); 2] = [
@@ -836,19 +1011,52 @@ fn build(p: &Parsed, diags: &mut Vec<Diagnostic>) -> Node {
             HashMap::new(),
         ),
     ];
+    // Steps (and images) declared so far, counted before anything is expanded.
+    let mut declared = [0usize; 2];
     for d in &p.decls {
+        if budget.spent() {
+            break;
+        }
         let Some((_, what, section, names)) = sections.iter_mut().find(|s| s.0 == d.kind) else {
             continue;
         };
         let what = if *what == "images" { "image" } else { "step" };
-        for (suffix, scope) in combinations(&p.src, &d.matrix, diags) {
+        if let Some((_, _, at)) = d.matrix.get(bounds::MAX_AXES) {
+            push(
+                diags,
+                Diagnostic::new(&p.src, at.span, format!("the matrix of {what} `{}` has {} axes, more than the maximum of {}", d.name, d.matrix.len(), bounds::MAX_AXES), "too many axes")
+                    .with_help("a matrix has a few axes; the values of all of them make up the step's name"),
+            );
+            continue;
+        }
+        let count = d.matrix.iter().fold(1usize, |n, (_, values, _)| n.saturating_mul(values.len()));
+        let total = &mut declared[usize::from(d.kind == Kind::Step)];
+        *total = total.saturating_add(count);
+        if *total > bounds::MAX_STEPS {
+            let (message, at) = match d.matrix.first() {
+                Some((_, _, at)) if count > bounds::MAX_STEPS => {
+                    let sizes: Vec<String> = d.matrix.iter().map(|(_, v, _)| v.len().to_string()).collect();
+                    (format!("the matrix of {what} `{}` expands to {} {what}s ({}), more than the maximum of {}", d.name, if count == usize::MAX { "too many".to_string() } else { count.to_string() }, sizes.join(" x "), bounds::MAX_STEPS), *at)
+                }
+                _ => (format!("the workflow declares more than {} {what}s (matrices expanded)", bounds::MAX_STEPS), d.at),
+            };
+            push(diags,
+                Diagnostic::new(&p.src, at.span, message, "too many")
+                    .with_help(format!("a workflow has at most {} {what}s after matrix expansion; split it", bounds::MAX_STEPS)),
+            );
+            break;
+        }
+        for (suffix, scope) in combinations(&p.src, &d.matrix, &budget, diags) {
+            if budget.spent() {
+                break;
+            }
             let name = if d.matrix.is_empty() {
                 d.name.clone()
             } else {
                 format!("{}[{}]", d.name, suffix.join(","))
             };
             if let Some(first) = names.get(&name) {
-                diags.push(
+                push(diags,
                     Diagnostic::new(
                         &p.src,
                         d.at.span,
@@ -872,11 +1080,12 @@ fn build(p: &Parsed, diags: &mut Vec<Diagnostic>) -> Node {
                 src: &p.src,
                 scope: &scope,
                 remap: None,
+                budget: &budget,
             };
             let (own, own_at) = d.body.clone().unwrap_or((Vec::new(), d.at));
             let node = match &d.call {
                 None => own_ex.mapping(&own, own_at, diags),
-                Some(call) => match instantiate(p, d.kind, call, &scope, &own, own_at, diags) {
+                Some(call) => match instantiate(p, d.kind, call, &scope, &own, own_at, &budget, diags) {
                     Some(n) => n,
                     None => continue,
                 },
@@ -885,6 +1094,7 @@ fn build(p: &Parsed, diags: &mut Vec<Diagnostic>) -> Node {
             section.insert(key, Node::Mapping(node));
         }
     }
+    budget.report(diags);
     for (_, key, section, _) in sections {
         if !section.is_empty() {
             root.insert(
@@ -897,6 +1107,7 @@ fn build(p: &Parsed, diags: &mut Vec<Diagnostic>) -> Node {
 }
 
 /// `= template(args) { own }`: the template's body with its parameters bound, then `own` over it.
+#[allow(clippy::too_many_arguments)]
 fn instantiate(
     p: &Parsed,
     kind: Kind,
@@ -904,6 +1115,7 @@ fn instantiate(
     scope: &HashMap<String, String>,
     own: &[Entry],
     own_at: At,
+    budget: &Budget,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<MarkedMappingNode> {
     let t = match call.name.split_once('.') {
@@ -911,7 +1123,7 @@ fn instantiate(
             Some(lib) => lib.get(name),
             None => {
                 let hint = suggest::hint(alias, p.imports.keys().map(String::as_str));
-                diags.push(
+                push(diags,
                     Diagnostic::new(
                         &p.src,
                         call.at.span,
@@ -936,7 +1148,7 @@ fn instantiate(
             ),
             None => suggest::hint(&call.name, p.templates.keys().map(String::as_str)),
         };
-        diags.push(
+        push(diags,
             Diagnostic::new(
                 &p.src,
                 call.at.span,
@@ -953,11 +1165,11 @@ fn instantiate(
         "a step"
     };
     if t.kind != kind {
-        diags.push(Diagnostic::new(&p.src, call.at.span, format!("template `{}` is not {want} template", call.name), "wrong kind of template").with_help("image templates are written `template image NAME(...)` and used by `image`; step templates by `step`"));
+        push(diags, Diagnostic::new(&p.src, call.at.span, format!("template `{}` is not {want} template", call.name), "wrong kind of template").with_help("image templates are written `template image NAME(...)` and used by `image`; step templates by `step`"));
         return None;
     }
     if t.params.len() != call.args.len() {
-        diags.push(
+        push(diags,
             Diagnostic::new(
                 &p.src,
                 call.at.span,
@@ -977,15 +1189,23 @@ fn instantiate(
         src: &p.src,
         scope,
         remap: None,
+        budget,
     };
     let mut bound = HashMap::new();
     for (param, arg) in t.params.iter().zip(&call.args) {
         let v = match arg {
             // A bare name that is a parameter in scope (a matrix axis) passes its value.
-            Val::Word(w, _) => scope.get(w).cloned().unwrap_or_else(|| w.clone()),
-            Val::Str(parts, _) => caller.string(parts, diags),
+            Val::Word(w, wat) => {
+                let v = scope.get(w).cloned().unwrap_or_else(|| w.clone());
+                // Every instance holds its own copy of its arguments.
+                if !budget.charge(v.len(), &p.src, *wat) {
+                    return None;
+                }
+                v
+            }
+            Val::Str(parts, sat) => caller.string(parts, *sat, diags),
             Val::List(_, at) => {
-                diags.push(
+                push(diags,
                     Diagnostic::new(
                         &p.src,
                         at.span,
@@ -1003,6 +1223,7 @@ fn instantiate(
         src: &t.src,
         scope: &bound,
         remap: t.imported.then_some(call.at),
+        budget,
     };
     // Bind the template's parameters first (its own scope), then merge: the instance's entries,
     // interpolated in the caller's scope, win key by key.
@@ -1022,7 +1243,7 @@ fn bind(entries: &[Entry], ex: &Expand, diags: &mut Vec<Diagnostic>) -> Vec<Entr
         fn go(v: &Val, ex: &Expand, diags: &mut Vec<Diagnostic>) -> Val {
             let at = |a: At| ex.remap.unwrap_or(a);
             match v {
-                Val::Str(parts, a) => Val::Str(vec![Part::Lit(ex.string(parts, diags))], at(*a)),
+                Val::Str(parts, a) => Val::Str(vec![Part::Lit(ex.string(parts, *a, diags))], at(*a)),
                 Val::Word(w, a) => Val::Word(w.clone(), at(*a)),
                 Val::List(items, a) => {
                     Val::List(items.iter().map(|i| go(i, ex, diags)).collect(), at(*a))
@@ -1042,6 +1263,14 @@ fn bind(entries: &[Entry], ex: &Expand, diags: &mut Vec<Diagnostic>) -> Vec<Entr
             },
         })
         .collect()
+}
+
+/// Collects a diagnostic, up to [`bounds::MAX_COLLECTED`]: a hostile file can have a problem in
+/// every line, and past the bound they are dropped rather than kept.
+fn push(diags: &mut Vec<Diagnostic>, d: Diagnostic) {
+    if diags.len() < bounds::MAX_COLLECTED {
+        diags.push(d);
+    }
 }
 
 /// A pest error as a diagnostic in the user's words: never a grammar rule name.

@@ -10,7 +10,7 @@ mod policy_file;
 mod reader;
 mod settings;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -20,7 +20,7 @@ use marked_yaml::Node;
 use crate::ir::{Command, CopySpec, ImageDef, ImageRef, SourceFile, Span, Stage, Step, Workflow};
 use crate::policy::{Ask, Asked, Policy};
 use crate::validate::{self, StepSpans};
-use crate::{suggest, Diagnostic, LoadError};
+use crate::{bounds, suggest, Diagnostic, LoadError};
 
 pub(crate) use policy_file::load_policy;
 use reader::Reader;
@@ -39,6 +39,9 @@ const STAGE_KEYS: &[&str] = &[
 const COPY_KEYS: &[&str] = &["from", "src", "dst"];
 const PROFILES: &[&str] = &["sandbox", "build"];
 
+/// Diagnostics shown for one file at most.
+const MAX_DIAGNOSTICS: usize = 100;
+
 /// Ends a load: the diagnostics sorted by position (duplicates dropped), or the value.
 pub(crate) fn finish<T>(path: &Path, mut diags: Vec<Diagnostic>, value: T) -> Result<T, LoadError> {
     if diags.is_empty() {
@@ -46,6 +49,16 @@ pub(crate) fn finish<T>(path: &Path, mut diags: Vec<Diagnostic>, value: T) -> Re
     }
     diags.sort_by_key(|d| (d.span.offset, d.span.len));
     diags.dedup_by(|a, b| a.span == b.span && a.message == b.message);
+    // A hostile file can have a problem on every line: the first ones are enough.
+    if diags.len() > MAX_DIAGNOSTICS {
+        let mut more = diags[MAX_DIAGNOSTICS].clone();
+        let capped = if diags.len() >= bounds::MAX_COLLECTED { "at least " } else { "" };
+        more.message = format!("... and {capped}{} more errors, not shown", diags.len() - MAX_DIAGNOSTICS);
+        more.help = Some("fix the errors above first".into());
+        more.related.clear();
+        diags.truncate(MAX_DIAGNOSTICS);
+        diags.push(more);
+    }
     Err(LoadError::Invalid {
         path: path.to_path_buf(),
         diagnostics: diags,
@@ -107,7 +120,15 @@ pub(crate) fn resolve(
     check_version(&mut r, top, "workflow");
 
     let name = match top.get_node("name") {
-        Some(n) => r.string(n, "`name`").map(|(s, _)| s).unwrap_or_default(),
+        Some(n) => match r.string(n, "`name`") {
+            // It names the workflow in records, cache listings and image repositories.
+            Some((s, span)) if s.chars().count() > bounds::MAX_NAME_CHARS || s.chars().any(char::is_control) => {
+                r.error(span, format!("invalid workflow name: {} characters{}", s.chars().count(), if s.chars().any(char::is_control) { ", with control characters" } else { "" }), "invalid name", format!("a workflow name has at most {} characters and no control characters (newlines, tabs)", bounds::MAX_NAME_CHARS));
+                String::new()
+            }
+            Some((s, _)) => s,
+            None => String::new(),
+        },
         None => path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
@@ -139,6 +160,8 @@ pub(crate) fn resolve(
         Some(map) => map
             .iter()
             .filter_map(|(k, v)| {
+                let span = r.scalar_span(k);
+                check_name(&mut r, k.as_str(), span, "image");
                 Some((
                     k.as_str().to_string(),
                     image(&mut r, k.as_str(), v, &mut asks)?,
@@ -177,8 +200,20 @@ pub(crate) fn resolve(
                     defaults: &defaults,
                     images: &images,
                 };
-                for (key, node) in map.iter() {
+                if map.len() > bounds::MAX_STEPS {
+                    let span = r.span(n);
+                    r.error(span, format!("the workflow has {} steps, more than the maximum of {}", map.len(), bounds::MAX_STEPS), "too many steps", "split the workflow");
+                }
+                // Workflow `env` is copied into every step: bound what the copies add up to.
+                let env_bytes: usize = env.iter().map(|(k, v)| k.len() + v.len()).sum();
+                let mut resolved = 0usize;
+                for (key, node) in map.iter().take(bounds::MAX_STEPS) {
                     let (name, key_span) = (key.as_str().to_string(), r.scalar_span(key));
+                    resolved = resolved.saturating_add(env_bytes).saturating_add(node_bytes(node));
+                    if resolved > bounds::MAX_RESOLVED_BYTES {
+                        r.error(key_span, format!("the resolved workflow is larger than {} MiB (workflow `env` is copied into every step)", bounds::MAX_RESOLVED_BYTES >> 20), "size limit reached here", "use a smaller workflow `env`, or fewer steps");
+                        break;
+                    }
                     check_name(&mut r, &name, key_span, "step");
                     let (step, step_spans) = step(&mut r, &ctx, name, key_span, node, &mut asks);
                     steps.push(step);
@@ -209,6 +244,25 @@ pub(crate) fn resolve(
             steps,
         },
     )
+}
+
+/// The text a node holds (keys and scalars), counted without recursion.
+fn node_bytes(node: &Node) -> usize {
+    let mut stack = vec![node];
+    let mut total = 0usize;
+    while let Some(n) = stack.pop() {
+        match n {
+            Node::Scalar(s) => total = total.saturating_add(s.as_str().len()),
+            Node::Sequence(seq) => stack.extend(seq.iter()),
+            Node::Mapping(m) => {
+                for (k, v) in m.iter() {
+                    total = total.saturating_add(k.as_str().len());
+                    stack.push(v);
+                }
+            }
+        }
+    }
+    total
 }
 
 /// The value `finish` never returns when there are diagnostics; keeps the signature simple.
@@ -267,6 +321,12 @@ fn check_name(r: &mut Reader, name: &str, span: Span, what: &str) -> bool {
         Some((base, values)) if what == "step" => plain(base) && values.split(',').all(plain),
         _ => plain(name),
     };
+    let chars = name.chars().count();
+    if ok && chars > bounds::MAX_NAME_CHARS {
+        // Names become container labels, folder and log file names: longer ones fail at run.
+        r.error(span, format!("{what} name `{}...` is {chars} characters long, more than the maximum of {}", name.chars().take(32).collect::<String>(), bounds::MAX_NAME_CHARS), "too long", format!("{what} names (matrix values included) have at most {} characters", bounds::MAX_NAME_CHARS));
+        return false;
+    }
     if !ok {
         r.error(span, format!("invalid {what} name `{name}`"), "invalid name", format!("{what} names start with a letter or digit and contain only letters, digits, `_`, `.` and `-`"));
     }
@@ -384,6 +444,19 @@ fn step(
     if let Some(n) = map.get_node("env") {
         env.extend(env_map(r, n));
     }
+    // What execve accepts: each string, and the environment as a whole.
+    let env_bytes: usize = env.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+    if env_bytes > bounds::MAX_ENV_BYTES {
+        r.error(key_span, format!("the environment of step `{name}` is {} KiB, more than the maximum of {} KiB", env_bytes >> 10, bounds::MAX_ENV_BYTES >> 10), "environment too large", "the kernel refuses to start a process with more; pass large data as an input file");
+    }
+    let arg_strings: Vec<&str> = match &command {
+        Command::Shell(script) => vec![script.as_str()],
+        Command::Argv(argv) => argv.iter().map(String::as_str).collect(),
+    };
+    if let Some(long) = arg_strings.iter().find(|a| a.len() > bounds::MAX_ARG_BYTES) {
+        let span = map.get_node("run").or(map.get_node("command")).map(|n| r.span(n)).unwrap_or(key_span);
+        r.error(span, format!("the command of step `{name}` has a string of {} KiB, more than the maximum of 128 KiB", long.len() >> 10), "too long", "the kernel refuses longer arguments; put a long script in an input file and run that");
+    }
     let cache = map
         .get_node("cache")
         .and_then(|n| r.bool(n, "`cache`"))
@@ -480,6 +553,8 @@ fn env_map(r: &mut Reader, node: &Node) -> BTreeMap<String, String> {
                 "invalid name",
                 "names contain letters, digits and `_`, not starting with a digit",
             );
+        } else if k.len() + v.len() + 1 > bounds::MAX_ARG_BYTES {
+            r.error(span, format!("environment variable `{k}` is {} KiB, more than the maximum of 128 KiB", (k.len() + v.len()) >> 10), "too long", "the kernel refuses longer entries; pass large data as an input file");
         }
         env.insert(k, v);
     }
@@ -548,6 +623,15 @@ fn image_stages(r: &mut Reader, image: &str, node: &Node, asks: &mut Vec<Ask>) -
         return Vec::new();
     };
     let mut stages: Vec<Stage> = Vec::new();
+    // Names seen so far, and the last position of every name (sets, not scans: linear).
+    let mut seen = std::collections::HashSet::new();
+    let mut earlier: Vec<String> = Vec::new();
+    let mut last_at: HashMap<&str, usize> = HashMap::new();
+    for (i, item) in seq.iter().enumerate() {
+        if let Some(n) = item.as_mapping().and_then(|m| m.get_scalar("name")) {
+            last_at.insert(n.as_str(), i);
+        }
+    }
     for (i, item) in seq.iter().enumerate() {
         let Some(map) = r.mapping(item, &format!("a stage of image `{image}`")) else {
             continue;
@@ -558,7 +642,7 @@ fn image_stages(r: &mut Reader, image: &str, node: &Node, asks: &mut Vec<Ask>) -
         let name = match map.get_node("name").and_then(|n| r.string(n, "`name`")) {
             Some((n, nspan)) => {
                 check_name(r, &n, nspan, "stage");
-                if stages.iter().any(|s| s.name == n) {
+                if seen.contains(&n) {
                     r.error(
                         nspan,
                         format!("duplicate stage name `{n}` in image `{image}`"),
@@ -570,7 +654,6 @@ fn image_stages(r: &mut Reader, image: &str, node: &Node, asks: &mut Vec<Ask>) -
             }
             None => format!("stage-{}", i + 1),
         };
-        let earlier: Vec<&str> = stages.iter().map(|s| s.name.as_str()).collect();
         let from = match map.get_node("from").and_then(|n| r.string(n, "`from`")) {
             Some((from, fspan)) => {
                 if from == name {
@@ -580,12 +663,8 @@ fn image_stages(r: &mut Reader, image: &str, node: &Node, asks: &mut Vec<Ask>) -
                         "self reference",
                         "`from` is an image reference or the name of an EARLIER stage",
                     );
-                } else if !earlier.contains(&from.as_str()) {
-                    if seq.iter().skip(i + 1).any(|n| {
-                        n.as_mapping()
-                            .and_then(|m| m.get_scalar("name"))
-                            .is_some_and(|s| s.as_str() == from)
-                    }) {
+                } else if !seen.contains(&from) {
+                    if last_at.get(from.as_str()).is_some_and(|&j| j > i) {
                         r.error(
                             fspan,
                             format!("stage `{name}` starts from `{from}`, which comes later"),
@@ -650,12 +729,14 @@ fn image_stages(r: &mut Reader, image: &str, node: &Node, asks: &mut Vec<Ask>) -
             Some(n) => match r.sequence(n, "expected a list for `copy`", copy_help) {
                 Some(items) => items
                     .iter()
-                    .filter_map(|c| copy_spec(r, c, &earlier))
+                    .filter_map(|c| copy_spec(r, c, &earlier, &seen))
                     .collect(),
                 None => Vec::new(),
             },
             None => Vec::new(),
         };
+        seen.insert(name.clone());
+        earlier.push(name.clone());
         stages.push(Stage {
             name,
             span,
@@ -671,14 +752,19 @@ fn image_stages(r: &mut Reader, image: &str, node: &Node, asks: &mut Vec<Ask>) -
     stages
 }
 
-fn copy_spec(r: &mut Reader, node: &Node, earlier: &[&str]) -> Option<CopySpec> {
+fn copy_spec(
+    r: &mut Reader,
+    node: &Node,
+    earlier: &[String],
+    seen: &std::collections::HashSet<String>,
+) -> Option<CopySpec> {
     let map = r.mapping(node, "a `copy` entry")?;
     r.check_keys(map, COPY_KEYS, "a `copy` entry");
     let span = r.span(node);
     let from = map.get_node("from").and_then(|n| r.string(n, "`from`"));
     if let Some((f, fspan)) = &from {
-        if !earlier.contains(&f.as_str()) {
-            let hint = suggest::hint(f, earlier.iter().copied());
+        if !seen.contains(f) {
+            let hint = suggest::hint(f, earlier.iter().map(String::as_str));
             r.error(
                 *fspan,
                 format!(

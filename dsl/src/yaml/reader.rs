@@ -8,6 +8,7 @@
 use marked_yaml::types::{MarkedMappingNode, MarkedScalarNode, MarkedSequenceNode};
 use marked_yaml::{LoaderOptions, Marker, Node};
 
+use crate::bounds;
 use crate::ir::{SourceFile, Span};
 use crate::suggest;
 use crate::Diagnostic;
@@ -33,6 +34,9 @@ impl<'a> Reader<'a> {
 
     /// Parses the text; a syntax error becomes a diagnostic and `None`.
     pub(crate) fn parse(&mut self) -> Option<Node> {
+        if !self.prescan() {
+            return None;
+        }
         let opts = LoaderOptions::default()
             .error_on_duplicate_keys(true)
             .prevent_coercion(true);
@@ -41,6 +45,50 @@ impl<'a> Reader<'a> {
             Err(e) => {
                 self.syntax_error(e);
                 None
+            }
+        }
+    }
+
+    /// A first, non-recursive pass over the parser's events: nesting deeper than
+    /// [`bounds::MAX_NESTING`] and anchors or aliases (the "billion laughs") are refused here,
+    /// before the recursive loader could overflow the stack or expand anything. Syntax errors
+    /// are left to the loader, which reports them the usual way. `false` when reported.
+    fn prescan(&mut self) -> bool {
+        use yaml_rust2::parser::{Event, Parser};
+        let mut parser = Parser::new_from_str(&self.src.text);
+        let mut depth = 0usize;
+        loop {
+            let Ok((ev, mark)) = parser.next_token() else {
+                return true;
+            };
+            let marker = Marker::new(0, mark.index(), mark.line(), mark.col() + 1);
+            let anchored = match ev {
+                Event::StreamEnd => return true,
+                Event::Alias(_) => true,
+                Event::Scalar(_, _, aid, _) => aid != 0,
+                Event::MappingStart(aid, _) | Event::SequenceStart(aid, _) => {
+                    depth += 1;
+                    if depth > bounds::MAX_NESTING {
+                        let span = self.marker_span(&marker, 1);
+                        self.error(
+                            span,
+                            format!("nesting deeper than {} levels", bounds::MAX_NESTING),
+                            "too deep",
+                            "a workflow needs a few levels of mappings and lists; flatten the structure",
+                        );
+                        return false;
+                    }
+                    aid != 0
+                }
+                Event::MappingEnd | Event::SequenceEnd => {
+                    depth = depth.saturating_sub(1);
+                    false
+                }
+                _ => false,
+            };
+            if anchored {
+                self.syntax_error(marked_yaml::LoadError::UnexpectedAnchor(marker));
+                return false;
             }
         }
     }
@@ -184,12 +232,17 @@ impl<'a> Reader<'a> {
         label: impl Into<String>,
         help: impl Into<String>,
     ) {
-        self.diags
-            .push(Diagnostic::new(self.src, span, message, label).with_help(help));
+        // A hostile file can have a problem on every line: stop building them past the bound.
+        if self.diags.len() < bounds::MAX_COLLECTED {
+            self.diags
+                .push(Diagnostic::new(self.src, span, message, label).with_help(help));
+        }
     }
 
     pub(crate) fn push(&mut self, d: Diagnostic) {
-        self.diags.push(d);
+        if self.diags.len() < bounds::MAX_COLLECTED {
+            self.diags.push(d);
+        }
     }
 
     pub(crate) fn mapping<'n>(

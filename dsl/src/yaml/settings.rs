@@ -15,6 +15,7 @@ use crate::ir::{Isolation, Limits, Network, Span, User};
 use crate::policy::{Ask, Asked};
 use crate::suggest;
 use crate::units;
+use crate::bounds;
 
 pub(super) const LIMIT_KEYS: &[&str] = &["cpus", "memory", "pids", "timeout", "tmpfs", "workspace", "outputs"];
 /// Docker refuses smaller memory limits; a tmpfs that small is useless too.
@@ -151,6 +152,7 @@ impl Layer {
                     units::DURATION_HELP,
                 )
                 .and_then(|(d, span)| val(d, Some(span)));
+            self.check_maxima(r);
             for (key, v) in [("memory", &mut self.memory), ("tmpfs", &mut self.tmpfs)] {
                 if let Some(Val {
                     value,
@@ -172,6 +174,42 @@ impl Layer {
                 }
             }
         }
+    }
+
+    /// Every limit has a maximum the engine can honour (see [`bounds`]); a value over it is
+    /// refused at its line and dropped.
+    fn check_maxima(&mut self, r: &mut Reader) {
+        fn over<T: PartialOrd>(
+            r: &mut Reader,
+            key: &str,
+            v: &mut Option<Val<T>>,
+            max: T,
+            show: impl Fn(&T) -> String,
+        ) {
+            if let Some(Val { value, span: Some(span) }) = v {
+                if *value > max {
+                    let (asked, max) = (show(value), show(&max));
+                    r.error(
+                        *span,
+                        format!("{key} {asked} is above the maximum of {max}"),
+                        "too large",
+                        format!("`limits.{key}` may be at most {max}"),
+                    );
+                    *v = None;
+                }
+            }
+        }
+        over(r, "cpus", &mut self.cpus, bounds::MAX_MILLICPUS, |v| units::format_cpus(*v));
+        over(r, "memory", &mut self.memory, bounds::MAX_MEMORY, |v| units::format_size(*v));
+        over(r, "pids", &mut self.pids, bounds::MAX_PIDS, u64::to_string);
+        let days = |v: &Duration| match v.as_secs() {
+            s if v.subsec_nanos() == 0 && s > 0 && s % 86_400 == 0 => format!("{}d", s / 86_400),
+            _ => units::format_duration(*v),
+        };
+        over(r, "timeout", &mut self.timeout, bounds::MAX_TIMEOUT, days);
+        over(r, "tmpfs", &mut self.tmpfs, bounds::MAX_TMPFS, |v| units::format_size(*v));
+        over(r, "workspace", &mut self.workspace, bounds::MAX_WORKSPACE, |v| units::format_size(*v));
+        over(r, "outputs", &mut self.outputs, bounds::MAX_OUTPUTS, |v| units::format_size(*v));
     }
 
     pub fn limits(&self) -> Limits {
@@ -255,20 +293,37 @@ pub(super) fn network(r: &mut Reader, node: &Node) -> Option<Network> {
     }
 }
 
-/// `"UID:GID"` or `"UID"` (the gid is then the uid), numeric.
+/// `"UID:GID"` or `"UID"` (the gid is then the uid), numeric, each in 0..=2^31-2
+/// ([`bounds::MAX_ID`]); names are not resolved (a name could be anyone, root included).
 pub(super) fn parse_user(r: &mut Reader, text: &str, span: Span) -> Option<User> {
     let (uid, gid) = match text.split_once(':') {
         Some((u, g)) => (u, g),
         None => (text, text),
     };
-    match (uid.parse::<u32>(), gid.parse::<u32>()) {
-        (Ok(uid), Ok(gid)) => Some(User { uid, gid }),
+    // Digits only: `+0` or ` 0` are not ids a reader would recognise as root.
+    let id = |s: &str| -> Option<Result<u32, ()>> {
+        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        Some(s.parse::<u32>().ok().filter(|n| *n <= bounds::MAX_ID).ok_or(()))
+    };
+    match (id(uid), id(gid)) {
+        (Some(Ok(uid)), Some(Ok(gid))) => Some(User { uid, gid }),
+        (Some(_), Some(_)) => {
+            r.error(
+                span,
+                format!("user `{text}` is out of range"),
+                "out of range",
+                format!("uid and gid are numbers from 0 to {}", bounds::MAX_ID),
+            );
+            None
+        }
         _ => {
             r.error(
                 span,
                 format!("invalid user `{text}`"),
                 "invalid user",
-                "expected numeric \"UID:GID\" or \"UID\", e.g. \"1000:1000\"",
+                "expected numeric \"UID:GID\" or \"UID\", e.g. \"1000:1000\" (names such as `root` are not accepted)",
             );
             None
         }
