@@ -302,4 +302,20 @@ mod tests {
         assert_eq!(remote.len(), 1);
         assert_eq!(remote[0].line, 2);
     }
+
+    #[test]
+    fn stage_limits_and_dockerfile_network_load_alike_from_yaml_and_the_dsl() {
+        let yaml = "version: 1\nimages:\n  t:\n    stages:\n      - name: s\n        from: local/busybox:1\n        limits: { timeout: 2s, memory: 64m }\n  d:\n    dockerfile: Dockerfile\n    network: bridge\nsteps:\n  a: { image: t, run: 'true' }\n";
+        let wf = "version 1\nimage t {\n  stage s from \"local/busybox:1\" {\n    limits {\n      timeout 2s\n      memory 64m\n    }\n  }\n}\nimage d {\n  dockerfile \"Dockerfile\"\n  network \"bridge\"\n}\nstep a {\n  image \"t\"\n  run \"true\"\n}\n";
+        let from_yaml = crate::load_str(Path::new("w.yml"), yaml).unwrap();
+        let from_wf = crate::load_str(Path::new("w.wf"), wf).unwrap();
+        assert_eq!(from_yaml.images["d"], from_wf.images["d"]);
+        let crate::ImageDef::Stages(stages) = &from_yaml.images["t"] else { panic!("stages") };
+        let crate::ImageDef::Stages(wf_stages) = &from_wf.images["t"] else { panic!("stages") };
+        assert_eq!(stages[0].limits, wf_stages[0].limits);
+        let want = Limits { timeout: std::time::Duration::from_secs(2), memory: 64 << 20, ..Limits::stage() };
+        assert_eq!(stages[0].limits, want);
+        assert_eq!(Limits::stage().timeout, std::time::Duration::from_secs(1800));
+        assert!(matches!(&from_yaml.images["d"], crate::ImageDef::Dockerfile { network: Network::Bridge, .. }));
+    }
 }

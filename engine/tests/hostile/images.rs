@@ -347,3 +347,37 @@ fn dockerfile_images_outside_the_policy_prefixes_are_refused_at_the_dockerfile_l
     std::fs::remove_file(p.path().join("docker/Dockerfile")).unwrap();
     assert_nothing_escaped(&p, &host, &[]);
 }
+
+/// The build capability set is enough for a package manager: `apt-get install` of a small
+/// package on the Debian base, over `network: bridge`. Needs Debian's mirror from containers, as
+/// the stdlib tests do: skipped with the reason when it is absent, a failure when
+/// `ENGINE_REQUIRE_NETWORK=1`.
+#[test]
+fn root_stage_with_the_build_capabilities_still_installs_debian_packages() {
+    let _serial = serial();
+    ensure_docker();
+    let probe = Command::new("docker")
+        .args(["run", "--rm", "--network", "bridge", IMAGE, "wget", "-q", "-O", "/dev/null"])
+        .arg("http://deb.debian.org/debian/dists/bookworm/Release")
+        .output()
+        .unwrap();
+    let have_debian = Command::new("docker").args(["image", "inspect", "local/debian:bookworm"]).output().unwrap();
+    if !probe.status.success() || !have_debian.status.success() {
+        let why = "no network from containers to Debian's mirror, or no local/debian:bookworm (scripts/import-debian.sh)";
+        assert!(std::env::var("ENGINE_REQUIRE_NETWORK").as_deref() != Ok("1"), "{why}");
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let host = Host::new();
+    let img = name("aptstage");
+    let _built = Built(vec![img.clone()]);
+    let p = Project::new(&format!(
+        "version: 1\nname: {img}\nimages:\n  {img}:\n    stages:\n      - name: tools\n        from: local/debian:bookworm\n        network: bridge\n        run: echo {img} && apt-get update -qq && apt-get install -y -qq --no-install-recommends cowsay\nsteps:\n  use:\n    image: {img}\n    run: /usr/games/cowsay moo > moo.txt\n    outputs: [moo.txt]\n"
+    ));
+    let o = p.run(&["run"]);
+    let out = out_err(&o);
+    assert_eq!(code(&o), 0, "{out}");
+    assert!(!out.contains("Operation not permitted"), "{out}");
+    assert!(std::fs::read_to_string(p.path().join(".engine/out/use/moo.txt")).unwrap().contains("< moo >"));
+    assert_nothing_escaped(&p, &host, &[]);
+}
