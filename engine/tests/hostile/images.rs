@@ -78,7 +78,7 @@ fn root_stage_under_a_policy_without_root_is_refused_at_the_stage_naming_the_pol
     assert_eq!(code(&o), 0, "{}", text(&o.stderr));
     // A Dockerfile image cannot be held to a user: refused under the same policy.
     p.write("Dockerfile", &format!("FROM {IMAGE}\n"));
-    p.write("workflow.yml", &format!("version: 1\nimages:\n  df:\n    dockerfile: Dockerfile\nsteps:\n  use: {{ image: df, run: 'true' }}\n"));
+    p.write("workflow.yml", "version: 1\nimages:\n  df:\n    dockerfile: Dockerfile\nsteps:\n  use: { image: df, run: 'true' }\n");
     let o = p.run(&["run", "--policy", "policy.yml"]);
     let err = flat(&text(&o.stderr));
     assert_eq!(code(&o), 2, "{err}");
@@ -136,7 +136,7 @@ fn stage_asking_for_bridge_under_a_policy_of_no_network_is_refused() {
     assert!(err.contains("policy.yml:2:"), "the policy line: {err}");
     // A Dockerfile image's network is checked the same way.
     p.write("Dockerfile", &format!("FROM {IMAGE}\n"));
-    p.write("workflow.yml", &format!("version: 1\nimages:\n  df:\n    dockerfile: Dockerfile\n    network: bridge\nsteps:\n  use: {{ image: df, run: 'true' }}\n"));
+    p.write("workflow.yml", "version: 1\nimages:\n  df:\n    dockerfile: Dockerfile\n    network: bridge\nsteps:\n  use: { image: df, run: 'true' }\n");
     let o = p.run(&["run", "--policy", "policy.yml"]);
     let err = flat(&text(&o.stderr));
     assert_eq!(code(&o), 2, "{err}");
@@ -232,7 +232,7 @@ fn context_outside_the_workflow_folder_is_refused() {
     let host = Host::new();
     // The project's parent holds other folders; `..` would send them (and the host file, were it
     // there) to the daemon.
-    let p = Project::new(&format!("version: 1\nimages:\n  df:\n    dockerfile: Dockerfile\n    context: ..\nsteps:\n  leak: {{ image: df, run: 'cat /ctx/secret.txt' }}\n"));
+    let p = Project::new("version: 1\nimages:\n  df:\n    dockerfile: Dockerfile\n    context: ..\nsteps:\n  leak: { image: df, run: 'cat /ctx/secret.txt' }\n");
     p.write("Dockerfile", &format!("FROM {IMAGE}\nCOPY . /ctx/\n"));
     let o = p.run(&["run"]);
     let err = flat(&text(&o.stderr));
