@@ -646,6 +646,46 @@ mod tests {
     }
 
     #[test]
+    fn build_containers_are_hardened_and_only_root_stages_keep_the_build_capabilities() {
+        assert!(runs_as_root(None));
+        assert!(runs_as_root(Some("0")));
+        assert!(runs_as_root(Some("00:1000")));
+        assert!(!runs_as_root(Some("1000:0")));
+        let mut stage = dsl::Stage {
+            name: "s".into(),
+            span: Default::default(),
+            from: "local/busybox:1".into(),
+            env: Default::default(),
+            workdir: None,
+            user: None,
+            copy: Vec::new(),
+            run: Vec::new(),
+            network: dsl::Network::None,
+            limits: dsl::Limits { memory: 64 << 20, pids: 32, millicpus: 500, ..dsl::Limits::stage() },
+        };
+        let root = hardened(&stage);
+        assert_eq!(root.cap_drop, Some(vec!["ALL".to_string()]));
+        assert_eq!(root.cap_add.as_deref().map(<[String]>::len), Some(ROOT_BUILD_CAPABILITIES.len()));
+        assert_eq!(root.security_opt, Some(vec!["no-new-privileges".to_string()]));
+        assert_eq!(root.privileged, Some(false));
+        assert_eq!((root.memory, root.memory_swap), (Some(64 << 20), Some(64 << 20)));
+        assert_eq!((root.pids_limit, root.nano_cpus), (Some(32), Some(500_000_000)));
+        assert_eq!(root.network_mode.as_deref(), Some("none"));
+        stage.user = Some("1000:1000".into());
+        assert_eq!(hardened(&stage).cap_add, Some(Vec::new()));
+    }
+
+    #[test]
+    fn long_output_without_newlines_is_cut_into_bounded_lines() {
+        let mut l = Lines::default();
+        let mut got = Vec::new();
+        l.push(0, &vec![b'x'; MAX_LINE * 2 + 5], |s| got.push(s.len()));
+        assert_eq!(got, [MAX_LINE, MAX_LINE]);
+        l.flush(|s| got.push(s.len()));
+        assert_eq!(got[2], 5);
+    }
+
+    #[test]
     fn lines_split_across_chunks() {
         let mut l = Lines::default();
         let mut got = Vec::new();
