@@ -68,6 +68,10 @@ fn root_stage_under_a_policy_without_root_is_refused_at_the_stage_naming_the_pol
     assert!(err.contains(&format!("image `{img}`, stage `s` runs as root (uid 0), which the policy does not allow for image builds")), "{err}");
     assert!(err.contains("workflow.yml:6:"), "the stage line: {err}");
     assert!(err.contains("policy.yml:2:"), "the policy line: {err}");
+    // `engine images build` is bound by the same policy.
+    let o = p.run(&["images", "build", "--policy", "policy.yml"]);
+    assert_eq!(code(&o), 2, "{}", text(&o.stderr));
+    assert!(flat(&text(&o.stderr)).contains("runs as root (uid 0), which the policy does not allow"), "{}", text(&o.stderr));
     // Any spelling of uid 0 is root too; a numeric non-root user is accepted.
     p.write("workflow.yml", &stage_workflow(&img, "        user: \"00:5\"\n        run: id\n", "true"));
     let o = p.run(&["check", "--policy", "policy.yml"]);
