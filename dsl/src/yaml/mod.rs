@@ -506,11 +506,12 @@ fn is_env_name(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-/// One entry under `images:`: stages, or a Dockerfile with its context.
 /// What loading each Dockerfile image found: (image, its references or why it was not read,
 /// the span of its `dockerfile:` value).
 type Dockerfiles = Vec<(String, Result<Option<image_checks::DockerfileRefs>, String>, Span)>;
 
+/// One entry under `images:`: stages, or a Dockerfile with its context (whose paths are checked
+/// and whose Dockerfile is read here, see `image_checks`).
 fn image(
     r: &mut Reader,
     dir: &Path,
