@@ -229,6 +229,11 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// What a build stage gets without `limits:`: the step defaults with a 30 minute timeout.
+    pub fn stage() -> Self {
+        Limits { timeout: Duration::from_secs(30 * 60), ..Limits::default() }
+    }
+
     /// The `sandbox` profile of the spec: untrusted code.
     pub fn sandbox() -> Self {
         Limits {
@@ -258,7 +263,9 @@ mod duration_secs {
 #[serde(rename_all = "snake_case")]
 pub enum ImageDef {
     Stages(Vec<Stage>),
-    Dockerfile { dockerfile: String, context: String },
+    /// `network`: what the daemon's builder gives `RUN` instructions (`none` unless the image
+    /// says `network: bridge`).
+    Dockerfile { dockerfile: String, context: String, network: Network },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -273,6 +280,10 @@ pub struct Stage {
     pub copy: Vec<CopySpec>,
     pub run: Vec<String>,
     pub network: Network,
+    /// Limits of every build container of the stage: the step defaults except a 30 minute
+    /// timeout ([`Limits::stage`]), overridden by the stage's `limits:`. `tmpfs`, `workspace` and
+    /// `outputs` have no effect on stages.
+    pub limits: Limits,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -35,6 +35,9 @@ pub struct Policy {
     pub(crate) networks: Option<Capped<Vec<Network>>>,
     pub(crate) image_prefixes: Option<Capped<Vec<String>>>,
     pub(crate) allow_root: Option<Capped<bool>>,
+    /// `allow_root_builds`: whether image build stages may run as uid 0 (see
+    /// [`Policy::allows_root_builds`]).
+    pub(crate) allow_root_builds: Option<Capped<bool>>,
 }
 
 impl Policy {
@@ -55,11 +58,35 @@ impl Policy {
         self.allow_root.as_ref().is_some_and(|c| c.value)
     }
 
-    /// The image prefixes the policy allows (`image_prefixes`), if it restricts images at all.
-    /// For checks of images outside a workflow file (`engine replay` checks a recorded image's
-    /// tags with it).
+    /// Whether image build stages may run as uid 0 (and `dockerfile:` images be built at all):
+    /// `allow_root_builds` when the policy says it; else, in a policy file, its `allow_root`
+    /// (false when absent); without a policy file, true (Docker's build semantics).
+    pub fn allows_root_builds(&self) -> bool {
+        match (&self.allow_root_builds, &self.source) {
+            (Some(c), _) => c.value,
+            (None, None) => true,
+            (None, Some(_)) => self.allows_root(),
+        }
+    }
+
+    /// The image prefixes the policy allows (`image_prefixes`), if it restricts images at all:
+    /// for image builds, and for `engine replay`, which checks a recorded image's tags with it.
     pub fn image_prefixes(&self) -> Option<&[String]> {
         self.image_prefixes.as_ref().map(|c| c.value.as_slice())
+    }
+
+    /// The policy line that refuses root builds: `allow_root_builds`, else `allow_root`, else the
+    /// top of the policy file (neither said, so both are false).
+    fn root_builds_related(&self, d: Diagnostic) -> Diagnostic {
+        let (span, message) = match (&self.allow_root_builds, &self.allow_root) {
+            (Some(c), _) => (c.span, "root builds are refused here"),
+            (None, Some(c)) => (c.span, "`allow_root_builds` defaults to `allow_root`, false here"),
+            (None, None) => (
+                Span { offset: 0, len: 0, line: 1, col: 1 },
+                "this policy sets neither `allow_root_builds` nor `allow_root`, so root builds are refused",
+            ),
+        };
+        self.with_related(d, span, message)
     }
 
     /// The related diagnostic pointing at the policy line, when there is a policy file.
@@ -140,6 +167,28 @@ impl Policy {
                     None => d,
                 })
             }
+            Asked::UnresolvedImage(image) => {
+                let prefixes = self.image_prefixes.as_ref()?;
+                let d = Diagnostic::new(src, ask.span, format!("{who} uses image `{image}`, which cannot be checked against the policy's allowed images"), "unresolvable image")
+                    .with_help("write the image reference literally (no `$` variables) so that it can be checked");
+                Some(self.with_related(d, prefixes.span, "the policy's allowed image prefixes"))
+            }
+            Asked::RootBuild => {
+                if self.allows_root_builds() {
+                    return None;
+                }
+                let d = Diagnostic::new(src, ask.span, format!("{who} runs as root (uid 0), which the policy does not allow for image builds"), "root build")
+                    .with_help("give the stage a numeric non-root `user:` such as \"1000:1000\" (named users cannot be checked), or have the operator set `allow_root_builds: true` in the policy");
+                Some(self.root_builds_related(d))
+            }
+            Asked::DockerfileBuild => {
+                if self.allows_root_builds() {
+                    return None;
+                }
+                let d = Diagnostic::new(src, ask.span, format!("{who} is built from a Dockerfile, which the policy does not allow without root builds"), "Dockerfile build")
+                    .with_help("the daemon's builder runs Dockerfile instructions as whatever `USER` the Dockerfile says and cannot be held to a non-root user; rewrite the image as `stages:` with a numeric non-root `user:`, or have the operator set `allow_root_builds: true`");
+                Some(self.root_builds_related(d))
+            }
         }
     }
 
@@ -202,4 +251,10 @@ pub(crate) enum Asked {
     Network(Network),
     Image(String),
     User(User),
+    /// An image reference a Dockerfile reads that cannot be resolved at load (`FROM ${BASE}`).
+    UnresolvedImage(String),
+    /// An image build stage whose effective user is uid 0 (no `user:`, or uid 0).
+    RootBuild,
+    /// A `dockerfile:` image (the daemon's builder, whose user cannot be bound).
+    DockerfileBuild,
 }

@@ -44,7 +44,8 @@ fn spec_example_loads() {
         wf.images["legacy"],
         ImageDef::Dockerfile {
             dockerfile: "docker/Dockerfile".into(),
-            context: ".".into()
+            context: ".".into(),
+            network: Network::None,
         }
     );
     assert_eq!(wf.dir, path.parent().unwrap());

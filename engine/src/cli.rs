@@ -134,6 +134,9 @@ pub enum ImagesCommand {
         /// Rebuild every stage instead of reusing stage images with the same key
         #[arg(long)]
         no_cache: bool,
+        /// The operator policy binds image builds too (root stages, networks, base images, limits)
+        #[command(flatten)]
+        policy: PolicyArg,
     },
     /// List the images the engine built, with their keys and sizes
     Ls,

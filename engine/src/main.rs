@@ -266,11 +266,12 @@ async fn images_command(cmd: ImagesCommand) -> Result<i32, StartError> {
         other => StartError::ImageFailed(other.to_string()),
     };
     match cmd {
-        ImagesCommand::Build { words, no_cache } => {
+        ImagesCommand::Build { words, no_cache, policy } => {
             let target = engine::cli::Target { words };
             let (file, names) = target.split();
             let file = workflow_file(file)?;
-            let workflow = dsl::load_file(&file)?;
+            let policy = load_policy(&policy)?;
+            let workflow = dsl::load_file_with(&file, &policy)?;
             let names: Vec<String> = if names.is_empty() { workflow.images.keys().cloned().collect() } else { names };
             let run_id = run::new_run_id();
             let owner = engine::docker::owner::owner_labels();

@@ -41,8 +41,8 @@ impl Builder {
     ) -> Result<BuiltImage, BuildError> {
         match def {
             dsl::ImageDef::Stages(stages) => crate::stages::build(self, ctx, name, stages, log, cancel).await,
-            dsl::ImageDef::Dockerfile { dockerfile, context } => {
-                crate::dockerfile::build(self, ctx, name, dockerfile, context, log, cancel).await
+            dsl::ImageDef::Dockerfile { dockerfile, context, network } => {
+                crate::dockerfile::build(self, ctx, name, dockerfile, context, *network, log, cancel).await
             }
         }
     }

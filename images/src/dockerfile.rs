@@ -58,20 +58,24 @@ struct Context {
     entries: Vec<Entry>,
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn build(
     builder: &Builder,
     ctx: &BuildContext<'_>,
     name: &str,
     dockerfile: &str,
     context: &str,
+    network: dsl::Network,
     log: LogFn<'_>,
     cancel: &CancellationToken,
 ) -> Result<BuiltImage, BuildError> {
-    let context_dir = ctx.dir.join(context);
-    let dockerfile_path = ctx.dir.join(dockerfile);
+    let (dir, dockerfile, context) = (ctx.dir.to_path_buf(), dockerfile.to_string(), context.to_string());
     let image = name.to_string();
     // Walking and hashing is blocking file work: keep it off the async workers.
-    let scanned = tokio::task::spawn_blocking(move || scan(&context_dir, &dockerfile_path).map(|c| (c, context_dir)))
+    let scanned = tokio::task::spawn_blocking(move || {
+        let (context_dir, dockerfile_path) = confine(&dir, &context, &dockerfile)?;
+        scan(&context_dir, &dockerfile_path).map(|c| (c, context_dir))
+    })
         .await
         .map_err(|e| BuildError::Environment(format!("image `{image}`: reading the context failed: {e}")))?;
     let (scanned, context_dir) = scanned.map_err(|message| BuildError::Invalid { image: name.to_string(), message })?;
@@ -93,12 +97,19 @@ pub(crate) async fn build(
     if cancel.is_cancelled() {
         return Err(BuildError::Cancelled(name.to_string()));
     }
-    let image = name.to_string();
-    let tar = tokio::task::spawn_blocking(move || make_tar(&scanned, &context_dir).map(|t| (t, scanned.dockerfile_name)))
-        .await
-        .map_err(|e| BuildError::Environment(format!("image `{image}`: packing the context failed: {e}")))?;
-    let (tar, dockerfile_name) =
-        tar.map_err(|e| BuildError::Invalid { image: name.to_string(), message: format!("cannot pack the context: {e}") })?;
+    let dockerfile_name = scanned.dockerfile_name.clone();
+    // The context is streamed: packed on a blocking thread in bounded chunks while it is sent.
+    let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Vec<u8>>>(4);
+    let packer = tokio::task::spawn_blocking(move || {
+        let mut out = ChunkWriter { tx, buf: Vec::with_capacity(CHUNK) };
+        let result = make_tar(&scanned, &context_dir, &mut out).and_then(|()| out.flush_chunk());
+        if let Err(e) = &result {
+            // The daemon must not build a truncated context: fail the request body.
+            let _ = out.tx.blocking_send(Err(io::Error::new(e.kind(), e.to_string())));
+        }
+        result
+    });
+    let limits = dsl::Limits::stage();
 
     let labels = HashMap::from([(LABEL_IMAGE.to_string(), name.to_string()), (LABEL_IMAGE_KEY.to_string(), key.clone())]);
     let options = BuildImageOptionsBuilder::default()
@@ -109,11 +120,32 @@ pub(crate) async fn build(
         .rm(true)
         .forcerm(true)
         .nocache(ctx.no_cache)
-        // The spec lets image builds use the network (steps default to none).
-        .networkmode("bridge")
+        // `none` unless the image says `network: bridge` (checked against the policy at load).
+        .networkmode(network.as_str())
+        // The stage defaults: memory without swap, one CPU; the timeout is ours, below.
+        .memory(i32::try_from(limits.memory).unwrap_or(i32::MAX))
+        .memswap(i32::try_from(limits.memory).unwrap_or(i32::MAX))
+        .cpuperiod(100_000)
+        .cpuquota(i32::try_from(limits.millicpus.saturating_mul(100)).unwrap_or(i32::MAX))
         .build();
     let mut steps = Vec::new();
-    let result = run_build(builder, name, &tag, options, tar, log, cancel, &mut steps).await;
+    let build = run_build(builder, name, &tag, options, rx, log, cancel, &mut steps);
+    let result = match tokio::time::timeout(limits.timeout, build).await {
+        Ok(r) => r,
+        // Dropping the request stops the classic builder; forcerm removes its container.
+        Err(_) => Err(BuildError::StageFailed {
+            image: name.to_string(),
+            stage: STAGE.into(),
+            message: format!("timed out after {}", dsl::units::format_duration(limits.timeout)),
+        }),
+    };
+    // A context that could not be packed is the reason, whatever the daemon said about it.
+    let result = match packer.await {
+        Ok(Err(e)) if result.is_err() => {
+            Err(BuildError::Invalid { image: name.to_string(), message: format!("cannot pack the context: {e}") })
+        }
+        _ => result,
+    };
     let id = match &result {
         Ok(built) => Some(built.as_str()),
         Err(_) => None,
@@ -131,12 +163,13 @@ async fn run_build(
     name: &str,
     tag: &str,
     options: bollard::query_parameters::BuildImageOptions,
-    tar: Vec<u8>,
+    mut tar: tokio::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
     log: LogFn<'_>,
     cancel: &CancellationToken,
     steps: &mut Vec<String>,
 ) -> Result<String, BuildError> {
-    let mut stream = builder.docker.build_image(options, None, Some(bollard::body_full(tar.into())));
+    let body = futures_util::stream::poll_fn(move |cx| tar.poll_recv(cx)).map(|chunk| chunk.map(Into::into));
+    let mut stream = builder.docker.build_image(options, None, Some(bollard::body_try_stream(body)));
     loop {
         let item = tokio::select! {
             // Dropping the stream closes the request: the classic builder then stops, and
@@ -225,17 +258,92 @@ pub(crate) fn split_reference(reference: &str) -> (&str, &str) {
     }
 }
 
+/// The real paths of the context and the Dockerfile, both inside the workflow's folder `dir`:
+/// relative, without `..`, and not reached through a symlink leading out (the load-time check,
+/// again at build time, for whatever builds without loading).
+fn confine(dir: &Path, context: &str, dockerfile: &str) -> Result<(PathBuf, PathBuf), String> {
+    let top = dir.canonicalize().map_err(|e| format!("cannot resolve the workflow's folder: {e}"))?;
+    let mut out = Vec::new();
+    for (key, rel) in [("context", context), ("dockerfile", dockerfile)] {
+        let p = Path::new(rel);
+        if rel.is_empty() || p.is_absolute() || p.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+            return Err(format!("`{key}` `{rel}` must be a relative path inside the workflow's folder, without `..`"));
+        }
+        let real = dir.join(p).canonicalize().map_err(|e| format!("cannot resolve `{key}` `{rel}`: {e}"))?;
+        if !real.starts_with(&top) {
+            return Err(format!("`{key}` `{rel}` leads outside the workflow's folder through a symlink"));
+        }
+        out.push(real);
+    }
+    let dockerfile = out.pop().unwrap_or_default();
+    let context = out.pop().unwrap_or_default();
+    Ok((context, dockerfile))
+}
+
+/// A file of the context the engine itself reads (the Dockerfile, `.dockerignore`): a regular
+/// file (never a FIFO or device, never through a final symlink), at most [`MAX_READ`] bytes.
+/// `Ok(None)`: it does not exist.
+fn read_small(path: &Path, what: &str) -> Result<Option<Vec<u8>>, String> {
+    use std::io::Read as _;
+    let f = match crate::stages::open_regular(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read {what} `{}`: {e}", path.display())),
+    };
+    let mut data = Vec::new();
+    f.take(MAX_READ + 1).read_to_end(&mut data).map_err(|e| format!("cannot read {what} `{}`: {e}", path.display()))?;
+    if data.len() as u64 > MAX_READ {
+        return Err(format!("{what} `{}` is larger than 1 MiB", path.display()));
+    }
+    Ok(Some(data))
+}
+
+/// The largest Dockerfile or `.dockerignore` read.
+const MAX_READ: u64 = 1 << 20;
+
+/// Size of the chunks the context is streamed in.
+const CHUNK: usize = 256 << 10;
+
+/// Sends what is written in chunks of [`CHUNK`] bytes (blocking: runs on a blocking thread).
+struct ChunkWriter {
+    tx: tokio::sync::mpsc::Sender<io::Result<Vec<u8>>>,
+    buf: Vec<u8>,
+}
+
+impl ChunkWriter {
+    fn flush_chunk(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+        self.tx.blocking_send(Ok(chunk)).map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the build request ended"))
+    }
+}
+
+impl io::Write for ChunkWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            self.flush_chunk()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Read the Dockerfile and walk the context, applying `.dockerignore`.
 fn scan(context_dir: &Path, dockerfile_path: &Path) -> Result<Context, String> {
     if !context_dir.is_dir() {
         return Err(format!("the context `{}` is not a folder", context_dir.display()));
     }
-    let dockerfile = std::fs::read(dockerfile_path)
-        .map_err(|e| format!("cannot read the Dockerfile `{}`: {e}", dockerfile_path.display()))?;
-    let ignore = match std::fs::read_to_string(context_dir.join(".dockerignore")) {
-        Ok(text) => Ignore::parse(&text)?,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ignore::default(),
-        Err(e) => return Err(format!("cannot read `.dockerignore`: {e}")),
+    let dockerfile = read_small(dockerfile_path, "the Dockerfile")?
+        .ok_or_else(|| format!("cannot read the Dockerfile `{}`: it does not exist", dockerfile_path.display()))?;
+    let ignore = match read_small(&context_dir.join(".dockerignore"), "`.dockerignore`")? {
+        Some(bytes) => Ignore::parse(&String::from_utf8_lossy(&bytes))?,
+        None => Ignore::default(),
     };
     // Canonical paths decide whether the Dockerfile is inside the context (`..` or symlinks).
     let canon_ctx = context_dir.canonicalize().map_err(|e| format!("cannot resolve `{}`: {e}", context_dir.display()))?;
@@ -316,15 +424,41 @@ fn key_of(ctx: &Context) -> String {
     cache::Digest(h.finalize().into()).hex()
 }
 
-/// The tar the daemon's builder reads. Deterministic headers: owners and times are not part of
-/// the key, so they must not reach the image either.
-fn make_tar(ctx: &Context, context_dir: &Path) -> io::Result<Vec<u8>> {
-    let mut tar = tar::Builder::new(Vec::new());
+/// The tar the daemon's builder reads, written to `out`. Deterministic headers: owners and
+/// times are not part of the key, so they must not reach the image either. Symlinks are sent as
+/// symlinks (as `docker build` does), never followed; files are opened without following a
+/// symlink and must still be regular files (never a FIFO or a device).
+fn make_tar(ctx: &Context, context_dir: &Path, out: &mut impl io::Write) -> io::Result<()> {
+    let mut tar = tar::Builder::new(out);
     tar.mode(tar::HeaderMode::Deterministic);
     tar.follow_symlinks(false);
     for e in &ctx.entries {
         debug_assert!(e.path.starts_with(context_dir));
-        tar.append_path_with_name(&e.path, &e.rel)?;
+        let mut header = tar::Header::new_gnu();
+        header.set_mode(e.mode & 0o7777);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(0);
+        match &e.kind {
+            Kind::Dir => {
+                header.set_entry_type(tar::EntryType::Directory);
+                header.set_size(0);
+                tar.append_data(&mut header, &e.rel, io::empty())?;
+            }
+            Kind::Symlink(target) => {
+                header.set_entry_type(tar::EntryType::Symlink);
+                header.set_size(0);
+                tar.append_link(&mut header, &e.rel, target)?;
+            }
+            Kind::File(_) => {
+                let f = crate::stages::open_regular(&e.path)?;
+                header.set_entry_type(tar::EntryType::Regular);
+                let size = f.metadata()?.len();
+                header.set_size(size);
+                // Exactly the size in the header, even if the file grows meanwhile.
+                tar.append_data(&mut header, &e.rel, std::io::Read::take(f, size))?;
+            }
+        }
     }
     if let Some(content) = &ctx.extra_dockerfile {
         let mut header = tar::Header::new_gnu();
@@ -333,7 +467,8 @@ fn make_tar(ctx: &Context, context_dir: &Path) -> io::Result<Vec<u8>> {
         header.set_entry_type(tar::EntryType::Regular);
         tar.append_data(&mut header, RESERVED_DOCKERFILE, content.as_slice())?;
     }
-    tar.into_inner()
+    tar.into_inner()?;
+    Ok(())
 }
 
 /// `.dockerignore` patterns, in order: the last one matching a path decides.

@@ -17,12 +17,14 @@
 
 mod copy;
 
+pub(crate) use copy::open_regular;
+
 use std::collections::{BTreeSet, HashMap};
 
 use bollard::models::{ContainerConfig, ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
     AttachContainerOptions, CommitContainerOptions, CreateContainerOptions, DownloadFromContainerOptions,
-    ListImagesOptions, RemoveContainerOptions, TagImageOptions, UploadToContainerOptions,
+    ListImagesOptions, RemoveContainerOptions, StopContainerOptions, TagImageOptions, UploadToContainerOptions,
 };
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
@@ -394,8 +396,50 @@ fn errors_not_found(e: &bollard::errors::Error) -> bool {
     matches!(e, bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })
 }
 
+/// The capabilities a stage running as root keeps (everything else is dropped): what package
+/// managers need to chown, chmod and switch to their unprivileged users. Non-root stages keep none.
+pub const ROOT_BUILD_CAPABILITIES: &[&str] = &["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "SETUID", "SETGID"];
+
+/// How long a timed-out build container gets between the stop signal and the kill.
+const STOP_GRACE_SECS: i32 = 2;
+
+/// Whether a stage's `user:` is uid 0 (no `user:` is root: Docker's build semantics).
+fn runs_as_root(user: Option<&str>) -> bool {
+    match user {
+        None => true,
+        Some(u) => u.split(':').next().is_none_or(|uid| uid.trim().parse::<u32>().is_ok_and(|n| n == 0) || uid.trim() == "root"),
+    }
+}
+
+/// A build container's host settings: hardened like a step's where a build allows (no
+/// privileged, all capabilities dropped but the package-manager set for root stages,
+/// `no-new-privileges`, memory without swap, CPU and pids limits), on the stage's network.
+fn hardened(stage: &dsl::Stage) -> HostConfig {
+    let limits = &stage.limits;
+    let memory = i64::try_from(limits.memory).unwrap_or(i64::MAX);
+    let caps = if runs_as_root(stage.user.as_deref()) { ROOT_BUILD_CAPABILITIES.iter().map(|c| c.to_string()).collect() } else { Vec::new() };
+    HostConfig {
+        network_mode: Some(stage.network.as_str().to_string()),
+        privileged: Some(false),
+        cap_drop: Some(vec!["ALL".into()]),
+        cap_add: Some(caps),
+        security_opt: Some(vec!["no-new-privileges".into()]),
+        memory: Some(memory),
+        memory_swap: Some(memory),
+        nano_cpus: Some(i64::try_from(limits.millicpus.saturating_mul(1_000_000)).unwrap_or(i64::MAX)),
+        pids_limit: Some(i64::try_from(limits.pids).unwrap_or(i64::MAX)),
+        ..Default::default()
+    }
+}
+
+/// How a `run` container ended.
+enum Ended {
+    Exited,
+    TimedOut,
+}
+
 /// Run `cmd` with `/bin/sh -c` in a container made from `image`, with the stage's environment,
-/// and commit it.
+/// limits and hard timeout, and commit it.
 async fn run(env: Env<'_>, stage: &dsl::Stage, image: &str, cmd: &str) -> Result<String, BuildError> {
     check_cancel(env)?;
     let failed = |message: String| BuildError::StageFailed { image: env.image.into(), stage: stage.name.clone(), message };
@@ -409,7 +453,7 @@ async fn run(env: Env<'_>, stage: &dsl::Stage, image: &str, cmd: &str) -> Result
         user: Some(stage.user.clone().unwrap_or_else(|| "0:0".into())),
         attach_stdout: Some(true),
         attach_stderr: Some(true),
-        host_config: Some(HostConfig { network_mode: Some(stage.network.as_str().to_string()), ..Default::default() }),
+        host_config: Some(hardened(stage)),
         ..Default::default()
     };
     let container = Container::create(env, body).await?;
@@ -429,17 +473,33 @@ async fn run(env: Env<'_>, stage: &dsl::Stage, image: &str, cmd: &str) -> Result
             }
             Ok(())
         };
+        // The timeout runs from the start, like a step's.
+        let timeout = stage.limits.timeout;
         let followed = tokio::select! {
-            r = follow => r,
+            r = follow => r.map(|()| Ended::Exited),
+            _ = tokio::time::sleep(timeout) => Ok(Ended::TimedOut),
             _ = env.cancel.cancelled() => Err(BuildError::Cancelled(env.image.to_string())),
         };
         lines.flush(|l| (env.log)(env.image, &stage.name, l));
+        if let Ok(Ended::TimedOut) = followed {
+            // The stop signal, a short grace, then the kill; the container is removed below.
+            let opts = StopContainerOptions { t: Some(STOP_GRACE_SECS), ..Default::default() };
+            if let Err(e) = docker.stop_container(&container.id, Some(opts)).await {
+                tracing::warn!("cannot stop timed-out build container {}: {e}", container.id);
+            }
+            return Err(failed(format!("`{cmd}` timed out after {}", dsl::units::format_duration(timeout))));
+        }
         followed?;
         // The output stream ends when the container stops; wait makes the exit code final.
         let mut wait = docker.wait_container(&container.id, None);
         let _ = wait.next().await;
         let info = docker.inspect_container(&container.id, None).await.map_err(|e| daemon("inspect a build container", &e))?;
-        let code = info.state.and_then(|s| s.exit_code).unwrap_or(-1);
+        let state = info.state.unwrap_or_default();
+        if state.oom_killed == Some(true) {
+            let limit = dsl::units::format_size(stage.limits.memory);
+            return Err(failed(format!("`{cmd}` was killed: out of memory (limit {limit})")));
+        }
+        let code = state.exit_code.unwrap_or(-1);
         if code != 0 {
             return Err(failed(format!("`{cmd}` failed with exit code {code}")));
         }
@@ -522,6 +582,9 @@ impl Drop for Container {
     }
 }
 
+/// The longest log line of a build container; longer output is split.
+const MAX_LINE: usize = 64 << 10;
+
 /// Splits a container's output into lines, per stream (0 stdout, 1 stderr).
 #[derive(Default)]
 struct Lines {
@@ -535,6 +598,11 @@ impl Lines {
         while let Some(n) = buf.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = buf.drain(..=n).collect();
             emit(String::from_utf8_lossy(&line[..n]).trim_end_matches('\r'));
+        }
+        // Output without newlines is cut into bounded lines: never an unbounded buffer.
+        while buf.len() >= MAX_LINE {
+            let line: Vec<u8> = buf.drain(..MAX_LINE).collect();
+            emit(&String::from_utf8_lossy(&line));
         }
     }
 
@@ -575,6 +643,46 @@ mod tests {
     fn repository_names_are_valid() {
         assert_eq!(repository("My Flow", "tool_chain"), "my-flow/tool_chain");
         assert_eq!(repository("--", "A..b"), "image/a.b");
+    }
+
+    #[test]
+    fn build_containers_are_hardened_and_only_root_stages_keep_the_build_capabilities() {
+        assert!(runs_as_root(None));
+        assert!(runs_as_root(Some("0")));
+        assert!(runs_as_root(Some("00:1000")));
+        assert!(!runs_as_root(Some("1000:0")));
+        let mut stage = dsl::Stage {
+            name: "s".into(),
+            span: Default::default(),
+            from: "local/busybox:1".into(),
+            env: Default::default(),
+            workdir: None,
+            user: None,
+            copy: Vec::new(),
+            run: Vec::new(),
+            network: dsl::Network::None,
+            limits: dsl::Limits { memory: 64 << 20, pids: 32, millicpus: 500, ..dsl::Limits::stage() },
+        };
+        let root = hardened(&stage);
+        assert_eq!(root.cap_drop, Some(vec!["ALL".to_string()]));
+        assert_eq!(root.cap_add.as_deref().map(<[String]>::len), Some(ROOT_BUILD_CAPABILITIES.len()));
+        assert_eq!(root.security_opt, Some(vec!["no-new-privileges".to_string()]));
+        assert_eq!(root.privileged, Some(false));
+        assert_eq!((root.memory, root.memory_swap), (Some(64 << 20), Some(64 << 20)));
+        assert_eq!((root.pids_limit, root.nano_cpus), (Some(32), Some(500_000_000)));
+        assert_eq!(root.network_mode.as_deref(), Some("none"));
+        stage.user = Some("1000:1000".into());
+        assert_eq!(hardened(&stage).cap_add, Some(Vec::new()));
+    }
+
+    #[test]
+    fn long_output_without_newlines_is_cut_into_bounded_lines() {
+        let mut l = Lines::default();
+        let mut got = Vec::new();
+        l.push(0, &vec![b'x'; MAX_LINE * 2 + 5], |s| got.push(s.len()));
+        assert_eq!(got, [MAX_LINE, MAX_LINE]);
+        l.flush(|s| got.push(s.len()));
+        assert_eq!(got[2], 5);
     }
 
     #[test]

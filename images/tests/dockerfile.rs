@@ -49,7 +49,7 @@ impl Logs {
 }
 
 fn def(dockerfile: &str, context: &str) -> dsl::ImageDef {
-    dsl::ImageDef::Dockerfile { dockerfile: dockerfile.into(), context: context.into() }
+    dsl::ImageDef::Dockerfile { dockerfile: dockerfile.into(), context: context.into(), network: dsl::Network::None }
 }
 
 fn remove_engine_images(workflow: &str) {

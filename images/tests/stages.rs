@@ -35,6 +35,7 @@ fn stage(name: &str, from: &str, copy: Vec<CopySpec>, run: &[&str]) -> Stage {
         copy,
         run: run.iter().map(|s| s.to_string()).collect(),
         network: Network::None,
+        limits: dsl::Limits::stage(),
     }
 }
 

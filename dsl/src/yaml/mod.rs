@@ -6,6 +6,7 @@
 //! This module must not stop at the first problem: it collects them all, sorted by position.
 
 mod caches;
+mod image_checks;
 mod policy_file;
 mod reader;
 mod settings;
@@ -32,9 +33,9 @@ const STEP_KEYS: &[&str] = &[
     "image", "run", "command", "inputs", "outputs", "needs", "env", "secrets", "cache", "caches",
     "profile", "limits", "network", "user", "workdir",
 ];
-const IMAGE_KEYS: &[&str] = &["stages", "dockerfile", "context"];
+const IMAGE_KEYS: &[&str] = &["stages", "dockerfile", "context", "network"];
 const STAGE_KEYS: &[&str] = &[
-    "name", "from", "env", "workdir", "user", "copy", "run", "network",
+    "name", "from", "env", "workdir", "user", "copy", "run", "network", "limits",
 ];
 const COPY_KEYS: &[&str] = &["from", "src", "dst"];
 const PROFILES: &[&str] = &["sandbox", "build"];
@@ -153,6 +154,7 @@ pub(crate) fn resolve(
     }
 
     let mut asks = Vec::new();
+    let mut dockerfiles = Vec::new();
     let images = match top
         .get_node("images")
         .and_then(|n| r.mapping(n, "`images`"))
@@ -164,7 +166,7 @@ pub(crate) fn resolve(
                 check_name(&mut r, k.as_str(), span, "image");
                 Some((
                     k.as_str().to_string(),
-                    image(&mut r, k.as_str(), v, &mut asks)?,
+                    image(&mut r, &dir, k.as_str(), v, &mut asks, &mut dockerfiles)?,
                 ))
             })
             .collect(),
@@ -229,6 +231,16 @@ pub(crate) fn resolve(
         if let Some(d) = policy.check(&src, ask) {
             if reported.insert((ask.span, std::mem::discriminant(&ask.asked))) {
                 r.push(d);
+            }
+        }
+    }
+    // What a Dockerfile reads is checked in the Dockerfile, when the policy restricts images.
+    if policy.image_prefixes().is_some() {
+        for (name, found, span) in &dockerfiles {
+            match found {
+                Ok(Some(df)) => r.diags.extend(image_checks::check_references(policy, name, df)),
+                Ok(None) => {}
+                Err(why) => r.error(*span, format!("image `{name}`: {why}, so the images it reads cannot be checked against the policy"), "cannot be checked", "the policy restricts images (`image_prefixes`): the Dockerfile must be a readable regular file inside the workflow's folder"),
             }
         }
     }
@@ -569,8 +581,20 @@ fn is_env_name(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-/// One entry under `images:`: stages, or a Dockerfile with its context.
-fn image(r: &mut Reader, name: &str, node: &Node, asks: &mut Vec<Ask>) -> Option<ImageDef> {
+/// What loading each Dockerfile image found: (image, its references or why it was not read,
+/// the span of its `dockerfile:` value).
+type Dockerfiles = Vec<(String, Result<Option<image_checks::DockerfileRefs>, String>, Span)>;
+
+/// One entry under `images:`: stages, or a Dockerfile with its context (whose paths are checked
+/// and whose Dockerfile is read here, see `image_checks`).
+fn image(
+    r: &mut Reader,
+    dir: &Path,
+    name: &str,
+    node: &Node,
+    asks: &mut Vec<Ask>,
+    dockerfiles: &mut Dockerfiles,
+) -> Option<ImageDef> {
     let what = format!("image `{name}`");
     let map = r.mapping(node, &what)?;
     r.check_keys(map, IMAGE_KEYS, &what);
@@ -580,17 +604,38 @@ fn image(r: &mut Reader, name: &str, node: &Node, asks: &mut Vec<Ask>) -> Option
                 let span = r.span(node);
                 r.error(span, format!("{what} has `context` but no `dockerfile`"), "context without dockerfile", "`context` belongs with `dockerfile`; stages copy from the workflow's directory");
             }
+            if let Some(n) = map.get_node("network") {
+                let span = r.span(n);
+                r.error(span, format!("{what} has `network` but no `dockerfile`"), "network without dockerfile", "stages each say their own `network:`");
+            }
             Some(ImageDef::Stages(image_stages(r, name, stages, asks)))
         }
         (None, Some(df)) => {
-            let dockerfile = r.string(df, "`dockerfile`")?.0;
+            let dockerfile = r.string(df, "`dockerfile`")?;
             let context = match map.get_node("context") {
-                Some(c) => r.string(c, "`context`")?.0,
-                None => ".".into(),
+                Some(c) => r.string(c, "`context`")?,
+                None => (".".into(), dockerfile.1),
             };
+            let (network, network_span) = match map.get_node("network") {
+                Some(n) => {
+                    let span = r.span(n);
+                    (settings::network(r, n)?, Some(span))
+                }
+                None => (crate::ir::Network::None, None),
+            };
+            asks.push(Ask {
+                who: what.clone(),
+                asked: Asked::Network(network),
+                span: network_span.unwrap_or(dockerfile.1),
+                builtin: network_span.is_none(),
+            });
+            asks.push(Ask { who: what.clone(), asked: Asked::DockerfileBuild, span: dockerfile.1, builtin: false });
+            let found = image_checks::dockerfile_paths(r, dir, name, &dockerfile, &context, network);
+            dockerfiles.push((name.to_string(), found, dockerfile.1));
             Some(ImageDef::Dockerfile {
-                dockerfile,
-                context,
+                dockerfile: dockerfile.0,
+                context: context.0,
+                network,
             })
         }
         (Some(_), Some(df)) => {
@@ -703,17 +748,31 @@ fn image_stages(r: &mut Reader, image: &str, node: &Node, asks: &mut Vec<Ask>) -
                 settings::check_workdir(r, &w, wspan);
                 w
             });
+        let who = format!("image `{image}`, stage `{name}`");
         let user = map
             .get_node("user")
             .and_then(|n| r.string(n, "`user`"))
             .map(|(u, uspan)| {
-                settings::parse_user(r, &u, uspan);
+                // No `user:` or uid 0 is a root build, which the policy may refuse.
+                if settings::parse_user(r, &u, uspan).is_some_and(|p| p.uid == 0) {
+                    asks.push(Ask { who: who.clone(), asked: Asked::RootBuild, span: uspan, builtin: false });
+                }
                 u
             });
-        let network = map
-            .get_node("network")
+        if user.is_none() {
+            asks.push(Ask { who: who.clone(), asked: Asked::RootBuild, span, builtin: true });
+        }
+        let network_node = map.get_node("network");
+        let network = network_node
             .and_then(|n| settings::network(r, n))
             .unwrap_or(crate::ir::Network::None);
+        asks.push(Ask {
+            who: who.clone(),
+            asked: Asked::Network(network),
+            span: network_node.map(|n| r.span(n)).unwrap_or(span),
+            builtin: network_node.is_none(),
+        });
+        let limits = image_checks::stage_limits(r, map, &who, span, asks);
         let run = match map.get_node("run") {
             Some(Node::Scalar(s)) => vec![s.as_str().to_string()],
             Some(n) => r
@@ -747,6 +806,7 @@ fn image_stages(r: &mut Reader, image: &str, node: &Node, asks: &mut Vec<Ask>) -
             copy,
             run,
             network,
+            limits,
         });
     }
     stages

@@ -19,6 +19,7 @@ const POLICY_KEYS: &[&str] = &[
     "networks",
     "image_prefixes",
     "allow_root",
+    "allow_root_builds",
 ];
 
 pub(crate) fn load_policy(path: &Path, text: &str) -> Result<Policy, LoadError> {
@@ -95,6 +96,12 @@ pub(crate) fn load_policy(path: &Path, text: &str) -> Result<Policy, LoadError> 
         let span = r.span(node);
         if let Some(value) = r.bool(node, "`allow_root`") {
             policy.allow_root = Some(Capped { value, span });
+        }
+    }
+    if let Some(node) = top.get_node("allow_root_builds") {
+        let span = r.span(node);
+        if let Some(value) = r.bool(node, "`allow_root_builds`") {
+            policy.allow_root_builds = Some(Capped { value, span });
         }
     }
     let diags = std::mem::take(&mut r.diags);

@@ -59,7 +59,7 @@ impl Layer {
         }
     }
 
-    fn with_limits(l: Limits, span: Option<Span>) -> Layer {
+    pub(super) fn with_limits(l: Limits, span: Option<Span>) -> Layer {
         Layer {
             cpus: val(l.millicpus, span),
             memory: val(l.memory, span),

@@ -49,6 +49,15 @@ pub(crate) fn match_context(dir: &Path, src: &str, dst: &str) -> Result<Vec<Matc
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(format!("copy source `{src}` matches no file")),
         Err(e) => return Err(format!("cannot read `{}`: {e}", root.display())),
     };
+    // `lstat` follows symlinks in the folders above the last component, and a walk follows a
+    // root that is a symlink: the real path must be inside the workflow directory.
+    let inside = match (dir.canonicalize(), root.canonicalize()) {
+        (Ok(top), Ok(real)) => real.starts_with(&top),
+        _ => false,
+    };
+    if !inside || meta.file_type().is_symlink() {
+        return Err(format!("copy source `{src}` leads outside the workflow directory through a symlink (symlinks are never followed)"));
+    }
     let matcher = if glob {
         let pattern = components.join("/");
         let g = GlobBuilder::new(&pattern)
@@ -113,7 +122,7 @@ fn slash_path(p: &Path) -> Option<String> {
 pub(crate) fn context_tar(dir: &Path, files: &[Matched]) -> io::Result<Vec<u8>> {
     let mut tar = tar::Builder::new(Vec::new());
     for m in files {
-        let mut f = File::open(dir.join(&m.file.path))?;
+        let mut f = open_regular(&dir.join(&m.file.path))?;
         let size = f.metadata()?.len();
         let mut header = tar::Header::new_gnu();
         header.set_size(size);
@@ -125,6 +134,17 @@ pub(crate) fn context_tar(dir: &Path, files: &[Matched]) -> io::Result<Vec<u8>> 
         tar.append_data(&mut header, m.target.trim_start_matches('/'), &mut f)?;
     }
     tar.into_inner()
+}
+
+/// Open a file that must be a regular file, never following a symlink in its last component and
+/// never blocking on a FIFO or opening a device.
+pub(crate) fn open_regular(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("`{}` is not a regular file", path.display())));
+    }
+    Ok(f)
 }
 
 /// Re-root a tar downloaded from another stage (`GET /archive?path=src`: its entries start with
@@ -198,6 +218,12 @@ mod tests {
         assert!(match_context(dir.path(), "nothing/*", "/x/").unwrap_err().contains("matches no file"));
         assert!(match_context(dir.path(), "../x", "/x/").is_err());
         assert!(match_context(dir.path(), "/etc/passwd", "/x/").is_err());
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), "s").unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("link")).unwrap();
+        assert!(match_context(dir.path(), "link/secret", "/x").unwrap_err().contains("outside"), "a folder symlink is not followed");
+        assert!(match_context(dir.path(), "link", "/x/").unwrap_err().contains("outside"), "a symlinked root is not walked");
+        assert_eq!(match_context(dir.path(), "**", "/x/").unwrap().len(), 2, "symlinks met in a walk are skipped");
         let tar = context_tar(dir.path(), &all).unwrap();
         assert_eq!(names(&tar), ["src/a.sh", "src/sub/b.sh"]);
     }
