@@ -229,7 +229,8 @@ fn ensure_real_dir(dir: &Path) -> io::Result<()> {
     }
 }
 
-/// Remove the temporary folders of runs whose engine process is gone. Returns their paths.
+/// Remove the temporary folders (and secrets folders) of runs whose engine process is gone.
+/// Returns their paths.
 pub fn remove_stale_run_dirs() -> Vec<PathBuf> {
     let mut removed = Vec::new();
     let Ok(entries) = fs::read_dir(std::env::temp_dir()) else { return removed };
@@ -245,6 +246,8 @@ pub fn remove_stale_run_dirs() -> Vec<PathBuf> {
             removed.push(path);
         }
     }
+    // And the secrets folders of those runs (bind transfer), which live on a tmpfs.
+    removed.extend(crate::docker::cleanup::remove_stale_secret_dirs());
     removed
 }
 
