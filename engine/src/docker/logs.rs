@@ -36,7 +36,7 @@ pub struct Masker {
 }
 
 impl Masker {
-    /// Patterns: every non-empty value whole; each line of a multi-line value (trimmed, at least
+    /// Patterns: every non-empty value whole (and trimmed); each line of a multi-line value (trimmed, at least
     /// [`MIN_PIECE`] bytes), so a key printed line by line or re-wrapped is still masked; and the
     /// standard base64 encoding of each value, whole and as the 76-column lines `base64` prints.
     pub fn new(secrets: &[(String, String)]) -> Masker {
@@ -46,6 +46,11 @@ impl Masker {
                 continue;
             }
             patterns.push(value.clone());
+            // A value read from a file often ends with a newline that printed lines lack.
+            let trimmed = value.trim();
+            if !trimmed.is_empty() && trimmed != value {
+                patterns.push(trimmed.to_string());
+            }
             let pieces = value.lines().map(str::trim).filter(|l| l.len() >= MIN_PIECE);
             patterns.extend(pieces.filter(|l| *l != value).map(str::to_string));
             let encoded = base64::engine::general_purpose::STANDARD.encode(value.as_bytes());
@@ -297,6 +302,12 @@ mod tests {
         let text: Vec<&str> = got.iter().map(|(_, l)| l.as_str()).collect();
         // `ab` is shorter than a piece worth masking alone.
         assert_eq!(text, ["***", "***", "***", "ab", "***", "x *** y", "******"]);
+    }
+
+    #[test]
+    fn a_short_value_with_a_trailing_newline_is_masked() {
+        let got = lines(&[("T", "abc\n")], &[(Stream::Stdout, b"x abc y\n")]);
+        assert_eq!(got, [(Stream::Stdout, "x *** y".to_string())]);
     }
 
     #[test]

@@ -82,6 +82,8 @@ pub fn secrets_bases() -> Vec<PathBuf> {
 }
 
 pub fn is_tmpfs(path: &Path) -> bool {
+    // `f_type`'s integer type differs between platforms.
+    #[allow(clippy::unnecessary_cast)]
     rustix::fs::statfs(path).is_ok_and(|s| s.f_type as i64 == TMPFS_MAGIC)
 }
 
