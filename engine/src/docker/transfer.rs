@@ -103,6 +103,9 @@ pub fn secrets_dir(run_id: &str, secrets: &[(String, String)], user: User) -> io
             .tempdir_in(&base)
         {
             Ok(dir) => {
+                if !is_tmpfs(&base) {
+                    tracing::warn!(folder = %base.display(), "no tmpfs for secrets (neither /dev/shm nor XDG_RUNTIME_DIR): they are written to disk while the step runs");
+                }
                 let mounted = fill_secrets_dir(dir.path(), secrets, user)?;
                 return Ok((dir, mounted));
             }
