@@ -240,9 +240,9 @@ pub fn remove_stale_run_dirs() -> Vec<PathBuf> {
             continue;
         }
         let path = entry.path();
-        let Ok(owner) = fs::read_to_string(path.join(OWNER_FILE)) else { continue };
-        let Some(owner) = crate::owner::Owner::parse(&owner) else { continue };
-        if !owner.is_alive() && fs::remove_dir_all(&path).is_ok() {
+        // Ours only, and the owner file read safely: /tmp is shared, and a planted FIFO named
+        // `owner` must not hang the run.
+        if crate::docker::cleanup::dead_owner(&path, OWNER_FILE) && fs::remove_dir_all(&path).is_ok() {
             removed.push(path);
         }
     }

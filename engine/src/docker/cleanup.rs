@@ -45,7 +45,7 @@ pub fn remove_stale_secret_dirs() -> Vec<PathBuf> {
                 continue;
             }
             let path = entry.path();
-            if dead_owner(&path) && std::fs::remove_dir_all(&path).is_ok() {
+            if dead_owner(&path, OWNER_FILE) && std::fs::remove_dir_all(&path).is_ok() {
                 removed.push(path);
             }
         }
@@ -53,15 +53,16 @@ pub fn remove_stale_secret_dirs() -> Vec<PathBuf> {
     removed
 }
 
-/// Whether `dir` is a real folder of ours whose owner file names an engine that is gone.
-fn dead_owner(dir: &Path) -> bool {
+/// Whether `dir` is a real folder of ours whose owner file (`owner_file`, a regular file of ours,
+/// read without following a symlink or blocking on a FIFO) names an engine that is gone.
+pub fn dead_owner(dir: &Path, owner_file: &str) -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let me = unsafe { libc::geteuid() };
     // Shared places (/dev/shm, /tmp) let anyone create a folder with our prefix.
     if !dir.symlink_metadata().is_ok_and(|m| m.is_dir() && m.uid() == me) {
         return false;
     }
-    let file = dir.join(OWNER_FILE);
+    let file = dir.join(owner_file);
     // A regular file only (never a FIFO or device, never through a symlink), and small.
     if !file.symlink_metadata().is_ok_and(|m| m.is_file() && m.uid() == me) {
         return false;
@@ -144,6 +145,6 @@ mod tests {
         let fifo = std::ffi::CString::new(dir.path().join(OWNER_FILE).into_os_string().into_encoded_bytes()).unwrap();
         // SAFETY: a valid NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
-        assert!(!dead_owner(dir.path()));
+        assert!(!dead_owner(dir.path(), OWNER_FILE));
     }
 }
