@@ -1,7 +1,12 @@
 //! What happens during a run, as a stream of events. The scheduler and executors emit them; the
 //! renderers in `output` turn them into prefixed log lines, a summary table, or JSON lines.
 //!
-//! Events carry no secret values: executors mask secrets before a log line becomes an event.
+//! Events carry no secret values: executors mask secrets before a log line becomes an event, so
+//! the terminal, JSON events, the cache's log digest and the run record's log files all get the
+//! masked text (the record's log is what [`LogCapture`] collected from these events). A `Log`
+//! line is at most 64 KiB plus a `[… N bytes cut]` note (`docker::logs`). Events carry text as
+//! the step wrote it, control characters included: renderers neutralise them
+//! (`output::neutralise`).
 
 use std::sync::{Arc, Mutex};
 

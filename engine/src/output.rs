@@ -6,6 +6,7 @@
 //! pure functions ([`PlainRenderer::render`], [`summary_table`], [`summary_line`]) so that tests
 //! can snapshot it; [`spawn`] only moves their lines to stdout/stderr.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::time::Duration;
@@ -34,6 +35,45 @@ const DIM: &str = "\x1b[2m";
 fn colour_of(step: &str) -> &'static str {
     let hash = step.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
     PALETTE[(hash % PALETTE.len() as u64) as usize]
+}
+
+/// Text from a step (or anything a workflow or a step can influence) made safe for a terminal:
+/// every control character is shown instead of acting. C0 controls become their Unicode control
+/// pictures (ESC `␛`, CR `␍`, BEL `␇`, ...; TAB is kept), DEL becomes `␡`, a C1 control becomes
+/// `␛` plus its 7-bit form (CSI `\u{9b}` is `␛[`), and the bidirectional and line-separator
+/// controls (which can reorder or split what a terminal shows) become `<U+XXXX>`. So no escape
+/// sequence (clear screen, cursor moves, OSC 52 clipboard writes, colours) and no bare carriage
+/// return reaches the terminal, and nothing can overwrite a line's `step |` prefix.
+pub fn neutralise(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(needs_neutralising) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        match c {
+            c if !needs_neutralising(c) => out.push(c),
+            '\u{0}'..='\u{1f}' => out.push(char::from_u32(0x2400 + c as u32).unwrap_or('\u{fffd}')),
+            '\u{7f}' => out.push('\u{2421}'),
+            '\u{80}'..='\u{9f}' => {
+                out.push('\u{241b}');
+                out.push(char::from(c as u8 - 0x40));
+            }
+            c => {
+                let _ = write!(out, "<U+{:04X}>", c as u32);
+            }
+        }
+    }
+    Cow::Owned(out)
+}
+
+fn needs_neutralising(c: char) -> bool {
+    match c {
+        '\t' => false,
+        '\u{0}'..='\u{1f}' | '\u{7f}'..='\u{9f}' => true,
+        // Bidirectional embeddings, overrides and isolates; line and paragraph separators.
+        '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{2028}' | '\u{2029}' => true,
+        _ => false,
+    }
 }
 
 /// Sizes for people: exact units when round (`512m`), else one decimal (`23.5g`, a host's
@@ -78,11 +118,12 @@ impl PlainRenderer {
     /// The step name padded to the common width, coloured when enabled (padding stays outside
     /// the escape codes so that columns line up).
     fn prefix(&mut self, step: &str) -> String {
+        let step = neutralise(step);
         let len = step.chars().count();
         self.width = self.width.max(len);
         let pad = " ".repeat(self.width - len);
         if self.color {
-            format!("\x1b[{}m{step}{RESET}{pad} |", colour_of(step))
+            format!("\x1b[{}m{step}{RESET}{pad} |", colour_of(&step))
         } else {
             format!("{step}{pad} |")
         }
@@ -117,15 +158,16 @@ impl PlainRenderer {
     pub fn render(&mut self, event: &Event) -> Vec<String> {
         match event {
             Event::RunStarted { run_id, workflow, steps } => {
-                self.width = steps.iter().map(|s| s.chars().count()).max().unwrap_or(0).max(self.width);
+                self.width = steps.iter().map(|s| neutralise(s).chars().count()).max().unwrap_or(0).max(self.width);
                 let n = steps.len();
+                let (run_id, workflow) = (neutralise(run_id), neutralise(workflow));
                 vec![format!("run {run_id}: workflow `{workflow}`, {n} step{}", if n == 1 { "" } else { "s" })]
             }
             Event::StepStarted { step } => {
                 let arrow = if self.color { self.paint(DIM, "▶") } else { ">>".into() };
                 vec![format!("{} {arrow} started", self.prefix(step))]
             }
-            Event::Log { step, line, .. } => vec![format!("{} {line}", self.prefix(step))],
+            Event::Log { step, line, .. } => vec![format!("{} {}", self.prefix(step), neutralise(line))],
             Event::StepFinished { step, status, duration_ms, .. } => {
                 let what = if *status == StepStatus::Cached {
                     "restored from cache".to_string()
@@ -144,12 +186,12 @@ impl PlainRenderer {
                 );
                 // "cancelled after 2.0s: cancelled" would say it twice.
                 if reason != status.as_str() {
-                    let _ = write!(line, ": {reason}");
+                    let _ = write!(line, ": {}", neutralise(reason));
                 }
                 vec![line]
             }
             Event::StepSkipped { step, reason } => {
-                vec![format!("{} {} skipped: {reason}", self.prefix(step), self.marker(StepStatus::Skipped))]
+                vec![format!("{} {} skipped: {}", self.prefix(step), self.marker(StepStatus::Skipped), neutralise(reason))]
             }
             Event::RunFinished { steps, duration_ms, .. } => {
                 let mut lines: Vec<String> = vec![String::new()];
@@ -169,11 +211,11 @@ pub fn summary_table(steps: &[StepSummary]) -> String {
         .map(|s| {
             let ran = !matches!(s.status, StepStatus::Skipped | StepStatus::Cached);
             [
-                s.step.clone(),
+                neutralise(&s.step).into_owned(),
                 s.status.as_str().to_string(),
                 if ran { fmt_secs(s.duration_ms) } else { "-".into() },
                 s.exit_code.map_or_else(|| "-".into(), |c| c.to_string()),
-                s.reason.clone().unwrap_or_default(),
+                neutralise(s.reason.as_deref().unwrap_or_default()).into_owned(),
             ]
         })
         .collect();
@@ -222,9 +264,24 @@ pub fn summary_line(steps: &[StepSummary], total: Duration) -> String {
 }
 
 /// One event as one line of JSON (the shape is `Event`'s serde form, see `docs/events.md`).
+/// JSON escapes C0 controls itself; DEL, C1 and the characters [`neutralise`] shows as
+/// `<U+XXXX>` are escaped as `\uXXXX` too, so that no control reaches a terminal the JSON is
+/// printed on. (Only strings hold such characters, and the escape is the same string.)
 pub fn json_line(event: &Event) -> String {
     // Serialising plain data with string keys cannot fail; an empty object keeps the stream valid.
-    serde_json::to_string(event).unwrap_or_else(|_| "{}".into())
+    let line = serde_json::to_string(event).unwrap_or_else(|_| "{}".into());
+    if !line.chars().any(needs_neutralising) {
+        return line;
+    }
+    let mut out = String::with_capacity(line.len() + 16);
+    for c in line.chars() {
+        if needs_neutralising(c) {
+            let _ = write!(out, "\\u{:04x}", c as u32);
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Drains `rx` until every sender is gone. Plain: log lines to stdout, status and summary lines
@@ -379,6 +436,48 @@ mod tests {
         assert_eq!(lines[1], r#"{"event":"step_started","step":"compile"}"#);
         assert!(lines.iter().all(|l| !l.contains('\n')));
         insta::assert_snapshot!(lines.join("\n"));
+    }
+
+    #[test]
+    fn control_characters_of_steps_are_shown_not_obeyed() {
+        let mut r = PlainRenderer::new(false);
+        let hostile = "a\x1b[2Jb\x1b]52;c;SGVsbG8=\x07c\rtrusted | ok succeeded\u{9b}1A\x7f\u{202e}x\ty";
+        let lines = r.render(&Event::Log { step: "evil".into(), stream: Stream::Stdout, line: hostile.into() });
+        assert_eq!(lines, ["evil | a␛[2Jb␛]52;c;SGVsbG8=␇c␍trusted | ok succeeded␛[1A␡<U+202E>x\ty"]);
+        let failed = Event::StepFailed {
+            step: "s\x1b[1A".into(),
+            status: StepStatus::Failed,
+            duration_ms: 5,
+            exit_code: None,
+            reason: "output `x\ry` is missing".into(),
+        };
+        let skipped = Event::StepSkipped { step: "t".into(), reason: "needs `\x1b]0;x\x07`".into() };
+        let started = Event::RunStarted { run_id: "r\x1bc".into(), workflow: "w\x1b[2J".into(), steps: vec!["s\x1b[1A".into()] };
+        let finished = Event::RunFinished {
+            run_id: "r".into(),
+            status: RunStatus::Failed,
+            duration_ms: 5,
+            steps: vec![StepSummary {
+                step: "s\x1b[1A".into(),
+                status: StepStatus::Failed,
+                duration_ms: 5,
+                exit_code: None,
+                reason: Some("\x1b[31mred\r".into()),
+            }],
+        };
+        for event in [started, failed, skipped, finished] {
+            for line in r.render(&event) {
+                assert!(!line.chars().any(|c| c.is_control()), "{line:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn json_lines_carry_no_raw_control_characters() {
+        let line = json_line(&Event::Log { step: "s".into(), stream: Stream::Stdout, line: "a\x1b[2J\u{9b}\x7f\u{2028}\rb".into() });
+        assert!(!line.chars().any(|c| c.is_control() || c == '\u{2028}'), "{line}");
+        let back: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(back["line"], "a\x1b[2J\u{9b}\x7f\u{2028}\rb");
     }
 
     #[tokio::test]

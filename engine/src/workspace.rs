@@ -229,7 +229,8 @@ fn ensure_real_dir(dir: &Path) -> io::Result<()> {
     }
 }
 
-/// Remove the temporary folders of runs whose engine process is gone. Returns their paths.
+/// Remove the temporary folders (and secrets folders) of runs whose engine process is gone.
+/// Returns their paths.
 pub fn remove_stale_run_dirs() -> Vec<PathBuf> {
     let mut removed = Vec::new();
     let Ok(entries) = fs::read_dir(std::env::temp_dir()) else { return removed };
@@ -239,12 +240,14 @@ pub fn remove_stale_run_dirs() -> Vec<PathBuf> {
             continue;
         }
         let path = entry.path();
-        let Ok(owner) = fs::read_to_string(path.join(OWNER_FILE)) else { continue };
-        let Some(owner) = crate::owner::Owner::parse(&owner) else { continue };
-        if !owner.is_alive() && fs::remove_dir_all(&path).is_ok() {
+        // Ours only, and the owner file read safely: /tmp is shared, and a planted FIFO named
+        // `owner` must not hang the run.
+        if crate::docker::cleanup::dead_owner(&path, OWNER_FILE) && fs::remove_dir_all(&path).is_ok() {
             removed.push(path);
         }
     }
+    // And the secrets folders of those runs (bind transfer), which live on a tmpfs.
+    removed.extend(crate::docker::cleanup::remove_stale_secret_dirs());
     removed
 }
 

@@ -163,9 +163,11 @@ impl DockerExecutor {
                 transfer::prepare_bind_workspace(&workspace, user).map_err(|e| host_failure("prepare the workspace", &e))?;
                 let mut mounts = vec![bind_mount(&workspace, "/workspace", false)];
                 if !job.secrets.is_empty() {
-                    let dir = transfer::secrets_dir(&job.secrets, user).map_err(|e| host_failure("write the secrets", &e))?;
-                    mounts.push(bind_mount(dir.path(), "/run/secrets", true));
+                    let (dir, source) =
+                        transfer::secrets_dir(&job.run_id, &job.secrets, user).map_err(|e| host_failure("write the secrets", &e))?;
+                    // Registered first: removed on every path from here on.
                     res.temp_dir(dir);
+                    mounts.push(bind_mount(&source, "/run/secrets", true));
                 }
                 for cache in &job.caches {
                     let dir = transfer::prepare_cache_dir(&cache.host_dir, user)

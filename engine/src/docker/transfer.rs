@@ -51,26 +51,98 @@ pub fn prepare_cache_dir(dir: &Path, user: User) -> io::Result<PathBuf> {
     Ok(dir)
 }
 
-/// A 0700 folder holding one 0400 file per secret, owned by the step user (when we are root;
-/// otherwise readable by all, the best an unprivileged engine can do), for a read-only bind.
-pub fn secrets_dir(secrets: &[(String, String)], user: User) -> io::Result<TempDir> {
-    let dir = tempfile::Builder::new().prefix("engine-secrets-").tempdir()?;
+/// Prefix of a run's secrets folder: `<base>/engine-secrets-<run id>-<random>/`.
+pub const SECRETS_PREFIX: &str = "engine-secrets-";
+/// The file in a secrets folder naming the engine that owns it (as in the run's temp folder).
+pub const OWNER_FILE: &str = "owner";
+/// The folder inside a secrets folder that is bind-mounted at /run/secrets.
+const MOUNTED: &str = "s";
+/// `statfs` type of a tmpfs.
+const TMPFS_MAGIC: i64 = 0x0102_1994;
+
+/// Where secrets folders may live, best first: `/dev/shm` when it is a tmpfs, then
+/// `$XDG_RUNTIME_DIR` (a per-user tmpfs on systemd hosts) when it is a folder owned by us, then
+/// the temp dir (on disk: the last resort, see the README). Stale folders are looked for in all.
+pub fn secrets_bases() -> Vec<PathBuf> {
+    let mut bases = Vec::new();
+    let shm = Path::new("/dev/shm");
+    if is_tmpfs(shm) && shm.symlink_metadata().is_ok_and(|m| m.is_dir()) {
+        bases.push(shm.to_path_buf());
+    }
+    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let me = unsafe { libc::geteuid() };
+        if dir.is_absolute() && dir.symlink_metadata().is_ok_and(|m| m.is_dir() && m.uid() == me) {
+            bases.push(dir);
+        }
+    }
+    bases.push(std::env::temp_dir());
+    bases.dedup();
+    bases
+}
+
+pub fn is_tmpfs(path: &Path) -> bool {
+    // `f_type`'s integer type differs between platforms.
+    #[allow(clippy::unnecessary_cast)]
+    rustix::fs::statfs(path).is_ok_and(|s| s.f_type as i64 == TMPFS_MAGIC)
+}
+
+/// A step's secrets on the host, for a read-only bind mount at /run/secrets: a 0700 folder owned
+/// by the engine's user, named after the run and holding an `owner` file (so that the next run
+/// or `engine clean` removes it if this engine dies), on a tmpfs when the host has one (see
+/// [`secrets_bases`]). Inside it, the mounted folder with one file per secret, given to the step
+/// user (0500 folder, 0400 files) when we are root; otherwise readable by all, which only the
+/// container can reach: no other host user can traverse the 0700 parent, whatever its uid.
+/// The folder is removed when the returned `TempDir` is dropped; the path is the mount source.
+pub fn secrets_dir(run_id: &str, secrets: &[(String, String)], user: User) -> io::Result<(TempDir, PathBuf)> {
+    let mut last = None;
+    for base in secrets_bases() {
+        match tempfile::Builder::new()
+            .prefix(&format!("{SECRETS_PREFIX}{run_id}-"))
+            .permissions(fs::Permissions::from_mode(0o700))
+            .tempdir_in(&base)
+        {
+            Ok(dir) => {
+                if !is_tmpfs(&base) {
+                    tracing::warn!(folder = %base.display(), "no tmpfs for secrets (neither /dev/shm nor XDG_RUNTIME_DIR): they are written to disk while the step runs");
+                }
+                let mounted = fill_secrets_dir(dir.path(), secrets, user)?;
+                return Ok((dir, mounted));
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::other("no folder for secrets")))
+}
+
+fn fill_secrets_dir(dir: &Path, secrets: &[(String, String)], user: User) -> io::Result<PathBuf> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    // Before anything secret is written: whatever happens next, a later run can clean it up.
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    fs::write(dir.join(OWNER_FILE), crate::owner::Owner::current().to_string())?;
     let root = running_as_root();
+    let mounted = dir.join(MOUNTED);
+    fs::create_dir(&mounted)?;
     for (name, value) in secrets {
-        let path = dir.path().join(name);
-        fs::write(&path, value)?;
-        fs::set_permissions(&path, fs::Permissions::from_mode(if root { 0o400 } else { 0o444 }))?;
+        let path = mounted.join(name);
+        // Created with its final mode: never readable by anyone else, even for an instant.
+        let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(if root { 0o400 } else { 0o444 }).open(&path)?;
+        file.write_all(value.as_bytes())?;
         if root {
-            std::os::unix::fs::chown(&path, Some(user.uid), Some(user.gid))?;
+            std::os::unix::fs::fchown(&file, Some(user.uid), Some(user.gid))?;
+        } else {
+            // The mode given at creation is narrowed by the umask.
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o444))?;
         }
     }
     if root {
-        std::os::unix::fs::chown(dir.path(), Some(user.uid), Some(user.gid))?;
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o500))?;
+        std::os::unix::fs::chown(&mounted, Some(user.uid), Some(user.gid))?;
+        fs::set_permissions(&mounted, fs::Permissions::from_mode(0o500))?;
     } else {
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755))?;
+        fs::set_permissions(&mounted, fs::Permissions::from_mode(0o755))?;
     }
-    Ok(dir)
+    Ok(mounted)
 }
 
 /// The tar uploaded at `/` of a (never started) helper container that has the workspace volume
