@@ -127,6 +127,11 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<RunStatus,
     let plan = plan::plan(workflow.clone(), &cfg.targets, budget)?;
     tracing::debug!(elapsed = ?started.elapsed(), "planned");
 
+    // The output folder is checked (and created) before anything is written anywhere.
+    let out_path = cfg.out.clone().unwrap_or_else(|| workflow.dir.join(".engine").join("out"));
+    let out_dir = workspace::open_out_dir(&workflow.dir, cfg.out.as_deref())
+        .map_err(|e| EnvironmentError(format!("cannot use the output folder {}: {e}", out_path.display())))?;
+
     let store = open_store(&cfg.cache_dir)?;
     let prepared = prepare(&docker, &store, &plan).await?;
     tracing::debug!(elapsed = ?started.elapsed(), "prepared");
@@ -147,9 +152,6 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<RunStatus,
         }
     }
 
-    let out_path = cfg.out.clone().unwrap_or_else(|| workflow.dir.join(".engine").join("out"));
-    let out_dir = workspace::open_out_dir(&workflow.dir, cfg.out.as_deref())
-        .map_err(|e| EnvironmentError(format!("cannot use the output folder {}: {e}", out_path.display())))?;
     // One run at a time per output folder: a second one waits here (Ctrl-C still ends it).
     let Some(_out_lock) = lock_out_dir(&out_dir, &cancel).await? else {
         return Ok(RunStatus::Cancelled);
