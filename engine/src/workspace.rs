@@ -364,9 +364,14 @@ pub fn remove_stale_run_dirs() -> Vec<PathBuf> {
         if !name.to_string_lossy().starts_with(RUN_DIR_PREFIX) {
             continue;
         }
+        // Anyone can create files in the temp dir: only a real folder (not a symlink) is
+        // considered, and its owner file only if it is a small regular file (never a FIFO).
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
         let path = entry.path();
-        let Ok(owner) = fs::read_to_string(path.join(OWNER_FILE)) else { continue };
-        let Some(owner) = crate::owner::Owner::parse(&owner) else { continue };
+        let Ok(owner) = cache::safe::read_bounded(&path.join(OWNER_FILE), 4096) else { continue };
+        let Some(owner) = crate::owner::Owner::parse(&String::from_utf8_lossy(&owner)) else { continue };
         if !owner.is_alive() && fs::remove_dir_all(&path).is_ok() {
             removed.push(path);
         }
