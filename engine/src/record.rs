@@ -403,12 +403,19 @@ pub enum RecordError {
 }
 
 /// Every readable record under `<workflow dir>/.engine/runs`, oldest first. Folders without a
-/// readable record (a run killed before its first write) are skipped.
+/// readable record (a run killed before its first write) are skipped. Symlinks are never
+/// followed: a `.engine` or `.engine/runs` that is one holds no runs, nor does a run folder that
+/// is one.
 pub fn list(workflow_dir: &Path) -> Vec<RunRecord> {
+    let real_dir = |p: &Path| fs::symlink_metadata(p).is_ok_and(|m| m.is_dir());
+    if !real_dir(&workflow_dir.join(".engine")) || !real_dir(&runs_dir(workflow_dir)) {
+        return Vec::new();
+    }
     let mut runs: Vec<RunRecord> = fs::read_dir(runs_dir(workflow_dir))
         .into_iter()
         .flatten()
         .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
         .filter_map(|e| read(&e.path().join("record.json")).ok())
         .collect();
     // Run ids start with the start time in hex seconds; the timestamp breaks no ties better.
