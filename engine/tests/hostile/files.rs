@@ -12,21 +12,12 @@ use std::time::{Duration, Instant};
 #[allow(unused_imports)]
 use crate::common::{hostile::*, *};
 
-/// The harness's escape check looks at every `engine-*` folder in the temp dir, and takes the
-/// stand-in host folders of other tests running meanwhile (in this process or another one on the
-/// machine) for leaks: the cases of this module run one at a time, in a temp dir of this
-/// process's own (the engines it starts inherit it).
+/// The harness's escape check looks at every `engine-*` folder in the temp dir, and would take
+/// the stand-in host folder of another case of this module running meanwhile for a leak: the
+/// cases of this module run one at a time.
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
-    static TMP: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    TMP.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("hostile-files-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::env::set_var("TMPDIR", &dir);
-        dir
-    });
-    guard
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Generous for a run that starts one busybox container; a hang (the findings) never ends.
