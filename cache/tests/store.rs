@@ -682,7 +682,7 @@ fn a_symlink_input_is_kept_as_its_target_text_never_what_it_points_to() {
     symlink(host.path().join("secret"), tree.path().join("link")).unwrap();
     let target = host.path().join("secret").into_os_string().into_encoded_bytes();
     let input = cache::InputEntry { path: "link".into(), mode: cache::hash::SYMLINK_MODE, digest: Digest::of(&target) };
-    assert!(store.store_inputs(tree.path(), &[input.clone()]).unwrap().is_empty());
+    assert!(store.store_inputs(tree.path(), std::slice::from_ref(&input)).unwrap().is_empty());
     assert_eq!(store.read_blob(&input.digest).unwrap(), target);
     let leaked = walkdir::WalkDir::new(d.path())
         .into_iter()

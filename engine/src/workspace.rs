@@ -224,10 +224,9 @@ pub fn open_out_dir(workflow_dir: &Path, out: Option<&Path>) -> io::Result<Pinne
     let path = match out {
         None => cache::safe::ensure_own_dirs(workflow_dir, &[".engine", "out"])?,
         Some(dir) => {
-            match dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-                Some(parent) => fs::create_dir_all(parent)
-                    .map_err(|e| io::Error::new(e.kind(), format!("cannot create {}: {e}", parent.display())))?,
-                None => {}
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                fs::create_dir_all(parent)
+                    .map_err(|e| io::Error::new(e.kind(), format!("cannot create {}: {e}", parent.display())))?;
             }
             cache::safe::ensure_own_dir(dir)?;
             dir.to_path_buf()
