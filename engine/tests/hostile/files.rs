@@ -225,7 +225,7 @@ fn workspace_of(run_id: &str, step: &str) -> PathBuf {
 const WAITING_STEP: &str = "    run: while [ ! -e go ]; do sleep 0.1; done; mkdir -p o && echo fresh > o/x\n    outputs: [o]\n";
 
 #[test]
-fn swapping_the_output_folder_for_a_symlink_during_a_run_redirects_nothing() {
+fn swapping_the_output_and_runs_folders_for_symlinks_during_a_run_redirects_nothing() {
     let _serial = serial();
     let host = Host::new();
     let p = Project::new(&workflow(WAITING_STEP));
@@ -234,17 +234,24 @@ fn swapping_the_output_folder_for_a_symlink_during_a_run_redirects_nothing() {
     let mut child = p.cmd(&["run", "--output", "json"]).env("ENGINE_TRANSFER", "bind").stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
     let run_id = first_event_run_id(&mut child);
     wait_for("the step's container", RUN_BOUND, || !containers(&format!("engine.run={run_id}")).is_empty());
-    // The swap: the real folder moves away, a symlink to the victim takes its place.
-    std::fs::rename(p.path().join(".engine/out"), p.path().join(".engine/out.real")).unwrap();
-    symlink(host.victim(), p.path().join(".engine/out")).unwrap();
+    // The swap: the real folders move away, symlinks to the victim take their places.
+    for dir in ["out", "runs"] {
+        std::fs::rename(p.path().join(".engine").join(dir), p.path().join(format!(".engine/{dir}.real"))).unwrap();
+        symlink(host.victim(), p.path().join(".engine").join(dir)).unwrap();
+    }
     std::fs::write(workspace_of(&run_id, "a").join("go"), "").unwrap();
     let o = wait_within(child, RUN_BOUND);
     assert_eq!(code(&o), 0, "{}", stderr_of(&o));
     // The export went into the folder the run opened, wherever it is now; not through the link.
     assert_eq!(std::fs::read_to_string(p.path().join(".engine/out.real/a/o/x")).unwrap(), "fresh\n");
     assert!(!p.path().join(".engine/out.real/a/stale.txt").exists());
-    std::fs::remove_file(p.path().join(".engine/out")).unwrap();
-    std::fs::rename(p.path().join(".engine/out.real"), p.path().join(".engine/out")).unwrap();
+    // The record too: finished in the run's own folder.
+    let record = std::fs::read_to_string(p.path().join(format!(".engine/runs.real/{run_id}/record.json"))).unwrap();
+    assert!(record.contains("\"status\": \"succeeded\""), "{record}");
+    for dir in ["out", "runs"] {
+        std::fs::remove_file(p.path().join(".engine").join(dir)).unwrap();
+        std::fs::rename(p.path().join(format!(".engine/{dir}.real")), p.path().join(".engine").join(dir)).unwrap();
+    }
     assert_nothing_escaped(&p, &host, &[]);
 }
 
