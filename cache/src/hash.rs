@@ -47,10 +47,11 @@ pub fn hash_file(path: &Path) -> io::Result<Digest> {
     hash_open(crate::safe::open_regular(path, true)?)
 }
 
-/// [`hash_file`] that refuses a symlink instead of following it (input files: a symlink input
-/// is hashed as its target text, so one swapped in after `lstat` must not be read through).
-pub fn hash_file_nofollow(path: &Path) -> io::Result<Digest> {
-    hash_open(crate::safe::open_regular(path, false)?)
+/// [`hash_file`] for the input `root/<rel>`, following no symlink below `root` (a symlink input
+/// is hashed as its target text, so one swapped in after `lstat`, as the file or as a folder on
+/// the way, must not be read through).
+pub fn hash_input_file(root: &Path, rel: &str) -> io::Result<Digest> {
+    hash_open(crate::safe::open_regular_beneath(root, rel)?)
 }
 
 fn hash_open(mut file: File) -> io::Result<Digest> {
@@ -236,7 +237,7 @@ pub fn hash_inputs(root: &Path, paths: &[String], stat: &mut StatCache) -> io::R
             let digest = if seen.mode == SYMLINK_MODE {
                 fs::read_link(&full).map(|target| Digest::of(target.as_os_str().as_bytes()))
             } else {
-                hash_file_nofollow(&full)
+                hash_input_file(root, rel)
             };
             digest.map(|digest| (i, StatEntry { digest, ..seen })).map_err(|e| named(rel, e))
         })

@@ -80,6 +80,49 @@ pub fn open_regular(path: &Path, follow: bool) -> io::Result<File> {
     Ok(File::from(fd))
 }
 
+/// Open `root/<rel>` for reading only if it is a regular file, without following a symlink in
+/// any component below `root` (`openat2` with `RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS`): a folder of
+/// the tree swapped for a symlink after it was walked cannot lead the read out of `root`. `root`
+/// itself is the user's and may be reached through symlinks. On kernels without `openat2`, every
+/// component of `rel` is checked with `lstat` first (racy, but still never a FIFO or device).
+pub fn open_regular_beneath(root: &Path, rel: &str) -> io::Result<File> {
+    use rustix::fs::ResolveFlags;
+    let full = root.join(rel);
+    let meta = fs::symlink_metadata(&full)?;
+    if !meta.file_type().is_file() {
+        return Err(not_regular(&full, describe(&meta.file_type())));
+    }
+    let root_fd = rustix::fs::open(root, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+    let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NOFOLLOW;
+    let fd = match rustix::fs::openat2(&root_fd, rel, flags, Mode::empty(), ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::NOSYS) | Err(rustix::io::Errno::PERM) => {
+            let mut at = root.to_path_buf();
+            for c in Path::new(rel).components() {
+                at.push(c);
+                if fs::symlink_metadata(&at)?.file_type().is_symlink() {
+                    return Err(not_regular(&at, "a symlink"));
+                }
+            }
+            return open_regular(&full, false);
+        }
+        Err(rustix::io::Errno::LOOP) | Err(rustix::io::Errno::XDEV) => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{}: a symlink on the way, not followed", full.display()),
+            ))
+        }
+        Err(e) => return Err(io::Error::new(io::Error::from(e).kind(), format!("{}: {e}", full.display()))),
+    };
+    let st = rustix::fs::fstat(&fd)?;
+    let ft = FileType::from_raw_mode(st.st_mode);
+    if ft != FileType::RegularFile {
+        return Err(not_regular(&full, describe_raw(ft)));
+    }
+    rustix::fs::fcntl_setfl(&fd, OFlags::empty())?;
+    Ok(File::from(fd))
+}
+
 /// The content of the regular file `path` (symlinks not followed), refusing more than `max`
 /// bytes: everything the engine reads back from its own folders is bounded.
 pub fn read_bounded(path: &Path, max: u64) -> io::Result<Vec<u8>> {
@@ -251,6 +294,13 @@ mod tests {
         symlink(d.path().join("f"), d.path().join("l")).unwrap();
         assert!(open_regular(&d.path().join("l"), false).unwrap_err().to_string().contains("symlink"));
         assert!(open_regular(&d.path().join("l"), true).is_ok());
+        // Beneath a root: a folder on the way that is a symlink is not followed.
+        fs::create_dir(d.path().join("sub")).unwrap();
+        fs::write(d.path().join("sub/f"), "y").unwrap();
+        assert!(open_regular_beneath(d.path(), "sub/f").is_ok());
+        symlink(d.path().join("sub"), d.path().join("via")).unwrap();
+        assert!(open_regular_beneath(d.path(), "via/f").is_err());
+        assert!(open_regular_beneath(d.path(), "fifo").unwrap_err().to_string().contains("FIFO"));
         assert_eq!(read_bounded(&d.path().join("f"), 1).unwrap(), b"x");
         assert!(read_bounded(&d.path().join("f"), 0).is_err());
     }

@@ -378,8 +378,9 @@ impl Store {
                 }
                 // Not synced one by one (100,000 fsyncs take minutes): these blobs serve replays
                 // only, which re-hash them before use.
-                let (digest, _) =
-                    fsio::store_file_blob_with(&tmp, &src, |d| self.blob_path(d), false)?;
+                // Opened without following any symlink below `root`: not even a folder on the way.
+                let file = crate::safe::open_regular_beneath(root, &input.path).map_err(at(&src))?;
+                let (digest, _) = fsio::store_open_blob(&tmp, file, &src, |d| self.blob_path(d), false)?;
                 Ok((digest != input.digest).then(|| input.path.clone()))
             })
             .collect();

@@ -208,7 +208,8 @@ impl RunDir {
 pub fn stage(source_dir: &Path, inputs: &[String], upstream: &[PathBuf], dest: &Path) -> io::Result<()> {
     fs::create_dir_all(dest)?;
     for rel in inputs {
-        copy_entry(&source_dir.join(rel), &dest.join(rel))?;
+        // Read without following a symlink anywhere below the workflow folder.
+        copy_entry_with(&source_dir.join(rel), &dest.join(rel), || cache::safe::open_regular_beneath(source_dir, rel))?;
     }
     for up in upstream {
         copy_tree(up, dest)?;
@@ -260,10 +261,7 @@ pub fn try_lock_out(out: &PinnedDir) -> io::Result<Result<OutLock, Option<u32>>>
 /// (`1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF`).
 fn lock_holder(fd: &std::os::fd::OwnedFd) -> Option<u32> {
     let inode = rustix::fs::fstat(fd).ok()?.st_ino;
-    let locks = cache::safe::read_bounded(Path::new("/proc/locks"), 16 << 20).ok().or_else(|| {
-        // /proc files report size 0 and are not regular in every kernel: read directly.
-        fs::read("/proc/locks").ok()
-    })?;
+    let locks = cache::safe::read_bounded(Path::new("/proc/locks"), 16 << 20).ok()?;
     String::from_utf8_lossy(&locks).lines().find_map(|line| {
         let f: Vec<&str> = line.split_whitespace().collect();
         let (kind, pid, dev) = (f.get(1)?, f.get(4)?, f.get(5)?);
@@ -310,6 +308,11 @@ fn copy_tree(src: &Path, dest: &Path) -> io::Result<()> {
 /// regular file is read (a FIFO or device swapped in is refused, never opened blocking), and the
 /// copy is created new (`O_EXCL|O_NOFOLLOW`): never written through something already there.
 fn copy_entry(src: &Path, dest: &Path) -> io::Result<()> {
+    copy_entry_with(src, dest, || cache::safe::open_regular(src, false))
+}
+
+/// [`copy_entry`], opening a regular file's source with `open`.
+fn copy_entry_with(src: &Path, dest: &Path, open: impl FnOnce() -> io::Result<fs::File>) -> io::Result<()> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     if let Some(parent) = dest.parent() {
         ensure_real_dir(parent)?;
@@ -323,7 +326,7 @@ fn copy_entry(src: &Path, dest: &Path) -> io::Result<()> {
     if meta.file_type().is_symlink() {
         std::os::unix::fs::symlink(fs::read_link(src)?, dest)?;
     } else {
-        let mut from = cache::safe::open_regular(src, false)?;
+        let mut from = open()?;
         let mode = from.metadata()?.permissions().mode() & 0o7777;
         let mut to = fs::OpenOptions::new()
             .write(true)

@@ -130,8 +130,20 @@ pub(super) fn store_file_blob_with(
     blob_path: impl Fn(&Digest) -> std::path::PathBuf,
     sync: bool,
 ) -> Result<(Digest, u64), StoreError> {
-    let mut tmp = new_temp(tmp_dir)?;
     let file = open_regular(src, false).map_err(at(src))?;
+    store_open_blob(tmp_dir, file, src, blob_path, sync)
+}
+
+/// [`store_file_blob_with`] for a file already opened (and checked to be a regular file);
+/// `src` names it in errors.
+pub(super) fn store_open_blob(
+    tmp_dir: &Path,
+    file: std::fs::File,
+    src: &Path,
+    blob_path: impl Fn(&Digest) -> std::path::PathBuf,
+    sync: bool,
+) -> Result<(Digest, u64), StoreError> {
+    let mut tmp = new_temp(tmp_dir)?;
     let (digest, size) = {
         let out = tmp.as_file_mut();
         hash_stream(file, |chunk| out.write_all(chunk)).map_err(at(src))?
