@@ -41,9 +41,20 @@ const RACY_WINDOW: Duration = Duration::from_secs(2);
 /// faster, and loading it is on the path of every no-op re-run.
 const STAT_FILE_VERSION: u32 = 2;
 
-/// SHA-256 of a file's content (streamed, not read whole into memory).
+/// SHA-256 of a file's content (streamed, not read whole into memory). A symlink is followed,
+/// but only a regular file is read: a FIFO, socket or device is an error, never a hang.
 pub fn hash_file(path: &Path) -> io::Result<Digest> {
-    let mut file = File::open(path)?;
+    hash_open(crate::safe::open_regular(path, true)?)
+}
+
+/// [`hash_file`] for the input `root/<rel>`, following no symlink below `root` (a symlink input
+/// is hashed as its target text, so one swapped in after `lstat`, as the file or as a folder on
+/// the way, must not be read through).
+pub fn hash_input_file(root: &Path, rel: &str) -> io::Result<Digest> {
+    hash_open(crate::safe::open_regular_beneath(root, rel)?)
+}
+
+fn hash_open(mut file: File) -> io::Result<Digest> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; BUF_SIZE];
     loop {
@@ -136,7 +147,7 @@ impl StatCache {
             .unwrap_or_else(|_| root.to_path_buf());
         let name = format!("{}.bin", Digest::of(root.as_os_str().as_bytes()).hex());
         let file = cache_dir.join("v1").join("stat").join(name);
-        let entries = fs::read(&file)
+        let entries = crate::safe::read_bounded(&file, crate::store::MAX_META_BYTES)
             .ok()
             .and_then(|bytes| postcard::from_bytes::<StatFile>(&bytes).ok())
             .filter(|f| f.version == STAT_FILE_VERSION)
@@ -226,7 +237,7 @@ pub fn hash_inputs(root: &Path, paths: &[String], stat: &mut StatCache) -> io::R
             let digest = if seen.mode == SYMLINK_MODE {
                 fs::read_link(&full).map(|target| Digest::of(target.as_os_str().as_bytes()))
             } else {
-                hash_file(&full)
+                hash_input_file(root, rel)
             };
             digest.map(|digest| (i, StatEntry { digest, ..seen })).map_err(|e| named(rel, e))
         })

@@ -8,6 +8,7 @@
 pub mod digest;
 pub mod hash;
 pub mod key;
+pub mod safe;
 pub mod store;
 
 pub use digest::Digest;

@@ -41,6 +41,9 @@ pub use fsio::sanitise;
 const LAYOUT: [&str; 7] = ["blobs", "actions", "inputs", "last", "stat", "mounts", "tmp"];
 /// Permission bits kept for outputs (including setuid/setgid/sticky), not the file type.
 const MODE_BITS: u32 = 0o7777;
+/// The most the store reads of a manifest, input manifest, last-run record, stat cache or log
+/// blob: everything read from the cache directory is bounded (a larger file is a miss).
+pub const MAX_META_BYTES: u64 = 256 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -163,12 +166,20 @@ pub struct Store {
 }
 
 impl Store {
-    /// Open (creating if needed) the store in `dir`.
+    /// Open (creating if needed) the store in `dir`. The folders above `dir` are the user's;
+    /// `dir` itself, `v1` and every folder of the layout must be real folders: a symlink among
+    /// them is refused (`Io`, naming it), never followed.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         let store = Store { root: dir.to_path_buf() };
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs::create_dir_all(parent).map_err(at(parent))?;
+        }
+        crate::safe::ensure_own_dir(dir).map_err(at(dir))?;
+        let v1 = dir.join("v1");
+        crate::safe::ensure_own_dir(&v1).map_err(at(&v1))?;
         for sub in LAYOUT {
             let p = store.v1(sub);
-            fs::create_dir_all(&p).map_err(at(&p))?;
+            crate::safe::ensure_own_dir(&p).map_err(at(&p))?;
         }
         Ok(store)
     }
@@ -208,10 +219,18 @@ impl Store {
     /// are checked by `restore`.
     pub fn get(&self, key: &ActionKey) -> Option<Manifest> {
         let path = self.manifest_path(key);
-        let bytes = fs::read(&path).ok()?;
+        let bytes = match crate::safe::read_bounded(&path, MAX_META_BYTES) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+            // Not a regular file (a FIFO, a symlink), or too large: a miss, and removed.
+            Err(_) => {
+                let _ = fs::remove_file(&path);
+                return None;
+            }
+        };
         match serde_json::from_slice::<Manifest>(&bytes) {
             Ok(m) if m.key == *key => {
-                let complete = maint::referenced(&m).all(|d| self.blob_path(&d).is_file());
+                let complete = maint::referenced(&m).all(|d| self.has_blob(&d));
                 complete.then_some(m)
             }
             // Damaged (or filed under the wrong key): useless, and it would only fail again.
@@ -306,7 +325,7 @@ impl Store {
         let dest = self.last_path(workflow, step);
         let key_file = dest.with_extension("key");
         let key = components.key().to_string();
-        if fs::read_to_string(&key_file).is_ok_and(|k| k == key) && dest.exists() {
+        if crate::safe::read_bounded(&key_file, 1024).is_ok_and(|k| k == key.as_bytes()) && self.has_file(&dest) {
             return Ok(());
         }
         let json = serde_json::to_vec(components).map_err(|e| StoreError::Io { path: dest.clone(), source: e.into() })?;
@@ -315,7 +334,7 @@ impl Store {
     }
 
     pub fn last(&self, workflow: &str, step: &str) -> Option<KeyComponents> {
-        let bytes = fs::read(self.last_path(workflow, step)).ok()?;
+        let bytes = crate::safe::read_bounded(&self.last_path(workflow, step), MAX_META_BYTES).ok()?;
         serde_json::from_slice(&bytes).ok()
     }
 
@@ -344,13 +363,24 @@ impl Store {
         let changed: Result<Vec<Option<String>>, StoreError> = inputs
             .par_iter()
             .map(|input| {
-                if self.blob_path(&input.digest).is_file() {
+                if self.has_blob(&input.digest) {
                     return Ok(None);
+                }
+                let src = root.join(&input.path);
+                // A symlink input is kept as what it is hashed as: its target text. What it
+                // points to is never read.
+                if input.mode == crate::hash::SYMLINK_MODE {
+                    let target = fs::read_link(&src).map_err(at(&src))?;
+                    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(target.as_os_str());
+                    let digest = Digest::of(bytes);
+                    fsio::store_bytes_blob(&tmp, bytes, &self.blob_path(&digest))?;
+                    return Ok((digest != input.digest).then(|| input.path.clone()));
                 }
                 // Not synced one by one (100,000 fsyncs take minutes): these blobs serve replays
                 // only, which re-hash them before use.
-                let (digest, _) =
-                    fsio::store_file_blob_with(&tmp, &root.join(&input.path), |d| self.blob_path(d), false)?;
+                // Opened without following any symlink below `root`: not even a folder on the way.
+                let file = crate::safe::open_regular_beneath(root, &input.path).map_err(at(&src))?;
+                let (digest, _) = fsio::store_open_blob(&tmp, file, &src, |d| self.blob_path(d), false)?;
                 Ok((digest != input.digest).then(|| input.path.clone()))
             })
             .collect();
@@ -370,7 +400,7 @@ impl Store {
     /// reads, because it can be large (one line per input file).
     pub fn put_inputs_manifest(&self, key: &ActionKey, inputs: &[crate::InputEntry]) -> Result<(), StoreError> {
         let dest = self.inputs_path(key);
-        if dest.is_file() {
+        if self.has_file(&dest) {
             return Ok(());
         }
         let json = serde_json::to_vec(inputs).map_err(|e| StoreError::Io { path: dest.clone(), source: e.into() })?;
@@ -379,11 +409,16 @@ impl Store {
 
     /// The input manifest of `key`, if the store still has it.
     pub fn inputs_manifest(&self, key: &ActionKey) -> Option<Vec<crate::InputEntry>> {
-        serde_json::from_slice(&fs::read(self.inputs_path(key)).ok()?).ok()
+        serde_json::from_slice(&crate::safe::read_bounded(&self.inputs_path(key), MAX_META_BYTES).ok()?).ok()
     }
 
+    /// Whether the blob exists as a regular file (a symlink or FIFO in its place is no blob).
     pub fn has_blob(&self, digest: &Digest) -> bool {
-        self.blob_path(digest).is_file()
+        self.has_file(&self.blob_path(digest))
+    }
+
+    fn has_file(&self, path: &Path) -> bool {
+        fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_file())
     }
 
     /// Re-create `entries` (files by digest from the store, folders, symlinks) under `dest`, as a
@@ -405,13 +440,13 @@ impl Store {
 
     /// The content of one blob, if the store has it.
     pub fn read_blob(&self, digest: &Digest) -> Option<Vec<u8>> {
-        fs::read(self.blob_path(digest)).ok()
+        crate::safe::read_bounded(&self.blob_path(digest), MAX_META_BYTES).ok()
     }
 
     /// The persistent folder of cache mount `name` (created on demand).
     pub fn mount_dir(&self, name: &str) -> Result<PathBuf, StoreError> {
         let dir = self.v1("mounts").join(sanitise(name));
-        fs::create_dir_all(&dir).map_err(at(&dir))?;
+        crate::safe::ensure_own_dir(&dir).map_err(at(&dir))?;
         Ok(dir)
     }
 }

@@ -274,6 +274,10 @@ fn restore_never_writes_outside_dest() {
         vec![file("")],
         vec![OutputEntry::Dir { path: "../d".into(), mode: 0o755 }],
         vec![OutputEntry::Symlink { path: "../l".into(), target: "f".into() }],
+        // Links leading out of the outputs: never restored, whatever else the entry holds.
+        vec![file("f"), OutputEntry::Symlink { path: "passwd".into(), target: "/etc/passwd".into() }],
+        vec![OutputEntry::Symlink { path: "d/up".into(), target: "../../x".into() }],
+        vec![OutputEntry::Symlink { path: "ws".into(), target: "/workspace/f".into() }],
         // A link of the entry pointing outside, then a file below it.
         vec![
             OutputEntry::Symlink { path: "l".into(), target: outside.path().to_str().unwrap().into() },
@@ -617,4 +621,73 @@ fn inputs_kept_for_replay_live_and_die_with_their_entry() {
     store.gc(0).unwrap();
     assert!(store.inputs_manifest(&m.key).is_none());
     assert!(!store.has_blob(&inputs[0].digest));
+}
+
+fn mkfifo(path: &Path) {
+    use rustix::fs::{FileType, Mode, CWD};
+    rustix::fs::mknodat(CWD, path, FileType::Fifo, Mode::from_raw_mode(0o600), 0).unwrap();
+}
+
+#[test]
+fn a_blob_or_manifest_that_is_not_a_regular_file_is_a_miss_never_opened() {
+    let (_d, store, src, m) = stored_sample("fifo", key("f"));
+    let blob = store.blob_path(&file_digest(&m, "bin/tool"));
+    fs::remove_file(&blob).unwrap();
+    mkfifo(&blob);
+    // `get` sees no blob (a FIFO is none); a restore through a stale manifest value refuses it.
+    assert!(store.get(&key("f")).is_none());
+    let dest = TempDir::new().unwrap();
+    assert!(matches!(store.restore(&m, dest.path()), Err(StoreError::Corrupt { .. })));
+    assert!(fs::symlink_metadata(&blob).is_err(), "the FIFO is removed");
+    // The next put stores the blob again (a non-file in its place is not taken for it).
+    put(&store, key("f"), src.path());
+    let m = store.get(&key("f")).unwrap();
+    assert!(fs::symlink_metadata(&blob).unwrap().is_file());
+    let blob2 = store.blob_path(&file_digest(&m, "a.txt"));
+    fs::remove_file(&blob2).unwrap();
+    symlink("/etc/passwd", &blob2).unwrap();
+    assert!(store.get(&key("f")).is_none());
+    assert!(matches!(store.restore(&m, TempDir::new().unwrap().path()), Err(StoreError::Corrupt { .. })));
+
+    // A manifest that is a FIFO: a miss, removed.
+    put(&store, key("f"), src.path());
+    let path = store.manifest_path(&key("f"));
+    fs::remove_file(&path).unwrap();
+    mkfifo(&path);
+    assert!(store.get(&key("f")).is_none());
+    assert!(fs::symlink_metadata(&path).is_err());
+}
+
+#[test]
+fn a_symlink_among_the_store_folders_is_refused() {
+    let d = TempDir::new().unwrap();
+    let elsewhere = TempDir::new().unwrap();
+    fs::create_dir_all(d.path().join("v1")).unwrap();
+    symlink(elsewhere.path(), d.path().join("v1/actions")).unwrap();
+    let err = Store::open(d.path()).err().unwrap().to_string();
+    assert!(err.contains("v1/actions is a symlink"), "{err}");
+    let link = d.path().join("link");
+    symlink(elsewhere.path(), &link).unwrap();
+    let err = Store::open(&link).err().unwrap().to_string();
+    assert!(err.contains("is a symlink"), "{err}");
+    assert_eq!(fs::read_dir(elsewhere.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn a_symlink_input_is_kept_as_its_target_text_never_what_it_points_to() {
+    let (d, store) = store();
+    let tree = TempDir::new().unwrap();
+    let host = TempDir::new().unwrap();
+    write(&host.path().join("secret"), b"HOST SECRET", 0o600);
+    symlink(host.path().join("secret"), tree.path().join("link")).unwrap();
+    let target = host.path().join("secret").into_os_string().into_encoded_bytes();
+    let input = cache::InputEntry { path: "link".into(), mode: cache::hash::SYMLINK_MODE, digest: Digest::of(&target) };
+    assert!(store.store_inputs(tree.path(), std::slice::from_ref(&input)).unwrap().is_empty());
+    assert_eq!(store.read_blob(&input.digest).unwrap(), target);
+    let leaked = walkdir::WalkDir::new(d.path())
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_type().is_file())
+        .any(|e| fs::read(e.path()).unwrap().windows(11).any(|w| w == b"HOST SECRET"));
+    assert!(!leaked);
 }

@@ -280,6 +280,8 @@ pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// most that much of its record. [`Recorder::finish`] writes and syncs to disk.
 pub struct Recorder {
     dir: PathBuf,
+    /// Holds the run's folder open; `dir` names it through the descriptor (see `create`).
+    _pinned: cache::safe::PinnedDir,
     state: Mutex<State>,
 }
 
@@ -291,10 +293,16 @@ struct State {
 
 impl Recorder {
     /// Create `<workflow dir>/.engine/runs/<run id>/` and write the first version of the record.
+    /// `.engine`, `runs` and the run's folders must be real folders: a symlink among them is
+    /// refused, never followed. The run's folder is then held open and written through its
+    /// descriptor, so a symlink swapped in for any of them during the run redirects nothing.
     pub fn create(workflow_dir: &Path, record: RunRecord) -> io::Result<Recorder> {
-        let dir = runs_dir(workflow_dir).join(&record.run_id);
-        fs::create_dir_all(dir.join("logs"))?;
-        let recorder = Recorder { dir, state: Mutex::new(State { record, dirty: true, written: None }) };
+        let dir = cache::safe::ensure_own_dirs(workflow_dir, &[".engine", "runs", &record.run_id])?;
+        cache::safe::ensure_own_dir(&dir.join("logs"))?;
+        let pinned = cache::safe::PinnedDir::open(&dir)?;
+        let dir = pinned.at()?;
+        let recorder =
+            Recorder { dir, _pinned: pinned, state: Mutex::new(State { record, dirty: true, written: None }) };
         recorder.flush(false)?;
         Ok(recorder)
     }

@@ -127,6 +127,11 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<RunStatus,
     let plan = plan::plan(workflow.clone(), &cfg.targets, budget)?;
     tracing::debug!(elapsed = ?started.elapsed(), "planned");
 
+    // The output folder is checked (and created) before anything is written anywhere.
+    let out_path = cfg.out.clone().unwrap_or_else(|| workflow.dir.join(".engine").join("out"));
+    let out_dir = workspace::open_out_dir(&workflow.dir, cfg.out.as_deref())
+        .map_err(|e| EnvironmentError(format!("cannot use the output folder {}: {e}", out_path.display())))?;
+
     let store = open_store(&cfg.cache_dir)?;
     let prepared = prepare(&docker, &store, &plan).await?;
     tracing::debug!(elapsed = ?started.elapsed(), "prepared");
@@ -147,10 +152,11 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<RunStatus,
         }
     }
 
-    let out_dir = cfg.out.clone().unwrap_or_else(|| workflow.dir.join(".engine").join("out"));
-    std::fs::create_dir_all(&out_dir).map_err(|e| {
-        EnvironmentError(format!("cannot create the output folder {}: {e}", out_dir.display()))
-    })?;
+    // One run at a time per output folder: a second one waits here (Ctrl-C still ends it).
+    let Some(_out_lock) = lock_out_dir(&out_dir, &cancel).await? else {
+        return Ok(RunStatus::Cancelled);
+    };
+    let out_dir = Arc::new(out_dir);
     let run_id = new_run_id();
     let run_dir = RunDir::create(&run_id)
         .map_err(|e| EnvironmentError(format!("cannot create a temporary folder for the run: {e}")))?;
@@ -158,7 +164,7 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<RunStatus,
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     });
     let daemon_version = daemon_version.await.unwrap_or_else(|_| ("unknown".into(), "unknown".into()));
-    let recorder = Arc::new(start_record(&cfg, daemon_version, &workflow, &plan, &run_id, &out_dir, jobs)?);
+    let recorder = Arc::new(start_record(&cfg, daemon_version, &workflow, &plan, &run_id, out_dir.path(), jobs)?);
     let flusher = recorder.spawn_flusher();
     tracing::debug!(elapsed = ?started.elapsed(), "started the run record");
 
@@ -236,6 +242,32 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<RunStatus,
     drop(executor);
     let _ = renderer.await;
     Ok(report.status)
+}
+
+/// Take the exclusive lock on the output folder; while another engine holds it, say so once on
+/// stderr and poll, so that Ctrl-C (`cancel`) ends the wait at once. `None` when cancelled.
+async fn lock_out_dir(
+    out: &cache::safe::PinnedDir,
+    cancel: &CancellationToken,
+) -> Result<Option<workspace::OutLock>, EnvironmentError> {
+    let mut told = false;
+    loop {
+        match workspace::try_lock_out(out) {
+            Ok(Ok(lock)) => return Ok(Some(lock)),
+            Ok(Err(holder)) => {
+                if !told {
+                    let pid = holder.map_or_else(|| "pid unknown".to_string(), |p| format!("pid {p}"));
+                    eprintln!("waiting for another engine run using {} ({pid})…", out.path().display());
+                    told = true;
+                }
+            }
+            Err(e) => return Err(EnvironmentError(format!("cannot lock the output folder {}: {e}", out.path().display()))),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(None),
+            _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+        }
+    }
 }
 
 /// Write the first version of the run's record: every planned step `pending`.
@@ -460,7 +492,8 @@ struct EngineExecutor {
     run_id: String,
     run_dir: RunDir,
     source_dir: PathBuf,
-    out_dir: PathBuf,
+    /// The output folder, held open (exports go through it, never through its path again).
+    out_dir: Arc<cache::safe::PinnedDir>,
     prepared: Prepared,
     secrets: HashMap<String, String>,
     store: Arc<Store>,
@@ -513,7 +546,7 @@ impl EngineExecutor {
                 Err(cache::store::StoreError::Corrupt { .. }) => return Ok(false),
                 Err(e) => return Err(e.to_string()),
             }
-            workspace::export(&collect, &out_dir, &name).map_err(|e| format!("cannot export the outputs to {}: {e}", out_dir.display()))?;
+            workspace::export(&collect, &out_dir, &name).map_err(|e| format!("cannot export the outputs to {}: {e}", out_dir.path().display()))?;
             Ok(true)
         })
         .await
@@ -664,7 +697,7 @@ impl Executor for EngineExecutor {
                 .put_inputs_manifest(&key, &input_manifest)
                 .map_err(|e| format!("cannot store the input manifest in the cache: {e}"))?;
             workspace::export(&collect_to, &out_dir, &step_name)
-                .map_err(|e| format!("cannot export the outputs to {}: {e}", out_dir.display()))?;
+                .map_err(|e| format!("cannot export the outputs to {}: {e}", out_dir.path().display()))?;
             Ok(Some(manifest))
         })
         .await

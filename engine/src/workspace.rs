@@ -11,6 +11,7 @@ use std::fs;
 use std::io;
 use std::path::{Component, Path, PathBuf};
 
+use cache::safe::PinnedDir;
 use globset::{GlobSet, GlobSetBuilder};
 use walkdir::WalkDir;
 
@@ -27,13 +28,30 @@ pub enum InputError {
     BadPattern { step: String, pattern: String, reason: String },
     #[error("cannot read the workflow directory {}: {source}", dir.display())]
     Walk { dir: PathBuf, source: io::Error },
+    #[error(
+        "step `{step}`: input `{path}` (pattern `{pattern}`) is {what}; only regular files and symlinks can be inputs (it was not read)"
+    )]
+    NotAFile { step: String, pattern: String, path: String, what: &'static str },
+    #[error(
+        "step `{step}`: input `{path}` (pattern `{pattern}`) is a symlink to `{target}`, outside the workflow folder; symlinks are copied as symlinks, never followed, so copy the file into the folder or leave the link out"
+    )]
+    LinkOutside { step: String, pattern: String, path: String, target: String },
+}
+
+/// What the scan saw at a path (by `lstat`: symlinks are not followed).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    File,
+    Symlink,
+    /// A FIFO, socket or device: never an input, never opened.
+    Other(&'static str),
 }
 
 /// All files (and symlinks) under the workflow directory, relative, `/`-separated, sorted.
 /// Walked once per run and matched against every step's patterns.
 pub struct SourceTree {
     dir: PathBuf,
-    files: Vec<String>,
+    files: Vec<(String, Kind)>,
 }
 
 impl SourceTree {
@@ -52,12 +70,20 @@ impl SourceTree {
             if entry.file_type().is_dir() {
                 continue;
             }
+            let ft = entry.file_type();
+            let kind = if ft.is_file() {
+                Kind::File
+            } else if ft.is_symlink() {
+                Kind::Symlink
+            } else {
+                Kind::Other(cache::safe::describe(&ft))
+            };
             if let Ok(rel) = entry.path().strip_prefix(dir) {
-                files.push(slash_path(rel));
+                files.push((slash_path(rel), kind));
             }
         }
         // Sorted once here (byte order, as `select` promises), not folder by folder during the walk.
-        files.sort_unstable();
+        files.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         Ok(SourceTree { dir: dir.to_path_buf(), files })
     }
 
@@ -69,15 +95,16 @@ impl SourceTree {
         let mut matched = vec![false; sets.len()];
         // One pass over the (sorted) tree: the selection comes out sorted and without duplicates.
         let mut selected = Vec::new();
-        for f in &self.files {
-            let mut any = false;
+        for (f, kind) in &self.files {
+            let mut first = None;
             for (k, set) in sets.iter().enumerate() {
                 if set.is_match(f) {
                     matched[k] = true;
-                    any = true;
+                    first.get_or_insert(k);
                 }
             }
-            if any {
+            if let Some(k) = first {
+                self.check_selected(step, &patterns[k], f, *kind)?;
                 selected.push(f.clone());
             }
         }
@@ -85,6 +112,32 @@ impl SourceTree {
             return Err(InputError::NoMatch { step: step.to_string(), pattern: patterns[k].clone(), dir: self.dir.clone() });
         }
         Ok(selected)
+    }
+}
+
+impl SourceTree {
+    /// A selected path must be a regular file, or a symlink whose target (read, never followed)
+    /// stays inside the workflow folder; anything else is refused before anything is read.
+    fn check_selected(&self, step: &str, pattern: &str, rel: &str, kind: Kind) -> Result<(), InputError> {
+        let fail_kind = |what| InputError::NotAFile { step: step.into(), pattern: pattern.into(), path: rel.into(), what };
+        match kind {
+            Kind::File => Ok(()),
+            Kind::Other(what) => Err(fail_kind(what)),
+            Kind::Symlink => {
+                let target = fs::read_link(self.dir.join(rel))
+                    .map_err(|source| InputError::Walk { dir: self.dir.clone(), source })?;
+                if cache::safe::relative_link_stays_inside(Path::new(rel), &target) {
+                    Ok(())
+                } else {
+                    Err(InputError::LinkOutside {
+                        step: step.into(),
+                        pattern: pattern.into(),
+                        path: rel.into(),
+                        target: target.display().to_string(),
+                    })
+                }
+            }
+        }
     }
 }
 
@@ -155,7 +208,8 @@ impl RunDir {
 pub fn stage(source_dir: &Path, inputs: &[String], upstream: &[PathBuf], dest: &Path) -> io::Result<()> {
     fs::create_dir_all(dest)?;
     for rel in inputs {
-        copy_entry(&source_dir.join(rel), &dest.join(rel))?;
+        // Read without following a symlink anywhere below the workflow folder.
+        copy_entry_with(&source_dir.join(rel), &dest.join(rel), || cache::safe::open_regular_beneath(source_dir, rel))?;
     }
     for up in upstream {
         copy_tree(up, dest)?;
@@ -163,9 +217,64 @@ pub fn stage(source_dir: &Path, inputs: &[String], upstream: &[PathBuf], dest: &
     Ok(())
 }
 
-/// Replace `<out>/<step>` with the collected outputs of `step`.
-pub fn export(collected: &Path, out_dir: &Path, step: &str) -> io::Result<()> {
-    let dest = out_dir.join(step);
+/// The output folder of a run (`<workflow dir>/.engine/out`, or `--out DIR`), created if missing
+/// and held open: `.engine` and `out` (or `DIR` itself) must be real folders, never symlinks
+/// (the folders above `DIR` are the user's). Exports go through the open folder, so a symlink put
+/// in its place during the run redirects nothing.
+pub fn open_out_dir(workflow_dir: &Path, out: Option<&Path>) -> io::Result<PinnedDir> {
+    let path = match out {
+        None => cache::safe::ensure_own_dirs(workflow_dir, &[".engine", "out"])?,
+        Some(dir) => {
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                fs::create_dir_all(parent)
+                    .map_err(|e| io::Error::new(e.kind(), format!("cannot create {}: {e}", parent.display())))?;
+            }
+            cache::safe::ensure_own_dir(dir)?;
+            dir.to_path_buf()
+        }
+    };
+    PinnedDir::open(&path)
+}
+
+/// An exclusive lock on an output folder, held until dropped (`flock` on the folder itself: no
+/// file is added to it).
+pub struct OutLock {
+    _fd: std::os::fd::OwnedFd,
+}
+
+/// Take the lock on `out` without waiting: `Err(holder)` when another process holds it, with
+/// that process's id when the kernel says (`/proc/locks`).
+pub fn try_lock_out(out: &PinnedDir) -> io::Result<Result<OutLock, Option<u32>>> {
+    use rustix::fs::FlockOperation;
+    use rustix::fs::{Mode, OFlags};
+    // An open file of its own (not a dup, which would share the lock with the pinned folder): the
+    // lock belongs to it and is released when it is dropped.
+    let fd = rustix::fs::open(out.at()?, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+    match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(Ok(OutLock { _fd: fd })),
+        Err(rustix::io::Errno::WOULDBLOCK) => Ok(Err(lock_holder(&fd))),
+        Err(e) => Err(io::Error::new(io::Error::from(e).kind(), format!("cannot lock {}: {e}", out.path().display()))),
+    }
+}
+
+/// The pid holding a `flock` on the file behind `fd`, from `/proc/locks`
+/// (`1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF`).
+fn lock_holder(fd: &std::os::fd::OwnedFd) -> Option<u32> {
+    let inode = rustix::fs::fstat(fd).ok()?.st_ino;
+    let locks = cache::safe::read_bounded(Path::new("/proc/locks"), 16 << 20).ok()?;
+    String::from_utf8_lossy(&locks).lines().find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (kind, pid, dev) = (f.get(1)?, f.get(4)?, f.get(5)?);
+        let ino: u64 = dev.rsplit(':').next()?.parse().ok()?;
+        (*kind == "FLOCK" && ino == inode as u64).then(|| pid.parse().ok()).flatten()
+    })
+}
+
+/// Replace `<out>/<step>` with the collected outputs of `step`. Works inside the pinned folder:
+/// a previous export is removed without following any symlink (a symlink at `<out>/<step>` is
+/// unlinked, never entered), and nothing is written through a symlink.
+pub fn export(collected: &Path, out: &PinnedDir, step: &str) -> io::Result<()> {
+    let dest = out.at()?.join(step);
     match fs::symlink_metadata(&dest) {
         // remove_dir_all does not follow symlinks; a symlink itself is just unlinked.
         Ok(m) if m.is_dir() => fs::remove_dir_all(&dest)?,
@@ -195,8 +304,16 @@ fn copy_tree(src: &Path, dest: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Copy one file or symlink (as a symlink, never its target), creating parent folders.
+/// Copy one file or symlink (as a symlink, never its target), creating parent folders. Only a
+/// regular file is read (a FIFO or device swapped in is refused, never opened blocking), and the
+/// copy is created new (`O_EXCL|O_NOFOLLOW`): never written through something already there.
 fn copy_entry(src: &Path, dest: &Path) -> io::Result<()> {
+    copy_entry_with(src, dest, || cache::safe::open_regular(src, false))
+}
+
+/// [`copy_entry`], opening a regular file's source with `open`.
+fn copy_entry_with(src: &Path, dest: &Path, open: impl FnOnce() -> io::Result<fs::File>) -> io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     if let Some(parent) = dest.parent() {
         ensure_real_dir(parent)?;
     }
@@ -209,7 +326,18 @@ fn copy_entry(src: &Path, dest: &Path) -> io::Result<()> {
     if meta.file_type().is_symlink() {
         std::os::unix::fs::symlink(fs::read_link(src)?, dest)?;
     } else {
-        fs::copy(src, dest)?;
+        let mut from = open()?;
+        let mode = from.metadata()?.permissions().mode() & 0o7777;
+        let mut to = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .mode(0o600)
+            .open(dest)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dest.display())))?;
+        io::copy(&mut from, &mut to)?;
+        // As `fs::copy` does: the source's permission bits (not limited by the umask).
+        to.set_permissions(fs::Permissions::from_mode(mode))?;
     }
     Ok(())
 }
@@ -237,6 +365,11 @@ pub fn remove_stale_run_dirs() -> Vec<PathBuf> {
     for entry in entries.flatten() {
         let name = entry.file_name();
         if !name.to_string_lossy().starts_with(RUN_DIR_PREFIX) {
+            continue;
+        }
+        // Anyone can create files in the temp dir: only a real folder (not a symlink) is
+        // considered, and its owner file only if it is a small regular file (never a FIFO).
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
             continue;
         }
         let path = entry.path();
@@ -298,7 +431,7 @@ mod tests {
 
         let out = run.path().join("out");
         fs::create_dir_all(out.join("compile/stale")).unwrap();
-        export(up.path(), &out, "compile").unwrap();
+        export(up.path(), &PinnedDir::open(&out).unwrap(), "compile").unwrap();
         assert!(!out.join("compile/stale").exists());
         assert_eq!(fs::read_to_string(out.join("compile/build/app")).unwrap(), "build/app");
     }
@@ -309,8 +442,44 @@ mod tests {
         let victim = tempfile::tempdir().unwrap();
         let out = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(victim.path(), out.path().join("step")).unwrap();
-        export(up.path(), out.path(), "step").unwrap();
+        export(up.path(), &PinnedDir::open(out.path()).unwrap(), "step").unwrap();
         assert!(!victim.path().join("f").exists());
         assert!(out.path().join("step/f").is_file());
+    }
+
+    #[test]
+    fn inputs_that_are_fifos_or_links_leaving_the_folder_are_refused_links_inside_are_kept() {
+        let d = tree(&["src/a.c"]);
+        std::os::unix::fs::symlink("a.c", d.path().join("src/inside")).unwrap();
+        std::os::unix::fs::symlink("../../etc/passwd", d.path().join("src/up")).unwrap();
+        std::os::unix::fs::symlink("/", d.path().join("root")).unwrap();
+        let fifo = d.path().join("pipe");
+        rustix::fs::mknodat(rustix::fs::CWD, &fifo, rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(0o600), 0)
+            .unwrap();
+        let t = SourceTree::scan(d.path()).unwrap();
+        assert_eq!(t.select("s", &["src/*.c".into(), "src/inside".into()]).unwrap(), vec!["src/a.c", "src/inside"]);
+        let err = t.select("s", &["src".into()]).unwrap_err().to_string();
+        assert!(err.contains("`src/up` (pattern `src`) is a symlink to `../../etc/passwd`, outside"), "{err}");
+        let err = t.select("s", &["root".into()]).unwrap_err().to_string();
+        assert!(err.contains("`root` (pattern `root`) is a symlink to `/`"), "{err}");
+        let err = t.select("s", &["pipe".into()]).unwrap_err().to_string();
+        assert!(err.contains("`pipe` (pattern `pipe`) is a FIFO"), "{err}");
+    }
+
+    #[test]
+    fn the_output_folder_refuses_symlinks_and_is_locked_once() {
+        let wf = tempfile::tempdir().unwrap();
+        let victim = tempfile::tempdir().unwrap();
+        fs::create_dir(wf.path().join(".engine")).unwrap();
+        std::os::unix::fs::symlink(victim.path(), wf.path().join(".engine/out")).unwrap();
+        let err = open_out_dir(wf.path(), None).unwrap_err().to_string();
+        assert!(err.contains(".engine/out is a symlink"), "{err}");
+        fs::remove_file(wf.path().join(".engine/out")).unwrap();
+        let out = open_out_dir(wf.path(), None).unwrap();
+        let again = open_out_dir(wf.path(), None).unwrap();
+        let lock = try_lock_out(&out).unwrap().ok().unwrap();
+        assert_eq!(try_lock_out(&again).unwrap().err(), Some(Some(std::process::id())));
+        drop(lock);
+        assert!(try_lock_out(&again).unwrap().is_ok());
     }
 }

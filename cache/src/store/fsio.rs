@@ -3,7 +3,7 @@
 //! name sanitising. Knows nothing of what a manifest means; never follows a symlink it did not
 //! get as an explicit source path.
 
-use std::fs::{self, File, Permissions};
+use std::fs::{self, Permissions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -13,6 +13,7 @@ use sha2::{Digest as _, Sha256};
 use tempfile::NamedTempFile;
 
 use super::StoreError;
+use crate::safe::open_regular;
 use crate::Digest;
 
 /// Blobs are never written in place: read-only makes an accidental edit fail loudly.
@@ -45,17 +46,21 @@ fn hash_stream(mut r: impl Read, mut sink: impl FnMut(&[u8]) -> io::Result<()>) 
 }
 
 /// SHA-256 of a file's content, streamed.
+/// Only a regular file is read (never a symlink, FIFO or device: a blob or output that is one
+/// is an error, never a hang).
 pub(super) fn hash_file_sized(path: &Path) -> io::Result<(Digest, u64)> {
-    hash_stream(File::open(path)?, |_| Ok(()))
+    hash_stream(open_regular(path, false)?, |_| Ok(()))
 }
 
 pub(super) fn hash_file(path: &Path) -> io::Result<Digest> {
-    Ok(hash_stream(File::open(path)?, |_| Ok(()))?.0)
+    Ok(hash_file_sized(path)?.0)
 }
 
 /// Mark `path` as recently used. Best effort: a vanished file is simply not marked.
 pub(super) fn touch(path: &Path) {
-    let _ = filetime::set_file_mtime(path, FileTime::now());
+    // Never through a symlink: a planted link must not make the engine touch what it names.
+    let now = FileTime::now();
+    let _ = filetime::set_symlink_file_times(path, now, now);
 }
 
 fn new_temp(tmp_dir: &Path) -> Result<NamedTempFile, StoreError> {
@@ -77,6 +82,10 @@ fn persist_with(tmp: NamedTempFile, dest: &Path, mode: u32, sync: bool) -> Resul
     if let Some(parent) = dest.parent() {
         // create_dir_all tolerates a concurrent creator of the same folder.
         fs::create_dir_all(parent).map_err(at(parent))?;
+        // A fan-out folder replaced by a symlink would move the write out of the cache.
+        if fs::symlink_metadata(parent).map_err(at(parent))?.file_type().is_symlink() {
+            return Err(StoreError::Io { path: parent.to_path_buf(), source: crate::safe::symlinked_dir(parent) });
+        }
     }
     tmp.persist(dest).map_err(|e| StoreError::Io { path: dest.to_path_buf(), source: e.error })?;
     Ok(())
@@ -90,9 +99,10 @@ pub(super) fn write_atomic(tmp_dir: &Path, dest: &Path, bytes: &[u8]) -> Result<
 }
 
 /// An existing blob is never rewritten (its name is its content). Its mtime is refreshed so that
-/// `gc` sees it as young while the manifest that will reference it is being written.
+/// `gc` sees it as young while the manifest that will reference it is being written. Something
+/// else in its place (a symlink, a FIFO) is no blob: the rename of the new one replaces it.
 fn reuse_existing(dest: &Path) -> bool {
-    if fs::symlink_metadata(dest).is_ok() {
+    if fs::symlink_metadata(dest).is_ok_and(|m| m.file_type().is_file()) {
         touch(dest);
         true
     } else {
@@ -120,8 +130,20 @@ pub(super) fn store_file_blob_with(
     blob_path: impl Fn(&Digest) -> std::path::PathBuf,
     sync: bool,
 ) -> Result<(Digest, u64), StoreError> {
+    let file = open_regular(src, false).map_err(at(src))?;
+    store_open_blob(tmp_dir, file, src, blob_path, sync)
+}
+
+/// [`store_file_blob_with`] for a file already opened (and checked to be a regular file);
+/// `src` names it in errors.
+pub(super) fn store_open_blob(
+    tmp_dir: &Path,
+    file: std::fs::File,
+    src: &Path,
+    blob_path: impl Fn(&Digest) -> std::path::PathBuf,
+    sync: bool,
+) -> Result<(Digest, u64), StoreError> {
     let mut tmp = new_temp(tmp_dir)?;
-    let file = File::open(src).map_err(at(src))?;
     let (digest, size) = {
         let out = tmp.as_file_mut();
         hash_stream(file, |chunk| out.write_all(chunk)).map_err(at(src))?

@@ -44,6 +44,10 @@ struct Blob {
 fn fan_out_files(dir: &Path) -> Result<Vec<(PathBuf, fs::Metadata)>, StoreError> {
     let mut out = Vec::new();
     for sub in fs::read_dir(dir).map_err(at(dir))?.flatten() {
+        // A fan-out folder replaced by a symlink is not walked (nor anything deleted through it).
+        if !sub.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
         let Ok(files) = fs::read_dir(sub.path()) else { continue };
         for f in files.flatten() {
             if let Ok(meta) = f.metadata() {
@@ -67,7 +71,7 @@ pub(super) fn manifests(store: &Store) -> Result<Vec<Found>, StoreError> {
         .into_iter()
         .filter(|(p, _)| p.extension().is_some_and(|e| e == "json"))
         .map(|(path, meta)| {
-            let manifest = fs::read(&path).ok().and_then(|b| serde_json::from_slice::<Manifest>(&b).ok());
+            let manifest = crate::safe::read_bounded(&path, super::MAX_META_BYTES).ok().and_then(|b| serde_json::from_slice::<Manifest>(&b).ok());
             Found {
                 key: name_digest(&path, ".json").map(ActionKey),
                 manifest,
@@ -255,7 +259,7 @@ pub(super) fn verify(store: &Store) -> Result<VerifyReport, StoreError> {
     for f in manifests(store)? {
         let broken = match &f.manifest {
             None => true,
-            Some(m) => referenced(m).any(|d| !store.blob_path(&d).is_file()),
+            Some(m) => referenced(m).any(|d| !store.has_blob(&d)),
         };
         if broken && remove(&f.path) {
             if let Some(key) = f.manifest.as_ref().map(|m| m.key).or(f.key) {

@@ -31,6 +31,12 @@ pub(super) fn unsafe_entries(entries: &[OutputEntry]) -> Option<String> {
         if !seen.insert(path) {
             return Some(format!("output path `{path}` listed twice"));
         }
+        // The same rule as at collection: a link may only lead to somewhere inside the outputs.
+        if let OutputEntry::Symlink { target, .. } = entry {
+            if !crate::safe::relative_link_stays_inside(p, Path::new(target)) {
+                return Some(format!("output `{path}` is a symlink to `{target}`, outside the outputs"));
+            }
+        }
         // Writing below a symlink of the entry itself would write wherever it points.
         if p.ancestors().skip(1).any(|a| a.to_str().is_some_and(|a| links.contains(a))) {
             return Some(format!("output path `{path}` is below a symlink"));
@@ -92,7 +98,7 @@ fn write_entries(
                 let blob = blob_path(digest);
                 // Reflink where the filesystem allows, else a copy: never a hard link.
                 reflink_copy::reflink_or_copy(&blob, &target).map_err(at(&target))?;
-                fs::set_permissions(&target, fs::Permissions::from_mode(*mode)).map_err(at(&target))?;
+                fs::set_permissions(&target, fs::Permissions::from_mode(*mode & super::MODE_BITS)).map_err(at(&target))?;
             }
             OutputEntry::Symlink { target: to, .. } => symlink(to, &target).map_err(at(&target))?,
         }
@@ -101,7 +107,7 @@ fn write_entries(
     let mut dirs: Vec<(&str, u32)> = entries
         .iter()
         .filter_map(|e| match e {
-            OutputEntry::Dir { path, mode } => Some((path.as_str(), *mode)),
+            OutputEntry::Dir { path, mode } => Some((path.as_str(), *mode & super::MODE_BITS)),
             _ => None,
         })
         .collect();

@@ -53,46 +53,7 @@ fn unsafe_output(path: &str, reason: &str) -> StepFailure {
     StepFailure::UnsafeOutput { path: path.to_string(), reason: reason.to_string() }
 }
 
-/// Where a symlink at `link` (relative to /workspace) pointing at `target` lands. Returns the
-/// target to write (absolute targets inside /workspace become relative), or `None` when the link
-/// leads outside /workspace. Lexical on purpose: the container is gone, nothing is resolved.
-pub fn contained_link_target(link: &Path, target: &Path) -> Option<PathBuf> {
-    let parent: Vec<_> = link.parent().map(|p| p.components().collect()).unwrap_or_default();
-    let (mut stack, rest): (Vec<Component>, Vec<Component>) = if target.is_absolute() {
-        let mut comps = target.components().skip(1);
-        match comps.next() {
-            Some(Component::Normal(first)) if first == "workspace" => (Vec::new(), comps.collect()),
-            _ => return None,
-        }
-    } else {
-        (parent.clone(), target.components().collect())
-    };
-    for c in rest {
-        match c {
-            Component::Normal(_) => stack.push(c),
-            Component::CurDir => {}
-            Component::ParentDir => {
-                stack.pop()?;
-            }
-            Component::RootDir | Component::Prefix(_) => return None,
-        }
-    }
-    if !target.is_absolute() {
-        return Some(target.to_path_buf());
-    }
-    // Rewrite /workspace/<stack> relative to the link's folder.
-    let mut rel = PathBuf::new();
-    for _ in &parent {
-        rel.push("..");
-    }
-    for c in stack {
-        rel.push(c);
-    }
-    if rel.as_os_str().is_empty() {
-        rel.push(".");
-    }
-    Some(rel)
-}
+pub use cache::safe::contained_link_target;
 
 fn check_link(output: &str, link: &Path, target: &Path) -> Result<PathBuf, StepFailure> {
     contained_link_target(link, target).ok_or_else(|| {
