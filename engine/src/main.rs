@@ -109,13 +109,13 @@ async fn run_command(args: engine::cli::RunArgs) -> Result<i32, StartError> {
 /// How long an interrupted engine waits for its cleanup (the stop ladder of every running
 /// container, then their removal) before it exits 130 anyway, naming what may be left behind.
 const CLEANUP_BOUND: std::time::Duration = std::time::Duration::from_secs(10);
-/// How long a second interrupt spends on SIGKILLing the run's containers before exiting.
+/// How long a second interrupt spends on force-removing the run's containers before exiting.
 const KILL_BOUND: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// SIGINT or SIGTERM cancels the run: the scheduler stops dispatching and every running
 /// container is stopped (stop signal, grace period, SIGKILL) and removed before the engine exits
 /// 130. If that has not finished within CLEANUP_BOUND (a hung daemon), or on a second SIGINT or
-/// SIGTERM (after a bounded SIGKILL of the run's containers), the engine exits 130 at once and
+/// SIGTERM (after a bounded force-removal, SIGKILL without grace, of the run's containers), the engine exits 130 at once and
 /// names what may be left behind for `engine clean`.
 async fn cancel_on_signal(cancel: CancellationToken, mode: OutputMode) {
     use tokio::signal::unix::{signal, SignalKind};

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use bollard::query_parameters::{KillContainerOptions, ListContainersOptions, RemoveContainerOptions, RemoveVolumeOptions};
+use bollard::query_parameters::{ListContainersOptions, RemoveContainerOptions, RemoveVolumeOptions};
 use bollard::Docker;
 use tempfile::TempDir;
 
@@ -208,9 +208,10 @@ pub fn remove_temp_now() {
     }
 }
 
-/// The second Ctrl-C: SIGKILL, at once and concurrently, every container this process registered
-/// and every container carrying its owner labels (image builds), all within `bound`. Best effort:
-/// with a hung daemon nothing may be killed; `engine clean` removes what is left.
+/// The second Ctrl-C: force-remove (SIGKILL, no grace) at once and concurrently every container
+/// this process registered and every container carrying its owner labels (image builds), all
+/// within `bound`. Best effort: with a hung daemon nothing may be removed; `engine clean` removes
+/// what is left.
 pub async fn kill_all_now(bound: Duration) {
     let Some(docker) = CLIENT.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone() else { return };
     let work = async {
@@ -220,13 +221,19 @@ pub async fn kill_all_now(bound: Duration) {
             "label".to_string(),
             vec![format!("{}={}", super::LABEL_PID, me.pid), format!("{}={}", super::LABEL_HOST, me.host)],
         )]);
-        let opts = ListContainersOptions { filters: Some(filters), ..Default::default() };
+        let opts = ListContainersOptions { all: true, filters: Some(filters), ..Default::default() };
         if let Ok(list) = call("list the engine's containers", bound, docker.list_containers(Some(opts))).await {
             targets.extend(list.into_iter().filter_map(|c| c.id));
         }
         let kills = targets.iter().map(|id| {
-            let opts = KillContainerOptions { signal: "SIGKILL".into() };
-            call("kill a container", bound, docker.kill_container(id, Some(opts)))
+            let opts = RemoveContainerOptions { force: true, v: true, ..Default::default() };
+            let docker = &docker;
+            async move {
+                match call("remove a container", bound, docker.remove_container(id, Some(opts))).await {
+                    Err(e) if !e.is_not_found() => {}
+                    _ => forget(id),
+                }
+            }
         });
         futures_util::future::join_all(kills).await;
     };
