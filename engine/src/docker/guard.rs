@@ -170,7 +170,8 @@ fn with_live<R>(f: impl FnOnce(&mut Live) -> R) -> R {
     f(&mut live)
 }
 
-fn remember_client(docker: &Docker) {
+/// The client a second Ctrl-C uses ([`kill_all_now`]): the first one this process connected.
+pub(super) fn remember_client(docker: &Docker) {
     let mut client = CLIENT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     if client.is_none() {
         *client = Some(docker.clone());

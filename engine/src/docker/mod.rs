@@ -135,6 +135,7 @@ impl DockerExecutor {
             Ok::<_, EnvironmentError>(docker)
         };
         let docker = tokio::time::timeout(CONNECT_TIMEOUT, handshake).await.map_err(|_| silent())??;
+        guard::remember_client(&docker);
         let transfer = if host.starts_with("unix://") { Transfer::Bind } else { Transfer::Archive };
         Ok(DockerExecutor { docker, transfer })
     }

@@ -221,9 +221,11 @@ fn ctrl_c_with_a_frozen_daemon_exits_130_within_the_cleanup_bound_and_names_the_
     let host = Host::new();
     let proxy = FakeHost::proxy();
     let step = unique("frozen-int");
-    let p = Project::new(&workflow(&step, "echo started; sleep 300", "10m"));
+    // With a secret: its folder must not outlive an engine that exits without its destructors.
+    let p = Project::new(&format!("{}    secrets: [DAEMON_TEST_TOKEN]\n", workflow(&step, "echo started; sleep 300", "10m")));
+    let secret = "daemon-test-secret-5f1c0e";
     let mut cmd = p.cmd(&["run"]);
-    cmd.env("DOCKER_HOST", proxy.host());
+    cmd.env("DOCKER_HOST", proxy.host()).env("DAEMON_TEST_TOKEN", secret);
     let mut engine = Running::start(cmd);
     engine.wait_stdout("started", Duration::from_secs(60));
     proxy.freeze();
@@ -236,7 +238,10 @@ fn ctrl_c_with_a_frozen_daemon_exits_130_within_the_cleanup_bound_and_names_the_
     assert!(err.contains("these may be left behind") && err.contains(&format!("-{step}")), "{err}");
     assert!(err.contains("temporary folders") && err.contains("`engine clean` removes them"), "{err}");
     assert_eq!(containers(&format!("engine.step={step}")).len(), 1, "the frozen daemon kept the container");
-    clean_then_check(&p, &host, &step);
+    let o = p.run(&["clean"]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    assert!(containers(&format!("engine.step={step}")).is_empty(), "`engine clean` left the step's container");
+    assert_nothing_escaped(&p, &host, &[secret]);
 }
 
 #[test]
@@ -335,4 +340,17 @@ fn a_second_ctrl_c_kills_the_step_without_waiting_for_the_grace_period() {
     assert!(containers(&format!("engine.step={step}")).is_empty(), "the second Ctrl-C removed the container");
     // The run's temporary folder is left to `engine clean`, which says so.
     clean_then_check(&p, &host, &step);
+}
+
+#[test]
+fn invalid_daemon_deadline_settings_are_refused_with_exit_3() {
+    let host = Host::new();
+    let p = Project::new(&workflow("a", "true", "10s"));
+    for (var, value) in [("ENGINE_DOCKER_TIMEOUT", "soon"), ("ENGINE_DOCKER_TIMEOUT", "0"), ("ENGINE_STOP_GRACE", "forever")] {
+        let o = p.cmd(&["run"]).env(var, value).output().unwrap();
+        let err = text(&o.stderr);
+        assert_eq!(code(&o), 3, "{var}={value}: {err}");
+        assert!(err.contains(&format!("{var} must be a duration")) && err.contains(&format!("not `{value}`")), "{err}");
+    }
+    assert_nothing_escaped(&p, &host, &[]);
 }
