@@ -137,6 +137,7 @@ async fn cancel_on_signal(cancel: CancellationToken, mode: OutputMode) {
             None
         }
         _ = term.recv() => {
+            eprintln!("engine: terminated again; killing the run's containers without waiting");
             engine::docker::kill_all_now(KILL_BOUND).await;
             None
         }

@@ -18,7 +18,8 @@ pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// seconds).
 pub const CALL_TIMEOUT_VAR: &str = "ENGINE_DOCKER_TIMEOUT";
 /// Once a call went unanswered, the daemon is taken as unresponsive and every later call (mostly
-/// cleanup) waits at most this long, so that a frozen daemon costs one deadline, not one each.
+/// cleanup) waits at most this long until one is answered again, so that a frozen daemon costs
+/// one deadline, not one each.
 pub const UNRESPONSIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 static DAEMON: RwLock<Option<String>> = RwLock::new(None);
@@ -96,14 +97,18 @@ impl DaemonError {
 
 /// Await one daemon call under a deadline: the only way the engine waits for the daemon. A call
 /// that does not finish within `limit` (see [`ordinary`], [`deadline`]) is a [`DaemonError::TimedOut`]
-/// naming `action` and the daemon, and marks the daemon unresponsive for later calls.
+/// naming `action` and the daemon, and marks the daemon unresponsive for later calls (until one
+/// is answered).
 pub async fn call<T>(action: &str, limit: Duration, fut: impl Future<Output = Result<T, Error>>) -> Result<T, DaemonError> {
     let timed_out = || {
         UNRESPONSIVE.store(true, Ordering::Relaxed);
         DaemonError::TimedOut { action: action.to_string(), daemon: daemon(), after: limit }
     };
     match tokio::time::timeout(limit, fut).await {
-        Ok(Ok(value)) => Ok(value),
+        Ok(Ok(value)) => {
+            UNRESPONSIVE.store(false, Ordering::Relaxed);
+            Ok(value)
+        }
         // bollard's own client timeout (on the response headers) counts as no answer too.
         Ok(Err(Error::RequestTimeoutError)) | Err(_) => Err(timed_out()),
         Ok(Err(source)) => Err(DaemonError::Failed { action: action.to_string(), source }),
@@ -153,9 +158,12 @@ mod tests {
             "the Docker daemon at unix:///tmp/silent.sock did not answer within 30s while trying to list the engine's \
              containers; check that it is running and responsive"
         );
-        // From now on the daemon counts as unresponsive: later calls wait at most 5 s.
+        // From now on the daemon counts as unresponsive: later calls wait at most 5 s...
         assert_eq!(deadline(Duration::from_secs(30)), UNRESPONSIVE_TIMEOUT);
         assert_eq!(deadline(Duration::from_secs(1)), Duration::from_secs(1));
+        // ...until it answers one.
+        call("ping", Duration::from_secs(1), async { Ok(()) }).await.unwrap();
+        assert_eq!(deadline(Duration::from_secs(30)), Duration::from_secs(30));
     }
 
     #[tokio::test]
