@@ -16,6 +16,13 @@ use crate::common::{hostile::*, *};
 
 const REAL_DAEMON: &str = "/var/run/docker.sock";
 
+/// These cases assert time bounds of a few seconds: they run one at a time, not against each
+/// other's containers for the two cores.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// A socket standing in for the daemon: `silent` accepts and never answers; `proxy` forwards to
 /// the real daemon until `freeze` and then holds every byte (in both directions, on every
 /// connection, new ones included).
@@ -176,6 +183,7 @@ fn clean_then_check(p: &Project, host: &Host, step: &str) {
 
 #[test]
 fn a_daemon_that_never_answers_fails_every_command_with_exit_3_within_seconds() {
+    let _serial = serial();
     let host = Host::new();
     let silent = FakeHost::silent();
     let p = Project::new(&workflow("a", "true", "10s"));
@@ -193,6 +201,7 @@ fn a_daemon_that_never_answers_fails_every_command_with_exit_3_within_seconds() 
 
 #[test]
 fn a_daemon_frozen_mid_step_still_ends_the_run_after_the_timeout_with_exit_3_and_the_leftovers() {
+    let _serial = serial();
     let host = Host::new();
     let proxy = FakeHost::proxy();
     let step = unique("frozen-timeout");
@@ -218,6 +227,7 @@ fn a_daemon_frozen_mid_step_still_ends_the_run_after_the_timeout_with_exit_3_and
 
 #[test]
 fn ctrl_c_with_a_frozen_daemon_exits_130_within_the_cleanup_bound_and_names_the_leftovers() {
+    let _serial = serial();
     let host = Host::new();
     let proxy = FakeHost::proxy();
     let step = unique("frozen-int");
@@ -246,6 +256,7 @@ fn ctrl_c_with_a_frozen_daemon_exits_130_within_the_cleanup_bound_and_names_the_
 
 #[test]
 fn a_second_ctrl_c_with_a_frozen_daemon_exits_130_at_once() {
+    let _serial = serial();
     let host = Host::new();
     let proxy = FakeHost::proxy();
     let step = unique("frozen-int2");
@@ -269,6 +280,7 @@ fn a_second_ctrl_c_with_a_frozen_daemon_exits_130_at_once() {
 
 #[test]
 fn a_timed_out_step_gets_the_stop_signal_before_sigkill() {
+    let _serial = serial();
     let host = Host::new();
     let step = unique("term-timeout");
     let p = Project::new(&workflow(&step, "trap 'echo got TERM; exit 143' TERM; echo started; while true; do sleep 1; done", "2s"));
@@ -285,6 +297,7 @@ fn a_timed_out_step_gets_the_stop_signal_before_sigkill() {
 
 #[test]
 fn a_step_ignoring_the_stop_signal_is_killed_after_the_grace_period() {
+    let _serial = serial();
     let host = Host::new();
     let step = unique("term-ignored");
     let p = Project::new(&workflow(&step, "trap '' TERM; echo started; while true; do sleep 1; done", "1s"));
@@ -303,6 +316,7 @@ fn a_step_ignoring_the_stop_signal_is_killed_after_the_grace_period() {
 
 #[test]
 fn ctrl_c_gives_the_running_step_the_stop_signal_then_exits_130() {
+    let _serial = serial();
     let host = Host::new();
     let step = unique("term-int");
     let p = Project::new(&workflow(&step, "trap 'echo got TERM; exit 0' TERM; echo started; while true; do sleep 1; done", "10m"));
@@ -321,6 +335,7 @@ fn ctrl_c_gives_the_running_step_the_stop_signal_then_exits_130() {
 
 #[test]
 fn a_second_ctrl_c_kills_the_step_without_waiting_for_the_grace_period() {
+    let _serial = serial();
     let host = Host::new();
     let step = unique("term-int2");
     // Traps TERM, says so, and carries on: only SIGKILL ends it.
@@ -344,6 +359,7 @@ fn a_second_ctrl_c_kills_the_step_without_waiting_for_the_grace_period() {
 
 #[test]
 fn invalid_daemon_deadline_settings_are_refused_with_exit_3() {
+    let _serial = serial();
     let host = Host::new();
     let p = Project::new(&workflow("a", "true", "10s"));
     for (var, value) in [("ENGINE_DOCKER_TIMEOUT", "soon"), ("ENGINE_DOCKER_TIMEOUT", "0"), ("ENGINE_STOP_GRACE", "forever")] {
