@@ -270,7 +270,7 @@ impl DockerExecutor {
             return outcome(Err(failure), Some(code));
         }
         // Collection streams archives (archive transfer) or copies files: bounded like the step.
-        let limit = errors::deadline(step.limits.timeout + self.grace());
+        let limit = self.stream_limit(job);
         let collected = match tokio::time::timeout(limit, self.collect(job, &id)).await {
             Ok(result) => result,
             Err(_) => Err(StepFailure::Environment(format!(
@@ -284,6 +284,13 @@ impl DockerExecutor {
 
     fn grace(&self) -> Duration {
         stop_grace().unwrap_or(DEFAULT_STOP_GRACE)
+    }
+
+    /// The deadline of moving a step's files (upload, collection): the step's timeout plus the
+    /// grace period, and never less than one ordinary call's.
+    fn stream_limit(&self, job: &StepJob) -> Duration {
+        let ordinary_limit = errors::call_timeout().unwrap_or(DEFAULT_CALL_TIMEOUT);
+        errors::deadline((job.step.limits.timeout + self.grace()).max(ordinary_limit))
     }
 
     /// Archive transfer: the volumes for /workspace (and /run/secrets), removed with the step, and
@@ -340,7 +347,7 @@ impl DockerExecutor {
             .map_err(|e| host_failure("pack the workspace", &e))?;
         let opts = UploadToContainerOptions { path: "/".into(), ..Default::default() };
         // A streaming call: bounded like the step itself (its timeout plus the grace).
-        let limit = errors::deadline(job.step.limits.timeout + self.grace());
+        let limit = self.stream_limit(job);
         call("upload the workspace", limit, self.docker.upload_to_container(&id, Some(opts), bollard::body_full(tar.into())))
             .await
             .map_err(daemon_failure)?;
