@@ -61,13 +61,18 @@ async fn dispatch(cli: Cli) -> i32 {
         Command::Replay(args) => replay_command(args).await,
         Command::Provenance { id, dir, cache } => provenance_command(&id, &dir.dir, &cache.resolve()),
     };
-    match result {
+    let code = match result {
         Ok(code) => code,
         Err(e) => {
             report(&e);
             e.exit_code()
         }
+    };
+    // What the daemon failed to remove (it stopped answering) is named, never silently left.
+    if let Some(left) = leftovers(false) {
+        eprintln!("engine: {left}");
     }
+    code
 }
 
 async fn run_command(args: engine::cli::RunArgs) -> Result<i32, StartError> {
@@ -101,8 +106,17 @@ async fn run_command(args: engine::cli::RunArgs) -> Result<i32, StartError> {
     })
 }
 
+/// How long an interrupted engine waits for its cleanup (the stop ladder of every running
+/// container, then their removal) before it exits 130 anyway, naming what may be left behind.
+const CLEANUP_BOUND: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a second interrupt spends on force-removing the run's containers before exiting.
+const KILL_BOUND: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// SIGINT or SIGTERM cancels the run: the scheduler stops dispatching and every running
-/// container is killed and removed before the engine exits 130.
+/// container is stopped (stop signal, grace period, SIGKILL) and removed before the engine exits
+/// 130. If that has not finished within CLEANUP_BOUND (a hung daemon), or on a second SIGINT or
+/// SIGTERM (after a bounded force-removal, SIGKILL without grace, of the run's containers), the engine exits 130 at once and
+/// names what may be left behind for `engine clean`.
 async fn cancel_on_signal(cancel: CancellationToken, mode: OutputMode) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
@@ -113,9 +127,73 @@ async fn cancel_on_signal(cancel: CancellationToken, mode: OutputMode) {
         _ = term.recv() => {}
     }
     if mode == OutputMode::Plain {
-        eprintln!("engine: interrupted; stopping and removing the running containers");
+        eprintln!("engine: interrupted; stopping and removing the running containers (interrupt again to kill them at once)");
     }
     cancel.cancel();
+    let why = tokio::select! {
+        _ = int.recv() => {
+            eprintln!("engine: interrupted again; killing the run's containers without waiting");
+            engine::docker::kill_all_now(KILL_BOUND).await;
+            None
+        }
+        _ = term.recv() => {
+            eprintln!("engine: terminated again; killing the run's containers without waiting");
+            engine::docker::kill_all_now(KILL_BOUND).await;
+            None
+        }
+        _ = tokio::time::sleep(CLEANUP_BOUND) => Some(format!(
+            "the cleanup did not finish within {}s (the Docker daemon may be hung); exiting without it",
+            CLEANUP_BOUND.as_secs()
+        )),
+    };
+    if let Some(why) = why {
+        eprintln!("engine: {why}");
+    }
+    // Destructors do not run on this exit: the secrets' folders go now, whatever the daemon does.
+    engine::docker::remove_temp_now();
+    if let Some(left) = leftovers(true) {
+        eprintln!("engine: {left}");
+    }
+    std::process::exit(exit::INTERRUPTED);
+}
+
+/// What this engine created and has not seen removed ("may be left behind: ..."), or None.
+/// `exiting_early`: the engine exits without its destructors, so its runs' folders stay too.
+fn leftovers(exiting_early: bool) -> Option<String> {
+    let live = engine::docker::live();
+    let mut parts = Vec::new();
+    if !live.containers.is_empty() {
+        parts.push(format!("containers {}", live.containers.iter().cloned().collect::<Vec<_>>().join(", ")));
+    }
+    if !live.volumes.is_empty() {
+        parts.push(format!("volumes {}", live.volumes.iter().cloned().collect::<Vec<_>>().join(", ")));
+    }
+    // The run's temporary folder (`RunDir`, `<tmp>/engine-run-<id>-*`) outlives an engine that
+    // exits without its destructors.
+    let mut folders: Vec<String> = live.temp.iter().map(|p| p.display().to_string()).collect();
+    if !exiting_early && parts.is_empty() && folders.is_empty() {
+        return None;
+    }
+    if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if live.runs.iter().any(|id| name.starts_with(&format!("engine-run-{id}-"))) {
+                folders.push(entry.path().display().to_string());
+            }
+        }
+    }
+    if !folders.is_empty() {
+        parts.push(format!("temporary folders {}", folders.join(", ")));
+    }
+    if parts.is_empty() {
+        return None;
+    }
+    let runs: Vec<String> = live.runs.iter().map(|id| format!("engine.run={id}")).collect();
+    let labelled = if runs.is_empty() { String::new() } else { format!(" (all labelled {})", runs.join(", ")) };
+    Some(format!(
+        "these may be left behind{labelled}: {}; `engine clean` removes them once this engine has exited",
+        parts.join("; ")
+    ))
 }
 
 fn check(file: Option<PathBuf>, policy: &PolicyArg) -> Result<i32, StartError> {

@@ -563,10 +563,17 @@ impl Container {
     }
 }
 
+/// How long the removal of a build container may wait for the daemon. A hung daemon must not
+/// hang a cancelled build: what is not removed in time carries the run and owner labels, so the
+/// next run or `engine clean` removes it once this engine has exited.
+const REMOVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 async fn remove(docker: &bollard::Docker, id: &str) {
     let opts = RemoveContainerOptions { force: true, ..Default::default() };
-    if let Err(e) = docker.remove_container(id, Some(opts)).await {
-        tracing::warn!("cannot remove build container {id}: {e}");
+    match tokio::time::timeout(REMOVE_TIMEOUT, docker.remove_container(id, Some(opts))).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!("cannot remove build container {id}: {e}"),
+        Err(_) => tracing::warn!("cannot remove build container {id}: the Docker daemon did not answer within 30s"),
     }
 }
 

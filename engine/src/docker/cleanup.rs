@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 
 use bollard::query_parameters::{ListContainersOptions, ListVolumesOptions};
 
-use super::errors::daemon_sentence;
-use super::guard::remove_all;
+use super::errors::{call, ordinary};
+use super::guard::{forget_run, remove_all};
 use super::owner::owner_is_dead;
 use super::transfer::{secrets_bases, OWNER_FILE, SECRETS_PREFIX};
 use super::LABEL_RUN;
@@ -78,7 +78,15 @@ pub fn dead_owner(dir: &Path, owner_file: &str) -> bool {
 /// Force-remove every container and volume of `run_id` (used on interrupt and at the end of a run).
 pub async fn remove_run(docker: &bollard::Docker, run_id: &str) -> Result<CleanupReport, crate::error::EnvironmentError> {
     let (containers, volumes) = list(docker, format!("{LABEL_RUN}={run_id}")).await?;
-    remove(docker, containers.into_iter().map(|(id, _)| id).collect(), volumes.into_iter().map(|(id, _)| id).collect()).await
+    let listed = (containers.len(), volumes.len());
+    let report =
+        remove(docker, containers.into_iter().map(|(id, _)| id).collect(), volumes.into_iter().map(|(id, _)| id).collect()).await?;
+    // Everything the daemon listed is gone: what a step's guard could not remove earlier (a slow
+    // daemon) is not left behind after all.
+    if (report.containers.len(), report.volumes.len()) == listed {
+        forget_run(run_id);
+    }
+    Ok(report)
 }
 
 type Labelled = Vec<(String, HashMap<String, String>)>;
@@ -87,17 +95,15 @@ type Labelled = Vec<(String, HashMap<String, String>)>;
 async fn list(docker: &bollard::Docker, filter: String) -> Result<(Labelled, Labelled), EnvironmentError> {
     let filters = HashMap::from([("label".to_string(), vec![filter])]);
     let opts = ListContainersOptions { all: true, filters: Some(filters.clone()), ..Default::default() };
-    let containers = docker
-        .list_containers(Some(opts))
+    let containers = call("list the engine's containers", ordinary(), docker.list_containers(Some(opts)))
         .await
-        .map_err(|e| EnvironmentError(daemon_sentence("list the engine's containers", &e)))?
+        .map_err(|e| EnvironmentError(e.to_string()))?
         .into_iter()
         .filter_map(|c| Some((c.id?, c.labels.unwrap_or_default())))
         .collect();
-    let volumes = docker
-        .list_volumes(Some(ListVolumesOptions { filters: Some(filters) }))
+    let volumes = call("list the engine's volumes", ordinary(), docker.list_volumes(Some(ListVolumesOptions { filters: Some(filters) })))
         .await
-        .map_err(|e| EnvironmentError(daemon_sentence("list the engine's volumes", &e)))?
+        .map_err(|e| EnvironmentError(e.to_string()))?
         .volumes
         .unwrap_or_default()
         .into_iter()

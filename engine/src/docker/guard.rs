@@ -1,14 +1,24 @@
 //! Removal of everything one step created (containers, volumes, temp folders), whatever happens:
 //! `release` on the normal path, and a spawned removal when the step's future is dropped midway
-//! (including midway through `release` itself).
+//! (including midway through `release` itself). Every removal runs under a deadline
+//! (`errors::call`): a hung daemon delays a step's end by at most one deadline per item.
+//!
+//! Also the process-wide list of what the engine created and has not seen removed yet ([`live`]),
+//! which is what an interrupted engine reports as possibly left behind and what a second Ctrl-C
+//! kills ([`kill_all_now`]).
 //!
 //! Owns only what was registered with it; must not remove anything by label or of other steps.
 
-use bollard::query_parameters::{RemoveContainerOptions, RemoveVolumeOptions};
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bollard::query_parameters::{ListContainersOptions, RemoveContainerOptions, RemoveVolumeOptions};
 use bollard::Docker;
 use tempfile::TempDir;
 
-use super::errors::is_not_found;
+use super::errors::{call, ordinary};
 
 pub struct Resources {
     docker: Docker,
@@ -20,28 +30,33 @@ pub struct Resources {
 
 impl Resources {
     pub fn new(docker: Docker) -> Self {
+        remember_client(&docker);
         Resources { docker, containers: Vec::new(), volumes: Vec::new(), temp: Vec::new() }
     }
 
     pub fn container(&mut self, id: String) {
+        with_live(|l| l.containers.insert(id.clone()));
         self.containers.push(id);
     }
 
     /// Forget a container already removed (the short-lived upload container).
     pub fn forget_container(&mut self, id: &str) {
+        with_live(|l| l.containers.remove(id));
         self.containers.retain(|c| c != id);
     }
 
     pub fn volume(&mut self, name: String) {
+        with_live(|l| l.volumes.insert(name.clone()));
         self.volumes.push(name);
     }
 
     pub fn temp_dir(&mut self, dir: TempDir) {
+        with_live(|l| l.temp.insert(dir.path().to_path_buf()));
         self.temp.push(dir);
     }
 
-    /// Remove everything now and wait for it. What the daemon failed to remove is left for
-    /// `cleanup::remove_stale` (it carries the owner labels).
+    /// Remove everything now and wait for it (each removal under its deadline). What the daemon
+    /// failed to remove is left for `cleanup::remove_stale` (it carries the owner labels).
     pub async fn release(mut self) {
         while let Some(id) = self.containers.last() {
             remove_container(&self.docker, id).await;
@@ -56,6 +71,9 @@ impl Resources {
 
 impl Drop for Resources {
     fn drop(&mut self) {
+        for dir in &self.temp {
+            with_live(|l| l.temp.remove(dir.path()));
+        }
         let containers = std::mem::take(&mut self.containers);
         let volumes = std::mem::take(&mut self.volumes);
         if containers.is_empty() && volumes.is_empty() {
@@ -99,15 +117,126 @@ pub async fn remove_all(docker: &Docker, containers: Vec<String>, volumes: Vec<S
 
 async fn remove_container(docker: &Docker, id: &str) -> bool {
     let opts = RemoveContainerOptions { force: true, v: true, ..Default::default() };
-    match docker.remove_container(id, Some(opts)).await {
+    let gone = match call("remove a container", ordinary(), docker.remove_container(id, Some(opts))).await {
         Ok(()) => true,
-        Err(e) => is_not_found(&e),
+        Err(e) => e.is_not_found(),
+    };
+    if gone {
+        forget(id);
     }
+    gone
 }
 
 async fn remove_volume(docker: &Docker, name: &str) -> bool {
-    match docker.remove_volume(name, Some(RemoveVolumeOptions { force: true })).await {
+    let gone = match call("remove a volume", ordinary(), docker.remove_volume(name, Some(RemoveVolumeOptions { force: true }))).await
+    {
         Ok(()) => true,
-        Err(e) => is_not_found(&e),
+        Err(e) => e.is_not_found(),
+    };
+    if gone {
+        with_live(|l| l.volumes.remove(name));
     }
+    gone
+}
+
+/// What this process created on the daemon and in the temp dir and has not seen removed yet.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Live {
+    /// Container names (or IDs) of steps and upload helpers.
+    pub containers: BTreeSet<String>,
+    pub volumes: BTreeSet<String>,
+    /// Temporary folders of steps (secrets).
+    pub temp: BTreeSet<PathBuf>,
+    /// Runs this process executed steps of (`engine.run` label values).
+    pub runs: BTreeSet<String>,
+}
+
+impl Live {
+    pub fn is_empty(&self) -> bool {
+        self.containers.is_empty() && self.volumes.is_empty() && self.temp.is_empty()
+    }
+}
+
+static LIVE: Mutex<Live> = Mutex::new(Live {
+    containers: BTreeSet::new(),
+    volumes: BTreeSet::new(),
+    temp: BTreeSet::new(),
+    runs: BTreeSet::new(),
+});
+static CLIENT: Mutex<Option<Docker>> = Mutex::new(None);
+
+fn with_live<R>(f: impl FnOnce(&mut Live) -> R) -> R {
+    let mut live = LIVE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    f(&mut live)
+}
+
+/// The client a second Ctrl-C uses ([`kill_all_now`]): the first one this process connected.
+pub(super) fn remember_client(docker: &Docker) {
+    let mut client = CLIENT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if client.is_none() {
+        *client = Some(docker.clone());
+    }
+}
+
+/// A snapshot of what this process may still leave behind.
+pub fn live() -> Live {
+    with_live(|l| l.clone())
+}
+
+/// Note that this process runs steps of `run_id` (for the report of an interrupted engine).
+pub fn note_run(run_id: &str) {
+    with_live(|l| l.runs.insert(run_id.to_string()));
+}
+
+fn forget(name: &str) {
+    with_live(|l| l.containers.remove(name));
+}
+
+/// Forget every container and volume of `run_id`: the end-of-run safety net removed them all.
+pub fn forget_run(run_id: &str) {
+    let prefix = super::container_name(run_id, "");
+    with_live(|l| {
+        l.containers.retain(|c| !c.starts_with(&prefix));
+        l.volumes.retain(|v| !v.starts_with(&prefix));
+    });
+}
+
+/// Remove the step temp folders (secrets) of this process now, synchronously: used just before an
+/// interrupted engine exits without running destructors, so that no secret outlives it.
+pub fn remove_temp_now() {
+    for dir in with_live(|l| std::mem::take(&mut l.temp)) {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// The second Ctrl-C: force-remove (SIGKILL, no grace) at once and concurrently every container
+/// this process registered and every container carrying its owner labels (image builds), all
+/// within `bound`. Best effort: with a hung daemon nothing may be removed; `engine clean` removes
+/// what is left.
+pub async fn kill_all_now(bound: Duration) {
+    let Some(docker) = CLIENT.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone() else { return };
+    let work = async {
+        let mut targets: BTreeSet<String> = live().containers;
+        let me = crate::owner::Owner::current();
+        let filters = std::collections::HashMap::from([(
+            "label".to_string(),
+            vec![format!("{}={}", super::LABEL_PID, me.pid), format!("{}={}", super::LABEL_HOST, me.host)],
+        )]);
+        let opts = ListContainersOptions { all: true, filters: Some(filters), ..Default::default() };
+        if let Ok(list) = call("list the engine's containers", bound, docker.list_containers(Some(opts))).await {
+            targets.extend(list.into_iter().filter_map(|c| c.id));
+        }
+        let kills = targets.iter().map(|id| {
+            let opts = RemoveContainerOptions { force: true, v: true, ..Default::default() };
+            let docker = &docker;
+            async move {
+                match call("remove a container", bound, docker.remove_container(id, Some(opts))).await {
+                    Err(e) if !e.is_not_found() => {}
+                    _ => forget(id),
+                }
+            }
+        });
+        futures_util::future::join_all(kills).await;
+    };
+    let _ = tokio::time::timeout(bound, work).await;
 }

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType, MountVolumeOptions, VolumeCreateRequest};
 use bollard::query_parameters::{
-    AttachContainerOptions, ContainerArchiveInfoOptions, CreateContainerOptions, DownloadFromContainerOptions, KillContainerOptions, RemoveContainerOptions,
-    UploadToContainerOptions, WaitContainerOptions,
+    AttachContainerOptions, ContainerArchiveInfoOptions, CreateContainerOptions, DownloadFromContainerOptions, InspectContainerOptions,
+    KillContainerOptions, RemoveContainerOptions, StopContainerOptions, UploadToContainerOptions, WaitContainerOptions,
 };
 use bollard::Docker;
 use futures_util::StreamExt;
@@ -30,7 +30,9 @@ use crate::error::EnvironmentError;
 use crate::events::Stream;
 use crate::executor::{StepContext, StepFailure, StepJob, StepOutcome};
 use crate::plan::HostBudget;
-use errors::{daemon_sentence, is_not_found, short_reason};
+use errors::{call, is_not_found, ordinary, short_reason, DaemonError};
+pub use errors::{CALL_TIMEOUT_VAR, CONNECT_TIMEOUT, DEFAULT_CALL_TIMEOUT};
+pub use guard::{kill_all_now, live, remove_temp_now, Live};
 use guard::Resources;
 
 /// Labels every container, volume and network the engine creates carries.
@@ -47,6 +49,26 @@ pub const LABEL_CACHE: &str = "engine.cache";
 
 /// The daemon address used when DOCKER_HOST is unset.
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
+
+/// How long a step's container has, after its stop signal (SIGTERM, or the image's `StopSignal`),
+/// to exit before it is killed with SIGKILL, on timeout and on interrupt. `ENGINE_STOP_GRACE`
+/// overrides it (`0` kills at once).
+pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(5);
+pub const STOP_GRACE_VAR: &str = "ENGINE_STOP_GRACE";
+
+/// The grace period of the stop ladder (see [`DEFAULT_STOP_GRACE`]); `Err` with a sentence when
+/// `ENGINE_STOP_GRACE` is not a duration.
+pub fn stop_grace() -> Result<Duration, String> {
+    static PARSED: std::sync::OnceLock<Result<Duration, String>> = std::sync::OnceLock::new();
+    PARSED
+        .get_or_init(|| match std::env::var(STOP_GRACE_VAR) {
+            Err(_) => Ok(DEFAULT_STOP_GRACE),
+            Ok(text) => dsl::units::parse_duration(text.trim())
+                .filter(|d| d.as_secs() <= 3600)
+                .ok_or_else(|| format!("{STOP_GRACE_VAR} must be a duration of at most 1h such as `5s`, not `{text}`")),
+        })
+        .clone()
+}
 
 /// How the workspace reaches the container.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,9 +113,29 @@ impl DockerExecutor {
                  or point DOCKER_HOST at a running daemon"
             ))
         };
+        errors::set_daemon(host);
+        let call_timeout = errors::call_timeout().map_err(EnvironmentError)?;
+        let grace = stop_grace().map_err(EnvironmentError)?;
         let docker = Docker::connect_with_host(host).map_err(|e| unreachable(short_reason(&e)))?;
-        let docker = docker.negotiate_version().await.map_err(|e| unreachable(short_reason(&e)))?;
-        docker.ping().await.map_err(|e| unreachable(short_reason(&e)))?;
+        // bollard's own deadline (on response headers) stays out of the way of ours: a stop waits
+        // for the grace period before the daemon answers.
+        let docker = docker.with_timeout((call_timeout + grace + Duration::from_secs(5)).max(Duration::from_secs(120)));
+        // A socket that accepts and never answers must not hang every command: version
+        // negotiation and ping together get CONNECT_TIMEOUT.
+        let silent = || {
+            EnvironmentError(format!(
+                "the Docker daemon at {host} did not answer within {}; check that it is running and responsive, \
+                 or point DOCKER_HOST at a daemon that is",
+                dsl::units::format_duration(CONNECT_TIMEOUT)
+            ))
+        };
+        let handshake = async {
+            let docker = docker.negotiate_version().await.map_err(|e| unreachable(short_reason(&e)))?;
+            docker.ping().await.map_err(|e| unreachable(short_reason(&e)))?;
+            Ok::<_, EnvironmentError>(docker)
+        };
+        let docker = tokio::time::timeout(CONNECT_TIMEOUT, handshake).await.map_err(|_| silent())??;
+        guard::remember_client(&docker);
         let transfer = if host.starts_with("unix://") { Transfer::Bind } else { Transfer::Archive };
         Ok(DockerExecutor { docker, transfer })
     }
@@ -113,7 +155,7 @@ impl DockerExecutor {
 
     /// CPUs and memory of the daemon's host.
     pub async fn host_budget(&self) -> Result<HostBudget, EnvironmentError> {
-        let info = self.docker.info().await.map_err(|e| EnvironmentError(daemon_sentence("describe its host", &e)))?;
+        let info = call("describe its host", ordinary(), self.docker.info()).await.map_err(|e| EnvironmentError(e.to_string()))?;
         let cpus = info.ncpu.unwrap_or(1).max(1) as u64;
         // A daemon that does not say how much memory it has gets no memory budget rather than
         // a zero one (which would make every step "too large").
@@ -130,16 +172,17 @@ impl DockerExecutor {
     /// 3) with the same sentence as [`Self::check_image`]. Step keys use the ID, not the tag, so a
     /// re-tagged image changes them.
     pub async fn image_id(&self, reference: &str) -> Result<String, EnvironmentError> {
-        match self.docker.inspect_image(reference).await {
+        match call(&format!("look up image `{reference}`"), ordinary(), self.docker.inspect_image(reference)).await {
             Ok(image) => image.id.ok_or_else(|| EnvironmentError(format!("the Docker daemon reported no ID for image `{reference}`"))),
-            Err(e) if is_not_found(&e) => Err(EnvironmentError(missing_image_sentence(reference))),
-            Err(e) => Err(EnvironmentError(daemon_sentence(&format!("look up image `{reference}`"), &e))),
+            Err(e) if e.is_not_found() => Err(EnvironmentError(missing_image_sentence(reference))),
+            Err(e) => Err(EnvironmentError(e.to_string())),
         }
     }
 
     /// Run one step's container to the end and remove it.
     pub async fn run_step(&self, job: StepJob, ctx: StepContext) -> StepOutcome {
         let mut resources = Resources::new(self.docker.clone());
+        guard::note_run(&job.run_id);
         let outcome = match self.run_inner(&job, &ctx, &mut resources).await {
             Ok(outcome) => outcome,
             Err(failure) => StepOutcome { result: Err(failure), duration: Duration::ZERO, exit_code: None, cached: false },
@@ -194,20 +237,28 @@ impl DockerExecutor {
         // step writes and ends only after its stdio closed, whereas following the log driver
         // right after exit can miss a last line that has not been flushed to the log yet.
         let opts = AttachContainerOptions { stream: true, stdout: true, stderr: true, ..Default::default() };
-        let output = self.docker.attach_container(&id, Some(opts)).await.map_err(|e| env_failure("attach to the step's container", &e))?.output;
-        self.docker.start_container(&id, None).await.map_err(|e| env_failure("start the step's container", &e))?;
+        let output = call("attach to the step's container", ordinary(), self.docker.attach_container(&id, Some(opts)))
+            .await
+            .map_err(daemon_failure)?
+            .output;
+        call("start the step's container", ordinary(), self.docker.start_container(&id, None)).await.map_err(daemon_failure)?;
         let started = Instant::now();
         let ended = self.follow(job, ctx, &id, output, started).await;
         let duration = started.elapsed();
         let outcome = |result, exit_code| Ok(StepOutcome { result, duration, exit_code, cached: false });
         let code = match ended {
             Ended::Exited => self.exit_code(&id).await,
-            Ended::TimedOut => {
-                self.kill(&id).await;
-                return outcome(Err(StepFailure::TimedOut(step.limits.timeout)), None);
+            // The container was stopped (stop signal, grace, SIGKILL) inside `follow`.
+            Ended::TimedOut(Ok(())) => return outcome(Err(StepFailure::TimedOut(step.limits.timeout)), None),
+            // A daemon that does not stop the container is the environment failing, not the step.
+            Ended::TimedOut(Err(e)) => {
+                let limit = dsl::units::format_duration(step.limits.timeout);
+                return outcome(Err(StepFailure::Environment(format!("the step timed out after {limit}, then {e}"))), None);
             }
-            Ended::Cancelled => {
-                self.kill(&id).await;
+            Ended::Cancelled(stopped) => {
+                if let Err(e) = stopped {
+                    tracing::debug!(error = %e, "the cancelled step's container was not stopped");
+                }
                 return outcome(Err(StepFailure::Cancelled), None);
             }
             Ended::Failed(f) => return outcome(Err(f), None),
@@ -220,7 +271,28 @@ impl DockerExecutor {
             let failure = if oom { StepFailure::OutOfMemory { limit: step.limits.memory } } else { StepFailure::Exit(code) };
             return outcome(Err(failure), Some(code));
         }
-        outcome(self.collect(job, &id).await, Some(code))
+        // Collection streams archives (archive transfer) or copies files: bounded like the step.
+        let limit = self.stream_limit(job);
+        let collected = match tokio::time::timeout(limit, self.collect(job, &id)).await {
+            Ok(result) => result,
+            Err(_) => Err(StepFailure::Environment(format!(
+                "collecting the outputs of the step took longer than {} (the Docker daemon at {} may be hung)",
+                dsl::units::format_duration(limit),
+                errors::daemon()
+            ))),
+        };
+        outcome(collected, Some(code))
+    }
+
+    fn grace(&self) -> Duration {
+        stop_grace().unwrap_or(DEFAULT_STOP_GRACE)
+    }
+
+    /// The deadline of moving a step's files (upload, collection): the step's timeout plus the
+    /// grace period, and never less than one ordinary call's.
+    fn stream_limit(&self, job: &StepJob) -> Duration {
+        let ordinary_limit = errors::call_timeout().unwrap_or(DEFAULT_CALL_TIMEOUT);
+        errors::deadline((job.step.limits.timeout + self.grace()).max(ordinary_limit))
     }
 
     /// Archive transfer: the volumes for /workspace (and /run/secrets), removed with the step, and
@@ -241,7 +313,7 @@ impl DockerExecutor {
             let name = format!("{}-v{n}", container_name(&job.run_id, &job.step.name));
             res.volume(name.clone());
             let req = VolumeCreateRequest { name: Some(name.clone()), labels: Some(labels.clone()), ..Default::default() };
-            self.docker.create_volume(req).await.map_err(|e| env_failure("create a volume", &e))?;
+            call("create a volume", ordinary(), self.docker.create_volume(req)).await.map_err(daemon_failure)?;
             mounts.push(volume_mount(name, target));
         }
         for cache in &job.caches {
@@ -250,10 +322,9 @@ impl DockerExecutor {
             let name = cache_volume_name(&cache.name);
             let labels = HashMap::from([(LABEL_CACHE.to_string(), cache.name.clone())]);
             let req = VolumeCreateRequest { name: Some(name.clone()), labels: Some(labels), ..Default::default() };
-            self.docker
-                .create_volume(req)
+            call(&format!("create the volume of cache `{}`", cache.name), ordinary(), self.docker.create_volume(req))
                 .await
-                .map_err(|e| env_failure(&format!("create the volume of cache `{}`", cache.name), &e))?;
+                .map_err(daemon_failure)?;
             mounts.push(volume_mount(name, &cache.path));
         }
         Ok(mounts)
@@ -277,23 +348,24 @@ impl DockerExecutor {
             .map_err(|e| StepFailure::Environment(format!("cannot pack the workspace: {e}")))?
             .map_err(|e| host_failure("pack the workspace", &e))?;
         let opts = UploadToContainerOptions { path: "/".into(), ..Default::default() };
-        self.docker
-            .upload_to_container(&id, Some(opts), bollard::body_full(tar.into()))
+        // A streaming call: bounded like the step itself (its timeout plus the grace).
+        let limit = self.stream_limit(job);
+        call("upload the workspace", limit, self.docker.upload_to_container(&id, Some(opts), bollard::body_full(tar.into())))
             .await
-            .map_err(|e| env_failure("upload the workspace", &e))?;
+            .map_err(daemon_failure)?;
         let remove = RemoveContainerOptions { force: true, ..Default::default() };
-        self.docker.remove_container(&id, Some(remove)).await.map_err(|e| env_failure("remove the upload container", &e))?;
+        call("remove the upload container", ordinary(), self.docker.remove_container(&id, Some(remove))).await.map_err(daemon_failure)?;
         res.forget_container(&name);
         Ok(())
     }
 
     async fn create(&self, job: &StepJob, action: &str, body: ContainerCreateBody, name: Option<String>) -> Result<String, StepFailure> {
         let opts = CreateContainerOptions { name, ..Default::default() };
-        match self.docker.create_container(Some(opts), body).await {
+        match call(action, ordinary(), self.docker.create_container(Some(opts), body)).await {
             Ok(created) => Ok(created.id),
             // 404 on create: the image is missing (no registry here, so nothing is pulled).
-            Err(e) if is_not_found(&e) => Err(StepFailure::Environment(missing_image_sentence(&job.image))),
-            Err(e) => Err(env_failure(action, &e)),
+            Err(e) if e.is_not_found() => Err(StepFailure::Environment(missing_image_sentence(&job.image))),
+            Err(e) => Err(daemon_failure(e)),
         }
     }
 
@@ -319,13 +391,36 @@ impl DockerExecutor {
             }
         };
         let deadline = tokio::time::Instant::from_std(started + job.step.limits.timeout);
-        let ended = tokio::select! {
-            ended = run => ended,
-            _ = tokio::time::sleep_until(deadline) => Ended::TimedOut,
-            _ = ctx.cancel.cancelled() => Ended::Cancelled,
+        let ended = {
+            tokio::pin!(run);
+            let ended = tokio::select! {
+                ended = &mut run => ended,
+                _ = tokio::time::sleep_until(deadline) => Ended::TimedOut(Ok(())),
+                _ = ctx.cancel.cancelled() => Ended::Cancelled(Ok(())),
+            };
+            match ended {
+                Ended::TimedOut(_) => Ended::TimedOut(self.stop_following(id, run.as_mut()).await),
+                Ended::Cancelled(_) => Ended::Cancelled(self.stop_following(id, run.as_mut()).await),
+                other => other,
+            }
         };
         lines.flush();
         ended
+    }
+
+    /// Run the termination ladder while the output keeps flowing (a step that traps the stop
+    /// signal may log on its way out); once the container stopped, the last bytes get a second.
+    async fn stop_following(&self, id: &str, mut output: std::pin::Pin<&mut impl std::future::Future<Output = Ended>>) -> Result<(), DaemonError> {
+        let stop = self.stop(id);
+        tokio::pin!(stop);
+        tokio::select! {
+            stopped = &mut stop => {
+                let _ = tokio::time::timeout(Duration::from_secs(1), output.as_mut()).await;
+                stopped
+            }
+            // The output ended (the container exited on the stop signal): the stop call finishes.
+            _ = output.as_mut() => stop.await,
+        }
     }
 
     async fn exit_code(&self, id: &str) -> Result<(i64, bool), StepFailure> {
@@ -334,8 +429,9 @@ impl DockerExecutor {
         // another look before calling it a plain exit.
         for delay_ms in [0, 100, 300, 600] {
             tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-            let info =
-                self.docker.inspect_container(id, None).await.map_err(|e| env_failure("inspect the step's container", &e))?;
+            let info = call("inspect the step's container", ordinary(), self.docker.inspect_container(id, None::<InspectContainerOptions>))
+                .await
+                .map_err(daemon_failure)?;
             let state = info.state.unwrap_or_default();
             let (code, oom) = (state.exit_code.unwrap_or(-1), state.oom_killed.unwrap_or(false));
             if oom || code != 137 {
@@ -345,10 +441,34 @@ impl DockerExecutor {
         Ok((137, false))
     }
 
-    async fn kill(&self, id: &str) {
-        // Errors ignored: the container may have exited meanwhile; removal forces it anyway.
-        let opts = KillContainerOptions { signal: "SIGKILL".into() };
-        let _ = self.docker.kill_container(id, Some(opts)).await;
+    /// The termination ladder: the daemon sends the container's stop signal (SIGTERM unless the
+    /// image says otherwise), waits the grace period, then SIGKILLs it; the call returns once the
+    /// container stopped. `Err` only when the daemon did not do it in time. A container that
+    /// exited meanwhile (304, 404) counts as stopped.
+    async fn stop(&self, id: &str) -> Result<(), DaemonError> {
+        let grace = self.grace();
+        let opts = StopContainerOptions { t: Some(i32::try_from(grace.as_secs()).unwrap_or(i32::MAX)), signal: None };
+        let limit = errors::deadline(grace + ordinary());
+        match call("stop the step's container", limit, self.docker.stop_container(id, Some(opts))).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) if e.timed_out() => {
+                // Best effort, in case the daemon only lost the stop: the removal forces it anyway.
+                let kill = KillContainerOptions { signal: "SIGKILL".into() };
+                let _ = call("kill the step's container", ordinary(), self.docker.kill_container(id, Some(kill))).await;
+                Err(e)
+            }
+            Err(e) => {
+                let kill = KillContainerOptions { signal: "SIGKILL".into() };
+                match call("kill the step's container", ordinary(), self.docker.kill_container(id, Some(kill))).await {
+                    Err(k) if k.timed_out() => Err(k),
+                    _ => {
+                        tracing::debug!(error = %e, "stop failed; killed");
+                        Ok(())
+                    }
+                }
+            }
+        }
     }
 
     async fn collect(&self, job: &StepJob, id: &str) -> Result<(), StepFailure> {
@@ -393,13 +513,18 @@ type OutputStream =
 
 enum Ended {
     Exited,
-    TimedOut,
-    Cancelled,
+    /// Stopped by the termination ladder; `Err` if the daemon did not stop it in time.
+    TimedOut(Result<(), DaemonError>),
+    Cancelled(Result<(), DaemonError>),
     Failed(StepFailure),
 }
 
 fn env_failure(action: &str, err: &bollard::errors::Error) -> StepFailure {
-    StepFailure::Environment(daemon_sentence(action, err))
+    StepFailure::Environment(errors::daemon_sentence(action, err))
+}
+
+fn daemon_failure(err: DaemonError) -> StepFailure {
+    StepFailure::Environment(err.to_string())
 }
 
 fn host_failure(action: &str, err: &std::io::Error) -> StepFailure {
@@ -457,7 +582,7 @@ pub fn container_name(run_id: &str, step: &str) -> String {
 
 /// The daemon's version and API version, for run records ("unknown" if it does not say).
 pub async fn daemon_version(docker: &bollard::Docker) -> (String, String) {
-    match docker.version().await {
+    match call("tell its version", ordinary(), docker.version()).await {
         Ok(v) => (v.version.unwrap_or_else(|| "unknown".into()), v.api_version.unwrap_or_else(|| "unknown".into())),
         Err(_) => ("unknown".into(), "unknown".into()),
     }

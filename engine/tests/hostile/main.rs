@@ -8,6 +8,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod daemon;
 mod dsl_bombs;
 mod files;
 mod images;
