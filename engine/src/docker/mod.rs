@@ -53,7 +53,7 @@ pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
 /// How long a step's container has, after its stop signal (SIGTERM, or the image's `StopSignal`),
 /// to exit before it is killed with SIGKILL, on timeout and on interrupt. `ENGINE_STOP_GRACE`
 /// overrides it (`0` kills at once).
-pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(5);
+pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(2);
 pub const STOP_GRACE_VAR: &str = "ENGINE_STOP_GRACE";
 
 /// The grace period of the stop ladder (see [`DEFAULT_STOP_GRACE`]); `Err` with a sentence when
