@@ -110,6 +110,7 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<RunStatus,
     // Validate first: a broken workflow is reported even when Docker is down.
     let workflow = Arc::new(dsl::load_file_with(&cfg.file, &cfg.policy)?);
     let docker = DockerExecutor::connect().await?;
+    let log_limit = record::log_limit().map_err(EnvironmentError)?;
     tracing::debug!(elapsed = ?started.elapsed(), "connected to the daemon");
     // For the run record; asked now so that the answer is there when the record starts.
     let daemon_version = {
@@ -188,6 +189,7 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<RunStatus,
         outputs: Mutex::new(HashMap::new()),
         image_builds: image_builds.clone(),
         recorder: recorder.clone(),
+        log_limit,
     });
     let config = SchedulerConfig { jobs, budget, keep_going: cfg.keep_going };
     tracing::debug!(elapsed = ?started.elapsed(), "prepared; starting the scheduler");
@@ -472,6 +474,8 @@ struct EngineExecutor {
     /// Images of `images:` being built; a step using one waits for it (and only for it).
     image_builds: HashMap<String, ImageBuild>,
     recorder: Arc<Recorder>,
+    /// Most bytes of a step's log kept in the record (and the cache).
+    log_limit: u64,
 }
 
 impl EngineExecutor {
@@ -629,7 +633,14 @@ impl Executor for EngineExecutor {
             }
         }
 
-        let (events, log) = ctx.events.capturing_logs();
+        // The log goes to the record's folder line by line as the step runs (capped, see
+        // `record::StepLog`); never gathered in memory. If it cannot be written, the run goes on
+        // without it.
+        let step_log = self.recorder.step_log(&name, self.log_limit).map_err(|e| tracing::warn!(step = %name, error = %e, "cannot write the step log")).ok();
+        let events = match &step_log {
+            Some(log) => ctx.events.capturing_logs_into(log.clone()),
+            None => ctx.events.clone(),
+        };
         let job = StepJob {
             run_id: self.run_id.clone(),
             image,
@@ -648,15 +659,23 @@ impl Executor for EngineExecutor {
         let succeeded = outcome.result.is_ok();
         let duration_ms = u64::try_from(outcome.duration.as_millis()).unwrap_or(u64::MAX);
         let (store, out_dir, wf, step_name) = (self.store.clone(), self.out_dir.clone(), self.workflow.clone(), name.clone());
-        let log = log.take();
-        let log_record = self.record_log(&name, &log);
+        let log_writer = step_log.clone();
         let finished = tokio::task::spawn_blocking(move || -> Result<Option<cache::Manifest>, String> {
             // The workspace is no longer needed; its space is freed as soon as the step ends.
             let _ = std::fs::remove_dir_all(&workspace);
             if !succeeded {
-                // A failed step is never cached.
+                // A failed step is never cached, and what it collected (up to a limit) goes now.
+                let _ = std::fs::remove_dir_all(&collect_to);
                 return Ok(None);
             }
+            // The kept log (at most the log limit) is what the cache entry's log digest covers.
+            let log = match &log_writer {
+                Some(w) => {
+                    w.finish().map_err(|e| format!("cannot write the step log: {e}"))?;
+                    std::fs::read(w.path()).map_err(|e| format!("cannot read the step log back: {e}"))?
+                }
+                None => Vec::new(),
+            };
             let manifest = store
                 .put(key, &wf, &step_name, &collect_to, 0, &log, duration_ms)
                 .map_err(|e| format!("cannot store the outputs in the cache: {e}"))?;
@@ -669,6 +688,20 @@ impl Executor for EngineExecutor {
         })
         .await
         .unwrap_or_else(|e| Err(e.to_string()));
+        // Finished above for a success (`finish` answers the same again); here otherwise.
+        let log_record = match step_log {
+            Some(log) => {
+                match tokio::task::spawn_blocking(move || log.finish()).await {
+                    Ok(Ok(r)) => Some(r),
+                    Ok(Err(e)) => {
+                        tracing::warn!(step = %name, error = %e, "cannot write the step log");
+                        None
+                    }
+                    Err(_) => None,
+                }
+            }
+            None => None,
+        };
         let mut recorded_outputs = None;
         match finished {
             Ok(Some(manifest)) => {
