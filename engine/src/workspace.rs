@@ -164,6 +164,10 @@ pub fn stage(source_dir: &Path, inputs: &[String], upstream: &[PathBuf], dest: &
 }
 
 /// Replace `<out>/<step>` with the collected outputs of `step`.
+///
+/// Files are reflinked where the filesystem shares extents (no disk space used) and copied
+/// otherwise; never hard-linked, since editing an exported file must not change the collected
+/// outputs or the cache.
 pub fn export(collected: &Path, out_dir: &Path, step: &str) -> io::Result<()> {
     let dest = out_dir.join(step);
     match fs::symlink_metadata(&dest) {
@@ -175,7 +179,32 @@ pub fn export(collected: &Path, out_dir: &Path, step: &str) -> io::Result<()> {
     }
     fs::create_dir_all(&dest)?;
     if collected.exists() {
-        copy_tree(collected, &dest)?;
+        export_tree(collected, &dest)?;
+    }
+    Ok(())
+}
+
+/// [`copy_tree`], with each file reflinked where the filesystem allows.
+fn export_tree(src: &Path, dest: &Path) -> io::Result<()> {
+    for entry in WalkDir::new(src).min_depth(1).follow_links(false) {
+        let entry = entry.map_err(|e| e.into_io_error().unwrap_or_else(|| io::Error::other("filesystem loop")))?;
+        let rel = entry.path().strip_prefix(src).map_err(io::Error::other)?;
+        let target = dest.join(rel);
+        if entry.file_type().is_dir() {
+            ensure_real_dir(&target)?;
+        } else if entry.file_type().is_file() {
+            if let Some(parent) = target.parent() {
+                ensure_real_dir(parent)?;
+            }
+            if fs::symlink_metadata(&target).is_ok() {
+                fs::remove_file(&target)?;
+            }
+            reflink_copy::reflink_or_copy(entry.path(), &target)?;
+            // A reflink does not carry the mode as a copy does.
+            fs::set_permissions(&target, entry.metadata().map_err(io::Error::other)?.permissions())?;
+        } else {
+            copy_entry(entry.path(), &target)?;
+        }
     }
     Ok(())
 }
