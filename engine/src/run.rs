@@ -190,6 +190,7 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<RunStatus,
         image_builds: image_builds.clone(),
         recorder: recorder.clone(),
         log_limit,
+        needed: plan.steps.iter().flat_map(|p| p.step.needs.iter().cloned()).collect(),
     });
     let config = SchedulerConfig { jobs, budget, keep_going: cfg.keep_going };
     tracing::debug!(elapsed = ?started.elapsed(), "prepared; starting the scheduler");
@@ -476,6 +477,9 @@ struct EngineExecutor {
     recorder: Arc<Recorder>,
     /// Most bytes of a step's log kept in the record (and the cache).
     log_limit: u64,
+    /// Steps some planned step needs: their collected outputs stay for staging. The others'
+    /// are moved to the output folder rather than copied.
+    needed: std::collections::HashSet<String>,
 }
 
 impl EngineExecutor {
@@ -509,6 +513,7 @@ impl EngineExecutor {
         let collect = self.run_dir.collected(&step.name);
         let store = self.store.clone();
         let (out_dir, name) = (self.out_dir.clone(), step.name.clone());
+        let needed = self.needed.contains(&name);
         let restored = tokio::task::spawn_blocking(move || {
             let _ = std::fs::remove_dir_all(&collect);
             std::fs::create_dir_all(&collect).map_err(|e| e.to_string())?;
@@ -517,7 +522,8 @@ impl EngineExecutor {
                 Err(cache::store::StoreError::Corrupt { .. }) => return Ok(false),
                 Err(e) => return Err(e.to_string()),
             }
-            workspace::export(&collect, &out_dir, &name).map_err(|e| format!("cannot export the outputs to {}: {e}", out_dir.display()))?;
+            let export = if needed { workspace::export } else { workspace::export_by_move };
+            export(&collect, &out_dir, &name).map_err(|e| format!("cannot export the outputs to {}: {e}", out_dir.display()))?;
             Ok(true)
         })
         .await
@@ -660,6 +666,7 @@ impl Executor for EngineExecutor {
         let duration_ms = u64::try_from(outcome.duration.as_millis()).unwrap_or(u64::MAX);
         let (store, out_dir, wf, step_name) = (self.store.clone(), self.out_dir.clone(), self.workflow.clone(), name.clone());
         let log_writer = step_log.clone();
+        let needed = self.needed.contains(&name);
         let finished = tokio::task::spawn_blocking(move || -> Result<Option<cache::Manifest>, String> {
             // The workspace is no longer needed; its space is freed as soon as the step ends.
             let _ = std::fs::remove_dir_all(&workspace);
@@ -682,8 +689,8 @@ impl Executor for EngineExecutor {
             store
                 .put_inputs_manifest(&key, &input_manifest)
                 .map_err(|e| format!("cannot store the input manifest in the cache: {e}"))?;
-            workspace::export(&collect_to, &out_dir, &step_name)
-                .map_err(|e| format!("cannot export the outputs to {}: {e}", out_dir.display()))?;
+            let export = if needed { workspace::export } else { workspace::export_by_move };
+            export(&collect_to, &out_dir, &step_name).map_err(|e| format!("cannot export the outputs to {}: {e}", out_dir.display()))?;
             Ok(Some(manifest))
         })
         .await

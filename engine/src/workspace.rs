@@ -184,6 +184,24 @@ pub fn export(collected: &Path, out_dir: &Path, step: &str) -> io::Result<()> {
     Ok(())
 }
 
+/// [`export`] for outputs no later step of the run needs: the collected folder itself is moved
+/// (renamed) to `<out>/<step>` when both are on one filesystem, so the export costs no disk;
+/// otherwise it is exported as by [`export`]. `collected` is gone afterwards.
+pub fn export_by_move(collected: &Path, out_dir: &Path, step: &str) -> io::Result<()> {
+    let dest = out_dir.join(step);
+    match fs::symlink_metadata(&dest) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(&dest)?,
+        Ok(_) => fs::remove_file(&dest)?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    ensure_real_dir(out_dir)?;
+    match fs::symlink_metadata(collected) {
+        Ok(m) if m.is_dir() && fs::rename(collected, &dest).is_ok() => Ok(()),
+        _ => export(collected, out_dir, step),
+    }
+}
+
 /// [`copy_tree`], with each file reflinked where the filesystem allows.
 fn export_tree(src: &Path, dest: &Path) -> io::Result<()> {
     for entry in WalkDir::new(src).min_depth(1).follow_links(false) {
