@@ -385,6 +385,19 @@ pub fn finish_links(
     Ok(())
 }
 
+/// Remove everything inside `dir` (not following symlinks), keeping `dir`.
+pub fn empty_folder(dir: &Path) -> io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            fs::remove_dir_all(entry.path())?;
+        } else {
+            fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
 fn io_failure(output: &str, err: &io::Error) -> StepFailure {
     StepFailure::Environment(format!("cannot collect output `{output}`: {err}"))
 }

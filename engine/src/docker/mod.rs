@@ -391,7 +391,20 @@ impl DockerExecutor {
             .await
             .map_err(joined)?;
         }
-        let mut budget = collect::Budget::new(limits.outputs);
+        let collected = self.collect_archive(job, id).await;
+        if collected.is_err() {
+            // Files are written as they stream in: a rejected step leaves none of them behind.
+            let to = job.collect_to.clone();
+            let _ = tokio::task::spawn_blocking(move || collect::empty_folder(&to)).await;
+        }
+        collected
+    }
+
+    /// Archive transfer: stream each output's tar into `collect_to`, then check and create the
+    /// symlinks.
+    async fn collect_archive(&self, job: &StepJob, id: &str) -> Result<(), StepFailure> {
+        let joined = |e: tokio::task::JoinError| StepFailure::Environment(format!("cannot collect the outputs: {e}"));
+        let mut budget = collect::Budget::new(job.step.limits.outputs);
         let mut links = Vec::new();
         for output in &job.step.outputs {
             let rel = collect::check_output_path(output)?;
