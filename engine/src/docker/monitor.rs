@@ -14,19 +14,22 @@ pub const INTERVAL: Duration = Duration::from_millis(500);
 
 /// Bytes of disk the folder `dir` takes (allocated blocks of every file, folder and symlink
 /// under it, the folder itself included), counted until it passes `stop_above`. Entries that
-/// vanish while walking are skipped; an unreadable folder is an error (an unmeasurable
-/// workspace is not a small one).
+/// vanish while walking are skipped, and so are folders the engine may not read (only possible
+/// when it does not run as root: the step made them private); other errors are errors.
 pub fn usage(dir: &Path, stop_above: u64) -> io::Result<u64> {
+    let skipped = |e: &walkdir::Error| {
+        e.io_error().is_some_and(|io| matches!(io.kind(), io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied))
+    };
     let mut total = 0u64;
     for entry in walkdir::WalkDir::new(dir).follow_links(false) {
         let entry = match entry {
             Ok(e) => e,
-            Err(e) if e.io_error().is_some_and(|io| io.kind() == io::ErrorKind::NotFound) => continue,
+            Err(e) if skipped(&e) => continue,
             Err(e) => return Err(io::Error::other(e)),
         };
         let meta = match entry.metadata() {
             Ok(m) => m,
-            Err(e) if e.io_error().is_some_and(|io| io.kind() == io::ErrorKind::NotFound) => continue,
+            Err(e) if skipped(&e) => continue,
             Err(e) => return Err(io::Error::other(e)),
         };
         // Allocated blocks, not the length: a sparse file takes what it takes. (Its length is
