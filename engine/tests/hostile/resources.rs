@@ -10,6 +10,8 @@ use crate::common::{hostile::*, *};
 
 /// Run `engine run` with `env`, stdout discarded; the exit code, stderr, and the engine's peak
 /// resident memory in bytes (the kernel's own account, from wait4's rusage).
+// The child is reaped by wait4 (which std does not offer), not by `Child::wait`.
+#[allow(clippy::zombie_processes)]
 fn run_measured(p: &Project, env: &[(&str, &str)]) -> (i32, String, u64) {
     let err = tempfile::NamedTempFile::new().unwrap();
     let mut cmd = p.cmd(&["run"]);
