@@ -290,7 +290,8 @@ impl Store {
         duration_ms: u64,
     ) -> Result<Manifest, StoreError> {
         let tmp = self.v1("tmp");
-        let entries = walk_outputs(collected, |src| fsio::store_file_blob(&tmp, src, |d| self.blob_path(d)))?;
+        let reflink = std::cell::Cell::new(true);
+        let entries = walk_outputs(collected, |src| fsio::store_output_blob(&tmp, src, |d| self.blob_path(d), &reflink))?;
         let log_digest = Digest::of(log);
         fsio::store_bytes_blob(&tmp, log, &self.blob_path(&log_digest))?;
         let created = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);

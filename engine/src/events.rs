@@ -95,14 +95,31 @@ pub struct EventSink {
     capture: Option<LogCapture>,
 }
 
-/// The log lines of one step, as `<stream> <line>\n`, collected while it runs. Lines are
+/// The log lines of one step, as `<stream> <line>\n`, collected while it runs: in memory
+/// ([`EventSink::capturing_logs`], for short logs such as a replay's), or handed line by line to
+/// a [`LogSink`] ([`EventSink::capturing_logs_into`], the run record's streamed log). Lines are
 /// captured after secret masking, exactly as they were shown.
-#[derive(Debug, Clone, Default)]
-pub struct LogCapture(Arc<Mutex<Vec<u8>>>);
+#[derive(Clone, Default)]
+pub struct LogCapture {
+    buf: Arc<Mutex<Vec<u8>>>,
+    sink: Option<Arc<dyn LogSink>>,
+}
+
+/// Where captured log lines go when they are not kept in memory.
+pub trait LogSink: Send + Sync {
+    fn append(&self, line: Vec<u8>);
+}
+
+impl std::fmt::Debug for LogCapture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogCapture").field("streamed", &self.sink.is_some()).finish()
+    }
+}
 
 impl LogCapture {
+    /// The lines captured in memory (nothing when they went to a sink).
     pub fn take(&self) -> Vec<u8> {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+        std::mem::take(&mut *self.buf.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
 
@@ -118,14 +135,25 @@ impl EventSink {
         (EventSink { tx: self.tx.clone(), capture: Some(capture.clone()) }, capture)
     }
 
+    /// A sink that forwards to this one and hands every log line to `sink` as it comes.
+    pub fn capturing_logs_into(&self, sink: Arc<dyn LogSink>) -> EventSink {
+        let capture = LogCapture { buf: Arc::default(), sink: Some(sink) };
+        EventSink { tx: self.tx.clone(), capture: Some(capture) }
+    }
+
     pub fn emit(&self, event: Event) {
         if let (Some(capture), Event::Log { stream, line, .. }) = (&self.capture, &event) {
-            let mut buf = capture.0.lock().unwrap_or_else(|e| e.into_inner());
             let stream = match stream {
                 Stream::Stdout => "stdout",
                 Stream::Stderr => "stderr",
             };
-            buf.extend_from_slice(format!("{stream} {line}\n").as_bytes());
+            match &capture.sink {
+                Some(sink) => sink.append(format!("{stream} {line}\n").into_bytes()),
+                None => {
+                    let mut buf = capture.buf.lock().unwrap_or_else(|e| e.into_inner());
+                    buf.extend_from_slice(format!("{stream} {line}\n").as_bytes());
+                }
+            }
         }
         let _ = self.tx.send(event);
     }

@@ -74,6 +74,12 @@ pub enum StepFailure {
     MissingOutput(String),
     #[error("output `{path}` rejected: {reason}")]
     UnsafeOutput { path: String, reason: String },
+    /// The step's /workspace grew past `limits.workspace` while it ran; it was killed.
+    #[error("wrote more than the workspace limit of {}", dsl::units::format_size(*.limit))]
+    WorkspaceLimit { limit: u64 },
+    /// The declared outputs hold more than `limits.outputs` bytes; collection stopped there.
+    #[error("outputs exceed the limit of {}", dsl::units::format_size(*.limit))]
+    OutputsLimit { limit: u64 },
     #[error("cancelled")]
     Cancelled,
     /// The image the step uses could not be built (names the image, stage and instruction).

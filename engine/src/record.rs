@@ -253,9 +253,14 @@ pub struct ImageRecord {
 pub struct LogRecord {
     /// Relative to the run's folder: `logs/<n>-<step>.log`.
     pub path: String,
-    /// `sha256:<hex>` of the log's bytes (lines as shown, secrets masked).
+    /// `sha256:<hex>` of the log's bytes as kept (lines as shown, secrets masked, and the line
+    /// saying what was cut, if anything was).
     pub digest: String,
+    /// The size of the kept log.
     pub bytes: u64,
+    /// Bytes of the step's log cut out of the middle to keep it within the log limit (0: none).
+    #[serde(default)]
+    pub cut: u64,
 }
 
 /// RFC 3339 UTC time, millisecond precision (runs started in the same second still sort).
@@ -386,7 +391,187 @@ impl Recorder {
         let mut tmp = tempfile::NamedTempFile::new_in(self.dir.join("logs"))?;
         tmp.write_all(log)?;
         tmp.persist(self.dir.join(&rel)).map_err(|e| e.error)?;
-        Ok(LogRecord { path: rel, digest: sha256(log), bytes: log.len() as u64 })
+        Ok(LogRecord { path: rel, digest: sha256(log), bytes: log.len() as u64, cut: 0 })
+    }
+
+    /// Start writing a step's log beside the record while the step runs: lines are appended on
+    /// a writer thread (through a small bounded channel), never gathered in memory, and at most
+    /// `limit` bytes are kept (see [`StepLog`]).
+    pub fn step_log(&self, step: &str, limit: u64) -> io::Result<std::sync::Arc<StepLog>> {
+        let index = {
+            let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            state.record.steps.iter().position(|s| s.name == step).unwrap_or(state.record.steps.len())
+        };
+        let rel = format!("logs/{index:02}-{}.log", cache::store::sanitise(step));
+        StepLog::start(self.dir.join("logs"), rel, limit)
+    }
+}
+
+/// Default most bytes of one step's log kept in its run record (`ENGINE_LOG_LIMIT` overrides).
+pub const DEFAULT_LOG_LIMIT: u64 = 16 << 20;
+/// The smallest log limit accepted: room for a head, a tail and the line saying what was cut.
+pub const MIN_LOG_LIMIT: u64 = 64 << 10;
+
+/// The per-step log limit: `ENGINE_LOG_LIMIT` (a size: `16m`, `1g`) or [`DEFAULT_LOG_LIMIT`].
+pub fn log_limit() -> Result<u64, String> {
+    match std::env::var("ENGINE_LOG_LIMIT") {
+        Err(_) => Ok(DEFAULT_LOG_LIMIT),
+        Ok(text) => match dsl::units::parse_size(&text) {
+            Some(n) if n >= MIN_LOG_LIMIT => Ok(n),
+            _ => Err(format!(
+                "ENGINE_LOG_LIMIT must be a size of at least {} (like `16m`), not `{text}`",
+                dsl::units::format_size(MIN_LOG_LIMIT)
+            )),
+        },
+    }
+}
+
+/// One step's log being written: `logs/<n>-<step>.log` keeps the first 1/16 of the limit (the
+/// head, at most 1 MiB) and the last lines (the tail, in a rotating pair of files each half of
+/// the rest), with one line between them saying how many bytes were cut. Lines arrive through
+/// a bounded channel to a writer thread; a slow disk slows the step's log reader, it never
+/// grows the engine's memory.
+pub struct StepLog {
+    tx: Mutex<Option<std::sync::mpsc::SyncSender<Vec<u8>>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<io::Result<LogRecord>>>>,
+    /// What the writer ended with (a second `finish` returns it again).
+    done: Mutex<Option<Result<LogRecord, String>>>,
+    path: PathBuf,
+}
+
+impl StepLog {
+    fn start(logs: PathBuf, rel: String, limit: u64) -> io::Result<std::sync::Arc<StepLog>> {
+        let path = logs.parent().unwrap_or(&logs).join(&rel);
+        let mut capped = CappedLog::new(&logs, limit)?;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(64);
+        let dest = path.clone();
+        let writer = std::thread::Builder::new().name("engine-log".into()).spawn(move || {
+            let mut failed = None;
+            for line in rx {
+                if failed.is_none() {
+                    failed = capped.write(&line).err();
+                }
+            }
+            match failed {
+                Some(e) => Err(e),
+                None => capped.finish(&dest, rel),
+            }
+        })?;
+        Ok(std::sync::Arc::new(StepLog { tx: Mutex::new(Some(tx)), writer: Mutex::new(Some(writer)), done: Mutex::new(None), path }))
+    }
+
+    /// The log file (complete once [`StepLog::finish`] returned).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// No more lines: write the kept log out and say what the record says about it. Blocks
+    /// until the writer is done (call it off the async workers). Calling it again returns the
+    /// same answer.
+    pub fn finish(&self) -> io::Result<LogRecord> {
+        drop(self.tx.lock().unwrap_or_else(|e| e.into_inner()).take());
+        let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        if done.is_none() {
+            let writer = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+            *done = Some(match writer {
+                Some(w) => match w.join() {
+                    Ok(r) => r.map_err(|e| e.to_string()),
+                    Err(_) => Err("the log writer stopped".to_string()),
+                },
+                None => Err("the log writer stopped".to_string()),
+            });
+        }
+        done.clone().unwrap_or_else(|| Err(String::new())).map_err(io::Error::other)
+    }
+}
+
+impl crate::events::LogSink for StepLog {
+    /// Append one line (with its newline). Lines after [`StepLog::finish`] are dropped.
+    fn append(&self, line: Vec<u8>) {
+        let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(tx) = tx {
+            let _ = tx.send(line);
+        }
+    }
+}
+
+/// The files behind a [`StepLog`]: the head (the log file to be), and the tail's two segments.
+struct CappedLog {
+    head: tempfile::NamedTempFile,
+    head_len: u64,
+    head_limit: u64,
+    /// Set once a line did not fit in the head: everything after goes to the tail.
+    head_full: bool,
+    /// The older and the current tail segment, with their lengths.
+    segments: [Option<(tempfile::NamedTempFile, u64)>; 2],
+    segment_limit: u64,
+    logs: PathBuf,
+    limit: u64,
+    total: u64,
+}
+
+impl CappedLog {
+    fn new(logs: &Path, limit: u64) -> io::Result<CappedLog> {
+        let head_limit = (limit / 16).min(1 << 20);
+        // The rest, less room for the line saying what was cut.
+        let segment_limit = (limit - head_limit - 256) / 2;
+        Ok(CappedLog {
+            head: tempfile::NamedTempFile::new_in(logs)?,
+            head_len: 0,
+            head_limit,
+            head_full: false,
+            segments: [None, None],
+            segment_limit,
+            logs: logs.to_path_buf(),
+            limit,
+            total: 0,
+        })
+    }
+
+    fn write(&mut self, line: &[u8]) -> io::Result<()> {
+        self.total += line.len() as u64;
+        if !self.head_full && self.head_len + line.len() as u64 <= self.head_limit {
+            self.head.write_all(line)?;
+            self.head_len += line.len() as u64;
+            return Ok(());
+        }
+        self.head_full = true;
+        // A line longer than a segment keeps its end only.
+        let line = &line[line.len().saturating_sub(self.segment_limit as usize)..];
+        let current_full = self.segments[1].as_ref().is_none_or(|(_, len)| len + line.len() as u64 > self.segment_limit);
+        if current_full {
+            // Rotate: the older segment goes, the current one becomes the older.
+            self.segments[0] = self.segments[1].take();
+            self.segments[1] = Some((tempfile::NamedTempFile::new_in(&self.logs)?, 0));
+        }
+        if let Some((file, len)) = self.segments[1].as_mut() {
+            file.write_all(line)?;
+            *len += line.len() as u64;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self, dest: &Path, rel: String) -> io::Result<LogRecord> {
+        let kept_tail: u64 = self.segments.iter().flatten().map(|(_, len)| len).sum();
+        let cut = self.total - self.head_len - kept_tail;
+        if cut > 0 {
+            let line = format!(
+                "engine [{cut} bytes of this log cut here: at most {} of a step's log is kept (ENGINE_LOG_LIMIT)]\n",
+                dsl::units::format_size(self.limit)
+            );
+            self.head.write_all(line.as_bytes())?;
+        }
+        for (segment, _) in self.segments.iter_mut().flatten() {
+            use std::io::Seek;
+            let file = segment.as_file_mut();
+            file.seek(io::SeekFrom::Start(0))?;
+            io::copy(file, self.head.as_file_mut())?;
+        }
+        self.head.flush()?;
+        let file = self.head.persist(dest).map_err(|e| e.error)?;
+        let bytes = file.metadata()?.len();
+        let digest = format!("sha256:{}", cache::hash::hash_file(dest)?.hex());
+        Ok(LogRecord { path: rel, digest, bytes, cut })
     }
 }
 
@@ -643,6 +828,44 @@ mod tests {
         assert!(matches!(find(dir.path(), "7"), Err(RecordError::NotFound { .. })));
         let empty = tempfile::tempdir().unwrap();
         assert!(matches!(find(empty.path(), "latest"), Err(RecordError::NoRuns(_))));
+    }
+
+    #[test]
+    fn a_long_step_log_keeps_its_head_and_tail_and_says_what_was_cut() {
+        use crate::events::LogSink;
+        let dir = tempfile::tempdir().unwrap();
+        let r = Recorder::create(dir.path(), record("6a0004", "t")).unwrap();
+        let log = r.step_log("a", MIN_LOG_LIMIT).unwrap();
+        let mut total = 0;
+        for n in 0..100_000 {
+            let line = format!("stdout line {n}\n").into_bytes();
+            total += line.len() as u64;
+            log.append(line);
+        }
+        let rec = log.finish().unwrap();
+        assert_eq!(rec.path, "logs/00-a.log");
+        let kept = fs::read(log.path()).unwrap();
+        assert_eq!(rec.bytes, kept.len() as u64);
+        assert!(rec.bytes <= MIN_LOG_LIMIT, "{} bytes kept", rec.bytes);
+        assert_eq!(rec.digest, sha256(&kept));
+        let text = String::from_utf8(kept).unwrap();
+        assert!(text.starts_with("stdout line 0\n"));
+        assert!(text.ends_with("stdout line 99999\n"));
+        let said = format!("engine [{} bytes of this log cut here", rec.cut);
+        assert!(text.contains(&said), "no cut line");
+        let cut_line = text.lines().find(|l| l.starts_with("engine [")).unwrap().len() as u64 + 1;
+        assert_eq!(rec.bytes - cut_line + rec.cut, total);
+        // Every line kept whole, in order.
+        let numbers: Vec<u64> = text.lines().filter_map(|l| l.strip_prefix("stdout line ")?.parse().ok()).collect();
+        assert!(numbers.windows(2).all(|w| w[1] > w[0]));
+        // A short log is kept whole, nothing said.
+        let short = r.step_log("b", DEFAULT_LOG_LIMIT).unwrap();
+        short.append(b"stdout hi\n".to_vec());
+        let rec = short.finish().unwrap();
+        assert_eq!((rec.bytes, rec.cut), (10, 0));
+        assert_eq!(short.finish().unwrap().digest, rec.digest, "finish answers again");
+        // No temp files left beside the logs.
+        assert_eq!(fs::read_dir(r.dir().join("logs")).unwrap().count(), 2);
     }
 
     #[test]

@@ -110,6 +110,7 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<RunStatus,
     // Validate first: a broken workflow is reported even when Docker is down.
     let workflow = Arc::new(dsl::load_file_with(&cfg.file, &cfg.policy)?);
     let docker = DockerExecutor::connect().await?;
+    let log_limit = record::log_limit().map_err(EnvironmentError)?;
     tracing::debug!(elapsed = ?started.elapsed(), "connected to the daemon");
     // For the run record; asked now so that the answer is there when the record starts.
     let daemon_version = {
@@ -194,6 +195,8 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<RunStatus,
         outputs: Mutex::new(HashMap::new()),
         image_builds: image_builds.clone(),
         recorder: recorder.clone(),
+        log_limit,
+        needed: plan.steps.iter().flat_map(|p| p.step.needs.iter().cloned()).collect(),
     });
     let config = SchedulerConfig { jobs, budget, keep_going: cfg.keep_going };
     tracing::debug!(elapsed = ?started.elapsed(), "prepared; starting the scheduler");
@@ -505,6 +508,11 @@ struct EngineExecutor {
     /// Images of `images:` being built; a step using one waits for it (and only for it).
     image_builds: HashMap<String, ImageBuild>,
     recorder: Arc<Recorder>,
+    /// Most bytes of a step's log kept in the record (and the cache).
+    log_limit: u64,
+    /// Steps some planned step needs: their collected outputs stay for staging. The others'
+    /// are moved to the output folder rather than copied.
+    needed: std::collections::HashSet<String>,
 }
 
 impl EngineExecutor {
@@ -538,6 +546,7 @@ impl EngineExecutor {
         let collect = self.run_dir.collected(&step.name);
         let store = self.store.clone();
         let (out_dir, name) = (self.out_dir.clone(), step.name.clone());
+        let needed = self.needed.contains(&name);
         let restored = tokio::task::spawn_blocking(move || {
             let _ = std::fs::remove_dir_all(&collect);
             std::fs::create_dir_all(&collect).map_err(|e| e.to_string())?;
@@ -546,7 +555,8 @@ impl EngineExecutor {
                 Err(cache::store::StoreError::Corrupt { .. }) => return Ok(false),
                 Err(e) => return Err(e.to_string()),
             }
-            workspace::export(&collect, &out_dir, &name).map_err(|e| format!("cannot export the outputs to {}: {e}", out_dir.path().display()))?;
+            let export = if needed { workspace::export } else { workspace::export_by_move };
+            export(&collect, &out_dir, &name).map_err(|e| format!("cannot export the outputs to {}: {e}", out_dir.path().display()))?;
             Ok(true)
         })
         .await
@@ -662,7 +672,14 @@ impl Executor for EngineExecutor {
             }
         }
 
-        let (events, log) = ctx.events.capturing_logs();
+        // The log goes to the record's folder line by line as the step runs (capped, see
+        // `record::StepLog`); never gathered in memory. If it cannot be written, the run goes on
+        // without it.
+        let step_log = self.recorder.step_log(&name, self.log_limit).map_err(|e| tracing::warn!(step = %name, error = %e, "cannot write the step log")).ok();
+        let events = match &step_log {
+            Some(log) => ctx.events.capturing_logs_into(log.clone()),
+            None => ctx.events.clone(),
+        };
         let job = StepJob {
             run_id: self.run_id.clone(),
             image,
@@ -681,27 +698,50 @@ impl Executor for EngineExecutor {
         let succeeded = outcome.result.is_ok();
         let duration_ms = u64::try_from(outcome.duration.as_millis()).unwrap_or(u64::MAX);
         let (store, out_dir, wf, step_name) = (self.store.clone(), self.out_dir.clone(), self.workflow.clone(), name.clone());
-        let log = log.take();
-        let log_record = self.record_log(&name, &log);
+        let log_writer = step_log.clone();
+        let needed = self.needed.contains(&name);
         let finished = tokio::task::spawn_blocking(move || -> Result<Option<cache::Manifest>, String> {
             // The workspace is no longer needed; its space is freed as soon as the step ends.
             let _ = std::fs::remove_dir_all(&workspace);
             if !succeeded {
-                // A failed step is never cached.
+                // A failed step is never cached, and what it collected (up to a limit) goes now.
+                let _ = std::fs::remove_dir_all(&collect_to);
                 return Ok(None);
             }
+            // The kept log (at most the log limit) is what the cache entry's log digest covers.
+            let log = match &log_writer {
+                Some(w) => {
+                    w.finish().map_err(|e| format!("cannot write the step log: {e}"))?;
+                    std::fs::read(w.path()).map_err(|e| format!("cannot read the step log back: {e}"))?
+                }
+                None => Vec::new(),
+            };
             let manifest = store
                 .put(key, &wf, &step_name, &collect_to, 0, &log, duration_ms)
                 .map_err(|e| format!("cannot store the outputs in the cache: {e}"))?;
             store
                 .put_inputs_manifest(&key, &input_manifest)
                 .map_err(|e| format!("cannot store the input manifest in the cache: {e}"))?;
-            workspace::export(&collect_to, &out_dir, &step_name)
-                .map_err(|e| format!("cannot export the outputs to {}: {e}", out_dir.path().display()))?;
+            let export = if needed { workspace::export } else { workspace::export_by_move };
+            export(&collect_to, &out_dir, &step_name).map_err(|e| format!("cannot export the outputs to {}: {e}", out_dir.path().display()))?;
             Ok(Some(manifest))
         })
         .await
         .unwrap_or_else(|e| Err(e.to_string()));
+        // Finished above for a success (`finish` answers the same again); here otherwise.
+        let log_record = match step_log {
+            Some(log) => {
+                match tokio::task::spawn_blocking(move || log.finish()).await {
+                    Ok(Ok(r)) => Some(r),
+                    Ok(Err(e)) => {
+                        tracing::warn!(step = %name, error = %e, "cannot write the step log");
+                        None
+                    }
+                    Err(_) => None,
+                }
+            }
+            None => None,
+        };
         let mut recorded_outputs = None;
         match finished {
             Ok(Some(manifest)) => {

@@ -268,7 +268,7 @@ pub(crate) mod fixtures {
             s.outputs = outputs;
         }
         let log = format!("{name} | done\n");
-        s.log = Some(LogRecord { path: format!("logs/00-{name}.log"), digest: sha256(log.as_bytes()), bytes: log.len() as u64 });
+        s.log = Some(LogRecord { path: format!("logs/00-{name}.log"), digest: sha256(log.as_bytes()), bytes: log.len() as u64, cut: 0 });
         s
     }
 

@@ -273,6 +273,10 @@ fn lock_holder(fd: &std::os::fd::OwnedFd) -> Option<u32> {
 /// Replace `<out>/<step>` with the collected outputs of `step`. Works inside the pinned folder:
 /// a previous export is removed without following any symlink (a symlink at `<out>/<step>` is
 /// unlinked, never entered), and nothing is written through a symlink.
+///
+/// Files are reflinked where the filesystem shares extents (no disk space used) and copied
+/// otherwise; never hard-linked, since editing an exported file must not change the collected
+/// outputs or the cache.
 pub fn export(collected: &Path, out: &PinnedDir, step: &str) -> io::Result<()> {
     let dest = out.at()?.join(step);
     match fs::symlink_metadata(&dest) {
@@ -284,7 +288,50 @@ pub fn export(collected: &Path, out: &PinnedDir, step: &str) -> io::Result<()> {
     }
     fs::create_dir_all(&dest)?;
     if collected.exists() {
-        copy_tree(collected, &dest)?;
+        export_tree(collected, &dest)?;
+    }
+    Ok(())
+}
+
+/// [`export`] for outputs no later step of the run needs: the collected folder itself is moved
+/// (renamed) to `<out>/<step>` when both are on one filesystem, so the export costs no disk;
+/// otherwise it is exported as by [`export`]. `collected` is gone afterwards.
+pub fn export_by_move(collected: &Path, out: &PinnedDir, step: &str) -> io::Result<()> {
+    let dest = out.at()?.join(step);
+    match fs::symlink_metadata(&dest) {
+        // remove_dir_all does not follow symlinks; a symlink itself is just unlinked.
+        Ok(m) if m.is_dir() => fs::remove_dir_all(&dest)?,
+        Ok(_) => fs::remove_file(&dest)?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    match fs::symlink_metadata(collected) {
+        Ok(m) if m.is_dir() && fs::rename(collected, &dest).is_ok() => Ok(()),
+        _ => export(collected, out, step),
+    }
+}
+
+/// [`copy_tree`], with each file reflinked where the filesystem allows.
+fn export_tree(src: &Path, dest: &Path) -> io::Result<()> {
+    for entry in WalkDir::new(src).min_depth(1).follow_links(false) {
+        let entry = entry.map_err(|e| e.into_io_error().unwrap_or_else(|| io::Error::other("filesystem loop")))?;
+        let rel = entry.path().strip_prefix(src).map_err(io::Error::other)?;
+        let target = dest.join(rel);
+        if entry.file_type().is_dir() {
+            ensure_real_dir(&target)?;
+        } else if entry.file_type().is_file() {
+            if let Some(parent) = target.parent() {
+                ensure_real_dir(parent)?;
+            }
+            if fs::symlink_metadata(&target).is_ok() {
+                fs::remove_file(&target)?;
+            }
+            reflink_copy::reflink_or_copy(entry.path(), &target)?;
+            // A reflink does not carry the mode as a copy does.
+            fs::set_permissions(&target, entry.metadata().map_err(io::Error::other)?.permissions())?;
+        } else {
+            copy_entry(entry.path(), &target)?;
+        }
     }
     Ok(())
 }

@@ -155,6 +155,33 @@ pub(super) fn store_open_blob(
     Ok((digest, size))
 }
 
+/// [`store_file_blob`] for outputs being stored: where the filesystem shares extents (btrfs,
+/// XFS, bcachefs) the blob is a reflink of `src`, which costs no disk space, and is hashed from
+/// the blob's own bytes so it still matches its name. `*try_reflink` is cleared after a refusal,
+/// so that a filesystem without reflinks costs one attempt per store, not one per file; then the
+/// content is copied while it is hashed, as by [`store_file_blob`].
+pub(super) fn store_output_blob(
+    tmp_dir: &Path,
+    src: &Path,
+    blob_path: impl Fn(&Digest) -> std::path::PathBuf,
+    try_reflink: &std::cell::Cell<bool>,
+) -> Result<(Digest, u64), StoreError> {
+    if try_reflink.get() {
+        let tmp = new_temp(tmp_dir)?;
+        let file = open_regular(src, false).map_err(at(src))?;
+        if reflink_copy::reflink_file(&file, tmp.as_file()).is_ok() {
+            let (digest, size) = hash_file_sized(tmp.path()).map_err(at(tmp.path()))?;
+            let dest = blob_path(&digest);
+            if !reuse_existing(&dest) {
+                persist(tmp, &dest, BLOB_MODE)?;
+            }
+            return Ok((digest, size));
+        }
+        try_reflink.set(false);
+    }
+    store_file_blob(tmp_dir, src, blob_path)
+}
+
 /// Store `bytes` as a blob.
 pub(super) fn store_bytes_blob(tmp_dir: &Path, bytes: &[u8], dest: &Path) -> Result<(), StoreError> {
     if reuse_existing(dest) {

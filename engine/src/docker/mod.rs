@@ -11,6 +11,7 @@ mod collect;
 mod errors;
 mod guard;
 mod logs;
+mod monitor;
 pub mod owner;
 mod transfer;
 
@@ -390,6 +391,25 @@ impl DockerExecutor {
                 _ => Ended::Exited,
             }
         };
+        // Bind transfer: the workspace is a host folder, measured every `monitor::INTERVAL` on a
+        // blocking thread; past `limits.workspace` the container is killed. (The archive
+        // transfer's volume cannot be measured from here: its outputs limit applies at collection.)
+        let watch = async {
+            if self.transfer != Transfer::Bind {
+                return std::future::pending().await;
+            }
+            let limit = job.step.limits.workspace;
+            loop {
+                tokio::time::sleep(monitor::INTERVAL).await;
+                let dir = job.workspace.clone();
+                match tokio::task::spawn_blocking(move || monitor::usage(&dir, limit)).await {
+                    Ok(Ok(used)) if used > limit => return StepFailure::WorkspaceLimit { limit },
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return StepFailure::Environment(format!("cannot measure the workspace of the step: {e}")),
+                    Err(e) => return StepFailure::Environment(format!("cannot measure the workspace of the step: {e}")),
+                }
+            }
+        };
         let deadline = tokio::time::Instant::from_std(started + job.step.limits.timeout);
         let ended = {
             tokio::pin!(run);
@@ -397,6 +417,12 @@ impl DockerExecutor {
                 ended = &mut run => ended,
                 _ = tokio::time::sleep_until(deadline) => Ended::TimedOut(Ok(())),
                 _ = ctx.cancel.cancelled() => Ended::Cancelled(Ok(())),
+                // Over its workspace limit: killed at once, no grace (it would only write more).
+                failure = watch => {
+                    let kill = KillContainerOptions { signal: "SIGKILL".into() };
+                    let _ = call("kill the step's container", ordinary(), self.docker.kill_container(id, Some(kill))).await;
+                    Ended::Failed(failure)
+                }
             };
             match ended {
                 Ended::TimedOut(_) => Ended::TimedOut(self.stop_following(id, run.as_mut()).await),
@@ -472,12 +498,38 @@ impl DockerExecutor {
     }
 
     async fn collect(&self, job: &StepJob, id: &str) -> Result<(), StepFailure> {
+        let limits = job.step.limits;
+        let joined = |e: tokio::task::JoinError| StepFailure::Environment(format!("cannot collect the outputs: {e}"));
         if self.transfer == Transfer::Bind {
             let (ws, outs, to) = (job.workspace.clone(), job.step.outputs.clone(), job.collect_to.clone());
-            return tokio::task::spawn_blocking(move || collect::from_host(&ws, &outs, &to))
-                .await
-                .map_err(|e| StepFailure::Environment(format!("cannot collect the outputs: {e}")))?;
+            return tokio::task::spawn_blocking(move || {
+                // A last measurement: the step may have filled its workspace and exited between
+                // two of `follow`'s.
+                match monitor::usage(&ws, limits.workspace) {
+                    Ok(used) if used > limits.workspace => return Err(StepFailure::WorkspaceLimit { limit: limits.workspace }),
+                    Ok(_) => {}
+                    Err(e) => return Err(StepFailure::Environment(format!("cannot measure the workspace of the step: {e}"))),
+                }
+                collect::from_host(&ws, &outs, &to, limits.outputs)
+            })
+            .await
+            .map_err(joined)?;
         }
+        let collected = self.collect_archive(job, id).await;
+        if collected.is_err() {
+            // Files are written as they stream in: a rejected step leaves none of them behind.
+            let to = job.collect_to.clone();
+            let _ = tokio::task::spawn_blocking(move || collect::empty_folder(&to)).await;
+        }
+        collected
+    }
+
+    /// Archive transfer: stream each output's tar into `collect_to`, then check and create the
+    /// symlinks.
+    async fn collect_archive(&self, job: &StepJob, id: &str) -> Result<(), StepFailure> {
+        let joined = |e: tokio::task::JoinError| StepFailure::Environment(format!("cannot collect the outputs: {e}"));
+        let mut budget = collect::Budget::new(job.step.limits.outputs);
+        let mut links = Vec::new();
         for output in &job.step.outputs {
             let rel = collect::check_output_path(output)?;
             for parent in collect::parents(&rel) {
@@ -489,22 +541,93 @@ impl DockerExecutor {
                     Err(e) => return Err(env_failure(&format!("look up output `{output}`"), &e)),
                 }
             }
+            // The download streams into the tar reader on a blocking thread through a small
+            // bounded channel: memory stays a few chunks, whatever the output's size. When the
+            // reader stops (limit passed, bad entry), the channel closes and the download is
+            // dropped.
             let path = Path::new("/workspace").join(rel).display().to_string();
             let mut stream = self.docker.download_from_container(id, Some(DownloadFromContainerOptions { path }));
-            let mut tar = Vec::new();
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            let (out, to) = (output.clone(), job.collect_to.clone());
+            let reader = tokio::task::spawn_blocking(move || {
+                let result = collect::from_tar(&out, ChannelReader { rx, chunk: Vec::new(), pos: 0 }, &to, &mut budget, &mut links);
+                (result, budget, links)
+            });
+            let (mut first, mut missing, mut failed) = (true, false, None);
             while let Some(chunk) = stream.next().await {
-                match chunk {
-                    Ok(bytes) => tar.extend_from_slice(&bytes),
-                    Err(e) if is_not_found(&e) => return Err(StepFailure::MissingOutput(output.clone())),
-                    Err(e) => return Err(env_failure(&format!("download output `{output}`"), &e)),
+                let item = match chunk {
+                    Ok(bytes) => Ok(bytes.to_vec()),
+                    Err(e) if first && is_not_found(&e) => {
+                        missing = true;
+                        break;
+                    }
+                    Err(e) => {
+                        failed = Some(env_failure(&format!("download output `{output}`"), &e));
+                        Err(std::io::Error::other("the download failed"))
+                    }
+                };
+                first = false;
+                if tx.send(item).await.is_err() || failed.is_some() {
+                    break;
                 }
             }
-            let (out, to) = (output.clone(), job.collect_to.clone());
-            tokio::task::spawn_blocking(move || collect::from_tar(&out, &tar, &to))
-                .await
-                .map_err(|e| StepFailure::Environment(format!("cannot collect the outputs: {e}")))??;
+            drop(tx);
+            drop(stream);
+            let (result, b, l) = reader.await.map_err(joined)?;
+            (budget, links) = (b, l);
+            if missing {
+                return Err(StepFailure::MissingOutput(output.clone()));
+            }
+            match (result, failed) {
+                (Err(f @ (StepFailure::OutputsLimit { .. } | StepFailure::UnsafeOutput { .. })), _) => return Err(f),
+                (_, Some(f)) => return Err(f),
+                (result, None) => result?,
+            }
         }
-        Ok(())
+        // Symlinks last, once everything they may lead through is known: inside the outputs from
+        // the collected files, elsewhere in /workspace from the stopped container.
+        let (docker, id, handle) = (self.docker.clone(), id.to_string(), tokio::runtime::Handle::current());
+        let (outs, to) = (job.step.outputs.clone(), job.collect_to.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut outside = |rel: &Path| -> std::io::Result<collect::Node> {
+                let path = Path::new("/workspace").join(rel).display().to_string();
+                match handle.block_on(docker.get_container_archive_info(&id, Some(ContainerArchiveInfoOptions { path }))) {
+                    // The daemon reports a symlink's target resolved within the container.
+                    Ok(stat) if !stat.link_target.is_empty() => Ok(collect::Node::Symlink(stat.link_target.into())),
+                    // Go's os.ModeDir.
+                    Ok(stat) if stat.file_mode & (1 << 31) != 0 => Ok(collect::Node::Dir),
+                    Ok(_) => Ok(collect::Node::File),
+                    Err(e) if is_not_found(&e) => Ok(collect::Node::Missing),
+                    Err(e) => Err(std::io::Error::other(short_reason(&e))),
+                }
+            };
+            collect::finish_links(&to, &outs, links, &mut outside)
+        })
+        .await
+        .map_err(joined)?
+    }
+}
+
+/// The blocking end of the download channel of [`DockerExecutor::collect`], as a `Read`.
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    pos: usize,
+}
+
+impl std::io::Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.chunk.len() {
+            match self.rx.blocking_recv() {
+                None => return Ok(0),
+                Some(Err(e)) => return Err(e),
+                Some(Ok(chunk)) => (self.chunk, self.pos) = (chunk, 0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.pos);
+        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
     }
 }
 

@@ -1,4 +1,152 @@
-//! Hostile cases: resources.
+//! Hostile cases: resources. What the engine itself spends on a step: disk (the workspace and
+//! outputs limits), memory (outputs and logs streamed, never held whole), and symlink chains in
+//! outputs that only leave /workspace once followed.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 #[allow(unused_imports)]
 use crate::common::{hostile::*, *};
+
+/// Run `engine run` with `env`, stdout discarded; the exit code, stderr, and the engine's peak
+/// resident memory in bytes (the kernel's own account, from wait4's rusage).
+// The child is reaped by wait4 (which std does not offer), not by `Child::wait`.
+#[allow(clippy::zombie_processes)]
+fn run_measured(p: &Project, env: &[(&str, &str)]) -> (i32, String, u64) {
+    let err = tempfile::NamedTempFile::new().unwrap();
+    let mut cmd = p.cmd(&["run"]);
+    cmd.envs(env.iter().copied()).stdout(Stdio::null()).stderr(Stdio::from(err.reopen().unwrap()));
+    let child = cmd.spawn().unwrap();
+    let mut status = 0;
+    // SAFETY: a zeroed rusage is a valid value for wait4 to fill.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = child.id() as libc::pid_t;
+    // SAFETY: waits for our own child, with valid pointers.
+    assert_eq!(unsafe { libc::wait4(pid, &mut status, 0, &mut usage) }, pid);
+    let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { -1 };
+    (code, std::fs::read_to_string(err.path()).unwrap(), usage.ru_maxrss as u64 * 1024)
+}
+
+fn workflow(limits: &str, run: &str, outputs: &str) -> String {
+    let limits = if limits.is_empty() { String::new() } else { format!("    limits: {{ {limits} }}\n") };
+    format!("version: 1\ndefaults: {{ image: {IMAGE} }}\nsteps:\n  a:\n{limits}    run: {run}\n    outputs: {outputs}\n")
+}
+
+const MIB: u64 = 1 << 20;
+
+#[test]
+fn a_step_over_its_workspace_limit_is_killed_with_the_sentence() {
+    let host = Host::new();
+    // Keeps running after filling its workspace: the engine's measurement stops it.
+    let p = Project::new(&workflow("workspace: 16m", "dd if=/dev/zero of=big bs=1M count=64 && sleep 120", "[]"));
+    let t = Instant::now();
+    let o = p.cmd(&["run"]).env("ENGINE_TRANSFER", "bind").output().unwrap();
+    let err = text(&o.stderr);
+    assert_eq!(code(&o), 1, "{err}");
+    assert!(err.contains("wrote more than the workspace limit of 16m"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(60), "not stopped while running: {:?}", t.elapsed());
+    assert_nothing_escaped(&p, &host, &[]);
+
+    // Fills it and exits at once, between two measurements: caught before collection.
+    let p = Project::new(&workflow("workspace: 16m", "dd if=/dev/zero of=o bs=1M count=64", "[o]"));
+    let o = p.cmd(&["run"]).env("ENGINE_TRANSFER", "bind").output().unwrap();
+    let err = text(&o.stderr);
+    assert_eq!(code(&o), 1, "{err}");
+    assert!(err.contains("wrote more than the workspace limit of 16m"), "{err}");
+    assert!(!p.path().join(".engine/out/a/o").exists(), "an output of a failed step was exported");
+    assert_nothing_escaped(&p, &host, &[]);
+}
+
+#[test]
+fn outputs_over_the_limit_fail_on_both_transfers() {
+    let host = Host::new();
+    for transfer in ["bind", "archive"] {
+        let p = Project::new(&workflow(
+            "outputs: 1m",
+            "mkdir -p o && dd if=/dev/zero of=o/a bs=1k count=600 && dd if=/dev/zero of=o/b bs=1k count=600",
+            "[o]",
+        ));
+        let o = p.cmd(&["run"]).env("ENGINE_TRANSFER", transfer).output().unwrap();
+        let err = text(&o.stderr);
+        assert_eq!(code(&o), 1, "{transfer}: {err}");
+        assert!(err.contains("outputs exceed the limit of 1m"), "{transfer}: {err}");
+        assert!(!p.path().join(".engine/out/a/o").exists(), "{transfer}: outputs over the limit were exported");
+        assert_nothing_escaped(&p, &host, &[]);
+        // Within the limit, the same outputs pass.
+        let p = Project::new(&workflow("outputs: 2m", "mkdir -p o && dd if=/dev/zero of=o/a bs=1k count=600 && ln o/a o/hard", "[o]"));
+        let o = p.cmd(&["run"]).env("ENGINE_TRANSFER", transfer).output().unwrap();
+        assert_eq!(code(&o), 0, "{transfer}: {}", text(&o.stderr));
+        assert_eq!(std::fs::metadata(p.path().join(".engine/out/a/o/hard")).unwrap().len(), 600 << 10);
+        assert_nothing_escaped(&p, &host, &[]);
+    }
+}
+
+#[test]
+fn a_symlink_chain_leading_out_of_the_workspace_is_rejected() {
+    let host = Host::new();
+    // Each link is lexically inside /workspace; followed, it is not.
+    let cases = [
+        // Through a symlink elsewhere in /workspace (not an output).
+        ("mkdir o && ln -s / b && ln -s ../b/.. o/x", "`o/x` is a symlink to `../b/..`, which leads outside /workspace through the symlink `b`"),
+        // Through a symlink inside the output itself.
+        ("mkdir o && ln -s .. o/b && ln -s b/../.. o/x", "`o/x` is a symlink to `b/../..`, which leads outside /workspace"),
+        // A loop.
+        ("mkdir o && ln -s l2 o/l1 && ln -s l1 o/l2", "more than 40 symlinks (a loop)"),
+    ];
+    for transfer in ["bind", "archive"] {
+        for (run, reason) in cases {
+            let p = Project::new(&workflow("", run, "[o]"));
+            let o = p.cmd(&["run"]).env("ENGINE_TRANSFER", transfer).output().unwrap();
+            let err = text(&o.stderr);
+            assert_eq!(code(&o), 1, "{transfer} {run}: {err}");
+            assert!(err.contains("output `o` rejected: "), "{transfer} {run}: {err}");
+            assert!(err.contains(reason), "{transfer} {run}: {err}");
+            assert!(!p.path().join(".engine/out/a/o").exists(), "{transfer} {run}: exported");
+            assert_nothing_escaped(&p, &host, &[]);
+        }
+    }
+    // A chain that stays inside is kept as written.
+    let p = Project::new(&workflow("", "mkdir -p o/d && echo hi > o/d/f && ln -s d o/b && ln -s b/f o/x", "[o]"));
+    for transfer in ["bind", "archive"] {
+        let o = p.cmd(&["run", "--no-cache"]).env("ENGINE_TRANSFER", transfer).output().unwrap();
+        assert_eq!(code(&o), 0, "{transfer}: {}", text(&o.stderr));
+        assert_eq!(std::fs::read_to_string(p.path().join(".engine/out/a/o/x")).unwrap(), "hi\n");
+    }
+    assert_nothing_escaped(&p, &host, &[]);
+}
+
+#[test]
+fn archive_collection_streams_a_large_output_in_bounded_memory() {
+    let host = Host::new();
+    let p = Project::new(&workflow("memory: 64m", "mkdir o && dd if=/dev/zero of=o/big bs=1M count=768 2>/dev/null", "[o]"));
+    let (code, err, peak) = run_measured(&p, &[("ENGINE_TRANSFER", "archive")]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(std::fs::metadata(p.path().join(".engine/out/a/o/big")).unwrap().len(), 768 * MIB);
+    eprintln!("engine peak RSS collecting 768 MiB (archive): {} MiB", peak / MIB);
+    assert!(peak < 100 * MIB, "the engine peaked at {} MiB collecting a 768 MiB output", peak / MIB);
+    assert_nothing_escaped(&p, &host, &[]);
+}
+
+#[test]
+fn a_long_log_is_streamed_and_capped() {
+    let host = Host::new();
+    // A first line, 200 MB of lines, a last one.
+    let run = "echo FIRST-LINE; yes 0123456789012345678901234567890123456789012345678901234567890123456789012345678 | head -n 2500000; echo LAST-LINE";
+    let p = Project::new(&workflow("", &format!("'{run}'"), "[]"));
+    let (code, err, peak) = run_measured(&p, &[]);
+    assert_eq!(code, 0, "{err}");
+    let ids = run_ids(&p);
+    let log = p.path().join(".engine/runs").join(&ids[0]).join("logs/00-a.log");
+    let size = std::fs::metadata(&log).unwrap().len();
+    assert!(size <= 16 * MIB, "the log kept {size} bytes");
+    let kept = std::fs::read_to_string(&log).unwrap();
+    assert!(kept.starts_with("stdout FIRST-LINE\n"), "{}", &kept[..100]);
+    assert!(kept.ends_with("stdout LAST-LINE\n"), "the last line is missing");
+    assert!(kept.contains("bytes of this log cut here: at most 16m of a step's log is kept (ENGINE_LOG_LIMIT)"));
+    let record: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(log.parent().unwrap().parent().unwrap().join("record.json")).unwrap()).unwrap();
+    let cut = record["steps"][0]["log"]["cut"].as_u64().unwrap();
+    assert!(cut > 150 * MIB, "cut {cut}");
+    eprintln!("engine peak RSS for 200 MB of log: {} MiB", peak / MIB);
+    assert!(peak < 60 * MIB, "the engine peaked at {} MiB for 200 MB of log", peak / MIB);
+    assert_nothing_escaped(&p, &host, &[]);
+}
