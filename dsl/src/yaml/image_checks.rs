@@ -68,6 +68,11 @@ pub(super) fn dockerfile_paths(
     let what = format!("image `{name}`");
     let mut ok = true;
     for (key, (path, span)) in [("dockerfile", dockerfile), ("context", context)] {
+        // A context may be the whole workflow folder (`.`, the default).
+        let whole_folder = key == "context" && path.split('/').all(|c| c.is_empty() || c == ".");
+        if whole_folder {
+            continue;
+        }
         if let Some(problem) = validate::relative_path_problem(path) {
             r.error(*span, format!("{what}: `{key}` `{path}` {problem}"), "outside the workflow folder", format!("`{key}` is a path relative to the workflow's folder, without `..`: an image build reads nothing outside that folder"));
             ok = false;
