@@ -8,7 +8,7 @@
 //! the step wrote it, control characters included: renderers neutralise them
 //! (`output::neutralise`).
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -86,13 +86,84 @@ pub enum Event {
     RunFinished { run_id: String, status: RunStatus, duration_ms: u64, steps: Vec<StepSummary> },
 }
 
-/// Where events go. Cloneable, never blocks; a closed receiver drops events silently.
+/// Where events go. Cloneable; a closed receiver drops events silently. A sink made by
+/// [`EventSink::bounded`] waits while its receiver is [`BOUND`] events behind (the run's renderer:
+/// a step printing faster than the terminal takes it is slowed down, the engine's memory is not
+/// spent on the backlog); the others never wait.
 #[derive(Debug, Clone)]
 pub struct EventSink {
     tx: mpsc::UnboundedSender<Event>,
     /// When set, every `Log` event emitted through this sink is also appended here (the cache
     /// records the digest of a step's log).
     capture: Option<LogCapture>,
+    gate: Option<Arc<Gate>>,
+}
+
+/// How many events a [`EventSink::bounded`] receiver may be behind before emitters wait.
+pub const BOUND: usize = 4096;
+
+/// The count of events sent and not yet received, for [`EventSink::bounded`].
+#[derive(Debug, Default)]
+struct Gate {
+    state: Mutex<GateState>,
+    room: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    in_flight: usize,
+    /// The receiver is gone: nobody will make room any more, so nobody waits.
+    closed: bool,
+}
+
+impl Gate {
+    fn enter(&self) {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self
+            .room
+            .wait_while(state, |s| s.in_flight >= BOUND && !s.closed)
+            .unwrap_or_else(|e| e.into_inner());
+        state.in_flight += 1;
+    }
+
+    fn leave(&self) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.in_flight = state.in_flight.saturating_sub(1);
+        self.room.notify_one();
+    }
+
+    fn close(&self) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
+        self.room.notify_all();
+    }
+}
+
+/// The receiving end of [`EventSink::bounded`]: each event received makes room for one more.
+#[derive(Debug)]
+pub struct EventReceiver {
+    rx: mpsc::UnboundedReceiver<Event>,
+    gate: Arc<Gate>,
+}
+
+impl EventReceiver {
+    /// The next event, waiting for it (call it from a thread of its own, not an async task);
+    /// `None` once every sink is gone.
+    pub fn blocking_recv(&mut self) -> Option<Event> {
+        let event = self.rx.blocking_recv()?;
+        self.gate.leave();
+        Some(event)
+    }
+
+    /// Whether no event is waiting right now.
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
+}
+
+impl Drop for EventReceiver {
+    fn drop(&mut self) {
+        self.gate.close();
+    }
 }
 
 /// The log lines of one step, as `<stream> <line>\n`, collected while it runs: in memory
@@ -126,19 +197,28 @@ impl LogCapture {
 impl EventSink {
     pub fn channel() -> (EventSink, mpsc::UnboundedReceiver<Event>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (EventSink { tx, capture: None }, rx)
+        (EventSink { tx, capture: None, gate: None }, rx)
+    }
+
+    /// A sink whose emitters wait while the receiver is [`BOUND`] events behind: for a consumer
+    /// that keeps receiving on a thread of its own (the run's renderer), never for one that reads
+    /// only after the emitters are done.
+    pub fn bounded() -> (EventSink, EventReceiver) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let gate = Arc::new(Gate::default());
+        (EventSink { tx, capture: None, gate: Some(gate.clone()) }, EventReceiver { rx, gate })
     }
 
     /// A sink that forwards to this one and also captures log lines.
     pub fn capturing_logs(&self) -> (EventSink, LogCapture) {
         let capture = LogCapture::default();
-        (EventSink { tx: self.tx.clone(), capture: Some(capture.clone()) }, capture)
+        (EventSink { tx: self.tx.clone(), capture: Some(capture.clone()), gate: self.gate.clone() }, capture)
     }
 
     /// A sink that forwards to this one and hands every log line to `sink` as it comes.
     pub fn capturing_logs_into(&self, sink: Arc<dyn LogSink>) -> EventSink {
         let capture = LogCapture { buf: Arc::default(), sink: Some(sink) };
-        EventSink { tx: self.tx.clone(), capture: Some(capture) }
+        EventSink { tx: self.tx.clone(), capture: Some(capture), gate: self.gate.clone() }
     }
 
     pub fn emit(&self, event: Event) {
@@ -155,19 +235,53 @@ impl EventSink {
                 }
             }
         }
-        let _ = self.tx.send(event);
+        if let Some(gate) = &self.gate {
+            // Waits only while the renderer, on its own thread, is far behind.
+            gate.enter();
+        }
+        if self.tx.send(event).is_err() {
+            if let Some(gate) = &self.gate {
+                gate.leave();
+            }
+        }
     }
 
     /// A sink that discards everything (tests, `plan`).
     pub fn null() -> EventSink {
         let (tx, _rx) = mpsc::unbounded_channel();
-        EventSink { tx, capture: None }
+        EventSink { tx, capture: None, gate: None }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bounded_sink_waits_for_its_receiver_and_never_once_it_is_gone() {
+        let (sink, mut rx) = EventSink::bounded();
+        let emitter = {
+            let sink = sink.clone();
+            std::thread::spawn(move || {
+                for _ in 0..BOUND * 3 {
+                    sink.emit(Event::StepStarted { step: "x".into() });
+                }
+            })
+        };
+        // The emitter gets at most BOUND ahead of the receiver.
+        let mut received = 0;
+        while received < BOUND * 3 {
+            assert!(sink.gate.as_ref().unwrap().state.lock().unwrap().in_flight <= BOUND);
+            if rx.blocking_recv().is_some() {
+                received += 1;
+            }
+        }
+        emitter.join().unwrap();
+        drop(rx);
+        for _ in 0..BOUND * 2 {
+            sink.emit(Event::StepStarted { step: "y".into() });
+        }
+    }
 
     #[test]
     fn captured_logs_are_forwarded_too() {

@@ -11,7 +11,6 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::time::Duration;
 
-use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::events::{Event, StepStatus, StepSummary};
 
@@ -64,6 +63,18 @@ pub fn neutralise(text: &str) -> Cow<'_, str> {
         }
     }
     Cow::Owned(out)
+}
+
+/// [`neutralise`] for a multi-line text the engine composed (a table, a report) that embeds text
+/// from records or steps: each line is neutralised, the newlines between them kept.
+pub fn neutralise_lines(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        let (body, newline) = line.strip_suffix('\n').map_or((line, ""), |b| (b, "\n"));
+        out.push_str(&neutralise(body));
+        out.push_str(newline);
+    }
+    out
 }
 
 fn needs_neutralising(c: char) -> bool {
@@ -287,34 +298,43 @@ pub fn json_line(event: &Event) -> String {
 /// Drains `rx` until every sender is gone. Plain: log lines to stdout, status and summary lines
 /// to stderr (so `engine run > log` keeps only the steps' output). JSON: everything to stdout.
 /// Write errors (a closed pipe) are ignored: output must never abort the run.
-pub fn spawn(mode: OutputMode, color: bool, mut rx: UnboundedReceiver<Event>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
+pub fn spawn(mode: OutputMode, color: bool, mut rx: crate::events::EventReceiver) -> tokio::task::JoinHandle<()> {
+    // On a thread of its own: writing to a terminal or a pipe blocks, and must neither hold up an
+    // async worker nor fall behind the steps (the events wait in the channel meanwhile). Output
+    // is buffered and flushed whenever the channel is drained, so a step printing millions of
+    // lines costs a write per batch, not per line, and the backlog stays small.
+    tokio::task::spawn_blocking(move || {
         let mut plain = PlainRenderer::new(color);
-        while let Some(event) = rx.recv().await {
+        let mut out = std::io::BufWriter::with_capacity(64 << 10, std::io::stdout());
+        let mut err = std::io::BufWriter::with_capacity(8 << 10, std::io::stderr());
+        while let Some(event) = rx.blocking_recv() {
             match mode {
                 OutputMode::Json => {
-                    let mut out = std::io::stdout().lock();
                     let _ = writeln!(out, "{}", json_line(&event));
-                    let _ = out.flush();
                 }
                 OutputMode::Plain => {
                     let lines = plain.render(&event);
-                    let to_stdout = matches!(event, Event::Log { .. });
-                    if to_stdout {
-                        let mut out = std::io::stdout().lock();
+                    if matches!(event, Event::Log { .. }) {
                         for line in lines {
                             let _ = writeln!(out, "{line}");
                         }
-                        let _ = out.flush();
                     } else {
-                        let mut err = std::io::stderr().lock();
+                        // Status lines go to stderr after the log lines before them.
+                        let _ = out.flush();
                         for line in lines {
                             let _ = writeln!(err, "{line}");
                         }
+                        let _ = err.flush();
                     }
                 }
             }
+            if rx.is_empty() {
+                let _ = out.flush();
+                let _ = err.flush();
+            }
         }
+        let _ = out.flush();
+        let _ = err.flush();
     })
 }
 
@@ -482,7 +502,7 @@ mod tests {
 
     #[tokio::test]
     async fn spawned_renderer_ends_when_the_senders_are_gone() {
-        let (sink, rx) = crate::events::EventSink::channel();
+        let (sink, rx) = crate::events::EventSink::bounded();
         let handle = spawn(OutputMode::Json, false, rx);
         sink.emit(Event::StepStarted { step: "x".into() });
         drop(sink);

@@ -722,10 +722,22 @@ fn stage_from_store(
     // The inputs, as a source tree of their own (only the recorded files, at their paths).
     let source = run_dir.path().join("replay-inputs").join(&safe);
     std::fs::create_dir_all(&source).map_err(|e| e.to_string())?;
+    // A symlink input is kept as its target text (that is what its digest covers): staged as a
+    // link again, never as a file holding the text.
     let files: Vec<OutputEntry> = inputs
         .iter()
-        .map(|i| OutputEntry::File { path: i.path.clone(), mode: i.mode & 0o7777, digest: i.digest, size: 0 })
-        .collect();
+        .map(|i| {
+            if i.mode != cache::hash::SYMLINK_MODE {
+                return Ok(OutputEntry::File { path: i.path.clone(), mode: i.mode & 0o7777, digest: i.digest, size: 0 });
+            }
+            let target = store
+                .read_blob(&i.digest)
+                .filter(|t| cache::Digest::of(t) == i.digest)
+                .ok_or_else(|| format!("the target of symlink input `{}` is not in the store (or damaged)", i.path))?;
+            let target = String::from_utf8(target).map_err(|_| format!("the target of symlink input `{}` is not UTF-8", i.path))?;
+            Ok(OutputEntry::Symlink { path: i.path.clone(), target })
+        })
+        .collect::<Result<_, String>>()?;
     store.materialise(&files, &source).map_err(|e| e.to_string())?;
     let mut upstream = Vec::new();
     for need in &step.definition.needs {

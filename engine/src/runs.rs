@@ -22,7 +22,9 @@ pub fn list(dir: &Path, output: OutputFormat) -> Result<String, RecordError> {
         return Err(RecordError::NoRuns(runs_dir));
     }
     Ok(match output {
-        OutputFormat::Plain => list_table(&runs, &runs_dir),
+        // Names, reasons and paths come from records, which anyone who can write the folder
+        // can edit: nothing in them reaches the terminal as a control character.
+        OutputFormat::Plain => crate::output::neutralise_lines(&list_table(&runs, &runs_dir)),
         OutputFormat::Json => {
             let summaries: Vec<serde_json::Value> = runs.iter().map(summary_json).collect();
             format!("{}\n", serde_json::Value::Array(summaries))
@@ -33,7 +35,7 @@ pub fn list(dir: &Path, output: OutputFormat) -> Result<String, RecordError> {
 /// One run in detail. `run_dir` is the run's folder (logs are relative to it).
 pub fn show(run_dir: &Path, record: &RunRecord, output: OutputFormat) -> Result<String, RecordError> {
     match output {
-        OutputFormat::Plain => Ok(show_text(run_dir, record)),
+        OutputFormat::Plain => Ok(crate::output::neutralise_lines(&show_text(run_dir, record))),
         OutputFormat::Json => serde_json::to_string_pretty(record).map(|json| format!("{json}\n")).map_err(|e| {
             RecordError::Unreadable { path: run_dir.join("record.json"), reason: e.to_string() }
         }),
@@ -335,6 +337,16 @@ mod tests {
 
     fn write(dir: &Path, record: RunRecord) {
         Recorder::create(dir, record).unwrap();
+    }
+
+    #[test]
+    fn control_characters_from_a_record_never_reach_the_terminal() {
+        let mut r = two_steps("6a000003cccccc", "2026-03-01T10:00:00Z");
+        r.steps[0].reason = Some("ok\r\u{1b}[2Jtrusted | ok succeeded".into());
+        let dir = tempfile::tempdir().unwrap();
+        let text = show(dir.path(), &r, OutputFormat::Plain).unwrap();
+        assert!(!text.contains('\u{1b}') && !text.contains('\r'), "{text}");
+        assert!(text.contains("␍␛[2Jtrusted"), "{text}");
     }
 
     #[test]

@@ -599,17 +599,25 @@ struct Lines {
 }
 
 impl Lines {
+    /// Linear in the bytes pushed: each byte is looked at once, and a line is never moved within
+    /// the buffer. Output without newlines is cut into bounded lines: never an unbounded buffer.
     fn push(&mut self, stream: usize, bytes: &[u8], mut emit: impl FnMut(&str)) {
         let buf = &mut self.partial[stream];
-        buf.extend_from_slice(bytes);
-        while let Some(n) = buf.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = buf.drain(..=n).collect();
-            emit(String::from_utf8_lossy(&line[..n]).trim_end_matches('\r'));
-        }
-        // Output without newlines is cut into bounded lines: never an unbounded buffer.
-        while buf.len() >= MAX_LINE {
-            let line: Vec<u8> = buf.drain(..MAX_LINE).collect();
-            emit(&String::from_utf8_lossy(&line));
+        let mut segments = bytes.split(|&b| b == b'\n').peekable();
+        while let Some(mut segment) = segments.next() {
+            while buf.len() + segment.len() >= MAX_LINE {
+                let take = MAX_LINE - buf.len();
+                buf.extend_from_slice(&segment[..take]);
+                emit(&String::from_utf8_lossy(buf));
+                buf.clear();
+                segment = &segment[take..];
+            }
+            buf.extend_from_slice(segment);
+            // Every segment but the last was followed by a newline.
+            if segments.peek().is_some() {
+                emit(String::from_utf8_lossy(buf).trim_end_matches('\r'));
+                buf.clear();
+            }
         }
     }
 
@@ -701,5 +709,20 @@ mod tests {
         l.push(0, b"c\n", |s| got.push(s.to_string()));
         l.flush(|s| got.push(s.to_string()));
         assert_eq!(got, ["a", "e", "bc"]);
+    }
+
+    #[test]
+    fn long_output_without_newlines_is_cut_in_linear_time() {
+        let mut l = Lines::default();
+        let mut got = Vec::new();
+        let chunk = vec![b'x'; 1000];
+        let started = std::time::Instant::now();
+        for _ in 0..32_000 {
+            l.push(0, &chunk, |s| got.push(s.len()));
+        }
+        l.flush(|s| got.push(s.len()));
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?}", started.elapsed());
+        assert!(got.iter().all(|&n| n <= MAX_LINE));
+        assert_eq!(got.iter().sum::<usize>(), 32_000_000);
     }
 }
