@@ -229,3 +229,21 @@ fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// A symlink input is kept as its target text; the replay stages it as a link again, so a step
+/// that reads through it (or `readlink`s it) reproduces.
+#[test]
+fn a_symlink_input_is_replayed_as_a_link() {
+    let p = Project::new(&format!(
+        "version: 1\ndefaults: {{ image: {IMAGE} }}\nsteps:\n  s:\n    inputs: [data/real.txt, data/link.txt]\n    run: readlink data/link.txt > out.txt && cat data/link.txt >> out.txt\n    outputs: [out.txt]\n"
+    ));
+    p.write("data/real.txt", "content\n");
+    std::os::unix::fs::symlink("real.txt", p.path().join("data/link.txt")).unwrap();
+    let o = p.run(&["run"]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    assert_eq!(std::fs::read_to_string(p.path().join(".engine/out/s/out.txt")).unwrap(), "real.txt\ncontent\n");
+    let o = p.run(&["replay", "latest"]);
+    let out = text(&o.stdout) + &text(&o.stderr);
+    assert_eq!(code(&o), 0, "{out}");
+    assert!(out.contains("reproduced"), "{out}");
+}
