@@ -399,10 +399,14 @@ impl DockerExecutor {
                 return std::future::pending().await;
             }
             let limit = job.step.limits.workspace;
+            let mut pause = monitor::INTERVAL;
             loop {
-                tokio::time::sleep(monitor::INTERVAL).await;
+                tokio::time::sleep(pause).await;
                 let dir = job.workspace.clone();
-                match tokio::task::spawn_blocking(move || monitor::usage(&dir, limit)).await {
+                let walked = Instant::now();
+                let used = tokio::task::spawn_blocking(move || monitor::usage(&dir, limit)).await;
+                pause = monitor::pause_after(walked.elapsed());
+                match used {
                     Ok(Ok(used)) if used > limit => return StepFailure::WorkspaceLimit { limit },
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => return StepFailure::Environment(format!("cannot measure the workspace of the step: {e}")),

@@ -9,8 +9,15 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::Duration;
 
-/// How often the workspace of a running step is measured.
+/// How often the workspace of a running step is measured (at most; see [`pause_after`]).
 pub const INTERVAL: Duration = Duration::from_millis(500);
+
+/// The pause before the next measurement, after one that took `walk`: [`INTERVAL`], or ten
+/// times the walk when that is longer (a workspace of many files is walked less often, so
+/// measuring never costs more than a tenth of a core), at most 10 s.
+pub fn pause_after(walk: Duration) -> Duration {
+    walk.saturating_mul(10).clamp(INTERVAL, Duration::from_secs(10))
+}
 
 /// Bytes of disk the folder `dir` takes (allocated blocks of every file, folder and symlink
 /// under it, the folder itself included), counted until it passes `stop_above`. Entries that
@@ -54,5 +61,12 @@ mod tests {
         let used = usage(dir.path(), u64::MAX).unwrap();
         assert!((1 << 20..2 << 20).contains(&used), "{used}");
         assert!(usage(dir.path(), 10).unwrap() > 10);
+    }
+
+    #[test]
+    fn slow_walks_are_spaced_out() {
+        assert_eq!(pause_after(Duration::from_millis(5)), INTERVAL);
+        assert_eq!(pause_after(Duration::from_millis(200)), Duration::from_secs(2));
+        assert_eq!(pause_after(Duration::from_secs(5)), Duration::from_secs(10));
     }
 }
