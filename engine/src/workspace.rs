@@ -278,14 +278,7 @@ fn lock_holder(fd: &std::os::fd::OwnedFd) -> Option<u32> {
 /// otherwise; never hard-linked, since editing an exported file must not change the collected
 /// outputs or the cache.
 pub fn export(collected: &Path, out: &PinnedDir, step: &str) -> io::Result<()> {
-    let dest = out.at()?.join(step);
-    match fs::symlink_metadata(&dest) {
-        // remove_dir_all does not follow symlinks; a symlink itself is just unlinked.
-        Ok(m) if m.is_dir() => fs::remove_dir_all(&dest)?,
-        Ok(_) => fs::remove_file(&dest)?,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
+    let dest = clear_export(out, step)?;
     fs::create_dir_all(&dest)?;
     if collected.exists() {
         export_tree(collected, &dest)?;
@@ -293,18 +286,24 @@ pub fn export(collected: &Path, out: &PinnedDir, step: &str) -> io::Result<()> {
     Ok(())
 }
 
-/// [`export`] for outputs no later step of the run needs: the collected folder itself is moved
-/// (renamed) to `<out>/<step>` when both are on one filesystem, so the export costs no disk;
-/// otherwise it is exported as by [`export`]. `collected` is gone afterwards.
-pub fn export_by_move(collected: &Path, out: &PinnedDir, step: &str) -> io::Result<()> {
+/// `<out>/<step>`, with a previous export removed without following any symlink (a symlink there
+/// is unlinked, never entered; `remove_dir_all` does not follow symlinks).
+fn clear_export(out: &PinnedDir, step: &str) -> io::Result<PathBuf> {
     let dest = out.at()?.join(step);
     match fs::symlink_metadata(&dest) {
-        // remove_dir_all does not follow symlinks; a symlink itself is just unlinked.
         Ok(m) if m.is_dir() => fs::remove_dir_all(&dest)?,
         Ok(_) => fs::remove_file(&dest)?,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
+    Ok(dest)
+}
+
+/// [`export`] for outputs no later step of the run needs: the collected folder itself is moved
+/// (renamed) to `<out>/<step>` when both are on one filesystem, so the export costs no disk;
+/// otherwise it is exported as by [`export`]. `collected` is gone afterwards.
+pub fn export_by_move(collected: &Path, out: &PinnedDir, step: &str) -> io::Result<()> {
+    let dest = clear_export(out, step)?;
     match fs::symlink_metadata(collected) {
         Ok(m) if m.is_dir() && fs::rename(collected, &dest).is_ok() => Ok(()),
         _ => export(collected, out, step),
