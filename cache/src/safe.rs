@@ -75,8 +75,7 @@ pub fn open_regular(path: &Path, follow: bool) -> io::Result<File> {
     if ft != FileType::RegularFile {
         return Err(not_regular(path, describe_raw(ft)));
     }
-    // Regular files ignore O_NONBLOCK; cleared anyway so the descriptor behaves as usual.
-    rustix::fs::fcntl_setfl(&fd, OFlags::empty())?;
+    // O_NONBLOCK is left set: regular files ignore it.
     Ok(File::from(fd))
 }
 
@@ -92,9 +91,11 @@ pub fn open_regular_beneath(root: &Path, rel: &str) -> io::Result<File> {
     if !meta.file_type().is_file() {
         return Err(not_regular(&full, describe(&meta.file_type())));
     }
-    let root_fd = rustix::fs::open(root, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
     let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NOFOLLOW;
-    let fd = match rustix::fs::openat2(&root_fd, rel, flags, Mode::empty(), ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS) {
+    let opened = with_root_fd(root, |root_fd| {
+        rustix::fs::openat2(root_fd, rel, flags, Mode::empty(), ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS)
+    })?;
+    let fd = match opened {
         Ok(fd) => fd,
         Err(rustix::io::Errno::NOSYS) | Err(rustix::io::Errno::PERM) => {
             let mut at = root.to_path_buf();
@@ -119,8 +120,25 @@ pub fn open_regular_beneath(root: &Path, rel: &str) -> io::Result<File> {
     if ft != FileType::RegularFile {
         return Err(not_regular(&full, describe_raw(ft)));
     }
-    rustix::fs::fcntl_setfl(&fd, OFlags::empty())?;
+    // O_NONBLOCK is left set: regular files ignore it.
     Ok(File::from(fd))
+}
+
+/// Run `f` with a descriptor (`O_PATH`) of the folder `root`, kept per thread while the same
+/// root is asked for again: hashing and staging open thousands of files beneath one root.
+fn with_root_fd<T>(root: &Path, f: impl FnOnce(&OwnedFd) -> T) -> io::Result<T> {
+    thread_local! {
+        static ROOT: std::cell::RefCell<Option<(PathBuf, OwnedFd)>> = const { std::cell::RefCell::new(None) };
+    }
+    ROOT.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        if cached.as_ref().is_none_or(|(path, _)| path != root) {
+            let fd = rustix::fs::open(root, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+            *cached = Some((root.to_path_buf(), fd));
+        }
+        let (_, fd) = cached.as_ref().expect("set above");
+        Ok(f(fd))
+    })
 }
 
 /// The content of the regular file `path` (symlinks not followed), refusing more than `max`
