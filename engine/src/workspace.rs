@@ -207,12 +207,13 @@ impl RunDir {
 /// collected outputs of each direct upstream step (at the same relative paths).
 pub fn stage(source_dir: &Path, inputs: &[String], upstream: &[PathBuf], dest: &Path) -> io::Result<()> {
     fs::create_dir_all(dest)?;
+    let reflink = Reflink::default();
     for rel in inputs {
         // Read without following a symlink anywhere below the workflow folder.
-        copy_entry_with(&source_dir.join(rel), &dest.join(rel), || cache::safe::open_regular_beneath(source_dir, rel))?;
+        copy_entry_with(&source_dir.join(rel), &dest.join(rel), &reflink, || cache::safe::open_regular_beneath(source_dir, rel))?;
     }
     for up in upstream {
-        copy_tree(up, dest)?;
+        copy_tree(up, dest, &reflink)?;
     }
     Ok(())
 }
@@ -281,7 +282,7 @@ pub fn export(collected: &Path, out: &PinnedDir, step: &str) -> io::Result<()> {
     let dest = clear_export(out, step)?;
     fs::create_dir_all(&dest)?;
     if collected.exists() {
-        export_tree(collected, &dest)?;
+        copy_tree(collected, &dest, &Reflink::default())?;
     }
     Ok(())
 }
@@ -310,55 +311,43 @@ pub fn export_by_move(collected: &Path, out: &PinnedDir, step: &str) -> io::Resu
     }
 }
 
-/// [`copy_tree`], with each file reflinked where the filesystem allows.
-fn export_tree(src: &Path, dest: &Path) -> io::Result<()> {
+/// Copy the content of `src` into `dest` (merging), without following symlinks.
+fn copy_tree(src: &Path, dest: &Path, reflink: &Reflink) -> io::Result<()> {
     for entry in WalkDir::new(src).min_depth(1).follow_links(false) {
         let entry = entry.map_err(|e| e.into_io_error().unwrap_or_else(|| io::Error::other("filesystem loop")))?;
         let rel = entry.path().strip_prefix(src).map_err(io::Error::other)?;
         let target = dest.join(rel);
         if entry.file_type().is_dir() {
             ensure_real_dir(&target)?;
-        } else if entry.file_type().is_file() {
-            if let Some(parent) = target.parent() {
-                ensure_real_dir(parent)?;
-            }
-            if fs::symlink_metadata(&target).is_ok() {
-                fs::remove_file(&target)?;
-            }
-            reflink_copy::reflink_or_copy(entry.path(), &target)?;
-            // A reflink does not carry the mode as a copy does.
-            fs::set_permissions(&target, entry.metadata().map_err(io::Error::other)?.permissions())?;
         } else {
-            copy_entry(entry.path(), &target)?;
+            copy_entry(entry.path(), &target, reflink)?;
         }
     }
     Ok(())
 }
 
-/// Copy the content of `src` into `dest` (merging), without following symlinks.
-fn copy_tree(src: &Path, dest: &Path) -> io::Result<()> {
-    for entry in WalkDir::new(src).min_depth(1).follow_links(false) {
-        let entry = entry.map_err(|e| e.into_io_error().unwrap_or_else(|| io::Error::other("filesystem loop")))?;
-        let rel = entry.path().strip_prefix(src).map_err(io::Error::other)?;
-        let target = dest.join(rel);
-        if entry.file_type().is_dir() {
-            ensure_real_dir(&target)?;
-        } else {
-            copy_entry(entry.path(), &target)?;
-        }
+/// Whether file copies still try a reflink (sharing the source's extents, no disk used; btrfs,
+/// XFS): the first refusal turns it off for the rest of the copy, so a filesystem without
+/// reflinks costs one attempt, not one per file.
+struct Reflink(std::cell::Cell<bool>);
+
+impl Default for Reflink {
+    fn default() -> Self {
+        Reflink(std::cell::Cell::new(true))
     }
-    Ok(())
 }
 
 /// Copy one file or symlink (as a symlink, never its target), creating parent folders. Only a
 /// regular file is read (a FIFO or device swapped in is refused, never opened blocking), and the
 /// copy is created new (`O_EXCL|O_NOFOLLOW`): never written through something already there.
-fn copy_entry(src: &Path, dest: &Path) -> io::Result<()> {
-    copy_entry_with(src, dest, || cache::safe::open_regular(src, false))
+fn copy_entry(src: &Path, dest: &Path, reflink: &Reflink) -> io::Result<()> {
+    copy_entry_with(src, dest, reflink, || cache::safe::open_regular(src, false))
 }
 
-/// [`copy_entry`], opening a regular file's source with `open`.
-fn copy_entry_with(src: &Path, dest: &Path, open: impl FnOnce() -> io::Result<fs::File>) -> io::Result<()> {
+/// [`copy_entry`], opening a regular file's source with `open`. A file is reflinked where the
+/// filesystem allows and copied otherwise; never hard-linked (editing a copy must not change its
+/// source: the cache, or another step's outputs).
+fn copy_entry_with(src: &Path, dest: &Path, reflink: &Reflink, open: impl FnOnce() -> io::Result<fs::File>) -> io::Result<()> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     if let Some(parent) = dest.parent() {
         ensure_real_dir(parent)?;
@@ -381,7 +370,11 @@ fn copy_entry_with(src: &Path, dest: &Path, open: impl FnOnce() -> io::Result<fs
             .mode(0o600)
             .open(dest)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dest.display())))?;
-        io::copy(&mut from, &mut to)?;
+        let shared = reflink.0.get() && reflink_copy::reflink_file(&from, &to).is_ok();
+        if !shared {
+            reflink.0.set(false);
+            io::copy(&mut from, &mut to)?;
+        }
         // As `fs::copy` does: the source's permission bits (not limited by the umask).
         to.set_permissions(fs::Permissions::from_mode(mode))?;
     }
