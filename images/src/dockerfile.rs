@@ -285,7 +285,7 @@ fn confine(dir: &Path, context: &str, dockerfile: &str) -> Result<(PathBuf, Path
 /// `Ok(None)`: it does not exist.
 fn read_small(path: &Path, what: &str) -> Result<Option<Vec<u8>>, String> {
     use std::io::Read as _;
-    let f = match crate::stages::open_regular(path) {
+    let f = match cache::safe::open_regular(path, false) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("cannot read {what} `{}`: {e}", path.display())),
@@ -451,7 +451,7 @@ fn make_tar(ctx: &Context, context_dir: &Path, out: &mut impl io::Write) -> io::
                 tar.append_link(&mut header, &e.rel, target)?;
             }
             Kind::File(_) => {
-                let f = crate::stages::open_regular(&e.path)?;
+                let f = cache::safe::open_regular(&e.path, false)?;
                 header.set_entry_type(tar::EntryType::Regular);
                 let size = f.metadata()?.len();
                 header.set_size(size);

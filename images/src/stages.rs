@@ -17,7 +17,6 @@
 
 mod copy;
 
-pub(crate) use copy::open_regular;
 
 use std::collections::{BTreeSet, HashMap};
 

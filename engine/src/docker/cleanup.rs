@@ -4,8 +4,7 @@
 //! Never touches resources of a live run, nor a folder another user owns.
 
 use std::collections::HashMap;
-use std::io::Read as _;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use bollard::query_parameters::{ListContainersOptions, ListVolumesOptions};
@@ -67,12 +66,8 @@ pub fn dead_owner(dir: &Path, owner_file: &str) -> bool {
     if !file.symlink_metadata().is_ok_and(|m| m.is_file() && m.uid() == me) {
         return false;
     }
-    let opened = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(&file);
-    let mut text = String::new();
-    if opened.and_then(|f| f.take(256).read_to_string(&mut text)).is_err() {
-        return false;
-    }
-    crate::owner::Owner::parse(&text).is_some_and(|o| !o.is_alive())
+    let Ok(text) = cache::safe::read_bounded(&file, 256) else { return false };
+    crate::owner::Owner::parse(&String::from_utf8_lossy(&text)).is_some_and(|o| !o.is_alive())
 }
 
 /// Force-remove every container and volume of `run_id` (used on interrupt and at the end of a run).

@@ -290,7 +290,7 @@ pub fn from_tar(output: &str, tar: impl Read, collect_to: &Path, budget: &mut Bu
                     return Err(unsafe_output(output, "a hard link leads outside the output"));
                 }
                 let copied = (|| {
-                    let input = fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(collect_to.join(&target))?;
+                    let input = cache::safe::open_regular(&collect_to.join(&target), false)?;
                     let len = input.metadata()?.len();
                     Ok::<_, io::Error>((Read::take(input, len), len))
                 })();
@@ -409,7 +409,7 @@ fn write_item(root: &Path, rel: &Path, item: Item) -> io::Result<()> {
                 fs::rename(&dest, &src)?;
             }
             let mut out = fs::OpenOptions::new().write(true).create_new(true).mode(mode | 0o600).open(&dest)?;
-            let mut input = fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(src)?;
+            let mut input = cache::safe::open_regular(&src, false)?;
             io::copy(&mut input, &mut out).map(|_| ())
         }
     }

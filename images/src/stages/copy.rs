@@ -3,7 +3,6 @@
 //! downloaded from another stage at its destination. Owned by the stages work; pure file and tar
 //! handling, no Docker.
 
-use std::fs::File;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
@@ -122,7 +121,7 @@ fn slash_path(p: &Path) -> Option<String> {
 pub(crate) fn context_tar(dir: &Path, files: &[Matched]) -> io::Result<Vec<u8>> {
     let mut tar = tar::Builder::new(Vec::new());
     for m in files {
-        let mut f = open_regular(&dir.join(&m.file.path))?;
+        let mut f = cache::safe::open_regular(&dir.join(&m.file.path), false)?;
         let size = f.metadata()?.len();
         let mut header = tar::Header::new_gnu();
         header.set_size(size);
@@ -134,17 +133,6 @@ pub(crate) fn context_tar(dir: &Path, files: &[Matched]) -> io::Result<Vec<u8>> 
         tar.append_data(&mut header, m.target.trim_start_matches('/'), &mut f)?;
     }
     tar.into_inner()
-}
-
-/// Open a file that must be a regular file, never following a symlink in its last component and
-/// never blocking on a FIFO or opening a device.
-pub(crate) fn open_regular(path: &Path) -> io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path)?;
-    if !f.metadata()?.is_file() {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("`{}` is not a regular file", path.display())));
-    }
-    Ok(f)
 }
 
 /// Re-root a tar downloaded from another stage (`GET /archive?path=src`: its entries start with
