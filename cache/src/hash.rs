@@ -142,9 +142,7 @@ impl StatCache {
     /// The file is chosen by a digest of `root`'s absolute path; that path never enters a key.
     pub fn load(cache_dir: &Path, root: &Path) -> StatCache {
         // Canonical when possible, so the same tree reached through a symlink shares its cache.
-        let root = fs::canonicalize(root)
-            .or_else(|_| std::path::absolute(root))
-            .unwrap_or_else(|_| root.to_path_buf());
+        let root = fs::canonicalize(root).or_else(|_| std::path::absolute(root)).unwrap_or_else(|_| root.to_path_buf());
         let name = format!("{}.bin", Digest::of(root.as_os_str().as_bytes()).hex());
         let file = cache_dir.join("v1").join("stat").join(name);
         let entries = crate::safe::read_bounded(&file, crate::store::MAX_META_BYTES)
@@ -153,15 +151,7 @@ impl StatCache {
             .filter(|f| f.version == STAT_FILE_VERSION)
             .map(|f| f.entries)
             .unwrap_or_default();
-        StatCache {
-            file,
-            tmp_dir: cache_dir.join("v1").join("tmp"),
-            root,
-            entries,
-            dirty: false,
-            seen: Default::default(),
-            files_read: 0,
-        }
+        StatCache { file, tmp_dir: cache_dir.join("v1").join("tmp"), root, entries, dirty: false, seen: Default::default(), files_read: 0 }
     }
 
     /// Write it back atomically (temp file + rename); concurrent engines may race, last wins.
@@ -598,8 +588,7 @@ mod tests {
         let mut stat = t.stat();
         let got = hash_inputs(t.root(), &want, &mut stat).unwrap();
         assert_eq!(files_read(&stat), 400);
-        let mut sequential: Vec<(String, Digest)> =
-            want.iter().map(|rel| (rel.clone(), hash_file(&t.root().join(rel)).unwrap())).collect();
+        let mut sequential: Vec<(String, Digest)> = want.iter().map(|rel| (rel.clone(), hash_file(&t.root().join(rel)).unwrap())).collect();
         sequential.sort();
         let got: Vec<(String, Digest)> = got.into_iter().map(|e| (e.path, e.digest)).collect();
         assert_eq!(got, sequential);

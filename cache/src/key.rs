@@ -174,10 +174,7 @@ impl KeyComponents {
         if self.command != previous.command {
             reasons.push(Reason::CommandChanged);
         }
-        for (name, old, new) in merge(
-            previous.env.iter().map(|(k, v)| (k.as_str(), v)),
-            self.env.iter().map(|(k, v)| (k.as_str(), v)),
-        ) {
+        for (name, old, new) in merge(previous.env.iter().map(|(k, v)| (k.as_str(), v)), self.env.iter().map(|(k, v)| (k.as_str(), v))) {
             if old != new {
                 reasons.push(Reason::EnvChanged { name: name.to_string(), old: old.cloned(), new: new.cloned() });
             }
@@ -197,17 +194,14 @@ impl KeyComponents {
         if self.secrets != previous.secrets {
             reasons.push(Reason::SecretsChanged);
         }
-        for (path, old, new) in merge(
-            previous.inputs.iter().map(|i| (i.path.as_str(), i)),
-            self.inputs.iter().map(|i| (i.path.as_str(), i)),
-        ) {
+        for (path, old, new) in
+            merge(previous.inputs.iter().map(|i| (i.path.as_str(), i)), self.inputs.iter().map(|i| (i.path.as_str(), i)))
+        {
             let path = path.to_string();
             match (old, new) {
                 (None, Some(_)) => reasons.push(Reason::InputAdded { path }),
                 (Some(_), None) => reasons.push(Reason::InputRemoved { path }),
-                (Some(o), Some(n)) if (o.mode, o.digest) != (n.mode, n.digest) => {
-                    reasons.push(Reason::InputChanged { path })
-                }
+                (Some(o), Some(n)) if (o.mode, o.digest) != (n.mode, n.digest) => reasons.push(Reason::InputChanged { path }),
                 _ => {}
             }
         }
@@ -236,22 +230,51 @@ pub enum Reason {
     /// The key is unchanged but its entry is gone or corrupt (GC, verify, a damaged blob).
     EntryMissing,
     /// A step it needs will run, so its key is not known yet.
-    UpstreamWillRun { step: String },
-    FormatChanged { old: u32, new: u32 },
-    ImageChanged { old: String, new: String },
+    UpstreamWillRun {
+        step: String,
+    },
+    FormatChanged {
+        old: u32,
+        new: u32,
+    },
+    ImageChanged {
+        old: String,
+        new: String,
+    },
     CommandChanged,
     /// `old`/`new` are None when the variable was absent. Values are shown: env is not secret.
-    EnvChanged { name: String, old: Option<String>, new: Option<String> },
-    WorkdirChanged { old: String, new: String },
-    UserChanged { old: String, new: String },
-    NetworkChanged { old: String, new: String },
+    EnvChanged {
+        name: String,
+        old: Option<String>,
+        new: Option<String>,
+    },
+    WorkdirChanged {
+        old: String,
+        new: String,
+    },
+    UserChanged {
+        old: String,
+        new: String,
+    },
+    NetworkChanged {
+        old: String,
+        new: String,
+    },
     OutputsChanged,
     SecretsChanged,
-    InputAdded { path: String },
-    InputRemoved { path: String },
+    InputAdded {
+        path: String,
+    },
+    InputRemoved {
+        path: String,
+    },
     /// Content or mode changed.
-    InputChanged { path: String },
-    UpstreamChanged { step: String },
+    InputChanged {
+        path: String,
+    },
+    UpstreamChanged {
+        step: String,
+    },
 }
 
 impl fmt::Display for Reason {
@@ -464,10 +487,7 @@ mod tests {
                 with(&|k| (k.outputs, k.secrets) = (vec!["x".into()], vec![])),
                 with(&|k| (k.outputs, k.secrets) = (vec![], vec!["x".into()])),
             ),
-            (
-                with(&|k| (k.workdir, k.user) = ("/a".into(), "b".into())),
-                with(&|k| (k.workdir, k.user) = ("/ab".into(), String::new())),
-            ),
+            (with(&|k| (k.workdir, k.user) = ("/a".into(), "b".into())), with(&|k| (k.workdir, k.user) = ("/ab".into(), String::new()))),
             (
                 with(&|k| k.inputs = vec![InputEntry { path: "a".into(), mode: 0o644, digest: d(1) }]),
                 with(&|k| k.inputs = vec![InputEntry { path: "a".into(), mode: 0o755, digest: d(1) }]),

@@ -108,10 +108,7 @@ pub fn open_regular_beneath(root: &Path, rel: &str) -> io::Result<File> {
             return open_regular(&full, false);
         }
         Err(rustix::io::Errno::LOOP) | Err(rustix::io::Errno::XDEV) => {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{}: a symlink on the way, not followed", full.display()),
-            ))
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{}: a symlink on the way, not followed", full.display())))
         }
         Err(e) => return Err(io::Error::new(io::Error::from(e).kind(), format!("{}: {e}", full.display()))),
     };
@@ -210,14 +207,13 @@ pub struct PinnedDir {
 
 impl PinnedDir {
     pub fn open(path: &Path) -> io::Result<PinnedDir> {
-        let fd = rustix::fs::open(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
-            .map_err(|e| match e {
+        let fd = rustix::fs::open(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty()).map_err(
+            |e| match e {
                 rustix::io::Errno::LOOP => symlinked_dir(path),
-                rustix::io::Errno::NOTDIR if fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) => {
-                    symlinked_dir(path)
-                }
+                rustix::io::Errno::NOTDIR if fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) => symlinked_dir(path),
                 e => io::Error::new(io::Error::from(e).kind(), format!("{}: {e}", path.display())),
-            })?;
+            },
+        )?;
         let proc = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
         // Where /proc is not mounted the path itself is used (checked again before each use).
         let via_proc = fs::metadata(&proc).is_ok_and(|m| m.is_dir()).then_some(proc);

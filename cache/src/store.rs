@@ -189,10 +189,7 @@ impl Store {
         if let Some(dir) = std::env::var_os("ENGINE_CACHE_DIR").filter(|d| !d.is_empty()) {
             return PathBuf::from(dir);
         }
-        dirs::cache_dir()
-            .or_else(|| dirs::home_dir().map(|h| h.join(".cache")))
-            .unwrap_or_else(|| PathBuf::from(".cache"))
-            .join("engine")
+        dirs::cache_dir().or_else(|| dirs::home_dir().map(|h| h.join(".cache"))).unwrap_or_else(|| PathBuf::from(".cache")).join("engine")
     }
 
     pub fn dir(&self) -> &Path {
@@ -466,10 +463,7 @@ pub enum MaterialiseError {
 /// Every file, symlink and directory under `dir`, sorted by path; `file` hashes (and may store)
 /// each regular file and returns its digest and size. Sockets, fifos and devices cannot be
 /// restored as content, so they are not outputs.
-fn walk_outputs(
-    dir: &Path,
-    file: impl Fn(&Path) -> Result<(Digest, u64), StoreError>,
-) -> Result<Vec<OutputEntry>, StoreError> {
+fn walk_outputs(dir: &Path, file: impl Fn(&Path) -> Result<(Digest, u64), StoreError>) -> Result<Vec<OutputEntry>, StoreError> {
     let mut entries = Vec::new();
     for item in WalkDir::new(dir).follow_links(false).min_depth(1) {
         let item = item.map_err(|e| StoreError::Io { path: dir.to_path_buf(), source: e.into() })?;

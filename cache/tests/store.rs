@@ -129,10 +129,7 @@ fn round_trip_is_byte_identical_with_modes() {
     sorted.sort();
     assert_eq!(paths, sorted);
     assert!(paths.contains(&"empty") && paths.contains(&"bin/readme"));
-    assert!(m.entries.contains(&OutputEntry::Symlink {
-        path: "bin/readme".into(),
-        target: "../share/doc/readme.txt".into()
-    }));
+    assert!(m.entries.contains(&OutputEntry::Symlink { path: "bin/readme".into(), target: "../share/doc/readme.txt".into() }));
     assert_eq!(fs::read(store.blob_path(&m.log)).unwrap(), b"log line\n");
     let blob = store.blob_path(&file_digest(&m, "bin/tool"));
     assert_eq!(fs::metadata(&blob).unwrap().permissions().mode() & 0o777, 0o444);
@@ -279,10 +276,7 @@ fn restore_never_writes_outside_dest() {
         vec![OutputEntry::Symlink { path: "d/up".into(), target: "../../x".into() }],
         vec![OutputEntry::Symlink { path: "ws".into(), target: "/workspace/f".into() }],
         // A link of the entry pointing outside, then a file below it.
-        vec![
-            OutputEntry::Symlink { path: "l".into(), target: outside.path().to_str().unwrap().into() },
-            file("l/evil"),
-        ],
+        vec![OutputEntry::Symlink { path: "l".into(), target: outside.path().to_str().unwrap().into() }, file("l/evil")],
         vec![file("f"), file("f")],
     ] {
         // Hand-edited on disk: it still parses, and get returns it.
@@ -598,10 +592,8 @@ fn inputs_kept_for_replay_live_and_die_with_their_entry() {
     store.gc(u64::MAX).unwrap();
     assert!(inputs.iter().all(|i| store.has_blob(&i.digest)));
     // They re-create the inputs byte for byte, modes included.
-    let files: Vec<OutputEntry> = inputs
-        .iter()
-        .map(|i| OutputEntry::File { path: i.path.clone(), mode: i.mode, digest: i.digest, size: 0 })
-        .collect();
+    let files: Vec<OutputEntry> =
+        inputs.iter().map(|i| OutputEntry::File { path: i.path.clone(), mode: i.mode, digest: i.digest, size: 0 }).collect();
     let again = TempDir::new().unwrap();
     store.materialise(&files, again.path()).unwrap();
     assert_eq!(snapshot(again.path()).get("run.sh"), snapshot(tree.path()).get("run.sh"));

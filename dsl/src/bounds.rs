@@ -108,9 +108,7 @@ pub fn read_regular(path: &Path, max: u64, no_follow: bool) -> Result<String, Re
     }
     let mut bytes = Vec::with_capacity(meta.len() as usize);
     // The file may grow after the check: never read more than the cap.
-    file.take(max + 1)
-        .read_to_end(&mut bytes)
-        .map_err(ReadError::Io)?;
+    file.take(max + 1).read_to_end(&mut bytes).map_err(ReadError::Io)?;
     if bytes.len() as u64 > max {
         return Err(ReadError::TooLarge(max));
     }
@@ -167,34 +165,17 @@ mod tests {
 
     #[test]
     fn fifo_and_devices_are_refused_without_blocking() {
-        assert!(matches!(
-            read_regular(Path::new("/dev/zero"), 10, false),
-            Err(ReadError::NotRegular)
-        ));
+        assert!(matches!(read_regular(Path::new("/dev/zero"), 10, false), Err(ReadError::NotRegular)));
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("f");
         let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-        assert!(matches!(
-            read_regular(&fifo, 10, false),
-            Err(ReadError::NotRegular)
-        ));
+        assert!(matches!(read_regular(&fifo, 10, false), Err(ReadError::NotRegular)));
         let big = dir.path().join("big");
         std::fs::write(&big, "x".repeat(11)).unwrap();
-        assert!(matches!(
-            read_regular(&big, 10, false),
-            Err(ReadError::TooLarge(10))
-        ));
+        assert!(matches!(read_regular(&big, 10, false), Err(ReadError::TooLarge(10))));
         std::os::unix::fs::symlink(&big, dir.path().join("link")).unwrap();
-        assert!(matches!(
-            read_regular(&dir.path().join("link"), 100, true),
-            Err(ReadError::NotRegular)
-        ));
-        assert_eq!(
-            read_regular(&dir.path().join("link"), 100, false)
-                .unwrap()
-                .len(),
-            11
-        );
+        assert!(matches!(read_regular(&dir.path().join("link"), 100, true), Err(ReadError::NotRegular)));
+        assert_eq!(read_regular(&dir.path().join("link"), 100, false).unwrap().len(), 11);
     }
 }

@@ -37,11 +37,8 @@ pub fn convert_str(path: &Path, text: &str) -> Result<String, LoadError> {
         Ok(out)
     } else {
         let root = yaml::tree(path, text)?;
-        let mut p = WfPrinter {
-            src: SourceFile { path: path.to_path_buf(), text: text.to_string() },
-            out: String::new(),
-            diags: Vec::new(),
-        };
+        let mut p =
+            WfPrinter { src: SourceFile { path: path.to_path_buf(), text: text.to_string() }, out: String::new(), diags: Vec::new() };
         p.file(&root);
         if p.diags.is_empty() {
             Ok(p.out)
@@ -70,15 +67,12 @@ pub(crate) fn wf_quote(s: &str) -> String {
 }
 
 fn is_word(s: &str) -> bool {
-    !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/'))
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/'))
 }
 
 fn is_ident(s: &str) -> bool {
     let mut cs = s.chars();
-    cs.next().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
-        && cs.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    cs.next().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') && cs.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 /// A declaration head for `name`: the name itself, or for a matrix-style step name
@@ -92,11 +86,8 @@ fn decl_name(name: &str, step: bool) -> Option<String> {
     if !step || !is_ident(base) {
         return None;
     }
-    let axes: Vec<String> = values
-        .split(',')
-        .enumerate()
-        .map(|(i, v)| is_word(v).then(|| format!("m{i} in [{}]", wf_quote(v))))
-        .collect::<Option<_>>()?;
+    let axes: Vec<String> =
+        values.split(',').enumerate().map(|(i, v)| is_word(v).then(|| format!("m{i} in [{}]", wf_quote(v)))).collect::<Option<_>>()?;
     Some(format!("{base}[{}]", axes.join(", ")))
 }
 
@@ -108,10 +99,7 @@ struct WfPrinter {
 
 impl WfPrinter {
     fn error(&mut self, node: &Node, msg: String) {
-        let (line, col, ch) = node
-            .span()
-            .start()
-            .map_or((1, 1, 0), |m| (m.line(), m.column(), m.character()));
+        let (line, col, ch) = node.span().start().map_or((1, 1, 0), |m| (m.line(), m.column(), m.character()));
         let offset = self.src.text.char_indices().nth(ch).map_or(0, |(i, _)| i);
         let span = Span { offset, len: 1, line, col };
         self.diags.push(
@@ -194,10 +182,7 @@ impl WfPrinter {
         let pad = " ".repeat(indent);
         self.out.push_str(&format!("{pad}stage {name} from "));
         self.value(from);
-        let rest: Vec<_> = m
-            .iter()
-            .filter(|(k, _)| !matches!(k.as_str(), "name" | "from"))
-            .collect();
+        let rest: Vec<_> = m.iter().filter(|(k, _)| !matches!(k.as_str(), "name" | "from")).collect();
         if rest.is_empty() {
             self.out.push('\n');
             return;
@@ -271,8 +256,8 @@ impl WfPrinter {
                 // Strings are always quoted; only what YAML may read as a boolean or a number
                 // (`false`, `1`, `10m`) stays a bare word, so it is coerced the same way.
                 let t = s.as_str();
-                let scalar_like = matches!(t, "true" | "false" | "True" | "False" | "TRUE" | "FALSE")
-                    || t.starts_with(|c: char| c.is_ascii_digit());
+                let scalar_like =
+                    matches!(t, "true" | "false" | "True" | "False" | "TRUE" | "FALSE") || t.starts_with(|c: char| c.is_ascii_digit());
                 if s.may_coerce() && is_word(t) && scalar_like {
                     self.out.push_str(s.as_str());
                 } else {
@@ -311,9 +296,7 @@ fn yaml_quote(s: &str) -> String {
             '\r' => out.push_str("\\r"),
             c if (c as u32) < 0x20 || c == '\u{7f}' => out.push_str(&format!("\\x{:02x}", c as u32)),
             // YAML line breaks and the BOM would not survive raw inside quotes.
-            '\u{85}' | '\u{2028}' | '\u{2029}' | '\u{feff}' | '\u{80}'..='\u{9f}' => {
-                out.push_str(&format!("\\u{:04x}", c as u32))
-            }
+            '\u{85}' | '\u{2028}' | '\u{2029}' | '\u{feff}' | '\u{80}'..='\u{9f}' => out.push_str(&format!("\\u{:04x}", c as u32)),
             c => out.push(c),
         }
     }
@@ -325,11 +308,7 @@ fn yaml_quote(s: &str) -> String {
 /// YAML reads back unchanged; otherwise double-quoted.
 fn yaml_scalar(s: &MarkedScalarNode) -> String {
     let t = s.as_str();
-    let plain = s.may_coerce()
-        && is_word(t)
-        && !t.starts_with('-')
-        && !t.starts_with('.')
-        && !matches!(t, "~" | "null" | "Null" | "NULL");
+    let plain = s.may_coerce() && is_word(t) && !t.starts_with('-') && !t.starts_with('.') && !matches!(t, "~" | "null" | "Null" | "NULL");
     if plain {
         t.to_string()
     } else {

@@ -132,13 +132,7 @@ impl miette::SourceCode for Excerpt {
         let local = SourceSpan::new(local_offset.into(), local_len);
         let inner = self.text.read_span(&local, before, after)?;
         let global = SourceSpan::new((inner.span().offset() + self.offset).into(), inner.span().len());
-        Ok(Box::new(miette::MietteSpanContents::new(
-            inner.data(),
-            global,
-            inner.line() + self.line,
-            inner.column(),
-            inner.line_count(),
-        )))
+        Ok(Box::new(miette::MietteSpanContents::new(inner.data(), global, inner.line() + self.line, inner.column(), inner.line_count())))
     }
 }
 
@@ -164,7 +158,11 @@ pub enum LoadError {
 }
 
 fn count(n: usize) -> String {
-    if n == 1 { "1 error".into() } else { format!("{n} errors") }
+    if n == 1 {
+        "1 error".into()
+    } else {
+        format!("{n} errors")
+    }
 }
 
 /// Render any error for a person: the message, and for each diagnostic its `file:line:col`, the
@@ -180,11 +178,7 @@ pub fn render(err: &dyn miette::Diagnostic, color: bool) -> String {
     characters.underbar = '^';
     let theme = miette::GraphicalTheme { characters, styles };
     let mut out = String::new();
-    if miette::GraphicalReportHandler::new_themed(theme)
-        .with_width(100)
-        .render_report(&mut out, err)
-        .is_err()
-    {
+    if miette::GraphicalReportHandler::new_themed(theme).with_width(100).render_report(&mut out, err).is_err() {
         out = err.to_string();
     }
     out

@@ -265,7 +265,11 @@ pub enum ImageDef {
     Stages(Vec<Stage>),
     /// `network`: what the daemon's builder gives `RUN` instructions (`none` unless the image
     /// says `network: bridge`).
-    Dockerfile { dockerfile: String, context: String, network: Network },
+    Dockerfile {
+        dockerfile: String,
+        context: String,
+        network: Network,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

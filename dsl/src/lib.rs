@@ -20,8 +20,8 @@ use std::path::Path;
 
 pub use convert::{convert_file, convert_str};
 pub use diagnostic::{Diagnostic, LoadError};
-pub use policy::Policy;
 pub use ir::*;
+pub use policy::Policy;
 
 /// Load and validate a workflow file. The syntax is chosen by extension (`.wf` is the DSL,
 /// anything else YAML).
@@ -53,8 +53,7 @@ pub fn load_file_with(path: &Path, policy: &Policy) -> Result<Workflow, LoadErro
 /// The text of a workflow file: a regular file (never a FIFO or device, which could block or
 /// never end) of at most [`bounds::MAX_FILE_BYTES`]. Every command that reads a workflow uses it.
 pub fn read_workflow(path: &Path) -> Result<String, LoadError> {
-    bounds::read_regular(path, bounds::MAX_FILE_BYTES, false)
-        .map_err(|e| LoadError::Io { path: path.to_path_buf(), source: e.into() })
+    bounds::read_regular(path, bounds::MAX_FILE_BYTES, false).map_err(|e| LoadError::Io { path: path.to_path_buf(), source: e.into() })
 }
 
 /// [`load_str`], also checking what the workflow asks for against an operator's `policy`.
@@ -70,10 +69,7 @@ pub fn load_str_with(path: &Path, text: &str, policy: &Policy) -> Result<Workflo
 /// Text handed over directly (not read through [`read_workflow`]) gets the same size bound.
 pub(crate) fn check_size(path: &Path, text: &str) -> Result<(), LoadError> {
     if text.len() as u64 > bounds::MAX_FILE_BYTES {
-        return Err(LoadError::Io {
-            path: path.to_path_buf(),
-            source: bounds::ReadError::TooLarge(bounds::MAX_FILE_BYTES).into(),
-        });
+        return Err(LoadError::Io { path: path.to_path_buf(), source: bounds::ReadError::TooLarge(bounds::MAX_FILE_BYTES).into() });
     }
     Ok(())
 }

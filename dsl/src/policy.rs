@@ -91,9 +91,7 @@ impl Policy {
 
     /// The related diagnostic pointing at the policy line, when there is a policy file.
     fn at(&self, span: Span, message: String) -> Option<Diagnostic> {
-        self.source
-            .as_ref()
-            .map(|src| Diagnostic::new(src, span, message, "set by the policy"))
+        self.source.as_ref().map(|src| Diagnostic::new(src, span, message, "set by the policy"))
     }
 
     /// Checks one thing a workflow asks for; `None` when allowed.
@@ -101,22 +99,12 @@ impl Policy {
         let who = &ask.who;
         match &ask.asked {
             Asked::Cpus(v) => self.over(src, ask, "cpus", v, &self.max_cpus, |v| format_cpus(*v)),
-            Asked::Memory(v) => {
-                self.over(src, ask, "memory", v, &self.max_memory, |v| format_size(*v))
-            }
+            Asked::Memory(v) => self.over(src, ask, "memory", v, &self.max_memory, |v| format_size(*v)),
             Asked::Pids(v) => self.over(src, ask, "pids", v, &self.max_pids, |v| v.to_string()),
-            Asked::Timeout(v) => self.over(src, ask, "timeout", v, &self.max_timeout, |v| {
-                format_duration(*v)
-            }),
-            Asked::Tmpfs(v) => {
-                self.over(src, ask, "tmpfs", v, &self.max_tmpfs, |v| format_size(*v))
-            }
-            Asked::Workspace(v) => {
-                self.over(src, ask, "workspace", v, &self.max_workspace, |v| format_size(*v))
-            }
-            Asked::Outputs(v) => {
-                self.over(src, ask, "outputs", v, &self.max_outputs, |v| format_size(*v))
-            }
+            Asked::Timeout(v) => self.over(src, ask, "timeout", v, &self.max_timeout, |v| format_duration(*v)),
+            Asked::Tmpfs(v) => self.over(src, ask, "tmpfs", v, &self.max_tmpfs, |v| format_size(*v)),
+            Asked::Workspace(v) => self.over(src, ask, "workspace", v, &self.max_workspace, |v| format_size(*v)),
+            Asked::Outputs(v) => self.over(src, ask, "outputs", v, &self.max_outputs, |v| format_size(*v)),
             Asked::Network(n) => {
                 let allowed = self.networks.as_ref()?;
                 if allowed.value.contains(n) {
@@ -126,11 +114,7 @@ impl Policy {
                 let d = Diagnostic::new(
                     src,
                     ask.span,
-                    format!(
-                        "{who} asks for network {}{}, which the policy does not allow",
-                        n.as_str(),
-                        ask.note()
-                    ),
+                    format!("{who} asks for network {}{}, which the policy does not allow", n.as_str(), ask.note()),
                     "network not allowed",
                 )
                 .with_help(format!("the policy allows: {}", names.join(", ")));
@@ -148,10 +132,7 @@ impl Policy {
                     format!("{who} uses image `{image}`, which the policy does not allow"),
                     "image not allowed",
                 )
-                .with_help(format!(
-                    "the policy allows images starting with {}",
-                    list.join(", ")
-                ));
+                .with_help(format!("the policy allows images starting with {}", list.join(", ")));
                 Some(self.with_related(d, prefixes.span, "the policy's allowed image prefixes"))
             }
             Asked::User(user) => {
@@ -169,8 +150,13 @@ impl Policy {
             }
             Asked::UnresolvedImage(image) => {
                 let prefixes = self.image_prefixes.as_ref()?;
-                let d = Diagnostic::new(src, ask.span, format!("{who} uses image `{image}`, which cannot be checked against the policy's allowed images"), "unresolvable image")
-                    .with_help("write the image reference literally (no `$` variables) so that it can be checked");
+                let d = Diagnostic::new(
+                    src,
+                    ask.span,
+                    format!("{who} uses image `{image}`, which cannot be checked against the policy's allowed images"),
+                    "unresolvable image",
+                )
+                .with_help("write the image reference literally (no `$` variables) so that it can be checked");
                 Some(self.with_related(d, prefixes.span, "the policy's allowed image prefixes"))
             }
             Asked::RootBuild => {

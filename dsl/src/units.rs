@@ -7,13 +7,12 @@
 use std::time::Duration;
 
 /// What a size may look like; used as the `help` of every size error.
-pub const SIZE_HELP: &str = "expected a number with an optional unit b, k, m, g, t (binary, case-insensitive; also kb/mb/gb, ki/mi/gi), e.g. 512m, 1g";
+pub const SIZE_HELP: &str =
+    "expected a number with an optional unit b, k, m, g, t (binary, case-insensitive; also kb/mb/gb, ki/mi/gi), e.g. 512m, 1g";
 /// What a duration may look like.
-pub const DURATION_HELP: &str =
-    "expected a duration such as 30s, 10m, 1h, 500ms or 1m30s (a bare number is seconds), greater than 0";
+pub const DURATION_HELP: &str = "expected a duration such as 30s, 10m, 1h, 500ms or 1m30s (a bare number is seconds), greater than 0";
 /// What a CPU count may look like.
-pub const CPUS_HELP: &str =
-    "expected a positive number of CPUs, e.g. 0.5, 1 or 2 (at most 3 decimals)";
+pub const CPUS_HELP: &str = "expected a positive number of CPUs, e.g. 0.5, 1 or 2 (at most 3 decimals)";
 
 /// What a process count may look like.
 pub const PIDS_HELP: &str = "expected a positive whole number, e.g. 256";
@@ -25,9 +24,7 @@ pub fn parse_count(text: &str) -> Option<u64> {
 
 /// Splits `12.5mb` into (`12.5`, `mb`).
 fn split_number(s: &str) -> (&str, &str) {
-    let end = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
+    let end = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
     (&s[..end], s[end..].trim_start())
 }
 
@@ -40,10 +37,7 @@ fn parse_milli(num: &str) -> Option<u128> {
     if int.is_empty() && frac.is_empty() {
         return None;
     }
-    if !int.chars().all(|c| c.is_ascii_digit())
-        || !frac.chars().all(|c| c.is_ascii_digit())
-        || frac.len() > 3
-    {
+    if !int.chars().all(|c| c.is_ascii_digit()) || !frac.chars().all(|c| c.is_ascii_digit()) || frac.len() > 3 {
         return None;
     }
     let int: u128 = if int.is_empty() { 0 } else { int.parse().ok()? };
@@ -105,14 +99,10 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
     let mut total_ms: u128 = 0;
     let mut rest = text;
     while !rest.is_empty() {
-        let end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
+        let end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
         let num = &rest[..end];
         rest = &rest[end..];
-        let uend = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
+        let uend = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
         let unit = &rest[..uend];
         rest = &rest[uend..];
         // A bare number is only allowed alone.

@@ -27,10 +27,7 @@ pub(crate) struct StepSpans {
 pub(crate) fn relative_path_problem(path: &str) -> Option<String> {
     let body = path.strip_suffix('/').unwrap_or(path);
     let canonical = || {
-        let parts: Vec<&str> = path
-            .split('/')
-            .filter(|c| !c.is_empty() && *c != ".")
-            .collect();
+        let parts: Vec<&str> = path.split('/').filter(|c| !c.is_empty() && *c != ".").collect();
         let mut c = parts.join("/");
         if path.ends_with('/') && !c.is_empty() {
             c.push('/');
@@ -42,34 +39,20 @@ pub(crate) fn relative_path_problem(path: &str) -> Option<String> {
     } else if path.starts_with('/') {
         Some("is absolute".into())
     } else if path.starts_with('~') {
-        Some(
-            "starts with `~`, which is not expanded (paths are relative, never to a home folder)"
-                .into(),
-        )
+        Some("starts with `~`, which is not expanded (paths are relative, never to a home folder)".into())
     } else if path.split('/').any(|c| c == "..") {
         Some("contains a `..` component".into())
     } else if body.split('/').any(|c| c == ".") {
         match canonical().as_str() {
-            "" | "/" => {
-                Some("names the whole folder (`.`); name the files or folders in it".into())
-            }
+            "" | "/" => Some("names the whole folder (`.`); name the files or folders in it".into()),
             c => Some(format!("has a `.` component; write `{c}`")),
         }
     } else if body.split('/').any(str::is_empty) {
-        Some(format!(
-            "has an empty component (`//`); write `{}`",
-            canonical()
-        ))
+        Some(format!("has an empty component (`//`); write `{}`", canonical()))
     } else if path.len() > bounds::MAX_PATH_BYTES {
         Some(format!("is longer than {} bytes", bounds::MAX_PATH_BYTES))
-    } else if body
-        .split('/')
-        .any(|c| c.len() > bounds::MAX_COMPONENT_BYTES)
-    {
-        Some(format!(
-            "has a file name longer than {} bytes",
-            bounds::MAX_COMPONENT_BYTES
-        ))
+    } else if body.split('/').any(|c| c.len() > bounds::MAX_COMPONENT_BYTES) {
+        Some(format!("has a file name longer than {} bytes", bounds::MAX_COMPONENT_BYTES))
     } else {
         None
     }
@@ -77,9 +60,7 @@ pub(crate) fn relative_path_problem(path: &str) -> Option<String> {
 
 /// `./build/` and `build` are the same output.
 fn components(path: &str) -> Vec<&str> {
-    path.split('/')
-        .filter(|c| !c.is_empty() && *c != ".")
-        .collect()
+    path.split('/').filter(|c| !c.is_empty() && *c != ".").collect()
 }
 
 /// Two outputs collide when they are equal or one contains the other.
@@ -91,30 +72,17 @@ fn overlap(a: &str, b: &str) -> bool {
 }
 
 /// All graph problems of `steps` (in file order; `spans[i]` belongs to `steps[i]`).
-pub(crate) fn check_graph(
-    src: &SourceFile,
-    steps: &[Step],
-    spans: &[StepSpans],
-) -> Vec<Diagnostic> {
+pub(crate) fn check_graph(src: &SourceFile, steps: &[Step], spans: &[StepSpans]) -> Vec<Diagnostic> {
     let mut diags = Vec::new();
-    let index: HashMap<&str, usize> = steps
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (s.name.as_str(), i))
-        .collect();
+    let index: HashMap<&str, usize> = steps.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
     // Edges that point at known, other steps: (target, span of the needs entry).
     let mut edges: Vec<Vec<(usize, Span)>> = vec![Vec::new(); steps.len()];
     for (i, step) in steps.iter().enumerate() {
         for (need, span) in step.needs.iter().zip(&spans[i].needs) {
             match index.get(need.as_str()) {
                 Some(&j) if j == i => diags.push(
-                    Diagnostic::new(
-                        src,
-                        *span,
-                        format!("step `{need}` needs itself"),
-                        "self-dependency",
-                    )
-                    .with_help(format!("remove `{need}` from its own `needs`")),
+                    Diagnostic::new(src, *span, format!("step `{need}` needs itself"), "self-dependency")
+                        .with_help(format!("remove `{need}` from its own `needs`")),
                 ),
                 Some(&j) => edges[i].push((j, *span)),
                 // Past the bound, no more messages are built (each lists every step).
@@ -123,16 +91,8 @@ pub(crate) fn check_graph(
                     let hint = suggest::hint(need, steps.iter().map(|s| s.name.as_str()));
                     let names: Vec<&str> = steps.iter().map(|s| s.name.as_str()).collect();
                     diags.push(
-                        Diagnostic::new(
-                            src,
-                            *span,
-                            format!("unknown step `{need}` in needs of `{}`{hint}", step.name),
-                            "no such step",
-                        )
-                        .with_help(format!(
-                            "`needs` names steps of this workflow: {}",
-                            names.join(", ")
-                        )),
+                        Diagnostic::new(src, *span, format!("unknown step `{need}` in needs of `{}`{hint}", step.name), "no such step")
+                            .with_help(format!("`needs` names steps of this workflow: {}", names.join(", "))),
                     );
                 }
             }
@@ -144,12 +104,7 @@ pub(crate) fn check_graph(
 }
 
 /// One diagnostic per back edge of a depth-first search: each closes a distinct cycle.
-fn cycles(
-    src: &SourceFile,
-    steps: &[Step],
-    edges: &[Vec<(usize, Span)>],
-    diags: &mut Vec<Diagnostic>,
-) {
+fn cycles(src: &SourceFile, steps: &[Step], edges: &[Vec<(usize, Span)>], diags: &mut Vec<Diagnostic>) {
     #[derive(Clone, Copy, PartialEq)]
     enum State {
         New,
@@ -174,10 +129,7 @@ fn cycles(
                     }
                     State::Active => {
                         let start = stack.iter().position(|(n, _)| *n == to).unwrap_or(0);
-                        let mut names: Vec<&str> = stack[start..]
-                            .iter()
-                            .map(|(n, _)| steps[*n].name.as_str())
-                            .collect();
+                        let mut names: Vec<&str> = stack[start..].iter().map(|(n, _)| steps[*n].name.as_str()).collect();
                         names.push(&steps[to].name);
                         diags.push(
                             Diagnostic::new(src, span, format!("dependency cycle: {}", names.join(" -> ")), "this need closes the cycle")
@@ -194,20 +146,11 @@ fn cycles(
     }
 }
 
-fn output_collisions(
-    src: &SourceFile,
-    steps: &[Step],
-    spans: &[StepSpans],
-    edges: &[Vec<(usize, Span)>],
-    diags: &mut Vec<Diagnostic>,
-) {
+fn output_collisions(src: &SourceFile, steps: &[Step], spans: &[StepSpans], edges: &[Vec<(usize, Span)>], diags: &mut Vec<Diagnostic>) {
     // (step, output index) pairs already reported, so a pair met by several consumers is reported once.
     let mut seen = BTreeSet::new();
     // `meet` says where the two outputs end up together.
-    let mut report = |first: (usize, usize),
-                      second: (usize, usize),
-                      meet: String,
-                      diags: &mut Vec<Diagnostic>| {
+    let mut report = |first: (usize, usize), second: (usize, usize), meet: String, diags: &mut Vec<Diagnostic>| {
         if !seen.insert((first, second)) || diags.len() >= bounds::MAX_COLLECTED {
             return;
         }
@@ -224,10 +167,7 @@ fn output_collisions(
             .with_related(Diagnostic::new(src, spans[first.0].outputs[first.1], format!("`{pa}` first claimed by step `{}`", a.name), "first claim")),
         );
     };
-    let comps: Vec<Vec<Vec<&str>>> = steps
-        .iter()
-        .map(|s| s.outputs.iter().map(|o| components(o)).collect())
-        .collect();
+    let comps: Vec<Vec<Vec<&str>>> = steps.iter().map(|s| s.outputs.iter().map(|o| components(o)).collect()).collect();
     for (s, step) in steps.iter().enumerate() {
         let mut needs: Vec<usize> = edges[s].iter().map(|(j, _)| *j).collect();
         if needs.is_empty() {
@@ -290,14 +230,8 @@ mod tests {
         assert_eq!(p("").as_deref(), Some("is empty"));
         assert_eq!(p("a/..b"), None);
         assert_eq!(p("build/"), None);
-        assert_eq!(
-            p("a//b").as_deref(),
-            Some("has an empty component (`//`); write `a/b`")
-        );
-        assert_eq!(
-            p("./a/").as_deref(),
-            Some("has a `.` component; write `a/`")
-        );
+        assert_eq!(p("a//b").as_deref(), Some("has an empty component (`//`); write `a/b`"));
+        assert_eq!(p("./a/").as_deref(), Some("has a `.` component; write `a/`"));
         assert!(p(".").unwrap().starts_with("names the whole folder"));
         assert!(p("./").unwrap().starts_with("names the whole folder"));
         assert!(p("~/x").unwrap().starts_with("starts with `~`"));

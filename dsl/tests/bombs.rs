@@ -15,9 +15,7 @@ use proptest::prelude::*;
 /// Each diagnostic's one-line form (`file:line:col: message`).
 fn messages(e: &LoadError) -> String {
     match e {
-        LoadError::Invalid { diagnostics, .. } => {
-            diagnostics.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n")
-        }
+        LoadError::Invalid { diagnostics, .. } => diagnostics.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"),
         other => other.to_string(),
     }
 }
@@ -237,7 +235,11 @@ mod imports {
     fn import_chains_and_counts_are_bounded() {
         let dir = tempfile::tempdir().unwrap();
         for i in 0..12 {
-            std::fs::write(dir.path().join(format!("l{i}.wf")), format!("import \"l{}.wf\" as n\ntemplate t{i}() {{ run \"x\" }}\n", i + 1)).unwrap();
+            std::fs::write(
+                dir.path().join(format!("l{i}.wf")),
+                format!("import \"l{}.wf\" as n\ntemplate t{i}() {{ run \"x\" }}\n", i + 1),
+            )
+            .unwrap();
         }
         std::fs::write(dir.path().join("l12.wf"), "template t() { run \"x\" }\n").unwrap();
         let out = load(dir.path(), "version 1\nimport \"l0.wf\" as l\nstep s { image \"i\" run \"x\" }\n");

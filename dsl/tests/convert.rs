@@ -6,11 +6,8 @@ use common::{fixture, ir};
 
 use std::path::Path;
 
-
-
 fn convert(path: &Path, text: &str) -> String {
-    dsl::convert_str(path, text)
-        .unwrap_or_else(|e| panic!("{} should convert:\n{}", path.display(), common::render(&e)))
+    dsl::convert_str(path, text).unwrap_or_else(|e| panic!("{} should convert:\n{}", path.display(), common::render(&e)))
 }
 
 /// Converts `text` (read as `path`) and checks the result loads (as `other`) to the same IR.
@@ -20,9 +17,7 @@ fn round_trip(path: &Path, text: &str, other: &str) -> String {
     let other = other.as_path();
     let before = common::load(&path.display().to_string(), text);
     let out = convert(path, text);
-    let after = dsl::load_str(other, &out).unwrap_or_else(|e| {
-        panic!("converted text should load:\n{out}\n{}", common::render(&e))
-    });
+    let after = dsl::load_str(other, &out).unwrap_or_else(|e| panic!("converted text should load:\n{out}\n{}", common::render(&e)));
     assert_eq!(ir(&before), ir(&after), "converted text:\n{out}");
     out
 }
@@ -121,8 +116,7 @@ fn broken_files_give_their_usual_errors() {
 
 /// Formats `text` (as `path`): idempotent, and the formatted file loads to the same IR.
 fn check_format(path: &Path, text: &str) -> String {
-    let once = dsl::format_wf(path, text)
-        .unwrap_or_else(|e| panic!("{} should format:\n{}", path.display(), common::render(&e)));
+    let once = dsl::format_wf(path, text).unwrap_or_else(|e| panic!("{} should format:\n{}", path.display(), common::render(&e)));
     let twice = dsl::format_wf(path, &once).expect("formatted text formats");
     assert_eq!(once, twice, "format is idempotent");
     let before = dsl::load_str(path, text).map(|w| ir(&w));
@@ -258,8 +252,7 @@ proptest::proptest! {
 #[test]
 fn every_loadable_yaml_example_in_the_tests_converts() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let mut files: Vec<std::path::PathBuf> =
-        ["load.rs", "errors.rs", "wf.rs"].iter().map(|f| root.join("dsl/tests").join(f)).collect();
+    let mut files: Vec<std::path::PathBuf> = ["load.rs", "errors.rs", "wf.rs"].iter().map(|f| root.join("dsl/tests").join(f)).collect();
     // The engine's end-to-end tests write their workflows with `format!`.
     for dir in ["engine/tests", "tests/tests"] {
         let mut rs: Vec<_> = std::fs::read_dir(root.join(dir))
@@ -274,10 +267,7 @@ fn every_loadable_yaml_example_in_the_tests_converts() {
     let mut converted = 0;
     for file in &files {
         let src = std::fs::read_to_string(file).expect("test source");
-        let raw = src
-            .split("r#\"")
-            .skip(1)
-            .filter_map(|c| c.split_once("\"#").map(|(t, _)| t.to_string()));
+        let raw = src.split("r#\"").skip(1).filter_map(|c| c.split_once("\"#").map(|(t, _)| t.to_string()));
         // Plain literals such as "version: 1\nsteps: ...", with the Rust escapes undone.
         let plain = src.split("\"version: 1").skip(1).map(|c| {
             let mut text = String::from("version: 1");

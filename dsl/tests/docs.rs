@@ -52,8 +52,7 @@ fn check_doc(rel: &str, expect_blocks: usize) {
     for b in blocks.iter().filter(|b| b.file.is_none()) {
         let file = dir.path().join("workflow.wf");
         std::fs::write(&file, &b.text).unwrap();
-        let wf = dsl::load_file(&file)
-            .unwrap_or_else(|e| panic!("{rel}:{}: the example does not load:\n{}", b.line, render(&e)));
+        let wf = dsl::load_file(&file).unwrap_or_else(|e| panic!("{rel}:{}: the example does not load:\n{}", b.line, render(&e)));
         // The YAML form of the example gives the same workflow.
         let yaml = dsl::convert_file(&file).unwrap_or_else(|e| panic!("{rel}:{}: convert:\n{}", b.line, render(&e)));
         // Same folder and stem: the workflow's name defaults to the file stem.

@@ -13,18 +13,12 @@ fn yaml_syntax_error() {
 
 #[test]
 fn unsupported_version() {
-    assert_snapshot!(errors(
-        "v2.yml",
-        "version: 2\nsteps:\n  a: { image: alpine, run: 'true' }\n"
-    ));
+    assert_snapshot!(errors("v2.yml", "version: 2\nsteps:\n  a: { image: alpine, run: 'true' }\n"));
 }
 
 #[test]
 fn missing_version() {
-    assert_snapshot!(errors(
-        "nov.yml",
-        "steps:\n  a: { image: alpine, run: 'true' }\n"
-    ));
+    assert_snapshot!(errors("nov.yml", "steps:\n  a: { image: alpine, run: 'true' }\n"));
 }
 
 #[test]
@@ -53,10 +47,7 @@ fn run_and_command() {
 
 #[test]
 fn missing_image() {
-    assert_snapshot!(errors(
-        "img.yml",
-        "version: 1\nsteps:\n  a:\n    run: make\n"
-    ));
+    assert_snapshot!(errors("img.yml", "version: 1\nsteps:\n  a:\n    run: make\n"));
 }
 
 #[test]
@@ -69,10 +60,7 @@ fn unknown_needs_and_self() {
 
 #[test]
 fn duplicate_step() {
-    assert_snapshot!(errors(
-        "dup.yml",
-        "version: 1\ndefaults: { image: alpine }\nsteps:\n  a:\n    run: one\n  a:\n    run: two\n"
-    ));
+    assert_snapshot!(errors("dup.yml", "version: 1\ndefaults: { image: alpine }\nsteps:\n  a:\n    run: one\n  a:\n    run: two\n"));
 }
 
 #[test]
@@ -149,12 +137,12 @@ fn non_ascii_comment_keeps_columns() {
     ));
 }
 
-const POLICY: &str = "version: 1\nmax_limits:\n  memory: 2g\n  timeout: 5m\nnetworks: [none]\nimage_prefixes: [\"local/\"]\nallow_root: false\n";
+const POLICY: &str =
+    "version: 1\nmax_limits:\n  memory: 2g\n  timeout: 5m\nnetworks: [none]\nimage_prefixes: [\"local/\"]\nallow_root: false\n";
 
 #[test]
 fn policy_violations() {
-    let policy = dsl::Policy::load_str(Path::new("/etc/engine/policy.yml"), POLICY)
-        .unwrap_or_else(|e| panic!("{}", common::render(&e)));
+    let policy = dsl::Policy::load_str(Path::new("/etc/engine/policy.yml"), POLICY).unwrap_or_else(|e| panic!("{}", common::render(&e)));
     assert_snapshot!(errors_with(
         "pol.yml",
         r#"version: 1
@@ -186,11 +174,8 @@ fn policy_file_errors() {
 
 #[test]
 fn policy_violation_in_defaults_is_reported_once() {
-    let policy = dsl::Policy::load_str(
-        Path::new("policy.yml"),
-        "max_limits: { memory: 1g }\nnetworks: [bridge]\n",
-    )
-    .unwrap_or_else(|e| panic!("{}", common::render(&e)));
+    let policy = dsl::Policy::load_str(Path::new("policy.yml"), "max_limits: { memory: 1g }\nnetworks: [bridge]\n")
+        .unwrap_or_else(|e| panic!("{}", common::render(&e)));
     assert_snapshot!(errors_with(
         "once.yml",
         "version: 1\ndefaults:\n  image: local/x\n  network: bridge\n  limits: { memory: 2g }\nsteps:\n  a: { run: x }\n  b: { run: x }\n  c: { run: x, network: none }\n",

@@ -15,10 +15,7 @@ fn spec_example_loads() {
         Err(e) => panic!("{}", common::render(&e)),
     };
     assert_eq!(wf.name, "my-pipeline");
-    assert_eq!(
-        wf.steps.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
-        ["compile", "test", "scan"]
-    );
+    assert_eq!(wf.steps.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["compile", "test", "scan"]);
     let compile = wf.step("compile").unwrap();
     assert_eq!(compile.image, ImageRef::Built("toolchain".into()));
     assert_eq!(compile.env.get("CC").map(String::as_str), Some("gcc"));
@@ -42,52 +39,30 @@ fn spec_example_loads() {
     }
     assert_eq!(
         wf.images["legacy"],
-        ImageDef::Dockerfile {
-            dockerfile: "docker/Dockerfile".into(),
-            context: ".".into(),
-            network: Network::None,
-        }
+        ImageDef::Dockerfile { dockerfile: "docker/Dockerfile".into(), context: ".".into(), network: Network::None }
     );
     assert_eq!(wf.dir, path.parent().unwrap());
 }
 
 #[test]
 fn name_defaults_to_file_stem_and_dir_to_dot() {
-    let wf = load(
-        "ci.yml",
-        "version: 1\nsteps:\n  a: { image: alpine, run: 'true' }\n",
-    );
+    let wf = load("ci.yml", "version: 1\nsteps:\n  a: { image: alpine, run: 'true' }\n");
     assert_eq!(wf.name, "ci");
     assert_eq!(wf.dir, PathBuf::from("."));
-    let wf = load(
-        "some/dir/x.yaml",
-        "version: 1\nsteps:\n  a: { image: alpine, run: 'true' }\n",
-    );
+    let wf = load("some/dir/x.yaml", "version: 1\nsteps:\n  a: { image: alpine, run: 'true' }\n");
     assert_eq!(wf.dir, PathBuf::from("some/dir"));
 }
 
 #[test]
 fn builtin_defaults() {
-    let wf = load(
-        "w.yml",
-        "version: 1\nsteps:\n  a:\n    image: alpine\n    command: [echo, hi there]\n",
-    );
+    let wf = load("w.yml", "version: 1\nsteps:\n  a:\n    image: alpine\n    command: [echo, hi there]\n");
     let a = &wf.steps[0];
     assert_eq!(a.limits, Limits::default());
     assert_eq!(a.isolation.network, Network::None);
-    assert_eq!(
-        a.isolation.user,
-        User {
-            uid: 1000,
-            gid: 1000
-        }
-    );
+    assert_eq!(a.isolation.user, User { uid: 1000, gid: 1000 });
     assert_eq!(a.workdir, "/workspace");
     assert!(a.cache);
-    assert_eq!(
-        a.command,
-        Command::Argv(vec!["echo".into(), "hi there".into()])
-    );
+    assert_eq!(a.command, Command::Argv(vec!["echo".into(), "hi there".into()]));
     assert_eq!(a.command.argv(), ["echo", "hi there"]);
     assert_eq!(a.image, ImageRef::Reference("alpine".into()));
 }
@@ -128,13 +103,7 @@ steps:
     assert_eq!(plain.limits.pids, 100);
     assert_eq!(plain.limits.timeout, Duration::from_secs(600));
     assert_eq!(plain.isolation.network, Network::Bridge);
-    assert_eq!(
-        plain.isolation.user,
-        User {
-            uid: 2000,
-            gid: 2000
-        }
-    );
+    assert_eq!(plain.isolation.user, User { uid: 2000, gid: 2000 });
     assert_eq!(plain.workdir, "/src");
     assert_eq!(plain.env.get("N").map(String::as_str), Some("1"));
 
@@ -144,27 +113,10 @@ steps:
     assert_eq!(sandboxed.profile.as_deref(), Some("sandbox"));
 
     let own = wf.step("own").unwrap();
-    assert_eq!(
-        own.limits,
-        Limits {
-            memory: 256 << 20,
-            timeout: Duration::from_secs(90),
-            ..Limits::sandbox()
-        }
-    );
+    assert_eq!(own.limits, Limits { memory: 256 << 20, timeout: Duration::from_secs(90), ..Limits::sandbox() });
     assert_eq!(own.isolation.network, Network::Bridge);
-    assert_eq!(
-        own.isolation.user,
-        User {
-            uid: 3000,
-            gid: 4000
-        }
-    );
-    let env: Vec<(&str, &str)> = own
-        .env
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
+    assert_eq!(own.isolation.user, User { uid: 3000, gid: 4000 });
+    let env: Vec<(&str, &str)> = own.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     assert_eq!(env, [("A", "wf"), ("B", "step"), ("C", "true"), ("N", "1")]);
 
     let built = wf.step("built").unwrap();
@@ -193,10 +145,7 @@ fn policy_allows_what_is_within_it() {
 #[test]
 fn no_panic_on_any_prefix_of_the_spec_example() {
     // Truncated files hit every parser error path; none may panic.
-    let text = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/spec.yml"),
-    )
-    .unwrap();
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/spec.yml")).unwrap();
     let text = format!("# ✓ non-ASCII\n{text}");
     for (i, _) in text.char_indices() {
         let _ = dsl::load_str(Path::new("w.yml"), &text[..i]);
@@ -212,27 +161,14 @@ fn no_panic_on_any_prefix_of_the_spec_example() {
         "version: 1\nsteps:\n  a: 3\n",
         "&a x: *a",
     ] {
-        assert!(
-            dsl::load_str(Path::new("w.yml"), odd).is_err(),
-            "{odd:?} should not load"
-        );
+        assert!(dsl::load_str(Path::new("w.yml"), odd).is_err(), "{odd:?} should not load");
     }
 }
 
 #[test]
 fn no_panic_on_odd_yaml() {
-    for odd in [
-        "a: 1\n---\nb: 2\n",
-        "---\n...\n---\n",
-        "a: !tag x",
-        "? [a]\n: b",
-        "a: 1\n...\n",
-        "--- 1\n--- 2",
-    ] {
-        assert!(
-            dsl::load_str(Path::new("w.yml"), odd).is_err(),
-            "{odd:?} should not load"
-        );
+    for odd in ["a: 1\n---\nb: 2\n", "---\n...\n---\n", "a: !tag x", "? [a]\n: b", "a: 1\n...\n", "--- 1\n--- 2"] {
+        assert!(dsl::load_str(Path::new("w.yml"), odd).is_err(), "{odd:?} should not load");
     }
 }
 
@@ -252,14 +188,8 @@ fn caches_load_in_normal_form() {
     assert_eq!(
         a.caches,
         [
-            CacheMount {
-                name: "cargo".into(),
-                path: "/home/user/.cargo/registry".into()
-            },
-            CacheMount {
-                name: "npm".into(),
-                path: "/home/user/.npm".into()
-            },
+            CacheMount { name: "cargo".into(), path: "/home/user/.cargo/registry".into() },
+            CacheMount { name: "npm".into(), path: "/home/user/.npm".into() },
         ]
     );
     assert!(wf.step("b").unwrap().caches.is_empty());

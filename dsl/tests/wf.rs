@@ -9,11 +9,8 @@ use std::path::Path;
 
 use proptest::prelude::*;
 
-
-
 fn load_file(path: &Path) -> dsl::Workflow {
-    dsl::load_file(path)
-        .unwrap_or_else(|e| panic!("{} should load:\n{}", path.display(), common::render(&e)))
+    dsl::load_file(path).unwrap_or_else(|e| panic!("{} should load:\n{}", path.display(), common::render(&e)))
 }
 
 fn wf_errors(text: &str) -> String {
@@ -50,17 +47,7 @@ fn templates_matrix_interpolation_and_overrides() {
     let names: Vec<&str> = wf.steps.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(
         names,
-        [
-            "compile",
-            "test[x86]",
-            "test[arm]",
-            "other",
-            "grid[linux,x86]",
-            "grid[linux,arm]",
-            "grid[mac,x86]",
-            "grid[mac,arm]",
-            "argv"
-        ]
+        ["compile", "test[x86]", "test[arm]", "other", "grid[linux,x86]", "grid[linux,arm]", "grid[mac,x86]", "grid[mac,arm]", "argv"]
     );
     let arm = wf.step("test[arm]").unwrap();
     assert_eq!(arm.command, dsl::Command::Shell("make test-arm".into()));
@@ -76,10 +63,7 @@ fn templates_matrix_interpolation_and_overrides() {
     let grid = wf.step("grid[mac,arm]").unwrap();
     assert_eq!(grid.command, dsl::Command::Shell("echo mac-arm".into()));
     let argv = wf.step("argv").unwrap();
-    assert_eq!(
-        argv.command,
-        dsl::Command::Argv(vec!["/bin/echo".into(), "hi \"there\"\n".into()])
-    );
+    assert_eq!(argv.command, dsl::Command::Argv(vec!["/bin/echo".into(), "hi \"there\"\n".into()]));
 }
 
 #[test]
@@ -132,22 +116,17 @@ fn missing_import_is_an_error_at_the_import_line() {
 
 #[test]
 fn unknown_parameter_points_at_it() {
-    insta::assert_snapshot!(wf_errors(
-        "version 1\ntemplate t(target) { image \"i\" run \"make ${targte}\" }\nstep s = t(\"x\")\n"
-    ));
+    insta::assert_snapshot!(wf_errors("version 1\ntemplate t(target) { image \"i\" run \"make ${targte}\" }\nstep s = t(\"x\")\n"));
 }
 
 #[test]
 fn wrong_argument_count_points_at_the_call() {
-    insta::assert_snapshot!(wf_errors(
-        "version 1\ntemplate t(a, b) { image \"i\" run \"${a}${b}\" }\nstep s = t(\"x\") { }\n"
-    ));
+    insta::assert_snapshot!(wf_errors("version 1\ntemplate t(a, b) { image \"i\" run \"${a}${b}\" }\nstep s = t(\"x\") { }\n"));
 }
 
 #[test]
 fn broken_line_is_a_syntax_error_with_a_caret() {
-    let err =
-        dsl::load_str(Path::new("w.wf"), "version 1\nstep s {\n  run make\"\n}\n").unwrap_err();
+    let err = dsl::load_str(Path::new("w.wf"), "version 1\nstep s {\n  run make\"\n}\n").unwrap_err();
     assert!(matches!(err, dsl::LoadError::Invalid { .. }));
     insta::assert_snapshot!(common::render(&err));
 }
@@ -156,24 +135,18 @@ fn broken_line_is_a_syntax_error_with_a_caret() {
 fn syntax_errors_say_what_was_expected_in_words() {
     insta::assert_snapshot!(wf_errors("version 1\nstep s {\n  run \"make\"\n"));
     insta::assert_snapshot!(wf_errors("version 1\nstep s run \"make\"\n"));
-    insta::assert_snapshot!(wf_errors(
-        "version 1\nimage i {\n  stage a from \"x\" { copy \"src\" }\n}\n"
-    ));
+    insta::assert_snapshot!(wf_errors("version 1\nimage i {\n  stage a from \"x\" { copy \"src\" }\n}\n"));
 }
 
 #[test]
 fn resolver_errors_point_into_the_wf_file() {
     // Unknown keys, missing images and unknown needs come from the shared resolver.
-    insta::assert_snapshot!(wf_errors(
-        "version 1\nstep s {\n  image \"local/busybox:1\"\n  rnu \"make\"\n  needs nope\n}\n"
-    ));
+    insta::assert_snapshot!(wf_errors("version 1\nstep s {\n  image \"local/busybox:1\"\n  rnu \"make\"\n  needs nope\n}\n"));
 }
 
 #[test]
 fn duplicate_steps_and_keys() {
-    insta::assert_snapshot!(wf_errors(
-        "version 1\ndefaults { image \"i\" }\nstep s { run \"a\" run \"b\" }\nstep s { run \"c\" }\n"
-    ));
+    insta::assert_snapshot!(wf_errors("version 1\ndefaults { image \"i\" }\nstep s { run \"a\" run \"b\" }\nstep s { run \"c\" }\n"));
 }
 
 proptest! {
@@ -206,23 +179,14 @@ fn stdlib_imports_resolve_to_the_shipped_library() {
         "w.wf",
         "version 1\nimport \"stdlib/make.wf\" as make\nstep t = make.target(\"test\") { image \"local/busybox:1\" }\n",
     );
-    assert_eq!(
-        wf.step("t").unwrap().command,
-        dsl::Command::Shell("make test".into())
-    );
+    assert_eq!(wf.step("t").unwrap().command, dsl::Command::Shell("make test".into()));
 }
 
 #[test]
 fn matrix_suffix_is_a_valid_step_name_in_yaml_too() {
-    let wf = common::load(
-        "w.yml",
-        "version: 1\nsteps:\n  t[a,b]: { image: i, run: x }\n",
-    );
+    let wf = common::load("w.yml", "version: 1\nsteps:\n  t[a,b]: { image: i, run: x }\n");
     assert_eq!(wf.steps[0].name, "t[a,b]");
-    let out = common::errors(
-        "w.yml",
-        "version: 1\nsteps:\n  t[a,]: { image: i, run: x }\n",
-    );
+    let out = common::errors("w.yml", "version: 1\nsteps:\n  t[a,]: { image: i, run: x }\n");
     assert!(out.contains("invalid step name `t[a,]`"), "{out}");
 }
 

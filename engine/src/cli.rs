@@ -24,7 +24,9 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a workflow: all steps, or the named steps and everything they need
-    #[command(after_help = "Examples:\n  engine run                      # workflow.yml in the current directory\n  engine run ci.yml test --jobs 2 # `test` and what it needs\n  engine run --output json        # one JSON event per line")]
+    #[command(
+        after_help = "Examples:\n  engine run                      # workflow.yml in the current directory\n  engine run ci.yml test --jobs 2 # `test` and what it needs\n  engine run --output json        # one JSON event per line"
+    )]
     Run(RunArgs),
     /// Load and validate a workflow without running anything
     Check(CheckArgs),
@@ -59,7 +61,9 @@ pub enum Command {
     #[command(subcommand)]
     Images(ImagesCommand),
     /// List the recorded runs of the workflow in this folder (.engine/runs), or show one
-    #[command(after_help = "Examples:\n  engine runs                 # id, time, workflow, result, steps run/cached\n  engine runs show latest     # one run in detail\n  engine runs show 6b0457     # an unambiguous prefix of a run id")]
+    #[command(
+        after_help = "Examples:\n  engine runs                 # id, time, workflow, result, steps run/cached\n  engine runs show latest     # one run in detail\n  engine runs show 6b0457     # an unambiguous prefix of a run id"
+    )]
     Runs {
         #[command(subcommand)]
         command: Option<RunsCommand>,

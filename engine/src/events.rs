@@ -75,15 +75,44 @@ pub enum RunStatus {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
-    RunStarted { run_id: String, workflow: String, steps: Vec<String> },
-    StepStarted { step: String },
-    Log { step: String, stream: Stream, line: String },
+    RunStarted {
+        run_id: String,
+        workflow: String,
+        steps: Vec<String>,
+    },
+    StepStarted {
+        step: String,
+    },
+    Log {
+        step: String,
+        stream: Stream,
+        line: String,
+    },
     /// The step succeeded (or came from the cache: see `status`).
-    StepFinished { step: String, status: StepStatus, duration_ms: u64, exit_code: Option<i64> },
+    StepFinished {
+        step: String,
+        status: StepStatus,
+        duration_ms: u64,
+        exit_code: Option<i64>,
+    },
     /// The step failed, timed out, was killed, or was cancelled.
-    StepFailed { step: String, status: StepStatus, duration_ms: u64, exit_code: Option<i64>, reason: String },
-    StepSkipped { step: String, reason: String },
-    RunFinished { run_id: String, status: RunStatus, duration_ms: u64, steps: Vec<StepSummary> },
+    StepFailed {
+        step: String,
+        status: StepStatus,
+        duration_ms: u64,
+        exit_code: Option<i64>,
+        reason: String,
+    },
+    StepSkipped {
+        step: String,
+        reason: String,
+    },
+    RunFinished {
+        run_id: String,
+        status: RunStatus,
+        duration_ms: u64,
+        steps: Vec<StepSummary>,
+    },
 }
 
 /// Where events go. Cloneable; a closed receiver drops events silently. A sink made by
@@ -119,10 +148,7 @@ struct GateState {
 impl Gate {
     fn enter(&self) {
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let mut state = self
-            .room
-            .wait_while(state, |s| s.in_flight >= BOUND && !s.closed)
-            .unwrap_or_else(|e| e.into_inner());
+        let mut state = self.room.wait_while(state, |s| s.in_flight >= BOUND && !s.closed).unwrap_or_else(|e| e.into_inner());
         state.in_flight += 1;
     }
 

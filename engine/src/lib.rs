@@ -15,7 +15,7 @@ pub mod plan;
 pub mod provenance;
 pub mod record;
 pub mod replay;
-pub mod runs;
 pub mod run;
+pub mod runs;
 pub mod scheduler;
 pub mod workspace;

@@ -60,7 +60,11 @@ pub fn read(workflow_dir: &Path) -> Result<Option<Lock>, EnvironmentError> {
         EnvironmentError(format!("{} is not a valid lock file ({e}): delete it or run `engine lock` again", path.display()))
     })?;
     if lock.version != VERSION {
-        return Err(EnvironmentError(format!("{} has version {}; this engine writes version {VERSION}: run `engine lock` again", path.display(), lock.version)));
+        return Err(EnvironmentError(format!(
+            "{} has version {}; this engine writes version {VERSION}: run `engine lock` again",
+            path.display(),
+            lock.version
+        )));
     }
     Ok(Some(lock))
 }

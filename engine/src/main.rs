@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use clap::Parser;
 use engine::cli::{CacheCommand, Cli, Command, GraphFormat, ImagesCommand, OutputFormat, PolicyArg, RunsCommand};
 use engine::error::exit;
+use engine::error::EnvironmentError;
 use engine::events::RunStatus;
 use engine::output::OutputMode;
-use engine::error::EnvironmentError;
 use engine::run::{self, RunConfig, StartError};
 use tokio_util::sync::CancellationToken;
 
@@ -21,9 +21,7 @@ fn main() {
         eprintln!("engine: internal error{at}; this is a bug, please report it with the command you ran");
     }));
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("ENGINE_LOG").unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("ENGINE_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .without_time()
         .init();
@@ -190,10 +188,7 @@ fn leftovers(exiting_early: bool) -> Option<String> {
     }
     let runs: Vec<String> = live.runs.iter().map(|id| format!("engine.run={id}")).collect();
     let labelled = if runs.is_empty() { String::new() } else { format!(" (all labelled {})", runs.join(", ")) };
-    Some(format!(
-        "these may be left behind{labelled}: {}; `engine clean` removes them once this engine has exited",
-        parts.join("; ")
-    ))
+    Some(format!("these may be left behind{labelled}: {}; `engine clean` removes them once this engine has exited", parts.join("; ")))
 }
 
 fn check(file: Option<PathBuf>, policy: &PolicyArg) -> Result<i32, StartError> {
@@ -250,14 +245,7 @@ async fn cache_command(cmd: CacheCommand) -> Result<i32, StartError> {
             let entries = store.list();
             println!("{:<14} {:<20} {:<20} {:>9}  last used", "key", "workflow", "step", "size");
             for e in &entries {
-                println!(
-                    "{:<14} {:<20} {:<20} {:>9}  {}",
-                    e.key.0.short(),
-                    e.workflow,
-                    e.step,
-                    fmt_size(e.size),
-                    fmt_age(e.last_used)
-                );
+                println!("{:<14} {:<20} {:<20} {:>9}  {}", e.key.0.short(), e.workflow, e.step, fmt_size(e.size), fmt_age(e.last_used));
             }
             let total: u64 = entries.iter().map(|e| e.size).sum();
             println!("{} entries, {} in {}", entries.len(), fmt_size(total), store.dir().display());
@@ -353,18 +341,14 @@ async fn images_command(cmd: ImagesCommand) -> Result<i32, StartError> {
             let names: Vec<String> = if names.is_empty() { workflow.images.keys().cloned().collect() } else { names };
             let run_id = run::new_run_id();
             let owner = engine::docker::owner::owner_labels();
-            let ctx = images::BuildContext {
-                workflow: &workflow.name,
-                dir: &workflow.dir,
-                run_id: &run_id,
-                no_cache,
-                container_labels: &owner,
-            };
+            let ctx =
+                images::BuildContext { workflow: &workflow.name, dir: &workflow.dir, run_id: &run_id, no_cache, container_labels: &owner };
             let log = |image: &str, stage: &str, line: &str| println!("{image}/{stage} | {line}");
             for name in &names {
-                let def = workflow.images.get(name).ok_or_else(|| {
-                    StartError::Invalid(format!("no image named `{name}` under `images:` in {}", file.display()))
-                })?;
+                let def = workflow
+                    .images
+                    .get(name)
+                    .ok_or_else(|| StartError::Invalid(format!("no image named `{name}` under `images:` in {}", file.display())))?;
                 let built = builder.build(&ctx, name, def, &log, &CancellationToken::new()).await.map_err(failed)?;
                 let what = if built.stages_built == 0 { "up to date".to_string() } else { format!("{} stages built", built.stages_built) };
                 eprintln!("{name}: {} ({}), {what}", built.tag, &built.id);

@@ -11,7 +11,6 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::time::Duration;
 
-
 use crate::events::{Event, StepStatus, StepSummary};
 
 /// `--output plain|json`.
@@ -188,13 +187,8 @@ impl PlainRenderer {
                 vec![format!("{} {} {what}", self.prefix(step), self.marker(*status))]
             }
             Event::StepFailed { step, status, duration_ms, reason, .. } => {
-                let mut line = format!(
-                    "{} {} {} after {}",
-                    self.prefix(step),
-                    self.marker(*status),
-                    status.as_str(),
-                    fmt_secs(*duration_ms)
-                );
+                let mut line =
+                    format!("{} {} {} after {}", self.prefix(step), self.marker(*status), status.as_str(), fmt_secs(*duration_ms));
                 // "cancelled after 2.0s: cancelled" would say it twice.
                 if reason != status.as_str() {
                     let _ = write!(line, ": {}", neutralise(reason));
@@ -261,8 +255,7 @@ pub fn summary_table(steps: &[StepSummary]) -> String {
 
 /// The last line of a run: `3 succeeded, 1 failed, 2 skipped in 4.1s` (zero counts left out).
 pub fn summary_line(steps: &[StepSummary], total: Duration) -> String {
-    let order =
-        [StepStatus::Succeeded, StepStatus::Cached, StepStatus::Failed, StepStatus::Cancelled, StepStatus::Skipped];
+    let order = [StepStatus::Succeeded, StepStatus::Cached, StepStatus::Failed, StepStatus::Cancelled, StepStatus::Skipped];
     let counts: Vec<String> = order
         .iter()
         .filter_map(|status| {
@@ -364,20 +357,11 @@ mod tests {
     fn events() -> Vec<Event> {
         let steps = summaries();
         vec![
-            Event::RunStarted {
-                run_id: "r-1".into(),
-                workflow: "demo".into(),
-                steps: steps.iter().map(|s| s.step.clone()).collect(),
-            },
+            Event::RunStarted { run_id: "r-1".into(), workflow: "demo".into(), steps: steps.iter().map(|s| s.step.clone()).collect() },
             Event::StepStarted { step: "compile".into() },
             Event::Log { step: "compile".into(), stream: Stream::Stdout, line: "cc -o build/app main.c".into() },
             Event::Log { step: "compile".into(), stream: Stream::Stderr, line: "warning: unused variable".into() },
-            Event::StepFinished {
-                step: "compile".into(),
-                status: StepStatus::Succeeded,
-                duration_ms: 1234,
-                exit_code: Some(0),
-            },
+            Event::StepFinished { step: "compile".into(), status: StepStatus::Succeeded, duration_ms: 1234, exit_code: Some(0) },
             Event::StepFinished { step: "lint".into(), status: StepStatus::Cached, duration_ms: 0, exit_code: None },
             Event::StepStarted { step: "unit-test".into() },
             Event::StepFailed {
@@ -425,11 +409,7 @@ mod tests {
     #[test]
     fn names_are_padded_to_the_longest_step() {
         let mut r = PlainRenderer::new(false);
-        r.render(&Event::RunStarted {
-            run_id: "r".into(),
-            workflow: "w".into(),
-            steps: vec!["a".into(), "long-name".into()],
-        });
+        r.render(&Event::RunStarted { run_id: "r".into(), workflow: "w".into(), steps: vec!["a".into(), "long-name".into()] });
         let lines = r.render(&Event::Log { step: "a".into(), stream: Stream::Stdout, line: "x".into() });
         assert_eq!(lines, ["a         | x"]);
     }

@@ -121,8 +121,7 @@ fn need_index(index: &HashMap<&str, usize>, step: &dsl::Step, need: &str) -> Res
 /// Kahn's algorithm with a min-heap on file index: among the steps that are ready, the one written
 /// first comes first, so plans are stable and read like the file.
 fn topological_file_order(graph: &DiGraph<usize, ()>, workflow: &dsl::Workflow) -> Result<Vec<usize>, PlanError> {
-    let mut indegree: Vec<usize> =
-        graph.node_indices().map(|n| graph.neighbors_directed(n, Direction::Incoming).count()).collect();
+    let mut indegree: Vec<usize> = graph.node_indices().map(|n| graph.neighbors_directed(n, Direction::Incoming).count()).collect();
     let mut ready: BinaryHeap<Reverse<usize>> =
         graph.node_indices().filter(|n| indegree[n.index()] == 0).map(|n| Reverse(n.index())).collect();
     let mut order = Vec::with_capacity(graph.node_count());
@@ -161,8 +160,7 @@ fn unknown_target(workflow: &dsl::Workflow, name: &str) -> PlanError {
         .filter(|(score, _)| *score >= 0.8)
         .max_by(|a, b| a.0.total_cmp(&b.0));
     let names: Vec<String> = workflow.steps.iter().map(|s| format!("`{}`", s.name)).collect();
-    let list =
-        if names.is_empty() { "the workflow has no steps".to_string() } else { format!("steps: {}", names.join(", ")) };
+    let list = if names.is_empty() { "the workflow has no steps".to_string() } else { format!("steps: {}", names.join(", ")) };
     let help = match best {
         Some((_, suggestion)) => format!("did you mean `{suggestion}`? {list}"),
         None => list,
@@ -187,8 +185,6 @@ fn check_budget(workflow: &dsl::Workflow, step: &dsl::Step, budget: HostBudget) 
     .with_help(format!("lower `{key}` of `{}` to at most {has}, or run it on a larger host", step.name));
     Err(PlanError::TooLarge(Box::new(diagnostic)))
 }
-
-
 
 fn image_text(image: &dsl::ImageRef) -> String {
     match image {
@@ -241,8 +237,7 @@ pub fn render_text(plan: &Plan, cache: &[CacheView]) -> String {
             // Continuation lines of a multi-line script keep the value column.
             dsl::Command::Shell(script) => field("run", script.trim_end().replace('\n', "\n            ")),
             dsl::Command::Argv(argv) => {
-                let quoted: Vec<String> =
-                    argv.iter().map(|a| serde_json::Value::from(a.as_str()).to_string()).collect();
+                let quoted: Vec<String> = argv.iter().map(|a| serde_json::Value::from(a.as_str()).to_string()).collect();
                 field("command", format!("[{}]", quoted.join(", ")));
             }
         }
@@ -388,11 +383,7 @@ pub(crate) mod test_support {
     }
 
     pub fn step(name: &str) -> dsl::Step {
-        dsl::Step::new(
-            name,
-            dsl::ImageRef::Reference("local/busybox:1".into()),
-            dsl::Command::Shell(format!("echo {name}")),
-        )
+        dsl::Step::new(name, dsl::ImageRef::Reference("local/busybox:1".into()), dsl::Command::Shell(format!("echo {name}")))
     }
 
     impl WorkflowBuilder {

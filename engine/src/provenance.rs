@@ -163,8 +163,7 @@ fn resolved_dependencies(record: &RunRecord, attested: &[&StepRecord]) -> Vec<Va
     for input in attested.iter().flat_map(|s| &s.inputs) {
         let uri = format!("file:{}", input.path);
         let hex = input.digest.hex();
-        deps.entry((uri.clone(), format!("sha256:{hex}")))
-            .or_insert_with(|| json!({ "uri": uri, "digest": { "sha256": hex } }));
+        deps.entry((uri.clone(), format!("sha256:{hex}"))).or_insert_with(|| json!({ "uri": uri, "digest": { "sha256": hex } }));
     }
     deps.into_values().collect()
 }
@@ -329,10 +328,7 @@ mod tests {
         assert_eq!(names(&s["subject"]), ["build/out/a.txt", "build/out/b.txt", "package/pkg.tar"]);
         assert_eq!(names(&s["predicate"]["buildDefinition"]["externalParameters"]["steps"]), ["build", "package"]);
         let byproducts = &s["predicate"]["runDetails"]["byproducts"];
-        assert_eq!(
-            names(byproducts),
-            ["logs/00-build.log", "logs/00-package.log", "logs/00-test.log", "logs/00-after.log", "host"]
-        );
+        assert_eq!(names(byproducts), ["logs/00-build.log", "logs/00-package.log", "logs/00-test.log", "logs/00-after.log", "host"]);
         assert_eq!(byproducts[0]["digest"], json!({ "sha256": digest("build | done\n").hex() }));
         assert_eq!(
             byproducts[4],

@@ -306,8 +306,7 @@ impl Recorder {
         cache::safe::ensure_own_dir(&dir.join("logs"))?;
         let pinned = cache::safe::PinnedDir::open(&dir)?;
         let dir = pinned.at()?;
-        let recorder =
-            Recorder { dir, _pinned: pinned, state: Mutex::new(State { record, dirty: true, written: None }) };
+        let recorder = Recorder { dir, _pinned: pinned, state: Mutex::new(State { record, dirty: true, written: None }) };
         recorder.flush(false)?;
         Ok(recorder)
     }
@@ -613,15 +612,13 @@ pub enum ReadRefused {
 pub fn read_regular(path: &Path, cap: u64) -> Result<Vec<u8>, ReadRefused> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
-        .map_err(|e| match e.raw_os_error() {
+    let file = fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY).open(path).map_err(
+        |e| match e.raw_os_error() {
             _ if e.kind() == io::ErrorKind::NotFound => ReadRefused::Missing,
             Some(libc::ELOOP) => ReadRefused::Refused("it is a symlink, which is never followed".into()),
             _ => ReadRefused::Io(e),
-        })?;
+        },
+    )?;
     let meta = file.metadata().map_err(ReadRefused::Io)?;
     if !meta.file_type().is_file() {
         return Err(ReadRefused::Refused("it is not a regular file".into()));
@@ -646,7 +643,8 @@ fn check_runs_dir(workflow_dir: &Path) -> Result<(), RecordError> {
             if !meta.file_type().is_dir() {
                 return Err(RecordError::Refused {
                     path: dir,
-                    reason: "it is not a folder (a symlink is never followed); run records are read from a real `.engine/runs` folder only".into(),
+                    reason: "it is not a folder (a symlink is never followed); run records are read from a real `.engine/runs` folder only"
+                        .into(),
                 });
             }
         }
@@ -673,11 +671,8 @@ fn run_folders(workflow_dir: &Path) -> Result<Vec<(String, PathBuf)>, RecordErro
 /// readable record (a run killed before its first write, or a record refused by [`read`]) are
 /// skipped; so are symlinks.
 pub fn list(workflow_dir: &Path) -> Vec<RunRecord> {
-    let mut runs: Vec<RunRecord> = run_folders(workflow_dir)
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|(_, dir)| read_run(&dir).ok())
-        .collect();
+    let mut runs: Vec<RunRecord> =
+        run_folders(workflow_dir).unwrap_or_default().into_iter().filter_map(|(_, dir)| read_run(&dir).ok()).collect();
     // Run ids start with the start time in hex seconds; the timestamp breaks no ties better.
     runs.sort_by(|a, b| a.started_at.cmp(&b.started_at).then_with(|| a.run_id.cmp(&b.run_id)));
     runs
@@ -709,8 +704,7 @@ pub fn read(path: &Path) -> Result<RunRecord, RecordError> {
         Err(ReadRefused::Refused(why)) => return Err(refused(why)),
         Err(ReadRefused::Io(e)) => return Err(RecordError::Unreadable { path: path.to_path_buf(), reason: e.to_string() }),
     };
-    let mut value: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| refused(format!("it is not valid JSON ({e})")))?;
+    let mut value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| refused(format!("it is not valid JSON ({e})")))?;
     match value.get("schema").and_then(|s| s.as_str()) {
         Some(SCHEMA) => {}
         Some(other) => return Err(refused(format!("schema `{}` is not `{SCHEMA}`", other.escape_debug()))),
@@ -723,10 +717,8 @@ pub fn read(path: &Path) -> Result<RunRecord, RecordError> {
 /// Step definitions that lack `limits` or `isolation` (or some of their fields) get the built-in
 /// defaults, as a workflow step that does not set them would.
 fn fill_default_settings(record: &mut serde_json::Value) {
-    let defaults = [
-        ("limits", serde_json::to_value(dsl::Limits::default())),
-        ("isolation", serde_json::to_value(dsl::Isolation::default())),
-    ];
+    let defaults =
+        [("limits", serde_json::to_value(dsl::Limits::default())), ("isolation", serde_json::to_value(dsl::Isolation::default()))];
     let Some(steps) = record.get_mut("steps").and_then(|s| s.as_array_mut()) else { return };
     for step in steps {
         let Some(def) = step.get_mut("definition").and_then(|d| d.as_object_mut()) else { continue };
@@ -755,16 +747,13 @@ pub fn find(workflow_dir: &Path, id: &str) -> Result<(PathBuf, RunRecord), Recor
     let dir = runs_dir(workflow_dir);
     let folders = run_folders(workflow_dir)?;
     if id == "latest" {
-        let mut runs: Vec<(PathBuf, RunRecord)> =
-            folders.into_iter().filter_map(|(_, d)| read_run(&d).ok().map(|r| (d, r))).collect();
+        let mut runs: Vec<(PathBuf, RunRecord)> = folders.into_iter().filter_map(|(_, d)| read_run(&d).ok().map(|r| (d, r))).collect();
         runs.sort_by(|(_, a), (_, b)| a.started_at.cmp(&b.started_at).then_with(|| a.run_id.cmp(&b.run_id)));
         return runs.pop().ok_or(RecordError::NoRuns(dir));
     }
     // A folder without a record (a run killed before its first write) is no run.
-    let mut matching: Vec<(String, PathBuf)> = folders
-        .into_iter()
-        .filter(|(name, d)| name.starts_with(id) && fs::symlink_metadata(d.join("record.json")).is_ok())
-        .collect();
+    let mut matching: Vec<(String, PathBuf)> =
+        folders.into_iter().filter(|(name, d)| name.starts_with(id) && fs::symlink_metadata(d.join("record.json")).is_ok()).collect();
     let (_, folder) = if let Some(exact) = matching.iter().position(|(name, _)| name == id) {
         matching.swap_remove(exact)
     } else {
@@ -803,7 +792,11 @@ mod tests {
             host: HostInfo { os: "linux".into(), arch: "x86_64".into(), docker_version: "x".into(), docker_api_version: "y".into() },
             workflow: WorkflowInfo { name: "w".into(), file: "workflow.yml".into(), dir: "/w".into(), digest: sha256(b"") },
             invocation: Invocation::default(),
-            steps: vec![StepRecord::pending(&dsl::Step::new("a", dsl::ImageRef::Reference("i".into()), dsl::Command::Shell("true".into())))],
+            steps: vec![StepRecord::pending(&dsl::Step::new(
+                "a",
+                dsl::ImageRef::Reference("i".into()),
+                dsl::Command::Shell("true".into()),
+            ))],
         }
     }
 
@@ -818,8 +811,7 @@ mod tests {
         assert_eq!(log.path, "logs/00-a.log");
         assert_eq!(fs::read(r2.dir().join(&log.path)).unwrap(), b"stdout hi\n");
         // No temp files left beside the records.
-        let names: Vec<String> =
-            fs::read_dir(r1.dir()).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        let names: Vec<String> = fs::read_dir(r1.dir()).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
         assert_eq!(names.len(), 2, "{names:?}");
 
         assert_eq!(find(dir.path(), "latest").unwrap().1.run_id, "6a0002");

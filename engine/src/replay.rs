@@ -36,8 +36,8 @@ use crate::docker::{cleanup, DockerExecutor};
 use crate::error::{exit, EnvironmentError};
 use crate::events::EventSink;
 use crate::executor::{CacheMountJob, StepContext, StepFailure, StepJob};
-use crate::record::{self, RunRecord, StepRecord};
 use crate::plan;
+use crate::record::{self, RunRecord, StepRecord};
 use crate::run::{new_run_id, open_store, StartError};
 use crate::workspace::{self, RunDir};
 
@@ -87,9 +87,8 @@ pub async fn replay(cfg: ReplayConfig, cancel: CancellationToken) -> Result<i32,
     let Checked { record_path, record, selected, store, inputs, admitted } = checked;
     let store = Arc::new(store);
     // Names from the record are printed escaped: a record could carry terminal control codes.
-    let refused = |step: &str, why: String| {
-        StartError::Invalid(format!("record {} step `{}`: {why}", record_path.display(), step.escape_debug()))
-    };
+    let refused =
+        |step: &str, why: String| StartError::Invalid(format!("record {} step `{}`: {why}", record_path.display(), step.escape_debug()));
 
     let docker = Arc::new(DockerExecutor::connect().await?);
     for step in &selected {
@@ -156,9 +155,7 @@ pub async fn replay(cfg: ReplayConfig, cancel: CancellationToken) -> Result<i32,
             let verdict = match definition {
                 _ if cancel.is_cancelled() => Verdict::Failed("cancelled".into()),
                 None => Verdict::Failed("not admitted".into()),
-                Some(definition) => {
-                    replay_step(&docker, &store, &record, definition, inputs, &run_dir, &replay_id, &secrets, cancel).await
-                }
+                Some(definition) => replay_step(&docker, &store, &record, definition, inputs, &run_dir, &replay_id, &secrets, cancel).await,
             };
             (index, verdict)
         });
@@ -252,11 +249,7 @@ fn select<'r>(record: &'r RunRecord, names: &[String]) -> Result<Vec<&'r StepRec
     for name in names {
         let Some(step) = record.steps.iter().find(|s| &s.name == name) else {
             let known: Vec<&str> = record.steps.iter().map(|s| s.name.as_str()).collect();
-            return Err(StartError::Invalid(format!(
-                "run {} has no step `{name}`; its steps: {}",
-                record.run_id,
-                known.join(", ")
-            )));
+            return Err(StartError::Invalid(format!("run {} has no step `{name}`; its steps: {}", record.run_id, known.join(", "))));
         };
         if !step.status.has_outputs() {
             return Err(StartError::Invalid(format!(
@@ -300,26 +293,23 @@ async fn claimed_build(docker: &DockerExecutor, step: &StepRecord) -> Option<Str
     let inspected = docker.client().inspect_image(&image.id).await.ok()?;
     let label = inspected.config.and_then(|c| c.labels).and_then(|l| l.get(images::LABEL_IMAGE).cloned());
     (label.as_deref() != Some(name.as_str())).then(|| {
-        format!("its image {} is not the engine-built image `{}` it claims (no label {}={})", image.id, name.escape_debug(), images::LABEL_IMAGE, name.escape_debug())
+        format!(
+            "its image {} is not the engine-built image `{}` it claims (no label {}={})",
+            image.id,
+            name.escape_debug(),
+            images::LABEL_IMAGE,
+            name.escape_debug()
+        )
     })
 }
 
 /// What is missing for replaying `step` (its image, input contents, or its needs' outputs).
-async fn check_step(
-    docker: &DockerExecutor,
-    store: &Store,
-    record: &RunRecord,
-    step: &StepRecord,
-    inputs: &[InputEntry],
-) -> Vec<String> {
+async fn check_step(docker: &DockerExecutor, store: &Store, record: &RunRecord, step: &StepRecord, inputs: &[InputEntry]) -> Vec<String> {
     let mut missing = Vec::new();
     match &step.image {
         Some(image) => {
             if docker.image_id(&image.id).await.is_err() {
-                missing.push(format!(
-                    "step `{}`: image {} ({}) is no longer on the daemon",
-                    step.name, image.id, image.reference
-                ));
+                missing.push(format!("step `{}`: image {} ({}) is no longer on the daemon", step.name, image.id, image.reference));
             }
         }
         None => missing.push(format!("step `{}`: the record names no image", step.name)),
@@ -415,9 +405,8 @@ fn differing_fields(expected: &cache::KeyComponents, recorded: &cache::KeyCompon
 fn verify_step(store: &Store, record: &RunRecord, step: &StepRecord) -> Result<Vec<InputEntry>, Refusal> {
     use Refusal::{Edited, Unverifiable};
     let key_text = step.key.as_deref().ok_or_else(|| Edited("it has no key".into()))?;
-    let key = cache::ActionKey(
-        key_text.parse().map_err(|_| Edited(format!("its key `{}` is not a SHA-256 digest", key_text.escape_debug())))?,
-    );
+    let key =
+        cache::ActionKey(key_text.parse().map_err(|_| Edited(format!("its key `{}` is not a SHA-256 digest", key_text.escape_debug())))?);
     let recorded = step.key_components.as_ref().ok_or_else(|| Edited("it has no key components".into()))?;
     let image = step.image.as_ref().ok_or_else(|| Edited("it names no image".into()))?;
     let inputs = if step.inputs_in_store {
@@ -497,7 +486,11 @@ fn verify_step(store: &Store, record: &RunRecord, step: &StepRecord) -> Result<V
         Err(_) => None,
     };
     if manifest.is_none() {
-        return Err(Unverifiable(format!("the cache entry of its key {} is unreadable or damaged ({})", key.0.short(), manifest_path.display())));
+        return Err(Unverifiable(format!(
+            "the cache entry of its key {} is unreadable or damaged ({})",
+            key.0.short(),
+            manifest_path.display()
+        )));
     }
     if !step.inputs_in_store {
         if let Some(mut kept) = store.inputs_manifest(&key) {
@@ -640,8 +633,7 @@ async fn replay_step(
     let collect = run_dir.collected(name);
     let (store2, record2, run_dir2, name2) = (store.clone(), record.clone(), run_dir.clone(), name.to_string());
     let (ws, col) = (workspace.clone(), collect.clone());
-    let staged =
-        tokio::task::spawn_blocking(move || stage_from_store(&store2, &record2, &name2, &inputs, &run_dir2, &ws, &col))
+    let staged = tokio::task::spawn_blocking(move || stage_from_store(&store2, &record2, &name2, &inputs, &run_dir2, &ws, &col))
         .await
         .unwrap_or_else(|e| Err(e.to_string()));
     if let Err(e) = staged {
@@ -775,10 +767,7 @@ pub fn compare(
     for path in paths {
         match (old.get(path), new.get(path)) {
             (Some(a), Some(b)) if a == b => {}
-            (
-                Some(OutputEntry::File { digest: d1, mode: m1, .. }),
-                Some(OutputEntry::File { digest: d2, mode: m2, .. }),
-            ) if d1 != d2 => {
+            (Some(OutputEntry::File { digest: d1, mode: m1, .. }), Some(OutputEntry::File { digest: d2, mode: m2, .. })) if d1 != d2 => {
                 let diff = match (recorded_blob(d1), std::fs::read(replayed_dir.join(path)).ok()) {
                     (Some(a), Some(b)) => text_diff(&a, &b),
                     _ => None,
@@ -792,9 +781,7 @@ pub fn compare(
                     });
                 }
             }
-            (Some(a), Some(b)) => {
-                out.push(Difference::Changed { path: path.to_string(), recorded: describe(a), replayed: describe(b) })
-            }
+            (Some(a), Some(b)) => out.push(Difference::Changed { path: path.to_string(), recorded: describe(a), replayed: describe(b) }),
             (Some(_), None) => out.push(Difference::Missing { path: path.to_string() }),
             (None, Some(_)) => out.push(Difference::Extra { path: path.to_string() }),
             (None, None) => {}
@@ -888,7 +875,10 @@ mod tests {
         assert!(diff.contains("-1") && diff.contains("+2"), "{diff}");
         let report = report_line("use", 3, &Verdict::Differs(diffs.clone()));
         assert!(report.starts_with("use  differs\n"), "{report}");
-        assert!(report.contains(&format!("stamp: recorded sha256 {}, replayed sha256 {}", Digest::of(b"1\n"), Digest::of(b"2\n"))), "{report}");
+        assert!(
+            report.contains(&format!("stamp: recorded sha256 {}, replayed sha256 {}", Digest::of(b"1\n"), Digest::of(b"2\n"))),
+            "{report}"
+        );
     }
 
     #[test]
@@ -907,7 +897,11 @@ mod tests {
 
     #[test]
     fn a_recorded_step_loads_back_as_itself() {
-        let mut step = dsl::Step::new("gen[a,b]", dsl::ImageRef::Reference("local/busybox:1".into()), dsl::Command::Argv(vec!["sh".into(), "-c".into(), "echo \"q\" 'x' \\ $A: {b}\n#c".into()]));
+        let mut step = dsl::Step::new(
+            "gen[a,b]",
+            dsl::ImageRef::Reference("local/busybox:1".into()),
+            dsl::Command::Argv(vec!["sh".into(), "-c".into(), "echo \"q\" 'x' \\ $A: {b}\n#c".into()]),
+        );
         step.inputs = vec!["src/**".into(), "a b.txt".into()];
         step.outputs = vec!["out".into()];
         step.env.insert("A".into(), "multi\nline: {x} [y] \u{e9}".into());
@@ -943,7 +937,10 @@ mod tests {
         unlimited.limits.pids = 0;
         let err = admit(record, &[recorded(&root), recorded(&unlimited)], &dsl::policy::Policy::default()).unwrap_err().to_string();
         assert!(err.contains("record /r/record.json step `b`: memory `0b` is below the minimum of 6m"), "{err}");
-        assert!(err.contains("record /r/record.json step `b`: invalid `limits.pids`") || err.contains("step `b`: ") && err.contains("pids"), "{err}");
+        assert!(
+            err.contains("record /r/record.json step `b`: invalid `limits.pids`") || err.contains("step `b`: ") && err.contains("pids"),
+            "{err}"
+        );
 
         let policy = dsl::policy::Policy::load_str(
             Path::new("/etc/policy.yml"),
@@ -964,7 +961,8 @@ mod tests {
     fn unknown_or_failed_steps_are_refused_by_name() {
         let mut ok = StepRecord::pending(&dsl::Step::new("ok", dsl::ImageRef::Reference("i".into()), dsl::Command::Shell("true".into())));
         ok.status = record::StepState::Succeeded;
-        let mut bad = StepRecord::pending(&dsl::Step::new("bad", dsl::ImageRef::Reference("i".into()), dsl::Command::Shell("false".into())));
+        let mut bad =
+            StepRecord::pending(&dsl::Step::new("bad", dsl::ImageRef::Reference("i".into()), dsl::Command::Shell("false".into())));
         bad.status = record::StepState::Failed;
         let record: RunRecord = serde_json::from_value(serde_json::json!({
             "schema": record::SCHEMA, "run_id": "r1", "status": "failed", "started_at": "t",

@@ -73,12 +73,7 @@ pub struct RunConfig {
 }
 
 /// Load, validate and plan `file` against the given budget. Shared by `run`, `plan` and `check`.
-pub fn load_and_plan(
-    file: &Path,
-    targets: &[String],
-    policy: &dsl::policy::Policy,
-    budget: HostBudget,
-) -> Result<Plan, StartError> {
+pub fn load_and_plan(file: &Path, targets: &[String], policy: &dsl::policy::Policy, budget: HostBudget) -> Result<Plan, StartError> {
     let workflow = dsl::load_file_with(file, policy)?;
     Ok(plan::plan(Arc::new(workflow), targets, budget)?)
 }
@@ -159,11 +154,8 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<RunStatus,
     };
     let out_dir = Arc::new(out_dir);
     let run_id = new_run_id();
-    let run_dir = RunDir::create(&run_id)
-        .map_err(|e| EnvironmentError(format!("cannot create a temporary folder for the run: {e}")))?;
-    let jobs = cfg.jobs.map(|j| j as usize).unwrap_or_else(|| {
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
-    });
+    let run_dir = RunDir::create(&run_id).map_err(|e| EnvironmentError(format!("cannot create a temporary folder for the run: {e}")))?;
+    let jobs = cfg.jobs.map(|j| j as usize).unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     let daemon_version = daemon_version.await.unwrap_or_else(|_| ("unknown".into(), "unknown".into()));
     let recorder = Arc::new(start_record(&cfg, daemon_version, &workflow, &plan, &run_id, out_dir.path(), jobs)?);
     let flusher = recorder.spawn_flusher();
@@ -249,10 +241,7 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<RunStatus,
 
 /// Take the exclusive lock on the output folder; while another engine holds it, say so once on
 /// stderr and poll, so that Ctrl-C (`cancel`) ends the wait at once. `None` when cancelled.
-async fn lock_out_dir(
-    out: &cache::safe::PinnedDir,
-    cancel: &CancellationToken,
-) -> Result<Option<workspace::OutLock>, EnvironmentError> {
+async fn lock_out_dir(out: &cache::safe::PinnedDir, cancel: &CancellationToken) -> Result<Option<workspace::OutLock>, EnvironmentError> {
     let mut told = false;
     loop {
         match workspace::try_lock_out(out) {
@@ -314,9 +303,8 @@ fn start_record(
         },
         steps: plan.steps.iter().map(|p| StepRecord::pending(&p.step)).collect(),
     };
-    Recorder::create(&workflow.dir, record).map_err(|e| {
-        EnvironmentError(format!("cannot write the run record under {}: {e}", record::runs_dir(&workflow.dir).display()))
-    })
+    Recorder::create(&workflow.dir, record)
+        .map_err(|e| EnvironmentError(format!("cannot write the run record under {}: {e}", record::runs_dir(&workflow.dir).display())))
 }
 
 /// What `run`, `plan` and `cache explain` need to know about each planned step before deciding:
@@ -675,7 +663,11 @@ impl Executor for EngineExecutor {
         // The log goes to the record's folder line by line as the step runs (capped, see
         // `record::StepLog`); never gathered in memory. If it cannot be written, the run goes on
         // without it.
-        let step_log = self.recorder.step_log(&name, self.log_limit).map_err(|e| tracing::warn!(step = %name, error = %e, "cannot write the step log")).ok();
+        let step_log = self
+            .recorder
+            .step_log(&name, self.log_limit)
+            .map_err(|e| tracing::warn!(step = %name, error = %e, "cannot write the step log"))
+            .ok();
         let events = match &step_log {
             Some(log) => ctx.events.capturing_logs_into(log.clone()),
             None => ctx.events.clone(),
@@ -685,11 +677,7 @@ impl Executor for EngineExecutor {
             image,
             workspace: workspace.clone(),
             collect_to: collect_to.clone(),
-            secrets: step
-                .secrets
-                .iter()
-                .filter_map(|s| self.secrets.get(s).map(|v| (s.clone(), v.clone())))
-                .collect(),
+            secrets: step.secrets.iter().filter_map(|s| self.secrets.get(s).map(|v| (s.clone(), v.clone()))).collect(),
             caches,
             step: run_step,
         };
@@ -719,27 +707,24 @@ impl Executor for EngineExecutor {
             let manifest = store
                 .put(key, &wf, &step_name, &collect_to, 0, &log, duration_ms)
                 .map_err(|e| format!("cannot store the outputs in the cache: {e}"))?;
-            store
-                .put_inputs_manifest(&key, &input_manifest)
-                .map_err(|e| format!("cannot store the input manifest in the cache: {e}"))?;
+            store.put_inputs_manifest(&key, &input_manifest).map_err(|e| format!("cannot store the input manifest in the cache: {e}"))?;
             let export = if needed { workspace::export } else { workspace::export_by_move };
-            export(&collect_to, &out_dir, &step_name).map_err(|e| format!("cannot export the outputs to {}: {e}", out_dir.path().display()))?;
+            export(&collect_to, &out_dir, &step_name)
+                .map_err(|e| format!("cannot export the outputs to {}: {e}", out_dir.path().display()))?;
             Ok(Some(manifest))
         })
         .await
         .unwrap_or_else(|e| Err(e.to_string()));
         // Finished above for a success (`finish` answers the same again); here otherwise.
         let log_record = match step_log {
-            Some(log) => {
-                match tokio::task::spawn_blocking(move || log.finish()).await {
-                    Ok(Ok(r)) => Some(r),
-                    Ok(Err(e)) => {
-                        tracing::warn!(step = %name, error = %e, "cannot write the step log");
-                        None
-                    }
-                    Err(_) => None,
+            Some(log) => match tokio::task::spawn_blocking(move || log.finish()).await {
+                Ok(Ok(r)) => Some(r),
+                Ok(Err(e)) => {
+                    tracing::warn!(step = %name, error = %e, "cannot write the step log");
+                    None
                 }
-            }
+                Err(_) => None,
+            },
             None => None,
         };
         let mut recorded_outputs = None;

@@ -36,9 +36,9 @@ pub fn list(dir: &Path, output: OutputFormat) -> Result<String, RecordError> {
 pub fn show(run_dir: &Path, record: &RunRecord, output: OutputFormat) -> Result<String, RecordError> {
     match output {
         OutputFormat::Plain => Ok(crate::output::neutralise_lines(&show_text(run_dir, record))),
-        OutputFormat::Json => serde_json::to_string_pretty(record).map(|json| format!("{json}\n")).map_err(|e| {
-            RecordError::Unreadable { path: run_dir.join("record.json"), reason: e.to_string() }
-        }),
+        OutputFormat::Json => serde_json::to_string_pretty(record)
+            .map(|json| format!("{json}\n"))
+            .map_err(|e| RecordError::Unreadable { path: run_dir.join("record.json"), reason: e.to_string() }),
     }
 }
 
@@ -144,12 +144,7 @@ fn show_text(run_dir: &Path, r: &RunRecord) -> String {
     let targets = if r.invocation.targets.is_empty() { "all steps".to_string() } else { r.invocation.targets.join(", ") };
     field(&mut out, "", "targets", targets);
     field(&mut out, "", "out dir", &r.invocation.out_dir);
-    field(
-        &mut out,
-        "",
-        "steps",
-        format!("{} ({} run, {} cached)", r.steps.len(), steps_run(r), steps_cached(r)),
-    );
+    field(&mut out, "", "steps", format!("{} ({} run, {} cached)", r.steps.len(), steps_run(r), steps_cached(r)));
     for step in &r.steps {
         out.push('\n');
         step_text(&mut out, run_dir, step);
@@ -193,9 +188,7 @@ fn step_text(out: &mut String, run_dir: &Path, s: &StepRecord) {
         .outputs
         .iter()
         .filter_map(|o| match o {
-            OutputEntry::File { path, digest, size, .. } => {
-                Some((path.clone(), format!("sha256:{}  {}", digest.short(), fmt_size(*size))))
-            }
+            OutputEntry::File { path, digest, size, .. } => Some((path.clone(), format!("sha256:{}  {}", digest.short(), fmt_size(*size)))),
             OutputEntry::Symlink { path, target } => Some((path.clone(), format!("-> {target}"))),
             OutputEntry::Dir { .. } => None,
         })
@@ -211,12 +204,7 @@ fn step_text(out: &mut String, run_dir: &Path, s: &StepRecord) {
         }
     }
     if let Some(log) = &s.log {
-        field(
-            out,
-            IN,
-            "log",
-            format!("{}  {}  {}", run_dir.join(&log.path).display(), short_digest(&log.digest), fmt_size(log.bytes)),
-        );
+        field(out, IN, "log", format!("{}  {}  {}", run_dir.join(&log.path).display(), short_digest(&log.digest), fmt_size(log.bytes)));
     }
 }
 
@@ -333,7 +321,7 @@ pub(crate) mod fixtures {
 mod tests {
     use super::fixtures::*;
     use super::*;
-    use crate::record::{Recorder, RecordStatus};
+    use crate::record::{RecordStatus, Recorder};
 
     fn write(dir: &Path, record: RunRecord) {
         Recorder::create(dir, record).unwrap();
@@ -477,7 +465,10 @@ mod tests {
         assert!(text.contains("status             incomplete\n"), "{text}");
         assert!(text.contains("finished           not yet"), "{text}");
         assert!(text.contains("targets            build, later\n"), "{text}");
-        assert!(text.contains("step build: failed (executed in 1.5s)\n  reason             exited with code 2\n  exit code          2\n"), "{text}");
+        assert!(
+            text.contains("step build: failed (executed in 1.5s)\n  reason             exited with code 2\n  exit code          2\n"),
+            "{text}"
+        );
         assert!(text.contains("step later: pending (not finished)\n"), "{text}");
         assert!(!text.contains("outputs"), "a failed step lists no outputs:\n{text}");
     }

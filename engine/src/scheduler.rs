@@ -102,13 +102,8 @@ impl Run<'_> {
     fn skip(&mut self, i: usize, reason: String) {
         let step = self.plan.steps[i].step.name.clone();
         self.events.emit(Event::StepSkipped { step: step.clone(), reason: reason.clone() });
-        self.states[i] = State::Done(StepSummary {
-            step,
-            status: StepStatus::Skipped,
-            duration_ms: 0,
-            exit_code: None,
-            reason: Some(reason),
-        });
+        self.states[i] =
+            State::Done(StepSummary { step, status: StepStatus::Skipped, duration_ms: 0, exit_code: None, reason: Some(reason) });
     }
 
     /// Skip pending steps whose needs failed or were skipped. Plan order is topological, so one
@@ -133,8 +128,7 @@ impl Run<'_> {
             return true;
         }
         let budget = self.config.budget;
-        self.millicpus.saturating_add(limits.millicpus) <= budget.millicpus
-            && self.memory.saturating_add(limits.memory) <= budget.memory
+        self.millicpus.saturating_add(limits.millicpus) <= budget.millicpus && self.memory.saturating_add(limits.memory) <= budget.memory
     }
 
     fn finish(&mut self, i: usize, outcome: StepOutcome) {
@@ -256,8 +250,7 @@ pub async fn run<E: Executor>(
         if run.stop.is_none() {
             for i in 0..plan.steps.len() {
                 let step = &plan.steps[i].step;
-                let ready =
-                    matches!(run.states[i], State::Pending) && plan.steps[i].needs.iter().all(|&n| run.succeeded(n));
+                let ready = matches!(run.states[i], State::Pending) && plan.steps[i].needs.iter().all(|&n| run.succeeded(n));
                 if !ready || !run.fits(&step.limits) {
                     continue;
                 }
@@ -312,13 +305,9 @@ pub async fn run<E: Executor>(
         .map(|(state, planned)| match state {
             State::Done(summary) => summary,
             // Unreachable: the loop ends only when nothing runs and every pending step is skipped.
-            State::Pending | State::Running(_) => StepSummary {
-                step: planned.step.name.clone(),
-                status: StepStatus::Skipped,
-                duration_ms: 0,
-                exit_code: None,
-                reason: None,
-            },
+            State::Pending | State::Running(_) => {
+                StepSummary { step: planned.step.name.clone(), status: StepStatus::Skipped, duration_ms: 0, exit_code: None, reason: None }
+            }
         })
         .collect();
     RunReport { status, steps }
@@ -438,12 +427,7 @@ mod tests {
         SchedulerConfig { jobs, budget: BIG, keep_going: false }
     }
 
-    async fn go(
-        plan: &Plan,
-        fake: &Arc<Fake>,
-        config: SchedulerConfig,
-        cancel: CancellationToken,
-    ) -> (RunReport, Vec<Event>) {
+    async fn go(plan: &Plan, fake: &Arc<Fake>, config: SchedulerConfig, cancel: CancellationToken) -> (RunReport, Vec<Event>) {
         let (sink, mut rx) = EventSink::channel();
         let report = run(plan, fake.clone(), config, sink, cancel).await;
         let mut events = Vec::new();
@@ -493,12 +477,7 @@ mod tests {
         let (report, events) = go(&p, &fake, config(4), CancellationToken::new()).await;
         assert_eq!(report.status, RunStatus::Succeeded);
         assert_eq!(statuses(&report), "a=cached b=succeeded");
-        assert!(events.contains(&Event::StepFinished {
-            step: "a".into(),
-            status: StepStatus::Cached,
-            duration_ms: 0,
-            exit_code: Some(0)
-        }));
+        assert!(events.contains(&Event::StepFinished { step: "a".into(), status: StepStatus::Cached, duration_ms: 0, exit_code: Some(0) }));
     }
 
     #[tokio::test(start_paused = true)]
@@ -518,12 +497,7 @@ mod tests {
         assert_eq!(events[0], Event::StepStarted { step: "a".into() });
         assert_eq!(
             events[1],
-            Event::StepFinished {
-                step: "a".into(),
-                status: StepStatus::Succeeded,
-                duration_ms: 1000,
-                exit_code: Some(0)
-            }
+            Event::StepFinished { step: "a".into(), status: StepStatus::Succeeded, duration_ms: 1000, exit_code: Some(0) }
         );
     }
 
@@ -580,8 +554,7 @@ mod tests {
         let p = Plan { workflow: wf, steps };
         let fake = Arc::new(Fake::new());
         let budget = HostBudget { millicpus: 64_000, memory: 2 * GIB };
-        let (report, _) =
-            go(&p, &fake, SchedulerConfig { jobs: 4, budget, keep_going: false }, CancellationToken::new()).await;
+        let (report, _) = go(&p, &fake, SchedulerConfig { jobs: 4, budget, keep_going: false }, CancellationToken::new()).await;
         assert_eq!(report.status, RunStatus::Succeeded);
         assert_eq!(fake.span("small"), (0.0, 1.0));
         assert_eq!(fake.span("huge"), (1.0, 2.0));
@@ -631,8 +604,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn keep_going_runs_everything_whose_needs_succeeded() {
         let (p, fake) = failing();
-        let (report, _) =
-            go(&p, &fake, SchedulerConfig { keep_going: true, ..config(2) }, CancellationToken::new()).await;
+        let (report, _) = go(&p, &fake, SchedulerConfig { keep_going: true, ..config(2) }, CancellationToken::new()).await;
         assert_eq!(report.status, RunStatus::Failed);
         assert_eq!(statuses(&report), "a=failed b=succeeded c=succeeded d=skipped e=skipped");
         assert_eq!(fake.span("c"), (1.0, 2.0));
@@ -650,8 +622,7 @@ mod tests {
                 })
                 .with("b", |b| b.duration = Duration::from_secs(3)),
         );
-        let (report, _) =
-            go(&p, &fake, SchedulerConfig { keep_going: true, ..config(2) }, CancellationToken::new()).await;
+        let (report, _) = go(&p, &fake, SchedulerConfig { keep_going: true, ..config(2) }, CancellationToken::new()).await;
         assert_eq!(report.status, RunStatus::EnvironmentFailed);
         assert!(!fake.started("c"));
         assert_eq!(statuses(&report), "a=failed b=succeeded c=skipped d=skipped e=skipped");
@@ -707,8 +678,7 @@ mod tests {
         let wf = workflow("w").step("a", &[]).step("b", &["a"]).step("c", &[]).build();
         let p = plan(wf, &[], BIG).unwrap();
         let fake = Arc::new(Fake::new().with("a", |b| b.panic = true));
-        let (report, _) =
-            go(&p, &fake, SchedulerConfig { keep_going: true, ..config(2) }, CancellationToken::new()).await;
+        let (report, _) = go(&p, &fake, SchedulerConfig { keep_going: true, ..config(2) }, CancellationToken::new()).await;
         assert_eq!(report.status, RunStatus::Failed);
         assert_eq!(statuses(&report), "a=failed b=skipped c=succeeded");
         assert_eq!(reason(&report, "a"), "the engine crashed while running this step (a bug; please report it)");

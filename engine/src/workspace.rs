@@ -59,9 +59,8 @@ impl SourceTree {
         let mut files = Vec::new();
         // Unsorted: `select` sorts what it keeps, and sorting every folder of a large tree costs.
         let walker = WalkDir::new(dir).follow_links(false).into_iter();
-        let walker = walker.filter_entry(|e| {
-            !(e.depth() == 1 && e.file_type().is_dir() && SKIPPED_DIRS.iter().any(|s| e.file_name() == *s))
-        });
+        let walker =
+            walker.filter_entry(|e| !(e.depth() == 1 && e.file_type().is_dir() && SKIPPED_DIRS.iter().any(|s| e.file_name() == *s)));
         for entry in walker {
             let entry = entry.map_err(|e| InputError::Walk {
                 dir: dir.to_path_buf(),
@@ -124,8 +123,7 @@ impl SourceTree {
             Kind::File => Ok(()),
             Kind::Other(what) => Err(fail_kind(what)),
             Kind::Symlink => {
-                let target = fs::read_link(self.dir.join(rel))
-                    .map_err(|source| InputError::Walk { dir: self.dir.clone(), source })?;
+                let target = fs::read_link(self.dir.join(rel)).map_err(|source| InputError::Walk { dir: self.dir.clone(), source })?;
                 if cache::safe::relative_link_stays_inside(Path::new(rel), &target) {
                     Ok(())
                 } else {
@@ -142,11 +140,8 @@ impl SourceTree {
 }
 
 fn compile(step: &str, pattern: &str) -> Result<GlobSet, InputError> {
-    let bad = |e: globset::Error| InputError::BadPattern {
-        step: step.to_string(),
-        pattern: pattern.to_string(),
-        reason: e.kind().to_string(),
-    };
+    let bad =
+        |e: globset::Error| InputError::BadPattern { step: step.to_string(), pattern: pattern.to_string(), reason: e.kind().to_string() };
     let trimmed = pattern.trim_end_matches('/');
     let mut set = GlobSetBuilder::new();
     // The pattern itself, and everything under it when it names a directory. `*` does not cross
@@ -227,8 +222,7 @@ pub fn open_out_dir(workflow_dir: &Path, out: Option<&Path>) -> io::Result<Pinne
         None => cache::safe::ensure_own_dirs(workflow_dir, &[".engine", "out"])?,
         Some(dir) => {
             if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-                fs::create_dir_all(parent)
-                    .map_err(|e| io::Error::new(e.kind(), format!("cannot create {}: {e}", parent.display())))?;
+                fs::create_dir_all(parent).map_err(|e| io::Error::new(e.kind(), format!("cannot create {}: {e}", parent.display())))?;
             }
             cache::safe::ensure_own_dir(dir)?;
             dir.to_path_buf()
@@ -493,8 +487,7 @@ mod tests {
         std::os::unix::fs::symlink("../../etc/passwd", d.path().join("src/up")).unwrap();
         std::os::unix::fs::symlink("/", d.path().join("root")).unwrap();
         let fifo = d.path().join("pipe");
-        rustix::fs::mknodat(rustix::fs::CWD, &fifo, rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(0o600), 0)
-            .unwrap();
+        rustix::fs::mknodat(rustix::fs::CWD, &fifo, rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(0o600), 0).unwrap();
         let t = SourceTree::scan(d.path()).unwrap();
         assert_eq!(t.select("s", &["src/*.c".into(), "src/inside".into()]).unwrap(), vec!["src/a.c", "src/inside"]);
         let err = t.select("s", &["src".into()]).unwrap_err().to_string();

@@ -8,7 +8,6 @@ use std::path::Path;
 
 use common::*;
 
-
 /// JSON events of a run; panics unless it exited with `expect`.
 fn run_json(p: &Project, args: &[&str], expect: i32) -> Vec<serde_json::Value> {
     let mut all = vec!["run", "--output", "json"];
@@ -18,11 +17,9 @@ fn run_json(p: &Project, args: &[&str], expect: i32) -> Vec<serde_json::Value> {
     text(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
-
 fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
 }
-
 
 fn run_id(events: &[serde_json::Value]) -> String {
     events[0]["run_id"].as_str().unwrap().to_string()
@@ -179,9 +176,7 @@ fn two_concurrent_runs_on_one_cache_both_succeed_and_a_third_is_fully_cached() {
     }
     let p = Project::new(&wf);
     p.write("in.txt", "shared\n");
-    let spawn = |out: &str| {
-        p.cmd(&["run", "--output", "json", "--out", out]).stdout(std::process::Stdio::piped()).spawn().unwrap()
-    };
+    let spawn = |out: &str| p.cmd(&["run", "--output", "json", "--out", out]).stdout(std::process::Stdio::piped()).spawn().unwrap();
     let (one, two) = (spawn("out1"), spawn("out2"));
     for child in [one, two] {
         let o = child.wait_with_output().unwrap();

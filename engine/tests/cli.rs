@@ -200,7 +200,9 @@ fn leftovers_of_a_sigkilled_engine_are_removed_by_clean_but_a_live_run_is_untouc
 #[test]
 fn the_next_run_removes_leftovers_of_a_sigkilled_engine() {
     let step = unique("orphan");
-    let p = Project::new(&format!("version: 1\nsteps:\n  {step}: {{ image: {IMAGE}, run: sleep 300 }}\n  quick: {{ image: {IMAGE}, run: 'true' }}\n"));
+    let p = Project::new(&format!(
+        "version: 1\nsteps:\n  {step}: {{ image: {IMAGE}, run: sleep 300 }}\n  quick: {{ image: {IMAGE}, run: 'true' }}\n"
+    ));
     let label = format!("engine.step={step}");
     let mut victim = p.spawn(&["run", step.as_str()]);
     wait_for("the container", Duration::from_secs(30), || !containers(&label).is_empty());

@@ -9,21 +9,19 @@ use std::time::Duration;
 
 use common::*;
 
-
 fn events(p: &Project) -> Vec<serde_json::Value> {
     let o = p.run(&["run", "--output", "json"]);
     assert_eq!(code(&o), 0, "stdout:\n{}\nstderr:\n{}", text(&o.stdout), text(&o.stderr));
     text(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
-
 fn image_id(reference_glob: &str) -> String {
-    let o = Command::new("docker").args(["images", "-q", "--no-trunc", "--filter", &format!("reference={reference_glob}")]).output().unwrap();
+    let o =
+        Command::new("docker").args(["images", "-q", "--no-trunc", "--filter", &format!("reference={reference_glob}")]).output().unwrap();
     let ids: Vec<String> = text(&o.stdout).lines().map(str::to_string).collect();
     assert!(!ids.is_empty(), "no image matches {reference_glob}");
     ids[0].clone()
 }
-
 
 /// Removes the test's images (by tag prefix and by the stage label of its unique image names).
 struct Images(String);
@@ -120,7 +118,7 @@ fn a_failing_image_build_fails_the_steps_that_use_it_naming_the_stage() {
     let o = p.run(&["run", "--keep-going"]);
     assert_eq!(code(&o), 1, "{}", text(&o.stderr));
     let err = text(&o.stderr);
-    assert!(err.contains("broken") && err.contains("exit") , "{err}");
+    assert!(err.contains("broken") && err.contains("exit"), "{err}");
     let o = p.run(&["run", "--keep-going", "--output", "json"]);
     let events: Vec<serde_json::Value> = text(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let st = statuses(&events);

@@ -120,12 +120,13 @@ fn runs_are_listed_shown_and_attested() {
     let json: serde_json::Value = serde_json::from_str(&ok(&p, &["runs", "--output", "json"])).unwrap();
     assert_eq!(json[1]["id"], second_id.as_str());
     assert_eq!(json[1]["status"], "succeeded");
-    assert_eq!((json[1]["steps_run"].as_u64(), json[1]["steps_cached"].as_u64(), json[1]["steps_total"].as_u64()), (Some(0), Some(2), Some(2)));
+    assert_eq!(
+        (json[1]["steps_run"].as_u64(), json[1]["steps_cached"].as_u64(), json[1]["steps_total"].as_u64()),
+        (Some(0), Some(2), Some(2))
+    );
     let shown: serde_json::Value = serde_json::from_str(&ok(&p, &["runs", "show", "latest", "--output", "json"])).unwrap();
-    let on_disk: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(p.path().join(".engine/runs").join(&second_id).join("record.json")).unwrap(),
-    )
-    .unwrap();
+    let on_disk: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(p.path().join(".engine/runs").join(&second_id).join("record.json")).unwrap()).unwrap();
     assert_eq!(shown, on_disk);
 
     // `--dir` reads another folder's records.

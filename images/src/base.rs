@@ -30,10 +30,7 @@ fn is_not_found(err: &bollard::errors::Error) -> bool {
 
 async fn image_id(builder: &Builder, reference: &str) -> Result<Option<String>, BuildError> {
     match builder.docker.inspect_image(reference).await {
-        Ok(image) => image
-            .id
-            .map(Some)
-            .ok_or_else(|| BuildError::Environment(format!("the daemon reports no ID for image `{reference}`"))),
+        Ok(image) => image.id.map(Some).ok_or_else(|| BuildError::Environment(format!("the daemon reports no ID for image `{reference}`"))),
         Err(e) if is_not_found(&e) => Ok(None),
         Err(e) => Err(BuildError::Environment(format!("cannot inspect image `{reference}`: {}", daemon_reason(&e)))),
     }
@@ -90,17 +87,12 @@ pub(crate) async fn import_rootfs(builder: &Builder, dir: &std::path::Path, refe
     let tar = tokio::task::spawn_blocking(move || rootfs_tar(&root))
         .await
         .map_err(|e| BuildError::Environment(format!("packing `{}` failed: {e}", dir.display())))?
-        .map_err(|e| BuildError::Invalid {
-            image: reference.to_string(),
-            message: format!("cannot pack `{}`: {e}", dir.display()),
-        })?;
+        .map_err(|e| BuildError::Invalid { image: reference.to_string(), message: format!("cannot pack `{}`: {e}", dir.display()) })?;
     let (repo, tag) = split_reference(reference);
     let options = CreateImageOptionsBuilder::default().from_src("-").repo(repo).tag(tag).build();
     let mut stream = builder.docker.create_image(Some(options), Some(bollard::body_full(tar.into())), None);
     while let Some(item) = stream.next().await {
-        item.map_err(|e| {
-            BuildError::Environment(format!("cannot import `{}` as `{reference}`: {}", dir.display(), daemon_reason(&e)))
-        })?;
+        item.map_err(|e| BuildError::Environment(format!("cannot import `{}` as `{reference}`: {}", dir.display(), daemon_reason(&e))))?;
     }
     image_id(builder, reference)
         .await?

@@ -11,9 +11,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use bollard::models::BuildInfo;
-use bollard::query_parameters::{
-    BuildImageOptionsBuilder, ListImagesOptionsBuilder, RemoveImageOptionsBuilder, TagImageOptionsBuilder,
-};
+use bollard::query_parameters::{BuildImageOptionsBuilder, ListImagesOptionsBuilder, RemoveImageOptionsBuilder, TagImageOptionsBuilder};
 use futures_util::StreamExt;
 use globset::{GlobBuilder, GlobMatcher};
 use sha2::{Digest as _, Sha256};
@@ -76,8 +74,8 @@ pub(crate) async fn build(
         let (context_dir, dockerfile_path) = confine(&dir, &context, &dockerfile)?;
         scan(&context_dir, &dockerfile_path).map(|c| (c, context_dir))
     })
-        .await
-        .map_err(|e| BuildError::Environment(format!("image `{image}`: reading the context failed: {e}")))?;
+    .await
+    .map_err(|e| BuildError::Environment(format!("image `{image}`: reading the context failed: {e}")))?;
     let (scanned, context_dir) = scanned.map_err(|message| BuildError::Invalid { image: name.to_string(), message })?;
     let key = key_of(&scanned);
     let tag = format!("{}/{}:{}", ctx.workflow, name, &key[..12]);
@@ -191,10 +189,7 @@ async fn run_build(
     let id = match builder.docker.inspect_image(tag).await {
         Ok(inspect) => inspect.id,
         Err(e) => {
-            return Err(BuildError::Environment(format!(
-                "image `{name}`: built but `{tag}` cannot be inspected: {}",
-                daemon_reason(&e)
-            )))
+            return Err(BuildError::Environment(format!("image `{name}`: built but `{tag}` cannot be inspected: {}", daemon_reason(&e))))
         }
     };
     id.ok_or_else(|| BuildError::Environment(format!("image `{name}`: the daemon reports no ID for `{tag}`")))
@@ -347,9 +342,7 @@ fn scan(context_dir: &Path, dockerfile_path: &Path) -> Result<Context, String> {
     };
     // Canonical paths decide whether the Dockerfile is inside the context (`..` or symlinks).
     let canon_ctx = context_dir.canonicalize().map_err(|e| format!("cannot resolve `{}`: {e}", context_dir.display()))?;
-    let canon_df = dockerfile_path
-        .canonicalize()
-        .map_err(|e| format!("cannot resolve `{}`: {e}", dockerfile_path.display()))?;
+    let canon_df = dockerfile_path.canonicalize().map_err(|e| format!("cannot resolve `{}`: {e}", dockerfile_path.display()))?;
     let inside = canon_df.strip_prefix(&canon_ctx).ok().and_then(|p| p.to_str()).map(str::to_string);
     let (dockerfile_name, extra_dockerfile) = match inside {
         Some(rel) if rel != RESERVED_DOCKERFILE => (rel, None),

@@ -208,11 +208,8 @@ mod tests {
         let copies_mode = context_copy("tools/a.sh", 0o644, 1);
         let copies_digest = context_copy("tools/a.sh", 0o755, 2);
         let copies_path = context_copy("tools/b.sh", 0o755, 1);
-        let copies_stage: &'static [CopyKey] = Box::leak(Box::new(vec![CopyKey::Stage {
-            stage_key: "k2".into(),
-            src: "/out".into(),
-            dst: "/in".into(),
-        }]));
+        let copies_stage: &'static [CopyKey] =
+            Box::leak(Box::new(vec![CopyKey::Stage { stage_key: "k2".into(), src: "/out".into(), dst: "/in".into() }]));
         let env2 = leak(&env(&[("A", "2")]));
         let variants = [
             key_with(|i| i.base = "sha256:other"),

@@ -8,10 +8,10 @@
 //! This crate knows nothing of steps, the scheduler or the step cache; it must label every
 //! container it creates (`engine.run`, `engine.image`) and remove it, whatever happens.
 
-pub mod build;
-pub mod key;
 mod base;
+pub mod build;
 mod dockerfile;
+pub mod key;
 mod manage;
 mod stages;
 

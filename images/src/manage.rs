@@ -63,13 +63,7 @@ pub(crate) async fn prune(builder: &Builder, keep: &[String]) -> Result<Vec<Stri
                 Ok(items) => gone |= items.iter().any(|i| i.deleted.as_deref() == Some(image.id.as_str())),
                 // In use by a container, or a parent of a kept image, or already gone: keep going.
                 Err(bollard::errors::Error::DockerResponseServerError { status_code: 404 | 409, .. }) => {}
-                Err(e) => {
-                    return Err(BuildError::Environment(format!(
-                        "cannot remove image `{}`: {}",
-                        image.id,
-                        daemon_reason(&e)
-                    )))
-                }
+                Err(e) => return Err(BuildError::Environment(format!("cannot remove image `{}`: {}", image.id, daemon_reason(&e)))),
             }
         }
         if gone {

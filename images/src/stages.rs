@@ -17,13 +17,12 @@
 
 mod copy;
 
-
 use std::collections::{BTreeSet, HashMap};
 
 use bollard::models::{ContainerConfig, ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
-    AttachContainerOptions, CommitContainerOptions, CreateContainerOptions, DownloadFromContainerOptions,
-    ListImagesOptions, RemoveContainerOptions, StopContainerOptions, TagImageOptions, UploadToContainerOptions,
+    AttachContainerOptions, CommitContainerOptions, CreateContainerOptions, DownloadFromContainerOptions, ListImagesOptions,
+    RemoveContainerOptions, StopContainerOptions, TagImageOptions, UploadToContainerOptions,
 };
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
@@ -175,8 +174,7 @@ async fn plan(
         }
         for c in &s.copy {
             if let Some(from) = &c.from {
-                let d = index(i, from)?
-                    .ok_or_else(|| invalid(format!("stage `{}` copies from unknown stage `{from}`", s.name)))?;
+                let d = index(i, from)?.ok_or_else(|| invalid(format!("stage `{}` copies from unknown stage `{from}`", s.name)))?;
                 deps[i].insert(d);
             }
         }
@@ -306,8 +304,13 @@ async fn build_stage(
     }
 
     // The stage image: the stage's config over the base's, Cmd and Entrypoint kept.
-    let mut environment: Vec<String> =
-        base_config.env.clone().unwrap_or_default().into_iter().filter(|kv| !stage.env.contains_key(kv.split('=').next().unwrap_or(""))).collect();
+    let mut environment: Vec<String> = base_config
+        .env
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|kv| !stage.env.contains_key(kv.split('=').next().unwrap_or("")))
+        .collect();
     environment.extend(stage.env.iter().map(|(k, v)| format!("{k}={v}")));
     let mut labels = HashMap::from([(LABEL_STAGE_KEY.to_string(), plan.key.clone()), (LABEL_IMAGE.to_string(), env.image.to_string())]);
     if last {
@@ -416,7 +419,8 @@ fn runs_as_root(user: Option<&str>) -> bool {
 fn hardened(stage: &dsl::Stage) -> HostConfig {
     let limits = &stage.limits;
     let memory = i64::try_from(limits.memory).unwrap_or(i64::MAX);
-    let caps = if runs_as_root(stage.user.as_deref()) { ROOT_BUILD_CAPABILITIES.iter().map(|c| c.to_string()).collect() } else { Vec::new() };
+    let caps =
+        if runs_as_root(stage.user.as_deref()) { ROOT_BUILD_CAPABILITIES.iter().map(|c| c.to_string()).collect() } else { Vec::new() };
     HostConfig {
         network_mode: Some(stage.network.as_str().to_string()),
         privileged: Some(false),
@@ -459,13 +463,16 @@ async fn run(env: Env<'_>, stage: &dsl::Stage, image: &str, cmd: &str) -> Result
     let result = async {
         let docker = &env.builder.docker;
         let opts = AttachContainerOptions { stream: true, stdout: true, stderr: true, ..Default::default() };
-        let mut output = docker.attach_container(&container.id, Some(opts)).await.map_err(|e| daemon("attach to a build container", &e))?.output;
+        let mut output =
+            docker.attach_container(&container.id, Some(opts)).await.map_err(|e| daemon("attach to a build container", &e))?.output;
         docker.start_container(&container.id, None).await.map_err(|e| daemon("start a build container", &e))?;
         let mut lines = Lines::default();
         let follow = async {
             while let Some(item) = output.next().await {
                 match item {
-                    Ok(bollard::container::LogOutput::StdErr { message }) => lines.push(1, &message, |l| (env.log)(env.image, &stage.name, l)),
+                    Ok(bollard::container::LogOutput::StdErr { message }) => {
+                        lines.push(1, &message, |l| (env.log)(env.image, &stage.name, l))
+                    }
                     Ok(out) => lines.push(0, &out.into_bytes(), |l| (env.log)(env.image, &stage.name, l)),
                     Err(e) => return Err(daemon("read a build container's output", &e)),
                 }
@@ -644,7 +651,11 @@ fn repository(workflow: &str, image: &str) -> String {
             out.push(c);
         }
         let out = out.trim_end_matches(['.', '_', '-']).to_string();
-        if out.is_empty() { "image".to_string() } else { out }
+        if out.is_empty() {
+            "image".to_string()
+        } else {
+            out
+        }
     };
     format!("{}/{}", component(workflow), component(image))
 }

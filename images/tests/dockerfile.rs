@@ -214,12 +214,15 @@ fn local_registry() -> Option<Registry> {
         dir.join("data").display()
     );
     std::fs::write(dir.join("config.yml"), config).unwrap();
-    let registry = Registry(Some((Command::new(bin)
-        .args(["serve", dir.join("config.yml").to_str().unwrap()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start docker-registry"), dir)));
+    let registry = Registry(Some((
+        Command::new(bin)
+            .args(["serve", dir.join("config.yml").to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start docker-registry"),
+        dir,
+    )));
     for _ in 0..100 {
         if up() {
             return Some(registry);

@@ -12,7 +12,7 @@ use bollard::query_parameters::{ListContainersOptions, ListImagesOptions, LogsOp
 use bollard::Docker;
 use dsl::{CopySpec, ImageDef, Network, Stage};
 use futures_util::StreamExt;
-use images::{BuildContext, BuildError, BuiltImage, Builder};
+use images::{BuildContext, BuildError, Builder, BuiltImage};
 use tokio_util::sync::CancellationToken;
 
 const BASE: &str = "local/busybox:1";
@@ -98,7 +98,13 @@ impl Build {
     }
 
     async fn build(&self, name: &str, def: &ImageDef, no_cache: bool) -> Result<BuiltImage, BuildError> {
-        let ctx = BuildContext { workflow: &self.workflow, dir: self.dir(), run_id: &self.run_id, no_cache, container_labels: &Default::default() };
+        let ctx = BuildContext {
+            workflow: &self.workflow,
+            dir: self.dir(),
+            run_id: &self.run_id,
+            no_cache,
+            container_labels: &Default::default(),
+        };
         let log = |image: &str, stage: &str, line: &str| self.logs.lock().unwrap().push(format!("{image}/{stage}: {line}"));
         self.builder.build(&ctx, name, def, &log, &self.cancel).await
     }
@@ -192,7 +198,9 @@ async fn two_stage_image_builds_then_is_found() {
     assert_eq!(config.cmd, Some(vec!["/bin/sh".to_string()]), "the base's Cmd is kept");
     assert!(config.entrypoint.unwrap_or_default().is_empty(), "no Entrypoint of a build container leaks into the image");
 
-    let out = run_in(&b.docker, &first.id, "/usr/local/bin/tool; test -e /src/other.txt && echo other-present || echo other-absent", &b.run_id).await;
+    let out =
+        run_in(&b.docker, &first.id, "/usr/local/bin/tool; test -e /src/other.txt && echo other-present || echo other-absent", &b.run_id)
+            .await;
     assert!(out.contains("tool-ok-1"), "{out}");
     assert!(out.contains("other-absent"), "{out}");
 

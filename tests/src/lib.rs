@@ -166,10 +166,7 @@ pub async fn leftovers(exec: &DockerExecutor, run_id: &str) -> (Vec<String>, Vec
     let opts = ListContainersOptions { all: true, filters: Some(filters.clone()), ..Default::default() };
     let containers = exec.client().list_containers(Some(opts)).await.expect("list containers");
     let volumes = exec.client().list_volumes(Some(ListVolumesOptions { filters: Some(filters) })).await.expect("list volumes");
-    (
-        containers.into_iter().filter_map(|c| c.id).collect(),
-        volumes.volumes.unwrap_or_default().into_iter().map(|v| v.name).collect(),
-    )
+    (containers.into_iter().filter_map(|c| c.id).collect(), volumes.volumes.unwrap_or_default().into_iter().map(|v| v.name).collect())
 }
 
 /// Nothing of `run_id` remains on the daemon.

@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bollard::query_parameters::ListContainersOptions;
-use engine::docker::{container_name, DockerExecutor, Transfer, LABEL_CACHE, LABEL_HOST, LABEL_PID, LABEL_PID_START, LABEL_RUN, LABEL_STEP};
+use engine::docker::{
+    container_name, DockerExecutor, Transfer, LABEL_CACHE, LABEL_HOST, LABEL_PID, LABEL_PID_START, LABEL_RUN, LABEL_STEP,
+};
 use engine::executor::StepFailure;
 use integration::*;
 use tokio_util::sync::CancellationToken;

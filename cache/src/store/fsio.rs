@@ -196,8 +196,7 @@ pub(super) fn store_bytes_blob(tmp_dir: &Path, bytes: &[u8], dest: &Path) -> Res
 /// becomes `_`, and names made only of dots (`.`, `..`) or empty are replaced, since they would
 /// otherwise name a folder other than their own.
 pub fn sanitise(name: &str) -> String {
-    let s: String =
-        name.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' }).collect();
+    let s: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' }).collect();
     if s.chars().all(|c| c == '.') {
         format!("_{}", s.replace('.', "_"))
     } else {

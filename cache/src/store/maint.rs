@@ -71,7 +71,8 @@ pub(super) fn manifests(store: &Store) -> Result<Vec<Found>, StoreError> {
         .into_iter()
         .filter(|(p, _)| p.extension().is_some_and(|e| e == "json"))
         .map(|(path, meta)| {
-            let manifest = crate::safe::read_bounded(&path, super::MAX_META_BYTES).ok().and_then(|b| serde_json::from_slice::<Manifest>(&b).ok());
+            let manifest =
+                crate::safe::read_bounded(&path, super::MAX_META_BYTES).ok().and_then(|b| serde_json::from_slice::<Manifest>(&b).ok());
             Found {
                 key: name_digest(&path, ".json").map(ActionKey),
                 manifest,
@@ -171,8 +172,7 @@ pub(super) fn gc(store: &Store, max_size: u64) -> Result<GcReport, StoreError> {
         }
     }
     let referenced_at_start: HashSet<Digest> = refs.keys().copied().collect();
-    let mut total: u64 =
-        found.iter().map(|f| f.bytes).sum::<u64>() + refs.keys().filter_map(|d| sizes.get(d)).sum::<u64>();
+    let mut total: u64 = found.iter().map(|f| f.bytes).sum::<u64>() + refs.keys().filter_map(|d| sizes.get(d)).sum::<u64>();
 
     // Least recently used first.
     found.sort_by_key(|f| f.mtime);
@@ -229,12 +229,7 @@ pub(super) fn gc(store: &Store, max_size: u64) -> Result<GcReport, StoreError> {
 fn clean_tmp(store: &Store, now: SystemTime) {
     let Ok(dir) = fs::read_dir(store.v1("tmp")) else { return };
     for f in dir.flatten() {
-        let old = f
-            .metadata()
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| now.duration_since(t).ok())
-            .is_some_and(|age| age > TMP_GRACE);
+        let old = f.metadata().and_then(|m| m.modified()).ok().and_then(|t| now.duration_since(t).ok()).is_some_and(|age| age > TMP_GRACE);
         if old {
             let _ = fs::remove_file(f.path());
         }

@@ -80,11 +80,7 @@ pub(super) fn materialise(
     result
 }
 
-fn write_entries(
-    entries: &[OutputEntry],
-    dest: &Path,
-    blob_path: impl Fn(&Digest) -> std::path::PathBuf,
-) -> Result<(), StoreError> {
+fn write_entries(entries: &[OutputEntry], dest: &Path, blob_path: impl Fn(&Digest) -> std::path::PathBuf) -> Result<(), StoreError> {
     for entry in entries {
         let target = dest.join(entry.path());
         if let Some(parent) = target.parent() {

@@ -10,10 +10,10 @@
 
 use std::path::Path;
 
-use pest::iterators::Pair;
 use super::{parse_text, Rule};
 use crate::ir::SourceFile;
 use crate::{yaml, LoadError};
+use pest::iterators::Pair;
 
 /// Formats `text` (read from `path`, used in messages); a syntax error is the usual `LoadError`.
 pub(crate) fn format(path: &Path, text: &str) -> Result<String, LoadError> {
@@ -290,11 +290,8 @@ fn value(p: Pair<Rule>) -> String {
     match p.as_rule() {
         Rule::string => string(p),
         Rule::list => {
-            let items: Vec<String> = p
-                .into_inner()
-                .filter(|v| matches!(v.as_rule(), Rule::string | Rule::list | Rule::word))
-                .map(value)
-                .collect();
+            let items: Vec<String> =
+                p.into_inner().filter(|v| matches!(v.as_rule(), Rule::string | Rule::list | Rule::word)).map(value).collect();
             format!("[{}]", items.join(", "))
         }
         _ => p.as_str().to_string(),

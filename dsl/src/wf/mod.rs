@@ -124,10 +124,7 @@ struct Parsed {
 /// The desugared YAML-shaped tree of `text` (templates, matrix and imports expanded), parsed
 /// once; syntax and desugaring errors as diagnostics.
 fn parse(path: &Path, text: &str) -> Result<(Arc<SourceFile>, Node), LoadError> {
-    let src = Arc::new(SourceFile {
-        path: path.to_path_buf(),
-        text: text.to_string(),
-    });
+    let src = Arc::new(SourceFile { path: path.to_path_buf(), text: text.to_string() });
     let mut diags = Vec::new();
     let mut stack = Imports::new(path);
     let Some(parsed) = parse_file(src.clone(), &mut stack, &mut diags) else {
@@ -184,8 +181,7 @@ impl<'a> Locator<'a> {
     fn chars_before(&self, offset: usize) -> usize {
         let chunk = offset / CHUNK;
         let start = chunk * CHUNK;
-        self.chunk_chars[chunk]
-            + self.text.as_bytes()[start..offset].iter().filter(|b| (**b & 0xC0) != 0x80).count()
+        self.chunk_chars[chunk] + self.text.as_bytes()[start..offset].iter().filter(|b| (**b & 0xC0) != 0x80).count()
     }
 
     fn at(&self, offset: usize, len: usize) -> At {
@@ -194,15 +190,7 @@ impl<'a> Locator<'a> {
         let start = self.line_starts[line - 1];
         let ch = self.chars_before(offset);
         let col = ch - self.chars_before(start) + 1;
-        At {
-            span: Span {
-                offset,
-                len,
-                line,
-                col,
-            },
-            ch,
-        }
+        At { span: Span { offset, len, line, col }, ch }
     }
 
     fn pair(&self, p: &Pair<Rule>) -> At {
@@ -217,29 +205,25 @@ pub(crate) fn parse_text(src: &SourceFile) -> Result<Pair<'_, Rule>, Box<Diagnos
     if let Some(offset) = bounds::wf_too_deep(&src.text, bounds::MAX_NESTING) {
         let at = Locator::new(&src.text).at(offset, 1);
         return Err(Box::new(
-            Diagnostic::new(
-                src,
-                at.span,
-                format!("nesting deeper than {} levels", bounds::MAX_NESTING),
-                "too deep",
-            )
-            .with_help("a workflow needs a few levels of blocks and lists; flatten the structure"),
+            Diagnostic::new(src, at.span, format!("nesting deeper than {} levels", bounds::MAX_NESTING), "too deep")
+                .with_help("a workflow needs a few levels of blocks and lists; flatten the structure"),
         ));
     }
     match WfParser::parse(Rule::file, &src.text) {
-        Ok(mut pairs) => pairs.next().ok_or_else(|| Box::new(syntax_error(src, &pest::error::Error::new_from_pos(
-            pest::error::ErrorVariant::CustomError { message: "empty parse".into() },
-            pest::Position::from_start(&src.text),
-        )))),
+        Ok(mut pairs) => pairs.next().ok_or_else(|| {
+            Box::new(syntax_error(
+                src,
+                &pest::error::Error::new_from_pos(
+                    pest::error::ErrorVariant::CustomError { message: "empty parse".into() },
+                    pest::Position::from_start(&src.text),
+                ),
+            ))
+        }),
         Err(e) => Err(Box::new(syntax_error(src, &e))),
     }
 }
 
-fn parse_file(
-    src: Arc<SourceFile>,
-    stack: &mut Imports,
-    diags: &mut Vec<Diagnostic>,
-) -> Option<Parsed> {
+fn parse_file(src: Arc<SourceFile>, stack: &mut Imports, diags: &mut Vec<Diagnostic>) -> Option<Parsed> {
     let file = match parse_text(&src) {
         Ok(file) => file,
         Err(d) => {
@@ -248,13 +232,7 @@ fn parse_file(
         }
     };
     let loc = Locator::new(&src.text);
-    let mut parsed = Parsed {
-        src: src.clone(),
-        top: Vec::new(),
-        decls: Vec::new(),
-        templates: HashMap::new(),
-        imports: HashMap::new(),
-    };
+    let mut parsed = Parsed { src: src.clone(), top: Vec::new(), decls: Vec::new(), templates: HashMap::new(), imports: HashMap::new() };
     for item in file.into_inner() {
         match item.as_rule() {
             Rule::top_entry => parsed.top.extend(item.into_inner().map(|e| entry(&loc, e))),
@@ -265,9 +243,7 @@ fn parse_file(
                 for p in item.into_inner() {
                     match p.as_rule() {
                         Rule::kw_image => kind = Kind::Image,
-                        Rule::ident if name.is_none() => {
-                            name = Some((p.as_str().to_string(), loc.pair(&p)))
-                        }
+                        Rule::ident if name.is_none() => name = Some((p.as_str().to_string(), loc.pair(&p))),
                         Rule::ident => params.push(p.as_str().to_string()),
                         Rule::block => body = block(&loc, p).0,
                         _ => {}
@@ -275,39 +251,18 @@ fn parse_file(
                 }
                 let Some((name, nat)) = name else { continue };
                 if parsed.templates.contains_key(&name) {
-                    push(diags,
-                        Diagnostic::new(
-                            &src,
-                            nat.span,
-                            format!("duplicate template `{name}`"),
-                            "defined again",
-                        )
-                        .with_help("template names must be unique within a file"),
+                    push(
+                        diags,
+                        Diagnostic::new(&src, nat.span, format!("duplicate template `{name}`"), "defined again")
+                            .with_help("template names must be unique within a file"),
                     );
                 }
-                let t = Template {
-                    kind,
-                    params,
-                    body,
-                    src: src.clone(),
-                    imported: false,
-                };
+                let t = Template { kind, params, body, src: src.clone(), imported: false };
                 parsed.templates.insert(name, t);
             }
             Rule::image_decl | Rule::step_decl => {
-                let kind = if item.as_rule() == Rule::image_decl {
-                    Kind::Image
-                } else {
-                    Kind::Step
-                };
-                let mut d = Decl {
-                    kind,
-                    name: String::new(),
-                    at: loc.pair(&item),
-                    matrix: Vec::new(),
-                    call: None,
-                    body: None,
-                };
+                let kind = if item.as_rule() == Rule::image_decl { Kind::Image } else { Kind::Step };
+                let mut d = Decl { kind, name: String::new(), at: loc.pair(&item), matrix: Vec::new(), call: None, body: None };
                 for p in item.into_inner() {
                     match p.as_rule() {
                         Rule::ident => {
@@ -318,29 +273,17 @@ fn parse_file(
                             for axis in p.into_inner().filter(|a| a.as_rule() == Rule::axis) {
                                 let at = loc.pair(&axis);
                                 let mut inner = axis.into_inner();
-                                let name = inner
-                                    .next()
-                                    .map(|n| n.as_str().to_string())
-                                    .unwrap_or_default();
-                                let values = inner
-                                    .find(|v| v.as_rule() == Rule::list)
-                                    .map(|l| list_items(&loc, l))
-                                    .unwrap_or_default();
+                                let name = inner.next().map(|n| n.as_str().to_string()).unwrap_or_default();
+                                let values = inner.find(|v| v.as_rule() == Rule::list).map(|l| list_items(&loc, l)).unwrap_or_default();
                                 d.matrix.push((name, values, at));
                             }
                         }
                         Rule::call => {
-                            let mut c = Call {
-                                name: String::new(),
-                                at: loc.pair(&p),
-                                args: Vec::new(),
-                            };
+                            let mut c = Call { name: String::new(), at: loc.pair(&p), args: Vec::new() };
                             for a in p.into_inner() {
                                 match a.as_rule() {
                                     Rule::qname => c.name = a.as_str().to_string(),
-                                    Rule::string | Rule::list | Rule::word => {
-                                        c.args.push(value(&loc, a))
-                                    }
+                                    Rule::string | Rule::list | Rule::word => c.args.push(value(&loc, a)),
                                     _ => {}
                                 }
                             }
@@ -361,18 +304,9 @@ fn parse_file(
     names.sort();
     for name in names {
         let t = &parsed.templates[name];
-        let scope = t
-            .params
-            .iter()
-            .map(|p| (p.clone(), String::new()))
-            .collect();
+        let scope = t.params.iter().map(|p| (p.clone(), String::new())).collect();
         let budget = Budget::new();
-        let ex = Expand {
-            src: &t.src,
-            scope: &scope,
-            remap: None,
-            budget: &budget,
-        };
+        let ex = Expand { src: &t.src, scope: &scope, remap: None, budget: &budget };
         bind(&t.body, &ex, diags);
         budget.report(diags);
     }
@@ -406,18 +340,9 @@ impl Imports {
 /// (never a FIFO or device), at most [`bounds::MAX_IMPORTS`] of them and
 /// [`bounds::MAX_IMPORT_DEPTH`] levels deep. A refused file is never read, so no message can
 /// quote it.
-fn import(
-    loc: &Locator,
-    src: &Arc<SourceFile>,
-    item: Pair<Rule>,
-    stack: &mut Imports,
-    diags: &mut Vec<Diagnostic>,
-    parsed: &mut Parsed,
-) {
+fn import(loc: &Locator, src: &Arc<SourceFile>, item: Pair<Rule>, stack: &mut Imports, diags: &mut Vec<Diagnostic>, parsed: &mut Parsed) {
     let at = loc.pair(&item);
-    let mut inner = item
-        .into_inner()
-        .filter(|p| matches!(p.as_rule(), Rule::string | Rule::ident));
+    let mut inner = item.into_inner().filter(|p| matches!(p.as_rule(), Rule::string | Rule::ident));
     let (Some(path_pair), Some(alias)) = (inner.next(), inner.next()) else {
         return;
     };
@@ -439,20 +364,20 @@ fn import(
         return refuse(diags, format!("cannot import `{rel}`: only `.wf` files can be imported"), WHERE);
     }
     if stack.stack.len() > bounds::MAX_IMPORT_DEPTH {
-        return refuse(diags, format!("cannot import `{rel}`: imports nested deeper than {} levels", bounds::MAX_IMPORT_DEPTH), "flatten the chain of imports");
+        return refuse(
+            diags,
+            format!("cannot import `{rel}`: imports nested deeper than {} levels", bounds::MAX_IMPORT_DEPTH),
+            "flatten the chain of imports",
+        );
     }
     if stack.count >= bounds::MAX_IMPORTS {
         return refuse(diags, format!("cannot import `{rel}`: more than {} imported files", bounds::MAX_IMPORTS), "import fewer files");
     }
     let Some(path) = import_path(&src.path, &rel) else {
-        push(diags,
-            Diagnostic::new(
-                src,
-                at.span,
-                format!("cannot find the standard library for `{rel}`"),
-                "not found",
-            )
-            .with_help("set ENGINE_STDLIB to the folder holding the `stdlib-workflows` files"),
+        push(
+            diags,
+            Diagnostic::new(src, at.span, format!("cannot find the standard library for `{rel}`"), "not found")
+                .with_help("set ENGINE_STDLIB to the folder holding the `stdlib-workflows` files"),
         );
         return;
     };
@@ -464,14 +389,10 @@ fn import(
         return refuse(diags, format!("cannot import `{rel}`: it leaves the workflow's folder"), WHERE);
     }
     if stack.stack.contains(&canon) {
-        push(diags,
-            Diagnostic::new(
-                src,
-                at.span,
-                format!("import cycle: `{rel}` imports this file again"),
-                "cycle",
-            )
-            .with_help("a library may not import, directly or not, a file that imports it"),
+        push(
+            diags,
+            Diagnostic::new(src, at.span, format!("import cycle: `{rel}` imports this file again"), "cycle")
+                .with_help("a library may not import, directly or not, a file that imports it"),
         );
         return;
     }
@@ -482,23 +403,16 @@ fn import(
     };
     stack.count += 1;
     stack.stack.push(canon);
-    let lib_src = Arc::new(SourceFile {
-        path: path.clone(),
-        text,
-    });
+    let lib_src = Arc::new(SourceFile { path: path.clone(), text });
     let before = diags.len();
     let lib = parse_file(lib_src, stack, diags);
     stack.stack.pop();
     if diags.len() > before {
         // Point at the import too, so the user sees which import brought the problem in.
-        push(diags,
-            Diagnostic::new(
-                src,
-                at.span,
-                format!("the import of `{rel}` has errors"),
-                "imported here",
-            )
-            .with_help("fix the errors reported in the imported file"),
+        push(
+            diags,
+            Diagnostic::new(src, at.span, format!("the import of `{rel}` has errors"), "imported here")
+                .with_help("fix the errors reported in the imported file"),
         );
     }
     let Some(lib) = lib else { return };
@@ -506,19 +420,14 @@ fn import(
         t.imported = true;
         (k, t)
     });
-    parsed
-        .imports
-        .insert(alias.as_str().to_string(), templates.collect());
+    parsed.imports.insert(alias.as_str().to_string(), templates.collect());
 }
 
 /// `stdlib/x.wf` is looked up in `$ENGINE_STDLIB`, then `<exe dir>/../share/engine/stdlib-workflows`,
 /// then the repository's `stdlib-workflows/`; anything else is relative to the importing file.
 fn import_path(importer: &Path, rel: &str) -> Option<PathBuf> {
     let Some(lib) = rel.strip_prefix("stdlib/") else {
-        let dir = importer
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
+        let dir = importer.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         return Some(dir.join(rel));
     };
     stdlib_roots().into_iter().map(|r| r.join(lib)).find(|p| p.is_file())
@@ -530,11 +439,7 @@ fn stdlib_roots() -> Vec<PathBuf> {
     if let Some(dir) = std::env::var_os("ENGINE_STDLIB") {
         roots.push(PathBuf::from(dir));
     }
-    if let Some(exe_dir) = std::env::current_exe()
-        .ok()
-        .as_deref()
-        .and_then(Path::parent)
-    {
+    if let Some(exe_dir) = std::env::current_exe().ok().as_deref().and_then(Path::parent) {
         roots.push(exe_dir.join("../share/engine/stdlib-workflows"));
     }
     roots.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../stdlib-workflows"));
@@ -543,19 +448,12 @@ fn stdlib_roots() -> Vec<PathBuf> {
 
 fn block(loc: &Locator, p: Pair<Rule>) -> (Vec<Entry>, At) {
     let at = loc.pair(&p);
-    let entries = p
-        .into_inner()
-        .filter(|e| e.as_rule() == Rule::entry)
-        .map(|e| entry(loc, e))
-        .collect();
+    let entries = p.into_inner().filter(|e| e.as_rule() == Rule::entry).map(|e| entry(loc, e)).collect();
     (entries, at)
 }
 
 fn list_items(loc: &Locator, p: Pair<Rule>) -> Vec<Val> {
-    p.into_inner()
-        .filter(|v| matches!(v.as_rule(), Rule::string | Rule::list | Rule::word))
-        .map(|v| value(loc, v))
-        .collect()
+    p.into_inner().filter(|v| matches!(v.as_rule(), Rule::string | Rule::list | Rule::word)).map(|v| value(loc, v)).collect()
 }
 
 fn value(loc: &Locator, p: Pair<Rule>) -> Val {
@@ -596,11 +494,7 @@ fn value(loc: &Locator, p: Pair<Rule>) -> Val {
 fn entry(loc: &Locator, e: Pair<Rule>) -> Entry {
     let at = loc.pair(&e);
     let Some(inner) = e.into_inner().next() else {
-        return Entry {
-            key: String::new(),
-            at,
-            body: Body::Values(Vec::new()),
-        };
+        return Entry { key: String::new(), at, body: Body::Values(Vec::new()) };
     };
     let rule = inner.as_rule();
     let mut key = String::new();
@@ -623,11 +517,7 @@ fn entry(loc: &Locator, e: Pair<Rule>) -> Entry {
             Rule::ident => {
                 let field = if rule == Rule::stage { "name" } else { "from" };
                 let v = Val::Word(p.as_str().to_string(), loc.pair(&p));
-                fields.push(Entry {
-                    key: field.into(),
-                    at: v.at(),
-                    body: Body::Values(vec![v]),
-                });
+                fields.push(Entry { key: field.into(), at: v.at(), body: Body::Values(vec![v]) });
             }
             Rule::string | Rule::list | Rule::word => values.push(value(loc, p)),
             Rule::block => sub = Some(block(loc, p)),
@@ -637,49 +527,25 @@ fn entry(loc: &Locator, e: Pair<Rule>) -> Entry {
     match rule {
         Rule::stage => {
             if let Some(v) = values.pop() {
-                fields.push(Entry {
-                    key: "from".into(),
-                    at: v.at(),
-                    body: Body::Values(vec![v]),
-                });
+                fields.push(Entry { key: "from".into(), at: v.at(), body: Body::Values(vec![v]) });
             }
             if let Some((body, _)) = sub {
                 fields.extend(body);
             }
-            Entry {
-                key: "stage".into(),
-                at: key_at,
-                body: Body::Block(fields, key_at),
-            }
+            Entry { key: "stage".into(), at: key_at, body: Body::Block(fields, key_at) }
         }
         Rule::copy => {
             let mut vs = values.into_iter();
             for field in ["src", "dst"] {
                 if let Some(v) = vs.next() {
-                    fields.push(Entry {
-                        key: field.into(),
-                        at: v.at(),
-                        body: Body::Values(vec![v]),
-                    });
+                    fields.push(Entry { key: field.into(), at: v.at(), body: Body::Values(vec![v]) });
                 }
             }
-            Entry {
-                key: "copy".into(),
-                at: key_at,
-                body: Body::Block(fields, key_at),
-            }
+            Entry { key: "copy".into(), at: key_at, body: Body::Block(fields, key_at) }
         }
         _ => match sub {
-            Some((body, bat)) => Entry {
-                key,
-                at: key_at,
-                body: Body::Block(body, bat),
-            },
-            None => Entry {
-                key,
-                at: key_at,
-                body: Body::Values(values),
-            },
+            Some((body, bat)) => Entry { key, at: key_at, body: Body::Block(body, bat) },
+            None => Entry { key, at: key_at, body: Body::Values(values) },
         },
     }
 }
@@ -737,7 +603,8 @@ impl Budget {
     /// The diagnostic for a spent budget (once).
     fn report(&self, diags: &mut Vec<Diagnostic>) {
         if let Some((src, span)) = self.over.borrow_mut().take() {
-            push(diags,
+            push(
+                diags,
                 Diagnostic::new(
                     &src,
                     span,
@@ -782,14 +649,10 @@ impl Expand<'_> {
                             k.sort();
                             format!("parameters in scope: {}", k.join(", "))
                         };
-                        push(diags,
-                            Diagnostic::new(
-                                self.src,
-                                at.span,
-                                format!("unknown parameter `{name}`{hint}"),
-                                "unknown parameter",
-                            )
-                            .with_help(format!("{known}; write `\\${{` for a literal `${{`")),
+                        push(
+                            diags,
+                            Diagnostic::new(self.src, at.span, format!("unknown parameter `{name}`{hint}"), "unknown parameter")
+                                .with_help(format!("{known}; write `\\${{` for a literal `${{`")),
                         );
                     }
                 },
@@ -802,24 +665,15 @@ impl Expand<'_> {
         self.budget.charge(NODE_COST, self.src, val.at());
         match val {
             Val::Str(parts, at) => {
-                let mut s = MarkedScalarNode::new(
-                    marked_yaml::Span::new_start(self.marker(*at)),
-                    self.string(parts, *at, diags),
-                );
+                let mut s = MarkedScalarNode::new(marked_yaml::Span::new_start(self.marker(*at)), self.string(parts, *at, diags));
                 // A quoted string stays a string (`cache "false"` is not a boolean), as in YAML.
                 s.set_coerce(false);
                 Node::Scalar(s)
             }
-            Val::Word(w, at) => Node::Scalar(MarkedScalarNode::new(
-                marked_yaml::Span::new_start(self.marker(*at)),
-                w.as_str(),
-            )),
+            Val::Word(w, at) => Node::Scalar(MarkedScalarNode::new(marked_yaml::Span::new_start(self.marker(*at)), w.as_str())),
             Val::List(items, at) => {
                 let items = items.iter().map(|v| self.scalar(v, diags)).collect();
-                Node::Sequence(MarkedSequenceNode::new(
-                    marked_yaml::Span::new_start(self.marker(*at)),
-                    items,
-                ))
+                Node::Sequence(MarkedSequenceNode::new(marked_yaml::Span::new_start(self.marker(*at)), items))
             }
         }
     }
@@ -832,62 +686,38 @@ impl Expand<'_> {
             if !self.budget.charge(NODE_COST + e.key.len(), self.src, e.at) {
                 break;
             }
-            let repeated = REPEATED
-                .iter()
-                .find(|(k, _)| *k == e.key)
-                .map(|(_, yaml_key)| *yaml_key);
+            let repeated = REPEATED.iter().find(|(k, _)| *k == e.key).map(|(_, yaml_key)| *yaml_key);
             let value = match &e.body {
                 Body::Block(body, bat) => Node::Mapping(self.mapping(body, *bat, diags)),
-                Body::Values(vals) if vals.len() == 1 && !LISTS.contains(&e.key.as_str()) => {
-                    self.scalar(&vals[0], diags)
-                }
+                Body::Values(vals) if vals.len() == 1 && !LISTS.contains(&e.key.as_str()) => self.scalar(&vals[0], diags),
                 Body::Values(vals) => {
                     let mut items = Vec::new();
                     for v in vals {
                         match v {
                             // `command ["a", "b"]` is the list itself, not a list of one list.
-                            Val::List(inner, _) if vals.len() == 1 => {
-                                items.extend(inner.iter().map(|i| self.scalar(i, diags)))
-                            }
+                            Val::List(inner, _) if vals.len() == 1 => items.extend(inner.iter().map(|i| self.scalar(i, diags))),
                             v => items.push(self.scalar(v, diags)),
                         }
                     }
-                    Node::Sequence(MarkedSequenceNode::new(
-                        marked_yaml::Span::new_start(self.marker(e.at)),
-                        items,
-                    ))
+                    Node::Sequence(MarkedSequenceNode::new(marked_yaml::Span::new_start(self.marker(e.at)), items))
                 }
             };
-            let key_node =
-                |k: &str| MarkedScalarNode::new(marked_yaml::Span::new_start(self.marker(e.at)), k);
+            let key_node = |k: &str| MarkedScalarNode::new(marked_yaml::Span::new_start(self.marker(e.at)), k);
             if let Some(yaml_key) = repeated {
                 let existing = map.get_mut(&key_node(yaml_key) as &MarkedScalarNode);
                 match existing {
                     Some(Node::Sequence(seq)) => seq.push(value),
                     _ => {
-                        let seq = MarkedSequenceNode::new(
-                            marked_yaml::Span::new_start(self.marker(e.at)),
-                            vec![value],
-                        );
+                        let seq = MarkedSequenceNode::new(marked_yaml::Span::new_start(self.marker(e.at)), vec![value]);
                         map.insert(key_node(yaml_key), Node::Sequence(seq));
                     }
                 }
                 continue;
             }
             if let Some(first) = seen.get(e.key.as_str()) {
-                let d = Diagnostic::new(
-                    self.src,
-                    e.at.span,
-                    format!("duplicate key `{}`", e.key),
-                    "defined again here",
-                )
-                .with_help("every key may appear only once in a block; rename or remove one")
-                .with_related(Diagnostic::new(
-                    self.src,
-                    first.span,
-                    format!("`{}` first defined here", e.key),
-                    "first definition",
-                ));
+                let d = Diagnostic::new(self.src, e.at.span, format!("duplicate key `{}`", e.key), "defined again here")
+                    .with_help("every key may appear only once in a block; rename or remove one")
+                    .with_related(Diagnostic::new(self.src, first.span, format!("`{}` first defined here", e.key), "first definition"));
                 push(diags, d);
                 continue;
             }
@@ -901,11 +731,7 @@ impl Expand<'_> {
 /// Instance body over template body: a key written in the instance replaces the template's.
 fn merge(template: &[Entry], own: &[Entry]) -> Vec<Entry> {
     let written: std::collections::HashSet<&str> = own.iter().map(|o| o.key.as_str()).collect();
-    let mut out: Vec<Entry> = template
-        .iter()
-        .filter(|t| !written.contains(t.key.as_str()))
-        .cloned()
-        .collect();
+    let mut out: Vec<Entry> = template.iter().filter(|t| !written.contains(t.key.as_str())).cloned().collect();
     out.extend(own.iter().cloned());
     out
 }
@@ -919,22 +745,13 @@ fn combinations(
 ) -> Vec<(Vec<String>, HashMap<String, String>)> {
     let mut out = vec![(Vec::new(), HashMap::new())];
     let none = HashMap::new();
-    let ex = Expand {
-        src,
-        scope: &none,
-        remap: None,
-        budget,
-    };
+    let ex = Expand { src, scope: &none, remap: None, budget };
     for (name, values, at) in matrix {
         if values.is_empty() {
-            push(diags,
-                Diagnostic::new(
-                    src,
-                    at.span,
-                    format!("matrix axis `{name}` has no values"),
-                    "empty axis",
-                )
-                .with_help("list at least one value, e.g. `target in [\"x86\", \"arm\"]`"),
+            push(
+                diags,
+                Diagnostic::new(src, at.span, format!("matrix axis `{name}` has no values"), "empty axis")
+                    .with_help("list at least one value, e.g. `target in [\"x86\", \"arm\"]`"),
             );
         }
         let mut next = Vec::new();
@@ -954,14 +771,10 @@ fn combinations(
                         w.clone()
                     }
                     Val::List(_, vat) => {
-                        push(diags,
-                            Diagnostic::new(
-                                src,
-                                vat.span,
-                                "a matrix value must be a single string or name",
-                                "a list",
-                            )
-                            .with_help("write the values as `[\"a\", \"b\"]`"),
+                        push(
+                            diags,
+                            Diagnostic::new(src, vat.span, "a matrix value must be a single string or name", "a list")
+                                .with_help("write the values as `[\"a\", \"b\"]`"),
                         );
                         continue;
                     }
@@ -983,33 +796,15 @@ fn build(p: &Parsed, diags: &mut Vec<Diagnostic>) -> Node {
     let file_at = loc.at(0, 0);
     if p.top.is_empty() && p.decls.is_empty() {
         // Nothing but comments: the same "empty file" the YAML reader reports for an empty document.
-        return Node::Scalar(MarkedScalarNode::new(
-            marked_yaml::Span::new_start(file_at.marker()),
-            "",
-        ));
+        return Node::Scalar(MarkedScalarNode::new(marked_yaml::Span::new_start(file_at.marker()), ""));
     }
     let none = HashMap::new();
     let budget = Budget::new();
-    let top_ex = Expand {
-        src: &p.src,
-        scope: &none,
-        remap: None,
-        budget: &budget,
-    };
+    let top_ex = Expand { src: &p.src, scope: &none, remap: None, budget: &budget };
     let mut root = top_ex.mapping(&p.top, file_at, diags);
     let mut sections: [(Kind, &str, MarkedMappingNode, HashMap<String, At>); 2] = [
-        (
-            Kind::Image,
-            "images",
-            MarkedMappingNode::new_empty(marked_yaml::Span::new_start(file_at.marker())),
-            HashMap::new(),
-        ),
-        (
-            Kind::Step,
-            "steps",
-            MarkedMappingNode::new_empty(marked_yaml::Span::new_start(file_at.marker())),
-            HashMap::new(),
-        ),
+        (Kind::Image, "images", MarkedMappingNode::new_empty(marked_yaml::Span::new_start(file_at.marker())), HashMap::new()),
+        (Kind::Step, "steps", MarkedMappingNode::new_empty(marked_yaml::Span::new_start(file_at.marker())), HashMap::new()),
     ];
     // Steps (and images) declared so far, counted before anything is expanded.
     let mut declared = [0usize; 2];
@@ -1024,8 +819,13 @@ fn build(p: &Parsed, diags: &mut Vec<Diagnostic>) -> Node {
         if let Some((_, _, at)) = d.matrix.get(bounds::MAX_AXES) {
             push(
                 diags,
-                Diagnostic::new(&p.src, at.span, format!("the matrix of {what} `{}` has {} axes, more than the maximum of {}", d.name, d.matrix.len(), bounds::MAX_AXES), "too many axes")
-                    .with_help("a matrix has a few axes; the values of all of them make up the step's name"),
+                Diagnostic::new(
+                    &p.src,
+                    at.span,
+                    format!("the matrix of {what} `{}` has {} axes, more than the maximum of {}", d.name, d.matrix.len(), bounds::MAX_AXES),
+                    "too many axes",
+                )
+                .with_help("a matrix has a few axes; the values of all of them make up the step's name"),
             );
             continue;
         }
@@ -1036,11 +836,21 @@ fn build(p: &Parsed, diags: &mut Vec<Diagnostic>) -> Node {
             let (message, at) = match d.matrix.first() {
                 Some((_, _, at)) if count > bounds::MAX_STEPS => {
                     let sizes: Vec<String> = d.matrix.iter().map(|(_, v, _)| v.len().to_string()).collect();
-                    (format!("the matrix of {what} `{}` expands to {} {what}s ({}), more than the maximum of {}", d.name, if count == usize::MAX { "too many".to_string() } else { count.to_string() }, sizes.join(" x "), bounds::MAX_STEPS), *at)
+                    (
+                        format!(
+                            "the matrix of {what} `{}` expands to {} {what}s ({}), more than the maximum of {}",
+                            d.name,
+                            if count == usize::MAX { "too many".to_string() } else { count.to_string() },
+                            sizes.join(" x "),
+                            bounds::MAX_STEPS
+                        ),
+                        *at,
+                    )
                 }
                 _ => (format!("the workflow declares more than {} {what}s (matrices expanded)", bounds::MAX_STEPS), d.at),
             };
-            push(diags,
+            push(
+                diags,
                 Diagnostic::new(&p.src, at.span, message, "too many")
                     .with_help(format!("a workflow has at most {} {what}s after matrix expansion; split it", bounds::MAX_STEPS)),
             );
@@ -1050,38 +860,18 @@ fn build(p: &Parsed, diags: &mut Vec<Diagnostic>) -> Node {
             if budget.spent() {
                 break;
             }
-            let name = if d.matrix.is_empty() {
-                d.name.clone()
-            } else {
-                format!("{}[{}]", d.name, suffix.join(","))
-            };
+            let name = if d.matrix.is_empty() { d.name.clone() } else { format!("{}[{}]", d.name, suffix.join(",")) };
             if let Some(first) = names.get(&name) {
-                push(diags,
-                    Diagnostic::new(
-                        &p.src,
-                        d.at.span,
-                        format!("duplicate {what} `{name}`"),
-                        "defined again here",
-                    )
-                    .with_help(format!(
-                        "every {what} name may appear only once; rename or remove one"
-                    ))
-                    .with_related(Diagnostic::new(
-                        &p.src,
-                        first.span,
-                        format!("`{name}` first defined here"),
-                        "first definition",
-                    )),
+                push(
+                    diags,
+                    Diagnostic::new(&p.src, d.at.span, format!("duplicate {what} `{name}`"), "defined again here")
+                        .with_help(format!("every {what} name may appear only once; rename or remove one"))
+                        .with_related(Diagnostic::new(&p.src, first.span, format!("`{name}` first defined here"), "first definition")),
                 );
                 continue;
             }
             names.insert(name.clone(), d.at);
-            let own_ex = Expand {
-                src: &p.src,
-                scope: &scope,
-                remap: None,
-                budget: &budget,
-            };
+            let own_ex = Expand { src: &p.src, scope: &scope, remap: None, budget: &budget };
             let (own, own_at) = d.body.clone().unwrap_or((Vec::new(), d.at));
             let node = match &d.call {
                 None => own_ex.mapping(&own, own_at, diags),
@@ -1097,10 +887,7 @@ fn build(p: &Parsed, diags: &mut Vec<Diagnostic>) -> Node {
     budget.report(diags);
     for (_, key, section, _) in sections {
         if !section.is_empty() {
-            root.insert(
-                MarkedScalarNode::new(marked_yaml::Span::new_start(file_at.marker()), key),
-                Node::Mapping(section),
-            );
+            root.insert(MarkedScalarNode::new(marked_yaml::Span::new_start(file_at.marker()), key), Node::Mapping(section));
         }
     }
     Node::Mapping(root)
@@ -1123,14 +910,10 @@ fn instantiate(
             Some(lib) => lib.get(name),
             None => {
                 let hint = suggest::hint(alias, p.imports.keys().map(String::as_str));
-                push(diags,
-                    Diagnostic::new(
-                        &p.src,
-                        call.at.span,
-                        format!("unknown import `{alias}`{hint}"),
-                        "not imported",
-                    )
-                    .with_help("import a library with `import \"path.wf\" as name`"),
+                push(
+                    diags,
+                    Diagnostic::new(&p.src, call.at.span, format!("unknown import `{alias}`{hint}"), "not imported")
+                        .with_help("import a library with `import \"path.wf\" as name`"),
                 );
                 return None;
             }
@@ -1139,58 +922,39 @@ fn instantiate(
     };
     let Some(t) = t else {
         let hint = match call.name.split_once('.') {
-            Some((alias, name)) => suggest::hint(
-                name,
-                p.imports
-                    .get(alias)
-                    .into_iter()
-                    .flat_map(|l| l.keys().map(String::as_str)),
-            ),
+            Some((alias, name)) => suggest::hint(name, p.imports.get(alias).into_iter().flat_map(|l| l.keys().map(String::as_str))),
             None => suggest::hint(&call.name, p.templates.keys().map(String::as_str)),
         };
-        push(diags,
-            Diagnostic::new(
-                &p.src,
-                call.at.span,
-                format!("unknown template `{}`{hint}", call.name),
-                "no such template",
-            )
-            .with_help("define it with `template NAME(params) { ... }` or import it"),
+        push(
+            diags,
+            Diagnostic::new(&p.src, call.at.span, format!("unknown template `{}`{hint}", call.name), "no such template")
+                .with_help("define it with `template NAME(params) { ... }` or import it"),
         );
         return None;
     };
-    let want = if kind == Kind::Image {
-        "an image"
-    } else {
-        "a step"
-    };
+    let want = if kind == Kind::Image { "an image" } else { "a step" };
     if t.kind != kind {
-        push(diags, Diagnostic::new(&p.src, call.at.span, format!("template `{}` is not {want} template", call.name), "wrong kind of template").with_help("image templates are written `template image NAME(...)` and used by `image`; step templates by `step`"));
+        push(
+            diags,
+            Diagnostic::new(&p.src, call.at.span, format!("template `{}` is not {want} template", call.name), "wrong kind of template")
+                .with_help("image templates are written `template image NAME(...)` and used by `image`; step templates by `step`"),
+        );
         return None;
     }
     if t.params.len() != call.args.len() {
-        push(diags,
+        push(
+            diags,
             Diagnostic::new(
                 &p.src,
                 call.at.span,
-                format!(
-                    "template `{}` takes {} argument(s), {} given",
-                    call.name,
-                    t.params.len(),
-                    call.args.len()
-                ),
+                format!("template `{}` takes {} argument(s), {} given", call.name, t.params.len(), call.args.len()),
                 "wrong number of arguments",
             )
             .with_help(format!("`{}({})`", call.name, t.params.join(", "))),
         );
         return None;
     }
-    let caller = Expand {
-        src: &p.src,
-        scope,
-        remap: None,
-        budget,
-    };
+    let caller = Expand { src: &p.src, scope, remap: None, budget };
     let mut bound = HashMap::new();
     for (param, arg) in t.params.iter().zip(&call.args) {
         let v = match arg {
@@ -1205,26 +969,17 @@ fn instantiate(
             }
             Val::Str(parts, sat) => caller.string(parts, *sat, diags),
             Val::List(_, at) => {
-                push(diags,
-                    Diagnostic::new(
-                        &p.src,
-                        at.span,
-                        "a template argument must be a single string or name",
-                        "a list",
-                    )
-                    .with_help("pass one value per parameter"),
+                push(
+                    diags,
+                    Diagnostic::new(&p.src, at.span, "a template argument must be a single string or name", "a list")
+                        .with_help("pass one value per parameter"),
                 );
                 return None;
             }
         };
         bound.insert(param.clone(), v);
     }
-    let template_ex = Expand {
-        src: &t.src,
-        scope: &bound,
-        remap: t.imported.then_some(call.at),
-        budget,
-    };
+    let template_ex = Expand { src: &t.src, scope: &bound, remap: t.imported.then_some(call.at), budget };
     // Bind the template's parameters first (its own scope), then merge: the instance's entries,
     // interpolated in the caller's scope, win key by key.
     let before = diags.len();
@@ -1245,9 +1000,7 @@ fn bind(entries: &[Entry], ex: &Expand, diags: &mut Vec<Diagnostic>) -> Vec<Entr
             match v {
                 Val::Str(parts, a) => Val::Str(vec![Part::Lit(ex.string(parts, *a, diags))], at(*a)),
                 Val::Word(w, a) => Val::Word(w.clone(), at(*a)),
-                Val::List(items, a) => {
-                    Val::List(items.iter().map(|i| go(i, ex, diags)).collect(), at(*a))
-                }
+                Val::List(items, a) => Val::List(items.iter().map(|i| go(i, ex, diags)).collect(), at(*a)),
             }
         }
         go(v, ex, diags)
@@ -1283,24 +1036,12 @@ fn syntax_error(src: &SourceFile, e: &pest::error::Error<Rule>) -> Diagnostic {
     let loc = Locator::new(&src.text);
     // At the end of the file or of a line, point at the last real character instead, so the
     // user sees a line and a caret.
-    let rest_of_line = src
-        .text
-        .get(offset..)
-        .and_then(|r| r.lines().next())
-        .unwrap_or("");
+    let rest_of_line = src.text.get(offset..).and_then(|r| r.lines().next()).unwrap_or("");
     let caret = match rest_of_line.trim().is_empty() {
-        true => src
-            .text
-            .get(..offset)
-            .and_then(|b| b.trim_end().char_indices().last())
-            .map_or(offset, |(i, _)| i),
+        true => src.text.get(..offset).and_then(|b| b.trim_end().char_indices().last()).map_or(offset, |(i, _)| i),
         false => offset,
     };
-    let len = src
-        .text
-        .get(caret..)
-        .and_then(|r| r.chars().next())
-        .map_or(0, char::len_utf8);
+    let len = src.text.get(caret..).and_then(|r| r.chars().next()).map_or(0, char::len_utf8);
     let at = loc.at(caret, len);
     let (message, label) = match &e.variant {
         ErrorVariant::ParsingError { positives, .. } => {
@@ -1321,37 +1062,22 @@ fn syntax_error(src: &SourceFile, e: &pest::error::Error<Rule>) -> Diagnostic {
                 1 => words[0].to_string(),
                 n => format!("{} or {}", words[..n - 1].join(", "), words[n - 1]),
             };
-            (
-                format!("expected {expected}, found {found}"),
-                "unexpected here".to_string(),
-            )
+            (format!("expected {expected}, found {found}"), "unexpected here".to_string())
         }
         ErrorVariant::CustomError { message } => (message.clone(), "here".to_string()),
     };
-    Diagnostic::new(
-        src,
-        at.span,
-        format!("invalid workflow syntax: {message}"),
-        label,
-    )
-    .with_help("see docs/dsl.md for the syntax of .wf files")
+    Diagnostic::new(src, at.span, format!("invalid workflow syntax: {message}"), label)
+        .with_help("see docs/dsl.md for the syntax of .wf files")
 }
 
 fn expected(rule: Rule) -> &'static str {
     match rule {
         Rule::string | Rule::text | Rule::escape | Rule::interp => "a string in double quotes",
         Rule::param => "a parameter name",
-        Rule::word | Rule::list => {
-            "a value (a string in double quotes, a number, a name or `[...]`)"
+        Rule::word | Rule::list => "a value (a string in double quotes, a number, a name or `[...]`)",
+        Rule::entry | Rule::top_entry | Rule::pair | Rule::key | Rule::stage | Rule::copy | Rule::kw_stage | Rule::kw_copy => {
+            "a key such as `run`, `image`, `needs`"
         }
-        Rule::entry
-        | Rule::top_entry
-        | Rule::pair
-        | Rule::key
-        | Rule::stage
-        | Rule::copy
-        | Rule::kw_stage
-        | Rule::kw_copy => "a key such as `run`, `image`, `needs`",
         Rule::block | Rule::lbrace => "`{`",
         Rule::rbrace => "`}`",
         Rule::lparen => "`(`",
@@ -1374,9 +1100,7 @@ fn expected(rule: Rule) -> &'static str {
         | Rule::kw_import
         | Rule::kw_template
         | Rule::kw_image
-        | Rule::kw_step => {
-            "a declaration such as `step`, `image`, `template`, `import` or a key such as `version`"
-        }
+        | Rule::kw_step => "a declaration such as `step`, `image`, `template`, `import` or a key such as `version`",
         _ => "something else",
     }
 }

@@ -13,8 +13,7 @@ use crate::Diagnostic;
 const CACHE_KEYS: &[&str] = &["name", "path"];
 /// Paths the engine itself mounts; a cache on, under or above one would hide it or be hidden.
 const RESERVED: &[&str] = &["/workspace", "/run/secrets", "/tmp"];
-const ENTRY_HELP: &str =
-    "write `caches:` followed by `- { name: <cache name>, path: <absolute path> }` entries";
+const ENTRY_HELP: &str = "write `caches:` followed by `- { name: <cache name>, path: <absolute path> }` entries";
 
 /// Parses `caches:` of step `step`; entries with a problem are reported and left out.
 pub(super) fn read(r: &mut Reader, step: &str, node: &Node) -> Vec<CacheMount> {
@@ -32,12 +31,7 @@ pub(super) fn read(r: &mut Reader, step: &str, node: &Node) -> Vec<CacheMount> {
         let mut field = |key: &str| match map.get_node(key) {
             Some(n) => r.string(n, &format!("`{key}`")),
             None => {
-                r.error(
-                    entry_span,
-                    format!("a `caches` entry needs `{key}`"),
-                    format!("no `{key}`"),
-                    ENTRY_HELP,
-                );
+                r.error(entry_span, format!("a `caches` entry needs `{key}`"), format!("no `{key}`"), ENTRY_HELP);
                 None
             }
         };
@@ -47,24 +41,13 @@ pub(super) fn read(r: &mut Reader, step: &str, node: &Node) -> Vec<CacheMount> {
             Some((n, span)) => super::check_name(r, n, *span, "cache"),
             None => false,
         };
-        let Some(path) = path.and_then(|(p, span)| check_path(r, &p, span).map(|p| (p, span)))
-        else {
+        let Some(path) = path.and_then(|(p, span)| check_path(r, &p, span).map(|p| (p, span))) else {
             continue;
         };
         if let Some((first, first_span)) = out.iter().find(|(c, _)| c.path == path.0) {
-            let d = Diagnostic::new(
-                r.src,
-                path.1,
-                format!("step `{step}` mounts two caches at `{}`", first.path),
-                "mounted again here",
-            )
-            .with_help("each cache of a step needs its own `path`")
-            .with_related(Diagnostic::new(
-                r.src,
-                *first_span,
-                format!("cache `{}` is first mounted here", first.name),
-                "first mount",
-            ));
+            let d = Diagnostic::new(r.src, path.1, format!("step `{step}` mounts two caches at `{}`", first.path), "mounted again here")
+                .with_help("each cache of a step needs its own `path`")
+                .with_related(Diagnostic::new(r.src, *first_span, format!("cache `{}` is first mounted here", first.name), "first mount"));
             r.push(d);
             continue;
         }
@@ -77,10 +60,7 @@ pub(super) fn read(r: &mut Reader, step: &str, node: &Node) -> Vec<CacheMount> {
 
 /// The path in normal form (`/a/b`), or `None` after reporting why it cannot be a cache mount.
 fn check_path(r: &mut Reader, path: &str, span: Span) -> Option<String> {
-    let parts: Vec<&str> = path
-        .split('/')
-        .filter(|c| !c.is_empty() && *c != ".")
-        .collect();
+    let parts: Vec<&str> = path.split('/').filter(|c| !c.is_empty() && *c != ".").collect();
     let normal = format!("/{}", parts.join("/"));
     let problem = if !path.starts_with('/') {
         Some("is not an absolute path".to_string())

@@ -74,7 +74,14 @@ pub(super) fn dockerfile_paths(
             continue;
         }
         if let Some(problem) = validate::relative_path_problem(path) {
-            r.error(*span, format!("{what}: `{key}` `{path}` {problem}"), "outside the workflow folder", format!("`{key}` is a path relative to the workflow's folder, without `..`: an image build reads nothing outside that folder"));
+            r.error(
+                *span,
+                format!("{what}: `{key}` `{path}` {problem}"),
+                "outside the workflow folder",
+                format!(
+                    "`{key}` is a path relative to the workflow's folder, without `..`: an image build reads nothing outside that folder"
+                ),
+            );
             ok = false;
         }
     }
@@ -88,7 +95,12 @@ pub(super) fn dockerfile_paths(
         let joined = dir.join(path);
         match joined.canonicalize() {
             Ok(real) if !real.starts_with(&root) => {
-                r.error(*span, format!("{what}: `{key}` `{path}` leads outside the workflow folder through a symlink (to {})", real.display()), "outside the workflow folder", format!("`{key}` must be inside the workflow's folder; an image build reads nothing outside it"));
+                r.error(
+                    *span,
+                    format!("{what}: `{key}` `{path}` leads outside the workflow folder through a symlink (to {})", real.display()),
+                    "outside the workflow folder",
+                    format!("`{key}` must be inside the workflow's folder; an image build reads nothing outside it"),
+                );
                 ok = false;
             }
             Ok(real) => resolved.push(Some(real)),
@@ -100,7 +112,12 @@ pub(super) fn dockerfile_paths(
     }
     if let Some(Some(ctx)) = resolved.get(1) {
         if !ctx.is_dir() {
-            r.error(context.1, format!("{what}: `context` `{}` is not a folder", context.0), "not a folder", "`context` names a folder inside the workflow's folder");
+            r.error(
+                context.1,
+                format!("{what}: `context` `{}` is not a folder", context.0),
+                "not a folder",
+                "`context` names a folder inside the workflow's folder",
+            );
             return Ok(None);
         }
     }
@@ -109,11 +126,21 @@ pub(super) fn dockerfile_paths(
     };
     let meta = std::fs::symlink_metadata(real).map_err(|e| format!("cannot read the Dockerfile `{}`: {e}", dockerfile.0))?;
     if !meta.is_file() {
-        r.error(dockerfile.1, format!("{what}: the Dockerfile `{}` is not a regular file", dockerfile.0), "not a regular file", "`dockerfile` names a regular file inside the workflow's folder; devices, FIFOs and folders are never read");
+        r.error(
+            dockerfile.1,
+            format!("{what}: the Dockerfile `{}` is not a regular file", dockerfile.0),
+            "not a regular file",
+            "`dockerfile` names a regular file inside the workflow's folder; devices, FIFOs and folders are never read",
+        );
         return Ok(None);
     }
     if meta.len() > MAX_DOCKERFILE {
-        r.error(dockerfile.1, format!("{what}: the Dockerfile `{}` is larger than 1 MiB", dockerfile.0), "too large", "a Dockerfile is at most 1 MiB");
+        r.error(
+            dockerfile.1,
+            format!("{what}: the Dockerfile `{}` is larger than 1 MiB", dockerfile.0),
+            "too large",
+            "a Dockerfile is at most 1 MiB",
+        );
         return Ok(None);
     }
     let mut text = String::new();
@@ -125,8 +152,13 @@ pub(super) fn dockerfile_paths(
     if network == Network::None {
         for span in remote {
             r.push(
-                Diagnostic::new(&src, span, format!("{what}: `ADD` of a URL reaches the network, but the image's network is none"), "network access")
-                    .with_help("download in a `RUN` with `network: bridge` on the image, or add the file to the context"),
+                Diagnostic::new(
+                    &src,
+                    span,
+                    format!("{what}: `ADD` of a URL reaches the network, but the image's network is none"),
+                    "network access",
+                )
+                .with_help("download in a `RUN` with `network: bridge` on the image, or add the file to the context"),
             );
         }
     }
@@ -190,9 +222,8 @@ fn logical_lines(text: &str) -> Vec<(String, usize, Span)> {
             Some(b) => (b, true),
             None => (trimmed, false),
         };
-        let entry = current.get_or_insert_with(|| {
-            (String::new(), start, Span { offset: start, len: line.len().max(1), line: i + 1, col: 1 })
-        });
+        let entry =
+            current.get_or_insert_with(|| (String::new(), start, Span { offset: start, len: line.len().max(1), line: i + 1, col: 1 }));
         entry.0.push_str(body);
         entry.0.push(' ');
         if !continues {

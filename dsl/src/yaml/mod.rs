@@ -30,13 +30,11 @@ use settings::{Layer, Val};
 const TOP_KEYS: &[&str] = &["version", "name", "env", "defaults", "images", "steps"];
 const DEFAULTS_KEYS: &[&str] = &["image", "network", "user", "workdir", "limits"];
 const STEP_KEYS: &[&str] = &[
-    "image", "run", "command", "inputs", "outputs", "needs", "env", "secrets", "cache", "caches",
-    "profile", "limits", "network", "user", "workdir",
+    "image", "run", "command", "inputs", "outputs", "needs", "env", "secrets", "cache", "caches", "profile", "limits", "network", "user",
+    "workdir",
 ];
 const IMAGE_KEYS: &[&str] = &["stages", "dockerfile", "context", "network"];
-const STAGE_KEYS: &[&str] = &[
-    "name", "from", "env", "workdir", "user", "copy", "run", "network", "limits",
-];
+const STAGE_KEYS: &[&str] = &["name", "from", "env", "workdir", "user", "copy", "run", "network", "limits"];
 const COPY_KEYS: &[&str] = &["from", "src", "dst"];
 const PROFILES: &[&str] = &["sandbox", "build"];
 
@@ -60,18 +58,12 @@ pub(crate) fn finish<T>(path: &Path, mut diags: Vec<Diagnostic>, value: T) -> Re
         diags.truncate(MAX_DIAGNOSTICS);
         diags.push(more);
     }
-    Err(LoadError::Invalid {
-        path: path.to_path_buf(),
-        diagnostics: diags,
-    })
+    Err(LoadError::Invalid { path: path.to_path_buf(), diagnostics: diags })
 }
 
 /// The YAML node tree of `text`, parsed once; syntax errors as diagnostics.
 fn parse(path: &Path, text: &str) -> Result<(Arc<SourceFile>, Node), LoadError> {
-    let src = Arc::new(SourceFile {
-        path: path.to_path_buf(),
-        text: text.to_string(),
-    });
+    let src = Arc::new(SourceFile { path: path.to_path_buf(), text: text.to_string() });
     let mut r = Reader::new(&src);
     match r.parse() {
         Some(root) => Ok((src, root)),
@@ -100,21 +92,11 @@ pub(crate) fn tree(path: &Path, text: &str) -> Result<Node, LoadError> {
 /// Resolves and validates an already-parsed YAML-shaped tree into the IR. Every front end ends
 /// here (the DSL builds such a tree with markers into its own text), so validation and messages
 /// are the same whatever the syntax.
-pub(crate) fn resolve(
-    path: &Path,
-    src: Arc<SourceFile>,
-    root: Node,
-    policy: &Policy,
-) -> Result<Workflow, LoadError> {
+pub(crate) fn resolve(path: &Path, src: Arc<SourceFile>, root: Node, policy: &Policy) -> Result<Workflow, LoadError> {
     let mut r = Reader::new(&src);
     let Some(top) = r.mapping(&root, "the workflow file") else {
         let span = r.span(&root);
-        r.error(
-            span,
-            "the workflow file is empty",
-            "empty",
-            "start with `version: 1` and a `steps:` mapping",
-        );
+        r.error(span, "the workflow file is empty", "empty", "start with `version: 1` and a `steps:` mapping");
         return finish(path, r.diags, unreachable_workflow(&src));
     };
     r.check_keys(top, TOP_KEYS, "the workflow");
@@ -124,50 +106,44 @@ pub(crate) fn resolve(
         Some(n) => match r.string(n, "`name`") {
             // It names the workflow in records, cache listings and image repositories.
             Some((s, span)) if s.chars().count() > bounds::MAX_NAME_CHARS || s.chars().any(char::is_control) => {
-                r.error(span, format!("invalid workflow name: {} characters{}", s.chars().count(), if s.chars().any(char::is_control) { ", with control characters" } else { "" }), "invalid name", format!("a workflow name has at most {} characters and no control characters (newlines, tabs)", bounds::MAX_NAME_CHARS));
+                r.error(
+                    span,
+                    format!(
+                        "invalid workflow name: {} characters{}",
+                        s.chars().count(),
+                        if s.chars().any(char::is_control) { ", with control characters" } else { "" }
+                    ),
+                    "invalid name",
+                    format!("a workflow name has at most {} characters and no control characters (newlines, tabs)", bounds::MAX_NAME_CHARS),
+                );
                 String::new()
             }
             Some((s, _)) => s,
             None => String::new(),
         },
-        None => path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "workflow".into()),
+        None => path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "workflow".into()),
     };
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let env = top
-        .get_node("env")
-        .map(|n| env_map(&mut r, n))
-        .unwrap_or_default();
+    let env = top.get_node("env").map(|n| env_map(&mut r, n)).unwrap_or_default();
 
     let mut defaults = Layer::default();
-    if let Some(map) = top
-        .get_node("defaults")
-        .and_then(|n| r.mapping(n, "`defaults`"))
-    {
+    if let Some(map) = top.get_node("defaults").and_then(|n| r.mapping(n, "`defaults`")) {
         r.check_keys(map, DEFAULTS_KEYS, "`defaults`");
         defaults.read(&mut r, map);
     }
 
     let mut asks = Vec::new();
     let mut dockerfiles = Vec::new();
-    let images = match top
-        .get_node("images")
-        .and_then(|n| r.mapping(n, "`images`"))
-    {
+    let images = match top.get_node("images").and_then(|n| r.mapping(n, "`images`")) {
         Some(map) => map
             .iter()
             .filter_map(|(k, v)| {
                 let span = r.scalar_span(k);
                 check_name(&mut r, k.as_str(), span, "image");
-                Some((
-                    k.as_str().to_string(),
-                    image(&mut r, &dir, k.as_str(), v, &mut asks, &mut dockerfiles)?,
-                ))
+                Some((k.as_str().to_string(), image(&mut r, &dir, k.as_str(), v, &mut asks, &mut dockerfiles)?))
             })
             .collect(),
         None => BTreeMap::new(),
@@ -178,33 +154,24 @@ pub(crate) fn resolve(
     match top.get_node("steps") {
         None => {
             let span = r.span(&root);
-            r.error(
-                span,
-                "the workflow has no `steps`",
-                "no steps here",
-                "add a `steps:` mapping of step name to step",
-            );
+            r.error(span, "the workflow has no `steps`", "no steps here", "add a `steps:` mapping of step name to step");
         }
         Some(n) => {
             let empty_map = matches!(n, Node::Mapping(m) if m.is_empty());
             if empty_map || matches!(n, Node::Scalar(s) if s.is_empty()) {
                 let span = r.span(n);
-                r.error(
-                    span,
-                    "`steps` is empty",
-                    "no steps",
-                    "add at least one step under `steps:`",
-                );
+                r.error(span, "`steps` is empty", "no steps", "add at least one step under `steps:`");
             }
             if let Some(map) = r.mapping(n, "`steps`") {
-                let ctx = StepCtx {
-                    env: &env,
-                    defaults: &defaults,
-                    images: &images,
-                };
+                let ctx = StepCtx { env: &env, defaults: &defaults, images: &images };
                 if map.len() > bounds::MAX_STEPS {
                     let span = r.span(n);
-                    r.error(span, format!("the workflow has {} steps, more than the maximum of {}", map.len(), bounds::MAX_STEPS), "too many steps", "split the workflow");
+                    r.error(
+                        span,
+                        format!("the workflow has {} steps, more than the maximum of {}", map.len(), bounds::MAX_STEPS),
+                        "too many steps",
+                        "split the workflow",
+                    );
                 }
                 // Workflow `env` is copied into every step: bound what the copies add up to.
                 let env_bytes: usize = env.iter().map(|(k, v)| k.len() + v.len()).sum();
@@ -213,7 +180,15 @@ pub(crate) fn resolve(
                     let (name, key_span) = (key.as_str().to_string(), r.scalar_span(key));
                     resolved = resolved.saturating_add(env_bytes).saturating_add(node_bytes(node));
                     if resolved > bounds::MAX_RESOLVED_BYTES {
-                        r.error(key_span, format!("the resolved workflow is larger than {} MiB (workflow `env` is copied into every step)", bounds::MAX_RESOLVED_BYTES >> 20), "size limit reached here", "use a smaller workflow `env`, or fewer steps");
+                        r.error(
+                            key_span,
+                            format!(
+                                "the resolved workflow is larger than {} MiB (workflow `env` is copied into every step)",
+                                bounds::MAX_RESOLVED_BYTES >> 20
+                            ),
+                            "size limit reached here",
+                            "use a smaller workflow `env`, or fewer steps",
+                        );
                         break;
                     }
                     check_name(&mut r, &name, key_span, "step");
@@ -245,17 +220,7 @@ pub(crate) fn resolve(
         }
     }
     let diags = std::mem::take(&mut r.diags);
-    finish(
-        path,
-        diags,
-        Workflow {
-            name,
-            source: src.clone(),
-            dir,
-            images,
-            steps,
-        },
-    )
+    finish(path, diags, Workflow { name, source: src.clone(), dir, images, steps })
 }
 
 /// The text a node holds (keys and scalars), counted without recursion.
@@ -279,24 +244,14 @@ fn node_bytes(node: &Node) -> usize {
 
 /// The value `finish` never returns when there are diagnostics; keeps the signature simple.
 pub(crate) fn unreachable_workflow(src: &Arc<SourceFile>) -> Workflow {
-    Workflow {
-        name: String::new(),
-        source: src.clone(),
-        dir: PathBuf::new(),
-        images: BTreeMap::new(),
-        steps: Vec::new(),
-    }
+    Workflow { name: String::new(), source: src.clone(), dir: PathBuf::new(), images: BTreeMap::new(), steps: Vec::new() }
 }
 
 /// `version: 1` is required (workflow and policy files alike).
 pub(crate) fn check_version(r: &mut Reader, top: &MarkedMappingNode, what: &str) {
     match top.get_node("version") {
         None => {
-            let span = top
-                .keys()
-                .next()
-                .map(|k| r.scalar_span(k))
-                .unwrap_or_default();
+            let span = top.keys().next().map(|k| r.scalar_span(k)).unwrap_or_default();
             r.error(
                 span,
                 format!("missing `version` in the {what} file"),
@@ -307,12 +262,7 @@ pub(crate) fn check_version(r: &mut Reader, top: &MarkedMappingNode, what: &str)
         Some(n) => {
             if let Some((v, span)) = r.string(n, "`version`") {
                 if v != "1" {
-                    r.error(
-                        span,
-                        format!("unsupported {what} version `{v}`"),
-                        "unsupported version",
-                        "this engine supports version 1",
-                    );
+                    r.error(span, format!("unsupported {what} version `{v}`"), "unsupported version", "this engine supports version 1");
                 }
             }
         }
@@ -326,8 +276,7 @@ pub(crate) fn check_version(r: &mut Reader, top: &MarkedMappingNode, what: &str)
 fn check_name(r: &mut Reader, name: &str, span: Span, what: &str) -> bool {
     let plain = |s: &str| {
         let mut chars = s.chars();
-        chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
-            && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        chars.next().is_some_and(|c| c.is_ascii_alphanumeric()) && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
     };
     let ok = match name.strip_suffix(']').and_then(|n| n.split_once('[')) {
         Some((base, values)) if what == "step" => plain(base) && values.split(',').all(plain),
@@ -336,11 +285,25 @@ fn check_name(r: &mut Reader, name: &str, span: Span, what: &str) -> bool {
     let chars = name.chars().count();
     if ok && chars > bounds::MAX_NAME_CHARS {
         // Names become container labels, folder and log file names: longer ones fail at run.
-        r.error(span, format!("{what} name `{}...` is {chars} characters long, more than the maximum of {}", name.chars().take(32).collect::<String>(), bounds::MAX_NAME_CHARS), "too long", format!("{what} names (matrix values included) have at most {} characters", bounds::MAX_NAME_CHARS));
+        r.error(
+            span,
+            format!(
+                "{what} name `{}...` is {chars} characters long, more than the maximum of {}",
+                name.chars().take(32).collect::<String>(),
+                bounds::MAX_NAME_CHARS
+            ),
+            "too long",
+            format!("{what} names (matrix values included) have at most {} characters", bounds::MAX_NAME_CHARS),
+        );
         return false;
     }
     if !ok {
-        r.error(span, format!("invalid {what} name `{name}`"), "invalid name", format!("{what} names start with a letter or digit and contain only letters, digits, `_`, `.` and `-`"));
+        r.error(
+            span,
+            format!("invalid {what} name `{name}`"),
+            "invalid name",
+            format!("{what} names start with a letter or digit and contain only letters, digits, `_`, `.` and `-`"),
+        );
     }
     ok
 }
@@ -353,14 +316,7 @@ struct StepCtx<'a> {
 
 /// Parses and resolves one step. Always returns a step (placeholders where values were wrong) so
 /// that graph checks still see it and do not report it as unknown.
-fn step(
-    r: &mut Reader,
-    ctx: &StepCtx,
-    name: String,
-    key_span: Span,
-    node: &Node,
-    asks: &mut Vec<Ask>,
-) -> (Step, StepSpans) {
+fn step(r: &mut Reader, ctx: &StepCtx, name: String, key_span: Span, node: &Node, asks: &mut Vec<Ask>) -> (Step, StepSpans) {
     let mut spans = StepSpans::default();
     let empty = MarkedMappingNode::new_empty(marked_yaml::Span::new_blank());
     let map = match r.mapping(node, &format!("step `{name}`")) {
@@ -369,25 +325,16 @@ fn step(
     };
     r.check_keys(map, STEP_KEYS, &format!("step `{name}`"));
     let list = |r: &mut Reader, key: &str| -> Vec<(String, Span)> {
-        map.get_node(key)
-            .and_then(|n| r.string_list(n, &format!("`{key}`")))
-            .unwrap_or_default()
+        map.get_node(key).and_then(|n| r.string_list(n, &format!("`{key}`"))).unwrap_or_default()
     };
 
     let command = match (map.get_node("run"), map.get_node("command")) {
-        (Some(run), None) => {
-            Command::Shell(r.string(run, "`run`").map(|(s, _)| s).unwrap_or_default())
-        }
+        (Some(run), None) => Command::Shell(r.string(run, "`run`").map(|(s, _)| s).unwrap_or_default()),
         (None, Some(cmd)) => {
             let argv = r.string_list(cmd, "`command`").unwrap_or_default();
             if argv.is_empty() {
                 let span = r.span(cmd);
-                r.error(
-                    span,
-                    "`command` is empty",
-                    "empty",
-                    "give the argv to run, e.g. `command: [make, test]`",
-                );
+                r.error(span, "`command` is empty", "empty", "give the argv to run, e.g. `command: [make, test]`");
             }
             Command::Argv(argv.into_iter().map(|(s, _)| s).collect())
         }
@@ -449,7 +396,12 @@ fn step(
         if is_env_name(&secret) {
             secrets.push(secret);
         } else {
-            r.error(span, format!("invalid secret name `{secret}`"), "not an environment variable name", "secrets name host environment variables: letters, digits and `_`, not starting with a digit");
+            r.error(
+                span,
+                format!("invalid secret name `{secret}`"),
+                "not an environment variable name",
+                "secrets name host environment variables: letters, digits and `_`, not starting with a digit",
+            );
         }
     }
     let mut env = ctx.env.clone();
@@ -459,7 +411,16 @@ fn step(
     // What execve accepts: each string, and the environment as a whole.
     let env_bytes: usize = env.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
     if env_bytes > bounds::MAX_ENV_BYTES {
-        r.error(key_span, format!("the environment of step `{name}` is {} KiB, more than the maximum of {} KiB", env_bytes >> 10, bounds::MAX_ENV_BYTES >> 10), "environment too large", "the kernel refuses to start a process with more; pass large data as an input file");
+        r.error(
+            key_span,
+            format!(
+                "the environment of step `{name}` is {} KiB, more than the maximum of {} KiB",
+                env_bytes >> 10,
+                bounds::MAX_ENV_BYTES >> 10
+            ),
+            "environment too large",
+            "the kernel refuses to start a process with more; pass large data as an input file",
+        );
     }
     let arg_strings: Vec<&str> = match &command {
         Command::Shell(script) => vec![script.as_str()],
@@ -467,23 +428,19 @@ fn step(
     };
     if let Some(long) = arg_strings.iter().find(|a| a.len() > bounds::MAX_ARG_BYTES) {
         let span = map.get_node("run").or(map.get_node("command")).map(|n| r.span(n)).unwrap_or(key_span);
-        r.error(span, format!("the command of step `{name}` has a string of {} KiB, more than the maximum of 128 KiB", long.len() >> 10), "too long", "the kernel refuses longer arguments; put a long script in an input file and run that");
+        r.error(
+            span,
+            format!("the command of step `{name}` has a string of {} KiB, more than the maximum of 128 KiB", long.len() >> 10),
+            "too long",
+            "the kernel refuses longer arguments; put a long script in an input file and run that",
+        );
     }
-    let cache = map
-        .get_node("cache")
-        .and_then(|n| r.bool(n, "`cache`"))
-        .unwrap_or(true);
-    let caches = map
-        .get_node("caches")
-        .map(|n| caches::read(r, &name, n))
-        .unwrap_or_default();
+    let cache = map.get_node("cache").and_then(|n| r.bool(n, "`cache`")).unwrap_or(true);
+    let caches = map.get_node("caches").map(|n| caches::read(r, &name, n)).unwrap_or_default();
 
     let mut profile = None;
     let mut profile_layer = Layer::default();
-    if let Some((p, span)) = map
-        .get_node("profile")
-        .and_then(|n| r.string(n, "`profile`"))
-    {
+    if let Some((p, span)) = map.get_node("profile").and_then(|n| r.string(n, "`profile`")) {
         match Layer::profile(&p, span) {
             Some(layer) => profile_layer = layer,
             None => {
@@ -500,10 +457,7 @@ fn step(
     }
     let mut own = Layer::default();
     own.read(r, map);
-    let resolved = Layer::builtin()
-        .over(ctx.defaults)
-        .over(&profile_layer)
-        .over(&own);
+    let resolved = Layer::builtin().over(ctx.defaults).over(&profile_layer).over(&own);
 
     let image = match &resolved.image {
         Some(Val { value, .. }) if ctx.images.contains_key(value) => ImageRef::Built(value.clone()),
@@ -529,10 +483,7 @@ fn step(
     let limits = resolved.limits();
     let isolation = resolved.isolation();
     resolved.asks(&format!("step `{name}`"), key_span, asks);
-    let workdir = resolved
-        .workdir
-        .map(|w| w.value)
-        .unwrap_or_else(|| "/workspace".into());
+    let workdir = resolved.workdir.map(|w| w.value).unwrap_or_else(|| "/workspace".into());
 
     let step = Step {
         name,
@@ -566,7 +517,12 @@ fn env_map(r: &mut Reader, node: &Node) -> BTreeMap<String, String> {
                 "names contain letters, digits and `_`, not starting with a digit",
             );
         } else if k.len() + v.len() + 1 > bounds::MAX_ARG_BYTES {
-            r.error(span, format!("environment variable `{k}` is {} KiB, more than the maximum of 128 KiB", (k.len() + v.len()) >> 10), "too long", "the kernel refuses longer entries; pass large data as an input file");
+            r.error(
+                span,
+                format!("environment variable `{k}` is {} KiB, more than the maximum of 128 KiB", (k.len() + v.len()) >> 10),
+                "too long",
+                "the kernel refuses longer entries; pass large data as an input file",
+            );
         }
         env.insert(k, v);
     }
@@ -575,10 +531,7 @@ fn env_map(r: &mut Reader, node: &Node) -> BTreeMap<String, String> {
 
 fn is_env_name(s: &str) -> bool {
     let mut chars = s.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_') && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// What loading each Dockerfile image found: (image, its references or why it was not read,
@@ -587,14 +540,7 @@ type Dockerfiles = Vec<(String, Result<Option<image_checks::DockerfileRefs>, Str
 
 /// One entry under `images:`: stages, or a Dockerfile with its context (whose paths are checked
 /// and whose Dockerfile is read here, see `image_checks`).
-fn image(
-    r: &mut Reader,
-    dir: &Path,
-    name: &str,
-    node: &Node,
-    asks: &mut Vec<Ask>,
-    dockerfiles: &mut Dockerfiles,
-) -> Option<ImageDef> {
+fn image(r: &mut Reader, dir: &Path, name: &str, node: &Node, asks: &mut Vec<Ask>, dockerfiles: &mut Dockerfiles) -> Option<ImageDef> {
     let what = format!("image `{name}`");
     let map = r.mapping(node, &what)?;
     r.check_keys(map, IMAGE_KEYS, &what);
@@ -602,11 +548,21 @@ fn image(
         (Some(stages), None) => {
             if map.get_node("context").is_some() {
                 let span = r.span(node);
-                r.error(span, format!("{what} has `context` but no `dockerfile`"), "context without dockerfile", "`context` belongs with `dockerfile`; stages copy from the workflow's directory");
+                r.error(
+                    span,
+                    format!("{what} has `context` but no `dockerfile`"),
+                    "context without dockerfile",
+                    "`context` belongs with `dockerfile`; stages copy from the workflow's directory",
+                );
             }
             if let Some(n) = map.get_node("network") {
                 let span = r.span(n);
-                r.error(span, format!("{what} has `network` but no `dockerfile`"), "network without dockerfile", "stages each say their own `network:`");
+                r.error(
+                    span,
+                    format!("{what} has `network` but no `dockerfile`"),
+                    "network without dockerfile",
+                    "stages each say their own `network:`",
+                );
             }
             Some(ImageDef::Stages(image_stages(r, name, stages, asks)))
         }
@@ -632,11 +588,7 @@ fn image(
             asks.push(Ask { who: what.clone(), asked: Asked::DockerfileBuild, span: dockerfile.1, builtin: false });
             let found = image_checks::dockerfile_paths(r, dir, name, &dockerfile, &context, network);
             dockerfiles.push((name.to_string(), found, dockerfile.1));
-            Some(ImageDef::Dockerfile {
-                dockerfile: dockerfile.0,
-                context: context.0,
-                network,
-            })
+            Some(ImageDef::Dockerfile { dockerfile: dockerfile.0, context: context.0, network })
         }
         (Some(_), Some(df)) => {
             let span = r.span(df);
@@ -663,8 +615,7 @@ fn image(
 
 fn image_stages(r: &mut Reader, image: &str, node: &Node, asks: &mut Vec<Ask>) -> Vec<Stage> {
     let message = format!("expected a list of stages for image `{image}`");
-    let Some(seq) = r.sequence(node, message, "write `stages:` followed by `- name: ...` entries")
-    else {
+    let Some(seq) = r.sequence(node, message, "write `stages:` followed by `- name: ...` entries") else {
         return Vec::new();
     };
     let mut stages: Vec<Stage> = Vec::new();
@@ -717,12 +668,7 @@ fn image_stages(r: &mut Reader, image: &str, node: &Node, asks: &mut Vec<Ask>) -
                             "`from` may only name an earlier stage of the same image",
                         );
                     } else {
-                        asks.push(Ask {
-                            who: format!("image `{image}`"),
-                            asked: Asked::Image(from.clone()),
-                            span: fspan,
-                            builtin: false,
-                        });
+                        asks.push(Ask { who: format!("image `{image}`"), asked: Asked::Image(from.clone()), span: fspan, builtin: false });
                     }
                 }
                 from
@@ -737,35 +683,24 @@ fn image_stages(r: &mut Reader, image: &str, node: &Node, asks: &mut Vec<Ask>) -
                 String::new()
             }
         };
-        let env = map
-            .get_node("env")
-            .map(|n| env_map(r, n))
-            .unwrap_or_default();
-        let workdir = map
-            .get_node("workdir")
-            .and_then(|n| r.string(n, "`workdir`"))
-            .map(|(w, wspan)| {
-                settings::check_workdir(r, &w, wspan);
-                w
-            });
+        let env = map.get_node("env").map(|n| env_map(r, n)).unwrap_or_default();
+        let workdir = map.get_node("workdir").and_then(|n| r.string(n, "`workdir`")).map(|(w, wspan)| {
+            settings::check_workdir(r, &w, wspan);
+            w
+        });
         let who = format!("image `{image}`, stage `{name}`");
-        let user = map
-            .get_node("user")
-            .and_then(|n| r.string(n, "`user`"))
-            .map(|(u, uspan)| {
-                // No `user:` or uid 0 is a root build, which the policy may refuse.
-                if settings::parse_user(r, &u, uspan).is_some_and(|p| p.uid == 0) {
-                    asks.push(Ask { who: who.clone(), asked: Asked::RootBuild, span: uspan, builtin: false });
-                }
-                u
-            });
+        let user = map.get_node("user").and_then(|n| r.string(n, "`user`")).map(|(u, uspan)| {
+            // No `user:` or uid 0 is a root build, which the policy may refuse.
+            if settings::parse_user(r, &u, uspan).is_some_and(|p| p.uid == 0) {
+                asks.push(Ask { who: who.clone(), asked: Asked::RootBuild, span: uspan, builtin: false });
+            }
+            u
+        });
         if user.is_none() {
             asks.push(Ask { who: who.clone(), asked: Asked::RootBuild, span, builtin: true });
         }
         let network_node = map.get_node("network");
-        let network = network_node
-            .and_then(|n| settings::network(r, n))
-            .unwrap_or(crate::ir::Network::None);
+        let network = network_node.and_then(|n| settings::network(r, n)).unwrap_or(crate::ir::Network::None);
         asks.push(Ask {
             who: who.clone(),
             asked: Asked::Network(network),
@@ -775,49 +710,25 @@ fn image_stages(r: &mut Reader, image: &str, node: &Node, asks: &mut Vec<Ask>) -
         let limits = image_checks::stage_limits(r, map, &who, span, asks);
         let run = match map.get_node("run") {
             Some(Node::Scalar(s)) => vec![s.as_str().to_string()],
-            Some(n) => r
-                .string_list(n, "`run`")
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(s, _)| s)
-                .collect(),
+            Some(n) => r.string_list(n, "`run`").unwrap_or_default().into_iter().map(|(s, _)| s).collect(),
             None => Vec::new(),
         };
         let copy_help = "write `copy:` followed by `- { src: ..., dst: ... }` entries";
         let copy = match map.get_node("copy") {
             Some(n) => match r.sequence(n, "expected a list for `copy`", copy_help) {
-                Some(items) => items
-                    .iter()
-                    .filter_map(|c| copy_spec(r, c, &earlier, &seen))
-                    .collect(),
+                Some(items) => items.iter().filter_map(|c| copy_spec(r, c, &earlier, &seen)).collect(),
                 None => Vec::new(),
             },
             None => Vec::new(),
         };
         seen.insert(name.clone());
         earlier.push(name.clone());
-        stages.push(Stage {
-            name,
-            span,
-            from,
-            env,
-            workdir,
-            user,
-            copy,
-            run,
-            network,
-            limits,
-        });
+        stages.push(Stage { name, span, from, env, workdir, user, copy, run, network, limits });
     }
     stages
 }
 
-fn copy_spec(
-    r: &mut Reader,
-    node: &Node,
-    earlier: &[String],
-    seen: &std::collections::HashSet<String>,
-) -> Option<CopySpec> {
+fn copy_spec(r: &mut Reader, node: &Node, earlier: &[String], seen: &std::collections::HashSet<String>) -> Option<CopySpec> {
     let map = r.mapping(node, "a `copy` entry")?;
     r.check_keys(map, COPY_KEYS, "a `copy` entry");
     let span = r.span(node);
@@ -827,25 +738,21 @@ fn copy_spec(
             let hint = suggest::hint(f, earlier.iter().map(String::as_str));
             r.error(
                 *fspan,
-                format!(
-                    "`copy.from` names `{f}`, which is not an earlier stage of this image{hint}"
-                ),
+                format!("`copy.from` names `{f}`, which is not an earlier stage of this image{hint}"),
                 "not an earlier stage",
-                format!(
-                    "earlier stages: {}",
-                    if earlier.is_empty() {
-                        "(none)".to_string()
-                    } else {
-                        earlier.join(", ")
-                    }
-                ),
+                format!("earlier stages: {}", if earlier.is_empty() { "(none)".to_string() } else { earlier.join(", ") }),
             );
         }
     }
     let mut field = |key: &str| match map.get_node(key) {
         Some(n) => r.string(n, &format!("`{key}`")),
         None => {
-            r.error(span, format!("a `copy` entry needs `{key}`"), format!("no `{key}`"), "write `{ src: <path or glob>, dst: <absolute path> }`, with `from: <stage>` to copy from an earlier stage");
+            r.error(
+                span,
+                format!("a `copy` entry needs `{key}`"),
+                format!("no `{key}`"),
+                "write `{ src: <path or glob>, dst: <absolute path> }`, with `from: <stage>` to copy from an earlier stage",
+            );
             None
         }
     };
@@ -854,12 +761,13 @@ fn copy_spec(
     let (src, sspan) = src?;
     if from.is_none() {
         if let Some(problem) = validate::relative_path_problem(&src) {
-            r.error(sspan, format!("copy source `{src}` {problem}"), "invalid source", "sources without `from` are globs relative to the workflow's directory, without `..`");
+            r.error(
+                sspan,
+                format!("copy source `{src}` {problem}"),
+                "invalid source",
+                "sources without `from` are globs relative to the workflow's directory, without `..`",
+            );
         }
     }
-    Some(CopySpec {
-        from: from.map(|f| f.0),
-        src,
-        dst: dst?.0,
-    })
+    Some(CopySpec { from: from.map(|f| f.0), src, dst: dst?.0 })
 }

@@ -13,25 +13,12 @@ use crate::policy::{Capped, Policy};
 use crate::units;
 use crate::LoadError;
 
-const POLICY_KEYS: &[&str] = &[
-    "version",
-    "max_limits",
-    "networks",
-    "image_prefixes",
-    "allow_root",
-    "allow_root_builds",
-];
+const POLICY_KEYS: &[&str] = &["version", "max_limits", "networks", "image_prefixes", "allow_root", "allow_root_builds"];
 
 pub(crate) fn load_policy(path: &Path, text: &str) -> Result<Policy, LoadError> {
-    let src = Arc::new(SourceFile {
-        path: path.to_path_buf(),
-        text: text.to_string(),
-    });
+    let src = Arc::new(SourceFile { path: path.to_path_buf(), text: text.to_string() });
     let mut r = Reader::new(&src);
-    let mut policy = Policy {
-        source: Some(src.clone()),
-        ..Policy::default()
-    };
+    let mut policy = Policy { source: Some(src.clone()), ..Policy::default() };
     let Some(root) = r.parse() else {
         return finish(path, r.diags, policy);
     };
@@ -43,41 +30,22 @@ pub(crate) fn load_policy(path: &Path, text: &str) -> Result<Policy, LoadError> 
     if top.get_node("version").is_some() {
         check_version(&mut r, top, "policy");
     }
-    if let Some(max) = top
-        .get_node("max_limits")
-        .and_then(|n| r.mapping(n, "`max_limits`"))
-    {
+    if let Some(max) = top.get_node("max_limits").and_then(|n| r.mapping(n, "`max_limits`")) {
         r.check_keys(max, settings::LIMIT_KEYS, "`max_limits`");
         let capped = |(value, span)| Capped { value, span };
-        policy.max_cpus = r
-            .parsed(max, "cpus", units::parse_cpus, units::CPUS_HELP)
-            .map(capped);
-        policy.max_memory = r
-            .parsed(max, "memory", units::parse_size, units::SIZE_HELP)
-            .map(capped);
-        policy.max_pids = r
-            .parsed(max, "pids", units::parse_count, units::PIDS_HELP)
-            .map(capped);
-        policy.max_tmpfs = r
-            .parsed(max, "tmpfs", units::parse_size, units::SIZE_HELP)
-            .map(capped);
-        policy.max_workspace = r
-            .parsed(max, "workspace", units::parse_size, units::SIZE_HELP)
-            .map(capped);
-        policy.max_outputs = r
-            .parsed(max, "outputs", units::parse_size, units::SIZE_HELP)
-            .map(capped);
-        policy.max_timeout = r
-            .parsed(max, "timeout", units::parse_duration, units::DURATION_HELP)
-            .map(|(value, span)| Capped { value, span });
+        policy.max_cpus = r.parsed(max, "cpus", units::parse_cpus, units::CPUS_HELP).map(capped);
+        policy.max_memory = r.parsed(max, "memory", units::parse_size, units::SIZE_HELP).map(capped);
+        policy.max_pids = r.parsed(max, "pids", units::parse_count, units::PIDS_HELP).map(capped);
+        policy.max_tmpfs = r.parsed(max, "tmpfs", units::parse_size, units::SIZE_HELP).map(capped);
+        policy.max_workspace = r.parsed(max, "workspace", units::parse_size, units::SIZE_HELP).map(capped);
+        policy.max_outputs = r.parsed(max, "outputs", units::parse_size, units::SIZE_HELP).map(capped);
+        policy.max_timeout =
+            r.parsed(max, "timeout", units::parse_duration, units::DURATION_HELP).map(|(value, span)| Capped { value, span });
     }
     if let Some(node) = top.get_node("networks") {
         let span = r.span(node);
         if let marked_yaml::Node::Sequence(items) = node {
-            let value = items
-                .iter()
-                .filter_map(|n| settings::network(&mut r, n))
-                .collect();
+            let value = items.iter().filter_map(|n| settings::network(&mut r, n)).collect();
             policy.networks = Some(Capped { value, span });
         } else {
             r.string_list(node, "`networks`");
@@ -86,10 +54,7 @@ pub(crate) fn load_policy(path: &Path, text: &str) -> Result<Policy, LoadError> 
     if let Some(node) = top.get_node("image_prefixes") {
         let span = r.span(node);
         if let Some(list) = r.string_list(node, "`image_prefixes`") {
-            policy.image_prefixes = Some(Capped {
-                value: list.into_iter().map(|(p, _)| p).collect(),
-                span,
-            });
+            policy.image_prefixes = Some(Capped { value: list.into_iter().map(|(p, _)| p).collect(), span });
         }
     }
     if let Some(node) = top.get_node("allow_root") {

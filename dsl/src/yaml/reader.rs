@@ -25,11 +25,7 @@ impl<'a> Reader<'a> {
     pub(crate) fn new(src: &'a SourceFile) -> Self {
         let mut char_bytes: Vec<usize> = src.text.char_indices().map(|(b, _)| b).collect();
         char_bytes.push(src.text.len());
-        Reader {
-            src,
-            char_bytes,
-            diags: Vec::new(),
-        }
+        Reader { src, char_bytes, diags: Vec::new() }
     }
 
     /// Parses the text; a syntax error becomes a diagnostic and `None`.
@@ -37,9 +33,7 @@ impl<'a> Reader<'a> {
         if !self.prescan() {
             return None;
         }
-        let opts = LoaderOptions::default()
-            .error_on_duplicate_keys(true)
-            .prevent_coercion(true);
+        let opts = LoaderOptions::default().error_on_duplicate_keys(true).prevent_coercion(true);
         match marked_yaml::parse_yaml_with_options(0, &self.src.text, opts) {
             Ok(node) => Some(node),
             Err(e) => {
@@ -96,36 +90,12 @@ impl<'a> Reader<'a> {
     fn syntax_error(&mut self, e: marked_yaml::LoadError) {
         use marked_yaml::LoadError as E;
         let (marker, msg, help) = match &e {
-            E::TopLevelMustBeMapping(m) => (
-                *m,
-                "the file must be a YAML mapping".to_string(),
-                "start with `version: 1`",
-            ),
-            E::TopLevelMustBeSequence(m) => (
-                *m,
-                "unexpected top-level mapping".to_string(),
-                "expected a list",
-            ),
-            E::UnexpectedAnchor(m) => (
-                *m,
-                "YAML anchors and aliases are not supported".to_string(),
-                "write the value out",
-            ),
-            E::MappingKeyMustBeScalar(m) => (
-                *m,
-                "a mapping key must be a plain string".to_string(),
-                "use `key: value`",
-            ),
-            E::UnexpectedTag(m) => (
-                *m,
-                "YAML tags (`!name`) are not supported".to_string(),
-                "remove the tag",
-            ),
-            E::ScanError(m, se) => (
-                *m,
-                format!("invalid YAML: {}", se.info()),
-                "check indentation, quoting and `key: value` syntax",
-            ),
+            E::TopLevelMustBeMapping(m) => (*m, "the file must be a YAML mapping".to_string(), "start with `version: 1`"),
+            E::TopLevelMustBeSequence(m) => (*m, "unexpected top-level mapping".to_string(), "expected a list"),
+            E::UnexpectedAnchor(m) => (*m, "YAML anchors and aliases are not supported".to_string(), "write the value out"),
+            E::MappingKeyMustBeScalar(m) => (*m, "a mapping key must be a plain string".to_string(), "use `key: value`"),
+            E::UnexpectedTag(m) => (*m, "YAML tags (`!name`) are not supported".to_string(), "remove the tag"),
+            E::ScanError(m, se) => (*m, format!("invalid YAML: {}", se.info()), "check indentation, quoting and `key: value` syntax"),
             E::DuplicateKey(d) => {
                 let first = self.scalar_span(&d.prev_key);
                 let second = self.scalar_span(&d.key);
@@ -141,13 +111,7 @@ impl<'a> Reader<'a> {
         // real character before it instead, so the user sees a line and a caret.
         let start = marker.character().min(self.char_bytes.len() - 1);
         let before = &self.src.text[..self.char_bytes[start]];
-        let span = if self.src.text[self.char_bytes[start]..]
-            .lines()
-            .next()
-            .unwrap_or("")
-            .trim()
-            .is_empty()
-        {
+        let span = if self.src.text[self.char_bytes[start]..].lines().next().unwrap_or("").trim().is_empty() {
             match before.trim_end().char_indices().last() {
                 Some((b, c)) => self.byte_span(b, c.len_utf8()),
                 None => self.marker_span(&marker, 1),
@@ -155,8 +119,7 @@ impl<'a> Reader<'a> {
         } else {
             self.marker_span(&marker, 1)
         };
-        self.diags
-            .push(Diagnostic::new(self.src, span, msg, "here").with_help(help));
+        self.diags.push(Diagnostic::new(self.src, span, msg, "here").with_help(help));
     }
 
     /// A span from a byte offset, computing line and column (in characters).
@@ -164,23 +127,13 @@ impl<'a> Reader<'a> {
         let before = &self.src.text[..offset];
         let line = before.matches('\n').count() + 1;
         let col = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
-        Span {
-            offset,
-            len,
-            line,
-            col,
-        }
+        Span { offset, len, line, col }
     }
 
     fn marker_span(&self, m: &Marker, chars: usize) -> Span {
         let start = m.character().min(self.char_bytes.len() - 1);
         let end = (start + chars).min(self.char_bytes.len() - 1);
-        Span {
-            offset: self.char_bytes[start],
-            len: self.char_bytes[end] - self.char_bytes[start],
-            line: m.line(),
-            col: m.column(),
-        }
+        Span { offset: self.char_bytes[start], len: self.char_bytes[end] - self.char_bytes[start], line: m.line(), col: m.column() }
     }
 
     /// The span of a scalar: its text as written (quotes included), or up to the end of the line
@@ -215,27 +168,17 @@ impl<'a> Reader<'a> {
                 Some(m) => {
                     let start = m.character().min(self.char_bytes.len() - 1);
                     let rest = &self.src.text[self.char_bytes[start]..];
-                    self.marker_span(
-                        m,
-                        flow_chars(rest).unwrap_or_else(|| line_chars(rest)).max(1),
-                    )
+                    self.marker_span(m, flow_chars(rest).unwrap_or_else(|| line_chars(rest)).max(1))
                 }
                 None => Span::default(),
             },
         }
     }
 
-    pub(crate) fn error(
-        &mut self,
-        span: Span,
-        message: impl Into<String>,
-        label: impl Into<String>,
-        help: impl Into<String>,
-    ) {
+    pub(crate) fn error(&mut self, span: Span, message: impl Into<String>, label: impl Into<String>, help: impl Into<String>) {
         // A hostile file can have a problem on every line: stop building them past the bound.
         if self.diags.len() < bounds::MAX_COLLECTED {
-            self.diags
-                .push(Diagnostic::new(self.src, span, message, label).with_help(help));
+            self.diags.push(Diagnostic::new(self.src, span, message, label).with_help(help));
         }
     }
 
@@ -245,11 +188,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    pub(crate) fn mapping<'n>(
-        &mut self,
-        node: &'n Node,
-        what: &str,
-    ) -> Option<&'n MarkedMappingNode> {
+    pub(crate) fn mapping<'n>(&mut self, node: &'n Node, what: &str) -> Option<&'n MarkedMappingNode> {
         match node {
             Node::Mapping(m) => Some(m),
             // `key:` with nothing after it is an empty mapping, not an error.
@@ -268,12 +207,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A list; anything else is reported as "not a list" with `message` and `help`.
-    pub(crate) fn sequence<'n>(
-        &mut self,
-        node: &'n Node,
-        message: impl Into<String>,
-        help: &str,
-    ) -> Option<&'n MarkedSequenceNode> {
+    pub(crate) fn sequence<'n>(&mut self, node: &'n Node, message: impl Into<String>, help: &str) -> Option<&'n MarkedSequenceNode> {
         match node {
             Node::Sequence(seq) => Some(seq),
             _ => {
@@ -290,12 +224,7 @@ impl<'a> Reader<'a> {
             Node::Scalar(s) => Some((s.as_str().to_string(), self.scalar_span(s))),
             _ => {
                 let span = self.span(node);
-                self.error(
-                    span,
-                    format!("expected a string for {what}"),
-                    "not a string",
-                    format!("write {what} as a single value"),
-                );
+                self.error(span, format!("expected a string for {what}"), "not a string", format!("write {what} as a single value"));
                 None
             }
         }
@@ -311,12 +240,7 @@ impl<'a> Reader<'a> {
                         Node::Scalar(s) => out.push((s.as_str().to_string(), self.scalar_span(s))),
                         _ => {
                             let span = self.span(item);
-                            self.error(
-                                span,
-                                format!("expected a list of strings for {what}"),
-                                "not a string",
-                                help.clone(),
-                            );
+                            self.error(span, format!("expected a list of strings for {what}"), "not a string", help.clone());
                         }
                     }
                 }
@@ -324,12 +248,7 @@ impl<'a> Reader<'a> {
             }
             _ => {
                 let span = self.span(node);
-                self.error(
-                    span,
-                    format!("expected a list of strings for {what}"),
-                    "not a list",
-                    help,
-                );
+                self.error(span, format!("expected a list of strings for {what}"), "not a list", help);
                 None
             }
         }
@@ -346,12 +265,7 @@ impl<'a> Reader<'a> {
         let (text, span) = self.string(map.get_node(key)?, &format!("`{key}`"))?;
         let value = parse(&text);
         if value.is_none() {
-            self.error(
-                span,
-                format!("invalid {key} `{text}`"),
-                format!("invalid {key}"),
-                help,
-            );
+            self.error(span, format!("invalid {key} `{text}`"), format!("invalid {key}"), help);
         }
         Some((value?, span))
     }
@@ -367,12 +281,7 @@ impl<'a> Reader<'a> {
         };
         if parsed.is_none() {
             let span = self.span(node);
-            self.error(
-                span,
-                format!("expected `true` or `false` for {what}"),
-                "not a boolean",
-                "write true or false, unquoted",
-            );
+            self.error(span, format!("expected `true` or `false` for {what}"), "not a boolean", "write true or false, unquoted");
         }
         parsed
     }
@@ -385,19 +294,12 @@ impl<'a> Reader<'a> {
         let mut out = Vec::new();
         for (k, v) in map.iter() {
             match v {
-                Node::Scalar(s) => out.push((
-                    k.as_str().to_string(),
-                    s.as_str().to_string(),
-                    self.scalar_span(k),
-                )),
+                Node::Scalar(s) => out.push((k.as_str().to_string(), s.as_str().to_string(), self.scalar_span(k))),
                 _ => {
                     let span = self.span(v);
                     self.error(
                         span,
-                        format!(
-                            "expected a string, number or boolean for `{}` in {what}",
-                            k.as_str()
-                        ),
+                        format!("expected a string, number or boolean for `{}` in {what}", k.as_str()),
                         "not a scalar",
                         "env values are single values; quote them if in doubt",
                     );

@@ -11,11 +11,11 @@ use marked_yaml::types::MarkedMappingNode;
 use marked_yaml::Node;
 
 use super::reader::Reader;
+use crate::bounds;
 use crate::ir::{Isolation, Limits, Network, Span, User};
 use crate::policy::{Ask, Asked};
 use crate::suggest;
 use crate::units;
-use crate::bounds;
 
 pub(super) const LIMIT_KEYS: &[&str] = &["cpus", "memory", "pids", "timeout", "tmpfs", "workspace", "outputs"];
 /// Docker refuses smaller memory limits; a tmpfs that small is useless too.
@@ -79,10 +79,7 @@ impl Layer {
             "build" => Limits::default(),
             _ => return None,
         };
-        Some(Layer {
-            network: val(Network::None, Some(span)),
-            ..Layer::with_limits(limits, Some(span))
-        })
+        Some(Layer { network: val(Network::None, Some(span)), ..Layer::with_limits(limits, Some(span)) })
     }
 
     /// `self` with every value `top` sets replaced.
@@ -109,7 +106,12 @@ impl Layer {
     pub fn read(&mut self, r: &mut Reader, map: &MarkedMappingNode) {
         if let Some((image, span)) = map.get_node("image").and_then(|n| r.string(n, "`image`")) {
             if image.trim().is_empty() || image.contains(char::is_whitespace) {
-                r.error(span, format!("invalid image `{image}`"), "invalid image", "expected an image reference such as local/busybox:1, or the name of an entry under `images:`");
+                r.error(
+                    span,
+                    format!("invalid image `{image}`"),
+                    "invalid image",
+                    "expected an image reference such as local/busybox:1, or the name of an entry under `images:`",
+                );
             } else {
                 self.image = val(image, Some(span));
             }
@@ -121,22 +123,15 @@ impl Layer {
         if let Some((u, span)) = map.get_node("user").and_then(|n| r.string(n, "`user`")) {
             self.user = parse_user(r, &u, span).and_then(|v| val(v, Some(span)));
         }
-        if let Some((w, span)) = map
-            .get_node("workdir")
-            .and_then(|n| r.string(n, "`workdir`"))
-        {
+        if let Some((w, span)) = map.get_node("workdir").and_then(|n| r.string(n, "`workdir`")) {
             if check_workdir(r, &w, span) {
                 self.workdir = val(w, Some(span));
             }
         }
-        if let Some(limits) = map
-            .get_node("limits")
-            .and_then(|n| r.mapping(n, "`limits`"))
-        {
+        if let Some(limits) = map.get_node("limits").and_then(|n| r.mapping(n, "`limits`")) {
             r.check_keys(limits, LIMIT_KEYS, "`limits`");
             let mut get = |key: &str, parse: fn(&str) -> Option<u64>, help: &str| {
-                r.parsed(limits, key, parse, help)
-                    .and_then(|(v, span)| val(v, Some(span)))
+                r.parsed(limits, key, parse, help).and_then(|(v, span)| val(v, Some(span)))
             };
             self.cpus = get("cpus", units::parse_cpus, units::CPUS_HELP);
             self.memory = get("memory", units::parse_size, units::SIZE_HELP);
@@ -144,28 +139,15 @@ impl Layer {
             self.tmpfs = get("tmpfs", units::parse_size, units::SIZE_HELP);
             self.workspace = get("workspace", units::parse_size, units::SIZE_HELP);
             self.outputs = get("outputs", units::parse_size, units::SIZE_HELP);
-            self.timeout = r
-                .parsed(
-                    limits,
-                    "timeout",
-                    units::parse_duration,
-                    units::DURATION_HELP,
-                )
-                .and_then(|(d, span)| val(d, Some(span)));
+            self.timeout =
+                r.parsed(limits, "timeout", units::parse_duration, units::DURATION_HELP).and_then(|(d, span)| val(d, Some(span)));
             self.check_maxima(r);
             for (key, v) in [("memory", &mut self.memory), ("tmpfs", &mut self.tmpfs)] {
-                if let Some(Val {
-                    value,
-                    span: Some(span),
-                }) = v
-                {
+                if let Some(Val { value, span: Some(span) }) = v {
                     if *value < MIN_SIZE {
                         r.error(
                             *span,
-                            format!(
-                                "{key} `{}` is below the minimum of 6m",
-                                units::format_size(*value)
-                            ),
+                            format!("{key} `{}` is below the minimum of 6m", units::format_size(*value)),
                             "too small",
                             format!("Docker refuses limits below 6m; {}", units::SIZE_HELP),
                         );
@@ -179,13 +161,7 @@ impl Layer {
     /// Every limit has a maximum the engine can honour (see [`bounds`]); a value over it is
     /// refused at its line and dropped.
     fn check_maxima(&mut self, r: &mut Reader) {
-        fn over<T: PartialOrd>(
-            r: &mut Reader,
-            key: &str,
-            v: &mut Option<Val<T>>,
-            max: T,
-            show: impl Fn(&T) -> String,
-        ) {
+        fn over<T: PartialOrd>(r: &mut Reader, key: &str, v: &mut Option<Val<T>>, max: T, show: impl Fn(&T) -> String) {
             if let Some(Val { value, span: Some(span) }) = v {
                 if *value > max {
                     let (asked, max) = (show(value), show(&max));
@@ -227,38 +203,24 @@ impl Layer {
 
     pub fn isolation(&self) -> Isolation {
         let d = Isolation::default();
-        Isolation {
-            network: self.network.as_ref().map_or(d.network, |v| v.value),
-            user: self.user.as_ref().map_or(d.user, |v| v.value),
-        }
+        Isolation { network: self.network.as_ref().map_or(d.network, |v| v.value), user: self.user.as_ref().map_or(d.user, |v| v.value) }
     }
 
     /// What this (resolved) layer asks of the policy; built-in values point at the step's key.
     pub fn asks(&self, who: &str, fallback: Span, out: &mut Vec<Ask>) {
         let asked = [
             self.cpus.as_ref().map(|v| (Asked::Cpus(v.value), v.span)),
-            self.memory
-                .as_ref()
-                .map(|v| (Asked::Memory(v.value), v.span)),
+            self.memory.as_ref().map(|v| (Asked::Memory(v.value), v.span)),
             self.pids.as_ref().map(|v| (Asked::Pids(v.value), v.span)),
-            self.timeout
-                .as_ref()
-                .map(|v| (Asked::Timeout(v.value), v.span)),
+            self.timeout.as_ref().map(|v| (Asked::Timeout(v.value), v.span)),
             self.tmpfs.as_ref().map(|v| (Asked::Tmpfs(v.value), v.span)),
             self.workspace.as_ref().map(|v| (Asked::Workspace(v.value), v.span)),
             self.outputs.as_ref().map(|v| (Asked::Outputs(v.value), v.span)),
-            self.network
-                .as_ref()
-                .map(|v| (Asked::Network(v.value), v.span)),
+            self.network.as_ref().map(|v| (Asked::Network(v.value), v.span)),
             self.user.as_ref().map(|v| (Asked::User(v.value), v.span)),
         ];
         for (asked, span) in asked.into_iter().flatten() {
-            out.push(Ask {
-                who: who.to_string(),
-                asked,
-                span: span.unwrap_or(fallback),
-                builtin: span.is_none(),
-            });
+            out.push(Ask { who: who.to_string(), asked, span: span.unwrap_or(fallback), builtin: span.is_none() });
         }
     }
 }
@@ -272,22 +234,12 @@ pub(super) fn network(r: &mut Reader, node: &Node) -> Option<Network> {
         "none" => Some(Network::None),
         "bridge" => Some(Network::Bridge),
         "host" => {
-            r.error(
-                span,
-                "host networking is never allowed",
-                "not allowed",
-                "use `none` (the default) or `bridge`",
-            );
+            r.error(span, "host networking is never allowed", "not allowed", "use `none` (the default) or `bridge`");
             None
         }
         _ => {
             let hint = suggest::hint(&text, NETWORKS.iter().copied());
-            r.error(
-                span,
-                format!("unknown network `{text}`{hint}"),
-                "unknown network",
-                "valid networks: none, bridge",
-            );
+            r.error(span, format!("unknown network `{text}`{hint}"), "unknown network", "valid networks: none, bridge");
             None
         }
     }

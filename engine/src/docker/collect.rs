@@ -104,7 +104,8 @@ pub fn resolve_link(link: &Path, target: &Path, lookup: &mut dyn FnMut(&Path) ->
     let mut stack: Vec<std::ffi::OsString> =
         link.parent().map(|p| p.components().map(|c| c.as_os_str().to_owned()).collect()).unwrap_or_default();
     let mut pending = std::collections::VecDeque::new();
-    let escapes = |via: &Path| format!("`{l}` is a symlink to `{t}`, which leads outside /workspace through the symlink `{}`", via.display());
+    let escapes =
+        |via: &Path| format!("`{l}` is a symlink to `{t}`, which leads outside /workspace through the symlink `{}`", via.display());
     push_target(target, &mut stack, &mut pending).map_err(|()| escapes(link))?;
     let (mut hops, mut missing) = (0usize, false);
     while let Some(c) = pending.pop_front() {
@@ -167,7 +168,12 @@ fn push_target(
     Ok(())
 }
 
-fn check_chain(output: &str, link: &Path, target: &Path, lookup: &mut dyn FnMut(&Path) -> io::Result<Node>) -> Result<PathBuf, StepFailure> {
+fn check_chain(
+    output: &str,
+    link: &Path,
+    target: &Path,
+    lookup: &mut dyn FnMut(&Path) -> io::Result<Node>,
+) -> Result<PathBuf, StepFailure> {
     resolve_link(link, target, lookup).map_err(|reason| unsafe_output(output, &reason))
 }
 
@@ -248,7 +254,13 @@ pub struct PendingLink {
 /// arrives: each file is written as its entry is read, its bytes counted against `budget` (the
 /// step fails before writing past it). Symlinks are only noted in `links`: [`finish_links`]
 /// checks and creates them.
-pub fn from_tar(output: &str, tar: impl Read, collect_to: &Path, budget: &mut Budget, links: &mut Vec<PendingLink>) -> Result<(), StepFailure> {
+pub fn from_tar(
+    output: &str,
+    tar: impl Read,
+    collect_to: &Path,
+    budget: &mut Budget,
+    links: &mut Vec<PendingLink>,
+) -> Result<(), StepFailure> {
     let rel = check_output_path(output)?;
     let base = rel.parent().map(Path::to_path_buf).unwrap_or_default();
     let mut archive = tar::Archive::new(tar);

@@ -136,10 +136,7 @@ pub fn daemon_sentence(action: &str, err: &Error) -> String {
         Error::DockerResponseServerError { message, .. } => {
             format!("the Docker daemon refused to {action}: {}", message.trim())
         }
-        other => format!(
-            "lost the Docker daemon while trying to {action}: {}. Check that it is still running",
-            short_reason(other)
-        ),
+        other => format!("lost the Docker daemon while trying to {action}: {}. Check that it is still running", short_reason(other)),
     }
 }
 

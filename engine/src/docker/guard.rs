@@ -128,8 +128,7 @@ async fn remove_container(docker: &Docker, id: &str) -> bool {
 }
 
 async fn remove_volume(docker: &Docker, name: &str) -> bool {
-    let gone = match call("remove a volume", ordinary(), docker.remove_volume(name, Some(RemoveVolumeOptions { force: true }))).await
-    {
+    let gone = match call("remove a volume", ordinary(), docker.remove_volume(name, Some(RemoveVolumeOptions { force: true }))).await {
         Ok(()) => true,
         Err(e) => e.is_not_found(),
     };
@@ -157,12 +156,8 @@ impl Live {
     }
 }
 
-static LIVE: Mutex<Live> = Mutex::new(Live {
-    containers: BTreeSet::new(),
-    volumes: BTreeSet::new(),
-    temp: BTreeSet::new(),
-    runs: BTreeSet::new(),
-});
+static LIVE: Mutex<Live> =
+    Mutex::new(Live { containers: BTreeSet::new(), volumes: BTreeSet::new(), temp: BTreeSet::new(), runs: BTreeSet::new() });
 static CLIENT: Mutex<Option<Docker>> = Mutex::new(None);
 
 fn with_live<R>(f: impl FnOnce(&mut Live) -> R) -> R {

@@ -273,17 +273,11 @@ mod tests {
 
     #[test]
     fn splits_masks_and_flushes() {
-        let got = lines(
-            &[("T", "hunter2")],
-            &[(Stream::Stdout, b"a hunter"), (Stream::Stdout, b"2 b\nrest"), (Stream::Stderr, b"err\r\n")],
-        );
+        let got =
+            lines(&[("T", "hunter2")], &[(Stream::Stdout, b"a hunter"), (Stream::Stdout, b"2 b\nrest"), (Stream::Stderr, b"err\r\n")]);
         assert_eq!(
             got,
-            vec![
-                (Stream::Stdout, "a *** b".to_string()),
-                (Stream::Stderr, "err".to_string()),
-                (Stream::Stdout, "rest".to_string()),
-            ]
+            vec![(Stream::Stdout, "a *** b".to_string()), (Stream::Stderr, "err".to_string()), (Stream::Stdout, "rest".to_string()),]
         );
     }
 

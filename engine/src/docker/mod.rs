@@ -33,8 +33,8 @@ use crate::executor::{StepContext, StepFailure, StepJob, StepOutcome};
 use crate::plan::HostBudget;
 use errors::{call, is_not_found, ordinary, short_reason, DaemonError};
 pub use errors::{CALL_TIMEOUT_VAR, CONNECT_TIMEOUT, DEFAULT_CALL_TIMEOUT};
-pub use guard::{kill_all_now, live, remove_temp_now, Live};
 use guard::Resources;
+pub use guard::{kill_all_now, live, remove_temp_now, Live};
 
 /// Labels every container, volume and network the engine creates carries.
 pub const LABEL_RUN: &str = "engine.run";
@@ -95,11 +95,7 @@ impl DockerExecutor {
         match std::env::var("ENGINE_TRANSFER").as_deref() {
             Ok("archive") => executor.transfer = Transfer::Archive,
             Ok("bind") => executor.transfer = Transfer::Bind,
-            Ok(other) => {
-                return Err(EnvironmentError(format!(
-                    "ENGINE_TRANSFER must be `archive` or `bind`, not `{other}`"
-                )))
-            }
+            Ok(other) => return Err(EnvironmentError(format!("ENGINE_TRANSFER must be `archive` or `bind`, not `{other}`"))),
             Err(_) => {}
         }
         Ok(executor)
@@ -440,7 +436,11 @@ impl DockerExecutor {
 
     /// Run the termination ladder while the output keeps flowing (a step that traps the stop
     /// signal may log on its way out); once the container stopped, the last bytes get a second.
-    async fn stop_following(&self, id: &str, mut output: std::pin::Pin<&mut impl std::future::Future<Output = Ended>>) -> Result<(), DaemonError> {
+    async fn stop_following(
+        &self,
+        id: &str,
+        mut output: std::pin::Pin<&mut impl std::future::Future<Output = Ended>>,
+    ) -> Result<(), DaemonError> {
         let stop = self.stop(id);
         tokio::pin!(stop);
         tokio::select! {
@@ -455,9 +455,11 @@ impl DockerExecutor {
 
     async fn exit_code(&self, id: &str) -> Result<(i64, bool), StepFailure> {
         // The daemon records the kernel's OOM event and the exit separately; under load the exit
-        // (137, SIGKILL) can be visible before the OOM flag. A SIGKILL we did not send is worth
-        // another look before calling it a plain exit.
-        for delay_ms in [0, 100, 300, 600] {
+        // (137, SIGKILL) can be visible before the OOM flag, and the exit can even reset a flag
+        // set just before it. A SIGKILL we did not send is worth another look: the flag again,
+        // and the daemon's event log, which keeps the `oom` event whatever the flag says.
+        let mut started = None;
+        for delay_ms in [0, 100, 250, 500, 1000, 1500] {
             tokio::time::sleep(Duration::from_millis(delay_ms)).await;
             let info = call("inspect the step's container", ordinary(), self.docker.inspect_container(id, None::<InspectContainerOptions>))
                 .await
@@ -467,8 +469,30 @@ impl DockerExecutor {
             if oom || code != 137 {
                 return Ok((code, oom));
             }
+            started = started.or(info.created);
+            if self.oom_event(id, started.as_deref()).await {
+                return Ok((137, true));
+            }
         }
         Ok((137, false))
+    }
+
+    /// Whether the daemon's event log holds an `oom` event of this container (since `since`, its
+    /// creation time as the daemon wrote it). Any failure to ask counts as no.
+    async fn oom_event(&self, id: &str, since: Option<&str>) -> bool {
+        let since = since
+            .and_then(|t| humantime::parse_rfc3339_weak(t.split('.').next().unwrap_or(t).trim_end_matches('Z')).ok())
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs().saturating_sub(1));
+        let until = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() + 1);
+        let filters = HashMap::from([("container", vec![id]), ("event", vec!["oom"]), ("type", vec!["container"])]);
+        let options = bollard::query_parameters::EventsOptionsBuilder::new()
+            .since(&since.to_string())
+            .until(&until.to_string())
+            .filters(&filters)
+            .build();
+        let events = self.docker.events(Some(options)).take(1).collect::<Vec<_>>();
+        matches!(tokio::time::timeout(ordinary(), events).await, Ok(found) if found.iter().any(|e| e.is_ok()))
     }
 
     /// The termination ladder: the daemon sends the container's stop signal (SIGTERM unless the

@@ -24,9 +24,8 @@ pub fn pause_after(walk: Duration) -> Duration {
 /// vanish while walking are skipped, and so are folders the engine may not read (only possible
 /// when it does not run as root: the step made them private); other errors are errors.
 pub fn usage(dir: &Path, stop_above: u64) -> io::Result<u64> {
-    let skipped = |e: &walkdir::Error| {
-        e.io_error().is_some_and(|io| matches!(io.kind(), io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied))
-    };
+    let skipped =
+        |e: &walkdir::Error| e.io_error().is_some_and(|io| matches!(io.kind(), io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied));
     let mut total = 0u64;
     for entry in walkdir::WalkDir::new(dir).follow_links(false) {
         let entry = match entry {

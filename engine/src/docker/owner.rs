@@ -22,8 +22,7 @@ pub fn owner_labels() -> HashMap<String, String> {
 /// Whether the owner named by `labels` is known to be gone. Containers without readable owner
 /// labels count as alive: removing a live run's containers is worse than leaving garbage.
 pub fn owner_is_dead(labels: &HashMap<String, String>) -> bool {
-    let (Some(host), Some(pid), Some(start)) = (labels.get(LABEL_HOST), labels.get(LABEL_PID), labels.get(LABEL_PID_START))
-    else {
+    let (Some(host), Some(pid), Some(start)) = (labels.get(LABEL_HOST), labels.get(LABEL_PID), labels.get(LABEL_PID_START)) else {
         return false;
     };
     let (Ok(pid), Ok(start)) = (pid.parse(), start.parse()) else {

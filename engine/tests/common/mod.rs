@@ -68,11 +68,7 @@ impl Project {
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_engine"));
         // Each project has its own cache: tests must not see each other's (or the user's) entries.
-        c.args(args)
-            .current_dir(self.path())
-            .env_remove("ENGINE_POLICY")
-            .env("NO_COLOR", "1")
-            .env("ENGINE_CACHE_DIR", self.cache_dir());
+        c.args(args).current_dir(self.path()).env_remove("ENGINE_POLICY").env("NO_COLOR", "1").env("ENGINE_CACHE_DIR", self.cache_dir());
         c
     }
 
@@ -154,7 +150,6 @@ pub fn signal(child: &Child, sig: i32) {
     let rc = unsafe { libc::kill(child.id() as i32, sig) };
     assert_eq!(rc, 0, "kill failed");
 }
-
 
 pub fn now() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64()

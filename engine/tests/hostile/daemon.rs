@@ -167,9 +167,7 @@ impl Running {
 }
 
 fn workflow(step: &str, run: &str, timeout: &str) -> String {
-    format!(
-        "version: 1\ndefaults: {{ image: {IMAGE} }}\nsteps:\n  {step}:\n    run: \"{run}\"\n    limits: {{ timeout: {timeout} }}\n"
-    )
+    format!("version: 1\ndefaults: {{ image: {IMAGE} }}\nsteps:\n  {step}:\n    run: \"{run}\"\n    limits: {{ timeout: {timeout} }}\n")
 }
 
 /// The project's runs leave nothing once `engine clean` ran against the real daemon (the engine

@@ -190,7 +190,8 @@ fn a_template_expansion_bomb_is_refused_at_the_expansion_limit() {
 #[test]
 fn deep_nesting_is_refused_before_the_parsers_recurse() {
     let host = Host::new();
-    let p = project_wf(&format!("version 1\nstep s {{ image \"{IMAGE}\" run \"true\" env {}1{} }}\n", "{ k ".repeat(8000), "}".repeat(8000)));
+    let p =
+        project_wf(&format!("version 1\nstep s {{ image \"{IMAGE}\" run \"true\" env {}1{} }}\n", "{ k ".repeat(8000), "}".repeat(8000)));
     refused(&p, "workflow.wf", &["workflow.wf:2:301: nesting deeper than 64 levels"]);
     let mut yaml = format!("version: 1\nsteps:\n  s:\n    image: {IMAGE}\n    run: \"true\"\n    env:\n");
     for i in 0..3000 {
@@ -200,7 +201,10 @@ fn deep_nesting_is_refused_before_the_parsers_recurse() {
     refused(&p, "block.yml", &["block.yml:68:", "nesting deeper than 64 levels"]);
     p.write("flow.yml", &format!("version: 1\nsteps:\n  s: {{ image: x, run: y, env: {}{} }}\n", "[".repeat(20_000), "]".repeat(20_000)));
     refused(&p, "flow.yml", &["flow.yml:3:"]);
-    p.write("list.wf", &format!("version 1\nstep s {{ image \"{IMAGE}\" run \"true\" inputs {}\"a\"{} }}\n", "[".repeat(5000), "]".repeat(5000)));
+    p.write(
+        "list.wf",
+        &format!("version 1\nstep s {{ image \"{IMAGE}\" run \"true\" inputs {}\"a\"{} }}\n", "[".repeat(5000), "]".repeat(5000)),
+    );
     refused(&p, "list.wf", &["list.wf:2:", "nesting deeper than 64 levels"]);
     assert_nothing_escaped(&p, &host, &[]);
 }
@@ -232,7 +236,12 @@ fn a_block_of_many_keys_loads_in_linear_time() {
     // An environment no process could be started with is refused at load, not at the daemon.
     let keys: String = (0..30_000).map(|i| format!("  K{i} \"{}\"\n", "v".repeat(40))).collect();
     p.write("workflow.wf", &format!("version 1\nstep s {{\nimage \"{IMAGE}\"\nrun \"true\"\nenv {{\n{keys}}}\n}}\n"));
-    refused_within(&p, "workflow.wf", &["workflow.wf:2:6: the environment of step `s` is", "more than the maximum of 1024 KiB"], Duration::from_secs(10));
+    refused_within(
+        &p,
+        "workflow.wf",
+        &["workflow.wf:2:6: the environment of step `s` is", "more than the maximum of 1024 KiB"],
+        Duration::from_secs(10),
+    );
     assert_nothing_escaped(&p, &host, &[]);
 }
 

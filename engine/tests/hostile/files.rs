@@ -231,7 +231,13 @@ fn swapping_the_output_and_runs_folders_for_symlinks_during_a_run_redirects_noth
     let p = Project::new(&workflow(WAITING_STEP));
     // A previous export that the run replaces.
     p.write(".engine/out/a/stale.txt", "old\n");
-    let mut child = p.cmd(&["run", "--output", "json"]).env("ENGINE_TRANSFER", "bind").stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let mut child = p
+        .cmd(&["run", "--output", "json"])
+        .env("ENGINE_TRANSFER", "bind")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     let run_id = first_event_run_id(&mut child);
     wait_for("the step's container", RUN_BOUND, || !containers(&format!("engine.run={run_id}")).is_empty());
     // The swap: the real folders move away, symlinks to the victim take their places.
@@ -289,7 +295,13 @@ fn a_run_waiting_for_the_output_folder_says_so_once_and_ctrl_c_ends_it_with_130(
     let _serial = serial();
     let host = Host::new();
     let p = Project::new(&workflow(WAITING_STEP));
-    let mut first = p.cmd(&["run", "--output", "json"]).env("ENGINE_TRANSFER", "bind").stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let mut first = p
+        .cmd(&["run", "--output", "json"])
+        .env("ENGINE_TRANSFER", "bind")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     let run_id = first_event_run_id(&mut first);
     wait_for("the first run's container", RUN_BOUND, || !containers(&format!("engine.run={run_id}")).is_empty());
     let mut second = p.spawn(&["run"]);

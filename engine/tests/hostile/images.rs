@@ -65,7 +65,10 @@ fn root_stage_under_a_policy_without_root_is_refused_at_the_stage_naming_the_pol
     let o = p.run(&["run", "--policy", "policy.yml"]);
     let err = flat(&text(&o.stderr));
     assert_eq!(code(&o), 2, "{err}");
-    assert!(err.contains(&format!("image `{img}`, stage `s` runs as root (uid 0), which the policy does not allow for image builds")), "{err}");
+    assert!(
+        err.contains(&format!("image `{img}`, stage `s` runs as root (uid 0), which the policy does not allow for image builds")),
+        "{err}"
+    );
     assert!(err.contains("workflow.yml:6:"), "the stage line: {err}");
     assert!(err.contains("policy.yml:2:"), "the policy line: {err}");
     // `engine images build` is bound by the same policy.
@@ -140,7 +143,10 @@ fn stage_asking_for_bridge_under_a_policy_of_no_network_is_refused() {
     assert!(err.contains("policy.yml:2:"), "the policy line: {err}");
     // A Dockerfile image's network is checked the same way.
     p.write("Dockerfile", &format!("FROM {IMAGE}\n"));
-    p.write("workflow.yml", "version: 1\nimages:\n  df:\n    dockerfile: Dockerfile\n    network: bridge\nsteps:\n  use: { image: df, run: 'true' }\n");
+    p.write(
+        "workflow.yml",
+        "version: 1\nimages:\n  df:\n    dockerfile: Dockerfile\n    network: bridge\nsteps:\n  use: { image: df, run: 'true' }\n",
+    );
     let o = p.run(&["run", "--policy", "policy.yml"]);
     let err = flat(&text(&o.stderr));
     assert_eq!(code(&o), 2, "{err}");
@@ -225,7 +231,12 @@ fn memory_hog_stage_is_killed_out_of_memory() {
     let o = p.run(&["run"]);
     let out = out_err(&o);
     assert_eq!(code(&o), 1, "{out}");
-    assert!(out.contains(&format!("image `{img}`, stage `s`: `dd if=/dev/zero of=/dev/null bs=100M count=1` was killed: out of memory (limit 32m)")), "{out}");
+    assert!(
+        out.contains(&format!(
+            "image `{img}`, stage `s`: `dd if=/dev/zero of=/dev/null bs=100M count=1` was killed: out of memory (limit 32m)"
+        )),
+        "{out}"
+    );
     assert!(containers(&format!("engine.image={img}")).is_empty(), "a build container was left");
     assert_nothing_escaped(&p, &host, &[]);
 }
@@ -250,7 +261,13 @@ fn context_outside_the_workflow_folder_is_refused() {
     let err = flat(&text(&o.stderr));
     assert_eq!(code(&o), 2, "{err}");
     assert!(err.contains("image `df`: `context` `hostlink` leads outside the workflow folder through a symlink"), "{err}");
-    p.write("workflow.yml", &format!("version: 1\nimages:\n  df:\n    dockerfile: {}/Dockerfile\nsteps:\n  leak: {{ image: df, run: 'true' }}\n", host.path().display()));
+    p.write(
+        "workflow.yml",
+        &format!(
+            "version: 1\nimages:\n  df:\n    dockerfile: {}/Dockerfile\nsteps:\n  leak: {{ image: df, run: 'true' }}\n",
+            host.path().display()
+        ),
+    );
     let o = p.run(&["run"]);
     let err = flat(&text(&o.stderr));
     assert_eq!(code(&o), 2, "{err}");
@@ -302,9 +319,7 @@ fn a_fifo_or_device_in_the_context_is_never_read() {
     let fifo = std::ffi::CString::new(p.path().join("ctx/fifo").to_str().unwrap()).unwrap();
     assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
     let mut child = p.spawn(&["run"]);
-    wait_for("the engine to finish (it must not block on the FIFO)", Duration::from_secs(180), || {
-        child.try_wait().unwrap().is_some()
-    });
+    wait_for("the engine to finish (it must not block on the FIFO)", Duration::from_secs(180), || child.try_wait().unwrap().is_some());
     let o = child.wait_with_output().unwrap();
     assert_eq!(code(&o), 0, "{}", out_err(&o));
     std::fs::remove_file(p.path().join("ctx/fifo")).unwrap();
@@ -315,7 +330,9 @@ fn a_fifo_or_device_in_the_context_is_never_read() {
 fn dockerfile_images_outside_the_policy_prefixes_are_refused_at_the_dockerfile_line() {
     let _serial = serial();
     let host = Host::new();
-    let p = Project::new("version: 1\nimages:\n  df:\n    dockerfile: docker/Dockerfile\n    context: docker\nsteps:\n  use: { image: df, run: 'true' }\n");
+    let p = Project::new(
+        "version: 1\nimages:\n  df:\n    dockerfile: docker/Dockerfile\n    context: docker\nsteps:\n  use: { image: df, run: 'true' }\n",
+    );
     p.write("policy.yml", "version: 1\nimage_prefixes: [\"local/\"]\nallow_root_builds: true\n");
     p.write("docker/Dockerfile", &format!("FROM {IMAGE} AS base\nFROM evil/img:1\nRUN true\n"));
     let o = p.run(&["run", "--policy", "policy.yml"]);

@@ -151,7 +151,9 @@ fn run_within(p: &Project, args: &[&str], deadline: Duration) -> Output {
 fn edited_user_network_or_command_is_refused_before_any_container() {
     let r = recorded_run("", None);
     let gen = r.gen.clone();
-    let edited = |what: &str| r.sentence(&gen, &format!("its definition does not match its key ({what} differs); refusing to replay an edited record"));
+    let edited = |what: &str| {
+        r.sentence(&gen, &format!("its definition does not match its key ({what} differs); refusing to replay an edited record"))
+    };
 
     // The red-team's edit: the planted step as root with the network.
     r.edit(|v| step_mut(v, &gen)["definition"]["isolation"]["user"] = json!({ "uid": 0, "gid": 0 }));
@@ -160,7 +162,11 @@ fn edited_user_network_or_command_is_refused_before_any_container() {
     r.refused(&r.replay(&[]), 2, &edited("network"));
     // Host networking has no spelling in a record.
     r.edit(|v| step_mut(v, &gen)["definition"]["isolation"]["network"] = json!("host"));
-    r.refused(&r.replay(&[]), 2, &format!("refusing the run record {}: it does not follow the schema", shown(&r.run_id, "record.json").display()));
+    r.refused(
+        &r.replay(&[]),
+        2,
+        &format!("refusing the run record {}: it does not follow the schema", shown(&r.run_id, "record.json").display()),
+    );
     let planted = format!("cat {} > o/uid", r.host.secret_path().display());
     r.edit(|v| step_mut(v, &gen)["definition"]["command"] = json!({ "shell": planted }));
     r.refused(&r.replay(&[&gen]), 2, &edited("command"));
@@ -172,7 +178,12 @@ fn edited_user_network_or_command_is_refused_before_any_container() {
     });
     r.refused(&r.replay(&[&gen]), 2, &r.sentence(&gen, "its image sha256:"));
     let o = r.replay(&[&gen]);
-    assert!(text(&o.stderr).contains("is not the engine-built image `tools` it claims (no label engine.image=tools); refusing to replay an edited record"), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr)
+            .contains("is not the engine-built image `tools` it claims (no label engine.image=tools); refusing to replay an edited record"),
+        "{}",
+        text(&o.stderr)
+    );
     r.edit(|v| {
         let s = step_mut(v, &gen);
         s["definition"]["isolation"]["user"] = json!({ "uid": 0, "gid": 0 });
@@ -186,7 +197,11 @@ fn edited_user_network_or_command_is_refused_before_any_container() {
         s["definition"]["isolation"]["user"] = json!({ "uid": 0, "gid": 0 });
         s["key_components"]["user"] = json!("0:0");
     });
-    r.refused(&r.replay(&[]), 2, &r.sentence(&gen, "its key does not match its key components and input files; refusing to replay an edited record"));
+    r.refused(
+        &r.replay(&[]),
+        2,
+        &r.sentence(&gen, "its key does not match its key components and input files; refusing to replay an edited record"),
+    );
 
     // ... and with a key recomputed to match: the store has never seen that key.
     r.edit(|v| {
@@ -293,7 +308,11 @@ fn input_or_upstream_digests_the_store_does_not_match_are_refused() {
     // Another file's content planted as the input.
     let planted = cache::Digest::of(HOST_MARKER.as_bytes()).to_string();
     r.edit(|v| step_mut(v, &gen)["inputs"][0]["digest"] = json!(planted));
-    r.refused(&r.replay(&[&gen]), 2, &r.sentence(&gen, "its key does not match its key components and input files; refusing to replay an edited record"));
+    r.refused(
+        &r.replay(&[&gen]),
+        2,
+        &r.sentence(&gen, "its key does not match its key components and input files; refusing to replay an edited record"),
+    );
 
     // The needed step's outputs (staged into `use`'s workspace) changed.
     r.edit(|v| {
@@ -371,7 +390,16 @@ fn a_fifo_huge_symlinked_or_foreign_record_is_refused_within_seconds() {
     let (huge, huge_shown) = fake("ffff0002huge");
     std::fs::File::create(&huge).unwrap().set_len((64 << 20) + 1).unwrap();
     let o = run_within(&r.p, &["replay", "ffff0002huge"], deadline);
-    r.refused(&o, 2, &format!("refusing the run record {}: it is {} bytes, more than the {} bytes allowed", huge_shown.display(), (64u64 << 20) + 1, 64u64 << 20));
+    r.refused(
+        &o,
+        2,
+        &format!(
+            "refusing the run record {}: it is {} bytes, more than the {} bytes allowed",
+            huge_shown.display(),
+            (64u64 << 20) + 1,
+            64u64 << 20
+        ),
+    );
 
     // A symlink to a host file is not followed, and a symlinked run folder is no run.
     let (link, link_shown) = fake("ffff0003link");
@@ -390,11 +418,19 @@ fn a_fifo_huge_symlinked_or_foreign_record_is_refused_within_seconds() {
     v["schema"] = json!("engine.run-record/v9");
     std::fs::write(&other, serde_json::to_vec(&v).unwrap()).unwrap();
     let o = run_within(&r.p, &["replay", "ffff0005schema"], deadline);
-    r.refused(&o, 2, &format!("refusing the run record {}: schema `engine.run-record/v9` is not `engine.run-record/v1`", other_shown.display()));
+    r.refused(
+        &o,
+        2,
+        &format!("refusing the run record {}: schema `engine.run-record/v9` is not `engine.run-record/v1`", other_shown.display()),
+    );
     let (moved, moved_shown) = fake("ffff0006moved");
     std::fs::write(&moved, &r.original).unwrap();
     let o = run_within(&r.p, &["replay", "ffff0006moved"], deadline);
-    r.refused(&o, 2, &format!("refusing the run record {}: its run id `{}` is not the name of its folder", moved_shown.display(), r.run_id));
+    r.refused(
+        &o,
+        2,
+        &format!("refusing the run record {}: its run id `{}` is not the name of its folder", moved_shown.display(), r.run_id),
+    );
 
     // The honest record is still found and still reproduces.
     let o = run_within(&r.p, &["replay", &r.run_id], Duration::from_secs(120));
@@ -463,7 +499,8 @@ fn a_forbidden_image_passed_off_as_an_allowed_reference_is_refused() {
     let _ = Command::new("docker").args(["rm", &maker]).output();
 
     let name = unique("rimg");
-    let p = Project::new(&format!("version: 1\nsteps:\n  {name}: {{ image: \"{tag}\", run: 'mkdir -p o && echo hi > o/x', outputs: [o] }}\n"));
+    let p =
+        Project::new(&format!("version: 1\nsteps:\n  {name}: {{ image: \"{tag}\", run: 'mkdir -p o && echo hi > o/x', outputs: [o] }}\n"));
     let o = p.run(&["run"]);
     assert_eq!(code(&o), 0, "{}", text(&o.stderr));
     let id = run_ids(&p).pop().unwrap();

@@ -22,7 +22,10 @@ fn run_measured(p: &Project, env: &[(&str, &str)]) -> (i32, String, u64) {
     let mut peak = 0;
     let status = loop {
         if let Ok(status) = std::fs::read_to_string(&status_file) {
-            let hwm = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+            let hwm = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
             peak = peak.max(hwm.unwrap_or(0) * 1024);
         }
         if let Some(status) = child.try_wait().unwrap() {
@@ -93,7 +96,10 @@ fn a_symlink_chain_leading_out_of_the_workspace_is_rejected() {
     // Each link is lexically inside /workspace; followed, it is not.
     let cases = [
         // Through a symlink elsewhere in /workspace (not an output).
-        ("mkdir o && ln -s / b && ln -s ../b/.. o/x", "`o/x` is a symlink to `../b/..`, which leads outside /workspace through the symlink `b`"),
+        (
+            "mkdir o && ln -s / b && ln -s ../b/.. o/x",
+            "`o/x` is a symlink to `../b/..`, which leads outside /workspace through the symlink `b`",
+        ),
         // Through a symlink inside the output itself.
         ("mkdir o && ln -s .. o/b && ln -s b/../.. o/x", "`o/x` is a symlink to `b/../..`, which leads outside /workspace"),
         // A loop.
@@ -149,7 +155,8 @@ fn a_long_log_is_streamed_and_capped() {
     assert!(kept.starts_with("stdout FIRST-LINE\n"), "{}", &kept[..100]);
     assert!(kept.ends_with("stdout LAST-LINE\n"), "the last line is missing");
     assert!(kept.contains("bytes of this log cut here: at most 16m of a step's log is kept (ENGINE_LOG_LIMIT)"));
-    let record: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(log.parent().unwrap().parent().unwrap().join("record.json")).unwrap()).unwrap();
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(log.parent().unwrap().parent().unwrap().join("record.json")).unwrap()).unwrap();
     let cut = record["steps"][0]["log"]["cut"].as_u64().unwrap();
     assert!(cut > 150 * MIB, "cut {cut}");
     eprintln!("engine peak RSS for 200 MB of log: {} MiB", peak / MIB);

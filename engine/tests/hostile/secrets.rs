@@ -25,9 +25,7 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 /// A 5-line PEM-like secret, unique to this test run, and the values it must never appear as.
 fn pem() -> (String, Vec<String>) {
     let u = unique("k").replace('-', "");
-    let value = format!(
-        "-----BEGIN TEST KEY {u}-----\nMIIB{u}AAAA1111\nQUJD{u}BBBB2222\nQ0RF{u}CCCC3333\n-----END TEST KEY {u}-----\n"
-    );
+    let value = format!("-----BEGIN TEST KEY {u}-----\nMIIB{u}AAAA1111\nQUJD{u}BBBB2222\nQ0RF{u}CCCC3333\n-----END TEST KEY {u}-----\n");
     let mut needles: Vec<String> = value.lines().map(str::to_string).collect();
     let encoded = base64::engine::general_purpose::STANDARD.encode(&value);
     needles.extend(encoded.as_bytes().chunks(76).map(|c| String::from_utf8_lossy(c).into_owned()));
