@@ -7,13 +7,16 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest as _, Sha256};
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// A SHA-256 digest: of a file, a manifest, a key encoding.
 pub struct Digest(pub [u8; 32]);
 
 impl Digest {
+    /// The digest of `bytes`.
     pub fn of(bytes: &[u8]) -> Digest {
         Digest(Sha256::digest(bytes).into())
     }
 
+    /// The 64 lowercase hex digits.
     pub fn hex(&self) -> String {
         hex::encode(self.0)
     }

@@ -36,7 +36,9 @@ pub struct InputEntry {
 /// The outputs of one directly needed step, by the digest of its output manifest.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct UpstreamEntry {
+    /// The needed step's name.
     pub step: String,
+    /// The digest of its output manifest.
     pub outputs: Digest,
 }
 
@@ -51,7 +53,9 @@ pub struct KeyComponents {
     pub image_id: String,
     /// The argv the container runs.
     pub command: Vec<String>,
+    /// The environment of the container (names and values; secrets are never here).
     pub env: BTreeMap<String, String>,
+    /// The working directory in the container.
     pub workdir: String,
     /// `uid:gid`.
     pub user: String,
@@ -135,6 +139,7 @@ impl KeyComponents {
         enc.buf
     }
 
+    /// The action key: the digest of the canonical encoding.
     pub fn key(&self) -> ActionKey {
         ActionKey(Digest::of(&self.encode()))
     }
@@ -231,48 +236,77 @@ pub enum Reason {
     EntryMissing,
     /// A step it needs will run, so its key is not known yet.
     UpstreamWillRun {
+        /// The step that will run first.
         step: String,
     },
+    /// The cache format changed between engine versions.
     FormatChanged {
+        /// The format of the last run.
         old: u32,
+        /// The format now.
         new: u32,
     },
+    /// The image ID changed (rebuilt, retagged or pulled again).
     ImageChanged {
+        /// The image ID of the last run.
         old: String,
+        /// The image ID now.
         new: String,
     },
+    /// The argv changed.
     CommandChanged,
     /// `old`/`new` are None when the variable was absent. Values are shown: env is not secret.
     EnvChanged {
+        /// The variable.
         name: String,
+        /// Its value last time.
         old: Option<String>,
+        /// Its value now.
         new: Option<String>,
     },
+    /// The working directory changed.
     WorkdirChanged {
+        /// Last time.
         old: String,
+        /// Now.
         new: String,
     },
+    /// The user changed.
     UserChanged {
+        /// Last time.
         old: String,
+        /// Now.
         new: String,
     },
+    /// The network changed.
     NetworkChanged {
+        /// Last time.
         old: String,
+        /// Now.
         new: String,
     },
+    /// The declared outputs changed.
     OutputsChanged,
+    /// The secret names changed (values never take part).
     SecretsChanged,
+    /// An input file is new.
     InputAdded {
+        /// Its path, relative to the workflow folder.
         path: String,
     },
+    /// An input file is gone.
     InputRemoved {
+        /// Its path, relative to the workflow folder.
         path: String,
     },
     /// Content or mode changed.
     InputChanged {
+        /// Its path, relative to the workflow folder.
         path: String,
     },
+    /// A needed step's outputs changed.
     UpstreamChanged {
+        /// The needed step.
         step: String,
     },
 }
@@ -417,264 +451,4 @@ impl Encoder {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    fn d(byte: u8) -> Digest {
-        Digest([byte; 32])
-    }
-
-    fn sample() -> KeyComponents {
-        KeyComponents {
-            format: 1,
-            image_id: "sha256:ab12cd34ef567890ab12cd34ef567890ab12cd34ef567890ab12cd34ef567890".into(),
-            command: vec!["sh".into(), "-c".into(), "cc -o out/hello src/hello.c".into()],
-            env: [("CC".to_string(), "gcc".to_string()), ("LANG".to_string(), "C".to_string())].into(),
-            workdir: "/work".into(),
-            user: "1000:1000".into(),
-            network: "none".into(),
-            outputs: vec!["out/".into()],
-            secrets: vec!["TOKEN".into()],
-            inputs: vec![
-                InputEntry { path: "src/hello.c".into(), mode: 0o644, digest: d(1) },
-                InputEntry { path: "src/run.sh".into(), mode: 0o755, digest: d(2) },
-            ],
-            upstream: vec![UpstreamEntry { step: "fetch".into(), outputs: d(3) }],
-        }
-    }
-
-    /// Pinned: keys must be identical across processes, machines and engine builds, or every
-    /// cache entry silently stops matching. If this fails, the encoding changed: bump
-    /// `CACHE_FORMAT_VERSION` (old entries must not match new keys by accident) and update this
-    /// literal in the same commit. (Cross-checked against an independent implementation of the
-    /// layout documented on `encode`.)
-    #[test]
-    fn key_is_pinned() {
-        assert_eq!(sample().key().to_string(), "4585a52f8acdca4b366313c4c366a4cfd4b7d60b68f0e200ff89873226cabc6e");
-    }
-
-    #[test]
-    fn encoding_starts_with_magic_and_format() {
-        let enc = sample().encode();
-        assert!(enc.starts_with(b"engine-action-key\0"));
-        let rest = &enc[MAGIC.len()..];
-        assert_eq!(rest[0], TAG_FORMAT);
-        assert_eq!(&rest[1..9], &4u64.to_be_bytes());
-        assert_eq!(&rest[9..13], &1u32.to_be_bytes());
-    }
-
-    #[test]
-    fn adversarial_shapes_differ() {
-        let base = KeyComponents { env: BTreeMap::new(), command: vec![], inputs: vec![], upstream: vec![], ..sample() };
-        let with = |f: &dyn Fn(&mut KeyComponents)| {
-            let mut k = base.clone();
-            f(&mut k);
-            k
-        };
-        let pairs = [
-            (
-                with(&|k| k.env = [("A".into(), "1".into()), ("B".into(), "2".into())].into()),
-                with(&|k| k.env = [("A".into(), "1B=2".into())].into()),
-            ),
-            (with(&|k| k.command = vec!["a b".into()]), with(&|k| k.command = vec!["a".into(), "b".into()])),
-            (with(&|k| k.command = vec!["ab".into()]), with(&|k| k.command = vec!["a".into(), "b".into()])),
-            (with(&|k| k.command = vec![String::new()]), with(&|k| k.command = vec![])),
-            (with(&|k| k.env = [("A".into(), String::new())].into()), with(&|k| k.env = BTreeMap::new())),
-            (with(&|k| k.env = [(String::new(), String::new())].into()), with(&|k| k.env = BTreeMap::new())),
-            (with(&|k| k.outputs = vec![]), with(&|k| k.secrets = vec![])),
-            (
-                with(&|k| (k.outputs, k.secrets) = (vec!["x".into()], vec![])),
-                with(&|k| (k.outputs, k.secrets) = (vec![], vec!["x".into()])),
-            ),
-            (with(&|k| (k.workdir, k.user) = ("/a".into(), "b".into())), with(&|k| (k.workdir, k.user) = ("/ab".into(), String::new()))),
-            (
-                with(&|k| k.inputs = vec![InputEntry { path: "a".into(), mode: 0o644, digest: d(1) }]),
-                with(&|k| k.inputs = vec![InputEntry { path: "a".into(), mode: 0o755, digest: d(1) }]),
-            ),
-        ];
-        for (a, b) in &pairs {
-            assert_ne!(a, b);
-            assert_ne!(a.encode(), b.encode(), "{a:?} vs {b:?}");
-            assert_ne!(a.key(), b.key());
-        }
-    }
-
-    #[test]
-    fn unsorted_inputs_and_upstream_give_the_sorted_key() {
-        let mut k = sample();
-        k.inputs.reverse();
-        k.upstream.push(UpstreamEntry { step: "a".into(), outputs: d(9) });
-        let mut sorted = k.clone();
-        sorted.upstream.sort_by(|a, b| a.step.cmp(&b.step));
-        assert_eq!(k.key(), sample_with_upstream_a());
-        assert_eq!(sorted.key(), sample_with_upstream_a());
-
-        fn sample_with_upstream_a() -> ActionKey {
-            let mut k = sample();
-            k.upstream.insert(0, UpstreamEntry { step: "a".into(), outputs: d(9) });
-            k.key()
-        }
-    }
-
-    #[test]
-    fn diff_of_equal_components_is_empty() {
-        assert_eq!(sample().diff(&sample()), vec![]);
-    }
-
-    #[test]
-    fn diff_lists_every_change_in_the_documented_order() {
-        let old = sample();
-        let mut new = sample();
-        new.format = 2;
-        new.image_id = "sha256:ffff".into();
-        new.command.push("-v".into());
-        new.env.insert("CC".into(), "clang".into());
-        new.env.remove("LANG");
-        new.env.insert("X".into(), "1".into());
-        new.workdir = "/b".into();
-        new.user = "0:0".into();
-        new.network = "bridge".into();
-        new.outputs.push("more/".into());
-        new.secrets.clear();
-        new.inputs = vec![
-            InputEntry { path: "src/a.c".into(), mode: 0o644, digest: d(7) },
-            InputEntry { path: "src/hello.c".into(), mode: 0o644, digest: d(8) },
-        ];
-        new.upstream = vec![UpstreamEntry { step: "fetch".into(), outputs: d(4) }];
-        let shown: Vec<String> = new.diff(&old).iter().map(ToString::to_string).collect();
-        assert_eq!(
-            shown,
-            [
-                "cache format changed (1 -> 2)",
-                "image changed (sha256:ab12cd34ef56 -> sha256:ffff)",
-                "command changed",
-                "env `CC` changed (gcc -> clang)",
-                "env `LANG` removed",
-                "env `X` added (= 1)",
-                "workdir changed (/work -> /b)",
-                "user changed",
-                "network changed (none -> bridge)",
-                "outputs changed",
-                "secrets changed",
-                "input `src/a.c` added",
-                "input `src/hello.c` changed",
-                "input `src/run.sh` removed",
-                "output of `fetch` changed",
-            ]
-        );
-    }
-
-    #[test]
-    fn diff_sees_mode_only_changes_and_upstream_added_or_removed() {
-        let old = sample();
-        let mut new = sample();
-        new.inputs[1].mode = 0o644;
-        new.upstream = vec![UpstreamEntry { step: "build".into(), outputs: d(5) }];
-        assert_eq!(
-            new.diff(&old),
-            vec![
-                Reason::InputChanged { path: "src/run.sh".into() },
-                Reason::UpstreamChanged { step: "build".into() },
-                Reason::UpstreamChanged { step: "fetch".into() },
-            ]
-        );
-    }
-
-    #[test]
-    fn display_of_the_reasons_without_a_diff() {
-        let cases = [
-            (Reason::NeverRun, "never run"),
-            (Reason::CacheDisabled, "cache: false on the step"),
-            (Reason::NoCacheFlag, "--no-cache"),
-            (Reason::EntryMissing, "cache entry missing or damaged"),
-            (Reason::UpstreamWillRun { step: "build".into() }, "needs `build`, which will run"),
-            (
-                Reason::ImageChanged { old: "sha256:0123456789abcdef".into(), new: "alpine:3".into() },
-                "image changed (sha256:0123456789ab -> alpine:3)",
-            ),
-            (Reason::EnvChanged { name: "X".into(), old: None, new: None }, "env `X` changed"),
-        ];
-        for (reason, text) in cases {
-            assert_eq!(reason.to_string(), text);
-        }
-    }
-
-    #[test]
-    fn reasons_round_trip_through_json() {
-        let reason = Reason::EnvChanged { name: "CC".into(), old: Some("gcc".into()), new: None };
-        let json = serde_json::to_string(&reason).unwrap();
-        assert!(json.contains("\"kind\":\"env_changed\""), "{json}");
-        assert_eq!(serde_json::from_str::<Reason>(&json).unwrap(), reason);
-    }
-
-    /// Strings from a tiny alphabet including separators people might use in a naive encoding,
-    /// so that generated pairs often look alike.
-    fn small_str() -> impl Strategy<Value = String> {
-        "[ab= \\x00]{0,3}"
-    }
-
-    fn components() -> impl Strategy<Value = KeyComponents> {
-        let digest = (0u8..3).prop_map(d);
-        let mode = prop_oneof![Just(0o644u32), Just(0o755), Just(0o120777)];
-        (
-            (0u32..3, small_str(), prop::collection::vec(small_str(), 0..4)),
-            prop::collection::btree_map(small_str(), small_str(), 0..4),
-            (small_str(), small_str(), small_str()),
-            (prop::collection::vec(small_str(), 0..3), prop::collection::vec(small_str(), 0..3)),
-            prop::collection::btree_map(small_str(), (mode, digest.clone()), 0..3),
-            prop::collection::btree_map(small_str(), digest, 0..3),
-        )
-            .prop_map(|((format, image_id, command), env, (workdir, user, network), (outputs, secrets), inputs, upstream)| {
-                KeyComponents {
-                    format,
-                    image_id,
-                    command,
-                    env,
-                    workdir,
-                    user,
-                    network,
-                    outputs,
-                    secrets,
-                    inputs: inputs.into_iter().map(|(path, (mode, digest))| InputEntry { path, mode, digest }).collect(),
-                    upstream: upstream.into_iter().map(|(step, outputs)| UpstreamEntry { step, outputs }).collect(),
-                }
-            })
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(2000))]
-
-        #[test]
-        fn different_components_never_share_an_encoding(a in components(), b in components()) {
-            prop_assert_eq!(a == b, a.encode() == b.encode());
-        }
-
-        /// Pairs that differ in one place only: the hardest case for an ambiguous encoding.
-        #[test]
-        fn one_change_changes_the_encoding(a in components(), b in components(), field in 0usize..11) {
-            let mut c = a.clone();
-            match field {
-                0 => c.format = b.format,
-                1 => c.image_id = b.image_id,
-                2 => c.command = b.command,
-                3 => c.env = b.env,
-                4 => c.workdir = b.workdir,
-                5 => c.user = b.user,
-                6 => c.network = b.network,
-                7 => c.outputs = b.outputs,
-                8 => c.secrets = b.secrets,
-                9 => c.inputs = b.inputs,
-                _ => c.upstream = b.upstream,
-            }
-            prop_assert_eq!(a == c, a.encode() == c.encode());
-            prop_assert_eq!(a == c, a.diff(&c).is_empty());
-        }
-
-        #[test]
-        fn encoding_is_deterministic(a in components()) {
-            prop_assert_eq!(a.encode(), a.clone().encode());
-            prop_assert_eq!(a.key(), a.clone().key());
-        }
-    }
-}
+mod tests;

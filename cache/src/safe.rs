@@ -206,6 +206,7 @@ pub struct PinnedDir {
 }
 
 impl PinnedDir {
+    /// Open `path` as a folder without following a symlink at its last component.
     pub fn open(path: &Path) -> io::Result<PinnedDir> {
         let fd = rustix::fs::open(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty()).map_err(
             |e| match e {
@@ -225,6 +226,7 @@ impl PinnedDir {
         &self.path
     }
 
+    /// The open descriptor of the folder.
     pub fn fd(&self) -> &OwnedFd {
         &self.fd
     }
