@@ -58,8 +58,9 @@ pub const MAX_OUTPUTS: u64 = 16 << 40;
 /// Why a file was not read.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
-    #[error("{0}")]
-    Io(#[source] io::Error),
+    /// The file could not be opened or read (the operating system's error, shown as is).
+    #[error(transparent)]
+    Io(io::Error),
     #[error("not a regular file (a folder, FIFO, socket or device is never read)")]
     NotRegular,
     #[error("larger than the maximum of {} MiB", .0 >> 20)]

@@ -4,11 +4,12 @@
 //!
 //! This module must not print anything itself.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use miette::{NamedSource, SourceSpan};
 
+use crate::bounds;
 use crate::ir::{SourceFile, Span};
 
 /// One problem at one place in a workflow (or policy) file.
@@ -141,12 +142,12 @@ impl miette::SourceCode for Excerpt {
 pub enum LoadError {
     #[error("cannot read workflow file {}: {source}", path.display())]
     #[diagnostic(help("check the path; `engine run` looks for workflow.yml, then workflow.wf, in the current directory"))]
-    Io { path: PathBuf, source: std::io::Error },
+    Io { path: PathBuf, source: crate::bounds::ReadError },
 
     /// The operator's policy file could not be read.
     #[error("cannot read policy file {}: {source}", path.display())]
     #[diagnostic(help("check the path given with `--policy` or ENGINE_POLICY"))]
-    PolicyIo { path: PathBuf, source: std::io::Error },
+    PolicyIo { path: PathBuf, source: crate::bounds::ReadError },
 
     /// One or more problems in the file, in source order.
     #[error("{} in {}", count(.diagnostics.len()), path.display())]
@@ -182,4 +183,33 @@ pub fn render(err: &dyn miette::Diagnostic, color: bool) -> String {
         out = err.to_string();
     }
     out
+}
+
+/// Diagnostics shown for one file at most.
+const MAX_DIAGNOSTICS: usize = 100;
+
+/// Ends a load: the diagnostics sorted by position (duplicates dropped), or the value.
+pub(crate) fn finish<T>(path: &Path, mut diags: Vec<Diagnostic>, value: T) -> Result<T, LoadError> {
+    if diags.is_empty() {
+        return Ok(value);
+    }
+    diags.sort_by_key(|d| (d.span.offset, d.span.len));
+    diags.dedup_by(|a, b| a.span == b.span && a.message == b.message);
+    // A hostile file can have a problem on every line: the first ones are enough.
+    if diags.len() > MAX_DIAGNOSTICS {
+        let mut more = diags[MAX_DIAGNOSTICS].clone();
+        let capped = if diags.len() >= bounds::MAX_COLLECTED { "at least " } else { "" };
+        more.message = format!("... and {capped}{} more errors, not shown", diags.len() - MAX_DIAGNOSTICS);
+        more.help = Some("fix the errors above first".into());
+        more.related.clear();
+        diags.truncate(MAX_DIAGNOSTICS);
+        diags.push(more);
+    }
+    Err(LoadError::Invalid { path: path.to_path_buf(), diagnostics: diags })
+}
+
+/// A parser gives no tree only with a diagnostic; this covers the impossible case without a
+/// panic (shared with the DSL front end).
+pub(crate) fn no_tree(path: &Path) -> LoadError {
+    LoadError::Invalid { path: path.to_path_buf(), diagnostics: Vec::new() }
 }

@@ -14,11 +14,11 @@ use std::sync::Arc;
 
 use marked_yaml::types::MarkedMappingNode;
 
-use super::reader::Reader;
 use super::settings::Layer;
 use crate::ir::{Limits, Network, SourceFile, Span};
 use crate::policy::{Ask, Asked, Policy};
 use crate::validate;
+use crate::yaml::reader::Reader;
 use crate::Diagnostic;
 
 /// The largest Dockerfile the engine reads (1 MiB).

@@ -6,8 +6,8 @@
 
 use marked_yaml::Node;
 
-use super::reader::Reader;
 use crate::ir::{CacheMount, Span};
+use crate::yaml::reader::Reader;
 use crate::Diagnostic;
 
 const CACHE_KEYS: &[&str] = &["name", "path"];
