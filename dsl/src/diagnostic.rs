@@ -18,6 +18,7 @@ use crate::ir::{SourceFile, Span};
 pub struct Diagnostic {
     /// `path:line:col`, part of the one-line message so that logs and JSON carry it too.
     pub location: String,
+    /// What is wrong, in one sentence.
     pub message: String,
     #[source_code]
     src: NamedSource<Excerpt>,
@@ -49,11 +50,13 @@ impl Diagnostic {
         }
     }
 
+    /// The same diagnostic with a help text (what was expected, how to fix it).
     pub fn with_help(mut self, help: impl Into<String>) -> Self {
         self.help = Some(help.into());
         self
     }
 
+    /// The same diagnostic with a second place involved (shown under it).
     pub fn with_related(mut self, other: Diagnostic) -> Self {
         self.related.push(other);
         self
@@ -140,19 +143,32 @@ impl miette::SourceCode for Excerpt {
 /// Why a workflow could not be loaded.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum LoadError {
+    /// The workflow file could not be read.
     #[error("cannot read workflow file {}: {source}", path.display())]
     #[diagnostic(help("check the path; `engine run` looks for workflow.yml, then workflow.wf, in the current directory"))]
-    Io { path: PathBuf, source: crate::bounds::ReadError },
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why it was not read.
+        source: crate::bounds::ReadError,
+    },
 
     /// The operator's policy file could not be read.
     #[error("cannot read policy file {}: {source}", path.display())]
     #[diagnostic(help("check the path given with `--policy` or ENGINE_POLICY"))]
-    PolicyIo { path: PathBuf, source: crate::bounds::ReadError },
+    PolicyIo {
+        /// The file.
+        path: PathBuf,
+        /// Why it was not read.
+        source: crate::bounds::ReadError,
+    },
 
     /// One or more problems in the file, in source order.
     #[error("{} in {}", count(.diagnostics.len()), path.display())]
     Invalid {
+        /// The file.
         path: PathBuf,
+        /// The problems, each at its place.
         #[related]
         diagnostics: Vec<Diagnostic>,
     },
@@ -212,4 +228,12 @@ pub(crate) fn finish<T>(path: &Path, mut diags: Vec<Diagnostic>, value: T) -> Re
 /// panic (shared with the DSL front end).
 pub(crate) fn no_tree(path: &Path) -> LoadError {
     LoadError::Invalid { path: path.to_path_buf(), diagnostics: Vec::new() }
+}
+
+/// Collects a diagnostic, up to [`bounds::MAX_COLLECTED`]: a hostile file can have a problem in
+/// every line, and past the bound they are dropped rather than kept.
+pub(crate) fn push(diags: &mut Vec<Diagnostic>, d: Diagnostic) {
+    if diags.len() < bounds::MAX_COLLECTED {
+        diags.push(d);
+    }
 }

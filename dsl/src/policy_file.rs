@@ -10,7 +10,7 @@ use std::sync::Arc;
 use crate::diagnostic::finish;
 use crate::ir::SourceFile;
 use crate::policy::{Capped, Policy};
-use crate::resolve::{check_version, settings};
+use crate::resolve::{names::check_version, settings};
 use crate::yaml::reader::Reader;
 use crate::{bounds, units, LoadError};
 

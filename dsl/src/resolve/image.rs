@@ -7,8 +7,9 @@ use std::path::Path;
 
 use marked_yaml::Node;
 
+use super::names::check_name;
 use super::step::env_map;
-use super::{check_name, image_checks, settings};
+use super::{image_checks, settings};
 use crate::ir::{CopySpec, ImageDef, Span, Stage};
 use crate::policy::{Ask, Asked};
 use crate::suggest;

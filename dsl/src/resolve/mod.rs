@@ -9,7 +9,8 @@
 
 mod caches;
 mod image;
-pub(crate) mod image_checks;
+mod image_checks;
+pub(crate) mod names;
 pub(crate) mod settings;
 mod step;
 
@@ -17,17 +18,18 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use marked_yaml::types::MarkedMappingNode;
 use marked_yaml::Node;
 
 use crate::diagnostic::finish;
-use crate::ir::{ImageDef, SourceFile, Span, Workflow};
+use crate::ir::{SourceFile, Workflow};
 use crate::policy::Policy;
 use crate::validate;
 use crate::yaml::reader::Reader;
 use crate::{bounds, LoadError};
 
+use names::{check_name, check_version};
 use settings::Layer;
+use step::StepCtx;
 
 const TOP_KEYS: &[&str] = &["version", "name", "env", "defaults", "images", "steps"];
 const DEFAULTS_KEYS: &[&str] = &["image", "network", "user", "workdir", "limits"];
@@ -188,71 +190,4 @@ fn node_bytes(node: &Node) -> usize {
 /// The value `finish` never returns when there are diagnostics; keeps the signature simple.
 pub(crate) fn unreachable_workflow(src: &Arc<SourceFile>) -> Workflow {
     Workflow { name: String::new(), source: src.clone(), dir: PathBuf::new(), images: BTreeMap::new(), steps: Vec::new() }
-}
-
-/// `version: 1` is required (workflow and policy files alike).
-pub(crate) fn check_version(r: &mut Reader, top: &MarkedMappingNode, what: &str) {
-    match top.get_node("version") {
-        None => {
-            let span = top.keys().next().map(|k| r.scalar_span(k)).unwrap_or_default();
-            r.error(
-                span,
-                format!("missing `version` in the {what} file"),
-                "expected `version: 1` before this",
-                "add `version: 1` at the top; this engine supports version 1",
-            );
-        }
-        Some(n) => {
-            if let Some((v, span)) = r.string(n, "`version`") {
-                if v != "1" {
-                    r.error(span, format!("unsupported {what} version `{v}`"), "unsupported version", "this engine supports version 1");
-                }
-            }
-        }
-    }
-}
-
-/// Step, image and cache names become container labels, volume and folder names; `false` when
-/// reported as invalid.
-/// Step names may also end in a matrix suffix `[v1,v2]` (what the DSL's matrix produces), each
-/// value following the same rule; the engine maps `[`, `]` and `,` to `-` in container names.
-pub(super) fn check_name(r: &mut Reader, name: &str, span: Span, what: &str) -> bool {
-    let plain = |s: &str| {
-        let mut chars = s.chars();
-        chars.next().is_some_and(|c| c.is_ascii_alphanumeric()) && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-    };
-    let ok = match name.strip_suffix(']').and_then(|n| n.split_once('[')) {
-        Some((base, values)) if what == "step" => plain(base) && values.split(',').all(plain),
-        _ => plain(name),
-    };
-    let chars = name.chars().count();
-    if ok && chars > bounds::MAX_NAME_CHARS {
-        // Names become container labels, folder and log file names: longer ones fail at run.
-        r.error(
-            span,
-            format!(
-                "{what} name `{}...` is {chars} characters long, more than the maximum of {}",
-                name.chars().take(32).collect::<String>(),
-                bounds::MAX_NAME_CHARS
-            ),
-            "too long",
-            format!("{what} names (matrix values included) have at most {} characters", bounds::MAX_NAME_CHARS),
-        );
-        return false;
-    }
-    if !ok {
-        r.error(
-            span,
-            format!("invalid {what} name `{name}`"),
-            "invalid name",
-            format!("{what} names start with a letter or digit and contain only letters, digits, `_`, `.` and `-`"),
-        );
-    }
-    ok
-}
-
-pub(super) struct StepCtx<'a> {
-    env: &'a BTreeMap<String, String>,
-    defaults: &'a Layer,
-    images: &'a BTreeMap<String, ImageDef>,
 }

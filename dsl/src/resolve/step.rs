@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use marked_yaml::types::MarkedMappingNode;
 use marked_yaml::Node;
 
+use super::caches;
 use super::settings::{Layer, Val};
-use super::{caches, StepCtx};
+use crate::ir::ImageDef;
 use crate::ir::{Command, ImageRef, Span, Step};
 use crate::policy::{Ask, Asked};
 use crate::validate::{self, StepSpans};
@@ -19,6 +20,13 @@ const STEP_KEYS: &[&str] = &[
     "workdir",
 ];
 const PROFILES: &[&str] = &["sandbox", "build"];
+
+/// What every step is resolved against: the workflow's `env`, `defaults:` and images.
+pub(super) struct StepCtx<'a> {
+    pub env: &'a BTreeMap<String, String>,
+    pub defaults: &'a Layer,
+    pub images: &'a BTreeMap<String, ImageDef>,
+}
 
 /// Parses and resolves one step. Always returns a step (placeholders where values were wrong) so
 /// that graph checks still see it and do not report it as unknown.

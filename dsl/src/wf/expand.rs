@@ -13,9 +13,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::ast::{At, Body, Call, Entry, Kind, Locator, Part, Unit, Val};
-use super::push;
+use crate::diagnostic::{push, Diagnostic};
 use crate::ir::{SourceFile, Span};
-use crate::{bounds, suggest, Diagnostic};
+use crate::{bounds, suggest};
 
 /// Keys whose YAML value is always a list, even when one value is written.
 const LISTS: &[&str] = &["inputs", "outputs", "needs", "secrets", "command"];

@@ -14,10 +14,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::ast::{Template, Unit};
-use super::{expand, parse, push};
+use super::{expand, parse};
+use crate::bounds;
+use crate::diagnostic::{push, Diagnostic};
 use crate::ir::SourceFile;
 use crate::loader::{ImportError, Loader};
-use crate::{bounds, Diagnostic};
 
 /// The import chain (to find cycles) and how many files were imported.
 pub(super) struct Imports<'a> {

@@ -13,9 +13,8 @@ use marked_yaml::Node;
 
 use super::ast::At;
 use super::expand::{Declared, Expanded, XBody, XEntry, XVal};
-use super::push;
+use crate::diagnostic::{push, Diagnostic};
 use crate::ir::SourceFile;
-use crate::Diagnostic;
 
 /// Keys that may be written several times; each occurrence adds one item to a list.
 const REPEATED: &[(&str, &str)] = &[("stage", "stages"), ("copy", "copy"), ("caches", "caches")];

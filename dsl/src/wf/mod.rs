@@ -34,7 +34,7 @@ use crate::diagnostic::{finish, no_tree};
 use crate::ir::SourceFile;
 use crate::loader::{self, Loader};
 use crate::policy::Policy;
-use crate::{bounds, resolve, Diagnostic, LoadError, Workflow};
+use crate::{resolve, LoadError, Workflow};
 
 /// The lowered YAML-shaped tree of `text` (imports, templates and matrices expanded); syntax,
 /// import and expansion errors as diagnostics.
@@ -61,12 +61,4 @@ pub(crate) fn tree(path: &Path, text: &str, loader: &dyn Loader) -> Result<Node,
     let (src, root) = front(path, text, loader)?;
     resolve::resolve(path, src, root.clone(), &Policy::default())?;
     Ok(root)
-}
-
-/// Collects a diagnostic, up to [`bounds::MAX_COLLECTED`]: a hostile file can have a problem in
-/// every line, and past the bound they are dropped rather than kept.
-fn push(diags: &mut Vec<Diagnostic>, d: Diagnostic) {
-    if diags.len() < bounds::MAX_COLLECTED {
-        diags.push(d);
-    }
 }
