@@ -22,7 +22,7 @@ const COPY_KEYS: &[&str] = &["from", "src", "dst"];
 
 /// What loading each Dockerfile image found: (image, its references or why it was not read,
 /// the span of its `dockerfile:` value).
-pub(super) type Dockerfiles = Vec<(String, Result<Option<image_checks::DockerfileRefs>, String>, Span)>;
+pub(super) type Dockerfiles = Vec<(String, Result<Option<image_checks::DockerfileRefs>, image_checks::Unreadable>, Span)>;
 
 /// One entry under `images:`: stages, or a Dockerfile with its context (whose paths are checked
 /// and whose Dockerfile is read here, see `image_checks`).
