@@ -37,6 +37,7 @@ pub const MAX_COLLECTED: usize = 1000;
 pub const MAX_NAME_CHARS: usize = 128;
 /// One `inputs`/`outputs`/`copy` path, and one component of it (a file name).
 pub const MAX_PATH_BYTES: usize = 1024;
+/// One component of such a path (a file name).
 pub const MAX_COMPONENT_BYTES: usize = 255;
 /// One argv string or `NAME=value` env entry, as the kernel's execve accepts it (MAX_ARG_STRLEN
 /// is 131072 including the terminating NUL).
@@ -46,24 +47,35 @@ pub const MAX_ENV_BYTES: usize = 1 << 20;
 /// uid and gid: 0..=2^31-2 (the kernel's `(uid_t)-1` and the sign bit are never valid ids).
 pub const MAX_ID: u32 = (1 << 31) - 2;
 
-/// The maxima of `limits` (also caps a policy cannot raise).
+// The maxima of `limits` (also caps a policy cannot raise).
+/// `limits.cpus`, in thousandths of a CPU (1024 CPUs).
 pub const MAX_MILLICPUS: u64 = 1024 * 1000;
+/// `limits.memory`: 1 TiB.
 pub const MAX_MEMORY: u64 = 1 << 40;
+/// `limits.pids` (the kernel's `pid_max` limit).
 pub const MAX_PIDS: u64 = 4_194_304;
+/// `limits.timeout`: a week.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+/// `limits.tmpfs`: 64 GiB.
 pub const MAX_TMPFS: u64 = 64 << 30;
+/// `limits.workspace`: 16 TiB.
 pub const MAX_WORKSPACE: u64 = 16 << 40;
+/// `limits.outputs`: 16 TiB.
 pub const MAX_OUTPUTS: u64 = 16 << 40;
 
 /// Why a file was not read.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
-    #[error("{0}")]
-    Io(#[source] io::Error),
+    /// The file could not be opened or read (the operating system's error, shown as is).
+    #[error(transparent)]
+    Io(io::Error),
+    /// A folder, FIFO, socket, device, or (when asked) a symlink.
     #[error("not a regular file (a folder, FIFO, socket or device is never read)")]
     NotRegular,
+    /// Larger than the bound (in bytes) it is read with.
     #[error("larger than the maximum of {} MiB", .0 >> 20)]
     TooLarge(u64),
+    /// Not UTF-8.
     #[error("not UTF-8 text")]
     NotText,
 }

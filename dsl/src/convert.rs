@@ -13,38 +13,29 @@ use marked_yaml::types::{MarkedMappingNode, MarkedScalarNode};
 use marked_yaml::Node;
 
 use crate::ir::{SourceFile, Span};
-use crate::{wf, yaml, Diagnostic, LoadError};
+use crate::{Diagnostic, LoadError};
 
 /// Keys whose sequence of mappings the DSL writes as repeated entries.
 const STAGES: &str = "stages";
 
-/// Reads `path` and returns the other form: a `.wf` file becomes YAML, anything else `.wf`.
-pub fn convert_file(path: &Path) -> Result<String, LoadError> {
-    let text = crate::read_workflow(path)?;
-    convert_str(path, &text)
+/// The `.wf` side's lowered tree printed as YAML.
+pub(crate) fn wf_to_yaml(root: &Node) -> Result<String, LoadError> {
+    let mut out = String::new();
+    match root.as_mapping() {
+        Some(m) => yaml_mapping(m, 0, &mut out),
+        None => out.push_str("{}\n"),
+    }
+    Ok(out)
 }
 
-/// [`convert_file`] on text read from `path` (the extension chooses the direction).
-pub fn convert_str(path: &Path, text: &str) -> Result<String, LoadError> {
-    crate::check_size(path, text)?;
-    if path.extension().is_some_and(|e| e == "wf") {
-        let root = wf::tree(path, text)?;
-        let mut out = String::new();
-        match root.as_mapping() {
-            Some(m) => yaml_mapping(m, 0, &mut out),
-            None => out.push_str("{}\n"),
-        }
-        Ok(out)
+/// A YAML workflow's tree (already checked to load) printed as `.wf` text.
+pub(crate) fn yaml_to_wf(path: &Path, text: &str, root: &Node) -> Result<String, LoadError> {
+    let mut p = WfPrinter { src: SourceFile { path: path.to_path_buf(), text: text.to_string() }, out: String::new(), diags: Vec::new() };
+    p.file(root);
+    if p.diags.is_empty() {
+        Ok(p.out)
     } else {
-        let root = yaml::tree(path, text)?;
-        let mut p =
-            WfPrinter { src: SourceFile { path: path.to_path_buf(), text: text.to_string() }, out: String::new(), diags: Vec::new() };
-        p.file(&root);
-        if p.diags.is_empty() {
-            Ok(p.out)
-        } else {
-            Err(LoadError::Invalid { path: path.to_path_buf(), diagnostics: p.diags })
-        }
+        Err(LoadError::Invalid { path: path.to_path_buf(), diagnostics: p.diags })
     }
 }
 

@@ -4,11 +4,12 @@
 //!
 //! This module must not print anything itself.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use miette::{NamedSource, SourceSpan};
 
+use crate::bounds;
 use crate::ir::{SourceFile, Span};
 
 /// One problem at one place in a workflow (or policy) file.
@@ -17,6 +18,7 @@ use crate::ir::{SourceFile, Span};
 pub struct Diagnostic {
     /// `path:line:col`, part of the one-line message so that logs and JSON carry it too.
     pub location: String,
+    /// What is wrong, in one sentence.
     pub message: String,
     #[source_code]
     src: NamedSource<Excerpt>,
@@ -48,11 +50,13 @@ impl Diagnostic {
         }
     }
 
+    /// The same diagnostic with a help text (what was expected, how to fix it).
     pub fn with_help(mut self, help: impl Into<String>) -> Self {
         self.help = Some(help.into());
         self
     }
 
+    /// The same diagnostic with a second place involved (shown under it).
     pub fn with_related(mut self, other: Diagnostic) -> Self {
         self.related.push(other);
         self
@@ -139,19 +143,32 @@ impl miette::SourceCode for Excerpt {
 /// Why a workflow could not be loaded.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum LoadError {
+    /// The workflow file could not be read.
     #[error("cannot read workflow file {}: {source}", path.display())]
     #[diagnostic(help("check the path; `engine run` looks for workflow.yml, then workflow.wf, in the current directory"))]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why it was not read.
+        source: crate::bounds::ReadError,
+    },
 
     /// The operator's policy file could not be read.
     #[error("cannot read policy file {}: {source}", path.display())]
     #[diagnostic(help("check the path given with `--policy` or ENGINE_POLICY"))]
-    PolicyIo { path: PathBuf, source: std::io::Error },
+    PolicyIo {
+        /// The file.
+        path: PathBuf,
+        /// Why it was not read.
+        source: crate::bounds::ReadError,
+    },
 
     /// One or more problems in the file, in source order.
     #[error("{} in {}", count(.diagnostics.len()), path.display())]
     Invalid {
+        /// The file.
         path: PathBuf,
+        /// The problems, each at its place.
         #[related]
         diagnostics: Vec<Diagnostic>,
     },
@@ -182,4 +199,41 @@ pub fn render(err: &dyn miette::Diagnostic, color: bool) -> String {
         out = err.to_string();
     }
     out
+}
+
+/// Diagnostics shown for one file at most.
+const MAX_DIAGNOSTICS: usize = 100;
+
+/// Ends a load: the diagnostics sorted by position (duplicates dropped), or the value.
+pub(crate) fn finish<T>(path: &Path, mut diags: Vec<Diagnostic>, value: T) -> Result<T, LoadError> {
+    if diags.is_empty() {
+        return Ok(value);
+    }
+    diags.sort_by_key(|d| (d.span.offset, d.span.len));
+    diags.dedup_by(|a, b| a.span == b.span && a.message == b.message);
+    // A hostile file can have a problem on every line: the first ones are enough.
+    if diags.len() > MAX_DIAGNOSTICS {
+        let mut more = diags[MAX_DIAGNOSTICS].clone();
+        let capped = if diags.len() >= bounds::MAX_COLLECTED { "at least " } else { "" };
+        more.message = format!("... and {capped}{} more errors, not shown", diags.len() - MAX_DIAGNOSTICS);
+        more.help = Some("fix the errors above first".into());
+        more.related.clear();
+        diags.truncate(MAX_DIAGNOSTICS);
+        diags.push(more);
+    }
+    Err(LoadError::Invalid { path: path.to_path_buf(), diagnostics: diags })
+}
+
+/// A parser gives no tree only with a diagnostic; this covers the impossible case without a
+/// panic (shared with the DSL front end).
+pub(crate) fn no_tree(path: &Path) -> LoadError {
+    LoadError::Invalid { path: path.to_path_buf(), diagnostics: Vec::new() }
+}
+
+/// Collects a diagnostic, up to [`bounds::MAX_COLLECTED`]: a hostile file can have a problem in
+/// every line, and past the bound they are dropped rather than kept.
+pub(crate) fn push(diags: &mut Vec<Diagnostic>, d: Diagnostic) {
+    if diags.len() < bounds::MAX_COLLECTED {
+        diags.push(d);
+    }
 }

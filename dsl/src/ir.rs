@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 pub struct SourceFile {
     /// The path as the user named it (used in messages).
     pub path: PathBuf,
+    /// The whole text (never serialised).
     #[serde(skip)]
     pub text: String,
 }
@@ -23,16 +24,22 @@ pub struct SourceFile {
 /// A location in a source file. `offset`/`len` are bytes; `line`/`col` are 1-based.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 pub struct Span {
+    /// Byte offset of the start.
     pub offset: usize,
+    /// Length in bytes.
     pub len: usize,
+    /// Line of the start, from 1.
     pub line: usize,
+    /// Column of the start in characters, from 1.
     pub col: usize,
 }
 
+/// A loaded, validated workflow: every step fully resolved, whatever the syntax.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Workflow {
     /// `name:` or the file stem.
     pub name: String,
+    /// The file it was loaded from (for messages; never serialised).
     #[serde(skip)]
     pub source: Arc<SourceFile>,
     /// Directory the workflow file lives in; `inputs` globs and image `copy` sources are relative to it.
@@ -44,17 +51,22 @@ pub struct Workflow {
 }
 
 impl Workflow {
+    /// The step called `name`.
     pub fn step(&self, name: &str) -> Option<&Step> {
         self.steps.iter().find(|s| s.name == name)
     }
 }
 
+/// One step: a command in a container, with everything it reads, writes and may use.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Step {
+    /// Its name (matrix suffix included, e.g. `test[x86]`).
     pub name: String,
     /// Where the step is defined (its key in `steps:`), for messages about the step as a whole.
     pub span: Span,
+    /// The image the container runs.
     pub image: ImageRef,
+    /// What it runs.
     pub command: Command,
     /// Glob patterns relative to the workflow directory; matched files appear at /workspace/<path>.
     pub inputs: Vec<String>,
@@ -74,7 +86,9 @@ pub struct Step {
     pub workdir: String,
     /// The profile the step asked for, if any (already applied to `isolation`/`limits`).
     pub profile: Option<String>,
+    /// Network and user, resolved.
     pub isolation: Isolation,
+    /// Resource limits, resolved.
     pub limits: Limits,
 }
 
@@ -113,6 +127,7 @@ pub struct CacheMount {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The image of a step.
 #[serde(tag = "kind", content = "name", rename_all = "snake_case")]
 pub enum ImageRef {
     /// A plain image reference (`local/busybox:1`), used as is.
@@ -122,6 +137,7 @@ pub enum ImageRef {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// What a step runs.
 #[serde(rename_all = "snake_case")]
 pub enum Command {
     /// `run:`: executed as `/bin/sh -c <script>`.
@@ -141,13 +157,17 @@ impl Command {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// A container's network.
 #[serde(rename_all = "snake_case")]
 pub enum Network {
+    /// No network at all (the default).
     None,
+    /// Docker's default bridge network.
     Bridge,
 }
 
 impl Network {
+    /// The name as written in workflows and given to Docker.
     pub fn as_str(&self) -> &'static str {
         match self {
             Network::None => "none",
@@ -156,9 +176,12 @@ impl Network {
     }
 }
 
+/// The numeric user a container runs as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct User {
+    /// User id.
     pub uid: u32,
+    /// Group id.
     pub gid: u32,
 }
 
@@ -168,9 +191,13 @@ impl std::fmt::Display for User {
     }
 }
 
+/// How a step's container is isolated beyond the fixed defaults (read-only root, no
+/// capabilities...): its network and its user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Isolation {
+    /// `network:`.
     pub network: Network,
+    /// `user:`.
     pub user: User,
 }
 
@@ -180,12 +207,14 @@ impl Default for Isolation {
     }
 }
 
+/// A container's resource limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {
     /// CPU quota in thousandths of a CPU (`cpus: 1.5` is 1500).
     pub millicpus: u64,
     /// Memory limit in bytes; swap is disabled (memory-swap = memory).
     pub memory: u64,
+    /// Most processes and threads.
     pub pids: u64,
     /// Wall time from container start.
     #[serde(with = "duration_secs")]
@@ -260,29 +289,43 @@ mod duration_secs {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
+/// An entry under `images:`.
 #[serde(rename_all = "snake_case")]
 pub enum ImageDef {
+    /// Built by the engine, stage by stage.
     Stages(Vec<Stage>),
     /// `network`: what the daemon's builder gives `RUN` instructions (`none` unless the image
     /// says `network: bridge`).
     Dockerfile {
+        /// The Dockerfile, relative to the workflow's folder.
         dockerfile: String,
+        /// The build context folder, relative to the workflow's folder.
         context: String,
+        /// The network of `RUN` instructions.
         network: Network,
     },
 }
 
+/// One stage of an image built by the engine.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Stage {
+    /// Its name (`stage-N` when not named).
     pub name: String,
+    /// Where it is written.
     pub span: Span,
     /// An image reference, or the name of an earlier stage of the same image.
     pub from: String,
+    /// `env:` of the stage's containers and the image.
     pub env: BTreeMap<String, String>,
+    /// `workdir:`.
     pub workdir: Option<String>,
+    /// `user:` as written (`None`: root).
     pub user: Option<String>,
+    /// Files copied in, in order.
     pub copy: Vec<CopySpec>,
+    /// Shell commands run in order, one container (and layer) each.
     pub run: Vec<String>,
+    /// The network of its containers.
     pub network: Network,
     /// Limits of every build container of the stage: the step defaults except a 30 minute
     /// timeout ([`Limits::stage`]), overridden by the stage's `limits:`. `tmpfs`, `workspace` and
@@ -290,10 +333,13 @@ pub struct Stage {
     pub limits: Limits,
 }
 
+/// A `copy:` entry of a stage.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CopySpec {
     /// `None`: from the workflow directory (glob); `Some(stage)`: from that stage's filesystem.
     pub from: Option<String>,
+    /// Source path or glob.
     pub src: String,
+    /// Absolute destination in the image.
     pub dst: String,
 }

@@ -3,15 +3,15 @@
 //! with a diagnostic at the workflow line and a related one at the policy line.
 //!
 //! This module owns the policy data and the comparison; reading the policy file's YAML lives in
-//! the YAML front end, and this module must not decide defaults of workflows.
+//! [`crate::policy_file`] (`Policy::load`), and this module must not decide defaults of
+//! workflows nor see YAML.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::diagnostic::Diagnostic;
 use crate::ir::{Network, SourceFile, Span, User};
 use crate::units::{format_cpus, format_duration, format_size};
-use crate::{Diagnostic, LoadError};
 
 /// A policy value and the line of the policy file that set it.
 #[derive(Debug, Clone, PartialEq)]
@@ -41,18 +41,6 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// Reads and validates a policy file (YAML, see the crate README for the format).
-    pub fn load(path: &Path) -> Result<Policy, LoadError> {
-        let text = crate::bounds::read_regular(path, crate::bounds::MAX_FILE_BYTES, false)
-            .map_err(|e| LoadError::PolicyIo { path: path.to_path_buf(), source: e.into() })?;
-        Policy::load_str(path, &text)
-    }
-
-    /// Parses policy text as if read from `path` (used in messages).
-    pub fn load_str(path: &Path, text: &str) -> Result<Policy, LoadError> {
-        crate::yaml::load_policy(path, text)
-    }
-
     /// Whether workflows may run steps as uid 0.
     pub fn allows_root(&self) -> bool {
         self.allow_root.as_ref().is_some_and(|c| c.value)

@@ -126,7 +126,13 @@ fn workflow_names_are_bounded() {
 #[test]
 fn root_group_is_allowed_when_the_policy_allows_root() {
     let policy = dsl::Policy::load_str(Path::new("p.yml"), "version: 1\nallow_root: true\n").unwrap();
-    dsl::load_str_with(Path::new("w.yml"), "version: 1\nsteps:\n  a: { image: i, run: x, user: \"1000:0\" }\n", &policy).unwrap();
+    dsl::load_str_with(
+        Path::new("w.yml"),
+        "version: 1\nsteps:\n  a: { image: i, run: x, user: \"1000:0\" }\n",
+        &policy,
+        &dsl::FsLoader::for_workflow(Path::new("w.yml")),
+    )
+    .unwrap();
 }
 
 #[test]

@@ -7,7 +7,8 @@ use common::{fixture, ir};
 use std::path::Path;
 
 fn convert(path: &Path, text: &str) -> String {
-    dsl::convert_str(path, text).unwrap_or_else(|e| panic!("{} should convert:\n{}", path.display(), common::render(&e)))
+    dsl::convert_str_with(path, text, &common::loader(path))
+        .unwrap_or_else(|e| panic!("{} should convert:\n{}", path.display(), common::render(&e)))
 }
 
 /// Converts `text` (read as `path`) and checks the result loads (as `other`) to the same IR.

@@ -52,9 +52,11 @@ fn check_doc(rel: &str, expect_blocks: usize) {
     for b in blocks.iter().filter(|b| b.file.is_none()) {
         let file = dir.path().join("workflow.wf");
         std::fs::write(&file, &b.text).unwrap();
-        let wf = dsl::load_file(&file).unwrap_or_else(|e| panic!("{rel}:{}: the example does not load:\n{}", b.line, render(&e)));
+        let wf = dsl::load_file_with(&file, &dsl::Policy::default(), &common::loader(&file))
+            .unwrap_or_else(|e| panic!("{rel}:{}: the example does not load:\n{}", b.line, render(&e)));
         // The YAML form of the example gives the same workflow.
-        let yaml = dsl::convert_file(&file).unwrap_or_else(|e| panic!("{rel}:{}: convert:\n{}", b.line, render(&e)));
+        let yaml =
+            dsl::convert_file_with(&file, &common::loader(&file)).unwrap_or_else(|e| panic!("{rel}:{}: convert:\n{}", b.line, render(&e)));
         // Same folder and stem: the workflow's name defaults to the file stem.
         let back = dsl::load_str(&file.with_extension("yml"), &yaml)
             .unwrap_or_else(|e| panic!("{rel}:{}: the YAML form does not load:\n{}\n{yaml}", b.line, render(&e)));
@@ -79,7 +81,8 @@ fn stdlib_examples_load() {
     let mut names = Vec::new();
     for entry in std::fs::read_dir(&examples).unwrap().flatten() {
         let file = entry.path().join("workflow.wf");
-        let wf = dsl::load_file(&file).unwrap_or_else(|e| panic!("{}:\n{}", file.display(), render(&e)));
+        let wf = dsl::load_file_with(&file, &dsl::Policy::default(), &common::loader(&file))
+            .unwrap_or_else(|e| panic!("{}:\n{}", file.display(), render(&e)));
         assert!(!wf.steps.is_empty());
         names.push(entry.file_name().to_string_lossy().into_owned());
     }

@@ -137,6 +137,7 @@ fn policy_allows_what_is_within_it() {
         Path::new("w.yml"),
         "version: 1\nsteps:\n  a: { image: local/x, run: id, user: \"0\", limits: { memory: 2g } }\n",
         &policy,
+        &dsl::FsLoader::for_workflow(Path::new("w.yml")),
     )
     .unwrap_or_else(|e| panic!("{}", common::render(&e)));
     assert_eq!(wf.steps[0].isolation.user, User { uid: 0, gid: 0 });

@@ -8,6 +8,7 @@ pub mod error;
 pub mod events;
 pub mod executor;
 pub mod explain;
+pub mod front;
 pub mod lock;
 pub mod output;
 pub mod owner;

@@ -50,7 +50,7 @@ async fn dispatch(cli: Cli) -> i32 {
         Command::Cache(cmd) => cache_command(cmd).await,
         Command::Images(cmd) => images_command(cmd).await,
         Command::Lock { file } => lock_command(file).await,
-        Command::Convert { file } => dsl::convert_file(&file).map_err(StartError::from).map(|text| {
+        Command::Convert { file } => engine::front::convert(&file).map_err(StartError::from).map(|text| {
             print!("{text}");
             exit::OK
         }),
@@ -312,7 +312,7 @@ fn fmt_command(file: &Path, check: bool) -> Result<i32, StartError> {
 
 async fn lock_command(file: Option<PathBuf>) -> Result<i32, StartError> {
     let file = workflow_file(file)?;
-    let workflow = dsl::load_file(&file)?;
+    let workflow = engine::front::load(&file, &dsl::policy::Policy::default())?;
     let docker = engine::docker::DockerExecutor::connect().await?;
     let resolved = run::resolve_bases(&docker, &workflow).await?;
     let path = engine::lock::write(&workflow.dir, resolved.clone())?;
@@ -337,7 +337,7 @@ async fn images_command(cmd: ImagesCommand) -> Result<i32, StartError> {
             let (file, names) = target.split();
             let file = workflow_file(file)?;
             let policy = load_policy(&policy)?;
-            let workflow = dsl::load_file_with(&file, &policy)?;
+            let workflow = engine::front::load(&file, &policy)?;
             let names: Vec<String> = if names.is_empty() { workflow.images.keys().cloned().collect() } else { names };
             let run_id = run::new_run_id();
             let owner = engine::docker::owner::owner_labels();

@@ -571,7 +571,7 @@ fn as_workflow_text(steps: &[StepRecord]) -> String {
 /// and every rule it breaks.
 fn admit(record_path: &Path, steps: &[StepRecord], policy: &dsl::policy::Policy) -> Result<Arc<dsl::Workflow>, StartError> {
     let text = as_workflow_text(steps);
-    let workflow = match dsl::load_str_with(record_path, &text, policy) {
+    let workflow = match crate::front::load_str(record_path, &text, policy) {
         Ok(w) => w,
         Err(dsl::LoadError::Invalid { diagnostics, .. }) => {
             let record = record_path.display().to_string();

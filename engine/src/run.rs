@@ -74,7 +74,7 @@ pub struct RunConfig {
 
 /// Load, validate and plan `file` against the given budget. Shared by `run`, `plan` and `check`.
 pub fn load_and_plan(file: &Path, targets: &[String], policy: &dsl::policy::Policy, budget: HostBudget) -> Result<Plan, StartError> {
-    let workflow = dsl::load_file_with(file, policy)?;
+    let workflow = crate::front::load(file, policy)?;
     Ok(plan::plan(Arc::new(workflow), targets, budget)?)
 }
 
@@ -103,7 +103,7 @@ pub fn new_run_id() -> String {
 pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<RunStatus, StartError> {
     let started = Instant::now();
     // Validate first: a broken workflow is reported even when Docker is down.
-    let workflow = Arc::new(dsl::load_file_with(&cfg.file, &cfg.policy)?);
+    let workflow = Arc::new(crate::front::load(&cfg.file, &cfg.policy)?);
     let docker = DockerExecutor::connect().await?;
     let log_limit = record::log_limit().map_err(EnvironmentError)?;
     tracing::debug!(elapsed = ?started.elapsed(), "connected to the daemon");
@@ -807,7 +807,7 @@ pub async fn forecast(
     cache_dir: &Path,
     no_cache: bool,
 ) -> Result<(Plan, Vec<Forecast>), StartError> {
-    let workflow = Arc::new(dsl::load_file_with(file, policy)?);
+    let workflow = Arc::new(crate::front::load(file, policy)?);
     let docker = DockerExecutor::connect().await?;
     let budget = docker.host_budget().await?;
     let plan = plan::plan(workflow.clone(), targets, budget)?;

@@ -10,9 +10,11 @@
 
 use std::path::Path;
 
-use super::{parse_text, Rule};
+use super::grammar::Rule;
+use super::parse::parse_text;
+use crate::diagnostic::finish;
 use crate::ir::SourceFile;
-use crate::{yaml, LoadError};
+use crate::LoadError;
 use pest::iterators::Pair;
 
 /// Formats `text` (read from `path`, used in messages); a syntax error is the usual `LoadError`.
@@ -20,7 +22,7 @@ pub(crate) fn format(path: &Path, text: &str) -> Result<String, LoadError> {
     let src = SourceFile { path: path.to_path_buf(), text: text.to_string() };
     let file = match parse_text(&src) {
         Ok(file) => Some(file),
-        Err(d) => return yaml::finish(path, vec![*d], String::new()),
+        Err(d) => return finish(path, vec![*d], String::new()),
     };
     let mut f = Fmt { out: String::new(), comments: comments(text), next: 0 };
     let mut last: Option<Rule> = None;

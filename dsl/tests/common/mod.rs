@@ -16,17 +16,23 @@ pub fn errors(name: &str, text: &str) -> String {
 }
 
 pub fn errors_with(name: &str, text: &str, policy: &Policy) -> String {
-    match dsl::load_str_with(Path::new(name), text, policy) {
+    match dsl::load_str_with(Path::new(name), text, policy, &loader(Path::new(name))) {
         Ok(_) => panic!("{name} loaded but should not have"),
         Err(e) => render(&e),
     }
 }
 
 pub fn load(name: &str, text: &str) -> Workflow {
-    match dsl::load_str(Path::new(name), text) {
+    match dsl::load_str_with(Path::new(name), text, &Policy::default(), &loader(Path::new(name))) {
         Ok(w) => w,
         Err(e) => panic!("{name} should load:\n{}", render(&e)),
     }
+}
+
+/// The loader the engine binary supplies, for a workflow at `path`: imports relative to it,
+/// `stdlib/NAME` in the repository's `stdlib-workflows/`.
+pub fn loader(path: &Path) -> dsl::FsLoader {
+    dsl::FsLoader::for_workflow(path).with_library([Path::new(env!("CARGO_MANIFEST_DIR")).join("../stdlib-workflows")])
 }
 
 /// A file under `dsl/tests/fixtures`.

@@ -14,11 +14,11 @@ use std::sync::Arc;
 
 use marked_yaml::types::MarkedMappingNode;
 
-use super::reader::Reader;
 use super::settings::Layer;
 use crate::ir::{Limits, Network, SourceFile, Span};
 use crate::policy::{Ask, Asked, Policy};
 use crate::validate;
+use crate::yaml::reader::Reader;
 use crate::Diagnostic;
 
 /// The largest Dockerfile the engine reads (1 MiB).
@@ -38,6 +38,17 @@ pub(super) fn stage_limits(r: &mut Reader, map: &MarkedMappingNode, who: &str, f
     resolved.asks(who, fallback, &mut all);
     asks.extend(all.into_iter().filter(|a| matches!(a.asked, Asked::Cpus(_) | Asked::Memory(_) | Asked::Pids(_) | Asked::Timeout(_))));
     resolved.limits()
+}
+
+/// Why a Dockerfile could not be read (a policy restricting images then refuses the image).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum Unreadable {
+    #[error("the workflow's folder cannot be resolved")]
+    Folder,
+    #[error("the Dockerfile `{0}` does not exist")]
+    Missing(String),
+    #[error("cannot read the Dockerfile `{0}`: {1}")]
+    Io(String, #[source] std::io::Error),
 }
 
 /// What loading a Dockerfile image found: its text and the references to check.
@@ -64,7 +75,7 @@ pub(super) fn dockerfile_paths(
     dockerfile: &(String, Span),
     context: &(String, Span),
     network: Network,
-) -> Result<Option<DockerfileRefs>, String> {
+) -> Result<Option<DockerfileRefs>, Unreadable> {
     let what = format!("image `{name}`");
     let mut ok = true;
     for (key, (path, span)) in [("dockerfile", dockerfile), ("context", context)] {
@@ -88,7 +99,7 @@ pub(super) fn dockerfile_paths(
     if !ok {
         return Ok(None);
     }
-    let Ok(root) = dir.canonicalize() else { return Err("the workflow's folder cannot be resolved".into()) };
+    let Ok(root) = dir.canonicalize() else { return Err(Unreadable::Folder) };
     // Each must resolve (symlinks included) inside the folder.
     let mut resolved = Vec::new();
     for (key, (path, span)) in [("dockerfile", dockerfile), ("context", context)] {
@@ -122,9 +133,9 @@ pub(super) fn dockerfile_paths(
         }
     }
     let Some(Some(real)) = resolved.first() else {
-        return Err(format!("the Dockerfile `{}` does not exist", dockerfile.0));
+        return Err(Unreadable::Missing(dockerfile.0.clone()));
     };
-    let meta = std::fs::symlink_metadata(real).map_err(|e| format!("cannot read the Dockerfile `{}`: {e}", dockerfile.0))?;
+    let meta = std::fs::symlink_metadata(real).map_err(|e| Unreadable::Io(dockerfile.0.clone(), e))?;
     if !meta.is_file() {
         r.error(
             dockerfile.1,
@@ -146,7 +157,7 @@ pub(super) fn dockerfile_paths(
     let mut text = String::new();
     std::fs::File::open(real)
         .and_then(|f| f.take(MAX_DOCKERFILE + 1).read_to_string(&mut text))
-        .map_err(|e| format!("cannot read the Dockerfile `{}`: {e}", dockerfile.0))?;
+        .map_err(|e| Unreadable::Io(dockerfile.0.clone(), e))?;
     let src = Arc::new(SourceFile { path: display_path(dir, &dockerfile.0), text });
     let (refs, remote) = references(&src.text);
     if network == Network::None {

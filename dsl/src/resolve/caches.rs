@@ -6,8 +6,8 @@
 
 use marked_yaml::Node;
 
-use super::reader::Reader;
 use crate::ir::{CacheMount, Span};
+use crate::yaml::reader::Reader;
 use crate::Diagnostic;
 
 const CACHE_KEYS: &[&str] = &["name", "path"];
@@ -38,7 +38,7 @@ pub(super) fn read(r: &mut Reader, step: &str, node: &Node) -> Vec<CacheMount> {
         let name = field("name");
         let path = field("path");
         let name_ok = match &name {
-            Some((n, span)) => super::check_name(r, n, *span, "cache"),
+            Some((n, span)) => super::names::check_name(r, n, *span, "cache"),
             None => false,
         };
         let Some(path) = path.and_then(|(p, span)| check_path(r, &p, span).map(|p| (p, span))) else {

@@ -10,14 +10,14 @@ use std::time::Duration;
 use marked_yaml::types::MarkedMappingNode;
 use marked_yaml::Node;
 
-use super::reader::Reader;
 use crate::bounds;
 use crate::ir::{Isolation, Limits, Network, Span, User};
 use crate::policy::{Ask, Asked};
 use crate::suggest;
 use crate::units;
+use crate::yaml::reader::Reader;
 
-pub(super) const LIMIT_KEYS: &[&str] = &["cpus", "memory", "pids", "timeout", "tmpfs", "workspace", "outputs"];
+pub(crate) const LIMIT_KEYS: &[&str] = &["cpus", "memory", "pids", "timeout", "tmpfs", "workspace", "outputs"];
 /// Docker refuses smaller memory limits; a tmpfs that small is useless too.
 const MIN_SIZE: u64 = 6 << 20;
 
@@ -228,7 +228,7 @@ impl Layer {
 const NETWORKS: &[&str] = &["none", "bridge"];
 
 /// `none` or `bridge`; host networking is refused outright.
-pub(super) fn network(r: &mut Reader, node: &Node) -> Option<Network> {
+pub(crate) fn network(r: &mut Reader, node: &Node) -> Option<Network> {
     let (text, span) = r.string(node, "`network`")?;
     match text.as_str() {
         "none" => Some(Network::None),

@@ -1,21 +1,36 @@
 //! Reading an operator policy file (YAML) into a [`Policy`], with the same diagnostics as
 //! workflow files (unknown keys, wrong types, bad units), each pointing at the policy line.
 //!
-//! This module only parses; comparing workflows against the policy lives in [`crate::policy`].
+//! This module only parses (it is [`Policy::load`]); comparing workflows against the policy
+//! lives in [`crate::policy`], which knows nothing of YAML.
 
 use std::path::Path;
 use std::sync::Arc;
 
-use super::reader::Reader;
-use super::{check_version, finish, settings};
+use crate::diagnostic::finish;
 use crate::ir::SourceFile;
 use crate::policy::{Capped, Policy};
-use crate::units;
-use crate::LoadError;
+use crate::resolve::{names::check_version, settings};
+use crate::yaml::reader::Reader;
+use crate::{bounds, units, LoadError};
 
 const POLICY_KEYS: &[&str] = &["version", "max_limits", "networks", "image_prefixes", "allow_root", "allow_root_builds"];
 
-pub(crate) fn load_policy(path: &Path, text: &str) -> Result<Policy, LoadError> {
+impl Policy {
+    /// Reads and validates a policy file (YAML, see docs/workflow.md for the format).
+    pub fn load(path: &Path) -> Result<Policy, LoadError> {
+        let text = bounds::read_regular(path, bounds::MAX_FILE_BYTES, false)
+            .map_err(|source| LoadError::PolicyIo { path: path.to_path_buf(), source })?;
+        Policy::load_str(path, &text)
+    }
+
+    /// Parses policy text as if read from `path` (used in messages).
+    pub fn load_str(path: &Path, text: &str) -> Result<Policy, LoadError> {
+        load_policy(path, text)
+    }
+}
+
+fn load_policy(path: &Path, text: &str) -> Result<Policy, LoadError> {
     let src = Arc::new(SourceFile { path: path.to_path_buf(), text: text.to_string() });
     let mut r = Reader::new(&src);
     let mut policy = Policy { source: Some(src.clone()), ..Policy::default() };
