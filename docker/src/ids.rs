@@ -17,7 +17,8 @@ pub struct BadImageId(pub String);
 impl ImageId {
     /// Check `text` is `sha256:` followed by 64 lowercase hex digits.
     pub fn parse(text: &str) -> Result<ImageId, BadImageId> {
-        let ok = text.strip_prefix("sha256:").is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')));
+        let ok =
+            text.strip_prefix("sha256:").is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')));
         if ok {
             Ok(ImageId(text.to_string()))
         } else {

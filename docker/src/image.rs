@@ -283,7 +283,8 @@ impl Daemon {
             .cpuquota(i32::try_from(request.millicpus.saturating_mul(100)).unwrap_or(i32::MAX))
             .build();
         let body = context.map(|chunk| chunk.map(Into::into));
-        self.docker.build_image(options, None, Some(bollard::body_try_stream(body))).filter_map(|item| std::future::ready(match item {
+        self.docker.build_image(options, None, Some(bollard::body_try_stream(body))).filter_map(|item| {
+            std::future::ready(match item {
                 Ok(info) => match (info.error_detail, info.stream) {
                     (Some(detail), _) => Some(Ok(BuildMessage::Failed(detail.message.unwrap_or_else(|| "the build failed".into())))),
                     (None, Some(text)) => Some(Ok(BuildMessage::Output(text))),
@@ -291,7 +292,8 @@ impl Daemon {
                 },
                 Err(bollard::errors::Error::DockerStreamError { error }) => Some(Ok(BuildMessage::Failed(error))),
                 Err(source) => Some(Err(DaemonError::Failed { action: "build the image".into(), source })),
-            }))
+            })
+        })
     }
 
     /// Create a build container (never started until [`BuildContainer::run`]).
@@ -312,7 +314,8 @@ impl Daemon {
             ..Default::default()
         };
         let mut guard = Resources::new(self.docker.clone());
-        let created = call("create a build container", ordinary(), self.docker.create_container(None::<CreateContainerOptions>, body)).await?;
+        let created =
+            call("create a build container", ordinary(), self.docker.create_container(None::<CreateContainerOptions>, body)).await?;
         guard.container(created.id.clone());
         Ok(BuildContainer { daemon: self.clone(), id: created.id, guard })
     }
@@ -335,8 +338,12 @@ impl BuildContainer {
     pub async fn upload(&self, tar: Vec<u8>) -> Result<(), DaemonError> {
         let opts = UploadToContainerOptions { path: "/".into(), ..Default::default() };
         let docker = &self.daemon.docker;
-        call("copy files into a build container", ordinary(), docker.upload_to_container(&self.id, Some(opts), bollard::body_full(tar.into())))
-            .await
+        call(
+            "copy files into a build container",
+            ordinary(),
+            docker.upload_to_container(&self.id, Some(opts), bollard::body_full(tar.into())),
+        )
+        .await
     }
 
     /// The tar of `path` in the container.

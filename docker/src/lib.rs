@@ -27,7 +27,10 @@ pub mod lines;
 pub mod owner;
 pub mod run;
 
-pub use error::{DaemonError, SettingError, CALL_TIMEOUT_VAR, CONNECT_TIMEOUT, DEFAULT_CALL_TIMEOUT, DEFAULT_DOCKER_HOST, DEFAULT_STOP_GRACE, STOP_GRACE_VAR};
+pub use error::{
+    DaemonError, SettingError, CALL_TIMEOUT_VAR, CONNECT_TIMEOUT, DEFAULT_CALL_TIMEOUT, DEFAULT_DOCKER_HOST, DEFAULT_STOP_GRACE,
+    STOP_GRACE_VAR,
+};
 pub use guard::{kill_all_now, live, remove_temp_now, Live};
 pub use ids::{BadImageId, ContainerId, ImageId};
 
@@ -159,7 +162,8 @@ impl Daemon {
             docker.ping().await.map_err(unreachable)?;
             Ok::<_, ConnectError>(docker)
         };
-        let docker = tokio::time::timeout(CONNECT_TIMEOUT, handshake).await.map_err(|_| ConnectError::Silent { host: host.to_string() })??;
+        let docker =
+            tokio::time::timeout(CONNECT_TIMEOUT, handshake).await.map_err(|_| ConnectError::Silent { host: host.to_string() })??;
         guard::remember_client(&docker);
         let transfer = if host.starts_with("unix://") { Transfer::Bind } else { Transfer::Archive };
         Ok(Daemon { docker, transfer })

@@ -844,12 +844,7 @@ pub async fn forecast(
             .image_ids
             .get(&step.name)
             .ok_or_else(|| EnvironmentError(format!("the image of step `{}` was not resolved to an ID", step.name)))?;
-        let components = caching::components(
-            step,
-            image_id,
-            prepared.hashed.get(&step.name).cloned().unwrap_or_default(),
-            upstream,
-        );
+        let components = caching::components(step, image_id, prepared.hashed.get(&step.name).cloned().unwrap_or_default(), upstream);
         let forecast = match caching::decide(&store, &workflow.name, step, &components, no_cache) {
             Decision::Cached(manifest) => {
                 digests.insert(step.name.clone(), manifest.outputs_digest());

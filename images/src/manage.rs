@@ -12,7 +12,11 @@ use crate::{BuildError, LABEL_IMAGE, LABEL_IMAGE_KEY};
 
 async fn labelled(builder: &Builder, label: &str) -> Result<Vec<ImageSummary>, BuildError> {
     // `all`: stage images may be untagged, and then the default listing hides them.
-    builder.docker.list_images(vec![label.to_string()], true).await.map_err(|e| BuildError::Environment(format!("cannot list images: {}", e.reason())))
+    builder
+        .docker
+        .list_images(vec![label.to_string()], true)
+        .await
+        .map_err(|e| BuildError::Environment(format!("cannot list images: {}", e.reason())))
 }
 
 pub(crate) async fn list(builder: &Builder) -> Result<Vec<ImageInfo>, BuildError> {

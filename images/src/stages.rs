@@ -319,7 +319,6 @@ async fn build_stage(
         cmd: base_config.cmd.clone(),
         entrypoint: base_config.entrypoint.clone(),
         labels: Some(labels),
-        ..Default::default()
     };
     let spec = BuildContainerSpec {
         image: current.to_string(),
@@ -479,7 +478,11 @@ async fn create(env: Env<'_>, mut spec: BuildContainerSpec) -> Result<BuildConta
     labels.insert(LABEL_RUN.to_string(), env.ctx.run_id.to_string());
     labels.insert(LABEL_IMAGE.to_string(), env.image.to_string());
     spec.config.labels = Some(labels);
-    env.builder.docker.create_build_container(spec).await.map_err(|e| daemon(&format!("create a build container for image `{}`", env.image), &e))
+    env.builder
+        .docker
+        .create_build_container(spec)
+        .await
+        .map_err(|e| daemon(&format!("create a build container for image `{}`", env.image), &e))
 }
 
 #[cfg(test)]

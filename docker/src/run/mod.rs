@@ -14,7 +14,7 @@ pub(crate) mod transfer;
 
 pub use collect::{contained_link_target, resolve_link, Node, MAX_HOPS};
 pub use spec::{CacheMount, ContainerSpec, Failure, Finished, Limits, User};
-pub use transfer::{SECRETS_PREFIX, OWNER_FILE};
+pub use transfer::{OWNER_FILE, SECRETS_PREFIX};
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -51,7 +51,13 @@ impl Daemon {
     }
 
     /// Everything up to the end of the step; `Err` only for failures before the container ran.
-    async fn run_inner(&self, spec: &ContainerSpec, cancel: &CancellationToken, log: &mut (dyn FnMut(Stream, String) + Send), res: &mut Resources) -> Result<Finished, Failure> {
+    async fn run_inner(
+        &self,
+        spec: &ContainerSpec,
+        cancel: &CancellationToken,
+        log: &mut (dyn FnMut(Stream, String) + Send),
+        res: &mut Resources,
+    ) -> Result<Finished, Failure> {
         if cancel.is_cancelled() {
             return Err(Failure::Cancelled);
         }
@@ -615,5 +621,3 @@ fn container_body(spec: &ContainerSpec, labels: HashMap<String, String>, mounts:
         ..Default::default()
     }
 }
-
-

@@ -1,7 +1,7 @@
 //! The engine's side of the Docker boundary: adapters from the engine's types to the `docker`
 //! crate's (a step's IR becomes a [`docker::run::ContainerSpec`], a container's
 //! [`docker::run::Finished`] becomes a [`StepOutcome`], daemon errors become
-//! [`EnvironmentError`]s), under the names the rest of the engine has always used. No bollard
+//! [`EnvironmentError`]s), under the names the rest of the engine has always used. No Docker API
 //! here: everything that talks to the daemon lives in the `docker` crate.
 
 pub mod cleanup;
@@ -86,7 +86,12 @@ impl DockerExecutor {
             events.emit(Event::Log { step: step.clone(), stream, line });
         };
         let finished = self.daemon.run(&spec, &ctx.cancel, &mut log).await;
-        StepOutcome { result: finished.result.map_err(StepFailure::from), duration: finished.duration, exit_code: finished.exit_code, cached: false }
+        StepOutcome {
+            result: finished.result.map_err(StepFailure::from),
+            duration: finished.duration,
+            exit_code: finished.exit_code,
+            cached: false,
+        }
     }
 }
 
