@@ -9,13 +9,18 @@ use cache::{InputEntry, KeyComponents, Manifest, Reason, Store, UpstreamEntry, C
 
 /// The key components of `step`. `inputs` are the hashed input files of the step (sorted);
 /// `upstream` the output digest of each direct need. Secret values never enter: names only.
-pub fn components(step: &dsl::Step, image_id: &str, inputs: Vec<InputEntry>, mut upstream: Vec<UpstreamEntry>) -> KeyComponents {
+pub fn components(
+    step: &dsl::Step,
+    image_id: &docker::ImageId,
+    inputs: Vec<InputEntry>,
+    mut upstream: Vec<UpstreamEntry>,
+) -> KeyComponents {
     upstream.sort_by(|a, b| a.step.cmp(&b.step));
     let mut secrets = step.secrets.clone();
     secrets.sort();
     KeyComponents {
         format: CACHE_FORMAT_VERSION,
-        image_id: image_id.to_string(),
+        image_id: image_id.as_str().to_string(),
         command: step.command.argv(),
         env: step.env.clone(),
         workdir: step.workdir.clone(),

@@ -225,7 +225,7 @@ fn graph(file: Option<PathBuf>, format: GraphFormat) -> Result<i32, StartError> 
 
 async fn clean() -> Result<i32, StartError> {
     let docker = engine::docker::DockerExecutor::connect().await?;
-    let report = engine::docker::cleanup::remove_stale(docker.client()).await?;
+    let report = engine::docker::cleanup::remove_stale(docker.daemon()).await?;
     let dirs = engine::workspace::remove_stale_run_dirs();
     println!(
         "removed {} containers, {} volumes and {} temporary folders left by dead runs",
@@ -315,7 +315,7 @@ async fn lock_command(file: Option<PathBuf>) -> Result<i32, StartError> {
     let workflow = engine::front::load(&file, &dsl::policy::Policy::default())?;
     let docker = engine::docker::DockerExecutor::connect().await?;
     let resolved = run::resolve_bases(&docker, &workflow).await?;
-    let path = engine::lock::write(&workflow.dir, resolved.clone())?;
+    let path = engine::lock::write(&workflow.dir, resolved.iter().map(|(reference, id)| (reference.clone(), id.to_string())).collect())?;
     for (reference, id) in &resolved {
         println!("{reference} -> {id}");
     }
@@ -325,7 +325,7 @@ async fn lock_command(file: Option<PathBuf>) -> Result<i32, StartError> {
 
 async fn images_command(cmd: ImagesCommand) -> Result<i32, StartError> {
     let docker = engine::docker::DockerExecutor::connect().await?;
-    let builder = images::Builder::new(docker.client().clone());
+    let builder = images::Builder::new(docker.daemon().clone());
     let failed = |e: images::BuildError| match e {
         images::BuildError::Environment(m) => StartError::Environment(EnvironmentError(m)),
         images::BuildError::Invalid { .. } => StartError::Invalid(e.to_string()),

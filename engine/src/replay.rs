@@ -168,7 +168,7 @@ pub async fn replay(cfg: ReplayConfig, cancel: CancellationToken) -> Result<i32,
         }
     }
     // Every container of the replay is gone before we report, whatever happened.
-    let _ = cleanup::remove_run(docker.client(), &replay_id).await;
+    let _ = cleanup::remove_run(docker.daemon(), &replay_id).await;
     if cancel.is_cancelled() {
         eprintln!("replay cancelled");
         return Ok(exit::INTERRUPTED);
@@ -270,8 +270,8 @@ async fn image_not_allowed(docker: &DockerExecutor, step: &StepRecord, policy: &
     let prefixes = policy.image_prefixes()?;
     let (dsl::ImageRef::Reference(_), Some(image)) = (&step.definition.image, &step.image) else { return None };
     // A missing image is reported with the other missing things (exit 3).
-    let inspected = docker.client().inspect_image(&image.id).await.ok()?;
-    let tags = inspected.repo_tags.unwrap_or_default();
+    let inspected = docker.daemon().inspect_image(&image.id).await.ok()??;
+    let tags = inspected.repo_tags;
     if tags.iter().any(|t| prefixes.iter().any(|p| t.starts_with(p.as_str()))) {
         return None;
     }
@@ -290,8 +290,8 @@ async fn image_not_allowed(docker: &DockerExecutor, step: &StepRecord, policy: &
 /// when the image is gone (reported with the other missing things).
 async fn claimed_build(docker: &DockerExecutor, step: &StepRecord) -> Option<String> {
     let (dsl::ImageRef::Built(name), Some(image)) = (&step.definition.image, &step.image) else { return None };
-    let inspected = docker.client().inspect_image(&image.id).await.ok()?;
-    let label = inspected.config.and_then(|c| c.labels).and_then(|l| l.get(images::LABEL_IMAGE).cloned());
+    let inspected = docker.daemon().inspect_image(&image.id).await.ok()??;
+    let label = inspected.config.labels.and_then(|l| l.get(images::LABEL_IMAGE).cloned());
     (label.as_deref() != Some(name.as_str())).then(|| {
         format!(
             "its image {} is not the engine-built image `{}` it claims (no label {}={})",
@@ -445,7 +445,8 @@ fn verify_step(store: &Store, record: &RunRecord, step: &StepRecord) -> Result<V
         upstream.push(cache::UpstreamEntry { step: need.clone(), outputs: digest });
     }
 
-    let expected = crate::caching::components(&step.definition, &image.id, recorded.inputs.clone(), upstream);
+    let image_id = image.id.parse::<crate::docker::ImageId>().map_err(|e| Edited(format!("its image ID is not valid: {e}")))?;
+    let expected = crate::caching::components(&step.definition, &image_id, recorded.inputs.clone(), upstream);
     let mut differs = differing_fields(&expected, &recorded);
     let reference = match &step.definition.image {
         dsl::ImageRef::Reference(r) => r.clone(),

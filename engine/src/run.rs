@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::caching::{self, Decision};
 
-use crate::docker::{cleanup, DockerExecutor};
+use crate::docker::{cleanup, DockerExecutor, ImageId};
 use crate::error::EnvironmentError;
 use crate::events::{Event, EventSink, RunStatus};
 use crate::executor::{CacheMountJob, Executor, StepContext, StepFailure, StepJob, StepOutcome};
@@ -109,11 +109,11 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<RunStatus,
     tracing::debug!(elapsed = ?started.elapsed(), "connected to the daemon");
     // For the run record; asked now so that the answer is there when the record starts.
     let daemon_version = {
-        let client = docker.client().clone();
-        tokio::spawn(async move { crate::docker::daemon_version(&client).await })
+        let daemon = docker.daemon().clone();
+        tokio::spawn(async move { crate::docker::daemon_version(&daemon).await })
     };
     // Leftovers of engines that died (SIGKILL, power loss) go before we add our own.
-    let stale = cleanup::remove_stale(docker.client()).await?;
+    let stale = cleanup::remove_stale(docker.daemon()).await?;
     let stale_dirs = workspace::remove_stale_run_dirs();
     if !stale.containers.is_empty() || !stale_dirs.is_empty() {
         tracing::info!(containers = stale.containers.len(), dirs = stale_dirs.len(), "removed leftovers of dead runs");
@@ -203,7 +203,7 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<RunStatus,
 
     // Safety net: every executor removes its own containers; this catches anything a bug or a
     // dropped future left behind, so `docker ps --filter label=engine.run` shows nothing of us.
-    let _ = cleanup::remove_run(executor.docker.client(), &run_id).await;
+    let _ = cleanup::remove_run(executor.docker.daemon(), &run_id).await;
     tracing::debug!(elapsed = ?started.elapsed(), "removed the run's containers");
 
     // The final record: how the run and every step ended (skips and cancellations included).
@@ -313,7 +313,7 @@ pub struct Prepared {
     pub inputs: HashMap<String, Vec<String>>,
     pub hashed: HashMap<String, Vec<cache::InputEntry>>,
     pub images: HashMap<String, String>,
-    pub image_ids: HashMap<String, String>,
+    pub image_ids: HashMap<String, ImageId>,
     /// Names under `images:` the planned steps use; built by `start_image_builds`.
     pub built: std::collections::BTreeSet<String>,
 }
@@ -336,7 +336,7 @@ pub async fn prepare(docker: &DockerExecutor, store: &Store, plan: &Plan) -> Res
     let mut inputs = HashMap::new();
     let mut images = HashMap::new();
     let mut image_ids = HashMap::new();
-    let mut resolved: HashMap<String, String> = HashMap::new();
+    let mut resolved: HashMap<String, ImageId> = HashMap::new();
     let mut built = std::collections::BTreeSet::new();
     for planned in &plan.steps {
         let step = &planned.step;
@@ -346,11 +346,11 @@ pub async fn prepare(docker: &DockerExecutor, store: &Store, plan: &Plan) -> Res
                 if !resolved.contains_key(image) {
                     // Found locally, or pulled from its registry (progress on stderr, so that
                     // `--output json` on stdout stays one event per line).
-                    let builder = images::Builder::new(docker.client().clone());
+                    let builder = images::Builder::new(docker.daemon().clone());
                     let progress = |reference: &str, _: &str, line: &str| eprintln!("pull {reference} | {line}");
-                    let id = builder.ensure_base(image, &progress).await.map_err(|e| match e {
-                        images::BuildError::Environment(m) => StartError::Environment(EnvironmentError(m)),
-                        other => StartError::Environment(EnvironmentError(other.to_string())),
+                    let id = builder.ensure_base(image, &progress).await.map_err(|e| match StepFailure::from(e) {
+                        StepFailure::Environment(m) => StartError::Environment(EnvironmentError(m)),
+                        other => StartError::ImageFailed(other.to_string()),
                     })?;
                     resolved.insert(image.clone(), id);
                 }
@@ -398,7 +398,7 @@ pub async fn prepare(docker: &DockerExecutor, store: &Store, plan: &Plan) -> Res
 /// The outcome of one image build as the steps see it: the image ID, or why there is none.
 #[derive(Debug, Clone)]
 pub enum ImageOutcome {
-    Built(String),
+    Built(ImageId),
     Failed(StepFailure),
 }
 
@@ -417,13 +417,13 @@ fn start_image_builds(
     use futures_util::FutureExt;
     let mut builds = HashMap::new();
     for name in &prepared.built {
-        let (client, workflow, run_id) = (docker.client().clone(), workflow.clone(), run_id.to_string());
+        let (daemon, workflow, run_id) = (docker.daemon().clone(), workflow.clone(), run_id.to_string());
         let (events, cancel, name_owned) = (events.clone(), cancel.clone(), name.clone());
         let task = tokio::spawn(async move {
             let Some(def) = workflow.images.get(&name_owned) else {
                 return ImageOutcome::Failed(StepFailure::ImageFailed(format!("image `{name_owned}` is not defined under `images:`")));
             };
-            let builder = images::Builder::new(client);
+            let builder = images::Builder::new(daemon);
             let owner = crate::docker::owner::owner_labels();
             let ctx = images::BuildContext {
                 workflow: &workflow.name,
@@ -441,9 +441,7 @@ fn start_image_builds(
             };
             match builder.build(&ctx, &name_owned, def, &log, &cancel).await {
                 Ok(image) => ImageOutcome::Built(image.id),
-                Err(images::BuildError::Environment(m)) => ImageOutcome::Failed(StepFailure::Environment(m)),
-                Err(images::BuildError::Cancelled(_)) => ImageOutcome::Failed(StepFailure::Cancelled),
-                Err(e) => ImageOutcome::Failed(StepFailure::ImageFailed(e.to_string())),
+                Err(e) => ImageOutcome::Failed(e.into()),
             }
         });
         let build = async move {
@@ -460,7 +458,7 @@ fn start_image_builds(
 async fn check_lock(docker: &DockerExecutor, workflow: &dsl::Workflow) -> Result<(), StartError> {
     let Some(lock) = crate::lock::read(&workflow.dir)? else { return Ok(()) };
     let resolved = resolve_bases(docker, workflow).await?;
-    crate::lock::check(&lock, &resolved)?;
+    crate::lock::check(&lock, &resolved.into_iter().map(|(reference, id)| (reference, id.to_string())).collect())?;
     Ok(())
 }
 
@@ -468,7 +466,7 @@ async fn check_lock(docker: &DockerExecutor, workflow: &dsl::Workflow) -> Result
 pub async fn resolve_bases(
     docker: &DockerExecutor,
     workflow: &dsl::Workflow,
-) -> Result<std::collections::BTreeMap<String, String>, EnvironmentError> {
+) -> Result<std::collections::BTreeMap<String, ImageId>, EnvironmentError> {
     let mut resolved = std::collections::BTreeMap::new();
     for reference in crate::lock::base_references(workflow) {
         let id = docker.image_id(&reference).await?;
@@ -571,15 +569,15 @@ impl Executor for EngineExecutor {
             dsl::ImageRef::Built(image_name) => match self.image_builds.get(image_name) {
                 // Containers are created from the ID: what ran is exactly what the key names.
                 Some(build) => match build.clone().await {
-                    ImageOutcome::Built(id) => (id.clone(), id),
+                    ImageOutcome::Built(id) => (id.to_string(), id),
                     ImageOutcome::Failed(f) => return failure(f),
                 },
                 None => return failure(StepFailure::ImageFailed(format!("image `{image_name}` was not built"))),
             },
-            dsl::ImageRef::Reference(_) => (
-                self.prepared.images.get(&name).cloned().unwrap_or_default(),
-                self.prepared.image_ids.get(&name).cloned().unwrap_or_default(),
-            ),
+            dsl::ImageRef::Reference(_) => match (self.prepared.images.get(&name), self.prepared.image_ids.get(&name)) {
+                (Some(image), Some(id)) => (image.clone(), id.clone()),
+                _ => return failure(StepFailure::Environment(format!("the image of step `{name}` was not resolved to an ID"))),
+            },
         };
         let inputs = self.prepared.hashed.get(&name).cloned().unwrap_or_default();
         let t = Instant::now();
@@ -592,7 +590,7 @@ impl Executor for EngineExecutor {
                 dsl::ImageRef::Reference(r) => r.clone(),
                 dsl::ImageRef::Built(n) => format!("images.{n}"),
             },
-            id: image_id.clone(),
+            id: image_id.to_string(),
         };
         self.record(&name, |r| {
             r.inputs_count = components.inputs.len();
@@ -842,12 +840,11 @@ pub async fn forecast(
             continue;
         }
         let upstream = step.needs.iter().map(|n| UpstreamEntry { step: n.clone(), outputs: digests[n] }).collect();
-        let components = caching::components(
-            step,
-            prepared.image_ids.get(&step.name).map(String::as_str).unwrap_or_default(),
-            prepared.hashed.get(&step.name).cloned().unwrap_or_default(),
-            upstream,
-        );
+        let image_id = prepared
+            .image_ids
+            .get(&step.name)
+            .ok_or_else(|| EnvironmentError(format!("the image of step `{}` was not resolved to an ID", step.name)))?;
+        let components = caching::components(step, image_id, prepared.hashed.get(&step.name).cloned().unwrap_or_default(), upstream);
         let forecast = match caching::decide(&store, &workflow.name, step, &components, no_cache) {
             Decision::Cached(manifest) => {
                 digests.insert(step.name.clone(), manifest.outputs_digest());

@@ -9,7 +9,7 @@ use crate::{BuildContext, BuildError, BuiltImage, LogFn};
 /// One image the engine built, for `engine images ls`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ImageInfo {
-    pub id: String,
+    pub id: docker::ImageId,
     pub tags: Vec<String>,
     /// The `images:` entry it was built for (label `engine.image`).
     pub name: String,
@@ -19,13 +19,15 @@ pub struct ImageInfo {
     pub created: i64,
 }
 
+/// Builds, finds, lists and prunes the engine's images on one daemon.
 pub struct Builder {
-    pub(crate) docker: bollard::Docker,
+    pub(crate) docker: docker::Daemon,
 }
 
 impl Builder {
-    pub fn new(docker: bollard::Docker) -> Builder {
-        Builder { docker }
+    /// A builder on `daemon`.
+    pub fn new(daemon: docker::Daemon) -> Builder {
+        Builder { docker: daemon }
     }
 
     /// Build image `name` of the workflow (or find it: every stage whose key exists as an image
@@ -49,13 +51,13 @@ impl Builder {
 
     /// The ID of `reference`, pulling it from its registry (with progress on `log`) when it is not
     /// present locally. A failed pull is `Environment`, naming the image.
-    pub async fn ensure_base(&self, reference: &str, log: LogFn<'_>) -> Result<String, BuildError> {
+    pub async fn ensure_base(&self, reference: &str, log: LogFn<'_>) -> Result<docker::ImageId, BuildError> {
         crate::base::ensure(self, reference, log).await
     }
 
     /// Turn a root folder into an image tagged `reference` (the offline path: debootstrap or
     /// busybox-static roots). Returns its ID.
-    pub async fn import_rootfs(&self, dir: &std::path::Path, reference: &str) -> Result<String, BuildError> {
+    pub async fn import_rootfs(&self, dir: &std::path::Path, reference: &str) -> Result<docker::ImageId, BuildError> {
         crate::base::import_rootfs(self, dir, reference).await
     }
 
@@ -66,7 +68,7 @@ impl Builder {
 
     /// Remove engine-built images (final and stage images) whose ID is not in `keep`. Returns
     /// the removed IDs.
-    pub async fn prune(&self, keep: &[String]) -> Result<Vec<String>, BuildError> {
+    pub async fn prune(&self, keep: &[docker::ImageId]) -> Result<Vec<docker::ImageId>, BuildError> {
         crate::manage::prune(self, keep).await
     }
 }

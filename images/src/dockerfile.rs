@@ -10,14 +10,13 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use bollard::models::BuildInfo;
-use bollard::query_parameters::{BuildImageOptionsBuilder, ListImagesOptionsBuilder, RemoveImageOptionsBuilder, TagImageOptionsBuilder};
+use docker::image::{BuildMessage, DockerfileBuild};
+use docker::ImageId;
 use futures_util::StreamExt;
 use globset::{GlobBuilder, GlobMatcher};
 use sha2::{Digest as _, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use crate::base::daemon_reason;
 use crate::build::Builder;
 use crate::{BuildContext, BuildError, BuiltImage, LogFn, LABEL_IMAGE, LABEL_IMAGE_KEY};
 
@@ -84,9 +83,8 @@ pub(crate) async fn build(
         if let Some(id) = find_by_key(builder, &key).await? {
             // The image may have lost its tag (`docker rmi` of the tag only): give it back.
             let (repo, short) = split_reference(&tag);
-            let options = TagImageOptionsBuilder::default().repo(repo).tag(short).build();
-            if let Err(e) = builder.docker.tag_image(&id, Some(options)).await {
-                return Err(BuildError::Environment(format!("cannot tag image `{id}` as `{tag}`: {}", daemon_reason(&e))));
+            if let Err(e) = builder.docker.tag_image(id.as_str(), repo, short).await {
+                return Err(BuildError::Environment(format!("cannot tag image `{id}` as `{tag}`: {}", e.reason())));
             }
             return Ok(BuiltImage { name: name.to_string(), id, tag, key, stages_built: 0 });
         }
@@ -110,24 +108,19 @@ pub(crate) async fn build(
     let limits = dsl::Limits::stage();
 
     let labels = HashMap::from([(LABEL_IMAGE.to_string(), name.to_string()), (LABEL_IMAGE_KEY.to_string(), key.clone())]);
-    let options = BuildImageOptionsBuilder::default()
-        .dockerfile(&dockerfile_name)
-        .t(&tag)
-        .labels(&labels)
-        // Intermediate containers are the daemon's, not labelled by us: remove them even on failure.
-        .rm(true)
-        .forcerm(true)
-        .nocache(ctx.no_cache)
+    let request = DockerfileBuild {
+        dockerfile: dockerfile_name,
+        tag: tag.clone(),
+        labels,
+        no_cache: ctx.no_cache,
         // `none` unless the image says `network: bridge` (checked against the policy at load).
-        .networkmode(network.as_str())
+        network: network.as_str().to_string(),
         // The stage defaults: memory without swap, one CPU; the timeout is ours, below.
-        .memory(i32::try_from(limits.memory).unwrap_or(i32::MAX))
-        .memswap(i32::try_from(limits.memory).unwrap_or(i32::MAX))
-        .cpuperiod(100_000)
-        .cpuquota(i32::try_from(limits.millicpus.saturating_mul(100)).unwrap_or(i32::MAX))
-        .build();
+        memory: limits.memory,
+        millicpus: limits.millicpus,
+    };
     let mut steps = Vec::new();
-    let build = run_build(builder, name, &tag, options, rx, log, cancel, &mut steps);
+    let build = run_build(builder, name, &tag, &request, rx, log, cancel, &mut steps);
     let result = match tokio::time::timeout(limits.timeout, build).await {
         Ok(r) => r,
         // Dropping the request stops the classic builder; forcerm removes its container.
@@ -144,11 +137,7 @@ pub(crate) async fn build(
         }
         _ => result,
     };
-    let id = match &result {
-        Ok(built) => Some(built.as_str()),
-        Err(_) => None,
-    };
-    remove_intermediates(builder, &steps, id).await;
+    remove_intermediates(builder, &steps, result.as_ref().ok()).await;
     let id = result?;
     Ok(BuiltImage { name: name.to_string(), id, tag, key, stages_built: 1 })
 }
@@ -160,14 +149,14 @@ async fn run_build(
     builder: &Builder,
     name: &str,
     tag: &str,
-    options: bollard::query_parameters::BuildImageOptions,
+    request: &DockerfileBuild,
     mut tar: tokio::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
     log: LogFn<'_>,
     cancel: &CancellationToken,
     steps: &mut Vec<String>,
-) -> Result<String, BuildError> {
-    let body = futures_util::stream::poll_fn(move |cx| tar.poll_recv(cx)).map(|chunk| chunk.map(Into::into));
-    let mut stream = builder.docker.build_image(options, None, Some(bollard::body_try_stream(body)));
+) -> Result<ImageId, BuildError> {
+    let body = futures_util::stream::poll_fn(move |cx| tar.poll_recv(cx));
+    let mut stream = builder.docker.build_dockerfile(request, body);
     loop {
         let item = tokio::select! {
             // Dropping the stream closes the request: the classic builder then stops, and
@@ -177,48 +166,43 @@ async fn run_build(
         };
         let Some(item) = item else { break };
         match item {
-            Ok(info) => handle_line(name, &info, log, steps)?,
-            Err(bollard::errors::Error::DockerStreamError { error }) => {
-                return Err(BuildError::StageFailed { image: name.to_string(), stage: STAGE.into(), message: error });
-            }
+            Ok(message) => handle_line(name, &message, log, steps)?,
             Err(e) => {
-                return Err(BuildError::Environment(format!("image `{name}`: the build failed: {}", daemon_reason(&e))));
+                return Err(BuildError::Environment(format!("image `{name}`: the build failed: {}", e.reason())));
             }
         }
     }
-    let id = match builder.docker.inspect_image(tag).await {
-        Ok(inspect) => inspect.id,
-        Err(e) => {
-            return Err(BuildError::Environment(format!("image `{name}`: built but `{tag}` cannot be inspected: {}", daemon_reason(&e))))
-        }
-    };
-    id.ok_or_else(|| BuildError::Environment(format!("image `{name}`: the daemon reports no ID for `{tag}`")))
+    match builder.docker.inspect_image(tag).await {
+        Ok(Some(inspect)) => Ok(inspect.id),
+        Ok(None) => Err(BuildError::Environment(format!("image `{name}`: the daemon reports no ID for `{tag}`"))),
+        Err(e) => Err(BuildError::Environment(format!("image `{name}`: built but `{tag}` cannot be inspected: {}", e.reason()))),
+    }
 }
 
 /// The classic builder keeps an image per step. Those of the final stage are the built image's
 /// parents (the daemon refuses to remove them, rightly), but those of earlier stages and of a
 /// failed build would stay behind as unlabelled dangling images. Our own key replaces the
 /// builder's cache, so they are removed; tagged images (the bases) are never touched.
-async fn remove_intermediates(builder: &Builder, steps: &[String], built: Option<&str>) {
+async fn remove_intermediates(builder: &Builder, steps: &[String], built: Option<&ImageId>) {
     for step in steps.iter().rev() {
-        let Ok(image) = builder.docker.inspect_image(step).await else { continue };
-        let tagged = image.repo_tags.as_ref().is_some_and(|t| !t.is_empty());
-        if tagged || image.id.as_deref() == built || image.id.is_none() {
+        let Ok(Some(image)) = builder.docker.inspect_image(step).await else { continue };
+        if !image.repo_tags.is_empty() || Some(&image.id) == built {
             continue;
         }
-        let options = RemoveImageOptionsBuilder::default().force(false).noprune(false).build();
         // A refusal (a child image, a container using it) means it is still needed: keep it.
-        let _ = builder.docker.remove_image(step, Some(options), None).await;
+        let _ = builder.docker.remove_image(step).await;
     }
 }
 
 /// Forward the builder's output; an error in the stream is the Dockerfile's failure.
-fn handle_line(name: &str, info: &BuildInfo, log: LogFn<'_>, steps: &mut Vec<String>) -> Result<(), BuildError> {
-    if let Some(detail) = &info.error_detail {
-        let message = detail.message.clone().unwrap_or_else(|| "the build failed".into());
-        return Err(BuildError::StageFailed { image: name.to_string(), stage: STAGE.into(), message });
-    }
-    if let Some(text) = &info.stream {
+fn handle_line(name: &str, message: &BuildMessage, log: LogFn<'_>, steps: &mut Vec<String>) -> Result<(), BuildError> {
+    let text = match message {
+        BuildMessage::Failed(message) => {
+            return Err(BuildError::StageFailed { image: name.to_string(), stage: STAGE.into(), message: message.clone() });
+        }
+        BuildMessage::Output(text) => text,
+    };
+    {
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
             // ` ---> 3adcc2b090a5`: the image a step produced (or reused).
             if let Some(id) = line.trim().strip_prefix("---> ") {
@@ -233,14 +217,12 @@ fn handle_line(name: &str, info: &BuildInfo, log: LogFn<'_>, steps: &mut Vec<Str
 }
 
 /// The final image built with `key`, if any.
-async fn find_by_key(builder: &Builder, key: &str) -> Result<Option<String>, BuildError> {
-    let filters = HashMap::from([("label", vec![format!("{LABEL_IMAGE_KEY}={key}")])]);
-    let options = ListImagesOptionsBuilder::default().filters(&filters).build();
+async fn find_by_key(builder: &Builder, key: &str) -> Result<Option<ImageId>, BuildError> {
     let images = builder
         .docker
-        .list_images(Some(options))
+        .list_images(vec![format!("{LABEL_IMAGE_KEY}={key}")], false)
         .await
-        .map_err(|e| BuildError::Environment(format!("cannot list images: {}", daemon_reason(&e))))?;
+        .map_err(|e| BuildError::Environment(format!("cannot list images: {}", e.reason())))?;
     Ok(images.into_iter().max_by_key(|i| i.created).map(|i| i.id))
 }
 

@@ -19,12 +19,10 @@ pub use build::{Builder, ImageInfo};
 
 use std::path::Path;
 
-/// Labels on what this crate creates.
-pub const LABEL_IMAGE: &str = "engine.image";
-pub const LABEL_IMAGE_KEY: &str = "engine.image.key";
-pub const LABEL_STAGE_KEY: &str = "engine.stage.key";
-/// Also on build containers, so that `engine clean` and the leftover checks see them.
-pub const LABEL_RUN: &str = "engine.run";
+/// Labels on what this crate creates (defined with every other label in `docker::labels`);
+/// `engine.run` is also on build containers, so that `engine clean` and the leftover checks see them.
+pub use docker::labels::{LABEL_IMAGE, LABEL_IMAGE_KEY, LABEL_RUN, LABEL_STAGE_KEY};
+pub use docker::ImageId;
 
 /// Where and for whom an image is built.
 #[derive(Debug, Clone, Copy)]
@@ -46,8 +44,8 @@ pub struct BuildContext<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BuiltImage {
     pub name: String,
-    /// `sha256:...`: what enters the keys of the steps that use the image.
-    pub id: String,
+    /// What enters the keys of the steps that use the image.
+    pub id: ImageId,
     /// `<workflow>/<image>:<first 12 hex of the key>`.
     pub tag: String,
     pub key: String,

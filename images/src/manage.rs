@@ -4,23 +4,19 @@
 //! only (those with `engine.image.key`): stage images are an implementation detail of the
 //! cache. `prune` removes both.
 
-use std::collections::HashMap;
+use docker::image::ImageSummary;
+use docker::ImageId;
 
-use bollard::query_parameters::{ListImagesOptionsBuilder, RemoveImageOptionsBuilder};
-
-use crate::base::daemon_reason;
 use crate::build::{Builder, ImageInfo};
 use crate::{BuildError, LABEL_IMAGE, LABEL_IMAGE_KEY};
 
-async fn labelled(builder: &Builder, label: &str) -> Result<Vec<bollard::models::ImageSummary>, BuildError> {
-    let filters = HashMap::from([("label", vec![label.to_string()])]);
+async fn labelled(builder: &Builder, label: &str) -> Result<Vec<ImageSummary>, BuildError> {
     // `all`: stage images may be untagged, and then the default listing hides them.
-    let options = ListImagesOptionsBuilder::default().all(true).filters(&filters).build();
     builder
         .docker
-        .list_images(Some(options))
+        .list_images(vec![label.to_string()], true)
         .await
-        .map_err(|e| BuildError::Environment(format!("cannot list images: {}", daemon_reason(&e))))
+        .map_err(|e| BuildError::Environment(format!("cannot list images: {}", e.reason())))
 }
 
 pub(crate) async fn list(builder: &Builder) -> Result<Vec<ImageInfo>, BuildError> {
@@ -30,8 +26,8 @@ pub(crate) async fn list(builder: &Builder) -> Result<Vec<ImageInfo>, BuildError
         .map(|i| ImageInfo {
             name: i.labels.get(LABEL_IMAGE).cloned().unwrap_or_default(),
             key: i.labels.get(LABEL_IMAGE_KEY).cloned().unwrap_or_default(),
-            tags: i.repo_tags.into_iter().filter(|t| t != "<none>:<none>").collect(),
-            size: u64::try_from(i.size).unwrap_or(0),
+            tags: i.repo_tags,
+            size: i.size,
             created: i.created,
             id: i.id,
         })
@@ -40,7 +36,7 @@ pub(crate) async fn list(builder: &Builder) -> Result<Vec<ImageInfo>, BuildError
     Ok(images)
 }
 
-pub(crate) async fn prune(builder: &Builder, keep: &[String]) -> Result<Vec<String>, BuildError> {
+pub(crate) async fn prune(builder: &Builder, keep: &[ImageId]) -> Result<Vec<ImageId>, BuildError> {
     let mut images = labelled(builder, LABEL_IMAGE).await?;
     // Newest first: a child image goes before the stage image it was built on, which the
     // daemon would otherwise refuse to remove ("image has dependent child images").
@@ -51,19 +47,14 @@ pub(crate) async fn prune(builder: &Builder, keep: &[String]) -> Result<Vec<Stri
             continue;
         }
         // Tagged images are removed tag by tag; the last removal deletes the image.
-        let names: Vec<String> = if image.repo_tags.iter().any(|t| t != "<none>:<none>") {
-            image.repo_tags.iter().filter(|t| *t != "<none>:<none>").cloned().collect()
-        } else {
-            vec![image.id.clone()]
-        };
+        let names: Vec<String> = if image.repo_tags.is_empty() { vec![image.id.to_string()] } else { image.repo_tags.clone() };
         let mut gone = false;
         for name in names {
-            let options = RemoveImageOptionsBuilder::default().force(false).noprune(false).build();
-            match builder.docker.remove_image(&name, Some(options), None).await {
-                Ok(items) => gone |= items.iter().any(|i| i.deleted.as_deref() == Some(image.id.as_str())),
+            match builder.docker.remove_image(&name).await {
+                Ok(deleted) => gone |= deleted.iter().any(|d| d == image.id.as_str()),
                 // In use by a container, or a parent of a kept image, or already gone: keep going.
-                Err(bollard::errors::Error::DockerResponseServerError { status_code: 404 | 409, .. }) => {}
-                Err(e) => return Err(BuildError::Environment(format!("cannot remove image `{}`: {}", image.id, daemon_reason(&e)))),
+                Err(e) if e.is_not_found() || e.is_conflict() => {}
+                Err(e) => return Err(BuildError::Environment(format!("cannot remove image `{}`: {}", image.id, e.reason()))),
             }
         }
         if gone {

@@ -19,11 +19,8 @@ mod copy;
 
 use std::collections::{BTreeSet, HashMap};
 
-use bollard::models::{ContainerConfig, ContainerCreateBody, HostConfig};
-use bollard::query_parameters::{
-    AttachContainerOptions, CommitContainerOptions, CreateContainerOptions, DownloadFromContainerOptions, ListImagesOptions,
-    RemoveContainerOptions, StopContainerOptions, TagImageOptions, UploadToContainerOptions,
-};
+use docker::image::{BuildContainer, BuildContainerSpec, BuildRunEnd, DownloadError, Hardening, ImageConfig};
+use docker::ImageId;
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -35,7 +32,7 @@ use crate::{BuildContext, BuildError, BuiltImage, LogFn, LABEL_IMAGE, LABEL_IMAG
 /// What a stage starts from.
 enum Base {
     /// An image reference, resolved to its ID.
-    Image(String),
+    Image(ImageId),
     /// An earlier stage of the same image (its index).
     Stage(usize),
 }
@@ -78,7 +75,7 @@ pub(crate) async fn build(
     let key = plans[last].as_ref().map(|p| p.key.clone()).ok_or_else(|| invalid("final stage was not planned".into()))?;
 
     // Walk back from the final stage: found stages end the walk.
-    let mut ids: Vec<Option<String>> = vec![None; stages.len()];
+    let mut ids: Vec<Option<ImageId>> = vec![None; stages.len()];
     let mut to_build = BTreeSet::new();
     let mut todo = vec![last];
     while let Some(i) = todo.pop() {
@@ -102,7 +99,7 @@ pub(crate) async fn build(
     let cancel = cancel.child_token();
     let env = Env { builder, ctx, image: name, log, cancel: &cancel };
     let (plans, key) = (&plans, &key);
-    let start = |i: usize, ready: Vec<Option<String>>| {
+    let start = |i: usize, ready: Vec<Option<ImageId>>| {
         let cancel = &cancel;
         async move {
             let r = build_stage(env, &stages[i], plans[i].as_ref(), &ready, i == last, key).await;
@@ -139,10 +136,9 @@ pub(crate) async fn build(
         return Err(e);
     }
     let id = ids[last].clone().ok_or_else(|| invalid("final stage has no image".into()))?;
-    let repo = repository(ctx.workflow, name);
+    let repo = docker::labels::repository(ctx.workflow, name);
     let short = &key[..12.min(key.len())];
-    let opts = TagImageOptions { repo: Some(repo.clone()), tag: Some(short.to_string()) };
-    builder.docker.tag_image(&id, Some(opts)).await.map_err(|e| daemon(&format!("tag image `{name}`"), &e))?;
+    builder.docker.tag_image(id.as_str(), &repo, short).await.map_err(|e| daemon(&format!("tag image `{name}`"), &e))?;
     Ok(BuiltImage { name: name.to_string(), id, tag: format!("{repo}:{short}"), key: key.clone(), stages_built: to_build.len() })
 }
 
@@ -199,7 +195,8 @@ async fn plan(
             Some(d) => (Base::Stage(d), key_of(d).ok_or_else(|| invalid(format!("stage `{}` has no key", stages[d].name)))?),
             None => {
                 let id = builder.ensure_base(&s.from, log).await?;
-                (Base::Image(id.clone()), id)
+                let key = id.to_string();
+                (Base::Image(id), key)
             }
         };
         let mut copies = Vec::new();
@@ -243,15 +240,14 @@ async fn plan(
 }
 
 /// An existing image of this stage of this image (the final stage must also carry the image key).
-async fn find(builder: &Builder, image: &str, key: &str, last: bool) -> Result<Option<String>, BuildError> {
+async fn find(builder: &Builder, image: &str, key: &str, last: bool) -> Result<Option<ImageId>, BuildError> {
     let mut labels = vec![format!("{LABEL_STAGE_KEY}={key}"), format!("{LABEL_IMAGE}={image}")];
     if last {
         labels.push(format!("{LABEL_IMAGE_KEY}={key}"));
     }
     // `all`: a stage image that a later stage was built from has children and no tag, and is
     // hidden from the default listing.
-    let opts = ListImagesOptions { all: true, filters: Some(HashMap::from([("label".to_string(), labels)])), ..Default::default() };
-    let found = builder.docker.list_images(Some(opts)).await.map_err(|e| daemon("list images", &e))?;
+    let found = builder.docker.list_images(labels, true).await.map_err(|e| daemon("list images", &e))?;
     // After `--no-cache` several images share a key: the newest is the one built last.
     Ok(found.into_iter().max_by_key(|i| i.created).map(|i| i.id))
 }
@@ -261,10 +257,10 @@ async fn build_stage(
     env: Env<'_>,
     stage: &dsl::Stage,
     plan: Option<&Plan>,
-    ready: &[Option<String>],
+    ready: &[Option<ImageId>],
     last: bool,
     image_key: &str,
-) -> Result<String, BuildError> {
+) -> Result<ImageId, BuildError> {
     let failed = |message: String| BuildError::StageFailed { image: env.image.into(), stage: stage.name.clone(), message };
     let plan = plan.ok_or_else(|| failed("stage was not planned".into()))?;
     let ready_id = |d: usize| ready.get(d).cloned().flatten().ok_or_else(|| failed("a stage it uses has no image".into()));
@@ -272,8 +268,8 @@ async fn build_stage(
         Base::Image(id) => id.clone(),
         Base::Stage(d) => ready_id(*d)?,
     };
-    let base = env.builder.docker.inspect_image(&current).await.map_err(|e| daemon("inspect the base image", &e))?;
-    let base_config = base.config.unwrap_or_default();
+    let base = env.builder.docker.inspect_image(current.as_str()).await.map_err(|e| daemon("inspect the base image", &e))?;
+    let base_config = base.ok_or_else(|| failed(format!("its base image {current} is gone")))?.config;
 
     for c in &plan.copies {
         let tar = match c {
@@ -288,7 +284,7 @@ async fn build_stage(
                 let from = ready_id(*d)?;
                 let archive = download(env, &from, src).await.map_err(|e| match e {
                     Error::Build(b) => b,
-                    Error::Message(m) => failed(format!("cannot copy `{src}` from stage `{name}`: {m}")),
+                    Error::NotFound => failed(format!("cannot copy `{src}` from stage `{name}`: no such file or folder")),
                 })?;
                 let (src, dst) = (src.clone(), dst.clone());
                 tokio::task::spawn_blocking(move || copy::reroot(&archive, &src, &dst))
@@ -316,50 +312,52 @@ async fn build_stage(
     if last {
         labels.insert(LABEL_IMAGE_KEY.to_string(), image_key.to_string());
     }
-    let config = ContainerConfig {
+    let config = ImageConfig {
         env: Some(environment),
         working_dir: stage.workdir.clone().or(base_config.working_dir.clone()),
         user: stage.user.clone().or(base_config.user.clone()),
         cmd: base_config.cmd.clone(),
         entrypoint: base_config.entrypoint.clone(),
         labels: Some(labels),
-        ..Default::default()
     };
-    let body = ContainerCreateBody {
-        image: Some(current.clone()),
-        env: config.env.clone(),
-        working_dir: config.working_dir.clone(),
-        user: config.user.clone(),
-        // Never started. The base's Entrypoint and Cmd, not those of the last instruction's image
-        // (an empty Entrypoint resets it); a placeholder command only when the base has neither,
-        // as the daemon refuses to create a container without one.
-        entrypoint: Some(config.entrypoint.clone().unwrap_or_default()),
-        cmd: match (&config.entrypoint, &config.cmd) {
-            (Some(e), _) if !e.is_empty() => config.cmd.clone(),
-            (_, Some(c)) if !c.is_empty() => config.cmd.clone(),
-            _ => Some(vec!["/bin/sh".into()]),
+    let spec = BuildContainerSpec {
+        image: current.to_string(),
+        config: ImageConfig {
+            env: config.env.clone(),
+            working_dir: config.working_dir.clone(),
+            user: config.user.clone(),
+            // Never started. The base's Entrypoint and Cmd, not those of the last instruction's
+            // image (an empty Entrypoint resets it); a placeholder command only when the base has
+            // neither, as the daemon refuses to create a container without one.
+            entrypoint: Some(config.entrypoint.clone().unwrap_or_default()),
+            cmd: match (&config.entrypoint, &config.cmd) {
+                (Some(e), _) if !e.is_empty() => config.cmd.clone(),
+                (_, Some(c)) if !c.is_empty() => config.cmd.clone(),
+                _ => Some(vec!["/bin/sh".into()]),
+            },
+            labels: None,
         },
-        ..Default::default()
+        hardening: None,
     };
-    let container = Container::create(env, body).await?;
-    let result = commit(env, &container.id, config).await;
+    let container = create(env, spec).await?;
+    let result = commit(env, &container, config).await;
     container.remove().await;
     result
 }
 
+/// A container made from `image` that is never started (files go in or come out).
+fn idle(image: &ImageId) -> BuildContainerSpec {
+    let config = ImageConfig { entrypoint: Some(vec!["/bin/sh".into()]), ..Default::default() };
+    BuildContainerSpec { image: image.to_string(), config, hardening: None }
+}
+
 /// Upload a tar at `/` of a container made from `image`, and commit it.
-async fn upload_and_commit(env: Env<'_>, image: &str, tar: Vec<u8>) -> Result<String, BuildError> {
+async fn upload_and_commit(env: Env<'_>, image: &ImageId, tar: Vec<u8>) -> Result<ImageId, BuildError> {
     check_cancel(env)?;
-    let body = ContainerCreateBody { image: Some(image.to_string()), entrypoint: Some(vec!["/bin/sh".into()]), ..Default::default() };
-    let container = Container::create(env, body).await?;
+    let container = create(env, idle(image)).await?;
     let result = async {
-        let opts = UploadToContainerOptions { path: "/".into(), ..Default::default() };
-        env.builder
-            .docker
-            .upload_to_container(&container.id, Some(opts), bollard::body_full(tar.into()))
-            .await
-            .map_err(|e| daemon("copy files into a build container", &e))?;
-        commit(env, &container.id, ContainerConfig::default()).await
+        container.upload(tar).await.map_err(|e| daemon("copy files into a build container", &e))?;
+        commit(env, &container, ImageConfig::default()).await
     }
     .await;
     container.remove().await;
@@ -368,42 +366,25 @@ async fn upload_and_commit(env: Env<'_>, image: &str, tar: Vec<u8>) -> Result<St
 
 enum Error {
     Build(BuildError),
-    Message(String),
+    NotFound,
 }
 
 /// The tar of `path` in `image` (through a container that is never started).
-async fn download(env: Env<'_>, image: &str, path: &str) -> Result<Vec<u8>, Error> {
+async fn download(env: Env<'_>, image: &ImageId, path: &str) -> Result<Vec<u8>, Error> {
     check_cancel(env).map_err(Error::Build)?;
-    let body = ContainerCreateBody { image: Some(image.to_string()), entrypoint: Some(vec!["/bin/sh".into()]), ..Default::default() };
-    let container = Container::create(env, body).await.map_err(Error::Build)?;
-    let result = async {
-        let opts = DownloadFromContainerOptions { path: path.to_string() };
-        let mut stream = env.builder.docker.download_from_container(&container.id, Some(opts));
-        let mut out = Vec::new();
-        while let Some(chunk) = stream.next().await {
-            match chunk {
-                Ok(bytes) => out.extend_from_slice(&bytes),
-                Err(e) if errors_not_found(&e) => return Err(Error::Message("no such file or folder".into())),
-                Err(e) => return Err(Error::Build(daemon("copy files out of a build container", &e))),
-            }
-        }
-        Ok(out)
-    }
-    .await;
+    let container = create(env, idle(image)).await.map_err(Error::Build)?;
+    let result = match container.download(path).await {
+        Ok(out) => Ok(out),
+        Err(DownloadError::NotFound) => Err(Error::NotFound),
+        Err(DownloadError::Daemon(e)) => Err(Error::Build(daemon("copy files out of a build container", &e))),
+    };
     container.remove().await;
     result
-}
-
-fn errors_not_found(e: &bollard::errors::Error) -> bool {
-    matches!(e, bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })
 }
 
 /// The capabilities a stage running as root keeps (everything else is dropped): what package
 /// managers need to chown, chmod and switch to their unprivileged users. Non-root stages keep none.
 pub const ROOT_BUILD_CAPABILITIES: &[&str] = &["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "SETUID", "SETGID"];
-
-/// How long a timed-out build container gets between the stop signal and the kill.
-const STOP_GRACE_SECS: i32 = 2;
 
 /// Whether a stage's `user:` is uid 0 (no `user:` is root: Docker's build semantics).
 fn runs_as_root(user: Option<&str>) -> bool {
@@ -416,107 +397,59 @@ fn runs_as_root(user: Option<&str>) -> bool {
 /// A build container's host settings: hardened like a step's where a build allows (no
 /// privileged, all capabilities dropped but the package-manager set for root stages,
 /// `no-new-privileges`, memory without swap, CPU and pids limits), on the stage's network.
-fn hardened(stage: &dsl::Stage) -> HostConfig {
+fn hardened(stage: &dsl::Stage) -> Hardening {
     let limits = &stage.limits;
-    let memory = i64::try_from(limits.memory).unwrap_or(i64::MAX);
-    let caps =
+    let caps_add =
         if runs_as_root(stage.user.as_deref()) { ROOT_BUILD_CAPABILITIES.iter().map(|c| c.to_string()).collect() } else { Vec::new() };
-    HostConfig {
-        network_mode: Some(stage.network.as_str().to_string()),
-        privileged: Some(false),
-        cap_drop: Some(vec!["ALL".into()]),
-        cap_add: Some(caps),
-        security_opt: Some(vec!["no-new-privileges".into()]),
-        memory: Some(memory),
-        memory_swap: Some(memory),
-        nano_cpus: Some(i64::try_from(limits.millicpus.saturating_mul(1_000_000)).unwrap_or(i64::MAX)),
-        pids_limit: Some(i64::try_from(limits.pids).unwrap_or(i64::MAX)),
-        ..Default::default()
+    Hardening {
+        network: stage.network.as_str().to_string(),
+        caps_add,
+        memory: limits.memory,
+        millicpus: limits.millicpus,
+        pids: limits.pids,
     }
-}
-
-/// How a `run` container ended.
-enum Ended {
-    Exited,
-    TimedOut,
 }
 
 /// Run `cmd` with `/bin/sh -c` in a container made from `image`, with the stage's environment,
 /// limits and hard timeout, and commit it.
-async fn run(env: Env<'_>, stage: &dsl::Stage, image: &str, cmd: &str) -> Result<String, BuildError> {
+async fn run(env: Env<'_>, stage: &dsl::Stage, image: &ImageId, cmd: &str) -> Result<ImageId, BuildError> {
     check_cancel(env)?;
     let failed = |message: String| BuildError::StageFailed { image: env.image.into(), stage: stage.name.clone(), message };
-    let body = ContainerCreateBody {
-        image: Some(image.to_string()),
-        entrypoint: Some(vec!["/bin/sh".into(), "-c".into()]),
-        cmd: Some(vec![cmd.to_string()]),
-        env: Some(stage.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
-        working_dir: stage.workdir.clone(),
-        // Build instructions install things: root unless the stage says otherwise.
-        user: Some(stage.user.clone().unwrap_or_else(|| "0:0".into())),
-        attach_stdout: Some(true),
-        attach_stderr: Some(true),
-        host_config: Some(hardened(stage)),
-        ..Default::default()
+    let spec = BuildContainerSpec {
+        image: image.to_string(),
+        config: ImageConfig {
+            entrypoint: Some(vec!["/bin/sh".into(), "-c".into()]),
+            cmd: Some(vec![cmd.to_string()]),
+            env: Some(stage.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            working_dir: stage.workdir.clone(),
+            // Build instructions install things: root unless the stage says otherwise.
+            user: Some(stage.user.clone().unwrap_or_else(|| "0:0".into())),
+            labels: None,
+        },
+        hardening: Some(hardened(stage)),
     };
-    let container = Container::create(env, body).await?;
+    let container = create(env, spec).await?;
     let result = async {
-        let docker = &env.builder.docker;
-        let opts = AttachContainerOptions { stream: true, stdout: true, stderr: true, ..Default::default() };
-        let mut output =
-            docker.attach_container(&container.id, Some(opts)).await.map_err(|e| daemon("attach to a build container", &e))?.output;
-        docker.start_container(&container.id, None).await.map_err(|e| daemon("start a build container", &e))?;
-        let mut lines = Lines::default();
-        let follow = async {
-            while let Some(item) = output.next().await {
-                match item {
-                    Ok(bollard::container::LogOutput::StdErr { message }) => {
-                        lines.push(1, &message, |l| (env.log)(env.image, &stage.name, l))
-                    }
-                    Ok(out) => lines.push(0, &out.into_bytes(), |l| (env.log)(env.image, &stage.name, l)),
-                    Err(e) => return Err(daemon("read a build container's output", &e)),
-                }
-            }
-            Ok(())
-        };
-        // The timeout runs from the start, like a step's.
         let timeout = stage.limits.timeout;
-        let followed = tokio::select! {
-            r = follow => r.map(|()| Ended::Exited),
-            _ = tokio::time::sleep(timeout) => Ok(Ended::TimedOut),
-            _ = env.cancel.cancelled() => Err(BuildError::Cancelled(env.image.to_string())),
-        };
-        lines.flush(|l| (env.log)(env.image, &stage.name, l));
-        if let Ok(Ended::TimedOut) = followed {
-            // The stop signal, a short grace, then the kill; the container is removed below.
-            let opts = StopContainerOptions { t: Some(STOP_GRACE_SECS), ..Default::default() };
-            if let Err(e) = docker.stop_container(&container.id, Some(opts)).await {
-                tracing::warn!("cannot stop timed-out build container {}: {e}", container.id);
+        let mut log = |_, line: String| (env.log)(env.image, &stage.name, &line);
+        let ended = container.run(timeout, env.cancel, &mut log).await.map_err(|e| daemon("run a build container", &e))?;
+        match ended {
+            BuildRunEnd::Cancelled => Err(BuildError::Cancelled(env.image.to_string())),
+            BuildRunEnd::TimedOut => Err(failed(format!("`{cmd}` timed out after {}", dsl::units::format_duration(timeout)))),
+            BuildRunEnd::Exited { oom: true, .. } => {
+                let limit = dsl::units::format_size(stage.limits.memory);
+                Err(failed(format!("`{cmd}` was killed: out of memory (limit {limit})")))
             }
-            return Err(failed(format!("`{cmd}` timed out after {}", dsl::units::format_duration(timeout))));
+            BuildRunEnd::Exited { code, .. } if code != 0 => Err(failed(format!("`{cmd}` failed with exit code {code}"))),
+            BuildRunEnd::Exited { .. } => commit(env, &container, ImageConfig::default()).await,
         }
-        followed?;
-        // The output stream ends when the container stops; wait makes the exit code final.
-        let mut wait = docker.wait_container(&container.id, None);
-        let _ = wait.next().await;
-        let info = docker.inspect_container(&container.id, None).await.map_err(|e| daemon("inspect a build container", &e))?;
-        let state = info.state.unwrap_or_default();
-        if state.oom_killed == Some(true) {
-            let limit = dsl::units::format_size(stage.limits.memory);
-            return Err(failed(format!("`{cmd}` was killed: out of memory (limit {limit})")));
-        }
-        let code = state.exit_code.unwrap_or(-1);
-        if code != 0 {
-            return Err(failed(format!("`{cmd}` failed with exit code {code}")));
-        }
-        commit(env, &container.id, ContainerConfig::default()).await
     }
     .await;
     container.remove().await;
     result
 }
 
-async fn commit(env: Env<'_>, container: &str, mut config: ContainerConfig) -> Result<String, BuildError> {
+async fn commit(env: Env<'_>, container: &BuildContainer, mut config: ImageConfig) -> Result<ImageId, BuildError> {
     // The daemon copies the container's labels into the image unless the commit names them: the
     // run id and owner of this build are blanked, so that containers other tools create from the
     // image are not taken for this run's (an empty owner counts as alive, never as dead).
@@ -524,9 +457,7 @@ async fn commit(env: Env<'_>, container: &str, mut config: ContainerConfig) -> R
     for key in env.ctx.container_labels.keys().map(String::as_str).chain([LABEL_RUN]) {
         labels.entry(key.to_string()).or_default();
     }
-    let opts = CommitContainerOptions { container: Some(container.to_string()), pause: false, ..Default::default() };
-    let id = env.builder.docker.commit_container(opts, config).await.map_err(|e| daemon("commit a build container", &e))?;
-    Ok(id.id)
+    container.commit(config).await.map_err(|e| daemon("commit a build container", &e))
 }
 
 fn check_cancel(env: Env<'_>) -> Result<(), BuildError> {
@@ -536,139 +467,27 @@ fn check_cancel(env: Env<'_>) -> Result<(), BuildError> {
     Ok(())
 }
 
-fn daemon(action: &str, e: &bollard::errors::Error) -> BuildError {
-    BuildError::Environment(format!("cannot {action}: {e}"))
+fn daemon(action: &str, e: &docker::DaemonError) -> BuildError {
+    BuildError::Environment(format!("cannot {action}: {}", e.reason()))
 }
 
-/// A build container, labelled, removed by `remove` or, if the build future is dropped before,
-/// by a task spawned on drop.
-struct Container {
-    docker: bollard::Docker,
-    id: String,
-    removed: bool,
-}
-
-impl Container {
-    async fn create(env: Env<'_>, mut body: ContainerCreateBody) -> Result<Container, BuildError> {
-        let mut labels = env.ctx.container_labels.clone();
-        labels.insert(LABEL_RUN.to_string(), env.ctx.run_id.to_string());
-        labels.insert(LABEL_IMAGE.to_string(), env.image.to_string());
-        body.labels = Some(labels);
-        let created = env
-            .builder
-            .docker
-            .create_container(None::<CreateContainerOptions>, body)
-            .await
-            .map_err(|e| daemon(&format!("create a build container for image `{}`", env.image), &e))?;
-        Ok(Container { docker: env.builder.docker.clone(), id: created.id, removed: false })
-    }
-
-    async fn remove(mut self) {
-        self.removed = true;
-        remove(&self.docker, &self.id).await;
-    }
-}
-
-/// How long the removal of a build container may wait for the daemon. A hung daemon must not
-/// hang a cancelled build: what is not removed in time carries the run and owner labels, so the
-/// next run or `engine clean` removes it once this engine has exited.
-const REMOVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
-async fn remove(docker: &bollard::Docker, id: &str) {
-    let opts = RemoveContainerOptions { force: true, ..Default::default() };
-    match tokio::time::timeout(REMOVE_TIMEOUT, docker.remove_container(id, Some(opts))).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!("cannot remove build container {id}: {e}"),
-        Err(_) => tracing::warn!("cannot remove build container {id}: the Docker daemon did not answer within 30s"),
-    }
-}
-
-impl Drop for Container {
-    fn drop(&mut self) {
-        if self.removed {
-            return;
-        }
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            let (docker, id) = (self.docker.clone(), self.id.clone());
-            handle.spawn(async move { remove(&docker, &id).await });
-        }
-    }
-}
-
-/// The longest log line of a build container; longer output is split.
-const MAX_LINE: usize = 64 << 10;
-
-/// Splits a container's output into lines, per stream (0 stdout, 1 stderr).
-#[derive(Default)]
-struct Lines {
-    partial: [Vec<u8>; 2],
-}
-
-impl Lines {
-    /// Linear in the bytes pushed: each byte is looked at once, and a line is never moved within
-    /// the buffer. Output without newlines is cut into bounded lines: never an unbounded buffer.
-    fn push(&mut self, stream: usize, bytes: &[u8], mut emit: impl FnMut(&str)) {
-        let buf = &mut self.partial[stream];
-        let mut segments = bytes.split(|&b| b == b'\n').peekable();
-        while let Some(mut segment) = segments.next() {
-            while buf.len() + segment.len() >= MAX_LINE {
-                let take = MAX_LINE - buf.len();
-                buf.extend_from_slice(&segment[..take]);
-                emit(&String::from_utf8_lossy(buf));
-                buf.clear();
-                segment = &segment[take..];
-            }
-            buf.extend_from_slice(segment);
-            // Every segment but the last was followed by a newline.
-            if segments.peek().is_some() {
-                emit(String::from_utf8_lossy(buf).trim_end_matches('\r'));
-                buf.clear();
-            }
-        }
-    }
-
-    fn flush(&mut self, mut emit: impl FnMut(&str)) {
-        for buf in &mut self.partial {
-            if !buf.is_empty() {
-                emit(String::from_utf8_lossy(buf).trim_end_matches('\r'));
-                buf.clear();
-            }
-        }
-    }
-}
-
-/// `<workflow>/<image>` as a valid repository name: lowercase, each component of `[a-z0-9]`
-/// runs joined by single `.`, `_` or `-`.
-fn repository(workflow: &str, image: &str) -> String {
-    let component = |s: &str| {
-        let mut out = String::new();
-        for c in s.chars().flat_map(char::to_lowercase) {
-            let c = if c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-') { c } else { '-' };
-            let sep = matches!(c, '.' | '_' | '-');
-            if sep && (out.is_empty() || out.ends_with(['.', '_', '-'])) {
-                continue;
-            }
-            out.push(c);
-        }
-        let out = out.trim_end_matches(['.', '_', '-']).to_string();
-        if out.is_empty() {
-            "image".to_string()
-        } else {
-            out
-        }
-    };
-    format!("{}/{}", component(workflow), component(image))
+/// A build container labelled with the run, the owner and the image; removed by
+/// `BuildContainer::remove` or, if the build future is dropped before, by the cleanup guard.
+async fn create(env: Env<'_>, mut spec: BuildContainerSpec) -> Result<BuildContainer, BuildError> {
+    let mut labels = env.ctx.container_labels.clone();
+    labels.insert(LABEL_RUN.to_string(), env.ctx.run_id.to_string());
+    labels.insert(LABEL_IMAGE.to_string(), env.image.to_string());
+    spec.config.labels = Some(labels);
+    env.builder
+        .docker
+        .create_build_container(spec)
+        .await
+        .map_err(|e| daemon(&format!("create a build container for image `{}`", env.image), &e))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn repository_names_are_valid() {
-        assert_eq!(repository("My Flow", "tool_chain"), "my-flow/tool_chain");
-        assert_eq!(repository("--", "A..b"), "image/a.b");
-    }
 
     #[test]
     fn build_containers_are_hardened_and_only_root_stages_keep_the_build_capabilities() {
@@ -688,51 +507,13 @@ mod tests {
             network: dsl::Network::None,
             limits: dsl::Limits { memory: 64 << 20, pids: 32, millicpus: 500, ..dsl::Limits::stage() },
         };
+        // Dropping every other capability, no-new-privileges, no privileged and no swap are the
+        // docker crate's for every `Hardening` (its unit test `instruction_containers_are_hardened`).
         let root = hardened(&stage);
-        assert_eq!(root.cap_drop, Some(vec!["ALL".to_string()]));
-        assert_eq!(root.cap_add.as_deref().map(<[String]>::len), Some(ROOT_BUILD_CAPABILITIES.len()));
-        assert_eq!(root.security_opt, Some(vec!["no-new-privileges".to_string()]));
-        assert_eq!(root.privileged, Some(false));
-        assert_eq!((root.memory, root.memory_swap), (Some(64 << 20), Some(64 << 20)));
-        assert_eq!((root.pids_limit, root.nano_cpus), (Some(32), Some(500_000_000)));
-        assert_eq!(root.network_mode.as_deref(), Some("none"));
+        assert_eq!(root.caps_add.len(), ROOT_BUILD_CAPABILITIES.len());
+        assert_eq!((root.memory, root.pids, root.millicpus), (64 << 20, 32, 500));
+        assert_eq!(root.network, "none");
         stage.user = Some("1000:1000".into());
-        assert_eq!(hardened(&stage).cap_add, Some(Vec::new()));
-    }
-
-    #[test]
-    fn long_output_without_newlines_is_cut_into_bounded_lines() {
-        let mut l = Lines::default();
-        let mut got = Vec::new();
-        l.push(0, &vec![b'x'; MAX_LINE * 2 + 5], |s| got.push(s.len()));
-        assert_eq!(got, [MAX_LINE, MAX_LINE]);
-        l.flush(|s| got.push(s.len()));
-        assert_eq!(got[2], 5);
-    }
-
-    #[test]
-    fn lines_split_across_chunks() {
-        let mut l = Lines::default();
-        let mut got = Vec::new();
-        l.push(0, b"a\nb", |s| got.push(s.to_string()));
-        l.push(1, b"e\r\n", |s| got.push(s.to_string()));
-        l.push(0, b"c\n", |s| got.push(s.to_string()));
-        l.flush(|s| got.push(s.to_string()));
-        assert_eq!(got, ["a", "e", "bc"]);
-    }
-
-    #[test]
-    fn long_output_without_newlines_is_cut_in_linear_time() {
-        let mut l = Lines::default();
-        let mut got = Vec::new();
-        let chunk = vec![b'x'; 1000];
-        let started = std::time::Instant::now();
-        for _ in 0..32_000 {
-            l.push(0, &chunk, |s| got.push(s.len()));
-        }
-        l.flush(|s| got.push(s.len()));
-        assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?}", started.elapsed());
-        assert!(got.iter().all(|&n| n <= MAX_LINE));
-        assert_eq!(got.iter().sum::<usize>(), 32_000_000);
+        assert!(hardened(&stage).caps_add.is_empty());
     }
 }

@@ -10,9 +10,8 @@ use images::{BuildContext, BuildError, Builder, BuiltImage};
 use tokio_util::sync::CancellationToken;
 
 async fn builder() -> Builder {
-    let docker = bollard::Docker::connect_with_local_defaults().expect("cannot connect to the Docker daemon");
-    let docker = docker.negotiate_version().await.expect("the Docker daemon is not reachable");
-    Builder::new(docker)
+    let daemon = docker::Daemon::connect().await.expect("the Docker daemon is not reachable");
+    Builder::new(daemon)
 }
 
 fn unique(prefix: &str) -> String {
@@ -96,7 +95,7 @@ async fn dockerfile_builds_caches_and_keys_on_the_context() {
     let labels: HashMap<String, String> = serde_json::from_str(&labels).unwrap();
     assert_eq!(labels.get("engine.image").map(String::as_str), Some("legacy"));
     assert_eq!(labels.get("engine.image.key"), Some(&first.key));
-    assert_eq!(docker(&["inspect", "--format", "{{.Id}}", &first.tag]), first.id);
+    assert_eq!(docker(&["inspect", "--format", "{{.Id}}", &first.tag]), first.id.as_str());
     let out = docker(&["run", "--rm", &first.tag, "cat", "/made.txt", "/app/main.txt"]);
     assert_eq!(out, "built\nv1");
 
@@ -170,7 +169,7 @@ async fn import_rootfs_gives_a_runnable_image() {
     std::os::unix::fs::symlink("busybox", root.path().join("bin/echo")).unwrap();
     let reference = format!("{}/root:1", unique("engtest-import"));
     let id = b.import_rootfs(root.path(), &reference).await.expect("import");
-    assert!(id.starts_with("sha256:"), "{id}");
+    assert!(id.as_str().starts_with("sha256:"), "{id}");
     assert_eq!(docker(&["run", "--rm", &reference, "/bin/sh", "-c", "echo ok"]), "ok");
     docker_quiet(&["rmi", &reference]);
 
@@ -243,7 +242,7 @@ async fn ensure_base_pulls_from_a_local_registry() {
     let logs = Logs::new();
     let log = |i: &str, s: &str, l: &str| logs.push(i, s, l);
     let id = b.ensure_base(&reference, &log).await.expect("pull");
-    assert_eq!(id, docker(&["inspect", "--format", "{{.Id}}", &reference]));
+    assert_eq!(id.as_str(), docker(&["inspect", "--format", "{{.Id}}", &reference]));
     let lines = logs.lines();
     assert!(!lines.is_empty() && lines.iter().all(|(i, s, _)| i == &reference && s == "pull"), "{lines:?}");
     // Present now: no pull, no log.
@@ -276,9 +275,9 @@ async fn list_and_prune() {
     assert!(listed.windows(2).all(|w| w[0].created >= w[1].created), "newest first");
 
     // Keep every other engine image (other tests run concurrently); prune only ours.
-    let keep: Vec<String> = b.list().await.unwrap().into_iter().map(|i| i.id).filter(|id| id != &built.id).collect();
+    let keep: Vec<images::ImageId> = b.list().await.unwrap().into_iter().map(|i| i.id).filter(|id| id != &built.id).collect();
     let mut keep_all = keep.clone();
-    keep_all.extend(all_engine_images().into_iter().filter(|id| id != &built.id));
+    keep_all.extend(all_engine_images().into_iter().filter_map(|id| id.parse().ok()).filter(|id| id != &built.id));
     let removed = b.prune(&keep_all).await.expect("prune");
     assert_eq!(removed, vec![built.id.clone()]);
     assert!(b.list().await.unwrap().iter().all(|i| i.id != built.id));

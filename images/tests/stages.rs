@@ -7,21 +7,39 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bollard::models::ContainerCreateBody;
-use bollard::query_parameters::{ListContainersOptions, ListImagesOptions, LogsOptions, RemoveContainerOptions, RemoveImageOptions};
-use bollard::Docker;
 use dsl::{CopySpec, ImageDef, Network, Stage};
-use futures_util::StreamExt;
 use images::{BuildContext, BuildError, Builder, BuiltImage};
 use tokio_util::sync::CancellationToken;
 
 const BASE: &str = "local/busybox:1";
 
-async fn docker() -> Docker {
-    let d = Docker::connect_with_local_defaults().expect("the Docker daemon is needed for these tests");
-    let d = d.negotiate_version().await.expect("the Docker daemon is needed for these tests");
-    d.inspect_image(BASE).await.expect("base image local/busybox:1 missing: run scripts/import-busybox.sh");
-    d
+/// What the tests observe on the daemon they ask the `docker` CLI, an independent witness (only
+/// the `docker` crate talks to the Docker API).
+#[derive(Clone, Copy)]
+struct Docker;
+
+impl Docker {
+    /// The stdout of `docker <args>`; panics when it fails.
+    fn cli(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new("docker").args(args).output().expect("docker CLI");
+        assert!(out.status.success(), "docker {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `docker inspect` of an image, as JSON.
+    fn inspect_image(&self, reference: &str) -> serde_json::Value {
+        let list: serde_json::Value = serde_json::from_str(&self.cli(&["image", "inspect", reference])).expect("inspect JSON");
+        list[0].clone()
+    }
+}
+
+async fn docker() -> (Docker, docker::Daemon) {
+    let d = docker::Daemon::connect().await.expect("the Docker daemon is needed for these tests");
+    d.inspect_image(BASE)
+        .await
+        .expect("the Docker daemon is needed")
+        .expect("base image local/busybox:1 missing: run scripts/import-busybox.sh");
+    (Docker, d)
 }
 
 fn stage(name: &str, from: &str, copy: Vec<CopySpec>, run: &[&str]) -> Stage {
@@ -87,8 +105,8 @@ struct Build {
 
 impl Build {
     async fn new() -> Build {
-        let docker = docker().await;
-        let builder = Builder::new(docker.clone());
+        let (docker, daemon) = docker().await;
+        let builder = Builder::new(daemon);
         let (workflow, run_id) = (unique("Wf"), unique("run"));
         Build { docker, builder, workflow, dir: context(), run_id, logs: Mutex::new(Vec::new()), cancel: CancellationToken::new() }
     }
@@ -114,24 +132,23 @@ impl Build {
 async fn cleanup(docker: &Docker, names: &[&str]) {
     for name in names {
         for _ in 0..3 {
-            let filters = HashMap::from([("label".to_string(), vec![format!("engine.image={name}")])]);
-            let opts = ListImagesOptions { all: true, filters: Some(filters), ..Default::default() };
-            let mut found = docker.list_images(Some(opts)).await.unwrap();
+            let filter = format!("label=engine.image={name}");
+            // Newest first (the CLI lists newest first), children before their parents.
+            let out = docker.cli(&["images", "-a", "-q", "--no-trunc", "--filter", &filter]);
+            let found: Vec<&str> = out.lines().filter(|l| !l.is_empty()).collect();
             if found.is_empty() {
                 break;
             }
-            found.sort_by_key(|i| std::cmp::Reverse(i.created));
-            for image in found {
-                let _ = docker.remove_image(&image.id, Some(RemoveImageOptions { force: true, ..Default::default() }), None).await;
+            for id in found {
+                let _ = std::process::Command::new("docker").args(["rmi", "-f", id]).output();
             }
         }
     }
 }
 
 async fn leftover_containers(docker: &Docker, run_id: &str) -> usize {
-    let filters = HashMap::from([("label".to_string(), vec![format!("engine.run={run_id}")])]);
-    let opts = ListContainersOptions { all: true, filters: Some(filters), ..Default::default() };
-    docker.list_containers(Some(opts)).await.unwrap().len()
+    let filter = format!("label=engine.run={run_id}");
+    docker.cli(&["ps", "-a", "-q", "--filter", &filter]).lines().filter(|l| !l.is_empty()).count()
 }
 
 fn now() -> String {
@@ -151,25 +168,13 @@ fn creates(since: &str, until: &str, name: &str) -> usize {
 }
 
 /// Output of `sh -c script` in a container from `image`.
-async fn run_in(docker: &Docker, image: &str, script: &str, run_id: &str) -> String {
-    let body = ContainerCreateBody {
-        image: Some(image.into()),
-        entrypoint: Some(vec!["/bin/sh".into(), "-c".into()]),
-        cmd: Some(vec![script.into()]),
-        labels: Some(HashMap::from([("engine.run".to_string(), run_id.to_string())])),
-        ..Default::default()
-    };
-    let id = docker.create_container(None::<bollard::query_parameters::CreateContainerOptions>, body).await.unwrap().id;
-    docker.start_container(&id, None).await.unwrap();
-    let _ = docker.wait_container(&id, None).next().await;
-    let opts = LogsOptions { stdout: true, stderr: true, ..Default::default() };
-    let mut out = String::new();
-    let mut logs = docker.logs(&id, Some(opts));
-    while let Some(Ok(chunk)) = logs.next().await {
-        out.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
-    }
-    docker.remove_container(&id, Some(RemoveContainerOptions { force: true, ..Default::default() })).await.unwrap();
-    out
+async fn run_in(docker: &Docker, image: &images::ImageId, script: &str, run_id: &str) -> String {
+    let label = format!("engine.run={run_id}");
+    let id = docker.cli(&["create", "--label", &label, "--entrypoint", "/bin/sh", image.as_str(), "-c", script]).trim().to_string();
+    let _ = docker.cli(&["start", "-a", &id]);
+    let out = std::process::Command::new("docker").args(["logs", &id]).output().expect("docker CLI");
+    docker.cli(&["rm", "-f", &id]);
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
 #[tokio::test]
@@ -189,14 +194,14 @@ async fn two_stage_image_builds_then_is_found() {
     assert_eq!(first.stages_built, 2, "build and final, not the unused stage");
     assert_eq!(first.tag, format!("{}/{}:{}", workflow.to_lowercase(), name, &first.key[..12]));
     assert!(b.logs.lock().unwrap().contains(&format!("{name}/build: hello-from-build")), "{:?}", b.logs.lock().unwrap());
-    let inspect = b.docker.inspect_image(&first.tag).await.unwrap();
-    assert_eq!(inspect.id.as_deref(), Some(first.id.as_str()));
-    let config = inspect.config.unwrap();
-    let labels = config.labels.unwrap_or_default();
+    let inspect = b.docker.inspect_image(&first.tag);
+    assert_eq!(inspect["Id"].as_str(), Some(first.id.as_str()));
+    let config = &inspect["Config"];
+    let labels: HashMap<String, String> = serde_json::from_value(config["Labels"].clone()).unwrap_or_default();
     assert_eq!(labels.get("engine.image"), Some(&name));
     assert_eq!(labels.get("engine.image.key"), Some(&first.key));
-    assert_eq!(config.cmd, Some(vec!["/bin/sh".to_string()]), "the base's Cmd is kept");
-    assert!(config.entrypoint.unwrap_or_default().is_empty(), "no Entrypoint of a build container leaks into the image");
+    assert_eq!(config["Cmd"], serde_json::json!(["/bin/sh"]), "the base's Cmd is kept");
+    assert!(config["Entrypoint"].as_array().is_none_or(|e| e.is_empty()), "no Entrypoint of a build container leaks into the image");
 
     let out =
         run_in(&b.docker, &first.id, "/usr/local/bin/tool; test -e /src/other.txt && echo other-present || echo other-absent", &b.run_id)

@@ -3,6 +3,9 @@
 //!
 //! Each test builds its own run id and temp folders, so tests can run in parallel against one
 //! daemon; `assert_clean` checks that nothing labelled with the run id is left behind.
+//!
+//! What the tests observe on the daemon (listings, inspections) they ask the `docker` CLI, an
+//! independent witness: only the `docker` crate talks to the Docker API.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -10,7 +13,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bollard::query_parameters::{ListContainersOptions, ListVolumesOptions};
 use dsl::{CacheMount, Command, ImageRef, Limits, Step};
 use engine::docker::{DockerExecutor, Transfer, LABEL_RUN};
 use engine::events::{Event, EventSink, Stream};
@@ -160,13 +162,36 @@ pub async fn run_with(exec: &DockerExecutor, job: StepJob, cancel: CancellationT
     Ran { outcome, events: collected, elapsed }
 }
 
-/// Containers and volumes labelled with `run_id` (names/ids).
-pub async fn leftovers(exec: &DockerExecutor, run_id: &str) -> (Vec<String>, Vec<String>) {
-    let filters = HashMap::from([("label".to_string(), vec![format!("{LABEL_RUN}={run_id}")])]);
-    let opts = ListContainersOptions { all: true, filters: Some(filters.clone()), ..Default::default() };
-    let containers = exec.client().list_containers(Some(opts)).await.expect("list containers");
-    let volumes = exec.client().list_volumes(Some(ListVolumesOptions { filters: Some(filters) })).await.expect("list volumes");
-    (containers.into_iter().filter_map(|c| c.id).collect(), volumes.volumes.unwrap_or_default().into_iter().map(|v| v.name).collect())
+/// Run the `docker` CLI with `args`; its stdout, or `Err` with its stderr when it failed.
+pub async fn docker_cli(args: &[&str]) -> Result<String, String> {
+    let out = tokio::process::Command::new("docker").args(args).output().await.map_err(|e| format!("cannot run the docker CLI: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// The non-empty lines `docker <args>` prints; panics if it fails.
+pub async fn docker_lines(args: &[&str]) -> Vec<String> {
+    let out = docker_cli(args).await.unwrap_or_else(|e| panic!("docker {}: {e}", args.join(" ")));
+    out.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect()
+}
+
+/// `docker inspect` (or `docker volume inspect`, per `args`) of one object as JSON; `Err` with
+/// the CLI's words when there is no such object.
+pub async fn docker_inspect(args: &[&str]) -> Result<serde_json::Value, String> {
+    let out = docker_cli(args).await?;
+    let list: serde_json::Value = serde_json::from_str(&out).map_err(|e| format!("docker {}: {e}", args.join(" ")))?;
+    list.get(0).cloned().ok_or_else(|| format!("docker {}: nothing", args.join(" ")))
+}
+
+/// Containers (all states, full IDs) and volumes (names) labelled with `run_id`.
+pub async fn leftovers(_exec: &DockerExecutor, run_id: &str) -> (Vec<String>, Vec<String>) {
+    let filter = format!("label={LABEL_RUN}={run_id}");
+    let containers = docker_lines(&["ps", "-a", "-q", "--no-trunc", "--filter", &filter]).await;
+    let volumes = docker_lines(&["volume", "ls", "-q", "--filter", &filter]).await;
+    (containers, volumes)
 }
 
 /// Nothing of `run_id` remains on the daemon.
@@ -177,13 +202,11 @@ pub async fn assert_clean(exec: &DockerExecutor, run_id: &str) {
 
 /// Remove the persistent volume of each cache in `names` (archive transfer), if there is one:
 /// caches outlive runs by design, so tests clean up their own.
-pub async fn remove_cache_volumes(exec: &DockerExecutor, names: &[&str]) {
+pub async fn remove_cache_volumes(_exec: &DockerExecutor, names: &[&str]) {
     for name in names {
         let volume = engine::docker::cache_volume_name(name);
-        let opts = bollard::query_parameters::RemoveVolumeOptions { force: true };
-        match exec.client().remove_volume(&volume, Some(opts)).await {
-            Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {}
-            Err(e) => panic!("remove cache volume {volume}: {e}"),
+        if docker_inspect(&["volume", "inspect", &volume]).await.is_ok() {
+            docker_lines(&["volume", "rm", "-f", &volume]).await;
         }
     }
 }

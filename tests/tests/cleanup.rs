@@ -3,8 +3,6 @@
 
 use std::collections::HashMap;
 
-use bollard::models::{ContainerCreateBody, VolumeCreateRequest};
-use bollard::query_parameters::CreateContainerOptions;
 use engine::docker::{cleanup, owner, Transfer, LABEL_PID, LABEL_PID_START, LABEL_RUN, LABEL_STEP};
 use integration::*;
 
@@ -17,17 +15,17 @@ fn labels(run_id: &str, pid: &str, start: &str) -> HashMap<String, String> {
     l
 }
 
-async fn create(exec: &engine::docker::DockerExecutor, labels: HashMap<String, String>) -> String {
-    let body = ContainerCreateBody {
-        image: Some(BUSYBOX.into()),
-        cmd: Some(vec!["true".into()]),
-        labels: Some(labels.clone()),
-        ..Default::default()
-    };
-    let c = exec.client().create_container(None::<CreateContainerOptions>, body).await.expect("create container");
-    let v = VolumeCreateRequest { labels: Some(labels), ..Default::default() };
-    exec.client().create_volume(v).await.expect("create volume");
-    c.id
+/// A container and a volume carrying `labels`, created with the `docker` CLI.
+async fn create(_exec: &engine::docker::DockerExecutor, labels: HashMap<String, String>) -> String {
+    let flags: Vec<String> = labels.iter().map(|(k, v)| format!("--label={k}={v}")).collect();
+    let mut args: Vec<&str> = vec!["create"];
+    args.extend(flags.iter().map(String::as_str));
+    args.extend([BUSYBOX, "true"]);
+    let id = docker_lines(&args).await.pop().expect("create container");
+    let mut args: Vec<&str> = vec!["volume", "create"];
+    args.extend(flags.iter().map(String::as_str));
+    docker_lines(&args).await;
+    id
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -43,7 +41,7 @@ async fn stale_removed_live_kept() {
     let own = owner::owner_labels();
     let live = create(&exec, labels(&live_run, &own[LABEL_PID], &own[LABEL_PID_START])).await;
 
-    let report = cleanup::remove_stale(exec.client()).await.expect("cleanup");
+    let report = cleanup::remove_stale(exec.daemon()).await.expect("cleanup");
     assert_clean(&exec, &dead_run).await;
     assert_clean(&exec, &reused_run).await;
     let (containers, volumes) = leftovers(&exec, &live_run).await;
@@ -51,7 +49,7 @@ async fn stale_removed_live_kept() {
     assert_eq!(volumes.len(), 1, "the live run's volume is kept");
     assert!(!report.containers.contains(&live));
 
-    let removed = cleanup::remove_run(exec.client(), &live_run).await.expect("remove run");
+    let removed = cleanup::remove_run(exec.daemon(), &live_run).await.expect("remove run");
     assert_eq!(removed.containers, vec![live]);
     assert_clean(&exec, &live_run).await;
 }

@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use bollard::query_parameters::ListContainersOptions;
 use engine::docker::{
     container_name, DockerExecutor, Transfer, LABEL_CACHE, LABEL_HOST, LABEL_PID, LABEL_PID_START, LABEL_RUN, LABEL_STEP,
 };
@@ -204,37 +203,35 @@ async fn labels_while_running_and_cancel(transfer: Transfer) {
         let cancel = cancel.clone();
         async move { run_with(&exec, job, cancel).await }
     });
-    let filters = HashMap::from([("label".to_string(), vec![format!("{LABEL_RUN}={}", fx.run_id)])]);
-    let container = poll(Duration::from_secs(20), "the running container", || {
-        let opts = ListContainersOptions { filters: Some(filters.clone()), ..Default::default() };
-        let docker = exec.client().clone();
-        async move { docker.list_containers(Some(opts)).await.ok()?.into_iter().next() }
+    let filter = format!("label={LABEL_RUN}={}", fx.run_id);
+    let id = poll(Duration::from_secs(20), "the running container", || {
+        let filter = filter.clone();
+        async move { docker_cli(&["ps", "-q", "--no-trunc", "--filter", &filter]).await.ok()?.lines().next().map(String::from) }
     })
     .await;
-    let labels = container.labels.unwrap_or_default();
+    let inspected = docker_inspect(&["inspect", &id]).await.expect("inspect");
+    let labels: HashMap<String, String> = serde_json::from_value(inspected["Config"]["Labels"].clone()).unwrap_or_default();
     assert_eq!(labels.get(LABEL_STEP).map(String::as_str), Some("wait"));
     assert_eq!(labels.get(LABEL_PID), Some(&std::process::id().to_string()));
     assert!(labels.get(LABEL_PID_START).is_some_and(|s| s.parse::<u64>().is_ok_and(|n| n > 0)));
     assert!(labels.contains_key(LABEL_HOST));
     let name = format!("/{}", container_name(&fx.run_id, "wait"));
-    assert_eq!(container.names.unwrap_or_default(), vec![name]);
+    assert_eq!(inspected["Name"].as_str(), Some(name.as_str()));
 
     // What the daemon was asked for: never privileged, never the host's network or the docker
     // socket, nothing mounted but /workspace (and /run/secrets, caches), every capability dropped.
-    let id = container.id.expect("container id");
-    let inspected = exec.client().inspect_container(&id, None).await.expect("inspect");
-    let host = inspected.host_config.expect("host config");
-    assert_ne!(host.privileged, Some(true));
-    assert_eq!(host.network_mode.as_deref(), Some("none"));
-    assert_eq!(host.readonly_rootfs, Some(true));
-    assert_eq!(host.cap_drop, Some(vec!["ALL".to_string()]));
-    assert!(host.cap_add.unwrap_or_default().is_empty());
-    assert!(host.security_opt.unwrap_or_default().iter().any(|o| o == "no-new-privileges"));
-    assert_eq!(host.memory_swap, host.memory, "no swap");
-    let mounts = inspected.mounts.unwrap_or_default();
-    let targets: Vec<String> = mounts.iter().filter_map(|m| m.destination.clone()).collect();
+    let host = &inspected["HostConfig"];
+    assert_ne!(host["Privileged"].as_bool(), Some(true));
+    assert_eq!(host["NetworkMode"].as_str(), Some("none"));
+    assert_eq!(host["ReadonlyRootfs"].as_bool(), Some(true));
+    assert_eq!(host["CapDrop"], serde_json::json!(["ALL"]));
+    assert!(host["CapAdd"].as_array().is_none_or(|caps| caps.is_empty()));
+    assert!(host["SecurityOpt"].as_array().is_some_and(|opts| opts.iter().any(|o| o == "no-new-privileges")));
+    assert_eq!(host["MemorySwap"], host["Memory"], "no swap");
+    let mounts = inspected["Mounts"].as_array().cloned().unwrap_or_default();
+    let targets: Vec<String> = mounts.iter().filter_map(|m| m["Destination"].as_str().map(String::from)).collect();
     assert!(targets.iter().all(|t| allowed.contains(t)), "{targets:?}");
-    assert!(mounts.iter().all(|m| !m.source.clone().unwrap_or_default().contains("docker.sock")));
+    assert!(mounts.iter().all(|m| !m["Source"].as_str().unwrap_or_default().contains("docker.sock")));
     if transfer == Transfer::Archive {
         let (_, volumes) = leftovers(&exec, &fx.run_id).await;
         assert!(!volumes.is_empty(), "the workspace volume carries the run label");
@@ -426,7 +423,7 @@ async fn cache_mounts_persist_across_runs(transfer: Transfer) {
         let ran = run(&exec, fx.job_with_caches(step("c", script), &[(name.as_str(), path)], cache_root.path())).await;
         runs.push((fx.run_id.clone(), ran));
     }
-    let volume = exec.client().inspect_volume(&engine::docker::cache_volume_name(&shared)).await;
+    let volume = docker_inspect(&["volume", "inspect", &engine::docker::cache_volume_name(&shared)]).await;
     remove_cache_volumes(&exec, &[&shared, &other]).await;
 
     for (run_id, _) in &runs {
@@ -442,7 +439,8 @@ async fn cache_mounts_persist_across_runs(transfer: Transfer) {
     assert_eq!(values[2].1.get("entries").map(String::as_str), Some("0"));
     match transfer {
         Transfer::Archive => {
-            let labels = volume.expect("the cache volume survived the run").labels;
+            let labels: HashMap<String, String> =
+                serde_json::from_value(volume.expect("the cache volume survived the run")["Labels"].clone()).unwrap_or_default();
             assert_eq!(labels.get(LABEL_CACHE), Some(&shared));
             assert!(!labels.contains_key(LABEL_RUN), "the cache volume must not carry the run label");
         }

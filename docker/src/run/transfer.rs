@@ -10,7 +10,7 @@ use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use dsl::User;
+use super::User;
 use tempfile::TempDir;
 
 pub fn running_as_root() -> bool {

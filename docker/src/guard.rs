@@ -18,9 +18,11 @@ use bollard::query_parameters::{ListContainersOptions, RemoveContainerOptions, R
 use bollard::Docker;
 use tempfile::TempDir;
 
-use super::errors::{call, ordinary};
+use crate::error::{call, ordinary};
+use crate::labels::{container_name, LABEL_HOST, LABEL_PID};
 
-pub struct Resources {
+/// What one container run (or image build) created and must remove, whatever happens.
+pub(crate) struct Resources {
     docker: Docker,
     /// Still to remove (names or IDs); an entry leaves only once the daemon confirmed its removal.
     containers: Vec<String>,
@@ -29,35 +31,35 @@ pub struct Resources {
 }
 
 impl Resources {
-    pub fn new(docker: Docker) -> Self {
+    pub(crate) fn new(docker: Docker) -> Self {
         remember_client(&docker);
         Resources { docker, containers: Vec::new(), volumes: Vec::new(), temp: Vec::new() }
     }
 
-    pub fn container(&mut self, id: String) {
+    pub(crate) fn container(&mut self, id: String) {
         with_live(|l| l.containers.insert(id.clone()));
         self.containers.push(id);
     }
 
     /// Forget a container already removed (the short-lived upload container).
-    pub fn forget_container(&mut self, id: &str) {
+    pub(crate) fn forget_container(&mut self, id: &str) {
         with_live(|l| l.containers.remove(id));
         self.containers.retain(|c| c != id);
     }
 
-    pub fn volume(&mut self, name: String) {
+    pub(crate) fn volume(&mut self, name: String) {
         with_live(|l| l.volumes.insert(name.clone()));
         self.volumes.push(name);
     }
 
-    pub fn temp_dir(&mut self, dir: TempDir) {
+    pub(crate) fn temp_dir(&mut self, dir: TempDir) {
         with_live(|l| l.temp.insert(dir.path().to_path_buf()));
         self.temp.push(dir);
     }
 
     /// Remove everything now and wait for it (each removal under its deadline). What the daemon
     /// failed to remove is left for `cleanup::remove_stale` (it carries the owner labels).
-    pub async fn release(mut self) {
+    pub(crate) async fn release(mut self) {
         while let Some(id) = self.containers.last() {
             remove_container(&self.docker, id).await;
             self.containers.pop();
@@ -100,7 +102,7 @@ impl Drop for Resources {
 
 /// Force-remove containers (with their anonymous volumes), then the named volumes, and return
 /// what is gone ("already gone" counts). Other errors leave the item for a later cleanup.
-pub async fn remove_all(docker: &Docker, containers: Vec<String>, volumes: Vec<String>) -> (Vec<String>, Vec<String>) {
+pub(crate) async fn remove_all(docker: &Docker, containers: Vec<String>, volumes: Vec<String>) -> (Vec<String>, Vec<String>) {
     let mut gone = (Vec::new(), Vec::new());
     for id in containers {
         if remove_container(docker, &id).await {
@@ -141,8 +143,9 @@ async fn remove_volume(docker: &Docker, name: &str) -> bool {
 /// What this process created on the daemon and in the temp dir and has not seen removed yet.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Live {
-    /// Container names (or IDs) of steps and upload helpers.
+    /// Container names (or IDs) of steps, upload helpers and build containers.
     pub containers: BTreeSet<String>,
+    /// Volume names (archive transfer).
     pub volumes: BTreeSet<String>,
     /// Temporary folders of steps (secrets).
     pub temp: BTreeSet<PathBuf>,
@@ -151,6 +154,7 @@ pub struct Live {
 }
 
 impl Live {
+    /// Nothing on the daemon nor in the temp dir.
     pub fn is_empty(&self) -> bool {
         self.containers.is_empty() && self.volumes.is_empty() && self.temp.is_empty()
     }
@@ -166,7 +170,7 @@ fn with_live<R>(f: impl FnOnce(&mut Live) -> R) -> R {
 }
 
 /// The client a second Ctrl-C uses ([`kill_all_now`]): the first one this process connected.
-pub(super) fn remember_client(docker: &Docker) {
+pub(crate) fn remember_client(docker: &Docker) {
     let mut client = CLIENT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     if client.is_none() {
         *client = Some(docker.clone());
@@ -179,7 +183,7 @@ pub fn live() -> Live {
 }
 
 /// Note that this process runs steps of `run_id` (for the report of an interrupted engine).
-pub fn note_run(run_id: &str) {
+pub(crate) fn note_run(run_id: &str) {
     with_live(|l| l.runs.insert(run_id.to_string()));
 }
 
@@ -188,8 +192,8 @@ fn forget(name: &str) {
 }
 
 /// Forget every container and volume of `run_id`: the end-of-run safety net removed them all.
-pub fn forget_run(run_id: &str) {
-    let prefix = super::container_name(run_id, "");
+pub(crate) fn forget_run(run_id: &str) {
+    let prefix = container_name(run_id, "");
     with_live(|l| {
         l.containers.retain(|c| !c.starts_with(&prefix));
         l.volumes.retain(|v| !v.starts_with(&prefix));
@@ -215,7 +219,7 @@ pub async fn kill_all_now(bound: Duration) {
         let me = crate::owner::Owner::current();
         let filters = std::collections::HashMap::from([(
             "label".to_string(),
-            vec![format!("{}={}", super::LABEL_PID, me.pid), format!("{}={}", super::LABEL_HOST, me.host)],
+            vec![format!("{LABEL_PID}={}", me.pid), format!("{LABEL_HOST}={}", me.host)],
         )]);
         let opts = ListContainersOptions { all: true, filters: Some(filters), ..Default::default() };
         if let Ok(list) = call("list the engine's containers", bound, docker.list_containers(Some(opts))).await {

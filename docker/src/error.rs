@@ -1,6 +1,8 @@
-//! Turning bollard errors into the one-sentence messages users see (`StepFailure::Environment`,
-//! `EnvironmentError`), and the deadline every daemon call runs under ([`call`]). Never shows an
-//! error chain or Debug output.
+//! Error classification: every daemon call runs under a deadline ([`call`]) and fails as one
+//! [`DaemonError`] (no answer in time, or the daemon's refusal with its bollard error as the
+//! source), whose `Display` is the one sentence users see. Never shows an error chain or Debug
+//! output. Also the settings read from the environment (`ENGINE_DOCKER_TIMEOUT`,
+//! `ENGINE_STOP_GRACE`) and the address of the daemon this process talks to.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,6 +24,45 @@ pub const CALL_TIMEOUT_VAR: &str = "ENGINE_DOCKER_TIMEOUT";
 /// one deadline, not one each.
 pub const UNRESPONSIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a container has, after its stop signal (SIGTERM, or the image's `StopSignal`), to
+/// exit before it is killed with SIGKILL, on timeout and on interrupt. [`STOP_GRACE_VAR`]
+/// overrides it (`0` kills at once).
+pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(2);
+/// The environment variable overriding [`DEFAULT_STOP_GRACE`].
+pub const STOP_GRACE_VAR: &str = "ENGINE_STOP_GRACE";
+
+/// The daemon address used when DOCKER_HOST is unset.
+pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
+
+/// A setting read from the environment that is not a duration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SettingError {
+    /// `ENGINE_DOCKER_TIMEOUT` is not a positive duration.
+    #[error("{CALL_TIMEOUT_VAR} must be a duration such as `30s` or `2m`, not `{0}`")]
+    CallTimeout(String),
+    /// `ENGINE_STOP_GRACE` is not a duration of at most an hour.
+    #[error("{STOP_GRACE_VAR} must be a duration of at most 1h such as `5s`, not `{0}`")]
+    StopGrace(String),
+}
+
+/// A duration as the engine's settings write it: `30s`, `2m`, `1m30s`, `500ms`, or a bare number
+/// of seconds. `0` (any unit) is zero.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    if let Ok(secs) = text.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(text).ok()
+}
+
+/// A duration as sentences write it: `30s`, `1m30s`, `500ms`.
+pub fn format_duration(d: Duration) -> String {
+    if d.is_zero() {
+        return "0s".into();
+    }
+    humantime::format_duration(d).to_string().replace(' ', "")
+}
+
 static DAEMON: RwLock<Option<String>> = RwLock::new(None);
 static UNRESPONSIVE: AtomicBool = AtomicBool::new(false);
 
@@ -32,23 +73,41 @@ pub fn set_daemon(host: &str) {
     }
 }
 
+/// The address set by [`set_daemon`] (the default socket before any connect).
 pub fn daemon() -> String {
-    DAEMON.read().ok().and_then(|d| d.clone()).unwrap_or_else(|| super::DEFAULT_DOCKER_HOST.to_string())
+    DAEMON.read().ok().and_then(|d| d.clone()).unwrap_or_else(|| DEFAULT_DOCKER_HOST.to_string())
 }
 
 /// The deadline of one ordinary call: `ENGINE_DOCKER_TIMEOUT`, else 30 s. `Err` with a sentence
 /// when the variable is set but is not a duration (checked once, at connect).
-pub fn call_timeout() -> Result<Duration, String> {
-    static PARSED: OnceLock<Result<Duration, String>> = OnceLock::new();
+pub fn call_timeout() -> Result<Duration, SettingError> {
+    static PARSED: OnceLock<Result<Duration, SettingError>> = OnceLock::new();
     PARSED
         .get_or_init(|| match std::env::var(CALL_TIMEOUT_VAR) {
             Err(_) => Ok(DEFAULT_CALL_TIMEOUT),
-            Ok(text) => match dsl::units::parse_duration(text.trim()) {
+            Ok(text) => match parse_duration(&text) {
                 Some(d) if !d.is_zero() => Ok(d),
-                _ => Err(format!("{CALL_TIMEOUT_VAR} must be a duration such as `30s` or `2m`, not `{text}`")),
+                _ => Err(SettingError::CallTimeout(text)),
             },
         })
         .clone()
+}
+
+/// The grace period of the stop ladder (see [`DEFAULT_STOP_GRACE`]); `Err` when
+/// `ENGINE_STOP_GRACE` is not a duration of at most an hour (checked once, at connect).
+pub fn stop_grace() -> Result<Duration, SettingError> {
+    static PARSED: OnceLock<Result<Duration, SettingError>> = OnceLock::new();
+    PARSED
+        .get_or_init(|| match std::env::var(STOP_GRACE_VAR) {
+            Err(_) => Ok(DEFAULT_STOP_GRACE),
+            Ok(text) => parse_duration(&text).filter(|d| d.as_secs() <= 3600).ok_or(SettingError::StopGrace(text)),
+        })
+        .clone()
+}
+
+/// The grace period in effect ([`stop_grace`], or the default when the setting is broken).
+pub fn grace() -> Duration {
+    stop_grace().unwrap_or(DEFAULT_STOP_GRACE)
 }
 
 /// The deadline for a call that should take about `limit`: shortened once the daemon has failed
@@ -72,15 +131,30 @@ pub enum DaemonError {
     /// No answer within the deadline: the daemon is hung, overloaded or not a daemon at all.
     #[error(
         "the Docker daemon at {daemon} did not answer within {} while trying to {action}; check that it is running and responsive",
-        dsl::units::format_duration(*after)
+        format_duration(*after)
     )]
-    TimedOut { action: String, daemon: String, after: Duration },
+    TimedOut {
+        /// What the engine was trying to do ("create the step's container").
+        action: String,
+        /// The daemon's address.
+        daemon: String,
+        /// The deadline that passed.
+        after: Duration,
+    },
     /// The daemon answered with an error, or the connection failed.
     #[error("{}", daemon_sentence(action, source))]
     Failed {
+        /// What the engine was trying to do.
         action: String,
+        /// bollard's error.
         #[source]
         source: Error,
+    },
+    /// The daemon's answer lacked a valid image ID (`sha256:` and 64 hex digits).
+    #[error("the Docker daemon reported no valid image ID for `{reference}`")]
+    NoImageId {
+        /// The image reference or container asked about.
+        reference: String,
     },
 }
 
@@ -90,6 +164,20 @@ impl DaemonError {
         matches!(self, DaemonError::Failed { source, .. } if is_not_found(source))
     }
 
+    /// The short reason: the daemon's own words when it answered, else the innermost cause.
+    pub fn reason(&self) -> String {
+        match self {
+            DaemonError::Failed { source, .. } => daemon_reason(source),
+            other => other.to_string(),
+        }
+    }
+
+    /// True when the daemon answered 409 (a conflict: an image in use, a name taken).
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, DaemonError::Failed { source: Error::DockerResponseServerError { status_code: 409, .. }, .. })
+    }
+
+    /// True when the call got no answer within its deadline.
     pub fn timed_out(&self) -> bool {
         matches!(self, DaemonError::TimedOut { .. })
     }
@@ -126,12 +214,21 @@ pub fn short_reason(err: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// True when the daemon answered 404 (no such container, image or volume).
-pub fn is_not_found(err: &Error) -> bool {
+pub(crate) fn is_not_found(err: &Error) -> bool {
     matches!(err, Error::DockerResponseServerError { status_code: 404, .. })
 }
 
+/// The daemon's own words when it answered, else the innermost cause (not bollard's wrapping).
+pub(crate) fn daemon_reason(err: &Error) -> String {
+    match err {
+        Error::DockerResponseServerError { message, .. } => message.trim().to_string(),
+        Error::DockerStreamError { error } => error.trim().to_string(),
+        other => short_reason(other),
+    }
+}
+
 /// A sentence for a daemon call that failed while trying to `action` ("create the container").
-pub fn daemon_sentence(action: &str, err: &Error) -> String {
+pub(crate) fn daemon_sentence(action: &str, err: &Error) -> String {
     match err {
         Error::DockerResponseServerError { message, .. } => {
             format!("the Docker daemon refused to {action}: {}", message.trim())
@@ -161,6 +258,18 @@ mod tests {
         // ...until it answers one.
         call("ping", Duration::from_secs(1), async { Ok(()) }).await.unwrap();
         assert_eq!(deadline(Duration::from_secs(30)), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn durations_read_and_write_as_the_settings_do() {
+        assert_eq!(parse_duration("30"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_duration("1m30s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("0"), Some(Duration::ZERO));
+        assert_eq!(parse_duration("soon"), None);
+        assert_eq!(format_duration(Duration::from_secs(90)), "1m30s");
+        assert_eq!(format_duration(Duration::from_secs(30)), "30s");
+        assert_eq!(format_duration(Duration::ZERO), "0s");
     }
 
     #[tokio::test]

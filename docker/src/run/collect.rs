@@ -16,7 +16,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
-use crate::executor::StepFailure;
+use super::Failure as StepFailure;
 
 /// Most symlinks followed while resolving one link target (the kernel's limit, too).
 pub const MAX_HOPS: usize = 40;
