@@ -3,6 +3,7 @@
 
 use std::fmt::Write as _;
 
+use crate::executor::RunReason;
 use crate::run::Forecast;
 
 /// `engine cache explain STEP`: status, reasons, key, and every component of the key.
@@ -15,7 +16,18 @@ pub fn explain(step: &str, forecast: &Forecast) -> String {
         let _ = writeln!(out, "  why:      {}", reasons.join("; "));
     }
     let Some(c) = &forecast.components else {
-        let _ = writeln!(out, "  key:      not known until the steps it needs have run");
+        let image = forecast.reasons.iter().find_map(|r| match r {
+            RunReason::ImageNotBuilt(name) => Some(name),
+            RunReason::Cache(_) => None,
+        });
+        match image {
+            Some(name) => {
+                let _ = writeln!(out, "  key:      not known until image `{name}` is built");
+            }
+            None => {
+                let _ = writeln!(out, "  key:      not known until the steps it needs have run");
+            }
+        }
         return out;
     };
     let _ = writeln!(out, "  key:      {}", c.key());

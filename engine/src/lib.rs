@@ -1,6 +1,7 @@
 //! The `engine` library: planner, scheduler, Docker executor, output rendering. The binary in
 //! `main.rs` is a thin CLI over it.
 
+pub mod budget;
 pub mod caching;
 pub mod cli;
 pub mod docker;
@@ -8,6 +9,7 @@ pub mod error;
 pub mod events;
 pub mod executor;
 pub mod explain;
+pub mod layers;
 pub mod lock;
 pub mod output;
 pub mod owner;
@@ -18,4 +20,5 @@ pub mod replay;
 pub mod run;
 pub mod runs;
 pub mod scheduler;
+pub mod session;
 pub mod workspace;

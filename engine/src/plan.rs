@@ -15,12 +15,7 @@ use std::sync::Arc;
 use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::Direction;
 
-/// What the host offers the scheduler: the sum of what running steps may reserve.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HostBudget {
-    pub millicpus: u64,
-    pub memory: u64,
-}
+pub use crate::budget::HostBudget;
 
 /// One step of a plan.
 #[derive(Debug, Clone)]

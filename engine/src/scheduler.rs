@@ -6,7 +6,10 @@
 //!
 //! The scheduler never talks to Docker or the filesystem: it only orders work. All decisions are
 //! made by one loop that owns the run's state; executor tasks only report back their outcome, so
-//! there are no locks and no races between "a step finished" and "start the next one".
+//! there are no locks and no races between "a step finished" and "start the next one". The
+//! outcomes carry the steps' outputs: a step's job gets those of its needs from here (no shared
+//! map between executors). `engine run`, `engine plan` (a dry-run executor) and `engine replay`
+//! all go through [`run`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,9 +17,10 @@ use std::sync::Arc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::budget::HostBudget;
 use crate::events::{Event, EventSink, RunStatus, StepStatus, StepSummary};
-use crate::executor::{Executor, StepContext, StepFailure, StepOutcome};
-use crate::plan::{HostBudget, Plan};
+use crate::executor::{Executor, Job, Outcome, StepContext, StepFailure, Upstream, Would};
+use crate::plan::Plan;
 
 #[derive(Debug, Clone, Copy)]
 pub struct SchedulerConfig {
@@ -31,6 +35,8 @@ pub struct RunReport {
     pub status: RunStatus,
     /// One row per planned step, in plan order.
     pub steps: Vec<StepSummary>,
+    /// Each planned step's outcome, in plan order (`None`: it never started).
+    pub outcomes: Vec<Option<Outcome>>,
 }
 
 /// Why dispatch stopped; the first reason wins, except that an interrupt overrides the others
@@ -79,6 +85,8 @@ struct Run<'a> {
     stop: Option<Stop>,
     /// Any step failed (in keep-going mode the run continues but still ends Failed).
     failed: bool,
+    /// The outcome of every step that ended (what its dependents' jobs get).
+    outcomes: Vec<Option<Outcome>>,
 }
 
 impl Run<'_> {
@@ -131,16 +139,33 @@ impl Run<'_> {
         self.millicpus.saturating_add(limits.millicpus) <= budget.millicpus && self.memory.saturating_add(limits.memory) <= budget.memory
     }
 
-    fn finish(&mut self, i: usize, outcome: StepOutcome) {
-        let duration_ms = u64::try_from(outcome.duration.as_millis()).unwrap_or(u64::MAX);
-        let ended = match outcome.result {
-            Ok(()) if outcome.cached => Ended::Cached,
-            Ok(()) => Ended::Succeeded,
-            Err(StepFailure::Cancelled) => Ended::Cancelled,
-            Err(failure) if failure.is_environment() => Ended::Environment(failure.to_string()),
-            Err(failure) => Ended::Failed(failure.to_string()),
+    fn finish(&mut self, i: usize, outcome: Outcome) {
+        let duration_ms = u64::try_from(outcome.duration().as_millis()).unwrap_or(u64::MAX);
+        let ended = match &outcome {
+            Outcome::Restored { .. } => Ended::Cached,
+            Outcome::Planned(p) if matches!(p.would, Would::Restore(_)) => Ended::Cached,
+            Outcome::Executed { .. } | Outcome::Planned(_) => Ended::Succeeded,
+            Outcome::Cancelled { .. } => Ended::Cancelled,
+            Outcome::Failed { reason, .. } if reason.is_environment() => Ended::Environment(reason.to_string()),
+            Outcome::Failed { .. } | Outcome::TimedOut { .. } => {
+                Ended::Failed(outcome.failure().map(|f| f.to_string()).unwrap_or_default())
+            }
         };
-        self.record(i, ended, duration_ms, outcome.exit_code);
+        let exit_code = outcome.exit_code();
+        self.outcomes[i] = Some(outcome);
+        self.record(i, ended, duration_ms, exit_code);
+    }
+
+    /// What the needs of step `i` produced, for its job.
+    fn upstream(&self, i: usize) -> Vec<Upstream> {
+        self.plan.steps[i]
+            .needs
+            .iter()
+            .map(|&n| Upstream {
+                step: self.plan.steps[n].step.name.clone(),
+                outputs: self.outcomes[n].as_ref().and_then(Outcome::outputs).cloned(),
+            })
+            .collect()
     }
 
     /// Release the step's reservation, update why the run stops, emit the step's last event.
@@ -237,8 +262,9 @@ pub async fn run<E: Executor>(
         memory: 0,
         stop: None,
         failed: false,
+        outcomes: vec![None; plan.steps.len()],
     };
-    let mut tasks: JoinSet<(usize, StepOutcome)> = JoinSet::new();
+    let mut tasks: JoinSet<(usize, Outcome)> = JoinSet::new();
     // A panicking task reports only its task id; this maps it back to the step.
     let mut task_step: HashMap<tokio::task::Id, usize> = HashMap::new();
 
@@ -261,8 +287,9 @@ pub async fn run<E: Executor>(
                 run.states[i] = State::Running(token.clone());
                 events.emit(Event::StepStarted { step: step.name.clone() });
                 let ctx = StepContext { events: events.clone(), cancel: token };
-                let (executor, step) = (executor.clone(), step.clone());
-                let handle = tasks.spawn(async move { (i, executor.execute(step, ctx).await) });
+                let job = Job::new(step.clone(), run.upstream(i));
+                let executor = executor.clone();
+                let handle = tasks.spawn(async move { (i, executor.execute(job, ctx).await) });
                 task_step.insert(handle.id(), i);
             }
         }
@@ -298,6 +325,7 @@ pub async fn run<E: Executor>(
         }
     }
     let status = run.status();
+    let outcomes = std::mem::take(&mut run.outcomes);
     let steps = run
         .states
         .into_iter()
@@ -310,7 +338,7 @@ pub async fn run<E: Executor>(
             }
         })
         .collect();
-    RunReport { status, steps }
+    RunReport { status, steps, outcomes }
 }
 
 #[cfg(test)]
@@ -355,6 +383,8 @@ mod tests {
         /// Step name -> (start, end) in seconds since the run started (virtual time).
         spans: HashMap<String, (f64, f64)>,
         saw_cancel: Vec<String>,
+        /// Step name -> the upstream its job carried (need, outputs).
+        upstream: HashMap<String, Vec<(String, Option<crate::executor::Outputs>)>>,
     }
 
     /// A Docker-free executor: sleeps (virtual time) for the configured duration, or until its
@@ -384,8 +414,14 @@ mod tests {
         }
     }
 
+    /// The outputs the fake "produces" for a step: a digest of its name.
+    fn outputs_of(name: &str) -> crate::executor::Outputs {
+        crate::executor::Outputs { digest: Some(cache::Digest::of(name.as_bytes())), dir: None, entries: Vec::new() }
+    }
+
     impl Executor for Fake {
-        async fn execute(&self, step: Arc<dsl::Step>, ctx: StepContext) -> StepOutcome {
+        async fn execute(&self, job: Job, ctx: StepContext) -> Outcome {
+            let step = job.step.clone();
             let b = self.behaviours.get(&step.name).cloned().unwrap_or_default();
             let start = Instant::now();
             {
@@ -396,6 +432,7 @@ mod tests {
                 r.max_running = r.max_running.max(r.running);
                 r.max_millicpus = r.max_millicpus.max(r.millicpus);
                 r.max_memory = r.max_memory.max(r.memory);
+                r.upstream.insert(step.name.clone(), job.upstream.iter().map(|u| (u.step.clone(), u.outputs.clone())).collect());
             }
             let cancelled = tokio::select! {
                 _ = tokio::time::sleep(b.duration) => false,
@@ -417,9 +454,13 @@ mod tests {
             }
             let duration = start.elapsed();
             if cancelled {
-                return StepOutcome { result: Err(StepFailure::Cancelled), duration, exit_code: None, cached: false };
+                return Outcome::Cancelled { duration };
             }
-            StepOutcome { result: b.result, duration, exit_code: b.exit_code, cached: b.cached }
+            match b.result {
+                Ok(()) if b.cached => Outcome::Restored { outputs: outputs_of(&step.name), exit_code: b.exit_code.unwrap_or(0) },
+                Ok(()) => Outcome::Executed { outputs: outputs_of(&step.name), duration, exit_code: b.exit_code.unwrap_or(0) },
+                Err(reason) => Outcome::Failed { reason, duration, exit_code: b.exit_code },
+            }
         }
     }
 
@@ -478,6 +519,22 @@ mod tests {
         assert_eq!(report.status, RunStatus::Succeeded);
         assert_eq!(statuses(&report), "a=cached b=succeeded");
         assert!(events.contains(&Event::StepFinished { step: "a".into(), status: StepStatus::Cached, duration_ms: 0, exit_code: Some(0) }));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_job_carries_the_outputs_of_its_needs() {
+        let wf = workflow("w").step("a", &[]).step("b", &["a"]).step("c", &["a"]).step("d", &["c", "b"]).build();
+        let p = plan(wf, &[], BIG).unwrap();
+        let fake = Arc::new(Fake::new().with("b", |b| b.cached = true));
+        let (report, _) = go(&p, &fake, config(4), CancellationToken::new()).await;
+        assert_eq!(report.status, RunStatus::Succeeded);
+        let r = fake.record.lock().unwrap();
+        assert!(r.upstream["a"].is_empty());
+        assert_eq!(r.upstream["b"], [("a".to_string(), Some(outputs_of("a")))]);
+        // In the order of `needs`, restored outputs like executed ones.
+        assert_eq!(r.upstream["d"], [("c".to_string(), Some(outputs_of("c"))), ("b".to_string(), Some(outputs_of("b")))]);
+        assert!(matches!(report.outcomes[1], Some(Outcome::Restored { .. })));
+        assert!(matches!(report.outcomes[3], Some(Outcome::Executed { .. })));
     }
 
     #[tokio::test(start_paused = true)]
