@@ -21,4 +21,5 @@ pub mod run;
 pub mod runs;
 pub mod scheduler;
 pub mod session;
+pub mod units;
 pub mod workspace;

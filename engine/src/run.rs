@@ -15,7 +15,8 @@ use crate::budget::HostBudget;
 use crate::docker::cleanup;
 use crate::error::EnvironmentError;
 use crate::events::{Event, EventSink, RunStatus};
-use crate::executor::{Outcome, Prediction, RunReason, Would};
+use crate::executor::{Outcome, RunReason};
+use crate::explain::Forecast;
 use crate::layers::{caching::Caching, container::Container, dry_run::DryRun, export::Export, image::Image, recording::Recording, staging};
 use crate::output::{self, OutputMode};
 use crate::plan::Plan;
@@ -256,33 +257,6 @@ fn start_record(
     };
     Recorder::create(&workflow.dir, record)
         .map_err(|e| EnvironmentError(format!("cannot write the run record under {}: {e}", record::runs_dir(&workflow.dir).display())))
-}
-
-/// What the cache will do with one planned step, predicted without running anything.
-#[derive(Debug, Clone)]
-pub struct Forecast {
-    /// Known unless a step it needs will run first, or its image is not built yet.
-    pub components: Option<cache::KeyComponents>,
-    pub cached: bool,
-    /// Why it will run; empty when cached.
-    pub reasons: Vec<RunReason>,
-}
-
-impl Forecast {
-    fn of(prediction: Prediction) -> Forecast {
-        match prediction.would {
-            Would::Restore(_) => Forecast { components: prediction.components, cached: true, reasons: Vec::new() },
-            Would::Run(reasons) => Forecast { components: prediction.components, cached: false, reasons },
-        }
-    }
-
-    pub fn view(&self) -> crate::plan::CacheView {
-        crate::plan::CacheView {
-            status: if self.cached { "cached" } else { "run" },
-            key: self.components.as_ref().map(|c| c.key().to_string()),
-            reasons: self.reasons.iter().map(ToString::to_string).collect(),
-        }
-    }
 }
 
 /// Load, plan and predict, for `engine plan` and `engine cache explain`: the same session as a
