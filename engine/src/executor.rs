@@ -1,15 +1,266 @@
-//! The boundary between deciding and doing: the scheduler hands one step at a time to an
-//! [`Executor`] and gets a [`StepOutcome`] back. The Docker implementation lives in `docker`;
-//! scheduler tests use a fake. An executor runs exactly one step and never looks at the graph.
+//! The boundary between deciding and doing: the scheduler hands one [`Job`] at a time to an
+//! [`Executor`] and gets an [`Outcome`] back. Executors stack as layers (`crate::layers`): the
+//! run record, the image a step uses, the cache, staging, and the container runner at the
+//! bottom; `engine plan` uses a dry-run executor and `engine replay` a stager that reads the
+//! store. An executor runs exactly one step and never looks at the graph: what the steps it
+//! needs produced comes in the job ([`Job::upstream`]), handed over by the scheduler.
+//!
+//! The container runner's own interface ([`StepJob`] in, [`StepOutcome`] out) stays below the
+//! layers: it is what `docker::DockerExecutor::run_step` takes and returns.
 
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cache::{ActionKey, Digest, KeyComponents, OutputEntry};
 use tokio_util::sync::CancellationToken;
 
-use crate::events::EventSink;
+use crate::events::{EventSink, LogSink};
+
+/// One step to execute, as the scheduler hands it over; the layers fill in the rest on the way
+/// down (each field below `upstream` is set by the layer that owns it, `None` until then).
+#[derive(Clone)]
+pub struct Job {
+    pub step: Arc<dsl::Step>,
+    /// One entry per `needs` of the step, in its order: what each produced in this run.
+    pub upstream: Vec<Upstream>,
+    /// The image the container is created from (set by the image layer, or a replay's stager).
+    pub image: Option<StepImage>,
+    /// The step's action key (set by the caching layer).
+    pub key: Option<ActionKey>,
+    /// The host side of the container: workspace, collect folder, mounts (set by a stager).
+    pub staged: Option<Staged>,
+    /// Where the step's log is kept, when a layer above keeps it (the run record).
+    pub logs: Option<Arc<dyn StepLogs>>,
+    /// Told what the layers below learn on their way down (the run record listens).
+    pub notes: Notes,
+}
+
+impl Job {
+    /// A job for `step` with what its needs produced; nothing else decided yet.
+    pub fn new(step: Arc<dsl::Step>, upstream: Vec<Upstream>) -> Job {
+        Job { step, upstream, image: None, key: None, staged: None, logs: None, notes: Notes::default() }
+    }
+}
+
+/// What one step this job needs produced.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub step: String,
+    /// `None` only in a dry run, for a need that will run (its outputs are not known yet).
+    pub outputs: Option<Outputs>,
+}
+
+/// The outputs of a step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outputs {
+    /// The digest over `entries` (what the dependents' keys cover); `None` when nobody hashed
+    /// them (a replay, which runs without the caching layer, compares entries instead).
+    pub digest: Option<Digest>,
+    /// Where the collected files are on the host (the dependents' workspaces are staged from
+    /// here); `None` when nothing was collected (a dry run) or they were moved to the output
+    /// folder because no step needs them.
+    pub dir: Option<PathBuf>,
+    /// Every file, folder and symlink, with content digests (empty when not hashed).
+    pub entries: Vec<OutputEntry>,
+}
+
+impl Outputs {
+    /// Files collected in `dir`, not hashed yet.
+    pub fn collected(dir: PathBuf) -> Outputs {
+        Outputs { digest: None, dir: Some(dir), entries: Vec::new() }
+    }
+}
+
+/// The image a step runs in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepImage {
+    /// What the container is created from (the image ID for built images).
+    pub run: String,
+    /// The image ID (`sha256:...`): what enters the key.
+    pub id: crate::docker::ImageId,
+    /// As the record names it: the reference, or `images.<name>` for an engine-built image.
+    pub reference: String,
+}
+
+/// The host side of one container, prepared by a stager.
+#[derive(Debug, Clone)]
+pub struct Staged {
+    /// The step as the container sees it (`SOURCE_DATE_EPOCH` added).
+    pub step: Arc<dsl::Step>,
+    pub workspace: PathBuf,
+    pub collect_to: PathBuf,
+    pub secrets: Vec<(String, String)>,
+    pub caches: Vec<CacheMountJob>,
+}
+
+/// What happened to one step. Exactly one of these; the outputs travel with the successes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The container ran and exited 0; its outputs were collected.
+    Executed { outputs: Outputs, duration: Duration, exit_code: i64 },
+    /// The outputs came from the cache; no container was created.
+    Restored { outputs: Outputs, exit_code: i64 },
+    /// The step failed (`reason` is never `Cancelled` or `TimedOut`: those have their own cases).
+    Failed { reason: StepFailure, duration: Duration, exit_code: Option<i64> },
+    /// The step ran longer than its `limits.timeout` and was stopped.
+    TimedOut { limit: Duration, duration: Duration, exit_code: Option<i64> },
+    /// The run was interrupted while the step ran (or before it started).
+    Cancelled { duration: Duration },
+    /// A dry run: what would happen.
+    Planned(Box<Prediction>),
+}
+
+impl Outcome {
+    /// A failure before any container existed.
+    pub fn failed(reason: StepFailure) -> Outcome {
+        match reason {
+            StepFailure::Cancelled => Outcome::Cancelled { duration: Duration::ZERO },
+            StepFailure::TimedOut(limit) => Outcome::TimedOut { limit, duration: Duration::ZERO, exit_code: None },
+            reason => Outcome::Failed { reason, duration: Duration::ZERO, exit_code: None },
+        }
+    }
+
+    /// The outputs the steps that need this one get.
+    pub fn outputs(&self) -> Option<&Outputs> {
+        match self {
+            Outcome::Executed { outputs, .. } | Outcome::Restored { outputs, .. } => Some(outputs),
+            Outcome::Planned(prediction) => match &prediction.would {
+                Would::Restore(outputs) => Some(outputs),
+                Would::Run(_) => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// Why the step did not succeed, as a failure (`None` for a success or a prediction).
+    pub fn failure(&self) -> Option<StepFailure> {
+        match self {
+            Outcome::Failed { reason, .. } => Some(reason.clone()),
+            Outcome::TimedOut { limit, .. } => Some(StepFailure::TimedOut(*limit)),
+            Outcome::Cancelled { .. } => Some(StepFailure::Cancelled),
+            _ => None,
+        }
+    }
+
+    /// Wall time of the container (zero if none ran).
+    pub fn duration(&self) -> Duration {
+        match self {
+            Outcome::Executed { duration, .. }
+            | Outcome::Failed { duration, .. }
+            | Outcome::TimedOut { duration, .. }
+            | Outcome::Cancelled { duration } => *duration,
+            Outcome::Restored { .. } | Outcome::Planned(_) => Duration::ZERO,
+        }
+    }
+
+    /// The exit code of the container, or of the run that filled the cache entry.
+    pub fn exit_code(&self) -> Option<i64> {
+        match self {
+            Outcome::Executed { exit_code, .. } | Outcome::Restored { exit_code, .. } => Some(*exit_code),
+            Outcome::Failed { exit_code, .. } | Outcome::TimedOut { exit_code, .. } => *exit_code,
+            Outcome::Cancelled { .. } | Outcome::Planned(_) => None,
+        }
+    }
+
+    /// The container runner's result as an outcome; a success carries the collect folder.
+    pub fn from_container(outcome: StepOutcome, collect_to: PathBuf) -> Outcome {
+        let StepOutcome { result, duration, exit_code, .. } = outcome;
+        match result {
+            Ok(()) => Outcome::Executed { outputs: Outputs::collected(collect_to), duration, exit_code: exit_code.unwrap_or(0) },
+            Err(StepFailure::Cancelled) => Outcome::Cancelled { duration },
+            Err(StepFailure::TimedOut(limit)) => Outcome::TimedOut { limit, duration, exit_code },
+            Err(reason) => Outcome::Failed { reason, duration, exit_code },
+        }
+    }
+}
+
+/// What a dry run predicts for one step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prediction {
+    /// The key's components; `None` when they cannot be known yet (a need or the image first).
+    pub components: Option<KeyComponents>,
+    pub would: Would,
+}
+
+/// Restore or run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Would {
+    /// Its key has a cache entry: restored, no container (the entry's outputs, not collected).
+    Restore(Outputs),
+    /// It runs, for these reasons (never empty).
+    Run(Vec<RunReason>),
+}
+
+/// Why a step would run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunReason {
+    /// What the cache says (never run, changed inputs, a need that will run, ...).
+    Cache(cache::Reason),
+    /// The image under `images:` it uses has no image for its current definition yet.
+    ImageNotBuilt(String),
+}
+
+impl std::fmt::Display for RunReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RunReason::Cache(reason) => reason.fmt(f),
+            RunReason::ImageNotBuilt(name) => write!(f, "image `{name}` is not built yet"),
+        }
+    }
+}
+
+/// Where a step's log is kept (the run record's log file), for the layers below the one that
+/// keeps it: the container runner streams lines into it; the caching layer stores the same bytes
+/// with the cache entry, or keeps a restored entry's log instead.
+pub trait StepLogs: Send + Sync {
+    /// The container is about to start: where its log lines go (`None`: the log cannot be kept;
+    /// the step runs without it).
+    fn open(&self) -> Option<Arc<dyn LogSink>>;
+    /// No more lines: the bytes kept (at most the log limit). Blocks (call it off the async
+    /// workers).
+    fn finish(&self) -> std::io::Result<Vec<u8>>;
+    /// The step did not run: keep `bytes` (a restored cache entry's log) as its log. Blocks.
+    fn keep(&self, bytes: &[u8]);
+}
+
+/// What a layer learns about a step on its way down, for the layers above.
+#[derive(Debug, Clone)]
+pub enum Note {
+    /// The caching layer computed the step's key from these components, for this image.
+    Keyed { components: Arc<KeyComponents>, image: StepImage },
+}
+
+/// Where [`Note`]s go: nowhere by default; the recording layer listens.
+#[derive(Clone, Default)]
+pub struct Notes(Option<Arc<dyn Fn(Note) + Send + Sync>>);
+
+impl Notes {
+    pub fn to(f: impl Fn(Note) + Send + Sync + 'static) -> Notes {
+        Notes(Some(Arc::new(f)))
+    }
+
+    pub fn tell(&self, note: Note) {
+        if let Some(f) = &self.0 {
+            f(note)
+        }
+    }
+}
+
+/// Runs one step: the scheduler's only view of "doing". Implementations must remove every
+/// container they create, whatever happens (success, failure, timeout, cancellation).
+pub trait Executor: Send + Sync + 'static {
+    fn execute(&self, job: Job, ctx: StepContext) -> impl Future<Output = Outcome> + Send;
+}
+
+impl<E: Executor> Executor for Arc<E> {
+    fn execute(&self, job: Job, ctx: StepContext) -> impl Future<Output = Outcome> + Send {
+        (**self).execute(job, ctx)
+    }
+}
+
+// ---- The container runner's interface (what `docker::DockerExecutor::run_step` speaks). ----
 
 /// Everything the Docker executor needs to run one step's container.
 #[derive(Debug, Clone)]
@@ -50,6 +301,9 @@ pub struct StepContext {
     pub cancel: CancellationToken,
 }
 
+/// The container runner's raw result (see [`Outcome::from_container`] for what the layers make
+/// of it). `cached` is never set by the runner; it goes when the Docker crate has a result type
+/// of its own.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepOutcome {
     pub result: Result<(), StepFailure>,
@@ -57,7 +311,7 @@ pub struct StepOutcome {
     pub duration: Duration,
     /// The container's exit code, when it exited by itself.
     pub exit_code: Option<i64>,
-    /// The outputs came from the cache; no container was created.
+    /// Unused by the container runner (always false).
     pub cached: bool,
 }
 
@@ -95,12 +349,4 @@ impl StepFailure {
     pub fn is_environment(&self) -> bool {
         matches!(self, StepFailure::Environment(_))
     }
-}
-
-/// Runs one step: the scheduler's only view of "doing". The engine's implementation stages the
-/// workspace, runs the container through `docker::DockerExecutor` and exports the outputs; scheduler
-/// tests use a fake. Implementations must remove every container they create, whatever happens
-/// (success, failure, timeout, cancellation).
-pub trait Executor: Send + Sync + 'static {
-    fn execute(&self, step: Arc<dsl::Step>, ctx: StepContext) -> impl Future<Output = StepOutcome> + Send;
 }

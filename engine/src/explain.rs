@@ -1,9 +1,38 @@
 //! Text for the cache commands: `engine cache explain` (the full key breakdown of a step) and
-//! the sizes and ages of `engine cache ls`. Formatting only; the decisions come from `caching`.
+//! the sizes and ages of `engine cache ls`, and the [`Forecast`] of a step (what the dry run
+//! predicted) they and `engine plan` show. Formatting only; the decisions come from `caching`.
 
 use std::fmt::Write as _;
 
-use crate::run::Forecast;
+use crate::executor::{Prediction, RunReason, Would};
+
+/// What the cache will do with one planned step, predicted without running anything.
+#[derive(Debug, Clone)]
+pub struct Forecast {
+    /// Known unless a step it needs will run first, or its image is not built yet.
+    pub components: Option<cache::KeyComponents>,
+    pub cached: bool,
+    /// Why it will run; empty when cached.
+    pub reasons: Vec<RunReason>,
+}
+
+impl Forecast {
+    /// What a dry run predicted.
+    pub fn of(prediction: Prediction) -> Forecast {
+        match prediction.would {
+            Would::Restore(_) => Forecast { components: prediction.components, cached: true, reasons: Vec::new() },
+            Would::Run(reasons) => Forecast { components: prediction.components, cached: false, reasons },
+        }
+    }
+
+    pub fn view(&self) -> crate::output::plan::CacheView {
+        crate::output::plan::CacheView {
+            status: if self.cached { "cached" } else { "run" },
+            key: self.components.as_ref().map(|c| c.key().to_string()),
+            reasons: self.reasons.iter().map(ToString::to_string).collect(),
+        }
+    }
+}
 
 /// `engine cache explain STEP`: status, reasons, key, and every component of the key.
 pub fn explain(step: &str, forecast: &Forecast) -> String {
@@ -15,7 +44,18 @@ pub fn explain(step: &str, forecast: &Forecast) -> String {
         let _ = writeln!(out, "  why:      {}", reasons.join("; "));
     }
     let Some(c) = &forecast.components else {
-        let _ = writeln!(out, "  key:      not known until the steps it needs have run");
+        let image = forecast.reasons.iter().find_map(|r| match r {
+            RunReason::ImageNotBuilt(name) => Some(name),
+            RunReason::Cache(_) => None,
+        });
+        match image {
+            Some(name) => {
+                let _ = writeln!(out, "  key:      not known until image `{name}` is built");
+            }
+            None => {
+                let _ = writeln!(out, "  key:      not known until the steps it needs have run");
+            }
+        }
         return out;
     };
     let _ = writeln!(out, "  key:      {}", c.key());

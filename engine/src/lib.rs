@@ -1,6 +1,7 @@
 //! The `engine` library: planner, scheduler, Docker executor, output rendering. The binary in
 //! `main.rs` is a thin CLI over it.
 
+pub mod budget;
 pub mod caching;
 pub mod cli;
 pub mod docker;
@@ -9,6 +10,7 @@ pub mod events;
 pub mod executor;
 pub mod explain;
 pub mod front;
+pub mod layers;
 pub mod lock;
 pub mod output;
 pub mod owner;
@@ -19,4 +21,6 @@ pub mod replay;
 pub mod run;
 pub mod runs;
 pub mod scheduler;
+pub mod session;
+pub mod units;
 pub mod workspace;

@@ -205,10 +205,10 @@ async fn plan_command(args: engine::cli::PlanArgs) -> Result<i32, StartError> {
     let file = workflow_file(file)?;
     let policy = load_policy(&args.policy)?;
     let (plan, forecasts) = run::forecast(&file, &targets, &policy, &args.cache.resolve(), args.no_cache).await?;
-    let views: Vec<_> = forecasts.iter().map(run::Forecast::view).collect();
+    let views: Vec<_> = forecasts.iter().map(engine::explain::Forecast::view).collect();
     match args.output {
-        OutputFormat::Plain => print!("{}", engine::plan::render_text(&plan, &views)),
-        OutputFormat::Json => println!("{}", engine::plan::to_json(&plan, &views)),
+        OutputFormat::Plain => print!("{}", engine::output::plan::render_text(&plan, &views)),
+        OutputFormat::Json => println!("{}", engine::output::plan::to_json(&plan, &views)),
     }
     Ok(exit::OK)
 }
@@ -217,8 +217,8 @@ fn graph(file: Option<PathBuf>, format: GraphFormat) -> Result<i32, StartError> 
     let file = workflow_file(file)?;
     let plan = run::load_and_plan(&file, &[], &dsl::policy::Policy::default(), run::local_budget())?;
     match format {
-        GraphFormat::Dot => print!("{}", engine::plan::to_dot(&plan)),
-        GraphFormat::Mermaid => print!("{}", engine::plan::to_mermaid(&plan)),
+        GraphFormat::Dot => print!("{}", engine::output::plan::to_dot(&plan)),
+        GraphFormat::Mermaid => print!("{}", engine::output::plan::to_mermaid(&plan)),
     }
     Ok(exit::OK)
 }

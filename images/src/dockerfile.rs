@@ -47,7 +47,7 @@ enum Kind {
 }
 
 /// What is sent to the daemon: the Dockerfile's name in the tar, its content, and the entries.
-struct Context {
+pub(crate) struct Context {
     dockerfile_name: String,
     /// Set when the Dockerfile lies outside the context and must be added under the reserved name.
     extra_dockerfile: Option<Vec<u8>>,
@@ -217,7 +217,7 @@ fn handle_line(name: &str, message: &BuildMessage, log: LogFn<'_>, steps: &mut V
 }
 
 /// The final image built with `key`, if any.
-async fn find_by_key(builder: &Builder, key: &str) -> Result<Option<ImageId>, BuildError> {
+pub(crate) async fn find_by_key(builder: &Builder, key: &str) -> Result<Option<ImageId>, BuildError> {
     let images = builder
         .docker
         .list_images(vec![format!("{LABEL_IMAGE_KEY}={key}")], false)
@@ -238,7 +238,7 @@ pub(crate) fn split_reference(reference: &str) -> (&str, &str) {
 /// The real paths of the context and the Dockerfile, both inside the workflow's folder `dir`:
 /// relative, without `..`, and not reached through a symlink leading out (the load-time check,
 /// again at build time, for whatever builds without loading).
-fn confine(dir: &Path, context: &str, dockerfile: &str) -> Result<(PathBuf, PathBuf), String> {
+pub(crate) fn confine(dir: &Path, context: &str, dockerfile: &str) -> Result<(PathBuf, PathBuf), String> {
     let top = dir.canonicalize().map_err(|e| format!("cannot resolve the workflow's folder: {e}"))?;
     let mut out = Vec::new();
     for (key, rel) in [("context", context), ("dockerfile", dockerfile)] {
@@ -312,7 +312,7 @@ impl io::Write for ChunkWriter {
 }
 
 /// Read the Dockerfile and walk the context, applying `.dockerignore`.
-fn scan(context_dir: &Path, dockerfile_path: &Path) -> Result<Context, String> {
+pub(crate) fn scan(context_dir: &Path, dockerfile_path: &Path) -> Result<Context, String> {
     if !context_dir.is_dir() {
         return Err(format!("the context `{}` is not a folder", context_dir.display()));
     }
@@ -370,7 +370,7 @@ fn scan(context_dir: &Path, dockerfile_path: &Path) -> Result<Context, String> {
 }
 
 /// SHA-256 over a versioned, length-prefixed encoding: no two contexts encode alike.
-fn key_of(ctx: &Context) -> String {
+pub(crate) fn key_of(ctx: &Context) -> String {
     fn bytes(h: &mut Sha256, b: &[u8]) {
         h.update((b.len() as u64).to_le_bytes());
         h.update(b);

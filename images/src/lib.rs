@@ -12,6 +12,7 @@ mod base;
 pub mod build;
 mod dockerfile;
 pub mod key;
+mod lookup;
 mod manage;
 mod stages;
 

@@ -43,8 +43,8 @@ enum PlannedCopy {
 }
 
 /// A needed stage, keyed.
-struct Plan {
-    key: String,
+pub(crate) struct Plan {
+    pub(crate) key: String,
     base: Base,
     copies: Vec<PlannedCopy>,
     /// Indices of the stages it uses (`from`, `copy.from`).
@@ -143,7 +143,7 @@ pub(crate) async fn build(
 }
 
 /// Key every stage the final stage needs (others get `None`).
-async fn plan(
+pub(crate) async fn plan(
     builder: &Builder,
     ctx: &BuildContext<'_>,
     name: &str,
@@ -240,7 +240,7 @@ async fn plan(
 }
 
 /// An existing image of this stage of this image (the final stage must also carry the image key).
-async fn find(builder: &Builder, image: &str, key: &str, last: bool) -> Result<Option<ImageId>, BuildError> {
+pub(crate) async fn find(builder: &Builder, image: &str, key: &str, last: bool) -> Result<Option<ImageId>, BuildError> {
     let mut labels = vec![format!("{LABEL_STAGE_KEY}={key}"), format!("{LABEL_IMAGE}={image}")];
     if last {
         labels.push(format!("{LABEL_IMAGE_KEY}={key}"));

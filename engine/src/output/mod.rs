@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use crate::events::{Event, StepStatus, StepSummary};
 
+pub mod plan;
+
 /// `--output plain|json`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutputMode {
@@ -86,31 +88,7 @@ fn needs_neutralising(c: char) -> bool {
     }
 }
 
-/// Sizes for people: exact units when round (`512m`), else one decimal (`23.5g`, a host's
-/// memory, a cache's size). [`dsl::units::format_size`] is the exact form used for limits.
-pub fn fmt_size(bytes: u64) -> String {
-    const UNITS: [(u64, &str); 4] = [(1 << 40, "t"), (1 << 30, "g"), (1 << 20, "m"), (1 << 10, "k")];
-    for (size, suffix) in UNITS {
-        if bytes >= size {
-            let whole = bytes / size;
-            if whole * size == bytes {
-                return format!("{whole}{suffix}");
-            }
-            let text = format!("{:.1}", bytes as f64 / size as f64);
-            return format!("{}{suffix}", text.trim_end_matches(".0"));
-        }
-    }
-    format!("{bytes}b")
-}
-
-/// `45ms` below a second (container steps are often that short), then `1.2s`, `75.3s`: one
-/// decimal of seconds, easy to compare down a column.
-pub fn fmt_secs(ms: u64) -> String {
-    if ms < 1000 {
-        return format!("{ms}ms");
-    }
-    format!("{}.{}s", ms / 1000, (ms % 1000) / 100)
-}
+pub use crate::units::{fmt_secs, fmt_size};
 
 /// Turns events into lines of text for people. Log lines are `step | line` with step names
 /// padded to the longest name of the run (known from `RunStarted`).

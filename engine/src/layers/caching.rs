@@ -1,0 +1,141 @@
+//! The caching layer: the step's key (from its definition, image, input files and the outputs of
+//! its needs), then the decision of `crate::caching::decide`. A hit is restored into the step's
+//! collect folder without calling the inner executor; a miss stores the inputs' contents (for
+//! `engine replay`), calls it, and puts what an executed step produced into the store.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cache::{InputEntry, Store, UpstreamEntry};
+
+use crate::caching::{self, Decision};
+use crate::executor::{Executor, Job, Note, Outcome, Outputs, StepContext, StepFailure};
+use crate::workspace::RunDir;
+
+pub struct Caching<E> {
+    pub inner: E,
+    pub store: Arc<Store>,
+    /// The workflow's name (the store's "last run" of a step is kept per workflow and step).
+    pub workflow: String,
+    /// `--no-cache`: execute every step (results are still stored).
+    pub no_cache: bool,
+    /// Each step's hashed input files (sorted by path).
+    pub inputs: Arc<HashMap<String, Vec<InputEntry>>>,
+    pub run_dir: Arc<RunDir>,
+    /// The workflow's folder, where the input files are read from.
+    pub source_dir: std::path::PathBuf,
+}
+
+impl<E: Executor> Executor for Caching<E> {
+    async fn execute(&self, mut job: Job, ctx: StepContext) -> Outcome {
+        let step = job.step.clone();
+        let name = step.name.clone();
+        let mut upstream = Vec::new();
+        for up in &job.upstream {
+            match up.outputs.as_ref().and_then(|o| o.digest) {
+                Some(outputs) => upstream.push(UpstreamEntry { step: up.step.clone(), outputs }),
+                // The scheduler starts a step only after its needs succeeded.
+                None => return Outcome::failed(StepFailure::Environment(format!("internal: `{}` has no recorded outputs", up.step))),
+            }
+        }
+        let Some(image) = job.image.clone() else {
+            return Outcome::failed(StepFailure::Environment(format!("internal: step `{name}` has no image")));
+        };
+        let inputs = self.inputs.get(&name).cloned().unwrap_or_default();
+        let components = Arc::new(caching::components(&step, &image.id, inputs, upstream));
+        let key = components.key();
+        job.key = Some(key);
+        job.notes.tell(Note::Keyed { components: components.clone(), image });
+
+        if let Decision::Cached(manifest) = caching::decide(&self.store, &self.workflow, &step, &components, self.no_cache) {
+            if let Some(outcome) = self.restore(&job, *manifest).await {
+                if matches!(outcome, Outcome::Restored { .. }) {
+                    let _ = self.store.record_last(&self.workflow, &name, &components);
+                }
+                return outcome;
+            }
+        }
+
+        // The inputs' contents go to the store (once per content): `engine replay` re-creates
+        // the workspace from there, whatever happens to the working tree later.
+        let (store, source, hashed) = (self.store.clone(), self.source_dir.clone(), components.inputs.clone());
+        let stored = tokio::task::spawn_blocking(move || store.store_inputs(&source, &hashed)).await;
+        match stored {
+            Ok(Ok(changed)) if !changed.is_empty() => {
+                tracing::warn!(files = ?changed, "inputs changed while the run started; a replay will miss them");
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Outcome::failed(StepFailure::Environment(format!("cannot prepare the workspace of step `{name}`: {e}"))),
+            Err(e) => return Outcome::failed(StepFailure::Environment(format!("cannot prepare the workspace of step `{name}`: {e}"))),
+        }
+
+        let logs = job.logs.clone();
+        let outcome = self.inner.execute(job, ctx).await;
+        let Outcome::Executed { outputs: Outputs { dir: Some(dir), .. }, duration, exit_code } = outcome else { return outcome };
+        let duration_ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+        let (store, wf, step_name, collected) = (self.store.clone(), self.workflow.clone(), name.clone(), dir.clone());
+        let manifest = tokio::task::spawn_blocking(move || -> Result<cache::Manifest, String> {
+            // The kept log (at most the log limit) is what the cache entry's log digest covers.
+            let log = match &logs {
+                Some(logs) => logs.finish().map_err(|e| format!("cannot write the step log: {e}"))?,
+                None => Vec::new(),
+            };
+            let manifest = store
+                .put(key, &wf, &step_name, &collected, 0, &log, duration_ms)
+                .map_err(|e| format!("cannot store the outputs in the cache: {e}"))?;
+            store
+                .put_inputs_manifest(&key, &components.inputs)
+                .map_err(|e| format!("cannot store the input manifest in the cache: {e}"))?;
+            let _ = store.record_last(&wf, &step_name, &components);
+            Ok(manifest)
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        match manifest {
+            Ok(manifest) => {
+                let outputs = Outputs { digest: Some(manifest.outputs_digest()), dir: Some(dir), entries: manifest.entries };
+                Outcome::Executed { outputs, duration, exit_code }
+            }
+            Err(e) => {
+                Outcome::Failed { reason: StepFailure::Environment(format!("step `{name}`: {e}")), duration, exit_code: Some(exit_code) }
+            }
+        }
+    }
+}
+
+impl<E> Caching<E> {
+    /// Restore a hit into the step's collect folder. `None` when the entry turned out damaged (it
+    /// is removed; the step runs instead).
+    async fn restore(&self, job: &Job, manifest: cache::Manifest) -> Option<Outcome> {
+        let name = job.step.name.clone();
+        let collect = self.run_dir.collected(&name);
+        let (store, dest, logs) = (self.store.clone(), collect.clone(), job.logs.clone());
+        let restored = tokio::task::spawn_blocking(move || {
+            let _ = std::fs::remove_dir_all(&dest);
+            std::fs::create_dir_all(&dest).map_err(|e| e.to_string())?;
+            match store.restore(&manifest, &dest) {
+                Ok(()) => {}
+                Err(cache::store::StoreError::Corrupt { .. }) => return Ok(None),
+                Err(e) => return Err(e.to_string()),
+            }
+            // The entry's log becomes the step's log in this run's record.
+            if let (Some(logs), Some(bytes)) = (&logs, store.read_blob(&manifest.log)) {
+                logs.keep(&bytes);
+            }
+            Ok(Some(manifest))
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        match restored {
+            Ok(Some(manifest)) => {
+                let outputs = Outputs { digest: Some(manifest.outputs_digest()), dir: Some(collect), entries: manifest.entries };
+                Some(Outcome::Restored { outputs, exit_code: manifest.exit_code })
+            }
+            Ok(None) => {
+                tracing::warn!(step = %name, "cache entry damaged; it was removed and the step runs");
+                None
+            }
+            Err(e) => Some(Outcome::failed(StepFailure::Environment(format!("cannot restore step `{name}` from the cache: {e}")))),
+        }
+    }
+}

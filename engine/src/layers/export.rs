@@ -1,0 +1,47 @@
+//! Export: a step's outputs (executed or restored) go to the output folder, at
+//! `<out>/<step>/...`. Outputs a later step needs are copied (its workspace is staged from the
+//! collect folder); the others are moved.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use crate::executor::{Executor, Job, Outcome, StepContext, StepFailure};
+use crate::workspace;
+
+pub struct Export<E> {
+    pub inner: E,
+    /// The output folder, held open (exports go through it, never through its path again).
+    pub out_dir: Arc<cache::safe::PinnedDir>,
+    /// Steps some planned step needs: their collected outputs stay for staging.
+    pub needed: Arc<HashSet<String>>,
+}
+
+impl<E: Executor> Executor for Export<E> {
+    async fn execute(&self, job: Job, ctx: StepContext) -> Outcome {
+        let name = job.step.name.clone();
+        let mut outcome = self.inner.execute(job, ctx).await;
+        let (Outcome::Executed { outputs, .. } | Outcome::Restored { outputs, .. }) = &mut outcome else { return outcome };
+        let Some(collected) = outputs.dir.clone() else { return outcome };
+        let needed = self.needed.contains(&name);
+        let (out_dir, step) = (self.out_dir.clone(), name.clone());
+        let exported = tokio::task::spawn_blocking(move || {
+            let export = if needed { workspace::export } else { workspace::export_by_move };
+            export(&collected, &out_dir, &step).map_err(|e| format!("cannot export the outputs to {}: {e}", out_dir.path().display()))
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        match exported {
+            Ok(()) => {
+                if !needed {
+                    // Moved away: nobody stages from it.
+                    outputs.dir = None;
+                }
+                outcome
+            }
+            Err(e) => {
+                let (duration, exit_code) = (outcome.duration(), outcome.exit_code());
+                Outcome::Failed { reason: StepFailure::Environment(format!("step `{name}`: {e}")), duration, exit_code }
+            }
+        }
+    }
+}

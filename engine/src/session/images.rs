@@ -1,0 +1,142 @@
+//! The images the planned steps run in. References were resolved by [`super::prepare`]; images
+//! under `images:` are built in the background once a run has started ([`StepImages::start`]),
+//! and a step waits only for its own. A dry run looks them up instead ([`lookup`]): it computes
+//! their keys and asks whether the image exists, building nothing.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use futures_util::future::{BoxFuture, Shared};
+use tokio_util::sync::CancellationToken;
+
+use super::{Prepared, StartError};
+use crate::docker::{DockerExecutor, ImageId};
+use crate::error::EnvironmentError;
+use crate::events::{Event, EventSink};
+use crate::executor::{StepFailure, StepImage};
+
+/// The outcome of one image build as the steps see it: the image ID, or why there is none.
+#[derive(Debug, Clone)]
+pub enum ImageOutcome {
+    Built(ImageId),
+    Failed(StepFailure),
+}
+
+type ImageBuild = Shared<BoxFuture<'static, ImageOutcome>>;
+
+/// Where each planned step's image comes from.
+pub struct StepImages {
+    /// Step name -> (reference, image ID), for steps using an image reference.
+    references: HashMap<String, (String, ImageId)>,
+    /// Image name under `images:` -> its build.
+    builds: HashMap<String, ImageBuild>,
+}
+
+impl StepImages {
+    /// Start building every image under `images:` the planned steps use, each on its own task;
+    /// build output goes to `events` as log lines of `image <name>/<stage>`.
+    pub fn start(
+        docker: &DockerExecutor,
+        workflow: &Arc<dsl::Workflow>,
+        prepared: &Prepared,
+        run_id: &str,
+        events: &EventSink,
+        cancel: &CancellationToken,
+    ) -> StepImages {
+        use futures_util::FutureExt;
+        let mut builds = HashMap::new();
+        for name in &prepared.built {
+            let (client, workflow, run_id) = (docker.daemon().clone(), workflow.clone(), run_id.to_string());
+            let (events, cancel, name_owned) = (events.clone(), cancel.clone(), name.clone());
+            let task = tokio::spawn(async move {
+                let Some(def) = workflow.images.get(&name_owned) else {
+                    return ImageOutcome::Failed(StepFailure::ImageFailed(format!("image `{name_owned}` is not defined under `images:`")));
+                };
+                let builder = images::Builder::new(client);
+                let owner = crate::docker::owner::owner_labels();
+                let ctx = images::BuildContext {
+                    workflow: &workflow.name,
+                    dir: &workflow.dir,
+                    run_id: &run_id,
+                    no_cache: false,
+                    container_labels: &owner,
+                };
+                let log = |image: &str, stage: &str, line: &str| {
+                    events.emit(Event::Log {
+                        step: format!("image {image}/{stage}"),
+                        stream: crate::events::Stream::Stdout,
+                        line: line.to_string(),
+                    });
+                };
+                match builder.build(&ctx, &name_owned, def, &log, &cancel).await {
+                    Ok(image) => ImageOutcome::Built(image.id),
+                    Err(e) => ImageOutcome::Failed(e.into()),
+                }
+            });
+            let build = async move {
+                task.await.unwrap_or_else(|e| ImageOutcome::Failed(StepFailure::ImageFailed(format!("the image build stopped: {e}"))))
+            }
+            .boxed()
+            .shared();
+            builds.insert(name.clone(), build);
+        }
+        let references = prepared
+            .images
+            .iter()
+            .filter_map(|(step, reference)| Some((step.clone(), (reference.clone(), prepared.image_ids.get(step)?.clone()))))
+            .collect();
+        StepImages { references, builds }
+    }
+
+    /// The image `step` runs in, waiting for its build if it is one of `images:`.
+    pub async fn resolve(&self, step: &dsl::Step) -> Result<StepImage, StepFailure> {
+        match &step.image {
+            dsl::ImageRef::Built(name) => match self.builds.get(name) {
+                // Containers are created from the ID: what ran is exactly what the key names.
+                Some(build) => match build.clone().await {
+                    ImageOutcome::Built(id) => Ok(StepImage { run: id.to_string(), id, reference: format!("images.{name}") }),
+                    ImageOutcome::Failed(f) => Err(f),
+                },
+                None => Err(StepFailure::ImageFailed(format!("image `{name}` was not built"))),
+            },
+            dsl::ImageRef::Reference(reference) => {
+                let Some((run, id)) = self.references.get(&step.name).cloned() else {
+                    return Err(StepFailure::Environment(format!("the image of step `{}` was not resolved to an ID", step.name)));
+                };
+                Ok(StepImage { run, id, reference: reference.clone() })
+            }
+        }
+    }
+
+    /// Wait for every build (stopped by the cancel token given to [`StepImages::start`]), so
+    /// that their containers are gone.
+    pub async fn wait(&self) {
+        for build in self.builds.values() {
+            let _ = build.clone().await;
+        }
+    }
+}
+
+/// For a dry run: the ID of each image under `images:` the planned steps use, if an image for
+/// its current definition exists (`None`: not built yet). Builds nothing, creates no container.
+pub async fn lookup(
+    docker: &DockerExecutor,
+    workflow: &dsl::Workflow,
+    prepared: &Prepared,
+) -> Result<BTreeMap<String, Option<ImageId>>, StartError> {
+    let builder = images::Builder::new(docker.daemon().clone());
+    let owner = crate::docker::owner::owner_labels();
+    let ctx = images::BuildContext { workflow: &workflow.name, dir: &workflow.dir, run_id: "", no_cache: false, container_labels: &owner };
+    let mut found = BTreeMap::new();
+    for name in &prepared.built {
+        let Some(def) = workflow.images.get(name) else {
+            return Err(StartError::ImageFailed(format!("image `{name}` is not defined under `images:`")));
+        };
+        let id = builder.lookup(&ctx, name, def).await.map_err(|e| match StepFailure::from(e) {
+            StepFailure::Environment(m) => StartError::Environment(EnvironmentError(m)),
+            other => StartError::ImageFailed(other.to_string()),
+        })?;
+        found.insert(name.clone(), id);
+    }
+    Ok(found)
+}

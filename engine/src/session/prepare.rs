@@ -1,0 +1,121 @@
+//! Before any container starts: every planned step's inputs selected and hashed (one walk, one
+//! parallel hashing pass over the union, with the stat cache), every image reference resolved
+//! to its ID (pulled if missing), and the lock file checked.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use cache::Store;
+
+use super::StartError;
+use crate::caching;
+use crate::docker::{DockerExecutor, ImageId};
+use crate::error::EnvironmentError;
+use crate::executor::StepFailure;
+use crate::plan::Plan;
+use crate::workspace::SourceTree;
+
+/// What `run`, `plan` and `cache explain` need to know about each planned step before deciding:
+/// its selected input files, hashed, and its image reference and ID.
+pub struct Prepared {
+    pub inputs: HashMap<String, Vec<String>>,
+    pub hashed: HashMap<String, Vec<cache::InputEntry>>,
+    pub images: HashMap<String, String>,
+    pub image_ids: HashMap<String, ImageId>,
+    /// Names under `images:` the planned steps use; built by `start_image_builds`.
+    pub built: std::collections::BTreeSet<String>,
+}
+
+/// Select and hash every step's inputs (one walk, one parallel hashing pass over the union, with
+/// the stat cache), and resolve every image to its ID. Errors here stop the run before any
+/// container starts.
+pub async fn prepare(docker: &DockerExecutor, store: &Store, plan: &Plan) -> Result<Prepared, StartError> {
+    let workflow = &plan.workflow;
+    let t = Instant::now();
+    // The stat cache (large for a large tree) loads while the tree is walked.
+    let (root, cache_dir) = (workflow.dir.clone(), store.dir().to_path_buf());
+    let stat = tokio::task::spawn_blocking(move || cache::hash::StatCache::load(&cache_dir, &root));
+    let tree = SourceTree::scan(&workflow.dir)?;
+    tracing::debug!(elapsed = ?t.elapsed(), "scanned the workflow folder");
+    let mut inputs = HashMap::new();
+    let mut images = HashMap::new();
+    let mut image_ids = HashMap::new();
+    let mut resolved: HashMap<String, ImageId> = HashMap::new();
+    let mut built = std::collections::BTreeSet::new();
+    for planned in &plan.steps {
+        let step = &planned.step;
+        inputs.insert(step.name.clone(), tree.select(&step.name, &step.inputs)?);
+        match &step.image {
+            dsl::ImageRef::Reference(image) => {
+                if !resolved.contains_key(image) {
+                    // Found locally, or pulled from its registry (progress on stderr, so that
+                    // `--output json` on stdout stays one event per line).
+                    let builder = images::Builder::new(docker.daemon().clone());
+                    let progress = |reference: &str, _: &str, line: &str| eprintln!("pull {reference} | {line}");
+                    let id = builder.ensure_base(image, &progress).await.map_err(|e| match StepFailure::from(e) {
+                        StepFailure::Environment(m) => StartError::Environment(EnvironmentError(m)),
+                        other => StartError::ImageFailed(other.to_string()),
+                    })?;
+                    resolved.insert(image.clone(), id);
+                }
+                image_ids.insert(step.name.clone(), resolved[image].clone());
+                images.insert(step.name.clone(), image.clone());
+            }
+            // Built by `start_image_builds` once the run has started (its output is part of it).
+            dsl::ImageRef::Built(name) => {
+                built.insert(name.clone());
+            }
+        }
+    }
+
+    tracing::debug!(elapsed = ?t.elapsed(), "selected inputs and resolved images");
+    // The union of every step's selection, hashed once. Selections are sorted, so sorting and
+    // deduplicating references is cheap even for 100,000 files.
+    let mut union: Vec<&String> = inputs.values().flatten().collect();
+    union.sort_unstable();
+    union.dedup();
+    let all: Vec<String> = union.into_iter().cloned().collect();
+    check_lock(docker, workflow).await?;
+    let mut stat = stat.await.map_err(|e| EnvironmentError(format!("cannot load the stat cache: {e}")))?;
+    tracing::debug!(elapsed = ?t.elapsed(), "loaded the stat cache");
+    let root = workflow.dir.clone();
+    let entries = tokio::task::spawn_blocking(move || {
+        let t = Instant::now();
+        let entries = cache::hash::hash_inputs(&root, &all, &mut stat)?;
+        tracing::debug!(elapsed = ?t.elapsed(), files_read = cache::hash::files_read(&stat), "hashed the inputs");
+        // A stat cache that cannot be saved only costs a re-hash next time.
+        let _ = stat.save();
+        tracing::debug!(elapsed = ?t.elapsed(), "saved the stat cache");
+        // Freeing 100,000 entries takes longer than using them did: not on the critical path.
+        std::thread::spawn(move || drop(stat));
+        Ok::<_, std::io::Error>(entries)
+    })
+    .await
+    .map_err(|e| EnvironmentError(format!("cannot hash the inputs: {e}")))?
+    .map_err(|e| EnvironmentError(format!("cannot read the inputs under {}: {e}", workflow.dir.display())))?;
+    let hashed = inputs.iter().map(|(step, sel)| (step.clone(), caching::step_inputs(sel, &entries))).collect();
+    tracing::debug!(elapsed = ?t.elapsed(), "picked each step's inputs");
+    std::thread::spawn(move || drop((tree, entries)));
+    Ok(Prepared { inputs, hashed, images, image_ids, built })
+}
+
+/// With an `engine.lock` beside the workflow, every base reference must resolve to its pinned ID.
+async fn check_lock(docker: &DockerExecutor, workflow: &dsl::Workflow) -> Result<(), StartError> {
+    let Some(lock) = crate::lock::read(&workflow.dir)? else { return Ok(()) };
+    let resolved = resolve_bases(docker, workflow).await?;
+    crate::lock::check(&lock, &resolved.into_iter().map(|(reference, id)| (reference, id.to_string())).collect())?;
+    Ok(())
+}
+
+/// Every base reference of the workflow and the image ID it resolves to now.
+pub async fn resolve_bases(
+    docker: &DockerExecutor,
+    workflow: &dsl::Workflow,
+) -> Result<std::collections::BTreeMap<String, ImageId>, EnvironmentError> {
+    let mut resolved = std::collections::BTreeMap::new();
+    for reference in crate::lock::base_references(workflow) {
+        let id = docker.image_id(&reference).await?;
+        resolved.insert(reference, id);
+    }
+    Ok(resolved)
+}

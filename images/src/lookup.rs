@@ -1,0 +1,36 @@
+//! Finding a built image without building it, for `engine plan`: the image's key is computed
+//! as a build computes it (stage keys from base image IDs, copy sources and instructions; a
+//! Dockerfile image's key from its Dockerfile and context), and the image carrying that key is
+//! looked for. No container is created, nothing is built or tagged.
+
+use crate::build::Builder;
+use crate::{BuildContext, BuildError};
+
+impl Builder {
+    /// The ID of the image `name` as `def` defines it now, if one was built (`None`: a build
+    /// would build it). A base image that is not present locally is pulled, as a build would.
+    pub async fn lookup(&self, ctx: &BuildContext<'_>, name: &str, def: &dsl::ImageDef) -> Result<Option<docker::ImageId>, BuildError> {
+        match def {
+            dsl::ImageDef::Stages(stages) => {
+                let invalid = |message: &str| BuildError::Invalid { image: name.to_string(), message: message.to_string() };
+                let last = stages.len().checked_sub(1).ok_or_else(|| invalid("has no stages"))?;
+                let quiet = |_: &str, _: &str, _: &str| {};
+                let plans = crate::stages::plan(self, ctx, name, stages, last, &quiet).await?;
+                let key = plans[last].as_ref().map(|p| p.key.clone()).ok_or_else(|| invalid("final stage was not planned"))?;
+                crate::stages::find(self, name, &key, true).await
+            }
+            dsl::ImageDef::Dockerfile { dockerfile, context, .. } => {
+                let (dir, dockerfile, context) = (ctx.dir.to_path_buf(), dockerfile.to_string(), context.to_string());
+                let image = name.to_string();
+                let scanned = tokio::task::spawn_blocking(move || {
+                    let (context_dir, dockerfile_path) = crate::dockerfile::confine(&dir, &context, &dockerfile)?;
+                    crate::dockerfile::scan(&context_dir, &dockerfile_path)
+                })
+                .await
+                .map_err(|e| BuildError::Environment(format!("image `{image}`: reading the context failed: {e}")))?
+                .map_err(|message| BuildError::Invalid { image: name.to_string(), message })?;
+                crate::dockerfile::find_by_key(self, &crate::dockerfile::key_of(&scanned)).await
+            }
+        }
+    }
+}
