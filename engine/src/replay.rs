@@ -203,7 +203,7 @@ struct Checked {
 /// Find the record, select the steps, verify each against its key and the store, and admit it
 /// under `policy`: everything about the record that needs no daemon. The record is untrusted.
 fn check_record(dir: &Path, id: &str, steps: &[String], cache_dir: &Path, policy: &dsl::policy::Policy) -> Result<Checked, StartError> {
-    let (run_folder, record) = record::find(dir, id)?;
+    let (run_folder, record) = record::find_current(dir, id)?;
     let record_path = run_folder.join("record.json");
     let selected: Vec<StepRecord> = select(&record, steps)?.into_iter().cloned().collect();
     let store = open_store(cache_dir)?;
@@ -268,7 +268,7 @@ fn select<'r>(record: &'r RunRecord, names: &[String]) -> Result<Vec<&'r StepRec
 /// (its tag moved on) is refused too. Engine-built images are checked by [`claimed_build`].
 async fn image_not_allowed(docker: &DockerExecutor, step: &StepRecord, policy: &dsl::policy::Policy) -> Option<String> {
     let prefixes = policy.image_prefixes()?;
-    let (dsl::ImageRef::Reference(_), Some(image)) = (&step.definition.image, &step.image) else { return None };
+    let (record::ImageRef::Reference(_), Some(image)) = (&step.definition.image, &step.image) else { return None };
     // A missing image is reported with the other missing things (exit 3).
     let inspected = docker.client().inspect_image(&image.id).await.ok()?;
     let tags = inspected.repo_tags.unwrap_or_default();
@@ -289,7 +289,7 @@ async fn image_not_allowed(docker: &DockerExecutor, step: &StepRecord, policy: &
 /// (label `engine.image`), or a record could pass any image off as built. `None` when fine or
 /// when the image is gone (reported with the other missing things).
 async fn claimed_build(docker: &DockerExecutor, step: &StepRecord) -> Option<String> {
-    let (dsl::ImageRef::Built(name), Some(image)) = (&step.definition.image, &step.image) else { return None };
+    let (record::ImageRef::Built(name), Some(image)) = (&step.definition.image, &step.image) else { return None };
     let inspected = docker.client().inspect_image(&image.id).await.ok()?;
     let label = inspected.config.and_then(|c| c.labels).and_then(|l| l.get(images::LABEL_IMAGE).cloned());
     (label.as_deref() != Some(name.as_str())).then(|| {
@@ -374,6 +374,7 @@ fn outputs_digest(entries: &[OutputEntry]) -> Digest {
         log: Digest([0; 32]),
         created: 0,
         duration_ms: 0,
+        inputs: None,
     }
     .outputs_digest()
 }
@@ -409,12 +410,12 @@ fn verify_step(store: &Store, record: &RunRecord, step: &StepRecord) -> Result<V
         cache::ActionKey(key_text.parse().map_err(|_| Edited(format!("its key `{}` is not a SHA-256 digest", key_text.escape_debug())))?);
     let recorded = step.key_components.as_ref().ok_or_else(|| Edited("it has no key components".into()))?;
     let image = step.image.as_ref().ok_or_else(|| Edited("it names no image".into()))?;
-    let inputs = if step.inputs_in_store {
-        store.inputs_manifest(&key).ok_or_else(|| {
-            Unverifiable(format!("its input manifest (key {}) is not in the cache store {}", key.0.short(), store.dir().display()))
-        })?
-    } else {
-        step.inputs.clone()
+    let inputs = match step.inputs_manifest {
+        Some(d) => store
+            .input_manifest(&d)
+            .ok_or_else(|| Unverifiable(format!("its input manifest {} is not in the cache store {}", d.short(), store.dir().display())))?,
+        None if step.inputs_count == 0 => Vec::new(),
+        None => return Err(Unverifiable("the record names no input manifest for its input files".into())),
     };
     if inputs.len() != step.inputs_count {
         return Err(Edited(format!("it counts {} input files but lists {}", step.inputs_count, inputs.len())));
@@ -445,12 +446,9 @@ fn verify_step(store: &Store, record: &RunRecord, step: &StepRecord) -> Result<V
         upstream.push(cache::UpstreamEntry { step: need.clone(), outputs: digest });
     }
 
-    let expected = crate::caching::components(&step.definition, &image.id, recorded.inputs.clone(), upstream);
+    let expected = crate::caching::components(&record::to_step(&step.definition), &image.id, recorded.inputs.clone(), upstream);
     let mut differs = differing_fields(&expected, &recorded);
-    let reference = match &step.definition.image {
-        dsl::ImageRef::Reference(r) => r.clone(),
-        dsl::ImageRef::Built(n) => format!("images.{n}"),
-    };
+    let reference = step.definition.image_reference();
     if reference != image.reference && !differs.contains(&"image") {
         differs.push("image");
     }
@@ -492,8 +490,8 @@ fn verify_step(store: &Store, record: &RunRecord, step: &StepRecord) -> Result<V
             manifest_path.display()
         )));
     }
-    if !step.inputs_in_store {
-        if let Some(mut kept) = store.inputs_manifest(&key) {
+    if let Some(kept) = manifest.as_ref().and_then(|m| m.inputs).filter(|kept| Some(*kept) != step.inputs_manifest) {
+        if let Some(mut kept) = store.input_manifest(&kept) {
             let mut listed = recorded.inputs.clone();
             kept.sort_by(|a, b| a.path.cmp(&b.path));
             listed.sort_by(|a, b| a.path.cmp(&b.path));
@@ -512,7 +510,7 @@ fn as_workflow_text(steps: &[StepRecord]) -> String {
     let mut images = Map::new();
     let mut out = Map::new();
     for step in steps {
-        let d = &step.definition;
+        let d = &record::to_step(&step.definition);
         let mut m = Map::new();
         match &d.image {
             dsl::ImageRef::Reference(r) => m.insert("image".into(), json!(r)),
@@ -892,7 +890,7 @@ mod tests {
     }
 
     fn recorded(step: &dsl::Step) -> StepRecord {
-        StepRecord::pending(step)
+        record::pending(step)
     }
 
     #[test]
@@ -959,10 +957,9 @@ mod tests {
 
     #[test]
     fn unknown_or_failed_steps_are_refused_by_name() {
-        let mut ok = StepRecord::pending(&dsl::Step::new("ok", dsl::ImageRef::Reference("i".into()), dsl::Command::Shell("true".into())));
+        let mut ok = record::pending(&dsl::Step::new("ok", dsl::ImageRef::Reference("i".into()), dsl::Command::Shell("true".into())));
         ok.status = record::StepState::Succeeded;
-        let mut bad =
-            StepRecord::pending(&dsl::Step::new("bad", dsl::ImageRef::Reference("i".into()), dsl::Command::Shell("false".into())));
+        let mut bad = record::pending(&dsl::Step::new("bad", dsl::ImageRef::Reference("i".into()), dsl::Command::Shell("false".into())));
         bad.status = record::StepState::Failed;
         let record: RunRecord = serde_json::from_value(serde_json::json!({
             "schema": record::SCHEMA, "run_id": "r1", "status": "failed", "started_at": "t",

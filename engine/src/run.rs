@@ -226,6 +226,9 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<RunStatus,
     if let Err(e) = written {
         tracing::warn!(error = %e, "cannot write the run record");
     }
+    // Old records go (by count and age; never this run, nor a live engine's).
+    let (records_dir, this_run) = (workflow.dir.clone(), run_id.clone());
+    let _ = tokio::task::spawn_blocking(move || record::prune_after_run(&records_dir, &this_run)).await;
 
     events.emit(Event::RunFinished {
         run_id,
@@ -301,7 +304,7 @@ fn start_record(
             no_cache: cfg.no_cache,
             out_dir: absolute(out_dir),
         },
-        steps: plan.steps.iter().map(|p| StepRecord::pending(&p.step)).collect(),
+        steps: plan.steps.iter().map(|p| record::pending(&p.step)).collect(),
     };
     Recorder::create(&workflow.dir, record)
         .map_err(|e| EnvironmentError(format!("cannot write the run record under {}: {e}", record::runs_dir(&workflow.dir).display())))
@@ -596,10 +599,8 @@ impl Executor for EngineExecutor {
         };
         self.record(&name, |r| {
             r.inputs_count = components.inputs.len();
-            r.inputs_in_store = components.inputs.len() > record::INLINE_INPUTS;
-            r.inputs = if r.inputs_in_store { Vec::new() } else { components.inputs.clone() };
             r.key = Some(key.to_string());
-            // The inputs are recorded apart (and not at all when there are many).
+            // The input files are not in the record: their manifest is in the store, by digest.
             r.key_components = Some(components.without_inputs());
             r.image = Some(image_record);
             r.source_date_epoch = source_date_epoch;
@@ -608,7 +609,7 @@ impl Executor for EngineExecutor {
 
         if let Decision::Cached(manifest) = caching::decide(&self.store, &self.workflow, &step, &components, self.no_cache) {
             let (exit_code, digest) = (manifest.exit_code, manifest.outputs_digest());
-            let (entries, log_digest) = (manifest.entries.clone(), manifest.log);
+            let (entries, log_digest, inputs_manifest) = (manifest.entries.clone(), manifest.log, manifest.inputs);
             if let Some(result) = self.restore(&step, *manifest).await {
                 if result.is_ok() {
                     self.outputs.lock().unwrap_or_else(|e| e.into_inner()).insert(name.clone(), digest);
@@ -621,6 +622,7 @@ impl Executor for EngineExecutor {
                         r.cached = true;
                         r.outputs = entries;
                         r.outputs_digest = Some(digest.to_string());
+                        r.inputs_manifest = inputs_manifest;
                         r.exit_code = Some(exit_code);
                         r.duration_ms = Some(0);
                         r.log = log;
@@ -705,9 +707,8 @@ impl Executor for EngineExecutor {
                 None => Vec::new(),
             };
             let manifest = store
-                .put(key, &wf, &step_name, &collect_to, 0, &log, duration_ms)
+                .put(key, &wf, &step_name, &collect_to, 0, &log, duration_ms, Some(input_manifest.as_slice()))
                 .map_err(|e| format!("cannot store the outputs in the cache: {e}"))?;
-            store.put_inputs_manifest(&key, &input_manifest).map_err(|e| format!("cannot store the input manifest in the cache: {e}"))?;
             let export = if needed { workspace::export } else { workspace::export_by_move };
             export(&collect_to, &out_dir, &step_name)
                 .map_err(|e| format!("cannot export the outputs to {}: {e}", out_dir.path().display()))?;
@@ -733,7 +734,7 @@ impl Executor for EngineExecutor {
                 let digest = manifest.outputs_digest();
                 self.outputs.lock().unwrap_or_else(|e| e.into_inner()).insert(name.clone(), digest);
                 let _ = self.store.record_last(&self.workflow, &name, &components);
-                recorded_outputs = Some((manifest.entries, digest));
+                recorded_outputs = Some((manifest.entries, digest, manifest.inputs));
             }
             Ok(None) => {}
             Err(e) => outcome.result = Err(StepFailure::Environment(format!("step `{name}`: {e}"))),
@@ -749,9 +750,10 @@ impl Executor for EngineExecutor {
             r.exit_code = exit_code;
             r.duration_ms = Some(duration_ms);
             r.log = log_record;
-            if let Some((entries, digest)) = recorded_outputs {
+            if let Some((entries, digest, inputs_manifest)) = recorded_outputs {
                 r.outputs = entries;
                 r.outputs_digest = Some(digest.to_string());
+                r.inputs_manifest = inputs_manifest;
             }
         });
         outcome
