@@ -105,7 +105,8 @@ impl Recorder {
     }
 
     fn write(&self, state: &mut State, sync: bool) -> io::Result<()> {
-        let json = serde_json::to_vec_pretty(&state.record).map_err(io::Error::other)?;
+        // Compact: a machine format (`engine runs show --output json` pretty-prints it for people).
+        let json = serde_json::to_vec(&state.record).map_err(io::Error::other)?;
         let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
         tmp.write_all(&json)?;
         if sync {
