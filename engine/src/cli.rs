@@ -85,7 +85,7 @@ pub enum Command {
         id: String,
         #[command(flatten)]
         dir: RecordsDir,
-        /// Where the input manifests of steps with more than 10,000 inputs are kept
+        /// The cache store holding the input manifests the record names
         #[command(flatten)]
         cache: CacheDirArg,
     },

@@ -24,6 +24,9 @@ pub fn command(id: &str, dir: &Path, cache_dir: &Path) -> Result<String, StartEr
             digest.short(),
             cache_dir.display()
         ))),
+        // Like a replay, which cannot verify such a step either: an entry from before input
+        // manifests were kept (or an edit) left the record without one.
+        e @ ProvenanceError::NoInputManifest { .. } => StartError::from(EnvironmentError(e.to_string())),
         ProvenanceError::OlderSchema(e) => StartError::Record(e),
         other => StartError::Invalid(other.to_string()),
     })?;
