@@ -4,7 +4,8 @@
 //! ```text
 //! v1/blobs/<aa>/<digest>        file contents, by their own SHA-256, read-only
 //! v1/actions/<aa>/<key>.json    one Manifest per action key
-//! v1/inputs/<aa>/<key>.json     the input files (path, mode, digest) of an executed key, for replay
+//! v1/inputs/<aa>/<digest>.json  input manifests (path, mode, digest of each input file), by the
+//!                               digest of their JSON, each once; entries name theirs (for replay)
 //! v1/last/<workflow>/<step>.json  KeyComponents of the step's last run (explains misses)
 //! v1/stat/<root digest>.bin     stat caches (see `hash`)
 //! v1/mounts/<name>/             persistent cache mounts (`caches:` on a step; not in any key)
@@ -18,6 +19,7 @@
 //! editing an exported output would then silently corrupt the cache.
 
 mod fsio;
+mod inputs;
 mod maint;
 mod restore;
 
@@ -91,6 +93,11 @@ pub struct Manifest {
     /// Unix seconds.
     pub created: u64,
     pub duration_ms: u64,
+    /// The input manifest of the execution (see [`Store::put_input_manifest`]); gc keeps it, and
+    /// the contents of the files it lists, as long as the entry lives. `None` for entries
+    /// written before input manifests were kept by digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<Digest>,
 }
 
 impl Manifest {
@@ -148,6 +155,8 @@ pub struct EntryInfo {
 pub struct GcReport {
     pub removed_entries: usize,
     pub removed_blobs: usize,
+    /// Input manifests no entry names any more.
+    pub removed_input_manifests: usize,
     pub freed_bytes: u64,
     pub remaining_bytes: u64,
 }
@@ -226,8 +235,11 @@ impl Store {
             }
         };
         match serde_json::from_slice::<Manifest>(&bytes) {
-            Ok(m) if m.key == *key => {
+            Ok(mut m) if m.key == *key => {
                 let complete = maint::referenced(&m).all(|d| self.has_blob(&d));
+                if complete && m.inputs.is_none() {
+                    self.adopt_legacy_inputs(&mut m);
+                }
                 complete.then_some(m)
             }
             // Damaged (or filed under the wrong key): useless, and it would only fail again.
@@ -273,8 +285,10 @@ impl Store {
         digests.into_par_iter().find_any(|d| !fsio::hash_file(&self.blob_path(d)).is_ok_and(|h| h == *d))
     }
 
-    /// Store everything under `collected` (the step's collected outputs) as blobs and write the
-    /// manifest for `key`. Only called for successful steps.
+    /// Store everything under `collected` (the step's collected outputs) as blobs, keep `inputs`
+    /// as the execution's input manifest (once per distinct list, see
+    /// [`Store::put_input_manifest`]), and write the manifest for `key`, naming both. Only called
+    /// for successful steps.
     #[allow(clippy::too_many_arguments)]
     pub fn put(
         &self,
@@ -285,8 +299,10 @@ impl Store {
         exit_code: i64,
         log: &[u8],
         duration_ms: u64,
+        inputs: Option<&[crate::InputEntry]>,
     ) -> Result<Manifest, StoreError> {
         let tmp = self.v1("tmp");
+        let inputs = inputs.map(|i| self.put_input_manifest(i)).transpose()?;
         let reflink = std::cell::Cell::new(true);
         let entries = walk_outputs(collected, |src| fsio::store_output_blob(&tmp, src, |d| self.blob_path(d), &reflink))?;
         let log_digest = Digest::of(log);
@@ -301,6 +317,7 @@ impl Store {
             log: log_digest,
             created,
             duration_ms,
+            inputs,
         };
         let dest = self.manifest_path(&key);
         let json = serde_json::to_vec_pretty(&manifest).map_err(|e| StoreError::Io { path: dest.clone(), source: e.into() })?;
@@ -383,31 +400,6 @@ impl Store {
             })
             .collect();
         Ok(changed?.into_iter().flatten().collect())
-    }
-
-    /// Where the input manifest of `key` lives (`v1/inputs/<aa>/<hex>.json`).
-    pub fn inputs_path(&self, key: &ActionKey) -> PathBuf {
-        let hex = key.0.hex();
-        self.v1("inputs").join(&hex[..2]).join(format!("{hex}.json"))
-    }
-
-    /// Keep the input manifest of `key` (paths, modes, digests; the contents are blobs, see
-    /// [`Store::store_inputs`]) beside its entry, for `engine replay`. Written once per key: the
-    /// key covers every input, so an existing file is already right. gc keeps the blobs it
-    /// names, and removes it with the entry. Kept apart from the manifest, which every restore
-    /// reads, because it can be large (one line per input file).
-    pub fn put_inputs_manifest(&self, key: &ActionKey, inputs: &[crate::InputEntry]) -> Result<(), StoreError> {
-        let dest = self.inputs_path(key);
-        if self.has_file(&dest) {
-            return Ok(());
-        }
-        let json = serde_json::to_vec(inputs).map_err(|e| StoreError::Io { path: dest.clone(), source: e.into() })?;
-        fsio::write_atomic(&self.v1("tmp"), &dest, &json)
-    }
-
-    /// The input manifest of `key`, if the store still has it.
-    pub fn inputs_manifest(&self, key: &ActionKey) -> Option<Vec<crate::InputEntry>> {
-        serde_json::from_slice(&crate::safe::read_bounded(&self.inputs_path(key), MAX_META_BYTES).ok()?).ok()
     }
 
     /// Whether the blob exists as a regular file (a symlink or FIFO in its place is no blob).

@@ -66,7 +66,7 @@ fn snapshot(root: &Path) -> BTreeMap<String, (char, u32, Vec<u8>)> {
 }
 
 fn put(store: &Store, k: ActionKey, outputs: &Path) -> Manifest {
-    store.put(k, "wf", "build", outputs, 0, b"log line\n", 12).unwrap()
+    store.put(k, "wf", "build", outputs, 0, b"log line\n", 12, None).unwrap()
 }
 
 fn file_digest(m: &Manifest, path: &str) -> Digest {
@@ -107,6 +107,7 @@ fn manifest(entries: Vec<OutputEntry>) -> Manifest {
         entries,
         exit_code: 0,
         log: Digest::of(b"log"),
+        inputs: None,
         created: 1,
         duration_ms: 2,
     }
@@ -210,8 +211,8 @@ fn outputs_digest_is_stable_and_sensitive() {
     let (_d, store) = store();
     let src = TempDir::new().unwrap();
     sample_outputs(src.path(), "z");
-    let m1 = store.put(key("1"), "wf", "a", src.path(), 0, b"one", 1).unwrap();
-    let m2 = store.put(key("2"), "wf", "b", src.path(), 0, b"two", 2).unwrap();
+    let m1 = store.put(key("1"), "wf", "a", src.path(), 0, b"one", 1, None).unwrap();
+    let m2 = store.put(key("2"), "wf", "b", src.path(), 0, b"two", 2, None).unwrap();
     assert_eq!(m1.outputs_digest(), m2.outputs_digest());
 }
 
@@ -334,10 +335,10 @@ fn concurrent_threads_all_succeed_and_readers_never_see_partial_entries() {
             std::thread::spawn(move || {
                 barrier.wait();
                 for round in 0..5 {
-                    store.put(key("same"), "wf", "s", &src, 0, b"log", 1).unwrap();
+                    store.put(key("same"), "wf", "s", &src, 0, b"log", 1, None).unwrap();
                     let own = TempDir::new().unwrap();
                     write(&own.path().join("f"), format!("{i}-{round}").as_bytes(), 0o644);
-                    store.put(key(&format!("own-{i}-{round}")), "wf", "s", own.path(), 0, b"log", 1).unwrap();
+                    store.put(key(&format!("own-{i}-{round}")), "wf", "s", own.path(), 0, b"log", 1, None).unwrap();
                 }
             })
         })
@@ -364,10 +365,10 @@ fn child_process_worker() {
     let src = TempDir::new().unwrap();
     sample_outputs(src.path(), "shared");
     for round in 0..20 {
-        store.put(key("same"), "wf", "s", src.path(), 0, b"log", 1).unwrap();
+        store.put(key("same"), "wf", "s", src.path(), 0, b"log", 1, None).unwrap();
         let own = TempDir::new().unwrap();
         write(&own.path().join("f"), format!("{id}-{round}").as_bytes(), 0o644);
-        store.put(key(&format!("proc-{id}-{round}")), "wf", "s", own.path(), 0, b"log", 1).unwrap();
+        store.put(key(&format!("proc-{id}-{round}")), "wf", "s", own.path(), 0, b"log", 1, None).unwrap();
         if let Some(m) = store.get(&key("same")) {
             let dest = TempDir::new().unwrap();
             store.restore(&m, dest.path()).unwrap();
@@ -418,7 +419,7 @@ fn gc_keeps_recent_entries_within_size_and_drops_unreferenced_blobs() {
     for (i, name) in ["old", "mid", "new"].into_iter().enumerate() {
         let src = TempDir::new().unwrap();
         write(&src.path().join("f"), &vec![i as u8; 10_000], 0o644);
-        let m = store.put(key(name), "wf", name, src.path(), 0, name.as_bytes(), 1).unwrap();
+        let m = store.put(key(name), "wf", name, src.path(), 0, name.as_bytes(), 1, None).unwrap();
         set_mtime(&store.manifest_path(&m.key), 300 - 100 * i as u64);
         ms.push(m);
     }
@@ -488,7 +489,7 @@ fn list_is_most_recently_used_first() {
     let src = TempDir::new().unwrap();
     write(&src.path().join("f"), b"12345", 0o644);
     for (i, name) in ["x", "y", "z"].into_iter().enumerate() {
-        store.put(key(name), "wf", name, src.path(), 0, b"", 1).unwrap();
+        store.put(key(name), "wf", name, src.path(), 0, b"", 1, None).unwrap();
         set_mtime(&store.manifest_path(&key(name)), 100 - 10 * i as u64);
     }
     let steps = |s: &Store| s.list().into_iter().map(|e| e.step).collect::<Vec<_>>();
@@ -566,53 +567,6 @@ fn default_dir_honours_engine_cache_dir() {
     if let Some(v) = before {
         std::env::set_var("ENGINE_CACHE_DIR", v);
     }
-}
-
-#[test]
-fn inputs_kept_for_replay_live_and_die_with_their_entry() {
-    let (_d, store) = store();
-    let tree = TempDir::new().unwrap();
-    write(&tree.path().join("src/a.c"), b"int a;", 0o644);
-    write(&tree.path().join("run.sh"), b"#!/bin/sh\n", 0o755);
-    let inputs: Vec<cache::InputEntry> = [("run.sh", 0o755, &b"#!/bin/sh\n"[..]), ("src/a.c", 0o644, &b"int a;"[..])]
-        .into_iter()
-        .map(|(path, mode, content)| cache::InputEntry { path: path.into(), mode, digest: Digest::of(content) })
-        .collect();
-    assert!(store.store_inputs(tree.path(), &inputs).unwrap().is_empty());
-    let outputs = TempDir::new().unwrap();
-    write(&outputs.path().join("o"), b"out", 0o644);
-    let m = put(&store, key("a"), outputs.path());
-    store.put_inputs_manifest(&m.key, &inputs).unwrap();
-    assert_eq!(store.inputs_manifest(&m.key).unwrap(), inputs);
-    for i in &inputs {
-        set_mtime(&store.blob_path(&i.digest), 600);
-    }
-
-    // Referenced by the entry's input manifest: gc keeps them, however old.
-    store.gc(u64::MAX).unwrap();
-    assert!(inputs.iter().all(|i| store.has_blob(&i.digest)));
-    // They re-create the inputs byte for byte, modes included.
-    let files: Vec<OutputEntry> =
-        inputs.iter().map(|i| OutputEntry::File { path: i.path.clone(), mode: i.mode, digest: i.digest, size: 0 }).collect();
-    let again = TempDir::new().unwrap();
-    store.materialise(&files, again.path()).unwrap();
-    assert_eq!(snapshot(again.path()).get("run.sh"), snapshot(tree.path()).get("run.sh"));
-    assert_eq!(fs::read(again.path().join("src/a.c")).unwrap(), b"int a;");
-    // A missing blob is named, and nothing is written.
-    fs::remove_file(store.blob_path(&inputs[1].digest)).unwrap();
-    let empty = TempDir::new().unwrap();
-    let err = store.materialise(&files, empty.path()).unwrap_err();
-    assert!(matches!(err, cache::store::MaterialiseError::MissingBlob(d) if d == inputs[1].digest));
-    assert_eq!(fs::read_dir(empty.path()).unwrap().count(), 0);
-
-    // An input edited after it was hashed is reported (its new content is what gets stored).
-    write(&tree.path().join("src/a.c"), b"int b;", 0o644);
-    assert_eq!(store.store_inputs(tree.path(), &inputs).unwrap(), vec!["src/a.c".to_string()]);
-
-    // The entry goes: its input manifest and the blobs only it named go too.
-    store.gc(0).unwrap();
-    assert!(store.inputs_manifest(&m.key).is_none());
-    assert!(!store.has_blob(&inputs[0].digest));
 }
 
 fn mkfifo(path: &Path) {

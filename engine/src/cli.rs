@@ -60,9 +60,9 @@ pub enum Command {
     /// Build, list and prune the images defined under `images:`
     #[command(subcommand)]
     Images(ImagesCommand),
-    /// List the recorded runs of the workflow in this folder (.engine/runs), or show one
+    /// List the recorded runs of the workflow in this folder (.engine/runs), show one, or prune them
     #[command(
-        after_help = "Examples:\n  engine runs                 # id, time, workflow, result, steps run/cached\n  engine runs show latest     # one run in detail\n  engine runs show 6b0457     # an unambiguous prefix of a run id"
+        after_help = "Examples:\n  engine runs                 # id, time, workflow, result, steps run/cached\n  engine runs show latest     # one run in detail\n  engine runs show 6b0457     # an unambiguous prefix of a run id\n  engine runs prune --keep 10 # remove all but the newest 10 records"
     )]
     Runs {
         #[command(subcommand)]
@@ -85,7 +85,7 @@ pub enum Command {
         id: String,
         #[command(flatten)]
         dir: RecordsDir,
-        /// Where the input manifests of steps with more than 10,000 inputs are kept
+        /// The cache store holding the input manifests the record names
         #[command(flatten)]
         cache: CacheDirArg,
     },
@@ -97,6 +97,17 @@ pub enum RunsCommand {
     Show {
         /// Run id (or an unambiguous prefix), or `latest`
         id: String,
+    },
+    /// Remove old run records (as after every run, with these limits); never a running engine's
+    #[command(after_help = "Removes every record but the newest N, and every record that started longer than DURATION ago. \
+        After each run the engine does the same with the defaults (keep 100, older than 30 days), sparing that run.")]
+    Prune {
+        /// Keep the newest N records
+        #[arg(long, value_name = "N", default_value_t = crate::record::DEFAULT_KEEP)]
+        keep: usize,
+        /// Remove records that started longer ago than this (`30days`, `12h`, `1w`)
+        #[arg(long, value_name = "DURATION", default_value = "30days")]
+        older_than: humantime::Duration,
     },
 }
 

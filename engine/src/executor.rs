@@ -230,6 +230,9 @@ pub trait StepLogs: Send + Sync {
 pub enum Note {
     /// The caching layer computed the step's key from these components, for this image.
     Keyed { components: Arc<KeyComponents>, image: StepImage },
+    /// The step's input manifest is in the store under this digest (stored by this run, or by
+    /// the run that made the restored entry); the record refers to it.
+    InputManifest(cache::Digest),
 }
 
 /// Where [`Note`]s go: nowhere by default; the recording layer listens.

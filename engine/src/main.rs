@@ -387,6 +387,10 @@ fn runs_command(command: Option<RunsCommand>, dir: &Path, output: OutputFormat) 
             let (run_dir, record) = engine::record::find(dir, &id)?;
             print!("{}", engine::runs::show(&run_dir, &record, output)?);
         }
+        Some(RunsCommand::Prune { keep, older_than }) => {
+            let policy = engine::record::PrunePolicy { keep, max_age: older_than.into() };
+            print!("{}", engine::runs::prune(dir, policy, output)?);
+        }
     }
     Ok(exit::OK)
 }
@@ -408,22 +412,7 @@ async fn replay_command(args: engine::cli::ReplayArgs) -> Result<i32, StartError
 }
 
 fn provenance_command(id: &str, dir: &Path, cache_dir: &Path) -> Result<i32, StartError> {
-    let (_, mut record) = engine::record::find(dir, id)?;
-    // Steps with very many inputs keep their manifest in the store, not in the record.
-    if record.steps.iter().any(|s| s.inputs_in_store && s.status.has_outputs()) {
-        let store = run::open_store(cache_dir)?;
-        for step in record.steps.iter_mut().filter(|s| s.inputs_in_store && s.status.has_outputs()) {
-            step.inputs = step.input_entries(&store).ok_or_else(|| {
-                EnvironmentError(format!(
-                    "the input manifest of step `{}` is no longer in the cache store {}; the provenance would be incomplete",
-                    step.name,
-                    store.dir().display()
-                ))
-            })?;
-        }
-    }
-    let statement = engine::provenance::statement(&record)?;
-    println!("{}", serde_json::to_string_pretty(&statement).map_err(|e| EnvironmentError(e.to_string()))?);
+    print!("{}", engine::provenance::command(id, dir, cache_dir)?);
     Ok(exit::OK)
 }
 

@@ -1,390 +1,82 @@
-//! `engine provenance`: an in-toto Statement v1 with a SLSA provenance v1 predicate for a recorded
-//! run. Reads the record only; never talks to Docker.
-//!
-//! - Statement: <https://github.com/in-toto/attestation/blob/main/spec/v1/statement.md>
-//! - Predicate: <https://slsa.dev/spec/v1.0/provenance>
-//!
-//! The subjects are the files the run exported (`<out dir>/<step>/<path>`, named `<step>/<path>`),
-//! with the SHA-256 of their contents as recorded when they were stored: what `sha256sum` prints
-//! for the exported files as long as nobody changed them. Only steps that produced outputs
-//! (succeeded or cached) are described; a failed run still gets a statement of what it exported.
-//! The statement is unsigned: sign it with an external tool (docs/records.md).
+//! `engine provenance`: the in-toto / SLSA statement of a recorded run (built by
+//! `records::provenance`), with the input manifests read from the cache store, as pretty JSON.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 
-use cache::OutputEntry;
-use serde_json::{json, Map, Value};
-
-use crate::record::{RecordStatus, RunRecord, StepRecord};
+use crate::error::EnvironmentError;
+use crate::record::provenance::{self, ProvenanceError};
 use crate::run::StartError;
 
-/// `_type` of an in-toto Statement v1.
-pub const STATEMENT_TYPE: &str = "https://in-toto.io/Statement/v1";
-/// `predicateType` of a SLSA provenance v1 predicate.
-pub const PREDICATE_TYPE: &str = "https://slsa.dev/provenance/v1";
-/// How a run is described: tag URIs (RFC 4151) in the engine's own namespace, since no domain
-/// of ours could host the build type's description; docs/records.md describes it.
-pub const BUILD_TYPE: &str = "tag:engine,2026:buildtypes/workflow-run/v1";
-pub const BUILDER_ID: &str = "tag:engine,2026:builder/engine";
-/// `uri` of the byproduct that describes the host (a ResourceDescriptor needs a `uri`, a
-/// `digest` or a `content`; the host has no digest).
-pub const HOST_URI: &str = "tag:engine,2026:host";
+pub use crate::record::provenance::{BUILDER_ID, BUILD_TYPE, HOST_URI, PREDICATE_TYPE, STATEMENT_TYPE};
 
-pub fn statement(record: &RunRecord) -> Result<serde_json::Value, StartError> {
-    let id = &record.run_id;
-    if record.status == RecordStatus::Incomplete {
-        return Err(StartError::Invalid(format!(
-            "run {id} is incomplete (the engine stopped before it ended); provenance is only given for finished runs"
-        )));
-    }
-    // The steps whose outputs the run exported (executed or restored from the cache).
-    let attested: Vec<&StepRecord> = record.steps.iter().filter(|s| s.status.has_outputs()).collect();
-
-    let mut subjects: Vec<(String, Value)> = attested
-        .iter()
-        .flat_map(|s| {
-            s.outputs.iter().filter_map(move |o| match o {
-                OutputEntry::File { path, digest, .. } => {
-                    let name = format!("{}/{path}", s.name);
-                    Some((name.clone(), json!({ "name": name, "digest": { "sha256": digest.hex() } })))
-                }
-                OutputEntry::Symlink { .. } | OutputEntry::Dir { .. } => None,
-            })
-        })
-        .collect();
-    subjects.sort_by(|a, b| a.0.cmp(&b.0));
-    if subjects.is_empty() {
-        return Err(StartError::Invalid(format!(
-            "run {id} exported no files ({}): a provenance statement needs at least one subject",
-            record.status.as_str()
-        )));
-    }
-
-    let predicate = json!({
-        "buildDefinition": {
-            "buildType": BUILD_TYPE,
-            "externalParameters": {
-                "workflow": {
-                    "name": record.workflow.name,
-                    "file": record.workflow.file,
-                    "digest": digest_set(&record.workflow.digest),
-                },
-                "targets": record.invocation.targets,
-                "steps": attested.iter().map(|s| step_parameters(s)).collect::<Vec<_>>(),
-            },
-            "internalParameters": {
-                "jobs": record.invocation.jobs,
-                "no_cache": record.invocation.no_cache,
-                "keep_going": record.invocation.keep_going,
-                "cache_format": attested
-                    .iter()
-                    .find_map(|s| s.key_components.as_ref().map(|k| k.format))
-                    .unwrap_or(cache::CACHE_FORMAT_VERSION),
-            },
-            "resolvedDependencies": resolved_dependencies(record, &attested),
-        },
-        "runDetails": {
-            "builder": {
-                "id": BUILDER_ID,
-                "version": { "engine": record.engine.version },
-            },
-            "metadata": metadata(record),
-            "byproducts": byproducts(record),
-        },
-    });
-
-    Ok(json!({
-        "_type": STATEMENT_TYPE,
-        "subject": subjects.into_iter().map(|(_, s)| s).collect::<Vec<_>>(),
-        "predicateType": PREDICATE_TYPE,
-        "predicate": predicate,
-    }))
-}
-
-/// A DigestSet from the engine's `sha256:<hex>` (or a bare 64-digit hex SHA-256).
-fn digest_set(digest: &str) -> Value {
-    match digest.split_once(':') {
-        Some((algorithm, hex)) => json!({ algorithm: hex }),
-        None => json!({ "sha256": digest }),
-    }
-}
-
-/// One step as it was resolved and run: what the key covered, except the input files (those are
-/// `resolvedDependencies`) and the outputs of the steps it needs (those are other subjects).
-fn step_parameters(s: &StepRecord) -> Value {
-    let mut p = Map::new();
-    p.insert("name".into(), json!(s.name));
-    if let Some(image) = &s.image {
-        p.insert("image".into(), json!({ "reference": image.reference, "id": image.id }));
-    }
-    let k = s.key_components.as_ref();
-    if let Some(k) = k {
-        p.insert("command".into(), json!(k.command));
-        p.insert("env".into(), json!(k.env));
-    }
-    p.insert("workdir".into(), json!(k.map(|k| k.workdir.as_str()).unwrap_or(s.definition.workdir.as_str())));
-    if let Some(k) = k {
-        p.insert("user".into(), json!(k.user));
-        p.insert("network".into(), json!(k.network));
-        // Names only (a secret's value never reaches the record); they are part of the key.
-        p.insert("secrets".into(), json!(k.secrets));
-    }
-    p.insert("needs".into(), json!(s.definition.needs));
-    if let Some(key) = &s.key {
-        p.insert("key".into(), json!(key));
-    }
-    if let Some(epoch) = s.source_date_epoch {
-        p.insert("source_date_epoch".into(), json!(epoch));
-    }
-    Value::Object(p)
-}
-
-/// The images (one per image ID), the workflow file and every input file of the attested steps,
-/// each once, sorted by URI.
-fn resolved_dependencies(record: &RunRecord, attested: &[&StepRecord]) -> Vec<Value> {
-    let mut deps: BTreeMap<(String, String), Value> = BTreeMap::new();
-    // Image ID -> the references that resolved to it; the first (sorted) names it.
-    let mut images: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-    for image in attested.iter().filter_map(|s| s.image.as_ref()).filter(|i| !i.id.is_empty()) {
-        images.entry(image.id.as_str()).or_default().insert(image.reference.as_str());
-    }
-    for (id, references) in images {
-        let reference = references.into_iter().next().unwrap_or_default();
-        let uri = format!("docker-image:{reference}");
-        deps.insert((uri.clone(), id.to_string()), json!({ "uri": uri, "digest": digest_set(id), "name": reference }));
-    }
-    // Relative to the workflow's folder, like the inputs (the file as typed may be `sub/x.yml`).
-    let name = std::path::Path::new(&record.workflow.file).file_name().map(|n| n.to_string_lossy().into_owned());
-    let workflow = format!("file:{}", name.unwrap_or_else(|| record.workflow.file.clone()));
-    deps.insert(
-        (workflow.clone(), record.workflow.digest.clone()),
-        json!({ "uri": workflow, "digest": digest_set(&record.workflow.digest) }),
-    );
-    for input in attested.iter().flat_map(|s| &s.inputs) {
-        let uri = format!("file:{}", input.path);
-        let hex = input.digest.hex();
-        deps.entry((uri.clone(), format!("sha256:{hex}"))).or_insert_with(|| json!({ "uri": uri, "digest": { "sha256": hex } }));
-    }
-    deps.into_values().collect()
-}
-
-fn metadata(record: &RunRecord) -> Value {
-    let mut m = Map::new();
-    m.insert("invocationId".into(), json!(record.run_id));
-    m.insert("startedOn".into(), json!(record.started_at));
-    if let Some(finished) = &record.finished_at {
-        m.insert("finishedOn".into(), json!(finished));
-    }
-    Value::Object(m)
-}
-
-/// Every step's log (relative to the run's folder), then the host the run used.
-fn byproducts(record: &RunRecord) -> Vec<Value> {
-    let mut out: Vec<Value> = record
-        .steps
-        .iter()
-        .filter_map(|s| s.log.as_ref())
-        .map(|log| json!({ "name": log.path, "digest": digest_set(&log.digest) }))
-        .collect();
-    let host = &record.host;
-    out.push(json!({
-        "name": "host",
-        "uri": HOST_URI,
-        "annotations": {
-            "os": host.os,
-            "arch": host.arch,
-            "docker_version": host.docker_version,
-            "docker_api_version": host.docker_api_version,
-        },
-    }));
-    out
+/// The statement of run `id` of the workflow in `dir`, as printed (pretty JSON and a newline).
+/// The input manifests come from the cache store in `cache_dir`; one that is gone is the
+/// environment's problem (exit 3), an unfinished, exportless, edited or older record is refused
+/// (exit 2).
+pub fn command(id: &str, dir: &Path, cache_dir: &Path) -> Result<String, StartError> {
+    let (_, record) = crate::record::find_current(dir, id)?;
+    // The store is opened only when some attested step has inputs.
+    let needs_store = record.steps.iter().any(|s| s.status.has_outputs() && s.inputs_count > 0);
+    let store = if needs_store { Some(crate::run::open_store(cache_dir)?) } else { None };
+    let statement = provenance::statement(&record, |d| store.as_ref()?.input_manifest(d)).map_err(|e| match e {
+        ProvenanceError::InputsMissing { step, digest } => StartError::from(EnvironmentError(format!(
+            "the input manifest {} of step `{step}` is no longer in the cache store {}; the provenance would be incomplete",
+            digest.short(),
+            cache_dir.display()
+        ))),
+        // Like a replay, which cannot verify such a step either: an entry from before input
+        // manifests were kept (or an edit) left the record without one.
+        e @ ProvenanceError::NoInputManifest { .. } => StartError::from(EnvironmentError(e.to_string())),
+        ProvenanceError::OlderSchema(e) => StartError::Record(e),
+        other => StartError::Invalid(other.to_string()),
+    })?;
+    let text = serde_json::to_string_pretty(&statement).map_err(|e| EnvironmentError(e.to_string()))?;
+    Ok(format!("{text}\n"))
 }
 
 #[cfg(test)]
 mod tests {
+    use records::fixtures::*;
+
     use super::*;
-    use crate::record::StepState;
-    use crate::runs::fixtures::*;
-
-    fn names(v: &Value) -> Vec<&str> {
-        v.as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect()
-    }
-
-    /// `build` (executed) and `package` (cached), then a step that failed and one it skipped.
-    fn with_a_failure() -> RunRecord {
-        let mut r = two_steps("6a000002aaaaaa", "2026-03-01T10:05:00Z");
-        r.status = RecordStatus::Failed;
-        let mut test = step("test", StepState::Failed, "local/alpine:3", "alpine", vec![]);
-        test.inputs = vec![input("tests/t.sh", "t")];
-        r.steps.push(test);
-        r.steps.push(step("after", StepState::Skipped, "local/alpine:3", "alpine", vec![]));
-        r
-    }
+    use crate::record::{RecordStatus, Recorder, StepState};
 
     #[test]
-    fn a_statement_is_an_in_toto_v1_statement_with_slsa_provenance_v1() {
-        let s = statement(&two_steps("6a000002aaaaaa", "2026-03-01T10:05:00Z")).unwrap();
-        let keys: BTreeSet<&str> = s.as_object().unwrap().keys().map(String::as_str).collect();
-        assert_eq!(keys, BTreeSet::from(["_type", "subject", "predicateType", "predicate"]));
-        assert_eq!(s["_type"], "https://in-toto.io/Statement/v1");
-        assert_eq!(s["predicateType"], "https://slsa.dev/provenance/v1");
-        let p = &s["predicate"];
-        let keys: BTreeSet<&str> = p.as_object().unwrap().keys().map(String::as_str).collect();
-        assert_eq!(keys, BTreeSet::from(["buildDefinition", "runDetails"]));
-        let bd = &p["buildDefinition"];
-        assert_eq!(bd["buildType"], "tag:engine,2026:buildtypes/workflow-run/v1");
-        assert_eq!(
-            bd["internalParameters"],
-            json!({ "jobs": 4, "no_cache": false, "keep_going": false, "cache_format": cache::CACHE_FORMAT_VERSION })
-        );
-        let rd = &p["runDetails"];
-        assert_eq!(rd["builder"], json!({ "id": "tag:engine,2026:builder/engine", "version": { "engine": "0.1.0" } }));
-        assert_eq!(
-            rd["metadata"],
-            json!({ "invocationId": "6a000002aaaaaa", "startedOn": "2026-03-01T10:05:00Z", "finishedOn": "2026-03-01T10:00:07Z" })
-        );
-    }
-
-    #[test]
-    fn subjects_are_the_exported_files_sorted_by_name() {
-        let mut r = two_steps("6a000002aaaaaa", "2026-03-01T10:05:00Z");
-        // A step listed last in plan order whose name sorts first.
-        r.steps.push(step("aaa", StepState::Succeeded, "local/busybox:1", "busybox", vec![file("z.txt", "z")]));
-        let s = statement(&r).unwrap();
-        assert_eq!(names(&s["subject"]), ["aaa/z.txt", "build/out/a.txt", "build/out/b.txt", "package/pkg.tar"]);
-        assert_eq!(s["subject"][1], json!({ "name": "build/out/a.txt", "digest": { "sha256": digest("a").hex() } }));
-        // Plain SHA-256 of the contents: what `sha256sum` prints.
-        assert_eq!(s["subject"][3]["digest"]["sha256"], hex_sha256(b"tarball"));
-    }
-
-    fn hex_sha256(bytes: &[u8]) -> String {
-        use sha2::Digest as _;
-        hex::encode(sha2::Sha256::digest(bytes))
-    }
-
-    #[test]
-    fn external_parameters_are_the_workflow_targets_and_resolved_steps() {
-        let mut r = two_steps("6a000002aaaaaa", "2026-03-01T10:05:00Z");
-        r.invocation.targets = vec!["package".into()];
-        let s = statement(&r).unwrap();
-        let ext = &s["predicate"]["buildDefinition"]["externalParameters"];
-        let keys: BTreeSet<&str> = ext.as_object().unwrap().keys().map(String::as_str).collect();
-        assert_eq!(keys, BTreeSet::from(["workflow", "targets", "steps"]));
-        assert_eq!(
-            ext["workflow"],
-            json!({ "name": "demo", "file": "workflow.yml", "digest": { "sha256": digest("version: 1\n").hex() } })
-        );
-        assert_eq!(ext["targets"], json!(["package"]));
-        assert_eq!(names(&ext["steps"]), ["build", "package"]);
-        assert_eq!(
-            ext["steps"][1],
-            json!({
-                "name": "package",
-                "image": { "reference": "local/busybox:1", "id": format!("sha256:{}", digest("busybox").hex()) },
-                "command": ["/bin/sh", "-c", "make package"],
-                "env": { "LANG": "C" },
-                "workdir": "/workspace",
-                "user": "1000:1000",
-                "network": "none",
-                "secrets": [],
-                "needs": ["build"],
-                "key": digest("key of package").hex(),
-                "source_date_epoch": 1234567890,
-            })
-        );
-    }
-
-    #[test]
-    fn dependencies_are_images_workflow_and_inputs_each_once() {
-        let s = statement(&with_a_failure()).unwrap();
-        let deps = &s["predicate"]["buildDefinition"]["resolvedDependencies"];
-        assert_eq!(
-            deps,
-            &json!([
-                // Both attested steps use one image; the failed step's image is not a dependency
-                // of anything exported.
-                { "uri": "docker-image:local/busybox:1", "digest": { "sha256": digest("busybox").hex() }, "name": "local/busybox:1" },
-                { "uri": "file:pkg.cfg", "digest": { "sha256": digest("cfg").hex() } },
-                { "uri": "file:src/main.c", "digest": { "sha256": digest("int main;").hex() } },
-                { "uri": "file:workflow.yml", "digest": { "sha256": digest("version: 1\n").hex() } },
-            ])
-        );
-    }
-
-    #[test]
-    fn one_image_id_under_two_references_is_one_dependency() {
-        let mut r = two_steps("6a000002aaaaaa", "2026-03-01T10:05:00Z");
-        r.steps[1].image.as_mut().unwrap().reference = "local/busybox:latest".into();
-        let s = statement(&r).unwrap();
-        let deps = s["predicate"]["buildDefinition"]["resolvedDependencies"].as_array().unwrap();
-        let images: Vec<&Value> = deps.iter().filter(|d| d["uri"].as_str().unwrap().starts_with("docker-image:")).collect();
-        assert_eq!(images.len(), 1, "{deps:?}");
-        assert_eq!(images[0]["name"], "local/busybox:1");
-    }
-
-    #[test]
-    fn a_failed_run_attests_what_it_exported_and_keeps_every_log() {
-        let s = statement(&with_a_failure()).unwrap();
-        assert_eq!(names(&s["subject"]), ["build/out/a.txt", "build/out/b.txt", "package/pkg.tar"]);
-        assert_eq!(names(&s["predicate"]["buildDefinition"]["externalParameters"]["steps"]), ["build", "package"]);
-        let byproducts = &s["predicate"]["runDetails"]["byproducts"];
-        assert_eq!(names(byproducts), ["logs/00-build.log", "logs/00-package.log", "logs/00-test.log", "logs/00-after.log", "host"]);
-        assert_eq!(byproducts[0]["digest"], json!({ "sha256": digest("build | done\n").hex() }));
-        assert_eq!(
-            byproducts[4],
-            json!({
-                "name": "host",
-                "uri": "tag:engine,2026:host",
-                "annotations": { "os": "linux", "arch": "x86_64", "docker_version": "24.0.7", "docker_api_version": "1.43" },
-            })
-        );
-    }
-
-    #[test]
-    fn every_resource_descriptor_is_valid() {
-        let s = statement(&with_a_failure()).unwrap();
-        let p = &s["predicate"];
-        let all = [&s["subject"], &p["buildDefinition"]["resolvedDependencies"], &p["runDetails"]["byproducts"]];
-        for rd in all.iter().flat_map(|l| l.as_array().unwrap()) {
-            // "MUST specify one of uri, digest or content".
-            assert!(rd.get("uri").is_some() || rd.get("digest").is_some(), "{rd}");
-            if let Some(d) = rd.get("digest") {
-                let hex = d["sha256"].as_str().unwrap_or_else(|| panic!("{rd}"));
-                assert!(hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()), "{rd}");
-            }
-        }
-        for subject in s["subject"].as_array().unwrap() {
-            assert!(subject.get("digest").is_some(), "a subject MUST have a digest: {subject}");
-        }
-    }
-
-    #[test]
-    fn an_incomplete_run_is_refused() {
-        let mut r = two_steps("6a000002aaaaaa", "2026-03-01T10:05:00Z");
-        r.status = RecordStatus::Incomplete;
-        match statement(&r) {
-            Err(StartError::Invalid(m)) => assert_eq!(
-                m,
-                "run 6a000002aaaaaa is incomplete (the engine stopped before it ended); provenance is only given for finished runs"
-            ),
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn a_run_that_exported_no_file_is_refused() {
-        let r = record(
+    fn refusals_exit_2_and_a_missing_manifest_exits_3_naming_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = tempfile::tempdir().unwrap();
+        let empty = record(
             "6a000001bbbbbb",
             "2026-03-01T10:00:00Z",
             RecordStatus::Failed,
             vec![step("build", StepState::Failed, "local/busybox:1", "busybox", vec![])],
         );
-        match statement(&r) {
-            Err(e @ StartError::Invalid(_)) => {
-                assert!(e.to_string().contains("run 6a000001bbbbbb exported no files"), "{e}");
-                assert_eq!(e.exit_code(), crate::error::exit::INVALID);
-            }
-            other => panic!("{other:?}"),
+        Recorder::create(dir.path(), empty).unwrap();
+        let e = command("6a000001", dir.path(), cache.path()).unwrap_err();
+        assert!(e.to_string().contains("run 6a000001bbbbbb exported no files"), "{e}");
+        assert_eq!(e.exit_code(), crate::error::exit::INVALID);
+
+        // The manifest the record names is not in this store.
+        Recorder::create(dir.path(), two_steps("6a000002aaaaaa", "2026-03-01T10:05:00Z")).unwrap();
+        let e = command("6a000002", dir.path(), cache.path()).unwrap_err();
+        assert_eq!(e.exit_code(), crate::error::exit::ENVIRONMENT);
+        assert!(e.to_string().contains(&format!("is no longer in the cache store {}", cache.path().display())), "{e}");
+        // ... and once it is, the statement is given.
+        let store = cache::Store::open(cache.path()).unwrap();
+        let r = crate::record::find(dir.path(), "6a000002").unwrap().1;
+        for s in &r.steps {
+            store.put_input_manifest(&manifest(&s.inputs_manifest.unwrap()).unwrap()).unwrap();
         }
+        let text = command("6a000002", dir.path(), cache.path()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["_type"], STATEMENT_TYPE);
+
+        // An older engine's record: refused by name.
+        let mut old = two_steps("6a000003cccccc", "2026-03-01T10:06:00Z");
+        old.schema = crate::record::SCHEMA_V1.into();
+        Recorder::create(dir.path(), old).unwrap();
+        let e = command("6a000003", dir.path(), cache.path()).unwrap_err();
+        assert_eq!(e.exit_code(), crate::error::exit::INVALID);
+        assert!(e.to_string().contains("recorded by an older engine"), "{e}");
     }
 }

@@ -20,7 +20,7 @@ use crate::explain::Forecast;
 use crate::layers::{caching::Caching, container::Container, dry_run::DryRun, export::Export, image::Image, recording::Recording, staging};
 use crate::output::{self, OutputMode};
 use crate::plan::Plan;
-use crate::record::{self, Recorder, RunRecord, StepRecord};
+use crate::record::{self, Recorder, RunRecord};
 use crate::scheduler::{self, SchedulerConfig};
 use crate::session::{self, Session, StepImages};
 use crate::workspace::{self, RunDir};
@@ -80,7 +80,7 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<RunStatus,
 
     // Secrets are read from the environment before anything starts; only their names go further
     // than the stager.
-    let (secrets, unset) = staging::read_secrets(plan.steps.iter().map(|p| &*p.step));
+    let (secrets, unset) = staging::read_secrets(plan.steps.iter().map(|p| (p.step.name.as_str(), p.step.secrets.as_slice())));
     if let Some((step, name)) = unset.first() {
         return Err(EnvironmentError(format!(
             "step `{step}` needs the secret `{name}`, which is not set: export {name} in the environment of `engine run`"
@@ -177,6 +177,9 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<RunStatus,
     if let Err(e) = written {
         tracing::warn!(error = %e, "cannot write the run record");
     }
+    // Old records go (by count and age; never this run, nor a live engine's).
+    let (records_dir, this_run) = (workflow.dir.clone(), run_id.clone());
+    let _ = tokio::task::spawn_blocking(move || record::prune_after_run(&records_dir, &this_run)).await;
 
     events.emit(Event::RunFinished {
         run_id,
@@ -253,7 +256,7 @@ fn start_record(
             no_cache: cfg.no_cache,
             out_dir: absolute(out_dir),
         },
-        steps: plan.steps.iter().map(|p| StepRecord::pending(&p.step)).collect(),
+        steps: plan.steps.iter().map(|p| record::pending(&p.step)).collect(),
     };
     Recorder::create(&workflow.dir, record)
         .map_err(|e| EnvironmentError(format!("cannot write the run record under {}: {e}", record::runs_dir(&workflow.dir).display())))

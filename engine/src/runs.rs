@@ -1,4 +1,6 @@
-//! `engine runs` and `engine runs show`: run records as text or JSON. Reads records only.
+//! `engine runs`, `engine runs show` and `engine runs prune`: run records as text or JSON. The
+//! records themselves (reading, listing, pruning) are the `records` crate's; this is rendering and
+//! command-line glue.
 //!
 //! Plain text is for people (short digests, sizes like `1.5k`, no colours); JSON is for
 //! machines: `engine runs --output json` prints one summary object per run on one line, and
@@ -26,8 +28,10 @@ pub fn list(dir: &Path, output: OutputFormat) -> Result<String, RecordError> {
         // can edit: nothing in them reaches the terminal as a control character.
         OutputFormat::Plain => crate::output::neutralise_lines(&list_table(&runs, &runs_dir)),
         OutputFormat::Json => {
-            let summaries: Vec<serde_json::Value> = runs.iter().map(summary_json).collect();
-            format!("{}\n", serde_json::Value::Array(summaries))
+            let summaries: Vec<record::RunSummary> = runs.iter().map(RunRecord::summary).collect();
+            // Through a `Value`: keys in sorted order, as documented.
+            let json = serde_json::to_value(summaries).unwrap_or_default();
+            format!("{json}\n")
         }
     })
 }
@@ -42,31 +46,6 @@ pub fn show(run_dir: &Path, record: &RunRecord, output: OutputFormat) -> Result<
     }
 }
 
-/// Steps whose container ran to an end (succeeded or failed), not restored from the cache.
-fn steps_run(record: &RunRecord) -> usize {
-    record.steps.iter().filter(|s| executed(s)).count()
-}
-
-fn steps_cached(record: &RunRecord) -> usize {
-    record.steps.iter().filter(|s| s.status == StepState::Cached).count()
-}
-
-fn executed(step: &StepRecord) -> bool {
-    matches!(step.status, StepState::Succeeded | StepState::Failed) && !step.cached
-}
-
-fn summary_json(r: &RunRecord) -> serde_json::Value {
-    serde_json::json!({
-        "id": r.run_id,
-        "started_at": r.started_at,
-        "workflow": r.workflow.name,
-        "status": r.status.as_str(),
-        "steps_run": steps_run(r),
-        "steps_cached": steps_cached(r),
-        "steps_total": r.steps.len(),
-    })
-}
-
 fn list_table(runs: &[RunRecord], runs_dir: &Path) -> String {
     let header = ["id", "started", "workflow", "result", "run", "cached"];
     let rows: Vec<[String; 6]> = runs
@@ -76,9 +55,10 @@ fn list_table(runs: &[RunRecord], runs_dir: &Path) -> String {
                 r.run_id.clone(),
                 r.started_at.clone(),
                 r.workflow.name.clone(),
-                r.status.as_str().to_string(),
-                steps_run(r).to_string(),
-                steps_cached(r).to_string(),
+                // An older engine's record is marked (and explained below the table).
+                format!("{}{}", r.status.as_str(), if r.is_current() { "" } else { "*" }),
+                r.steps_run().to_string(),
+                r.steps_cached().to_string(),
             ]
         })
         .collect();
@@ -107,6 +87,9 @@ fn list_table(runs: &[RunRecord], runs_dir: &Path) -> String {
     }
     let n = runs.len();
     let _ = writeln!(out, "{n} run{} in {}", if n == 1 { "" } else { "s" }, runs_dir.display());
+    if let Some(old) = runs.iter().find(|r| !r.is_current()) {
+        let _ = writeln!(out, "* recorded by an older engine ({}): shown, but not replayed or attested", old.schema);
+    }
     out
 }
 
@@ -126,6 +109,9 @@ fn field(out: &mut String, indent: &str, label: &str, value: impl std::fmt::Disp
 fn show_text(run_dir: &Path, r: &RunRecord) -> String {
     let mut out = String::new();
     field(&mut out, "", "run", &r.run_id);
+    if !r.is_current() {
+        field(&mut out, "", "schema", format!("{} (an older engine's record: not replayed or attested)", r.schema));
+    }
     field(&mut out, "", "status", r.status.as_str());
     field(&mut out, "", "workflow", format!("{} ({}, {})", r.workflow.name, r.workflow.file, short_digest(&r.workflow.digest)));
     field(&mut out, "", "engine", format!("{} {}", r.engine.name, r.engine.version));
@@ -144,7 +130,7 @@ fn show_text(run_dir: &Path, r: &RunRecord) -> String {
     let targets = if r.invocation.targets.is_empty() { "all steps".to_string() } else { r.invocation.targets.join(", ") };
     field(&mut out, "", "targets", targets);
     field(&mut out, "", "out dir", &r.invocation.out_dir);
-    field(&mut out, "", "steps", format!("{} ({} run, {} cached)", r.steps.len(), steps_run(r), steps_cached(r)));
+    field(&mut out, "", "steps", format!("{} ({} run, {} cached)", r.steps.len(), r.steps_run(), r.steps_cached()));
     for step in &r.steps {
         out.push('\n');
         step_text(&mut out, run_dir, step);
@@ -156,7 +142,7 @@ fn step_text(out: &mut String, run_dir: &Path, s: &StepRecord) {
     const IN: &str = "  ";
     let how = match s.status {
         StepState::Cached => "outputs restored from the cache, no container ran".to_string(),
-        _ if executed(s) => match s.duration_ms {
+        _ if s.executed() => match s.duration_ms {
             Some(ms) => format!("executed in {}", fmt_secs(ms)),
             None => "executed".to_string(),
         },
@@ -178,7 +164,7 @@ fn step_text(out: &mut String, run_dir: &Path, s: &StepRecord) {
         field(out, IN, "key", key.get(..12).unwrap_or(key));
     }
     if s.key.is_some() {
-        let n = s.inputs.len();
+        let n = s.inputs_count;
         field(out, IN, "inputs", format!("{n} file{}", if n == 1 { "" } else { "s" }));
     }
     if let Some(epoch) = s.source_date_epoch {
@@ -208,118 +194,50 @@ fn step_text(out: &mut String, run_dir: &Path, s: &StepRecord) {
     }
 }
 
-/// Hand-built records for the tests of this module and of `provenance`.
-#[cfg(test)]
-pub(crate) mod fixtures {
-    use cache::{Digest, InputEntry, KeyComponents, OutputEntry};
-
-    use crate::record::*;
-
-    pub fn digest(content: &str) -> Digest {
-        Digest::of(content.as_bytes())
-    }
-
-    pub fn file(path: &str, content: &str) -> OutputEntry {
-        OutputEntry::File { path: path.into(), mode: 0o644, digest: digest(content), size: content.len() as u64 }
-    }
-
-    pub fn input(path: &str, content: &str) -> InputEntry {
-        InputEntry { path: path.into(), mode: 0o644, digest: digest(content) }
-    }
-
-    /// A finished step of `image` (`reference`, `sha256:<hex of id>`), with `outputs`.
-    pub fn step(name: &str, status: StepState, reference: &str, id: &str, outputs: Vec<OutputEntry>) -> StepRecord {
-        let definition = dsl::Step::new(name, dsl::ImageRef::Reference(reference.into()), dsl::Command::Shell(format!("make {name}")));
-        let mut s = StepRecord::pending(&definition);
-        s.status = status;
-        s.cached = status == StepState::Cached;
-        let image_id = format!("sha256:{}", digest(id).hex());
-        s.image = Some(ImageRecord { reference: reference.into(), id: image_id.clone() });
-        s.key = Some(digest(&format!("key of {name}")).hex());
-        s.key_components = Some(KeyComponents {
-            format: cache::CACHE_FORMAT_VERSION,
-            image_id,
-            command: vec!["/bin/sh".into(), "-c".into(), format!("make {name}")],
-            env: [("LANG".to_string(), "C".to_string())].into(),
-            workdir: "/workspace".into(),
-            user: "1000:1000".into(),
-            network: "none".into(),
-            outputs: outputs.iter().map(|o| o.path().to_string()).collect(),
-            secrets: Vec::new(),
-            inputs: Vec::new(),
-            upstream: Vec::new(),
-        });
-        s.source_date_epoch = Some(1_234_567_890);
-        s.exit_code = Some(0);
-        s.duration_ms = Some(if s.cached { 0 } else { 1500 });
-        s.started_at = Some("2026-03-01T10:00:01Z".into());
-        if status.has_outputs() {
-            s.outputs_digest = Some(digest(&format!("outputs of {name}")).hex());
-            s.outputs = outputs;
+/// `engine runs prune`: remove the records `policy` does not keep (never a run whose engine still
+/// lives) and say which. Plain: one line per removed run, then a total; JSON: one object.
+pub fn prune(dir: &Path, policy: record::PrunePolicy, output: OutputFormat) -> Result<String, RecordError> {
+    let report = record::prune(dir, policy, std::time::SystemTime::now(), None)?;
+    let started = |p: &record::Pruned| humantime::format_rfc3339_seconds(p.started).to_string();
+    let why = |p: &record::Pruned| match p.reason {
+        record::PruneReason::BeyondNewest(n) => format!("beyond the newest {n}"),
+        record::PruneReason::OlderThan(age) => format!("older than {}", humantime::format_duration(age)),
+    };
+    Ok(match output {
+        OutputFormat::Plain => {
+            let mut out = String::new();
+            for p in &report.removed {
+                let _ = writeln!(out, "removed {}  started {}  {}", p.run_id, started(p), why(p));
+            }
+            for id in &report.live {
+                let _ = writeln!(out, "kept {id}: its engine is still running");
+            }
+            for (id, e) in &report.failed {
+                let _ = writeln!(out, "kept {id}: cannot remove it: {e}");
+            }
+            let n = report.removed.len();
+            let _ = writeln!(
+                out,
+                "removed {n} run{}, kept {} in {}",
+                if n == 1 { "" } else { "s" },
+                report.kept,
+                record::runs_dir(dir).display()
+            );
+            crate::output::neutralise_lines(&out)
         }
-        let log = format!("{name} | done\n");
-        s.log = Some(LogRecord { path: format!("logs/00-{name}.log"), digest: sha256(log.as_bytes()), bytes: log.len() as u64, cut: 0 });
-        s
-    }
-
-    pub fn record(id: &str, started: &str, status: RecordStatus, steps: Vec<StepRecord>) -> RunRecord {
-        RunRecord {
-            schema: SCHEMA.into(),
-            run_id: id.into(),
-            status,
-            started_at: started.into(),
-            finished_at: (status != RecordStatus::Incomplete).then(|| "2026-03-01T10:00:07Z".into()),
-            duration_ms: (status != RecordStatus::Incomplete).then_some(6200),
-            engine: EngineInfo { name: "engine".into(), version: "0.1.0".into() },
-            host: HostInfo {
-                os: "linux".into(),
-                arch: "x86_64".into(),
-                docker_version: "24.0.7".into(),
-                docker_api_version: "1.43".into(),
-            },
-            workflow: WorkflowInfo {
-                name: "demo".into(),
-                file: "workflow.yml".into(),
-                dir: "/src/demo".into(),
-                digest: sha256(b"version: 1\n"),
-            },
-            invocation: Invocation {
-                targets: Vec::new(),
-                jobs: 4,
-                keep_going: false,
-                no_cache: false,
-                out_dir: "/src/demo/.engine/out".into(),
-            },
-            steps,
+        OutputFormat::Json => {
+            let removed: Vec<serde_json::Value> =
+                report.removed.iter().map(|p| serde_json::json!({ "id": p.run_id, "started_at": started(p), "reason": why(p) })).collect();
+            let failed: Vec<serde_json::Value> = report.failed.iter().map(|(id, e)| serde_json::json!({ "id": id, "error": e })).collect();
+            format!("{}\n", serde_json::json!({ "removed": removed, "kept": report.kept, "live": report.live, "failed": failed }))
         }
-    }
-
-    /// `build` (executed, two files, one input) then `package` (cached, one file and a symlink).
-    pub fn two_steps(id: &str, started: &str) -> RunRecord {
-        let mut build = step(
-            "build",
-            StepState::Succeeded,
-            "local/busybox:1",
-            "busybox",
-            vec![OutputEntry::Dir { path: "out".into(), mode: 0o755 }, file("out/b.txt", "bbb"), file("out/a.txt", "a")],
-        );
-        build.inputs = vec![input("src/main.c", "int main;")];
-        let mut package = step(
-            "package",
-            StepState::Cached,
-            "local/busybox:1",
-            "busybox",
-            vec![file("pkg.tar", "tarball"), OutputEntry::Symlink { path: "latest.tar".into(), target: "pkg.tar".into() }],
-        );
-        package.definition.needs = vec!["build".into()];
-        package.inputs = vec![input("src/main.c", "int main;"), input("pkg.cfg", "cfg")];
-        record(id, started, RecordStatus::Succeeded, vec![build, package])
-    }
+    })
 }
 
 #[cfg(test)]
 mod tests {
-    use super::fixtures::*;
+    use records::fixtures::*;
+
     use super::*;
     use crate::record::{RecordStatus, Recorder};
 
@@ -380,7 +298,7 @@ mod tests {
         write(dir.path(), two_steps("6a000002aaaaaa", "2026-03-01T10:05:00Z"));
         let mut incomplete = two_steps("6a000003cccccc", "2026-03-01T10:09:00Z");
         incomplete.status = RecordStatus::Incomplete;
-        incomplete.steps[1] = crate::record::StepRecord::pending(&incomplete.steps[1].definition);
+        incomplete.steps[1] = crate::record::StepRecord::pending(incomplete.steps[1].definition.clone());
         write(dir.path(), incomplete);
 
         let text = list(dir.path(), OutputFormat::Json).unwrap();
@@ -390,9 +308,9 @@ mod tests {
             json,
             serde_json::json!([
                 {"id": "6a000002aaaaaa", "started_at": "2026-03-01T10:05:00Z", "workflow": "demo", "status": "succeeded",
-                 "steps_run": 1, "steps_cached": 1, "steps_total": 2},
+                 "steps_run": 1, "steps_cached": 1, "steps_total": 2, "schema": "engine.run-record/v2"},
                 {"id": "6a000003cccccc", "started_at": "2026-03-01T10:09:00Z", "workflow": "demo", "status": "incomplete",
-                 "steps_run": 1, "steps_cached": 0, "steps_total": 2},
+                 "steps_run": 1, "steps_cached": 0, "steps_total": 2, "schema": "engine.run-record/v2"},
             ])
         );
     }
@@ -458,7 +376,7 @@ mod tests {
         );
         r.steps[0].reason = Some("exited with code 2".into());
         r.steps[0].exit_code = Some(2);
-        r.steps.push(crate::record::StepRecord::pending(&r.steps[0].definition.clone()));
+        r.steps.push(crate::record::StepRecord::pending(r.steps[0].definition.clone()));
         r.steps[1].name = "later".into();
         r.invocation.targets = vec!["build".into(), "later".into()];
         let text = show(Path::new("/r"), &r, OutputFormat::Plain).unwrap();
@@ -480,5 +398,48 @@ mod tests {
         let back: RunRecord = serde_json::from_str(&text).unwrap();
         assert_eq!(serde_json::to_value(&back).unwrap(), serde_json::to_value(&r).unwrap());
         assert!(text.lines().count() > 10, "pretty-printed");
+    }
+
+    #[test]
+    fn an_older_engines_record_is_marked() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut old = two_steps("6a000001bbbbbb", "2026-03-01T10:00:00Z");
+        old.schema = record::SCHEMA_V1.into();
+        write(dir.path(), old.clone());
+        write(dir.path(), two_steps("6a000002aaaaaa", "2026-03-01T10:05:00Z"));
+        let text = list(dir.path(), OutputFormat::Plain).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[1].contains(" succeeded* ") && !lines[2].contains('*'), "{text}");
+        assert_eq!(lines[4], "* recorded by an older engine (engine.run-record/v1): shown, but not replayed or attested");
+        let shown = show(Path::new("/r"), &old, OutputFormat::Plain).unwrap();
+        assert!(
+            shown.contains("schema             engine.run-record/v1 (an older engine's record: not replayed or attested)\n"),
+            "{shown}"
+        );
+        let json: serde_json::Value = serde_json::from_str(&list(dir.path(), OutputFormat::Json).unwrap()).unwrap();
+        assert_eq!((json[0]["schema"].as_str(), json[1]["schema"].as_str()), (Some(record::SCHEMA_V1), Some(record::SCHEMA)));
+    }
+
+    #[test]
+    fn prune_says_what_it_removed_and_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = std::time::SystemTime::now();
+        let day = std::time::Duration::from_secs(24 * 3600);
+        let id = |days: u32, n: u32| format!("{:x}{n:06x}", (now - day * days).duration_since(std::time::UNIX_EPOCH).unwrap().as_secs());
+        let (new, mid, old) = (id(0, 1), id(2, 2), id(40, 3));
+        for id in [&new, &mid, &old] {
+            std::fs::create_dir_all(record::runs_dir(dir.path()).join(id)).unwrap();
+        }
+        let policy = record::PrunePolicy { keep: 2, max_age: day * 30 };
+        let text = prune(dir.path(), policy, OutputFormat::Plain).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(lines[0].starts_with(&format!("removed {old}  started ")) && lines[0].ends_with("  beyond the newest 2"), "{text}");
+        assert_eq!(lines[1], format!("removed 1 run, kept 2 in {}", record::runs_dir(dir.path()).display()));
+        let json: serde_json::Value =
+            serde_json::from_str(&prune(dir.path(), record::PrunePolicy { keep: 5, max_age: day }, OutputFormat::Json).unwrap()).unwrap();
+        assert_eq!(json["removed"][0]["id"], mid.as_str());
+        assert_eq!(json["removed"][0]["reason"], "older than 1day");
+        assert_eq!(json["kept"], 1);
     }
 }

@@ -263,3 +263,80 @@ echo "release@example.com $(cat release-key.pub)" > allowed_signers"#
     let (c, _, _) = sh(&format!("{} < provenance.json", verify.replace("-n in-toto", "-n file")));
     assert_ne!(c, 0, "another namespace must not verify");
 }
+
+/// A run folder for a run that started `days_ago`, with a copy of `record` renamed to it.
+fn fake_run(p: &Project, record: &serde_json::Value, days_ago: u64, n: u32) -> String {
+    let started = std::time::SystemTime::now() - std::time::Duration::from_secs(days_ago * 24 * 3600);
+    let id = format!("{:x}{n:06x}", started.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs());
+    let dir = p.path().join(".engine/runs").join(&id);
+    std::fs::create_dir_all(dir.join("logs")).unwrap();
+    let mut r = record.clone();
+    r["run_id"] = serde_json::json!(id);
+    std::fs::write(dir.join("record.json"), serde_json::to_vec(&r).unwrap()).unwrap();
+    id
+}
+
+fn run_ids(p: &Project) -> Vec<String> {
+    let mut ids: Vec<String> =
+        std::fs::read_dir(p.path().join(".engine/runs")).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    ids.sort();
+    ids
+}
+
+/// Records are pruned after every run (the newest 100 kept, none older than 30 days; never the
+/// run itself, never a live engine's) and by `engine runs prune`, which says what it removed.
+#[test]
+fn old_records_are_pruned_by_count_and_age_but_never_the_current_or_a_live_run() {
+    let p = Project::new(&format!("version: 1\nsteps:\n  a: {{ image: {IMAGE}, run: echo hi > a.txt, outputs: [a.txt] }}\n"));
+    ok(&p, &["run"]);
+    let first = run_ids(&p).pop().unwrap();
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(p.path().join(".engine/runs").join(&first).join("record.json")).unwrap()).unwrap();
+    // 100 older runs (one of them 40 days old, one 50 days old and held by a live engine's lock),
+    // and a folder that is no run.
+    let mut fakes: Vec<String> = (1..=98).map(|n| fake_run(&p, &record, 1, n)).collect();
+    let too_old = fake_run(&p, &record, 40, 99);
+    let live = fake_run(&p, &record, 50, 100);
+    fakes.extend([too_old.clone(), live.clone()]);
+    std::fs::create_dir_all(p.path().join(".engine/runs/notes")).unwrap();
+    let lock = std::fs::File::open(p.path().join(".engine/runs").join(&live)).unwrap();
+    assert_eq!(unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX | libc::LOCK_NB) }, 0);
+
+    // The next run keeps the newest 100 (itself included) and drops the 40-day-old one, but not
+    // the live one.
+    ok(&p, &["run"]);
+    let ids = run_ids(&p);
+    let current = ids.iter().filter(|i| !fakes.contains(i) && **i != first && *i != "notes").cloned().collect::<Vec<_>>();
+    assert_eq!(current.len(), 1, "{current:?}");
+    assert!(ids.contains(&first), "the first run is among the newest 100");
+    assert!(!ids.contains(&too_old), "older than 30 days");
+    assert!(ids.contains(&live), "its engine is still running");
+    assert!(ids.contains(&"notes".to_string()), "not a run folder");
+    assert_eq!(ids.len(), 101 + 1, "100 newest, the live one, and notes: {}", ids.len());
+
+    // `engine runs prune` with limits: what it removed, one line each, and a total.
+    let out = ok(&p, &["runs", "prune", "--keep", "2"]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines.iter().any(|l| *l == format!("kept {live}: its engine is still running")), "{out}");
+    assert!(
+        lines.iter().any(|l| l.starts_with(&format!("removed {}  started ", fakes[0])) && l.ends_with("  beyond the newest 2")),
+        "{out}"
+    );
+    assert_eq!(lines.iter().filter(|l| l.starts_with("removed ") && l.contains("  started ")).count(), 98, "{out}");
+    assert_eq!(*lines.last().unwrap(), "removed 98 runs, kept 3 in ./.engine/runs");
+    assert_eq!(run_ids(&p), {
+        let mut left = vec![first.clone(), current[0].clone(), live.clone(), "notes".to_string()];
+        left.sort();
+        left
+    });
+    // By age, in another folder (`-C`), as JSON; with the lock gone the old run goes too.
+    drop(lock);
+    let o = p.cmd(&["runs", "prune", "--older-than", "20days", "--output", "json", "-C"]).arg(p.path()).current_dir("/").output().unwrap();
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(json["removed"][0]["id"], live.as_str());
+    assert_eq!(json["removed"][0]["reason"], "older than 20days");
+    assert_eq!(json["kept"], 2);
+    let o = p.run(&["runs", "prune", "--older-than", "soon"]);
+    assert_eq!(code(&o), 2, "{}", text(&o.stderr));
+}

@@ -33,6 +33,13 @@ fn step<'a>(record: &'a serde_json::Value, name: &str) -> &'a serde_json::Value 
     record["steps"].as_array().unwrap().iter().find(|s| s["name"] == name).unwrap_or_else(|| panic!("no step {name}"))
 }
 
+/// The input files of a recorded step: the input manifest it names, in `p`'s cache store.
+fn inputs_of(p: &Project, step: &serde_json::Value) -> serde_json::Value {
+    let digest = step["inputs_manifest"].as_str().expect("an input manifest");
+    let path = p.cache_dir().join("v1/inputs").join(&digest[..2]).join(format!("{digest}.json"));
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
 #[test]
 fn a_run_leaves_a_complete_record_with_logs_beside_it() {
     let p = Project::new(&workflow());
@@ -40,7 +47,7 @@ fn a_run_leaves_a_complete_record_with_logs_beside_it() {
     let o = p.run(&["run"]);
     assert_eq!(code(&o), 0, "{}", text(&o.stderr));
     let (dir, r) = latest_record(&p);
-    assert_eq!(r["schema"], "engine.run-record/v1");
+    assert_eq!(r["schema"], "engine.run-record/v2");
     assert_eq!(r["status"], "succeeded");
     assert_eq!(r["engine"]["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(r["host"]["os"], "linux");
@@ -56,7 +63,8 @@ fn a_run_leaves_a_complete_record_with_logs_beside_it() {
     assert_eq!(gen["key"].as_str().unwrap().len(), 64);
     assert!(gen["image"]["id"].as_str().unwrap().starts_with("sha256:"));
     assert_eq!(gen["key_components"]["image_id"], gen["image"]["id"]);
-    assert_eq!(gen["inputs"][0]["path"], "a.txt");
+    assert_eq!(inputs_of(&p, gen)[0]["path"], "a.txt");
+    assert_eq!(gen["inputs_count"], 1);
     let upper = gen["outputs"].as_array().unwrap().iter().find(|e| e["path"] == "out/upper.txt").unwrap();
     let sha = text(&Command::new("sha256sum").arg(p.path().join(".engine/out/gen/out/upper.txt")).output().unwrap().stdout);
     assert_eq!(upper["digest"].as_str().unwrap(), &sha[..64]);
@@ -132,7 +140,7 @@ fn a_missing_input_or_image_is_named_and_exits_3() {
     assert_eq!(code(&o), 0, "{}", text(&o.stderr));
     let (_, r) = latest_record(&p);
 
-    let digest = step(&r, "read")["inputs"][0]["digest"].as_str().unwrap().to_string();
+    let digest = inputs_of(&p, step(&r, "read"))[0]["digest"].as_str().unwrap().to_string();
     let blob = p.cache_dir().join("v1/blobs").join(&digest[..2]).join(&digest);
     assert!(blob.is_file(), "the input's content is kept in the store");
     std::fs::remove_file(&blob).unwrap();

@@ -101,7 +101,7 @@ pub(super) fn write_atomic(tmp_dir: &Path, dest: &Path, bytes: &[u8]) -> Result<
 /// An existing blob is never rewritten (its name is its content). Its mtime is refreshed so that
 /// `gc` sees it as young while the manifest that will reference it is being written. Something
 /// else in its place (a symlink, a FIFO) is no blob: the rename of the new one replaces it.
-fn reuse_existing(dest: &Path) -> bool {
+pub(super) fn reuse_existing(dest: &Path) -> bool {
     if fs::symlink_metadata(dest).is_ok_and(|m| m.file_type().is_file()) {
         touch(dest);
         true

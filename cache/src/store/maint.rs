@@ -1,7 +1,7 @@
 //! Scanning the whole store, for `list`, `gc` and `verify`. Owns the rules for what may be deleted
 //! while other engines use the same directory: fan-out folders are never removed (a concurrent
-//! `put` may be renaming into one), and an unreferenced blob younger than [`BLOB_GRACE`] is kept
-//! (its manifest may not be written yet).
+//! `put` may be renaming into one), and an unreferenced blob or input manifest younger than
+//! [`BLOB_GRACE`] is kept (the entry naming it may not be written yet).
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
@@ -84,6 +84,22 @@ pub(super) fn manifests(store: &Store) -> Result<Vec<Found>, StoreError> {
         .collect())
 }
 
+/// Every input manifest file (`<aa>/<digest>.json`), named by its digest.
+fn input_files(store: &Store) -> Result<Vec<Blob>, StoreError> {
+    let files = fan_out_files(&store.v1("inputs"))?;
+    Ok(files
+        .into_iter()
+        .filter_map(|(path, meta)| {
+            Some(Blob {
+                digest: name_digest(&path, ".json")?,
+                bytes: meta.len(),
+                mtime: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                path,
+            })
+        })
+        .collect())
+}
+
 fn blobs(store: &Store) -> Result<Vec<Blob>, StoreError> {
     let files = fan_out_files(&store.v1("blobs"))?;
     Ok(files
@@ -99,12 +115,37 @@ fn blobs(store: &Store) -> Result<Vec<Blob>, StoreError> {
         .collect())
 }
 
+/// The input manifest file an entry keeps alive: the one it names, or for an entry of the
+/// previous layout, the one filed under its key.
+fn inputs_file(m: &Manifest) -> Digest {
+    m.inputs.unwrap_or(m.key.0)
+}
+
+/// The input manifests read during one gc, by the name of their file (many entries share one).
+#[derive(Default)]
+struct InputFiles(HashMap<Digest, Vec<Digest>>);
+
+impl InputFiles {
+    /// The blobs of the input files an entry's input manifest lists (none if it has none).
+    fn blobs(&mut self, store: &Store, m: &Manifest) -> &[Digest] {
+        let name = inputs_file(m);
+        self.0.entry(name).or_insert_with(|| {
+            let listed = match m.inputs {
+                Some(d) => store.input_manifest(&d),
+                None => crate::safe::read_bounded(&store.input_manifest_path(&name), super::MAX_META_BYTES)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok()),
+            };
+            listed.unwrap_or_default().into_iter().map(|i: crate::InputEntry| i.digest).collect()
+        })
+    }
+}
+
 /// Every blob gc must keep for an entry: what it restores, and the inputs `engine replay` needs
 /// (from the entry's input manifest, if there is one).
-fn kept(store: &Store, f: &Found) -> HashSet<Digest> {
+fn kept(store: &Store, inputs: &mut InputFiles, f: &Found) -> HashSet<Digest> {
     let Some(m) = &f.manifest else { return HashSet::new() };
-    let inputs = store.inputs_manifest(&m.key).unwrap_or_default();
-    referenced(m).chain(inputs.into_iter().map(|i| i.digest)).collect()
+    referenced(m).chain(inputs.blobs(store, m).iter().copied()).collect()
 }
 
 /// Every blob a manifest references: its files and its log.
@@ -164,15 +205,26 @@ pub(super) fn gc(store: &Store, max_size: u64) -> Result<GcReport, StoreError> {
     });
     let blobs = blobs(store)?;
     let sizes: HashMap<Digest, u64> = blobs.iter().map(|b| (b.digest, b.bytes)).collect();
+    let input_files = input_files(store)?;
+    let input_sizes: HashMap<Digest, u64> = input_files.iter().map(|b| (b.digest, b.bytes)).collect();
+    let mut inputs = InputFiles::default();
     let mut refs: HashMap<Digest, usize> = HashMap::new();
+    // Input manifest files, by name, and how many entries keep each.
+    let mut input_refs: HashMap<Digest, usize> = HashMap::new();
     for f in &found {
-        let unique = kept(store, f);
+        let unique = kept(store, &mut inputs, f);
         for d in unique {
             *refs.entry(d).or_default() += 1;
         }
+        if let Some(m) = &f.manifest {
+            *input_refs.entry(inputs_file(m)).or_default() += 1;
+        }
     }
     let referenced_at_start: HashSet<Digest> = refs.keys().copied().collect();
-    let mut total: u64 = found.iter().map(|f| f.bytes).sum::<u64>() + refs.keys().filter_map(|d| sizes.get(d)).sum::<u64>();
+    let inputs_at_start: HashSet<Digest> = input_refs.keys().copied().collect();
+    let mut total: u64 = found.iter().map(|f| f.bytes).sum::<u64>()
+        + refs.keys().filter_map(|d| sizes.get(d)).sum::<u64>()
+        + input_refs.keys().filter_map(|d| input_sizes.get(d)).sum::<u64>();
 
     // Least recently used first.
     found.sort_by_key(|f| f.mtime);
@@ -186,9 +238,16 @@ pub(super) fn gc(store: &Store, max_size: u64) -> Result<GcReport, StoreError> {
         report.removed_entries += 1;
         report.freed_bytes += f.bytes;
         total -= f.bytes;
-        let unique = kept(store, f);
+        let unique = kept(store, &mut inputs, f);
         if let Some(m) = &f.manifest {
-            remove(&store.inputs_path(&m.key));
+            let name = inputs_file(m);
+            if let Some(n) = input_refs.get_mut(&name) {
+                *n -= 1;
+                if *n == 0 {
+                    input_refs.remove(&name);
+                    total -= input_sizes.get(&name).copied().unwrap_or(0);
+                }
+            }
         }
         for d in unique {
             if let Some(n) = refs.get_mut(&d) {
@@ -217,6 +276,23 @@ pub(super) fn gc(store: &Store, max_size: u64) -> Result<GcReport, StoreError> {
         }
         if remove(&b.path) {
             report.removed_blobs += 1;
+            report.freed_bytes += b.bytes;
+        }
+    }
+    for b in &input_files {
+        if input_refs.contains_key(&b.digest) {
+            continue;
+        }
+        // Never named by an entry and young: a concurrent put may be about to write its entry.
+        let young = now.duration_since(b.mtime).map(|age| age < BLOB_GRACE).unwrap_or(true);
+        if young && !inputs_at_start.contains(&b.digest) {
+            continue;
+        }
+        if fs::metadata(&b.path).and_then(|m| m.modified()).is_ok_and(|t| t > b.mtime) {
+            continue;
+        }
+        if remove(&b.path) {
+            report.removed_input_manifests += 1;
             report.freed_bytes += b.bytes;
         }
     }

@@ -69,7 +69,7 @@ impl<E: Executor> Executor for Caching<E> {
             Err(e) => return Outcome::failed(StepFailure::Environment(format!("cannot prepare the workspace of step `{name}`: {e}"))),
         }
 
-        let logs = job.logs.clone();
+        let (logs, notes) = (job.logs.clone(), job.notes.clone());
         let outcome = self.inner.execute(job, ctx).await;
         let Outcome::Executed { outputs: Outputs { dir: Some(dir), .. }, duration, exit_code } = outcome else { return outcome };
         let duration_ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
@@ -81,11 +81,8 @@ impl<E: Executor> Executor for Caching<E> {
                 None => Vec::new(),
             };
             let manifest = store
-                .put(key, &wf, &step_name, &collected, 0, &log, duration_ms)
+                .put(key, &wf, &step_name, &collected, 0, &log, duration_ms, Some(components.inputs.as_slice()))
                 .map_err(|e| format!("cannot store the outputs in the cache: {e}"))?;
-            store
-                .put_inputs_manifest(&key, &components.inputs)
-                .map_err(|e| format!("cannot store the input manifest in the cache: {e}"))?;
             let _ = store.record_last(&wf, &step_name, &components);
             Ok(manifest)
         })
@@ -93,6 +90,9 @@ impl<E: Executor> Executor for Caching<E> {
         .unwrap_or_else(|e| Err(e.to_string()));
         match manifest {
             Ok(manifest) => {
+                if let Some(inputs) = manifest.inputs {
+                    notes.tell(Note::InputManifest(inputs));
+                }
                 let outputs = Outputs { digest: Some(manifest.outputs_digest()), dir: Some(dir), entries: manifest.entries };
                 Outcome::Executed { outputs, duration, exit_code }
             }
@@ -128,6 +128,9 @@ impl<E> Caching<E> {
         .unwrap_or_else(|e| Err(e.to_string()));
         match restored {
             Ok(Some(manifest)) => {
+                if let Some(inputs) = manifest.inputs {
+                    job.notes.tell(Note::InputManifest(inputs));
+                }
                 let outputs = Outputs { digest: Some(manifest.outputs_digest()), dir: Some(collect), entries: manifest.entries };
                 Some(Outcome::Restored { outputs, exit_code: manifest.exit_code })
             }

@@ -27,16 +27,15 @@ impl<E: Executor> Executor for Recording<E> {
         job.notes = Notes::to(move |note| match note {
             Note::Keyed { components, image } => update(&recorder, &step.name, |r| {
                 r.inputs_count = components.inputs.len();
-                r.inputs_in_store = components.inputs.len() > record::INLINE_INPUTS;
-                r.inputs = if r.inputs_in_store { Vec::new() } else { components.inputs.clone() };
                 let key = components.key();
                 r.key = Some(key.to_string());
-                // The inputs are recorded apart (and not at all when there are many).
+                // The input files are not in the record: their manifest is in the store, by digest.
                 r.key_components = Some(components.without_inputs());
                 r.image = Some(record::ImageRecord { reference: image.reference, id: image.id.to_string() });
                 r.source_date_epoch = (!step.env.contains_key("SOURCE_DATE_EPOCH")).then(|| record::source_date_epoch(&key));
                 r.started_at = Some(record::timestamp(std::time::SystemTime::now()));
             }),
+            Note::InputManifest(digest) => update(&recorder, &step.name, |r| r.inputs_manifest = Some(digest)),
         });
 
         let outcome = self.inner.execute(job, ctx).await;

@@ -110,16 +110,16 @@ pub fn secrets_for(step: &dsl::Step, secrets: &HashMap<String, String>) -> Vec<(
 
 /// Read the secrets `steps` name from the environment, before anything starts. Returns the
 /// values and, for each one that is not set, `(step, secret)`.
-pub fn read_secrets<'a>(steps: impl IntoIterator<Item = &'a dsl::Step>) -> (HashMap<String, String>, Vec<(String, String)>) {
+pub fn read_secrets<'a>(steps: impl IntoIterator<Item = (&'a str, &'a [String])>) -> (HashMap<String, String>, Vec<(String, String)>) {
     let mut values = HashMap::new();
     let mut missing = Vec::new();
-    for step in steps {
-        for name in &step.secrets {
+    for (step, secrets) in steps {
+        for name in secrets {
             match std::env::var(name) {
                 Ok(v) => {
                     values.insert(name.clone(), v);
                 }
-                Err(_) => missing.push((step.name.clone(), name.clone())),
+                Err(_) => missing.push((step.to_string(), name.clone())),
             }
         }
     }

@@ -104,7 +104,7 @@ pub async fn replay(cfg: ReplayConfig, cancel: CancellationToken) -> Result<i32,
     for step in &selected {
         missing.extend(check_step(&docker, &store, &record, step, &inputs[&step.name]).await);
     }
-    let (secrets, unset) = read_secrets(selected.iter().map(|s| &s.definition));
+    let (secrets, unset) = read_secrets(selected.iter().map(|s| (s.name.as_str(), s.definition.secrets.as_slice())));
     for (step, name) in unset {
         missing.push(format!("step `{step}` needs the secret `{name}`: export {name} in the environment"));
     }
@@ -167,7 +167,7 @@ pub async fn replay(cfg: ReplayConfig, cancel: CancellationToken) -> Result<i32,
 /// (its tag moved on) is refused too. Engine-built images are checked by [`claimed_build`].
 async fn image_not_allowed(docker: &DockerExecutor, step: &StepRecord, policy: &dsl::policy::Policy) -> Option<String> {
     let prefixes = policy.image_prefixes()?;
-    let (dsl::ImageRef::Reference(_), Some(image)) = (&step.definition.image, &step.image) else { return None };
+    let (records::ImageRef::Reference(_), Some(image)) = (&step.definition.image, &step.image) else { return None };
     // A missing image is reported with the other missing things (exit 3).
     let inspected = docker.daemon().inspect_image(&image.id).await.ok()??;
     let tags = inspected.repo_tags;
@@ -188,7 +188,7 @@ async fn image_not_allowed(docker: &DockerExecutor, step: &StepRecord, policy: &
 /// (label `engine.image`), or a record could pass any image off as built. `None` when fine or
 /// when the image is gone (reported with the other missing things).
 async fn claimed_build(docker: &DockerExecutor, step: &StepRecord) -> Option<String> {
-    let (dsl::ImageRef::Built(name), Some(image)) = (&step.definition.image, &step.image) else { return None };
+    let (records::ImageRef::Built(name), Some(image)) = (&step.definition.image, &step.image) else { return None };
     let inspected = docker.daemon().inspect_image(&image.id).await.ok()??;
     let label = inspected.config.labels.and_then(|l| l.get(images::LABEL_IMAGE).cloned());
     (label.as_deref() != Some(name.as_str())).then(|| {

@@ -32,7 +32,7 @@ pub(super) fn check_record(
     cache_dir: &Path,
     policy: &dsl::policy::Policy,
 ) -> Result<Checked, StartError> {
-    let (run_folder, record) = record::find(dir, id)?;
+    let (run_folder, record) = record::find_current(dir, id)?;
     let record_path = run_folder.join("record.json");
     let selected: Vec<StepRecord> = select(&record, steps)?.into_iter().cloned().collect();
     let store = open_store(cache_dir)?;
@@ -118,6 +118,7 @@ fn outputs_digest(entries: &[OutputEntry]) -> Digest {
         entries: entries.to_vec(),
         exit_code: 0,
         log: Digest([0; 32]),
+        inputs: None,
         created: 0,
         duration_ms: 0,
     }
@@ -155,12 +156,12 @@ fn verify_step(store: &Store, record: &RunRecord, step: &StepRecord) -> Result<V
         cache::ActionKey(key_text.parse().map_err(|_| Edited(format!("its key `{}` is not a SHA-256 digest", key_text.escape_debug())))?);
     let recorded = step.key_components.as_ref().ok_or_else(|| Edited("it has no key components".into()))?;
     let image = step.image.as_ref().ok_or_else(|| Edited("it names no image".into()))?;
-    let inputs = if step.inputs_in_store {
-        store.inputs_manifest(&key).ok_or_else(|| {
-            Unverifiable(format!("its input manifest (key {}) is not in the cache store {}", key.0.short(), store.dir().display()))
-        })?
-    } else {
-        step.inputs.clone()
+    let inputs = match step.inputs_manifest {
+        Some(d) => store
+            .input_manifest(&d)
+            .ok_or_else(|| Unverifiable(format!("its input manifest {} is not in the cache store {}", d.short(), store.dir().display())))?,
+        None if step.inputs_count == 0 => Vec::new(),
+        None => return Err(Unverifiable("the record names no input manifest for its input files".into())),
     };
     if inputs.len() != step.inputs_count {
         return Err(Edited(format!("it counts {} input files but lists {}", step.inputs_count, inputs.len())));
@@ -192,12 +193,9 @@ fn verify_step(store: &Store, record: &RunRecord, step: &StepRecord) -> Result<V
     }
 
     let image_id = image.id.parse::<crate::docker::ImageId>().map_err(|e| Edited(format!("its image ID is not valid: {e}")))?;
-    let expected = crate::caching::components(&step.definition, &image_id, recorded.inputs.clone(), upstream);
+    let expected = crate::caching::components(&record::to_step(&step.definition), &image_id, recorded.inputs.clone(), upstream);
     let mut differs = differing_fields(&expected, &recorded);
-    let reference = match &step.definition.image {
-        dsl::ImageRef::Reference(r) => r.clone(),
-        dsl::ImageRef::Built(n) => format!("images.{n}"),
-    };
+    let reference = step.definition.image_reference();
     if reference != image.reference && !differs.contains(&"image") {
         differs.push("image");
     }
@@ -239,8 +237,8 @@ fn verify_step(store: &Store, record: &RunRecord, step: &StepRecord) -> Result<V
             manifest_path.display()
         )));
     }
-    if !step.inputs_in_store {
-        if let Some(mut kept) = store.inputs_manifest(&key) {
+    if let Some(kept) = manifest.as_ref().and_then(|m| m.inputs).filter(|kept| Some(*kept) != step.inputs_manifest) {
+        if let Some(mut kept) = store.input_manifest(&kept) {
             let mut listed = recorded.inputs.clone();
             kept.sort_by(|a, b| a.path.cmp(&b.path));
             listed.sort_by(|a, b| a.path.cmp(&b.path));
@@ -259,7 +257,7 @@ fn as_workflow_text(steps: &[StepRecord]) -> String {
     let mut images = Map::new();
     let mut out = Map::new();
     for step in steps {
-        let d = &step.definition;
+        let d = &record::to_step(&step.definition);
         let mut m = Map::new();
         match &d.image {
             dsl::ImageRef::Reference(r) => m.insert("image".into(), json!(r)),
@@ -366,7 +364,7 @@ mod tests {
     use crate::record;
 
     fn recorded(step: &dsl::Step) -> StepRecord {
-        StepRecord::pending(step)
+        record::pending(step)
     }
 
     #[test]
@@ -433,10 +431,9 @@ mod tests {
 
     #[test]
     fn unknown_or_failed_steps_are_refused_by_name() {
-        let mut ok = StepRecord::pending(&dsl::Step::new("ok", dsl::ImageRef::Reference("i".into()), dsl::Command::Shell("true".into())));
+        let mut ok = record::pending(&dsl::Step::new("ok", dsl::ImageRef::Reference("i".into()), dsl::Command::Shell("true".into())));
         ok.status = record::StepState::Succeeded;
-        let mut bad =
-            StepRecord::pending(&dsl::Step::new("bad", dsl::ImageRef::Reference("i".into()), dsl::Command::Shell("false".into())));
+        let mut bad = record::pending(&dsl::Step::new("bad", dsl::ImageRef::Reference("i".into()), dsl::Command::Shell("false".into())));
         bad.status = record::StepState::Failed;
         let record: RunRecord = serde_json::from_value(serde_json::json!({
             "schema": record::SCHEMA, "run_id": "r1", "status": "failed", "started_at": "t",

@@ -253,7 +253,8 @@ fn swapping_the_output_and_runs_folders_for_symlinks_during_a_run_redirects_noth
     assert!(!p.path().join(".engine/out.real/a/stale.txt").exists());
     // The record too: finished in the run's own folder.
     let record = std::fs::read_to_string(p.path().join(format!(".engine/runs.real/{run_id}/record.json"))).unwrap();
-    assert!(record.contains("\"status\": \"succeeded\""), "{record}");
+    let parsed: serde_json::Value = serde_json::from_str(&record).unwrap();
+    assert_eq!(parsed["status"], "succeeded", "{record}");
     for dir in ["out", "runs"] {
         std::fs::remove_file(p.path().join(".engine").join(dir)).unwrap();
         std::fs::rename(p.path().join(format!(".engine/{dir}.real")), p.path().join(".engine").join(dir)).unwrap();

@@ -99,6 +99,19 @@ impl Recorded {
         }
     }
 
+    /// The input files a step of the record lists, from the input manifest it names in the store.
+    fn inputs_of(&self, step: &Value) -> Value {
+        let digest: cache::Digest = step["inputs_manifest"].as_str().expect("an input manifest").parse().unwrap();
+        let store = cache::Store::open(&self.p.cache_dir()).unwrap();
+        serde_json::to_value(store.input_manifest(&digest).expect("the input manifest in the store")).unwrap()
+    }
+
+    /// Keep `inputs` as an input manifest in the store (as a run would); its digest.
+    fn plant_inputs(&self, inputs: &Value) -> String {
+        let inputs: Vec<cache::InputEntry> = serde_json::from_value(inputs.clone()).unwrap();
+        cache::Store::open(&self.p.cache_dir()).unwrap().put_input_manifest(&inputs).unwrap().to_string()
+    }
+
     /// `record <path> step `<step>`: <why>`.
     fn sentence(&self, step: &str, why: &str) -> String {
         format!("record {} step `{step}`: {why}", shown(&self.run_id, "record.json").display())
@@ -204,11 +217,13 @@ fn edited_user_network_or_command_is_refused_before_any_container() {
     );
 
     // ... and with a key recomputed to match: the store has never seen that key.
+    let original: Value = serde_json::from_slice(&r.original).unwrap();
+    let inputs = r.inputs_of(step_mut(&mut original.clone(), &gen));
     r.edit(|v| {
         let s = step_mut(v, &gen);
         s["definition"]["isolation"]["user"] = json!({ "uid": 0, "gid": 0 });
         s["key_components"]["user"] = json!("0:0");
-        let key = key_of(&s["key_components"], &s["inputs"]);
+        let key = key_of(&s["key_components"], &inputs);
         s["key"] = json!(key);
         let epoch = cache::ActionKey(key.parse().unwrap());
         s["source_date_epoch"] = json!(engine::record::source_date_epoch(&epoch));
@@ -305,9 +320,14 @@ fn dropped_limits_get_the_defaults_and_unlimited_ones_are_refused() {
 fn input_or_upstream_digests_the_store_does_not_match_are_refused() {
     let r = recorded_run("", None);
     let (gen, used) = (r.gen.clone(), r.used.clone());
-    // Another file's content planted as the input.
+    // Another file's content planted as the input (an input manifest listing it, kept in the store
+    // as a run would have kept it, named by the record).
     let planted = cache::Digest::of(HOST_MARKER.as_bytes()).to_string();
-    r.edit(|v| step_mut(v, &gen)["inputs"][0]["digest"] = json!(planted));
+    let original: Value = serde_json::from_slice(&r.original).unwrap();
+    let mut inputs = r.inputs_of(step_mut(&mut original.clone(), &gen));
+    inputs[0]["digest"] = json!(planted);
+    let planted_inputs = r.plant_inputs(&inputs);
+    r.edit(|v| step_mut(v, &gen)["inputs_manifest"] = json!(planted_inputs));
     r.refused(
         &r.replay(&[&gen]),
         2,
@@ -335,13 +355,14 @@ fn input_or_upstream_digests_the_store_does_not_match_are_refused() {
             log: cache::Digest([0; 32]),
             created: 0,
             duration_ms: 0,
+            inputs: None,
         };
         up["outputs_digest"] = json!(m.outputs_digest().to_string());
     });
     r.refused(&r.replay(&[&used]), 2, &r.sentence(&used, "its definition does not match its key (needs differs)"));
 
     // The store keeps the input manifest of the key; a record listing other files is refused
-    // even when its key matches (here: the store's manifest was the one changed).
+    // even when its key matches (here: the store's entry was changed to name another manifest).
     r.restore();
     let key = serde_json::from_slice::<Value>(&r.original).unwrap()["steps"]
         .as_array()
@@ -352,14 +373,17 @@ fn input_or_upstream_digests_the_store_does_not_match_are_refused() {
         .as_str()
         .unwrap()
         .to_string();
-    let kept = r.p.cache_dir().join("v1/inputs").join(&key[..2]).join(format!("{key}.json"));
-    assert!(kept.is_file(), "the store keeps the key's input manifest at {}", kept.display());
-    let saved = std::fs::read(&kept).unwrap();
-    let mut inputs: Value = serde_json::from_slice(&saved).unwrap();
-    inputs[0]["digest"] = json!(planted);
-    std::fs::write(&kept, serde_json::to_vec(&inputs).unwrap()).unwrap();
+    let entry = r.p.cache_dir().join("v1/actions").join(&key[..2]).join(format!("{key}.json"));
+    let saved = std::fs::read(&entry).unwrap();
+    let mut manifest: Value = serde_json::from_slice(&saved).unwrap();
+    assert_eq!(
+        manifest["inputs"],
+        original["steps"].as_array().unwrap().iter().find(|s| s["name"] == gen.as_str()).unwrap()["inputs_manifest"]
+    );
+    manifest["inputs"] = json!(planted_inputs);
+    std::fs::write(&entry, serde_json::to_vec(&manifest).unwrap()).unwrap();
     r.refused(&r.replay(&[&gen]), 2, &r.sentence(&gen, "its input files do not match those the cache store keeps for its key"));
-    std::fs::write(&kept, saved).unwrap();
+    std::fs::write(&entry, saved).unwrap();
     assert_nothing_escaped(&r.p, &r.host, &[]);
 }
 
@@ -421,7 +445,7 @@ fn a_fifo_huge_symlinked_or_foreign_record_is_refused_within_seconds() {
     r.refused(
         &o,
         2,
-        &format!("refusing the run record {}: schema `engine.run-record/v9` is not `engine.run-record/v1`", other_shown.display()),
+        &format!("refusing the run record {}: schema `engine.run-record/v9` is not `engine.run-record/v2`", other_shown.display()),
     );
     let (moved, moved_shown) = fake("ffff0006moved");
     std::fs::write(&moved, &r.original).unwrap();
