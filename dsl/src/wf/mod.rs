@@ -46,6 +46,8 @@ fn front(path: &Path, text: &str, loader: &dyn Loader) -> Result<(Arc<SourceFile
         return finish(path, diags, ()).and_then(|()| Err(no_tree(path)));
     };
     let expanded = expand::expand(&unit, &mut diags);
+    // The syntax trees are not needed past expansion: free them before the node tree is built.
+    drop(unit);
     let root = lower::lower(&src, expanded, &mut diags);
     finish(path, diags, (src, root))
 }
