@@ -76,6 +76,31 @@ impl Project {
         self.cmd(args).output().unwrap()
     }
 
+    /// Run the engine and measure the CPU time (user + system) it used: a bound on work done that
+    /// does not depend on how loaded the machine is (tests run in parallel on 2 cores).
+    pub fn run_cpu_timed(&self, args: &[&str]) -> (Output, Duration) {
+        use std::io::Read;
+        use std::os::unix::process::ExitStatusExt;
+        let mut child = self.spawn(args);
+        let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+        let reader = std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = err.read_to_end(&mut bytes);
+            bytes
+        });
+        let mut stdout = Vec::new();
+        let _ = out.read_to_end(&mut stdout);
+        let stderr = reader.join().unwrap();
+        let (mut status, mut usage) = (0, unsafe { std::mem::zeroed::<libc::rusage>() });
+        // SAFETY: plain wait4 on our own child's pid with valid out-pointers; std's `Child` is
+        // not waited on afterwards.
+        let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
+        assert!(pid > 0, "wait4: {}", std::io::Error::last_os_error());
+        let tv = |t: libc::timeval| Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64);
+        let cpu = tv(usage.ru_utime) + tv(usage.ru_stime);
+        (Output { status: std::process::ExitStatus::from_raw(status), stdout, stderr }, cpu)
+    }
+
     pub fn spawn(&self, args: &[&str]) -> Child {
         self.cmd(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
     }
