@@ -5,7 +5,7 @@
 //! without a byte of a refused file in the output.
 
 use std::os::unix::fs::symlink;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[allow(unused_imports)]
 use crate::common::{hostile::*, *};
