@@ -161,6 +161,17 @@ fn a_missing_input_or_image_is_named_and_exits_3() {
     let o = p.run(&["replay", "latest", "nope"]);
     assert_eq!(code(&o), 2);
     assert!(text(&o.stderr).contains("no step `nope`"), "{}", text(&o.stderr));
+
+    // The record names the step's input manifest by digest; without it in the store, neither a
+    // replay nor a provenance statement can say what went in.
+    let named = step(&r, "read")["inputs_manifest"].as_str().unwrap().to_string();
+    std::fs::remove_file(p.cache_dir().join("v1/inputs").join(&named[..2]).join(format!("{named}.json"))).unwrap();
+    let o = p.run(&["replay", "latest", "read"]);
+    assert_eq!(code(&o), 3);
+    assert!(text(&o.stderr).contains(&format!("step `read`: its input manifest {} is not in the cache store", &named[..12])));
+    let o = p.run(&["provenance", "latest"]);
+    assert_eq!(code(&o), 3);
+    assert!(text(&o.stderr).contains(&format!("the input manifest {} of step `read` is no longer in the cache store", &named[..12])));
 }
 
 #[test]
