@@ -78,6 +78,8 @@ impl Project {
 
     /// Run the engine and measure the CPU time (user + system) it used: a bound on work done that
     /// does not depend on how loaded the machine is (tests run in parallel on 2 cores).
+    // `wait4` below reaps the child; clippy cannot see that.
+    #[allow(clippy::zombie_processes)]
     pub fn run_cpu_timed(&self, args: &[&str]) -> (Output, Duration) {
         use std::io::Read;
         use std::os::unix::process::ExitStatusExt;
