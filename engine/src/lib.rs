@@ -1,6 +1,8 @@
 //! The `engine` library: planner, scheduler, Docker executor, output rendering. The binary in
 //! `main.rs` is a thin CLI over it.
 
+#![warn(missing_docs)]
+
 pub mod budget;
 pub mod caching;
 pub mod cli;
