@@ -129,7 +129,7 @@ pub struct EventSink {
 }
 
 /// How many events a [`EventSink::bounded`] receiver may be behind before emitters wait.
-pub const BOUND: usize = 4096;
+pub(crate) const BOUND: usize = 4096;
 
 /// The count of events sent and not yet received, for [`EventSink::bounded`].
 #[derive(Debug, Default)]
@@ -166,7 +166,7 @@ impl Gate {
 
 /// The receiving end of [`EventSink::bounded`]: each event received makes room for one more.
 #[derive(Debug)]
-pub struct EventReceiver {
+pub(crate) struct EventReceiver {
     rx: mpsc::UnboundedReceiver<Event>,
     gate: Arc<Gate>,
 }
@@ -174,14 +174,14 @@ pub struct EventReceiver {
 impl EventReceiver {
     /// The next event, waiting for it (call it from a thread of its own, not an async task);
     /// `None` once every sink is gone.
-    pub fn blocking_recv(&mut self) -> Option<Event> {
+    pub(crate) fn blocking_recv(&mut self) -> Option<Event> {
         let event = self.rx.blocking_recv()?;
         self.gate.leave();
         Some(event)
     }
 
     /// Whether no event is waiting right now.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.rx.is_empty()
     }
 }
@@ -203,7 +203,7 @@ pub struct LogCapture {
 }
 
 /// Where captured log lines go when they are not kept in memory.
-pub trait LogSink: Send + Sync {
+pub(crate) trait LogSink: Send + Sync {
     fn append(&self, line: Vec<u8>);
 }
 
@@ -229,7 +229,7 @@ impl EventSink {
     /// A sink whose emitters wait while the receiver is [`BOUND`] events behind: for a consumer
     /// that keeps receiving on a thread of its own (the run's renderer), never for one that reads
     /// only after the emitters are done.
-    pub fn bounded() -> (EventSink, EventReceiver) {
+    pub(crate) fn bounded() -> (EventSink, EventReceiver) {
         let (tx, rx) = mpsc::unbounded_channel();
         let gate = Arc::new(Gate::default());
         (EventSink { tx, capture: None, gate: Some(gate.clone()) }, EventReceiver { rx, gate })
@@ -242,7 +242,7 @@ impl EventSink {
     }
 
     /// A sink that forwards to this one and hands every log line to `sink` as it comes.
-    pub fn capturing_logs_into(&self, sink: Arc<dyn LogSink>) -> EventSink {
+    pub(crate) fn capturing_logs_into(&self, sink: Arc<dyn LogSink>) -> EventSink {
         let capture = LogCapture { buf: Arc::default(), sink: Some(sink) };
         EventSink { tx: self.tx.clone(), capture: Some(capture), gate: self.gate.clone() }
     }

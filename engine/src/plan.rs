@@ -50,7 +50,7 @@ pub enum PlanError {
 }
 
 /// Plan `targets` (all steps if empty) and everything they need.
-pub fn plan(workflow: Arc<dsl::Workflow>, targets: &[String], budget: HostBudget) -> Result<Plan, PlanError> {
+pub(crate) fn plan(workflow: Arc<dsl::Workflow>, targets: &[String], budget: HostBudget) -> Result<Plan, PlanError> {
     let index: HashMap<&str, usize> = workflow.steps.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
 
     // Which steps (by file index) take part: the targets and everything they transitively need.

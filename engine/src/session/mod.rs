@@ -17,7 +17,7 @@ use crate::error::EnvironmentError;
 use crate::plan::{self, Plan};
 use crate::workspace;
 
-pub use images::{ImageOutcome, StepImages};
+pub use images::StepImages;
 pub use prepare::{prepare, resolve_bases, Prepared};
 
 /// Why a command could not start (its exit code is 2 or 3); a run that started ends in a
