@@ -268,7 +268,9 @@ impl<E: Executor> Executor for Arc<E> {
 /// Everything the Docker executor needs to run one step's container.
 #[derive(Debug, Clone)]
 pub struct StepJob {
+    /// The run's id, put on the container as a label (cleanup finds it by this).
     pub run_id: String,
+    /// The step as the workflow defines it (command, env, limits, isolation, outputs).
     pub step: Arc<dsl::Step>,
     /// The image reference to create the container from (built images already resolved).
     pub image: String,
@@ -286,8 +288,10 @@ pub struct StepJob {
     pub caches: Vec<CacheMountJob>,
 }
 
+/// One persistent cache mount (`caches:`) of a step.
 #[derive(Debug, Clone)]
 pub struct CacheMountJob {
+    /// The cache's name (steps naming the same cache share it).
     pub name: String,
     /// Absolute path in the container.
     pub path: String,
@@ -298,6 +302,7 @@ pub struct CacheMountJob {
 /// Per-step plumbing: where logs go and how to tell the step to stop.
 #[derive(Debug, Clone)]
 pub struct StepContext {
+    /// Where the step's log lines (masked) and events go.
     pub events: EventSink,
     /// Cancelled on SIGINT/SIGTERM; the executor kills and removes its container. (Fail-fast does
     /// not cancel: running steps finish, only new starts stop.)
@@ -309,6 +314,7 @@ pub struct StepContext {
 /// of its own.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepOutcome {
+    /// `Ok` when the container exited 0 and its outputs were collected.
     pub result: Result<(), StepFailure>,
     /// Wall time of the container (start to exit); zero if it never started.
     pub duration: Duration,
@@ -321,22 +327,42 @@ pub struct StepOutcome {
 /// Why a step failed. `Display` is the sentence shown to users.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum StepFailure {
+    /// The command exited with this non-zero code.
     #[error("exited with code {0}")]
     Exit(i64),
+    /// The step ran past its timeout (the limit given) and was stopped.
     #[error("timed out after {}", dsl::units::format_duration(*.0))]
     TimedOut(Duration),
+    /// The kernel killed the container for exceeding its memory limit.
     #[error("killed: out of memory (limit {})", dsl::units::format_size(*.limit))]
-    OutOfMemory { limit: u64 },
+    OutOfMemory {
+        /// The step's memory limit in bytes.
+        limit: u64,
+    },
+    /// A declared output path does not exist after exit 0; names it.
     #[error("declared output `{0}` does not exist after the step exited 0")]
     MissingOutput(String),
+    /// An output was refused at collection (a symlink leading out of /workspace, a special file...).
     #[error("output `{path}` rejected: {reason}")]
-    UnsafeOutput { path: String, reason: String },
+    UnsafeOutput {
+        /// The output path, relative to /workspace.
+        path: String,
+        /// Why it was refused.
+        reason: String,
+    },
     /// The step's /workspace grew past `limits.workspace` while it ran; it was killed.
     #[error("wrote more than the workspace limit of {}", dsl::units::format_size(*.limit))]
-    WorkspaceLimit { limit: u64 },
+    WorkspaceLimit {
+        /// The limit in bytes.
+        limit: u64,
+    },
     /// The declared outputs hold more than `limits.outputs` bytes; collection stopped there.
     #[error("outputs exceed the limit of {}", dsl::units::format_size(*.limit))]
-    OutputsLimit { limit: u64 },
+    OutputsLimit {
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// The step was stopped because the run was cancelled (or it stopped saying so itself).
     #[error("cancelled")]
     Cancelled,
     /// The image the step uses could not be built (names the image, stage and instruction).

@@ -25,6 +25,7 @@ impl Forecast {
         }
     }
 
+    /// The forecast as `engine plan` shows it: `cached` or `run`, the key, the reasons.
     pub fn view(&self) -> crate::output::plan::CacheView {
         crate::output::plan::CacheView {
             status: if self.cached { "cached" } else { "run" },

@@ -69,6 +69,8 @@ pub(crate) fn read(workflow_dir: &Path) -> Result<Option<Lock>, EnvironmentError
     Ok(Some(lock))
 }
 
+/// Write `engine.lock` in `workflow_dir` pinning each base image reference to its image ID
+/// (temp file + rename); returns the lock file's path.
 pub fn write(workflow_dir: &Path, images: BTreeMap<String, String>) -> Result<PathBuf, EnvironmentError> {
     let path = path_for(workflow_dir);
     let lock = Lock { version: VERSION, images };

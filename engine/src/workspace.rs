@@ -20,22 +20,66 @@ const SKIPPED_DIRS: &[&str] = &[".engine", ".git"];
 const RUN_DIR_PREFIX: &str = "engine-run-";
 const OWNER_FILE: &str = "owner";
 
+/// Why a step's inputs could not be selected from the workflow folder.
 #[derive(Debug, thiserror::Error)]
 pub enum InputError {
+    /// An input pattern matches no file.
     #[error("step `{step}`: input pattern `{pattern}` matches no file under {}", dir.display())]
-    NoMatch { step: String, pattern: String, dir: PathBuf },
+    NoMatch {
+        /// The step.
+        step: String,
+        /// The pattern, as written.
+        pattern: String,
+        /// The workflow folder searched.
+        dir: PathBuf,
+    },
+    /// An input pattern is not a valid glob.
     #[error("step `{step}`: input pattern `{pattern}` is not a valid glob: {reason}")]
-    BadPattern { step: String, pattern: String, reason: String },
+    BadPattern {
+        /// The step.
+        step: String,
+        /// The pattern, as written.
+        pattern: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The workflow folder could not be walked.
     #[error("cannot read the workflow directory {}: {source}", dir.display())]
-    Walk { dir: PathBuf, source: io::Error },
+    Walk {
+        /// The folder.
+        dir: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// A matched path is neither a regular file nor a symlink (a FIFO, a socket, a device...);
+    /// it was not read.
     #[error(
         "step `{step}`: input `{path}` (pattern `{pattern}`) is {what}; only regular files and symlinks can be inputs (it was not read)"
     )]
-    NotAFile { step: String, pattern: String, path: String, what: &'static str },
+    NotAFile {
+        /// The step.
+        step: String,
+        /// The pattern that matched it.
+        pattern: String,
+        /// The path, relative to the workflow folder.
+        path: String,
+        /// What it is instead, in words ("a FIFO (named pipe)", "a device", ...).
+        what: &'static str,
+    },
+    /// A matched symlink leads outside the workflow folder.
     #[error(
         "step `{step}`: input `{path}` (pattern `{pattern}`) is a symlink to `{target}`, outside the workflow folder; symlinks are copied as symlinks, never followed, so copy the file into the folder or leave the link out"
     )]
-    LinkOutside { step: String, pattern: String, path: String, target: String },
+    LinkOutside {
+        /// The step.
+        step: String,
+        /// The pattern that matched it.
+        pattern: String,
+        /// The link's path, relative to the workflow folder.
+        path: String,
+        /// The link's target, as written.
+        target: String,
+    },
 }
 
 /// What the scan saw at a path (by `lstat`: symlinks are not followed).

@@ -18,7 +18,9 @@ pub mod plan;
 /// `--output plain|json`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutputMode {
+    /// Prefixed log lines and a summary table, for people.
     Plain,
+    /// One JSON event per line.
     Json,
 }
 
