@@ -5,6 +5,8 @@
 //! values (argv, env, paths, digests) and folders of files. It never stores a secret value: the
 //! engine passes secret NAMES only.
 
+#![warn(missing_docs)]
+
 pub mod digest;
 pub mod hash;
 pub mod key;

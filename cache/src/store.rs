@@ -47,21 +47,56 @@ const MODE_BITS: u32 = 0o7777;
 /// blob: everything read from the cache directory is bounded (a larger file is a miss).
 pub const MAX_META_BYTES: u64 = 256 << 20;
 
+/// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The entry of `key` could not be used (`what` says why); it was removed, so it is a miss.
     #[error("cache entry {key} is damaged ({what}); it was removed and the step will run")]
-    Corrupt { key: ActionKey, what: String },
+    Corrupt {
+        /// The action key of the damaged entry.
+        key: ActionKey,
+        /// What was wrong with it.
+        what: String,
+    },
+    /// A file or folder of the cache directory could not be read or written.
     #[error("cache directory {}: {source}", path.display())]
-    Io { path: PathBuf, source: io::Error },
+    Io {
+        /// The file or folder concerned.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
 }
 
 /// One output path of a cached step.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum OutputEntry {
-    File { path: String, mode: u32, digest: Digest, size: u64 },
-    Symlink { path: String, target: String },
-    Dir { path: String, mode: u32 },
+    /// A regular file, its contents stored as a blob.
+    File {
+        /// Relative, `/`-separated path.
+        path: String,
+        /// Permission bits (including setuid/setgid/sticky).
+        mode: u32,
+        /// SHA-256 of the contents: the blob's name.
+        digest: Digest,
+        /// Length of the contents in bytes.
+        size: u64,
+    },
+    /// A symbolic link, kept as a link (never followed).
+    Symlink {
+        /// Relative, `/`-separated path.
+        path: String,
+        /// The link's target, as written in the link.
+        target: String,
+    },
+    /// A folder (listed so empty folders and their modes are restored).
+    Dir {
+        /// Relative, `/`-separated path.
+        path: String,
+        /// Permission bits.
+        mode: u32,
+    },
 }
 
 impl OutputEntry {
@@ -82,16 +117,21 @@ fn put_field(h: &mut Sha256, bytes: &[u8]) {
 /// What a successful step produced, stored under its action key.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct Manifest {
+    /// The action key the entry is stored under.
     pub key: ActionKey,
+    /// Name of the workflow whose step produced it (for `engine cache ls`).
     pub workflow: String,
+    /// Name of the step that produced it.
     pub step: String,
     /// Every file, symlink and directory under the collected outputs, sorted by path.
     pub entries: Vec<OutputEntry>,
+    /// The step's exit code (0: only successful steps are stored).
     pub exit_code: i64,
     /// Digest of the step's log (stdout and stderr lines as shown, secrets already masked).
     pub log: Digest,
     /// Unix seconds.
     pub created: u64,
+    /// How long the step ran, in milliseconds.
     pub duration_ms: u64,
     /// The input manifest of the execution (see [`Store::put_input_manifest`]); gc keeps it, and
     /// the contents of the files it lists, as long as the entry lives. `None` for entries
@@ -134,6 +174,7 @@ impl Manifest {
         Digest(h.finalize().into())
     }
 
+    /// Total bytes of the output files (folders and symlinks count nothing).
     pub fn size(&self) -> u64 {
         self.entries.iter().map(|e| if let OutputEntry::File { size, .. } = e { *size } else { 0 }).sum()
     }
@@ -142,27 +183,39 @@ impl Manifest {
 /// One line of `engine cache ls`.
 #[derive(Clone, Debug, Serialize)]
 pub struct EntryInfo {
+    /// The entry's action key.
     pub key: ActionKey,
+    /// Workflow of the step that produced it.
     pub workflow: String,
+    /// The step that produced it.
     pub step: String,
+    /// Total bytes of its output files.
     pub size: u64,
+    /// Unix seconds of the store.
     pub created: u64,
     /// Unix seconds of the last hit or store.
     pub last_used: u64,
 }
 
+/// What [`Store::gc`] removed and what is left.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct GcReport {
+    /// Entries (manifests) removed: damaged ones, then least recently used.
     pub removed_entries: usize,
+    /// Blobs removed because no entry referenced them any more.
     pub removed_blobs: usize,
     /// Input manifests no entry names any more.
     pub removed_input_manifests: usize,
+    /// Bytes of everything removed.
     pub freed_bytes: u64,
+    /// Bytes the entries, blobs and input manifests take after the collection.
     pub remaining_bytes: u64,
 }
 
+/// What [`Store::verify`] checked and removed.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct VerifyReport {
+    /// How many blobs were re-hashed.
     pub blobs_checked: usize,
     /// Blobs whose content did not match their digest; removed.
     pub corrupt_blobs: Vec<Digest>,
@@ -170,6 +223,7 @@ pub struct VerifyReport {
     pub dropped_entries: Vec<ActionKey>,
 }
 
+/// An open cache directory (see the module documentation for its layout).
 pub struct Store {
     root: PathBuf,
 }
@@ -201,6 +255,7 @@ impl Store {
         dirs::cache_dir().or_else(|| dirs::home_dir().map(|h| h.join(".cache"))).unwrap_or_else(|| PathBuf::from(".cache")).join("engine")
     }
 
+    /// The cache directory the store was opened in.
     pub fn dir(&self) -> &Path {
         &self.root
     }
@@ -348,6 +403,8 @@ impl Store {
         fsio::write_atomic(&self.v1("tmp"), &key_file, key.as_bytes())
     }
 
+    /// The key components remembered for the latest run of `step` of `workflow`
+    /// (see [`Store::record_last`]); `None` if there are none or they do not parse.
     pub fn last(&self, workflow: &str, step: &str) -> Option<KeyComponents> {
         let bytes = crate::safe::read_bounded(&self.last_path(workflow, step), MAX_META_BYTES).ok()?;
         serde_json::from_slice(&bytes).ok()
@@ -444,10 +501,14 @@ impl Store {
 /// Why [`Store::materialise`] wrote nothing.
 #[derive(Debug, thiserror::Error)]
 pub enum MaterialiseError {
+    /// A file's blob is missing from the store or no longer matches its digest.
     #[error("blob {0} is missing from the cache or damaged")]
     MissingBlob(Digest),
+    /// The entries cannot be restored safely (a path that is not plain and relative, a path
+    /// listed twice, a link leading out); says which.
     #[error("{0}")]
     Unsafe(String),
+    /// Writing the entries failed.
     #[error(transparent)]
     Store(StoreError),
 }

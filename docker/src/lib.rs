@@ -17,6 +17,8 @@
 //! Knows nothing of workflows, steps, records or the cache's keys: callers translate their own
 //! types into this crate's specs, and its results back.
 
+#![warn(missing_docs)]
+
 pub mod cleanup;
 pub mod error;
 pub mod guard;

@@ -4,7 +4,9 @@
 /// What the host offers the scheduler: the sum of what running steps may reserve.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HostBudget {
+    /// CPUs, in thousandths of a CPU.
     pub millicpus: u64,
+    /// Memory, in bytes.
     pub memory: u64,
 }
 

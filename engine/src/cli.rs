@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+/// The command line of `engine`.
 #[derive(Debug, Parser)]
 #[command(
     name = "engine",
@@ -17,10 +18,12 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
         3 environment failure (no Docker daemon, image missing), 130 interrupted."
 )]
 pub struct Cli {
+    /// The subcommand to run.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// The subcommands of `engine`.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a workflow: all steps, or the named steps and everything they need
@@ -65,8 +68,10 @@ pub enum Command {
         after_help = "Examples:\n  engine runs                 # id, time, workflow, result, steps run/cached\n  engine runs show latest     # one run in detail\n  engine runs show 6b0457     # an unambiguous prefix of a run id\n  engine runs prune --keep 10 # remove all but the newest 10 records"
     )]
     Runs {
+        /// `show` or `prune`; without one, list the runs.
         #[command(subcommand)]
         command: Option<RunsCommand>,
+        /// Where the records are.
         #[command(flatten)]
         dir: RecordsDir,
         /// `json`: one summary object per run on one line; with `show`, the record itself
@@ -83,6 +88,7 @@ pub enum Command {
     Provenance {
         /// Run id (or an unambiguous prefix), or `latest`
         id: String,
+        /// Where the records are.
         #[command(flatten)]
         dir: RecordsDir,
         /// The cache store holding the input manifests the record names
@@ -91,6 +97,7 @@ pub enum Command {
     },
 }
 
+/// The subcommands of `engine runs`.
 #[derive(Debug, Subcommand)]
 pub enum RunsCommand {
     /// Show one run: its steps, keys, images, outputs and logs
@@ -119,6 +126,7 @@ pub struct RecordsDir {
     pub dir: PathBuf,
 }
 
+/// The arguments of `engine replay`.
 #[derive(Debug, Args)]
 pub struct ReplayArgs {
     /// Run id (or an unambiguous prefix), or `latest`
@@ -129,16 +137,19 @@ pub struct ReplayArgs {
     /// Maximum number of steps running at once [default: the recorded run's]
     #[arg(long, short = 'j', value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub jobs: Option<u32>,
+    /// The cache store the recorded inputs and outputs are read from.
     #[command(flatten)]
     pub cache: CacheDirArg,
+    /// Where the records are.
     #[command(flatten)]
     pub dir: RecordsDir,
-    // Today's operator policy: every recorded step is checked against it (and the built-in
-    // rules) before anything starts, as a workflow step would be.
+    /// Today's operator policy: every recorded step is checked against it (and the built-in
+    /// rules) before anything starts, as a workflow step would be.
     #[command(flatten)]
     pub policy: PolicyArg,
 }
 
+/// The subcommands of `engine images`.
 #[derive(Debug, Subcommand)]
 pub enum ImagesCommand {
     /// Build the workflow's images (all, or the named ones); unchanged stages are reused
@@ -166,6 +177,7 @@ pub enum ImagesCommand {
     },
 }
 
+/// The subcommands of `engine cache`.
 #[derive(Debug, Subcommand)]
 pub enum CacheCommand {
     /// List cache entries, most recently used first
@@ -175,6 +187,7 @@ pub enum CacheCommand {
         /// Largest total size to keep (b, k, m, g, t; binary)
         #[arg(long, value_name = "SIZE", value_parser = parse_size)]
         max_size: u64,
+        /// The cache directory.
         #[command(flatten)]
         dir: CacheDirArg,
     },
@@ -185,11 +198,13 @@ pub enum CacheCommand {
         /// Workflow file (optional), then the step
         #[arg(value_name = "[FILE] STEP", required = true, num_args = 1..=2)]
         words: Vec<String>,
+        /// The cache directory.
         #[command(flatten)]
         dir: CacheDirArg,
     },
 }
 
+/// `--cache-dir`: where the step cache is.
 #[derive(Debug, Args)]
 pub struct CacheDirArg {
     /// Cache directory [default: $ENGINE_CACHE_DIR, else the user's cache directory + /engine]
@@ -198,6 +213,7 @@ pub struct CacheDirArg {
 }
 
 impl CacheDirArg {
+    /// The directory given, else the default ([`cache::Store::default_dir`]).
     pub fn resolve(&self) -> PathBuf {
         self.cache_dir.clone().unwrap_or_else(cache::Store::default_dir)
     }
@@ -216,6 +232,7 @@ pub struct Target {
     pub words: Vec<String>,
 }
 
+/// `--policy`: the operator policy file.
 #[derive(Debug, Args)]
 pub struct PolicyArg {
     /// Operator policy capping what workflows may ask for (limits, networks, images, root)
@@ -223,8 +240,10 @@ pub struct PolicyArg {
     pub policy: Option<PathBuf>,
 }
 
+/// The arguments of `engine run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
+    /// The workflow file and the steps to run.
     #[command(flatten)]
     pub target: Target,
     /// Maximum number of steps running at once [default: number of CPUs]
@@ -236,6 +255,7 @@ pub struct RunArgs {
     /// Execute every step even if a cached result exists (results are still stored)
     #[arg(long)]
     pub no_cache: bool,
+    /// The cache directory.
     #[command(flatten)]
     pub cache: CacheDirArg,
     /// Where outputs are exported, as <DIR>/<step>/<path> [default: .engine/out beside the workflow]
@@ -244,48 +264,64 @@ pub struct RunArgs {
     /// Progress format: prefixed log lines and a summary, or one JSON event per line
     #[arg(long, value_enum, default_value_t = OutputFormat::Plain)]
     pub output: OutputFormat,
+    /// The operator policy.
     #[command(flatten)]
     pub policy: PolicyArg,
 }
 
+/// The arguments of `engine check`.
 #[derive(Debug, Args)]
 pub struct CheckArgs {
     /// Workflow file [default: ./workflow.yml, then ./workflow.wf]
     pub file: Option<PathBuf>,
+    /// The operator policy.
     #[command(flatten)]
     pub policy: PolicyArg,
 }
 
+/// The arguments of `engine plan`.
 #[derive(Debug, Args)]
 pub struct PlanArgs {
+    /// The workflow file and the steps to plan.
     #[command(flatten)]
     pub target: Target,
     /// Show every step as `run`, as `engine run --no-cache` would
     #[arg(long)]
     pub no_cache: bool,
+    /// The cache directory.
     #[command(flatten)]
     pub cache: CacheDirArg,
+    /// Plan format: text (each step in order with its settings), or one JSON document
     #[arg(long, value_enum, default_value_t = OutputFormat::Plain)]
     pub output: OutputFormat,
+    /// The operator policy.
     #[command(flatten)]
     pub policy: PolicyArg,
 }
 
+/// The arguments of `engine graph`.
 #[derive(Debug, Args)]
 pub struct GraphArgs {
     /// Workflow file [default: ./workflow.yml, then ./workflow.wf]
     pub file: Option<PathBuf>,
+    /// Graph syntax
     #[arg(long, value_enum, default_value_t = GraphFormat::Dot)]
     pub format: GraphFormat,
 }
 
+/// `--output`: `plain`, text for people, or `json`. (The variants carry no doc comments: clap
+/// would turn them into help text and change the layout of `--help`.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[allow(missing_docs)]
 pub enum OutputFormat {
     Plain,
     Json,
 }
 
+/// `--format` of `engine graph`: `dot` (Graphviz) or `mermaid` (a Mermaid flowchart). (No doc
+/// comments on the variants, as for [`OutputFormat`].)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[allow(missing_docs)]
 pub enum GraphFormat {
     Dot,
     Mermaid,

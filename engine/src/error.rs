@@ -8,10 +8,16 @@
 #[error("{0}")]
 pub struct EnvironmentError(pub String);
 
+/// The process exit codes.
 pub mod exit {
+    /// Everything succeeded.
     pub const OK: i32 = 0;
+    /// A step (or an image build) failed, or a replay differs.
     pub const STEP_FAILED: i32 = 1;
+    /// The workflow or the command line is invalid.
     pub const INVALID: i32 = 2;
+    /// The environment failed (daemon unreachable, image missing, disk full).
     pub const ENVIRONMENT: i32 = 3;
+    /// Interrupted by SIGINT or SIGTERM.
     pub const INTERRUPTED: i32 = 130;
 }

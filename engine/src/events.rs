@@ -13,10 +13,13 @@ use std::sync::{Arc, Condvar, Mutex};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
+/// Which output stream of a step's container a log line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Stream {
+    /// Standard output.
     Stdout,
+    /// Standard error.
     Stderr,
 }
 
@@ -24,7 +27,9 @@ pub enum Stream {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StepStatus {
+    /// The container exited 0 and its outputs were collected.
     Succeeded,
+    /// The step failed: non-zero exit, timeout, missing output, or an environment failure.
     Failed,
     /// Outputs restored from the cache, no container created (cache issue).
     Cached,
@@ -35,6 +40,7 @@ pub enum StepStatus {
 }
 
 impl StepStatus {
+    /// The status as written in summaries and JSON (`succeeded`, `cached`, ...).
     pub fn as_str(&self) -> &'static str {
         match self {
             StepStatus::Succeeded => "succeeded",
@@ -49,10 +55,13 @@ impl StepStatus {
 /// One row of the final summary.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StepSummary {
+    /// The step's name.
     pub step: String,
+    /// How it ended.
     pub status: StepStatus,
     /// Wall time of the step (container start to end), milliseconds; 0 when not run.
     pub duration_ms: u64,
+    /// The container's exit code, when a container ran and exited.
     pub exit_code: Option<i64>,
     /// Human reason for a failure or skip ("timed out after 2s", "needs `build`, which failed").
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -63,6 +72,7 @@ pub struct StepSummary {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
+    /// Every step succeeded or came from the cache (exit 0).
     Succeeded,
     /// A step failed (exit 1).
     Failed,
@@ -72,45 +82,73 @@ pub enum RunStatus {
     Cancelled,
 }
 
+/// One thing that happened during a run (one JSON line with `--output json`, tagged `event`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
+    /// The run began: emitted once, first.
     RunStarted {
+        /// The run's id (also the name of its record folder).
         run_id: String,
+        /// The workflow's name.
         workflow: String,
+        /// The planned steps, in plan order.
         steps: Vec<String>,
     },
+    /// The scheduler started the step (its needs are met and it fits the budget).
     StepStarted {
+        /// The step's name.
         step: String,
     },
+    /// One line a step printed, secrets already masked.
     Log {
+        /// The step's name.
         step: String,
+        /// Which stream it came from.
         stream: Stream,
+        /// The line, without its newline.
         line: String,
     },
     /// The step succeeded (or came from the cache: see `status`).
     StepFinished {
+        /// The step's name.
         step: String,
+        /// `succeeded` or `cached`.
         status: StepStatus,
+        /// Wall time of the step in milliseconds.
         duration_ms: u64,
+        /// The container's exit code, if one is known.
         exit_code: Option<i64>,
     },
     /// The step failed, timed out, was killed, or was cancelled.
     StepFailed {
+        /// The step's name.
         step: String,
+        /// `failed` or `cancelled`.
         status: StepStatus,
+        /// Wall time of the step in milliseconds.
         duration_ms: u64,
+        /// The container's exit code, if it exited.
         exit_code: Option<i64>,
+        /// What went wrong, in a sentence ("exit code 2", "timed out after 2s").
         reason: String,
     },
+    /// The step was not started.
     StepSkipped {
+        /// The step's name.
         step: String,
+        /// Why ("needs `build`, which failed").
         reason: String,
     },
+    /// The run ended: emitted once, last.
     RunFinished {
+        /// The run's id.
         run_id: String,
+        /// The overall result.
         status: RunStatus,
+        /// Wall time of the whole run in milliseconds.
         duration_ms: u64,
+        /// One row per planned step, in plan order.
         steps: Vec<StepSummary>,
     },
 }
@@ -129,7 +167,7 @@ pub struct EventSink {
 }
 
 /// How many events a [`EventSink::bounded`] receiver may be behind before emitters wait.
-pub const BOUND: usize = 4096;
+pub(crate) const BOUND: usize = 4096;
 
 /// The count of events sent and not yet received, for [`EventSink::bounded`].
 #[derive(Debug, Default)]
@@ -166,7 +204,7 @@ impl Gate {
 
 /// The receiving end of [`EventSink::bounded`]: each event received makes room for one more.
 #[derive(Debug)]
-pub struct EventReceiver {
+pub(crate) struct EventReceiver {
     rx: mpsc::UnboundedReceiver<Event>,
     gate: Arc<Gate>,
 }
@@ -174,14 +212,14 @@ pub struct EventReceiver {
 impl EventReceiver {
     /// The next event, waiting for it (call it from a thread of its own, not an async task);
     /// `None` once every sink is gone.
-    pub fn blocking_recv(&mut self) -> Option<Event> {
+    pub(crate) fn blocking_recv(&mut self) -> Option<Event> {
         let event = self.rx.blocking_recv()?;
         self.gate.leave();
         Some(event)
     }
 
     /// Whether no event is waiting right now.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.rx.is_empty()
     }
 }
@@ -203,7 +241,7 @@ pub struct LogCapture {
 }
 
 /// Where captured log lines go when they are not kept in memory.
-pub trait LogSink: Send + Sync {
+pub(crate) trait LogSink: Send + Sync {
     fn append(&self, line: Vec<u8>);
 }
 
@@ -221,6 +259,7 @@ impl LogCapture {
 }
 
 impl EventSink {
+    /// A sink and the receiver of everything emitted through it; emitters never wait.
     pub fn channel() -> (EventSink, mpsc::UnboundedReceiver<Event>) {
         let (tx, rx) = mpsc::unbounded_channel();
         (EventSink { tx, capture: None, gate: None }, rx)
@@ -229,7 +268,7 @@ impl EventSink {
     /// A sink whose emitters wait while the receiver is [`BOUND`] events behind: for a consumer
     /// that keeps receiving on a thread of its own (the run's renderer), never for one that reads
     /// only after the emitters are done.
-    pub fn bounded() -> (EventSink, EventReceiver) {
+    pub(crate) fn bounded() -> (EventSink, EventReceiver) {
         let (tx, rx) = mpsc::unbounded_channel();
         let gate = Arc::new(Gate::default());
         (EventSink { tx, capture: None, gate: Some(gate.clone()) }, EventReceiver { rx, gate })
@@ -242,11 +281,12 @@ impl EventSink {
     }
 
     /// A sink that forwards to this one and hands every log line to `sink` as it comes.
-    pub fn capturing_logs_into(&self, sink: Arc<dyn LogSink>) -> EventSink {
+    pub(crate) fn capturing_logs_into(&self, sink: Arc<dyn LogSink>) -> EventSink {
         let capture = LogCapture { buf: Arc::default(), sink: Some(sink) };
         EventSink { tx: self.tx.clone(), capture: Some(capture), gate: self.gate.clone() }
     }
 
+    /// Send `event` to the receiver (and, for a `Log` event, to the capture if there is one).
     pub fn emit(&self, event: Event) {
         if let (Some(capture), Event::Log { stream, line, .. }) = (&self.capture, &event) {
             let stream = match stream {

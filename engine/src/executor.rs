@@ -21,7 +21,7 @@ use crate::events::{EventSink, LogSink};
 /// One step to execute, as the scheduler hands it over; the layers fill in the rest on the way
 /// down (each field below `upstream` is set by the layer that owns it, `None` until then).
 #[derive(Clone)]
-pub struct Job {
+pub(crate) struct Job {
     pub step: Arc<dsl::Step>,
     /// One entry per `needs` of the step, in its order: what each produced in this run.
     pub upstream: Vec<Upstream>,
@@ -46,7 +46,7 @@ impl Job {
 
 /// What one step this job needs produced.
 #[derive(Debug, Clone)]
-pub struct Upstream {
+pub(crate) struct Upstream {
     pub step: String,
     /// `None` only in a dry run, for a need that will run (its outputs are not known yet).
     pub outputs: Option<Outputs>,
@@ -54,7 +54,7 @@ pub struct Upstream {
 
 /// The outputs of a step.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Outputs {
+pub(crate) struct Outputs {
     /// The digest over `entries` (what the dependents' keys cover); `None` when nobody hashed
     /// them (a replay, which runs without the caching layer, compares entries instead).
     pub digest: Option<Digest>,
@@ -75,7 +75,7 @@ impl Outputs {
 
 /// The image a step runs in.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StepImage {
+pub(crate) struct StepImage {
     /// What the container is created from (the image ID for built images).
     pub run: String,
     /// The image ID (`sha256:...`): what enters the key.
@@ -86,7 +86,7 @@ pub struct StepImage {
 
 /// The host side of one container, prepared by a stager.
 #[derive(Debug, Clone)]
-pub struct Staged {
+pub(crate) struct Staged {
     /// The step as the container sees it (`SOURCE_DATE_EPOCH` added).
     pub step: Arc<dsl::Step>,
     pub workspace: PathBuf,
@@ -97,7 +97,7 @@ pub struct Staged {
 
 /// What happened to one step. Exactly one of these; the outputs travel with the successes.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// The container ran and exited 0; its outputs were collected.
     Executed { outputs: Outputs, duration: Duration, exit_code: i64 },
     /// The outputs came from the cache; no container was created.
@@ -178,7 +178,7 @@ impl Outcome {
 
 /// What a dry run predicts for one step.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Prediction {
+pub(crate) struct Prediction {
     /// The key's components; `None` when they cannot be known yet (a need or the image first).
     pub components: Option<KeyComponents>,
     pub would: Would,
@@ -186,7 +186,7 @@ pub struct Prediction {
 
 /// Restore or run.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Would {
+pub(crate) enum Would {
     /// Its key has a cache entry: restored, no container (the entry's outputs, not collected).
     Restore(Outputs),
     /// It runs, for these reasons (never empty).
@@ -195,7 +195,7 @@ pub enum Would {
 
 /// Why a step would run.
 #[derive(Debug, Clone, PartialEq)]
-pub enum RunReason {
+pub(crate) enum RunReason {
     /// What the cache says (never run, changed inputs, a need that will run, ...).
     Cache(cache::Reason),
     /// The image under `images:` it uses has no image for its current definition yet.
@@ -214,7 +214,7 @@ impl std::fmt::Display for RunReason {
 /// Where a step's log is kept (the run record's log file), for the layers below the one that
 /// keeps it: the container runner streams lines into it; the caching layer stores the same bytes
 /// with the cache entry, or keeps a restored entry's log instead.
-pub trait StepLogs: Send + Sync {
+pub(crate) trait StepLogs: Send + Sync {
     /// The container is about to start: where its log lines go (`None`: the log cannot be kept;
     /// the step runs without it).
     fn open(&self) -> Option<Arc<dyn LogSink>>;
@@ -227,7 +227,7 @@ pub trait StepLogs: Send + Sync {
 
 /// What a layer learns about a step on its way down, for the layers above.
 #[derive(Debug, Clone)]
-pub enum Note {
+pub(crate) enum Note {
     /// The caching layer computed the step's key from these components, for this image.
     Keyed { components: Arc<KeyComponents>, image: StepImage },
     /// The step's input manifest is in the store under this digest (stored by this run, or by
@@ -237,7 +237,7 @@ pub enum Note {
 
 /// Where [`Note`]s go: nowhere by default; the recording layer listens.
 #[derive(Clone, Default)]
-pub struct Notes(Option<Arc<dyn Fn(Note) + Send + Sync>>);
+pub(crate) struct Notes(Option<Arc<dyn Fn(Note) + Send + Sync>>);
 
 impl Notes {
     pub fn to(f: impl Fn(Note) + Send + Sync + 'static) -> Notes {
@@ -253,7 +253,7 @@ impl Notes {
 
 /// Runs one step: the scheduler's only view of "doing". Implementations must remove every
 /// container they create, whatever happens (success, failure, timeout, cancellation).
-pub trait Executor: Send + Sync + 'static {
+pub(crate) trait Executor: Send + Sync + 'static {
     fn execute(&self, job: Job, ctx: StepContext) -> impl Future<Output = Outcome> + Send;
 }
 
@@ -268,7 +268,9 @@ impl<E: Executor> Executor for Arc<E> {
 /// Everything the Docker executor needs to run one step's container.
 #[derive(Debug, Clone)]
 pub struct StepJob {
+    /// The run's id, put on the container as a label (cleanup finds it by this).
     pub run_id: String,
+    /// The step as the workflow defines it (command, env, limits, isolation, outputs).
     pub step: Arc<dsl::Step>,
     /// The image reference to create the container from (built images already resolved).
     pub image: String,
@@ -286,8 +288,10 @@ pub struct StepJob {
     pub caches: Vec<CacheMountJob>,
 }
 
+/// One persistent cache mount (`caches:`) of a step.
 #[derive(Debug, Clone)]
 pub struct CacheMountJob {
+    /// The cache's name (steps naming the same cache share it).
     pub name: String,
     /// Absolute path in the container.
     pub path: String,
@@ -298,6 +302,7 @@ pub struct CacheMountJob {
 /// Per-step plumbing: where logs go and how to tell the step to stop.
 #[derive(Debug, Clone)]
 pub struct StepContext {
+    /// Where the step's log lines (masked) and events go.
     pub events: EventSink,
     /// Cancelled on SIGINT/SIGTERM; the executor kills and removes its container. (Fail-fast does
     /// not cancel: running steps finish, only new starts stop.)
@@ -309,6 +314,7 @@ pub struct StepContext {
 /// of its own.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepOutcome {
+    /// `Ok` when the container exited 0 and its outputs were collected.
     pub result: Result<(), StepFailure>,
     /// Wall time of the container (start to exit); zero if it never started.
     pub duration: Duration,
@@ -321,22 +327,42 @@ pub struct StepOutcome {
 /// Why a step failed. `Display` is the sentence shown to users.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum StepFailure {
+    /// The command exited with this non-zero code.
     #[error("exited with code {0}")]
     Exit(i64),
+    /// The step ran past its timeout (the limit given) and was stopped.
     #[error("timed out after {}", dsl::units::format_duration(*.0))]
     TimedOut(Duration),
+    /// The kernel killed the container for exceeding its memory limit.
     #[error("killed: out of memory (limit {})", dsl::units::format_size(*.limit))]
-    OutOfMemory { limit: u64 },
+    OutOfMemory {
+        /// The step's memory limit in bytes.
+        limit: u64,
+    },
+    /// A declared output path does not exist after exit 0; names it.
     #[error("declared output `{0}` does not exist after the step exited 0")]
     MissingOutput(String),
+    /// An output was refused at collection (a symlink leading out of /workspace, a special file...).
     #[error("output `{path}` rejected: {reason}")]
-    UnsafeOutput { path: String, reason: String },
+    UnsafeOutput {
+        /// The output path, relative to /workspace.
+        path: String,
+        /// Why it was refused.
+        reason: String,
+    },
     /// The step's /workspace grew past `limits.workspace` while it ran; it was killed.
     #[error("wrote more than the workspace limit of {}", dsl::units::format_size(*.limit))]
-    WorkspaceLimit { limit: u64 },
+    WorkspaceLimit {
+        /// The limit in bytes.
+        limit: u64,
+    },
     /// The declared outputs hold more than `limits.outputs` bytes; collection stopped there.
     #[error("outputs exceed the limit of {}", dsl::units::format_size(*.limit))]
-    OutputsLimit { limit: u64 },
+    OutputsLimit {
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// The step was stopped because the run was cancelled (or it stopped saying so itself).
     #[error("cancelled")]
     Cancelled,
     /// The image the step uses could not be built (names the image, stage and instruction).
@@ -349,7 +375,7 @@ pub enum StepFailure {
 }
 
 impl StepFailure {
-    pub fn is_environment(&self) -> bool {
+    pub(crate) fn is_environment(&self) -> bool {
         matches!(self, StepFailure::Environment(_))
     }
 }

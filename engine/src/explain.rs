@@ -10,21 +10,22 @@ use crate::executor::{Prediction, RunReason, Would};
 #[derive(Debug, Clone)]
 pub struct Forecast {
     /// Known unless a step it needs will run first, or its image is not built yet.
-    pub components: Option<cache::KeyComponents>,
-    pub cached: bool,
+    pub(crate) components: Option<cache::KeyComponents>,
+    pub(crate) cached: bool,
     /// Why it will run; empty when cached.
-    pub reasons: Vec<RunReason>,
+    pub(crate) reasons: Vec<RunReason>,
 }
 
 impl Forecast {
     /// What a dry run predicted.
-    pub fn of(prediction: Prediction) -> Forecast {
+    pub(crate) fn of(prediction: Prediction) -> Forecast {
         match prediction.would {
             Would::Restore(_) => Forecast { components: prediction.components, cached: true, reasons: Vec::new() },
             Would::Run(reasons) => Forecast { components: prediction.components, cached: false, reasons },
         }
     }
 
+    /// The forecast as `engine plan` shows it: `cached` or `run`, the key, the reasons.
     pub fn view(&self) -> crate::output::plan::CacheView {
         crate::output::plan::CacheView {
             status: if self.cached { "cached" } else { "run" },

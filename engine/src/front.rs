@@ -15,7 +15,7 @@ use dsl::policy::Policy;
 use dsl::{FsLoader, LoadError, Workflow};
 
 /// Where `stdlib/` modules are looked up, in order (folders that do not exist are skipped).
-pub fn library_folders() -> Vec<PathBuf> {
+pub(crate) fn library_folders() -> Vec<PathBuf> {
     let mut folders = Vec::new();
     if let Some(dir) = std::env::var_os("ENGINE_STDLIB") {
         folders.push(PathBuf::from(dir));
@@ -29,7 +29,7 @@ pub fn library_folders() -> Vec<PathBuf> {
 
 /// The engine's loader for the workflow at `path`: imports relative to the importing file
 /// inside the workflow's folder, and `stdlib/NAME` in [`library_folders`].
-pub fn loader(path: &Path) -> FsLoader {
+pub(crate) fn loader(path: &Path) -> FsLoader {
     FsLoader::for_workflow(path).with_library(library_folders())
 }
 
@@ -39,7 +39,7 @@ pub fn load(path: &Path, policy: &Policy) -> Result<Workflow, LoadError> {
 }
 
 /// [`load`] on text as if read from `path`.
-pub fn load_str(path: &Path, text: &str, policy: &Policy) -> Result<Workflow, LoadError> {
+pub(crate) fn load_str(path: &Path, text: &str, policy: &Policy) -> Result<Workflow, LoadError> {
     dsl::load_str_with(path, text, policy, &loader(path))
 }
 

@@ -1,8 +1,10 @@
 //! The `engine` library: planner, scheduler, Docker executor, output rendering. The binary in
 //! `main.rs` is a thin CLI over it.
 
-pub mod budget;
-pub mod caching;
+#![warn(missing_docs)]
+
+pub(crate) mod budget;
+pub(crate) mod caching;
 pub mod cli;
 pub mod docker;
 pub mod error;
@@ -10,17 +12,17 @@ pub mod events;
 pub mod executor;
 pub mod explain;
 pub mod front;
-pub mod layers;
+pub(crate) mod layers;
 pub mod lock;
 pub mod output;
-pub mod owner;
+pub(crate) mod owner;
 pub mod plan;
 pub mod provenance;
 pub mod record;
 pub mod replay;
 pub mod run;
 pub mod runs;
-pub mod scheduler;
-pub mod session;
-pub mod units;
+pub(crate) mod scheduler;
+pub(crate) mod session;
+pub(crate) mod units;
 pub mod workspace;

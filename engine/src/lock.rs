@@ -12,24 +12,24 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::EnvironmentError;
 
-pub const FILE_NAME: &str = "engine.lock";
+pub(crate) const FILE_NAME: &str = "engine.lock";
 const VERSION: u32 = 1;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Lock {
+pub(crate) struct Lock {
     pub version: u32,
     /// Reference -> image ID (`sha256:...`).
     pub images: BTreeMap<String, String>,
 }
 
-pub fn path_for(workflow_dir: &Path) -> PathBuf {
+pub(crate) fn path_for(workflow_dir: &Path) -> PathBuf {
     workflow_dir.join(FILE_NAME)
 }
 
 /// Every image reference the workflow starts from: step images that are not built by the
 /// workflow, and the `from:` of image stages that is not an earlier stage. (Dockerfile images pin
 /// their own bases inside the Dockerfile.)
-pub fn base_references(workflow: &dsl::Workflow) -> BTreeSet<String> {
+pub(crate) fn base_references(workflow: &dsl::Workflow) -> BTreeSet<String> {
     let mut refs = BTreeSet::new();
     for step in &workflow.steps {
         if let dsl::ImageRef::Reference(r) = &step.image {
@@ -49,7 +49,7 @@ pub fn base_references(workflow: &dsl::Workflow) -> BTreeSet<String> {
 }
 
 /// The lock beside the workflow, if there is one.
-pub fn read(workflow_dir: &Path) -> Result<Option<Lock>, EnvironmentError> {
+pub(crate) fn read(workflow_dir: &Path) -> Result<Option<Lock>, EnvironmentError> {
     let path = path_for(workflow_dir);
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
@@ -69,6 +69,8 @@ pub fn read(workflow_dir: &Path) -> Result<Option<Lock>, EnvironmentError> {
     Ok(Some(lock))
 }
 
+/// Write `engine.lock` in `workflow_dir` pinning each base image reference to its image ID
+/// (temp file + rename); returns the lock file's path.
 pub fn write(workflow_dir: &Path, images: BTreeMap<String, String>) -> Result<PathBuf, EnvironmentError> {
     let path = path_for(workflow_dir);
     let lock = Lock { version: VERSION, images };
@@ -84,7 +86,7 @@ pub fn write(workflow_dir: &Path, images: BTreeMap<String, String>) -> Result<Pa
 
 /// Compare what the references resolve to now with the lock. Every reference must be pinned, and
 /// pinned to exactly the ID it has now.
-pub fn check(lock: &Lock, resolved: &BTreeMap<String, String>) -> Result<(), EnvironmentError> {
+pub(crate) fn check(lock: &Lock, resolved: &BTreeMap<String, String>) -> Result<(), EnvironmentError> {
     for (reference, id) in resolved {
         match lock.images.get(reference) {
             None => {

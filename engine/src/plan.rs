@@ -18,6 +18,7 @@ pub use crate::budget::HostBudget;
 /// One step of a plan.
 #[derive(Debug, Clone)]
 pub struct PlannedStep {
+    /// The step.
     pub step: Arc<dsl::Step>,
     /// Indexes into [`Plan::steps`] of this step's direct `needs`.
     pub needs: Vec<usize>,
@@ -26,15 +27,24 @@ pub struct PlannedStep {
 /// The selected steps in a topological order (ties broken by file order).
 #[derive(Debug, Clone)]
 pub struct Plan {
+    /// The whole workflow the steps were selected from.
     pub workflow: Arc<dsl::Workflow>,
+    /// The selected steps (targets and what they need), in order.
     pub steps: Vec<PlannedStep>,
 }
 
+/// Why the steps could not be planned (exit 2).
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum PlanError {
+    /// A target named on the command line is not a step.
     #[error("no step named `{name}` in the workflow")]
     #[diagnostic(help("{help}"))]
-    UnknownTarget { name: String, help: String },
+    UnknownTarget {
+        /// The name given.
+        name: String,
+        /// What to do instead (the closest step names).
+        help: String,
+    },
     /// A step asks for more CPU or memory than the host has; it could never be scheduled.
     #[error(transparent)]
     #[diagnostic(transparent)]
@@ -43,14 +53,22 @@ pub enum PlanError {
     /// through anyway.
     #[error("the steps {steps} need each other in a cycle")]
     #[diagnostic(help("remove one of the `needs` entries so that the steps form a chain"))]
-    Cycle { steps: String },
+    Cycle {
+        /// The steps of the cycle, as a readable list.
+        steps: String,
+    },
     /// The front end rejects unknown `needs`; defensive for the same reason as `Cycle`.
     #[error("step `{step}` needs `{need}`, which is not a step of the workflow")]
-    UnknownNeed { step: String, need: String },
+    UnknownNeed {
+        /// The step whose `needs` names it.
+        step: String,
+        /// The unknown name.
+        need: String,
+    },
 }
 
 /// Plan `targets` (all steps if empty) and everything they need.
-pub fn plan(workflow: Arc<dsl::Workflow>, targets: &[String], budget: HostBudget) -> Result<Plan, PlanError> {
+pub(crate) fn plan(workflow: Arc<dsl::Workflow>, targets: &[String], budget: HostBudget) -> Result<Plan, PlanError> {
     let index: HashMap<&str, usize> = workflow.steps.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
 
     // Which steps (by file index) take part: the targets and everything they transitively need.

@@ -10,7 +10,7 @@ pub use records::*;
 use crate::events::{LogSink, RunStatus, StepStatus};
 
 /// The record of a step of the IR: its resolved definition in the record's own types.
-pub fn definition(step: &dsl::Step) -> StepDefinition {
+pub(crate) fn definition(step: &dsl::Step) -> StepDefinition {
     let l = &step.limits;
     StepDefinition {
         name: step.name.clone(),
@@ -53,7 +53,7 @@ pub fn definition(step: &dsl::Step) -> StepDefinition {
 
 /// A recorded definition as a step of the IR. Limits and isolation the record leaves out get the
 /// built-in defaults, as a workflow step that does not set them would: never "unlimited".
-pub fn to_step(d: &StepDefinition) -> dsl::Step {
+pub(crate) fn to_step(d: &StepDefinition) -> dsl::Step {
     let (limits, isolation) = (dsl::Limits::default(), dsl::Isolation::default());
     let l = &d.limits;
     dsl::Step {
@@ -97,12 +97,12 @@ pub fn to_step(d: &StepDefinition) -> dsl::Step {
 }
 
 /// A planned step, not started yet.
-pub fn pending(step: &dsl::Step) -> StepRecord {
+pub(crate) fn pending(step: &dsl::Step) -> StepRecord {
     StepRecord::pending(definition(step))
 }
 
 /// The per-step log limit: `ENGINE_LOG_LIMIT` (a size: `16m`, `1g`) or [`DEFAULT_LOG_LIMIT`].
-pub fn log_limit() -> Result<u64, String> {
+pub(crate) fn log_limit() -> Result<u64, String> {
     match std::env::var("ENGINE_LOG_LIMIT") {
         Err(_) => Ok(DEFAULT_LOG_LIMIT),
         Ok(text) => match dsl::units::parse_size(&text) {
@@ -118,7 +118,7 @@ pub fn log_limit() -> Result<u64, String> {
 /// After a run: keep the newest [`DEFAULT_KEEP`] records and drop those older than
 /// [`DEFAULT_MAX_AGE`] (never `run_id`, never a run whose engine still lives). Best effort: a
 /// failure costs old records their removal, not the run. Blocking (call it off the async workers).
-pub fn prune_after_run(workflow_dir: &Path, run_id: &str) {
+pub(crate) fn prune_after_run(workflow_dir: &Path, run_id: &str) {
     match records::prune(workflow_dir, PrunePolicy::default(), std::time::SystemTime::now(), Some(run_id)) {
         Ok(report) => {
             if !report.removed.is_empty() {

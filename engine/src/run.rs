@@ -28,17 +28,27 @@ use crate::workspace::{self, RunDir};
 pub use crate::budget::local_budget;
 pub use crate::session::{load_and_plan, new_run_id, open_store, resolve_bases, StartError};
 
+/// What `engine run` was asked to do.
 pub struct RunConfig {
+    /// The workflow file.
     pub file: PathBuf,
+    /// Steps to run with what they need; empty: every step.
     pub targets: Vec<String>,
+    /// `--jobs`: most steps running at once; default: the number of CPUs.
     pub jobs: Option<u32>,
+    /// `--keep-going`: after a failure, still run every step whose needs succeeded.
     pub keep_going: bool,
+    /// `--out`: where outputs are exported; default: `.engine/out` beside the workflow.
     pub out: Option<PathBuf>,
+    /// How progress is printed.
     pub output: OutputMode,
+    /// Colour step names in plain output.
     pub color: bool,
+    /// The operator policy every step must pass.
     pub policy: dsl::policy::Policy,
     /// `--no-cache`: execute every step (results are still stored).
     pub no_cache: bool,
+    /// The cache directory.
     pub cache_dir: PathBuf,
 }
 

@@ -20,22 +20,66 @@ const SKIPPED_DIRS: &[&str] = &[".engine", ".git"];
 const RUN_DIR_PREFIX: &str = "engine-run-";
 const OWNER_FILE: &str = "owner";
 
+/// Why a step's inputs could not be selected from the workflow folder.
 #[derive(Debug, thiserror::Error)]
 pub enum InputError {
+    /// An input pattern matches no file.
     #[error("step `{step}`: input pattern `{pattern}` matches no file under {}", dir.display())]
-    NoMatch { step: String, pattern: String, dir: PathBuf },
+    NoMatch {
+        /// The step.
+        step: String,
+        /// The pattern, as written.
+        pattern: String,
+        /// The workflow folder searched.
+        dir: PathBuf,
+    },
+    /// An input pattern is not a valid glob.
     #[error("step `{step}`: input pattern `{pattern}` is not a valid glob: {reason}")]
-    BadPattern { step: String, pattern: String, reason: String },
+    BadPattern {
+        /// The step.
+        step: String,
+        /// The pattern, as written.
+        pattern: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The workflow folder could not be walked.
     #[error("cannot read the workflow directory {}: {source}", dir.display())]
-    Walk { dir: PathBuf, source: io::Error },
+    Walk {
+        /// The folder.
+        dir: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// A matched path is neither a regular file nor a symlink (a FIFO, a socket, a device...);
+    /// it was not read.
     #[error(
         "step `{step}`: input `{path}` (pattern `{pattern}`) is {what}; only regular files and symlinks can be inputs (it was not read)"
     )]
-    NotAFile { step: String, pattern: String, path: String, what: &'static str },
+    NotAFile {
+        /// The step.
+        step: String,
+        /// The pattern that matched it.
+        pattern: String,
+        /// The path, relative to the workflow folder.
+        path: String,
+        /// What it is instead, in words ("a FIFO (named pipe)", "a device", ...).
+        what: &'static str,
+    },
+    /// A matched symlink leads outside the workflow folder.
     #[error(
         "step `{step}`: input `{path}` (pattern `{pattern}`) is a symlink to `{target}`, outside the workflow folder; symlinks are copied as symlinks, never followed, so copy the file into the folder or leave the link out"
     )]
-    LinkOutside { step: String, pattern: String, path: String, target: String },
+    LinkOutside {
+        /// The step.
+        step: String,
+        /// The pattern that matched it.
+        pattern: String,
+        /// The link's path, relative to the workflow folder.
+        path: String,
+        /// The link's target, as written.
+        target: String,
+    },
 }
 
 /// What the scan saw at a path (by `lstat`: symlinks are not followed).
@@ -49,7 +93,7 @@ enum Kind {
 
 /// All files (and symlinks) under the workflow directory, relative, `/`-separated, sorted.
 /// Walked once per run and matched against every step's patterns.
-pub struct SourceTree {
+pub(crate) struct SourceTree {
     dir: PathBuf,
     files: Vec<(String, Kind)>,
 }
@@ -172,7 +216,7 @@ fn slash_path(p: &Path) -> String {
 /// The temporary folder of one run: `<tmp>/engine-run-<id>/`, holding per-step workspaces and
 /// collected outputs. Removed when dropped; a folder left by a killed engine is found by
 /// [`remove_stale_run_dirs`] through its `owner` file.
-pub struct RunDir {
+pub(crate) struct RunDir {
     root: tempfile::TempDir,
 }
 
@@ -200,7 +244,7 @@ impl RunDir {
 
 /// Prepare `dest` as a step's workspace: the selected input files from `source_dir`, then the
 /// collected outputs of each direct upstream step (at the same relative paths).
-pub fn stage(source_dir: &Path, inputs: &[String], upstream: &[PathBuf], dest: &Path) -> io::Result<()> {
+pub(crate) fn stage(source_dir: &Path, inputs: &[String], upstream: &[PathBuf], dest: &Path) -> io::Result<()> {
     fs::create_dir_all(dest)?;
     let reflink = Reflink::default();
     for rel in inputs {
@@ -217,7 +261,7 @@ pub fn stage(source_dir: &Path, inputs: &[String], upstream: &[PathBuf], dest: &
 /// and held open: `.engine` and `out` (or `DIR` itself) must be real folders, never symlinks
 /// (the folders above `DIR` are the user's). Exports go through the open folder, so a symlink put
 /// in its place during the run redirects nothing.
-pub fn open_out_dir(workflow_dir: &Path, out: Option<&Path>) -> io::Result<PinnedDir> {
+pub(crate) fn open_out_dir(workflow_dir: &Path, out: Option<&Path>) -> io::Result<PinnedDir> {
     let path = match out {
         None => cache::safe::ensure_own_dirs(workflow_dir, &[".engine", "out"])?,
         Some(dir) => {
@@ -233,13 +277,13 @@ pub fn open_out_dir(workflow_dir: &Path, out: Option<&Path>) -> io::Result<Pinne
 
 /// An exclusive lock on an output folder, held until dropped (`flock` on the folder itself: no
 /// file is added to it).
-pub struct OutLock {
+pub(crate) struct OutLock {
     _fd: std::os::fd::OwnedFd,
 }
 
 /// Take the lock on `out` without waiting: `Err(holder)` when another process holds it, with
 /// that process's id when the kernel says (`/proc/locks`).
-pub fn try_lock_out(out: &PinnedDir) -> io::Result<Result<OutLock, Option<u32>>> {
+pub(crate) fn try_lock_out(out: &PinnedDir) -> io::Result<Result<OutLock, Option<u32>>> {
     use rustix::fs::FlockOperation;
     use rustix::fs::{Mode, OFlags};
     // An open file of its own (not a dup, which would share the lock with the pinned folder): the
@@ -272,7 +316,7 @@ fn lock_holder(fd: &std::os::fd::OwnedFd) -> Option<u32> {
 /// Files are reflinked where the filesystem shares extents (no disk space used) and copied
 /// otherwise; never hard-linked, since editing an exported file must not change the collected
 /// outputs or the cache.
-pub fn export(collected: &Path, out: &PinnedDir, step: &str) -> io::Result<()> {
+pub(crate) fn export(collected: &Path, out: &PinnedDir, step: &str) -> io::Result<()> {
     let dest = clear_export(out, step)?;
     fs::create_dir_all(&dest)?;
     if collected.exists() {
@@ -297,7 +341,7 @@ fn clear_export(out: &PinnedDir, step: &str) -> io::Result<PathBuf> {
 /// [`export`] for outputs no later step of the run needs: the collected folder itself is moved
 /// (renamed) to `<out>/<step>` when both are on one filesystem, so the export costs no disk;
 /// otherwise it is exported as by [`export`]. `collected` is gone afterwards.
-pub fn export_by_move(collected: &Path, out: &PinnedDir, step: &str) -> io::Result<()> {
+pub(crate) fn export_by_move(collected: &Path, out: &PinnedDir, step: &str) -> io::Result<()> {
     let dest = clear_export(out, step)?;
     match fs::symlink_metadata(collected) {
         Ok(m) if m.is_dir() && fs::rename(collected, &dest).is_ok() => Ok(()),

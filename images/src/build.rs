@@ -9,11 +9,15 @@ use crate::{BuildContext, BuildError, BuiltImage, LogFn};
 /// One image the engine built, for `engine images ls`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ImageInfo {
+    /// The image's ID.
     pub id: docker::ImageId,
+    /// Its `repository:tag` references (none if it lost its tags).
     pub tags: Vec<String>,
     /// The `images:` entry it was built for (label `engine.image`).
     pub name: String,
+    /// The image's key (label `engine.image.key`).
     pub key: String,
+    /// Size in bytes, as the daemon reports it.
     pub size: u64,
     /// Unix seconds.
     pub created: i64,

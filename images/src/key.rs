@@ -21,6 +21,7 @@ pub struct ContextFile {
     pub path: String,
     /// Permission bits.
     pub mode: u32,
+    /// SHA-256 of its contents.
     pub digest: cache::Digest,
 }
 
@@ -28,9 +29,23 @@ pub struct ContextFile {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CopyKey {
     /// From the workflow directory: every matched file, sorted by path.
-    Context { src: String, dst: String, files: Vec<ContextFile> },
+    Context {
+        /// The source pattern, as written.
+        src: String,
+        /// The destination in the stage's filesystem.
+        dst: String,
+        /// The files the pattern matched.
+        files: Vec<ContextFile>,
+    },
     /// From another stage: that stage's key (which covers its whole filesystem).
-    Stage { stage_key: String, src: String, dst: String },
+    Stage {
+        /// The key of the stage copied from.
+        stage_key: String,
+        /// The path copied, in that stage's filesystem.
+        src: String,
+        /// The destination in this stage's filesystem.
+        dst: String,
+    },
 }
 
 /// Everything a stage's filesystem and config are produced from.
@@ -38,13 +53,17 @@ pub enum CopyKey {
 pub struct StageKeyInput<'a> {
     /// The base image ID, or the key of the earlier stage named by `from`.
     pub base: &'a str,
+    /// The stage's environment variables.
     pub env: &'a BTreeMap<String, String>,
+    /// The working directory, if set.
     pub workdir: Option<&'a str>,
+    /// The user the instructions run as, if set.
     pub user: Option<&'a str>,
     /// `none` or `bridge`.
     pub network: &'a str,
     /// Copies, in the order written (they are applied before the runs).
     pub copies: &'a [CopyKey],
+    /// The `run` commands, in order.
     pub run: &'a [String],
 }
 

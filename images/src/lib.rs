@@ -8,6 +8,8 @@
 //! This crate knows nothing of steps, the scheduler or the step cache; it must label every
 //! container it creates (`engine.run`, `engine.image`) and remove it, whatever happens.
 
+#![warn(missing_docs)]
+
 mod base;
 pub mod build;
 mod dockerfile;
@@ -44,27 +46,44 @@ pub struct BuildContext<'a> {
 /// The result of building (or finding) one image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BuiltImage {
+    /// The image's name in the workflow's `images:` section.
     pub name: String,
     /// What enters the keys of the steps that use the image.
     pub id: ImageId,
     /// `<workflow>/<image>:<first 12 hex of the key>`.
     pub tag: String,
+    /// The image's key: its final stage's key, or for a `dockerfile:` image the key over the
+    /// Dockerfile and its context (lowercase hex).
     pub key: String,
     /// How many stages were actually built (0: everything came from existing stage images).
     pub stages_built: usize,
 }
 
+/// Why an image could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     /// The definition cannot be built as written (exit 2): a copy source matching nothing...
     #[error("image `{image}`: {message}")]
-    Invalid { image: String, message: String },
+    Invalid {
+        /// The image's name.
+        image: String,
+        /// What is wrong with its definition.
+        message: String,
+    },
     /// An instruction failed (exit 1): names the image, the stage and the instruction.
     #[error("image `{image}`, stage `{stage}`: {message}")]
-    StageFailed { image: String, stage: String, message: String },
+    StageFailed {
+        /// The image's name.
+        image: String,
+        /// The stage whose instruction failed.
+        stage: String,
+        /// Which instruction failed, and how.
+        message: String,
+    },
     /// The environment failed (exit 3): daemon unreachable, base image missing and not pullable.
     #[error("{0}")]
     Environment(String),
+    /// The build was cancelled before it finished; names the image.
     #[error("image `{0}`: build cancelled")]
     Cancelled(String),
 }

@@ -24,9 +24,13 @@ pub const MAX_HOPS: usize = 40;
 /// What a path relative to /workspace is, as seen without following it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Node {
+    /// A folder.
     Dir,
+    /// Anything else that exists and is not a link (a regular file, or a special file).
     File,
+    /// A symbolic link, with its target as written.
     Symlink(PathBuf),
+    /// Nothing there (or a path through something that is not a folder).
     Missing,
 }
 

@@ -96,7 +96,7 @@ impl DockerExecutor {
 }
 
 /// The daemon's version and API version, for run records ("unknown" if it does not say).
-pub async fn daemon_version(daemon: &Daemon) -> (String, String) {
+pub(crate) async fn daemon_version(daemon: &Daemon) -> (String, String) {
     daemon.version().await
 }
 

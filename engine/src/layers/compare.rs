@@ -118,13 +118,35 @@ impl StepLogs for Tail {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Difference {
     /// Same path, other content.
-    Content { path: String, recorded: Digest, replayed: Digest, diff: Option<String> },
+    Content {
+        /// The output path, relative to the step's outputs.
+        path: String,
+        /// Digest of the recorded content.
+        recorded: Digest,
+        /// Digest of the replayed content.
+        replayed: Digest,
+        /// A short unified diff, when both sides are small UTF-8 texts.
+        diff: Option<String>,
+    },
     /// Recorded but not produced again.
-    Missing { path: String },
+    Missing {
+        /// The output path.
+        path: String,
+    },
     /// Produced now but not recorded.
-    Extra { path: String },
+    Extra {
+        /// The output path.
+        path: String,
+    },
     /// Same path, other kind (file, folder, symlink), mode or link target.
-    Changed { path: String, recorded: String, replayed: String },
+    Changed {
+        /// The output path.
+        path: String,
+        /// What was recorded (kind, mode or target).
+        recorded: String,
+        /// What the replay produced.
+        replayed: String,
+    },
 }
 
 /// The verdict on one step.

@@ -18,7 +18,9 @@ pub mod plan;
 /// `--output plain|json`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutputMode {
+    /// Prefixed log lines and a summary table, for people.
     Plain,
+    /// One JSON event per line.
     Json,
 }
 
@@ -44,7 +46,7 @@ fn colour_of(step: &str) -> &'static str {
 /// controls (which can reorder or split what a terminal shows) become `<U+XXXX>`. So no escape
 /// sequence (clear screen, cursor moves, OSC 52 clipboard writes, colours) and no bare carriage
 /// return reaches the terminal, and nothing can overwrite a line's `step |` prefix.
-pub fn neutralise(text: &str) -> Cow<'_, str> {
+pub(crate) fn neutralise(text: &str) -> Cow<'_, str> {
     if !text.chars().any(needs_neutralising) {
         return Cow::Borrowed(text);
     }
@@ -68,7 +70,7 @@ pub fn neutralise(text: &str) -> Cow<'_, str> {
 
 /// [`neutralise`] for a multi-line text the engine composed (a table, a report) that embeds text
 /// from records or steps: each line is neutralised, the newlines between them kept.
-pub fn neutralise_lines(text: &str) -> String {
+pub(crate) fn neutralise_lines(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for line in text.split_inclusive('\n') {
         let (body, newline) = line.strip_suffix('\n').map_or((line, ""), |b| (b, "\n"));
@@ -93,7 +95,7 @@ pub use crate::units::{fmt_secs, fmt_size};
 /// Turns events into lines of text for people. Log lines are `step | line` with step names
 /// padded to the longest name of the run (known from `RunStarted`).
 #[derive(Debug, Clone)]
-pub struct PlainRenderer {
+pub(crate) struct PlainRenderer {
     color: bool,
     width: usize,
 }
@@ -187,7 +189,7 @@ impl PlainRenderer {
 }
 
 /// The end-of-run table: step, status, duration, exit code, and why (for failures and skips).
-pub fn summary_table(steps: &[StepSummary]) -> String {
+pub(crate) fn summary_table(steps: &[StepSummary]) -> String {
     let header = ["step", "status", "duration", "exit", "reason"];
     let rows: Vec<[String; 5]> = steps
         .iter()
@@ -232,7 +234,7 @@ pub fn summary_table(steps: &[StepSummary]) -> String {
 }
 
 /// The last line of a run: `3 succeeded, 1 failed, 2 skipped in 4.1s` (zero counts left out).
-pub fn summary_line(steps: &[StepSummary], total: Duration) -> String {
+pub(crate) fn summary_line(steps: &[StepSummary], total: Duration) -> String {
     let order = [StepStatus::Succeeded, StepStatus::Cached, StepStatus::Failed, StepStatus::Cancelled, StepStatus::Skipped];
     let counts: Vec<String> = order
         .iter()
@@ -249,7 +251,7 @@ pub fn summary_line(steps: &[StepSummary], total: Duration) -> String {
 /// JSON escapes C0 controls itself; DEL, C1 and the characters [`neutralise`] shows as
 /// `<U+XXXX>` are escaped as `\uXXXX` too, so that no control reaches a terminal the JSON is
 /// printed on. (Only strings hold such characters, and the escape is the same string.)
-pub fn json_line(event: &Event) -> String {
+pub(crate) fn json_line(event: &Event) -> String {
     // Serialising plain data with string keys cannot fail; an empty object keeps the stream valid.
     let line = serde_json::to_string(event).unwrap_or_else(|_| "{}".into());
     if !line.chars().any(needs_neutralising) {
@@ -269,7 +271,7 @@ pub fn json_line(event: &Event) -> String {
 /// Drains `rx` until every sender is gone. Plain: log lines to stdout, status and summary lines
 /// to stderr (so `engine run > log` keeps only the steps' output). JSON: everything to stdout.
 /// Write errors (a closed pipe) are ignored: output must never abort the run.
-pub fn spawn(mode: OutputMode, color: bool, mut rx: crate::events::EventReceiver) -> tokio::task::JoinHandle<()> {
+pub(crate) fn spawn(mode: OutputMode, color: bool, mut rx: crate::events::EventReceiver) -> tokio::task::JoinHandle<()> {
     // On a thread of its own: writing to a terminal or a pipe blocks, and must neither hold up an
     // async worker nor fall behind the steps (the events wait in the channel meanwhile). Output
     // is buffered and flushed whenever the channel is drained, so a step printing millions of

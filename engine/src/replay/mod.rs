@@ -50,19 +50,24 @@ use verify::{check_record, Checked};
 
 pub use crate::layers::compare::{compare, Difference};
 
+/// What `engine replay` was asked to do.
 pub struct ReplayConfig {
     /// The folder holding the workflow and its `.engine/runs`.
     pub dir: PathBuf,
+    /// The run id (or an unambiguous prefix), or `latest`.
     pub id: String,
     /// Steps to replay; empty: every step with recorded outputs.
     pub steps: Vec<String>,
     /// Default: the recorded run's `--jobs`.
     pub jobs: Option<usize>,
+    /// The cache store holding the recorded inputs, outputs and input manifests.
     pub cache_dir: PathBuf,
     /// Today's operator policy; every replayed step must pass it.
     pub policy: dsl::policy::Policy,
 }
 
+/// Replay a recorded run's steps and compare their outputs with the record; returns the exit
+/// code (0 everything reproduced, 1 something differs or failed, 130 interrupted).
 pub async fn replay(cfg: ReplayConfig, cancel: CancellationToken) -> Result<i32, StartError> {
     // Reading, verifying and admitting the record touch only files: off the async workers.
     let ReplayConfig { dir, id, steps, jobs, cache_dir, policy } = cfg;

@@ -17,33 +17,40 @@ use crate::error::EnvironmentError;
 use crate::plan::{self, Plan};
 use crate::workspace;
 
-pub use images::{ImageOutcome, StepImages};
+pub use images::StepImages;
 pub use prepare::{prepare, resolve_bases, Prepared};
 
 /// Why a command could not start (its exit code is 2 or 3); a run that started ends in a
 /// [`crate::events::RunStatus`].
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum StartError {
+    /// The workflow could not be loaded or is invalid (exit 2).
     #[error(transparent)]
     #[diagnostic(transparent)]
     Load(#[from] dsl::LoadError),
+    /// The steps could not be planned (exit 2).
     #[error(transparent)]
     #[diagnostic(transparent)]
     Plan(#[from] plan::PlanError),
+    /// A step's inputs could not be selected from the workflow folder (exit 2).
     #[error(transparent)]
     Input(#[from] workspace::InputError),
+    /// Another invalid request, in a sentence (exit 2).
     #[error("{0}")]
     Invalid(String),
     /// An image could not be built (exit 1, like a failed step).
     #[error("{0}")]
     ImageFailed(String),
+    /// The environment failed (exit 3).
     #[error(transparent)]
     Environment(#[from] EnvironmentError),
+    /// A run record could not be found or read (exit 3 when unreadable, else 2).
     #[error(transparent)]
     Record(#[from] crate::record::RecordError),
 }
 
 impl StartError {
+    /// The process exit code for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
             StartError::Environment(_) => crate::error::exit::ENVIRONMENT,
@@ -102,6 +109,7 @@ pub fn load_and_plan(file: &Path, targets: &[String], policy: &dsl::policy::Poli
     Ok(plan::plan(Arc::new(workflow), targets, budget)?)
 }
 
+/// Open the cache store in `dir`; a failure is an environment error naming the directory.
 pub fn open_store(dir: &Path) -> Result<Store, EnvironmentError> {
     Store::open(dir).map_err(|e| EnvironmentError(format!("cannot use the cache directory {}: {e}", dir.display())))
 }
