@@ -14,7 +14,17 @@ use crate::Digest;
 
 /// The key of one step execution.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
-pub struct ActionKey(pub Digest);
+pub struct ActionKey(Digest);
+
+impl ActionKey {
+    pub const fn from_digest(digest: Digest) -> ActionKey {
+        ActionKey(digest)
+    }
+
+    pub const fn digest(&self) -> Digest {
+        self.0
+    }
+}
 
 impl fmt::Display for ActionKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -124,7 +134,7 @@ impl KeyComponents {
             for i in inputs {
                 e.str(&i.path);
                 e.u32(i.mode);
-                e.raw(&i.digest.0);
+                e.raw(i.digest.as_bytes());
             }
         });
         enc.field(TAG_UPSTREAM, |e| {
@@ -133,7 +143,7 @@ impl KeyComponents {
             e.count(upstream.len());
             for u in upstream {
                 e.str(&u.step);
-                e.raw(&u.outputs.0);
+                e.raw(u.outputs.as_bytes());
             }
         });
         enc.buf

@@ -387,7 +387,7 @@ pub(crate) fn key_of(ctx: &Context) -> String {
         match &e.kind {
             Kind::File(d) => {
                 h.update([b'f']);
-                h.update(d.0);
+                h.update(d.as_bytes());
             }
             Kind::Dir => h.update([b'd']),
             Kind::Symlink(t) => {
@@ -396,7 +396,7 @@ pub(crate) fn key_of(ctx: &Context) -> String {
             }
         }
     }
-    cache::Digest(h.finalize().into()).hex()
+    cache::Digest::from_bytes(h.finalize().into()).hex()
 }
 
 /// The tar the daemon's builder reads, written to `out`. Deterministic headers: owners and

@@ -79,7 +79,7 @@ pub fn encode(input: &StageKeyInput<'_>) -> Vec<u8> {
                 for f in files {
                     e.bytes(f.path.as_bytes());
                     e.0.extend_from_slice(&f.mode.to_be_bytes());
-                    e.0.extend_from_slice(&f.digest.0);
+                    e.0.extend_from_slice(f.digest.as_bytes());
                 }
             }
             CopyKey::Stage { stage_key, src, dst } => {
@@ -140,7 +140,7 @@ mod tests {
     }
 
     fn file(path: &str, mode: u32, byte: u8) -> ContextFile {
-        ContextFile { path: path.into(), mode, digest: cache::Digest([byte; 32]) }
+        ContextFile { path: path.into(), mode, digest: cache::Digest::from_bytes([byte; 32]) }
     }
 
     /// A key for `base`, varied by `f`.

@@ -2,7 +2,7 @@ use super::*;
 use proptest::prelude::*;
 
 fn d(byte: u8) -> Digest {
-    Digest([byte; 32])
+    Digest::from_bytes([byte; 32])
 }
 
 fn sample() -> KeyComponents {
