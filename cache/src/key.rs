@@ -10,7 +10,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::Digest;
+use crate::{Digest, ImageId};
 
 /// The key of one step execution.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
@@ -60,7 +60,7 @@ pub struct KeyComponents {
     /// [`crate::CACHE_FORMAT_VERSION`].
     pub format: u32,
     /// The resolved image ID (`sha256:...`), not the reference: a retagged image changes the key.
-    pub image_id: String,
+    pub image_id: ImageId,
     /// The argv the container runs.
     pub command: Vec<String>,
     /// The environment of the container (names and values; secrets are never here).
@@ -113,7 +113,7 @@ impl KeyComponents {
         let mut enc = Encoder::default();
         enc.buf.extend_from_slice(MAGIC);
         enc.field(TAG_FORMAT, |e| e.u32(self.format));
-        enc.field(TAG_IMAGE, |e| e.raw(self.image_id.as_bytes()));
+        enc.field(TAG_IMAGE, |e| e.raw(self.image_id.as_str().as_bytes()));
         enc.field(TAG_COMMAND, |e| e.strs(&self.command));
         enc.field(TAG_ENV, |e| {
             e.count(self.env.len());
@@ -259,9 +259,9 @@ pub enum Reason {
     /// The image ID changed (rebuilt, retagged or pulled again).
     ImageChanged {
         /// The image ID of the last run.
-        old: String,
+        old: ImageId,
         /// The image ID now.
-        new: String,
+        new: ImageId,
     },
     /// The argv changed.
     CommandChanged,
@@ -333,7 +333,7 @@ impl fmt::Display for Reason {
             Reason::UpstreamWillRun { step } => write!(f, "needs `{step}`, which will run"),
             Reason::FormatChanged { old, new } => write!(f, "cache format changed ({old} -> {new})"),
             Reason::ImageChanged { old, new } => {
-                write!(f, "image changed ({} -> {})", short_image_id(old), short_image_id(new))
+                write!(f, "image changed (sha256:{} -> sha256:{})", old.short(), new.short())
             }
             Reason::CommandChanged => f.write_str("command changed"),
             Reason::EnvChanged { name, old, new } => match (old, new) {
@@ -352,15 +352,6 @@ impl fmt::Display for Reason {
             Reason::InputChanged { path } => write!(f, "input `{path}` changed"),
             Reason::UpstreamChanged { step } => write!(f, "output of `{step}` changed"),
         }
-    }
-}
-
-/// `sha256:` + 12 hex digits, as `docker images` shows them; anything else unchanged.
-fn short_image_id(id: &str) -> &str {
-    const PREFIX: &str = "sha256:";
-    match id.strip_prefix(PREFIX) {
-        Some(rest) if rest.len() > 12 && rest.is_char_boundary(12) => &id[..PREFIX.len() + 12],
-        _ => id,
     }
 }
 

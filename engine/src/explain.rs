@@ -25,10 +25,18 @@ impl Forecast {
         }
     }
 
+    pub fn status(&self) -> crate::output::plan::CacheStatus {
+        if self.cached {
+            crate::output::plan::CacheStatus::Cached
+        } else {
+            crate::output::plan::CacheStatus::Run
+        }
+    }
+
     pub fn view(&self) -> crate::output::plan::CacheView {
         crate::output::plan::CacheView {
-            status: if self.cached { "cached" } else { "run" },
-            key: self.components.as_ref().map(|c| c.key().to_string()),
+            status: self.status(),
+            key: self.components.as_ref().map(|c| c.key()),
             reasons: self.reasons.iter().map(ToString::to_string).collect(),
         }
     }
@@ -37,7 +45,7 @@ impl Forecast {
 /// `engine cache explain STEP`: status, reasons, key, and every component of the key.
 pub fn explain(step: &str, forecast: &Forecast) -> String {
     let mut out = String::new();
-    let status = if forecast.cached { "cached" } else { "run" };
+    let status = forecast.status();
     let _ = writeln!(out, "step `{step}`: {status}");
     if !forecast.reasons.is_empty() {
         let reasons: Vec<String> = forecast.reasons.iter().map(ToString::to_string).collect();
