@@ -369,7 +369,7 @@ async fn images_command(cmd: ImagesCommand) -> Result<i32, StartError> {
                     "{:<20} {:<40} {:<14} {:>9}",
                     i.name,
                     i.tags.first().map(String::as_str).unwrap_or("-"),
-                    i.key.get(..12).unwrap_or(&i.key),
+                    i.key.map(|k| k.short()).as_deref().unwrap_or("-"),
                     engine::output::fmt_size(i.size)
                 );
             }

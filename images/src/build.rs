@@ -13,7 +13,7 @@ pub struct ImageInfo {
     pub tags: Vec<String>,
     /// The `images:` entry it was built for (label `engine.image`).
     pub name: String,
-    pub key: String,
+    pub key: Option<crate::key::StageKey>,
     pub size: u64,
     /// Unix seconds.
     pub created: i64,

@@ -17,6 +17,7 @@ mod manage;
 mod stages;
 
 pub use build::{Builder, ImageInfo};
+pub use key::StageKey;
 
 use std::path::Path;
 
@@ -49,7 +50,7 @@ pub struct BuiltImage {
     pub id: ImageId,
     /// `<workflow>/<image>:<first 12 hex of the key>`.
     pub tag: String,
-    pub key: String,
+    pub key: crate::key::StageKey,
     /// How many stages were actually built (0: everything came from existing stage images).
     pub stages_built: usize,
 }
