@@ -65,7 +65,7 @@ fn hash_open(mut file: File) -> io::Result<Digest> {
             Err(e) => return Err(e),
         }
     }
-    Ok(Digest(hasher.finalize().into()))
+    Ok(Digest::from_bytes(hasher.finalize().into()))
 }
 
 /// What the stat cache remembers of one file: the stat fields that change whenever its content
@@ -89,11 +89,11 @@ mod raw_digest {
     use crate::Digest;
 
     pub fn serialize<S: Serializer>(d: &Digest, s: S) -> Result<S::Ok, S::Error> {
-        serde::Serialize::serialize(&d.0, s)
+        serde::Serialize::serialize(d.as_bytes(), s)
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Digest, D::Error> {
-        <[u8; 32]>::deserialize(d).map(Digest)
+        <[u8; 32]>::deserialize(d).map(Digest::from_bytes)
     }
 }
 
@@ -325,7 +325,7 @@ fn stat_of_raw(st: &rustix::fs::Stat, rel: &str) -> io::Result<StatEntry> {
         ctime_ns: ns(st.st_ctime as i64, st.st_ctime_nsec as i64),
         inode: st.st_ino as u64,
         mode,
-        digest: Digest([0; 32]),
+        digest: Digest::from_bytes([0; 32]),
     })
 }
 
@@ -346,7 +346,7 @@ fn stat_of(meta: &Metadata, rel: &str) -> io::Result<StatEntry> {
         ctime_ns: ns(meta.ctime(), meta.ctime_nsec()),
         inode: meta.ino(),
         mode,
-        digest: Digest([0; 32]),
+        digest: Digest::from_bytes([0; 32]),
     })
 }
 

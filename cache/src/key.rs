@@ -10,11 +10,23 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::Digest;
+use crate::{Digest, ImageId};
 
 /// The key of one step execution.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
-pub struct ActionKey(pub Digest);
+pub struct ActionKey(Digest);
+
+impl ActionKey {
+    /// The key with this digest (as read back from a manifest or a record).
+    pub const fn from_digest(digest: Digest) -> ActionKey {
+        ActionKey(digest)
+    }
+
+    /// The digest of the key encoding.
+    pub const fn digest(&self) -> Digest {
+        self.0
+    }
+}
 
 impl fmt::Display for ActionKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -50,7 +62,7 @@ pub struct KeyComponents {
     /// [`crate::CACHE_FORMAT_VERSION`].
     pub format: u32,
     /// The resolved image ID (`sha256:...`), not the reference: a retagged image changes the key.
-    pub image_id: String,
+    pub image_id: ImageId,
     /// The argv the container runs.
     pub command: Vec<String>,
     /// The environment of the container (names and values; secrets are never here).
@@ -103,7 +115,7 @@ impl KeyComponents {
         let mut enc = Encoder::default();
         enc.buf.extend_from_slice(MAGIC);
         enc.field(TAG_FORMAT, |e| e.u32(self.format));
-        enc.field(TAG_IMAGE, |e| e.raw(self.image_id.as_bytes()));
+        enc.field(TAG_IMAGE, |e| e.raw(self.image_id.as_str().as_bytes()));
         enc.field(TAG_COMMAND, |e| e.strs(&self.command));
         enc.field(TAG_ENV, |e| {
             e.count(self.env.len());
@@ -124,7 +136,7 @@ impl KeyComponents {
             for i in inputs {
                 e.str(&i.path);
                 e.u32(i.mode);
-                e.raw(&i.digest.0);
+                e.raw(i.digest.as_bytes());
             }
         });
         enc.field(TAG_UPSTREAM, |e| {
@@ -133,7 +145,7 @@ impl KeyComponents {
             e.count(upstream.len());
             for u in upstream {
                 e.str(&u.step);
-                e.raw(&u.outputs.0);
+                e.raw(u.outputs.as_bytes());
             }
         });
         enc.buf
@@ -249,9 +261,9 @@ pub enum Reason {
     /// The image ID changed (rebuilt, retagged or pulled again).
     ImageChanged {
         /// The image ID of the last run.
-        old: String,
+        old: ImageId,
         /// The image ID now.
-        new: String,
+        new: ImageId,
     },
     /// The argv changed.
     CommandChanged,
@@ -323,7 +335,7 @@ impl fmt::Display for Reason {
             Reason::UpstreamWillRun { step } => write!(f, "needs `{step}`, which will run"),
             Reason::FormatChanged { old, new } => write!(f, "cache format changed ({old} -> {new})"),
             Reason::ImageChanged { old, new } => {
-                write!(f, "image changed ({} -> {})", short_image_id(old), short_image_id(new))
+                write!(f, "image changed (sha256:{} -> sha256:{})", old.short(), new.short())
             }
             Reason::CommandChanged => f.write_str("command changed"),
             Reason::EnvChanged { name, old, new } => match (old, new) {
@@ -342,15 +354,6 @@ impl fmt::Display for Reason {
             Reason::InputChanged { path } => write!(f, "input `{path}` changed"),
             Reason::UpstreamChanged { step } => write!(f, "output of `{step}` changed"),
         }
-    }
-}
-
-/// `sha256:` + 12 hex digits, as `docker images` shows them; anything else unchanged.
-fn short_image_id(id: &str) -> &str {
-    const PREFIX: &str = "sha256:";
-    match id.strip_prefix(PREFIX) {
-        Some(rest) if rest.len() > 12 && rest.is_char_boundary(12) => &id[..PREFIX.len() + 12],
-        _ => id,
     }
 }
 

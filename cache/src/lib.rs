@@ -9,11 +9,13 @@
 
 pub mod digest;
 pub mod hash;
+pub mod image_id;
 pub mod key;
 pub mod safe;
 pub mod store;
 
 pub use digest::Digest;
+pub use image_id::{BadImageId, ImageId};
 pub use key::{ActionKey, InputEntry, KeyComponents, Reason, UpstreamEntry};
 pub use store::{Manifest, OutputEntry, Store};
 

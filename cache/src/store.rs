@@ -156,7 +156,7 @@ impl Manifest {
                     h.update(b"F");
                     put_field(&mut h, path.as_bytes());
                     h.update(mode.to_le_bytes());
-                    h.update(digest.0);
+                    h.update(digest.as_bytes());
                     h.update(size.to_le_bytes());
                 }
                 OutputEntry::Symlink { path, target } => {
@@ -171,7 +171,7 @@ impl Manifest {
                 }
             }
         }
-        Digest(h.finalize().into())
+        Digest::from_bytes(h.finalize().into())
     }
 
     /// Total bytes of the output files (folders and symlinks count nothing).
@@ -272,7 +272,7 @@ impl Store {
 
     /// Where the manifest of `key` lives (`v1/actions/<aa>/<hex>.json`), whether or not it exists.
     pub fn manifest_path(&self, key: &ActionKey) -> PathBuf {
-        let hex = key.0.hex();
+        let hex = key.digest().hex();
         self.v1("actions").join(&hex[..2]).join(format!("{hex}.json"))
     }
 

@@ -12,7 +12,7 @@ use filetime::FileTime;
 use tempfile::TempDir;
 
 fn key(s: &str) -> ActionKey {
-    ActionKey(Digest::of(s.as_bytes()))
+    ActionKey::from_digest(Digest::of(s.as_bytes()))
 }
 
 fn store() -> (TempDir, Store) {
@@ -173,7 +173,7 @@ fn an_entry_of_the_previous_layout_is_moved_over_on_its_next_hit() {
     let (d, store) = store();
     let inputs = entries(&["a", "b"]);
     let m = put(&store, key("old"), None);
-    let legacy = store.input_manifest_path(&key("old").0);
+    let legacy = store.input_manifest_path(&key("old").digest());
     write(&legacy, &serde_json::to_vec(&inputs).unwrap(), 0o644);
     set_mtime(&legacy, 600);
     store.gc(u64::MAX).unwrap();

@@ -21,7 +21,7 @@ const CHILD_DIR: &str = "ENGINE_STORE_TEST_CHILD_DIR";
 const CHILD_ID: &str = "ENGINE_STORE_TEST_CHILD_ID";
 
 fn key(s: &str) -> ActionKey {
-    ActionKey(Digest::of(s.as_bytes()))
+    ActionKey::from_digest(Digest::of(s.as_bytes()))
 }
 
 fn store() -> (TempDir, Store) {
@@ -472,9 +472,9 @@ fn verify_removes_corrupt_blobs_and_their_manifests() {
     assert_eq!(report.blobs_checked, 3, "two files and the shared log");
     assert_eq!(report.corrupt_blobs, vec![file_digest(&ma, "f")]);
     let mut dropped = report.dropped_entries.clone();
-    dropped.sort_by_key(|k| k.0);
+    dropped.sort_by_key(|k| k.digest());
     let mut want = vec![key("a"), key("junk")];
-    want.sort_by_key(|k| k.0);
+    want.sort_by_key(|k| k.digest());
     assert_eq!(dropped, want);
     assert!(!blob.exists());
     assert!(store.get(&key("a")).is_none());
@@ -509,7 +509,7 @@ fn last_run_records_round_trip() {
     let (_d, store) = store();
     let c = KeyComponents {
         format: 1,
-        image_id: "sha256:abc".into(),
+        image_id: cache::ImageId::from_digest(&Digest::of(b"image")),
         command: vec!["sh".into(), "-c".into(), "make".into()],
         env: BTreeMap::from([("CC".into(), "gcc".into())]),
         workdir: "/src".into(),

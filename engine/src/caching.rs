@@ -20,7 +20,7 @@ pub fn components(
     secrets.sort();
     KeyComponents {
         format: CACHE_FORMAT_VERSION,
-        image_id: image_id.as_str().to_string(),
+        image_id: image_id.clone(),
         command: step.command.argv(),
         env: step.env.clone(),
         workdir: step.workdir.clone(),

@@ -1,5 +1,5 @@
 //! The boundary between deciding and doing: the scheduler hands one [`Job`] at a time to an
-//! [`Executor`] and gets an [`Outcome`] back. Executors stack as layers (`crate::layers`): the
+//! [`Executor`] and gets an [`Outcome`] back. Executors stack as layers (the `layers` module): the
 //! run record, the image a step uses, the cache, staging, and the container runner at the
 //! bottom; `engine plan` uses a dry-run executor and `engine replay` a stager that reads the
 //! store. An executor runs exactly one step and never looks at the graph: what the steps it
@@ -79,7 +79,7 @@ pub(crate) struct StepImage {
     /// What the container is created from (the image ID for built images).
     pub run: String,
     /// The image ID (`sha256:...`): what enters the key.
-    pub id: crate::docker::ImageId,
+    pub id: cache::ImageId,
     /// As the record names it: the reference, or `images.<name>` for an engine-built image.
     pub reference: String,
 }

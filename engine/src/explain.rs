@@ -25,11 +25,20 @@ impl Forecast {
         }
     }
 
+    /// Whether the plan predicts a restore or a run.
+    pub fn status(&self) -> crate::output::plan::CacheStatus {
+        if self.cached {
+            crate::output::plan::CacheStatus::Cached
+        } else {
+            crate::output::plan::CacheStatus::Run
+        }
+    }
+
     /// The forecast as `engine plan` shows it: `cached` or `run`, the key, the reasons.
     pub fn view(&self) -> crate::output::plan::CacheView {
         crate::output::plan::CacheView {
-            status: if self.cached { "cached" } else { "run" },
-            key: self.components.as_ref().map(|c| c.key().to_string()),
+            status: self.status(),
+            key: self.components.as_ref().map(|c| c.key()),
             reasons: self.reasons.iter().map(ToString::to_string).collect(),
         }
     }
@@ -38,7 +47,7 @@ impl Forecast {
 /// `engine cache explain STEP`: status, reasons, key, and every component of the key.
 pub fn explain(step: &str, forecast: &Forecast) -> String {
     let mut out = String::new();
-    let status = if forecast.cached { "cached" } else { "run" };
+    let status = forecast.status();
     let _ = writeln!(out, "step `{step}`: {status}");
     if !forecast.reasons.is_empty() {
         let reasons: Vec<String> = forecast.reasons.iter().map(ToString::to_string).collect();

@@ -245,7 +245,14 @@ async fn cache_command(cmd: CacheCommand) -> Result<i32, StartError> {
             let entries = store.list();
             println!("{:<14} {:<20} {:<20} {:>9}  last used", "key", "workflow", "step", "size");
             for e in &entries {
-                println!("{:<14} {:<20} {:<20} {:>9}  {}", e.key.0.short(), e.workflow, e.step, fmt_size(e.size), fmt_age(e.last_used));
+                println!(
+                    "{:<14} {:<20} {:<20} {:>9}  {}",
+                    e.key.digest().short(),
+                    e.workflow,
+                    e.step,
+                    fmt_size(e.size),
+                    fmt_age(e.last_used)
+                );
             }
             let total: u64 = entries.iter().map(|e| e.size).sum();
             println!("{} entries, {} in {}", entries.len(), fmt_size(total), store.dir().display());
@@ -362,7 +369,7 @@ async fn images_command(cmd: ImagesCommand) -> Result<i32, StartError> {
                     "{:<20} {:<40} {:<14} {:>9}",
                     i.name,
                     i.tags.first().map(String::as_str).unwrap_or("-"),
-                    i.key.get(..12).unwrap_or(&i.key),
+                    i.key.map(|k| k.short()).as_deref().unwrap_or("-"),
                     engine::output::fmt_size(i.size)
                 );
             }

@@ -15,8 +15,8 @@ pub struct ImageInfo {
     pub tags: Vec<String>,
     /// The `images:` entry it was built for (label `engine.image`).
     pub name: String,
-    /// The image's key (label `engine.image.key`).
-    pub key: String,
+    /// The image's key (label `engine.image.key`), when it carries a valid one.
+    pub key: Option<crate::key::StageKey>,
     /// Size in bytes, as the daemon reports it.
     pub size: u64,
     /// Unix seconds.

@@ -77,7 +77,7 @@ pub(crate) async fn build(
     .map_err(|e| BuildError::Environment(format!("image `{image}`: reading the context failed: {e}")))?;
     let (scanned, context_dir) = scanned.map_err(|message| BuildError::Invalid { image: name.to_string(), message })?;
     let key = key_of(&scanned);
-    let tag = format!("{}/{}:{}", ctx.workflow, name, &key[..12]);
+    let tag = format!("{}/{}:{}", ctx.workflow, name, key.short());
 
     if !ctx.no_cache {
         if let Some(id) = find_by_key(builder, &key).await? {
@@ -107,7 +107,7 @@ pub(crate) async fn build(
     });
     let limits = dsl::Limits::stage();
 
-    let labels = HashMap::from([(LABEL_IMAGE.to_string(), name.to_string()), (LABEL_IMAGE_KEY.to_string(), key.clone())]);
+    let labels = HashMap::from([(LABEL_IMAGE.to_string(), name.to_string()), (LABEL_IMAGE_KEY.to_string(), key.hex())]);
     let request = DockerfileBuild {
         dockerfile: dockerfile_name,
         tag: tag.clone(),
@@ -217,7 +217,7 @@ fn handle_line(name: &str, message: &BuildMessage, log: LogFn<'_>, steps: &mut V
 }
 
 /// The final image built with `key`, if any.
-pub(crate) async fn find_by_key(builder: &Builder, key: &str) -> Result<Option<ImageId>, BuildError> {
+pub(crate) async fn find_by_key(builder: &Builder, key: &crate::key::StageKey) -> Result<Option<ImageId>, BuildError> {
     let images = builder
         .docker
         .list_images(vec![format!("{LABEL_IMAGE_KEY}={key}")], false)
@@ -370,7 +370,7 @@ pub(crate) fn scan(context_dir: &Path, dockerfile_path: &Path) -> Result<Context
 }
 
 /// SHA-256 over a versioned, length-prefixed encoding: no two contexts encode alike.
-pub(crate) fn key_of(ctx: &Context) -> String {
+pub(crate) fn key_of(ctx: &Context) -> crate::key::StageKey {
     fn bytes(h: &mut Sha256, b: &[u8]) {
         h.update((b.len() as u64).to_le_bytes());
         h.update(b);
@@ -387,7 +387,7 @@ pub(crate) fn key_of(ctx: &Context) -> String {
         match &e.kind {
             Kind::File(d) => {
                 h.update([b'f']);
-                h.update(d.0);
+                h.update(d.as_bytes());
             }
             Kind::Dir => h.update([b'd']),
             Kind::Symlink(t) => {
@@ -396,7 +396,7 @@ pub(crate) fn key_of(ctx: &Context) -> String {
             }
         }
     }
-    cache::Digest(h.finalize().into()).hex()
+    crate::key::StageKey::from_digest(cache::Digest::from_bytes(h.finalize().into()))
 }
 
 /// The tar the daemon's builder reads, written to `out`. Deterministic headers: owners and

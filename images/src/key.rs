@@ -14,6 +14,46 @@ use sha2::{Digest as _, Sha256};
 /// Bumped when the encoding changes.
 pub const IMAGE_KEY_VERSION: u32 = 1;
 
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+/// The key of a stage (or of a Dockerfile image): the digest of everything its result depends on.
+pub struct StageKey(cache::Digest);
+
+impl StageKey {
+    pub(crate) fn from_digest(digest: cache::Digest) -> StageKey {
+        StageKey(digest)
+    }
+
+    /// The 64 lowercase hex digits, as labels and tags carry them.
+    pub fn hex(&self) -> String {
+        self.0.hex()
+    }
+
+    /// The first 12 hex digits, for people.
+    pub fn short(&self) -> String {
+        self.0.short()
+    }
+}
+
+impl std::fmt::Display for StageKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::fmt::Debug for StageKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StageKey({})", self.0.short())
+    }
+}
+
+impl std::str::FromStr for StageKey {
+    type Err = String;
+    fn from_str(s: &str) -> Result<StageKey, String> {
+        s.parse().map(StageKey)
+    }
+}
+
 /// One file copied from the workflow directory, as it enters a stage key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContextFile {
@@ -40,7 +80,7 @@ pub enum CopyKey {
     /// From another stage: that stage's key (which covers its whole filesystem).
     Stage {
         /// The key of the stage copied from.
-        stage_key: String,
+        stage_key: StageKey,
         /// The path copied, in that stage's filesystem.
         src: String,
         /// The destination in this stage's filesystem.
@@ -68,10 +108,10 @@ pub struct StageKeyInput<'a> {
 }
 
 /// The stage key: lowercase hex SHA-256 of the canonical encoding.
-pub fn stage_key(input: &StageKeyInput<'_>) -> String {
+pub fn stage_key(input: &StageKeyInput<'_>) -> StageKey {
     let mut h = Sha256::new();
     h.update(encode(input));
-    hex(&h.finalize())
+    StageKey(cache::Digest::from_bytes(h.finalize().into()))
 }
 
 /// The canonical encoding (exposed for tests and for debugging a surprising key).
@@ -98,11 +138,11 @@ pub fn encode(input: &StageKeyInput<'_>) -> Vec<u8> {
                 for f in files {
                     e.bytes(f.path.as_bytes());
                     e.0.extend_from_slice(&f.mode.to_be_bytes());
-                    e.0.extend_from_slice(&f.digest.0);
+                    e.0.extend_from_slice(f.digest.as_bytes());
                 }
             }
             CopyKey::Stage { stage_key, src, dst } => {
-                e.field(b's', stage_key.as_bytes());
+                e.field(b's', stage_key.hex().as_bytes());
                 e.bytes(src.as_bytes());
                 e.bytes(dst.as_bytes());
             }
@@ -146,10 +186,6 @@ impl Encoder {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,15 +195,23 @@ mod tests {
     }
 
     fn file(path: &str, mode: u32, byte: u8) -> ContextFile {
-        ContextFile { path: path.into(), mode, digest: cache::Digest([byte; 32]) }
+        ContextFile { path: path.into(), mode, digest: cache::Digest::from_bytes([byte; 32]) }
     }
 
     /// A key for `base`, varied by `f`.
     fn key_with(f: impl FnOnce(&mut StageKeyInput<'_>)) -> String {
+        key_input_with(f).hex()
+    }
+
+    fn sk(byte: u8) -> StageKey {
+        StageKey(cache::Digest::from_bytes([byte; 32]))
+    }
+
+    fn key_input_with(f: impl FnOnce(&mut StageKeyInput<'_>)) -> StageKey {
         let env = env(&[("A", "1")]);
         let copies = vec![
             CopyKey::Context { src: "tools/*".into(), dst: "/src/".into(), files: vec![file("tools/a.sh", 0o755, 1)] },
-            CopyKey::Stage { stage_key: "k1".into(), src: "/out".into(), dst: "/in".into() },
+            CopyKey::Stage { stage_key: sk(1), src: "/out".into(), dst: "/in".into() },
         ];
         let run = vec!["make".to_string()];
         let mut input = StageKeyInput {
@@ -228,7 +272,7 @@ mod tests {
         let copies_digest = context_copy("tools/a.sh", 0o755, 2);
         let copies_path = context_copy("tools/b.sh", 0o755, 1);
         let copies_stage: &'static [CopyKey] =
-            Box::leak(Box::new(vec![CopyKey::Stage { stage_key: "k2".into(), src: "/out".into(), dst: "/in".into() }]));
+            Box::leak(Box::new(vec![CopyKey::Stage { stage_key: sk(2), src: "/out".into(), dst: "/in".into() }]));
         let env2 = leak(&env(&[("A", "2")]));
         let variants = [
             key_with(|i| i.base = "sha256:other"),

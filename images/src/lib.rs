@@ -19,6 +19,7 @@ mod manage;
 mod stages;
 
 pub use build::{Builder, ImageInfo};
+pub use key::StageKey;
 
 use std::path::Path;
 
@@ -53,8 +54,8 @@ pub struct BuiltImage {
     /// `<workflow>/<image>:<first 12 hex of the key>`.
     pub tag: String,
     /// The image's key: its final stage's key, or for a `dockerfile:` image the key over the
-    /// Dockerfile and its context (lowercase hex).
-    pub key: String,
+    /// Dockerfile and its context.
+    pub key: crate::key::StageKey,
     /// How many stages were actually built (0: everything came from existing stage images).
     pub stages_built: usize,
 }

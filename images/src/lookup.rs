@@ -16,7 +16,7 @@ impl Builder {
                 let last = stages.len().checked_sub(1).ok_or_else(|| invalid("has no stages"))?;
                 let quiet = |_: &str, _: &str, _: &str| {};
                 let plans = crate::stages::plan(self, ctx, name, stages, last, &quiet).await?;
-                let key = plans[last].as_ref().map(|p| p.key.clone()).ok_or_else(|| invalid("final stage was not planned"))?;
+                let key = plans[last].as_ref().map(|p| p.key).ok_or_else(|| invalid("final stage was not planned"))?;
                 crate::stages::find(self, name, &key, true).await
             }
             dsl::ImageDef::Dockerfile { dockerfile, context, .. } => {

@@ -25,7 +25,7 @@ pub(crate) async fn list(builder: &Builder) -> Result<Vec<ImageInfo>, BuildError
         .into_iter()
         .map(|i| ImageInfo {
             name: i.labels.get(LABEL_IMAGE).cloned().unwrap_or_default(),
-            key: i.labels.get(LABEL_IMAGE_KEY).cloned().unwrap_or_default(),
+            key: i.labels.get(LABEL_IMAGE_KEY).and_then(|k| k.parse().ok()),
             tags: i.repo_tags,
             size: i.size,
             created: i.created,

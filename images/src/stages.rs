@@ -26,7 +26,7 @@ use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::build::Builder;
-use crate::key::{stage_key, CopyKey, StageKeyInput};
+use crate::key::{stage_key, CopyKey, StageKey, StageKeyInput};
 use crate::{BuildContext, BuildError, BuiltImage, LogFn, LABEL_IMAGE, LABEL_IMAGE_KEY, LABEL_RUN, LABEL_STAGE_KEY};
 
 /// What a stage starts from.
@@ -44,7 +44,7 @@ enum PlannedCopy {
 
 /// A needed stage, keyed.
 pub(crate) struct Plan {
-    pub(crate) key: String,
+    pub(crate) key: StageKey,
     base: Base,
     copies: Vec<PlannedCopy>,
     /// Indices of the stages it uses (`from`, `copy.from`).
@@ -72,7 +72,7 @@ pub(crate) async fn build(
     let invalid = |message: String| BuildError::Invalid { image: name.to_string(), message };
     let last = stages.len().checked_sub(1).ok_or_else(|| invalid("has no stages".into()))?;
     let plans = plan(builder, ctx, name, stages, last, log).await?;
-    let key = plans[last].as_ref().map(|p| p.key.clone()).ok_or_else(|| invalid("final stage was not planned".into()))?;
+    let key = plans[last].as_ref().map(|p| p.key).ok_or_else(|| invalid("final stage was not planned".into()))?;
 
     // Walk back from the final stage: found stages end the walk.
     let mut ids: Vec<Option<ImageId>> = vec![None; stages.len()];
@@ -137,9 +137,9 @@ pub(crate) async fn build(
     }
     let id = ids[last].clone().ok_or_else(|| invalid("final stage has no image".into()))?;
     let repo = docker::labels::repository(ctx.workflow, name);
-    let short = &key[..12.min(key.len())];
-    builder.docker.tag_image(id.as_str(), &repo, short).await.map_err(|e| daemon(&format!("tag image `{name}`"), &e))?;
-    Ok(BuiltImage { name: name.to_string(), id, tag: format!("{repo}:{short}"), key: key.clone(), stages_built: to_build.len() })
+    let short = key.short();
+    builder.docker.tag_image(id.as_str(), &repo, &short).await.map_err(|e| daemon(&format!("tag image `{name}`"), &e))?;
+    Ok(BuiltImage { name: name.to_string(), id, tag: format!("{repo}:{short}"), key: *key, stages_built: to_build.len() })
 }
 
 /// Key every stage the final stage needs (others get `None`).
@@ -190,9 +190,9 @@ pub(crate) async fn plan(
             plans.push(None);
             continue;
         }
-        let key_of = |d: usize| plans.get(d).and_then(|p: &Option<Plan>| p.as_ref()).map(|p| p.key.clone());
+        let key_of = |d: usize| plans.get(d).and_then(|p: &Option<Plan>| p.as_ref()).map(|p| p.key);
         let (base, base_key) = match index(i, &s.from)? {
-            Some(d) => (Base::Stage(d), key_of(d).ok_or_else(|| invalid(format!("stage `{}` has no key", stages[d].name)))?),
+            Some(d) => (Base::Stage(d), key_of(d).ok_or_else(|| invalid(format!("stage `{}` has no key", stages[d].name)))?.hex()),
             None => {
                 let id = builder.ensure_base(&s.from, log).await?;
                 let key = id.to_string();
@@ -240,7 +240,7 @@ pub(crate) async fn plan(
 }
 
 /// An existing image of this stage of this image (the final stage must also carry the image key).
-pub(crate) async fn find(builder: &Builder, image: &str, key: &str, last: bool) -> Result<Option<ImageId>, BuildError> {
+pub(crate) async fn find(builder: &Builder, image: &str, key: &StageKey, last: bool) -> Result<Option<ImageId>, BuildError> {
     let mut labels = vec![format!("{LABEL_STAGE_KEY}={key}"), format!("{LABEL_IMAGE}={image}")];
     if last {
         labels.push(format!("{LABEL_IMAGE_KEY}={key}"));
@@ -259,7 +259,7 @@ async fn build_stage(
     plan: Option<&Plan>,
     ready: &[Option<ImageId>],
     last: bool,
-    image_key: &str,
+    image_key: &StageKey,
 ) -> Result<ImageId, BuildError> {
     let failed = |message: String| BuildError::StageFailed { image: env.image.into(), stage: stage.name.clone(), message };
     let plan = plan.ok_or_else(|| failed("stage was not planned".into()))?;
@@ -308,9 +308,9 @@ async fn build_stage(
         .filter(|kv| !stage.env.contains_key(kv.split('=').next().unwrap_or("")))
         .collect();
     environment.extend(stage.env.iter().map(|(k, v)| format!("{k}={v}")));
-    let mut labels = HashMap::from([(LABEL_STAGE_KEY.to_string(), plan.key.clone()), (LABEL_IMAGE.to_string(), env.image.to_string())]);
+    let mut labels = HashMap::from([(LABEL_STAGE_KEY.to_string(), plan.key.hex()), (LABEL_IMAGE.to_string(), env.image.to_string())]);
     if last {
-        labels.insert(LABEL_IMAGE_KEY.to_string(), image_key.to_string());
+        labels.insert(LABEL_IMAGE_KEY.to_string(), image_key.hex());
     }
     let config = ImageConfig {
         env: Some(environment),

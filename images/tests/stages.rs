@@ -192,14 +192,14 @@ async fn two_stage_image_builds_then_is_found() {
         }
     };
     assert_eq!(first.stages_built, 2, "build and final, not the unused stage");
-    assert_eq!(first.tag, format!("{}/{}:{}", workflow.to_lowercase(), name, &first.key[..12]));
+    assert_eq!(first.tag, format!("{}/{}:{}", workflow.to_lowercase(), name, first.key.short()));
     assert!(b.logs.lock().unwrap().contains(&format!("{name}/build: hello-from-build")), "{:?}", b.logs.lock().unwrap());
     let inspect = b.docker.inspect_image(&first.tag);
     assert_eq!(inspect["Id"].as_str(), Some(first.id.as_str()));
     let config = &inspect["Config"];
     let labels: HashMap<String, String> = serde_json::from_value(config["Labels"].clone()).unwrap_or_default();
     assert_eq!(labels.get("engine.image"), Some(&name));
-    assert_eq!(labels.get("engine.image.key"), Some(&first.key));
+    assert_eq!(labels.get("engine.image.key"), Some(&first.key.hex()));
     assert_eq!(config["Cmd"], serde_json::json!(["/bin/sh"]), "the base's Cmd is kept");
     assert!(config["Entrypoint"].as_array().is_none_or(|e| e.is_empty()), "no Entrypoint of a build container leaks into the image");
 
@@ -234,7 +234,7 @@ async fn changed_context_file_rebuilds_only_what_uses_it() {
         // Changing a file the tool image does not copy changes nothing.
         std::fs::write(b.dir().join("tools/readme.md"), "not a .sh").unwrap();
         let t_same = b.build(&tool, &tool_def, false).await?;
-        assert_eq!((t_same.key.as_str(), t_same.stages_built), (t1.key.as_str(), 0));
+        assert_eq!((t_same.key, t_same.stages_built), (t1.key, 0));
 
         std::fs::write(b.dir().join("tools/tool.sh"), "#!/bin/sh\necho tool-ok-2\n").unwrap();
         let t2 = b.build(&tool, &tool_def, false).await?;

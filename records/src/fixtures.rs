@@ -46,8 +46,8 @@ pub fn step(name: &str, status: StepState, reference: &str, id: &str, outputs: V
     let mut s = StepRecord::pending(definition);
     s.status = status;
     s.cached = status == StepState::Cached;
-    let image_id = format!("sha256:{}", digest(id).hex());
-    s.image = Some(ImageRecord { reference: reference.into(), id: image_id.clone() });
+    let image_id = cache::ImageId::from_digest(&digest(id));
+    s.image = Some(ImageRecord { reference: reference.into(), id: image_id.to_string() });
     s.key = Some(digest(&format!("key of {name}")).hex());
     s.key_components = Some(KeyComponents {
         format: cache::CACHE_FORMAT_VERSION,

@@ -327,7 +327,7 @@ pub fn sha256(bytes: &[u8]) -> String {
 /// (it is not part of the key; the key decides it). Falls between 2001 and 2033.
 pub fn source_date_epoch(key: &cache::ActionKey) -> u64 {
     let mut first = [0u8; 8];
-    first.copy_from_slice(&key.0 .0[..8]);
+    first.copy_from_slice(&key.digest().as_bytes()[..8]);
     1_000_000_000 + u64::from_be_bytes(first) % 1_000_000_000
 }
 
@@ -337,9 +337,9 @@ mod tests {
 
     #[test]
     fn source_date_epoch_is_a_plausible_time_fixed_by_the_key() {
-        let k = cache::ActionKey(cache::Digest::of(b"x"));
+        let k = cache::ActionKey::from_digest(cache::Digest::of(b"x"));
         assert_eq!(source_date_epoch(&k), source_date_epoch(&k));
         assert!((1_000_000_000..2_000_000_000).contains(&source_date_epoch(&k)));
-        assert_ne!(source_date_epoch(&k), source_date_epoch(&cache::ActionKey(cache::Digest::of(b"y"))));
+        assert_ne!(source_date_epoch(&k), source_date_epoch(&cache::ActionKey::from_digest(cache::Digest::of(b"y"))));
     }
 }

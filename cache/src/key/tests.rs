@@ -2,13 +2,13 @@ use super::*;
 use proptest::prelude::*;
 
 fn d(byte: u8) -> Digest {
-    Digest([byte; 32])
+    Digest::from_bytes([byte; 32])
 }
 
 fn sample() -> KeyComponents {
     KeyComponents {
         format: 1,
-        image_id: "sha256:ab12cd34ef567890ab12cd34ef567890ab12cd34ef567890ab12cd34ef567890".into(),
+        image_id: "sha256:ab12cd34ef567890ab12cd34ef567890ab12cd34ef567890ab12cd34ef567890".parse().unwrap(),
         command: vec!["sh".into(), "-c".into(), "cc -o out/hello src/hello.c".into()],
         env: [("CC".to_string(), "gcc".to_string()), ("LANG".to_string(), "C".to_string())].into(),
         workdir: "/work".into(),
@@ -104,7 +104,7 @@ fn diff_lists_every_change_in_the_documented_order() {
     let old = sample();
     let mut new = sample();
     new.format = 2;
-    new.image_id = "sha256:ffff".into();
+    new.image_id = ImageId::from_digest(&d(0xff));
     new.command.push("-v".into());
     new.env.insert("CC".into(), "clang".into());
     new.env.remove("LANG");
@@ -124,7 +124,7 @@ fn diff_lists_every_change_in_the_documented_order() {
         shown,
         [
             "cache format changed (1 -> 2)",
-            "image changed (sha256:ab12cd34ef56 -> sha256:ffff)",
+            "image changed (sha256:ab12cd34ef56 -> sha256:ffffffffffff)",
             "command changed",
             "env `CC` changed (gcc -> clang)",
             "env `LANG` removed",
@@ -167,8 +167,11 @@ fn display_of_the_reasons_without_a_diff() {
         (Reason::EntryMissing, "cache entry missing or damaged"),
         (Reason::UpstreamWillRun { step: "build".into() }, "needs `build`, which will run"),
         (
-            Reason::ImageChanged { old: "sha256:0123456789abcdef".into(), new: "alpine:3".into() },
-            "image changed (sha256:0123456789ab -> alpine:3)",
+            Reason::ImageChanged {
+                old: format!("sha256:0123456789ab{}", "c".repeat(52)).parse().unwrap(),
+                new: ImageId::from_digest(&d(0xfe)),
+            },
+            "image changed (sha256:0123456789ab -> sha256:fefefefefefe)",
         ),
         (Reason::EnvChanged { name: "X".into(), old: None, new: None }, "env `X` changed"),
     ];
@@ -195,7 +198,7 @@ fn components() -> impl Strategy<Value = KeyComponents> {
     let digest = (0u8..3).prop_map(d);
     let mode = prop_oneof![Just(0o644u32), Just(0o755), Just(0o120777)];
     (
-        (0u32..3, small_str(), prop::collection::vec(small_str(), 0..4)),
+        (0u32..3, digest.clone().prop_map(|d| ImageId::from_digest(&d)), prop::collection::vec(small_str(), 0..4)),
         prop::collection::btree_map(small_str(), small_str(), 0..4),
         (small_str(), small_str(), small_str()),
         (prop::collection::vec(small_str(), 0..3), prop::collection::vec(small_str(), 0..3)),

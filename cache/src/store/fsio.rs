@@ -42,7 +42,7 @@ fn hash_stream(mut r: impl Read, mut sink: impl FnMut(&[u8]) -> io::Result<()>) 
         sink(&buf[..n])?;
         size += n as u64;
     }
-    Ok((Digest(hasher.finalize().into()), size))
+    Ok((Digest::from_bytes(hasher.finalize().into()), size))
 }
 
 /// SHA-256 of a file's content, streamed.

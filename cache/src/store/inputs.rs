@@ -49,7 +49,7 @@ impl Store {
     /// keep the manifest by its digest, name it in the entry, and drop the old file. Best effort:
     /// on any failure the entry stays as it was (and still restores).
     pub(super) fn adopt_legacy_inputs(&self, m: &mut Manifest) {
-        let legacy = self.input_manifest_path(&m.key.0);
+        let legacy = self.input_manifest_path(&m.key.digest());
         let Ok(bytes) = crate::safe::read_bounded(&legacy, MAX_META_BYTES) else { return };
         let Ok(inputs) = serde_json::from_slice::<Vec<InputEntry>>(&bytes) else { return };
         let Ok(digest) = self.put_input_manifest(&inputs) else { return };
@@ -60,7 +60,7 @@ impl Store {
         if fsio::write_atomic(&self.v1("tmp"), &dest, &json).is_ok() {
             *m = adopted;
             // (A key equal to the list's own digest would name the new file itself.)
-            if digest != m.key.0 {
+            if digest != m.key.digest() {
                 let _ = fs::remove_file(&legacy);
             }
         }

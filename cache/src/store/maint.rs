@@ -74,7 +74,7 @@ pub(super) fn manifests(store: &Store) -> Result<Vec<Found>, StoreError> {
             let manifest =
                 crate::safe::read_bounded(&path, super::MAX_META_BYTES).ok().and_then(|b| serde_json::from_slice::<Manifest>(&b).ok());
             Found {
-                key: name_digest(&path, ".json").map(ActionKey),
+                key: name_digest(&path, ".json").map(ActionKey::from_digest),
                 manifest,
                 mtime: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
                 bytes: meta.len(),
@@ -118,7 +118,7 @@ fn blobs(store: &Store) -> Result<Vec<Blob>, StoreError> {
 /// The input manifest file an entry keeps alive: the one it names, or for an entry of the
 /// previous layout, the one filed under its key.
 fn inputs_file(m: &Manifest) -> Digest {
-    m.inputs.unwrap_or(m.key.0)
+    m.inputs.unwrap_or(m.key.digest())
 }
 
 /// The input manifests read during one gc, by the name of their file (many entries share one).
@@ -181,7 +181,7 @@ pub(super) fn list(store: &Store) -> Vec<EntryInfo> {
         })
         .collect();
     // Full mtime precision first; the key breaks ties so the order is stable.
-    found.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.key.0.cmp(&b.1.key.0)));
+    found.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.key.digest().cmp(&b.1.key.digest())));
     found.into_iter().map(|(_, i)| i).collect()
 }
 

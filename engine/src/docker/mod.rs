@@ -7,10 +7,10 @@
 pub mod cleanup;
 pub mod owner;
 
+use crate::budget::HostBudget;
 use crate::error::EnvironmentError;
 use crate::events::{Event, Stream};
 use crate::executor::{StepContext, StepFailure, StepJob, StepOutcome};
-use crate::plan::HostBudget;
 
 pub use docker::labels::{cache_volume_name, container_name, LABEL_CACHE, LABEL_HOST, LABEL_PID, LABEL_PID_START, LABEL_RUN, LABEL_STEP};
 pub use docker::{

@@ -18,9 +18,9 @@ pub struct DryRun {
     /// Each step's hashed input files.
     pub inputs: HashMap<String, Vec<InputEntry>>,
     /// Step name -> image ID, for steps using an image reference.
-    pub image_ids: HashMap<String, crate::docker::ImageId>,
+    pub image_ids: HashMap<String, cache::ImageId>,
     /// Image name under `images:` -> its ID if built for its current definition.
-    pub built: BTreeMap<String, Option<crate::docker::ImageId>>,
+    pub built: BTreeMap<String, Option<cache::ImageId>>,
 }
 
 impl DryRun {

@@ -39,7 +39,7 @@ pub fn render_text(plan: &Plan, cache: &[CacheView]) -> String {
     let n = plan.steps.len();
     let _ = write!(out, "workflow `{}`: {n} step{} in this order", plan.workflow.name, if n == 1 { "" } else { "s" });
     if !cache.is_empty() {
-        let cached = cache.iter().filter(|c| c.status == "cached").count();
+        let cached = cache.iter().filter(|c| c.status == CacheStatus::Cached).count();
         let _ = write!(out, " ({cached} cached, {} to run)", n - cached);
     }
     let _ = writeln!(out);
@@ -74,8 +74,9 @@ pub fn render_text(plan: &Plan, cache: &[CacheView]) -> String {
         field("secrets", list_or_dash(&s.secrets));
         field("workdir", s.workdir.clone());
         match cache.get(pos) {
-            Some(view) if view.status == "cached" => {
-                field("cache", format!("cached (key {})", view.key.as_deref().map(short).unwrap_or("-")))
+            Some(view) if view.status == CacheStatus::Cached => {
+                let key = view.key.map(|k| k.digest().short());
+                field("cache", format!("cached (key {})", key.as_deref().unwrap_or("-")))
             }
             Some(view) => field("cache", format!("run: {}", view.reasons.join("; "))),
             None => field("cache", if s.cache { "on".into() } else { "off (cache: false)".into() }),
@@ -88,16 +89,38 @@ pub fn render_text(plan: &Plan, cache: &[CacheView]) -> String {
 /// engine before rendering: the planner itself never looks at the cache.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheView {
-    /// `cached` or `run`.
-    pub status: &'static str,
+    /// Restored or run.
+    pub status: CacheStatus,
     /// The action key, when it can be known now (not when a needed step will run first).
-    pub key: Option<String>,
+    pub key: Option<cache::ActionKey>,
     /// Why it runs, one sentence each; empty when cached.
     pub reasons: Vec<String>,
 }
 
-fn short(key: &str) -> &str {
-    key.get(..12).unwrap_or(key)
+/// What a run would do with a planned step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheStatus {
+    /// Restored from the cache, no container.
+    Cached,
+    /// Executed.
+    Run,
+}
+
+impl CacheStatus {
+    /// `cached` or `run`, as the plan shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheStatus::Cached => "cached",
+            CacheStatus::Run => "run",
+        }
+    }
+}
+
+impl std::fmt::Display for CacheStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The plan as JSON for tools: `{"workflow": name, "steps": [{"name", "key", "status", "reasons",

@@ -112,12 +112,12 @@ fn check_unique_names(record: &RunRecord) -> Result<(), String> {
 /// The digest of a list of output entries, as the store computes it for a manifest.
 fn outputs_digest(entries: &[OutputEntry]) -> Digest {
     cache::Manifest {
-        key: cache::ActionKey(Digest([0; 32])),
+        key: cache::ActionKey::from_digest(Digest::from_bytes([0; 32])),
         workflow: String::new(),
         step: String::new(),
         entries: entries.to_vec(),
         exit_code: 0,
-        log: Digest([0; 32]),
+        log: Digest::from_bytes([0; 32]),
         inputs: None,
         created: 0,
         duration_ms: 0,
@@ -152,8 +152,9 @@ fn differing_fields(expected: &cache::KeyComponents, recorded: &cache::KeyCompon
 fn verify_step(store: &Store, record: &RunRecord, step: &StepRecord) -> Result<Vec<InputEntry>, Refusal> {
     use Refusal::{Edited, Unverifiable};
     let key_text = step.key.as_deref().ok_or_else(|| Edited("it has no key".into()))?;
-    let key =
-        cache::ActionKey(key_text.parse().map_err(|_| Edited(format!("its key `{}` is not a SHA-256 digest", key_text.escape_debug())))?);
+    let key = cache::ActionKey::from_digest(
+        key_text.parse().map_err(|_| Edited(format!("its key `{}` is not a SHA-256 digest", key_text.escape_debug())))?,
+    );
     let recorded = step.key_components.as_ref().ok_or_else(|| Edited("it has no key components".into()))?;
     let image = step.image.as_ref().ok_or_else(|| Edited("it names no image".into()))?;
     let inputs = match step.inputs_manifest {
@@ -225,7 +226,7 @@ fn verify_step(store: &Store, record: &RunRecord, step: &StepRecord) -> Result<V
             return Err(Unverifiable(format!(
                 "the cache store {} has no entry for its key {} (collected by `engine cache gc`, or the record was edited)",
                 store.dir().display(),
-                key.0.short()
+                key.digest().short()
             )))
         }
         Err(_) => None,
@@ -233,7 +234,7 @@ fn verify_step(store: &Store, record: &RunRecord, step: &StepRecord) -> Result<V
     if manifest.is_none() {
         return Err(Unverifiable(format!(
             "the cache entry of its key {} is unreadable or damaged ({})",
-            key.0.short(),
+            key.digest().short(),
             manifest_path.display()
         )));
     }

@@ -225,7 +225,7 @@ fn edited_user_network_or_command_is_refused_before_any_container() {
         s["key_components"]["user"] = json!("0:0");
         let key = key_of(&s["key_components"], &inputs);
         s["key"] = json!(key);
-        let epoch = cache::ActionKey(key.parse().unwrap());
+        let epoch = cache::ActionKey::from_digest(key.parse().unwrap());
         s["source_date_epoch"] = json!(engine::record::source_date_epoch(&epoch));
     });
     let o = r.replay(&[&gen]);
@@ -347,12 +347,12 @@ fn input_or_upstream_digests_the_store_does_not_match_are_refused() {
         up["outputs"].as_array_mut().unwrap().retain(|e| e["path"] != "o/uid");
         let entries: Vec<cache::OutputEntry> = serde_json::from_value(up["outputs"].clone()).unwrap();
         let m = cache::Manifest {
-            key: cache::ActionKey(cache::Digest([0; 32])),
+            key: cache::ActionKey::from_digest(cache::Digest::from_bytes([0; 32])),
             workflow: String::new(),
             step: String::new(),
             entries,
             exit_code: 0,
-            log: cache::Digest([0; 32]),
+            log: cache::Digest::from_bytes([0; 32]),
             created: 0,
             duration_ms: 0,
             inputs: None,
