@@ -105,7 +105,7 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<RunStatus,
     let flusher = recorder.spawn_flusher();
     tracing::debug!(elapsed = ?started.elapsed(), "started the run record");
 
-    let (events, rx) = EventSink::bounded();
+    let (events, rx) = EventSink::channel();
     let renderer = output::spawn(cfg.output, cfg.color, rx);
     events.emit(Event::RunStarted {
         run_id: run_id.clone(),

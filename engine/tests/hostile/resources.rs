@@ -163,3 +163,27 @@ fn a_long_log_is_streamed_and_capped() {
     assert!(peak < 60 * MIB, "the engine peaked at {} MiB for 200 MB of log", peak / MIB);
     assert_nothing_escaped(&p, &host, &[]);
 }
+
+#[test]
+fn a_gigabyte_without_a_newline_stays_in_bounded_memory() {
+    let host = Host::new();
+    // 1 GB on stdout, not one newline in it, then a line on stderr: one line, cut at 64 KiB.
+    let run = "head -c 1000000000 /dev/zero | tr \"\\\\0\" x; echo DONE >&2";
+    let p = Project::new(&workflow("", &format!("'{run}'"), "[]"));
+    let (code, err, peak) = run_measured(&p, &[]);
+    assert_eq!(code, 0, "{err}");
+    let ids = run_ids(&p);
+    let log = std::fs::read(p.path().join(".engine/runs").join(&ids[0]).join("logs/00-a.log")).unwrap();
+    assert!(log.len() < 128 << 10, "the log kept {} bytes of one line", log.len());
+    let kept = String::from_utf8_lossy(&log);
+    // Two lines (the stdout one ends only with the stream, so it may come second).
+    let mut lines: Vec<&str> = kept.lines().collect();
+    lines.sort();
+    assert_eq!(lines.len(), 2, "{}", &kept[kept.len().saturating_sub(200)..]);
+    assert_eq!(lines[0], "stderr DONE");
+    assert!(lines[1].starts_with("stdout xxxx"), "{}", &lines[1][..100.min(lines[1].len())]);
+    assert!(lines[1].ends_with(&format!("x [… {} bytes cut]", 1_000_000_000 - (64 << 10))), "{}", &lines[1][lines[1].len() - 100..]);
+    eprintln!("engine peak RSS for 1 GB without a newline: {} MiB", peak / MIB);
+    assert!(peak < 64 * MIB, "the engine peaked at {} MiB for 1 GB without a newline", peak / MIB);
+    assert_nothing_escaped(&p, &host, &[]);
+}
