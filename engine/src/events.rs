@@ -165,16 +165,10 @@ impl Gate {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if state.full(size) {
             drop(state);
-            let wait = || {
+            state = blocking(|| {
                 let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
                 self.room.wait_while(state, |s| s.full(size)).unwrap_or_else(|e| e.into_inner())
-            };
-            // Waiting for the consumer is blocking: on a multi-thread runtime, hand this worker's
-            // other tasks to another thread first.
-            state = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-                Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(wait),
-                _ => wait(),
-            };
+            });
         }
         state.in_flight += 1;
         state.bytes += size;
@@ -190,6 +184,16 @@ impl Gate {
     fn close(&self) {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
         self.room.notify_all();
+    }
+}
+
+/// Run `wait`, which blocks (for a consumer or a writer thread to catch up), from wherever: on a
+/// multi-thread runtime's worker, this worker's other tasks are handed to another thread first
+/// (`block_in_place`); elsewhere it just runs.
+pub fn blocking<T>(wait: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(wait),
+        _ => wait(),
     }
 }
 
