@@ -153,23 +153,29 @@ pub enum Event {
     },
 }
 
-/// Where events go. Cloneable; a closed receiver drops events silently. A sink made by
-/// [`EventSink::bounded`] waits while its receiver is [`BOUND`] events behind (the run's renderer:
-/// a step printing faster than the terminal takes it is slowed down, the engine's memory is not
-/// spent on the backlog); the others never wait.
+/// Where events go. Cloneable; a closed receiver drops events silently. Every sink that has a
+/// receiver is bounded ([`EventSink::channel`]): an emitter waits while its receiver is [`BOUND`]
+/// events or [`BOUND_BYTES`] bytes of log text behind, so a step printing faster than its consumer
+/// takes the lines is slowed down (backpressure, no line lost) and the engine's memory is not
+/// spent on the backlog. Once the receiver is gone nobody waits. The wait happens off the async
+/// workers' hands (`block_in_place` on a multi-thread runtime).
 #[derive(Debug, Clone)]
 pub struct EventSink {
-    tx: mpsc::UnboundedSender<Event>,
+    /// None for [`EventSink::null`].
+    tx: Option<mpsc::UnboundedSender<Event>>,
     /// When set, every `Log` event emitted through this sink is also appended here (the cache
     /// records the digest of a step's log).
     capture: Option<LogCapture>,
     gate: Option<Arc<Gate>>,
 }
 
-/// How many events a [`EventSink::bounded`] receiver may be behind before emitters wait.
-pub(crate) const BOUND: usize = 4096;
+/// How many events a receiver may be behind before emitters wait.
+pub const BOUND: usize = 4096;
+/// How many bytes of log lines a receiver may be behind before emitters wait (a log line is at
+/// most 64 KiB and a note: [`BOUND`] of them would be 256 MiB).
+pub const BOUND_BYTES: usize = 4 << 20;
 
-/// The count of events sent and not yet received, for [`EventSink::bounded`].
+/// The count of events (and their log bytes) sent and not yet received.
 #[derive(Debug, Default)]
 struct Gate {
     state: Mutex<GateState>,
@@ -179,21 +185,38 @@ struct Gate {
 #[derive(Debug, Default)]
 struct GateState {
     in_flight: usize,
+    bytes: usize,
     /// The receiver is gone: nobody will make room any more, so nobody waits.
     closed: bool,
 }
 
+impl GateState {
+    /// Whether an event of `size` bytes must wait: the backlog is full (one event always passes
+    /// an empty backlog, whatever its size).
+    fn full(&self, size: usize) -> bool {
+        !self.closed && self.in_flight > 0 && (self.in_flight >= BOUND || self.bytes + size > BOUND_BYTES)
+    }
+}
+
 impl Gate {
-    fn enter(&self) {
-        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let mut state = self.room.wait_while(state, |s| s.in_flight >= BOUND && !s.closed).unwrap_or_else(|e| e.into_inner());
+    fn enter(&self, size: usize) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.full(size) {
+            drop(state);
+            state = blocking(|| {
+                let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                self.room.wait_while(state, |s| s.full(size)).unwrap_or_else(|e| e.into_inner())
+            });
+        }
         state.in_flight += 1;
+        state.bytes += size;
     }
 
-    fn leave(&self) {
+    fn leave(&self, size: usize) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         state.in_flight = state.in_flight.saturating_sub(1);
-        self.room.notify_one();
+        state.bytes = state.bytes.saturating_sub(size);
+        self.room.notify_all();
     }
 
     fn close(&self) {
@@ -202,9 +225,27 @@ impl Gate {
     }
 }
 
-/// The receiving end of [`EventSink::bounded`]: each event received makes room for one more.
+/// Run `wait`, which blocks (for a consumer or a writer thread to catch up), from wherever: on a
+/// multi-thread runtime's worker, this worker's other tasks are handed to another thread first
+/// (`block_in_place`); elsewhere it just runs.
+pub fn blocking<T>(wait: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(wait),
+        _ => wait(),
+    }
+}
+
+/// The bytes an event counts for against [`BOUND_BYTES`]: a log line's text.
+fn weight(event: &Event) -> usize {
+    match event {
+        Event::Log { line, .. } => line.len(),
+        _ => 0,
+    }
+}
+
+/// The receiving end of [`EventSink::channel`]: each event received makes room for one more.
 #[derive(Debug)]
-pub(crate) struct EventReceiver {
+pub struct EventReceiver {
     rx: mpsc::UnboundedReceiver<Event>,
     gate: Arc<Gate>,
 }
@@ -212,9 +253,23 @@ pub(crate) struct EventReceiver {
 impl EventReceiver {
     /// The next event, waiting for it (call it from a thread of its own, not an async task);
     /// `None` once every sink is gone.
-    pub(crate) fn blocking_recv(&mut self) -> Option<Event> {
+    pub fn blocking_recv(&mut self) -> Option<Event> {
         let event = self.rx.blocking_recv()?;
-        self.gate.leave();
+        self.gate.leave(weight(&event));
+        Some(event)
+    }
+
+    /// The next event, waiting for it; `None` once every sink is gone.
+    pub async fn recv(&mut self) -> Option<Event> {
+        let event = self.rx.recv().await?;
+        self.gate.leave(weight(&event));
+        Some(event)
+    }
+
+    /// The next event if one is waiting right now.
+    pub fn try_recv(&mut self) -> Option<Event> {
+        let event = self.rx.try_recv().ok()?;
+        self.gate.leave(weight(&event));
         Some(event)
     }
 
@@ -230,60 +285,40 @@ impl Drop for EventReceiver {
     }
 }
 
-/// The log lines of one step, as `<stream> <line>\n`, collected while it runs: in memory
-/// ([`EventSink::capturing_logs`], for short logs such as a replay's), or handed line by line to
-/// a [`LogSink`] ([`EventSink::capturing_logs_into`], the run record's streamed log). Lines are
-/// captured after secret masking, exactly as they were shown.
-#[derive(Clone, Default)]
+/// The log lines of one step, as `<stream> <line>\n`, handed line by line to a [`LogSink`]
+/// while it runs ([`EventSink::capturing_logs_into`]: the run record's streamed log, a replay's
+/// bounded tail); never gathered whole in memory. Lines are captured after secret masking, exactly
+/// as they were shown.
+#[derive(Clone)]
 pub struct LogCapture {
-    buf: Arc<Mutex<Vec<u8>>>,
-    sink: Option<Arc<dyn LogSink>>,
+    sink: Arc<dyn LogSink>,
 }
 
-/// Where captured log lines go when they are not kept in memory.
-pub(crate) trait LogSink: Send + Sync {
+/// Where captured log lines go.
+pub trait LogSink: Send + Sync {
+    /// Take one line (`<stream> <line>\n`); may wait while the sink's writer is behind.
     fn append(&self, line: Vec<u8>);
 }
 
 impl std::fmt::Debug for LogCapture {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LogCapture").field("streamed", &self.sink.is_some()).finish()
-    }
-}
-
-impl LogCapture {
-    /// The lines captured in memory (nothing when they went to a sink).
-    pub fn take(&self) -> Vec<u8> {
-        std::mem::take(&mut *self.buf.lock().unwrap_or_else(|e| e.into_inner()))
+        f.debug_struct("LogCapture").finish_non_exhaustive()
     }
 }
 
 impl EventSink {
-    /// A sink and the receiver of everything emitted through it; emitters never wait.
-    pub fn channel() -> (EventSink, mpsc::UnboundedReceiver<Event>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        (EventSink { tx, capture: None, gate: None }, rx)
-    }
-
-    /// A sink whose emitters wait while the receiver is [`BOUND`] events behind: for a consumer
-    /// that keeps receiving on a thread of its own (the run's renderer), never for one that reads
-    /// only after the emitters are done.
-    pub(crate) fn bounded() -> (EventSink, EventReceiver) {
+    /// A bounded sink and its receiver. Its emitters wait while the receiver is far behind (see
+    /// [`EventSink`]): the consumer must keep receiving while they emit (a thread or task of its
+    /// own, as the run's renderer), or be known to receive fewer than [`BOUND`] events.
+    pub fn channel() -> (EventSink, EventReceiver) {
         let (tx, rx) = mpsc::unbounded_channel();
         let gate = Arc::new(Gate::default());
-        (EventSink { tx, capture: None, gate: Some(gate.clone()) }, EventReceiver { rx, gate })
-    }
-
-    /// A sink that forwards to this one and also captures log lines.
-    pub fn capturing_logs(&self) -> (EventSink, LogCapture) {
-        let capture = LogCapture::default();
-        (EventSink { tx: self.tx.clone(), capture: Some(capture.clone()), gate: self.gate.clone() }, capture)
+        (EventSink { tx: Some(tx), capture: None, gate: Some(gate.clone()) }, EventReceiver { rx, gate })
     }
 
     /// A sink that forwards to this one and hands every log line to `sink` as it comes.
-    pub(crate) fn capturing_logs_into(&self, sink: Arc<dyn LogSink>) -> EventSink {
-        let capture = LogCapture { buf: Arc::default(), sink: Some(sink) };
-        EventSink { tx: self.tx.clone(), capture: Some(capture), gate: self.gate.clone() }
+    pub fn capturing_logs_into(&self, sink: Arc<dyn LogSink>) -> EventSink {
+        EventSink { tx: self.tx.clone(), capture: Some(LogCapture { sink }), gate: self.gate.clone() }
     }
 
     /// Send `event` to the receiver (and, for a `Log` event, to the capture if there is one).
@@ -293,29 +328,24 @@ impl EventSink {
                 Stream::Stdout => "stdout",
                 Stream::Stderr => "stderr",
             };
-            match &capture.sink {
-                Some(sink) => sink.append(format!("{stream} {line}\n").into_bytes()),
-                None => {
-                    let mut buf = capture.buf.lock().unwrap_or_else(|e| e.into_inner());
-                    buf.extend_from_slice(format!("{stream} {line}\n").as_bytes());
-                }
-            }
+            capture.sink.append(format!("{stream} {line}\n").into_bytes());
         }
+        let Some(tx) = &self.tx else { return };
+        let size = weight(&event);
         if let Some(gate) = &self.gate {
-            // Waits only while the renderer, on its own thread, is far behind.
-            gate.enter();
+            // Waits only while the consumer, on its own thread, is far behind.
+            gate.enter(size);
         }
-        if self.tx.send(event).is_err() {
+        if tx.send(event).is_err() {
             if let Some(gate) = &self.gate {
-                gate.leave();
+                gate.leave(size);
             }
         }
     }
 
     /// A sink that discards everything (tests, `plan`).
     pub fn null() -> EventSink {
-        let (tx, _rx) = mpsc::unbounded_channel();
-        EventSink { tx, capture: None, gate: None }
+        EventSink { tx: None, capture: None, gate: None }
     }
 }
 
@@ -325,7 +355,7 @@ mod tests {
 
     #[test]
     fn a_bounded_sink_waits_for_its_receiver_and_never_once_it_is_gone() {
-        let (sink, mut rx) = EventSink::bounded();
+        let (sink, mut rx) = EventSink::channel();
         let emitter = {
             let sink = sink.clone();
             std::thread::spawn(move || {
@@ -350,15 +380,47 @@ mod tests {
     }
 
     #[test]
+    fn long_log_lines_are_bounded_by_their_bytes() {
+        let (sink, mut rx) = EventSink::channel();
+        let line = "x".repeat(64 << 10);
+        let emitter = {
+            let sink = sink.clone();
+            std::thread::spawn(move || {
+                for _ in 0..BOUND {
+                    sink.emit(Event::Log { step: "s".into(), stream: Stream::Stdout, line: line.clone() });
+                }
+            })
+        };
+        let mut received = 0;
+        while received < BOUND {
+            let state = sink.gate.as_ref().unwrap().state.lock().unwrap();
+            assert!(state.bytes <= BOUND_BYTES, "{} bytes in flight", state.bytes);
+            drop(state);
+            if rx.blocking_recv().is_some() {
+                received += 1;
+            }
+        }
+        emitter.join().unwrap();
+    }
+
+    #[test]
     fn captured_logs_are_forwarded_too() {
         let (sink, mut rx) = EventSink::channel();
-        let (tee, capture) = sink.capturing_logs();
+        #[derive(Default)]
+        struct Lines(Mutex<Vec<u8>>);
+        impl LogSink for Lines {
+            fn append(&self, line: Vec<u8>) {
+                self.0.lock().unwrap().extend(line);
+            }
+        }
+        let lines = Arc::new(Lines::default());
+        let tee = sink.capturing_logs_into(lines.clone());
         tee.emit(Event::Log { step: "s".into(), stream: Stream::Stdout, line: "hello".into() });
         tee.emit(Event::StepStarted { step: "s".into() });
         sink.emit(Event::Log { step: "other".into(), stream: Stream::Stderr, line: "not captured".into() });
-        assert_eq!(capture.take(), b"stdout hello\n");
-        assert!(matches!(rx.try_recv(), Ok(Event::Log { .. })));
-        assert!(matches!(rx.try_recv(), Ok(Event::StepStarted { .. })));
-        assert!(matches!(rx.try_recv(), Ok(Event::Log { .. })));
+        assert_eq!(*lines.0.lock().unwrap(), b"stdout hello\n");
+        assert!(matches!(rx.try_recv(), Some(Event::Log { .. })));
+        assert!(matches!(rx.try_recv(), Some(Event::StepStarted { .. })));
+        assert!(matches!(rx.try_recv(), Some(Event::Log { .. })));
     }
 }

@@ -134,7 +134,10 @@ pub(crate) fn prune_after_run(workflow_dir: &Path, run_id: &str) {
 
 impl LogSink for StepLog {
     fn append(&self, line: Vec<u8>) {
-        StepLog::append(self, line)
+        // The writer thread is behind (a slow disk): wait for it off the async workers' hands.
+        if let Err(line) = self.try_append(line) {
+            crate::events::blocking(|| StepLog::append(self, line));
+        }
     }
 }
 

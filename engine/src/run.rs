@@ -111,11 +111,13 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<RunStatus,
         Some(v) => v.await.unwrap_or_else(|_| ("unknown".into(), "unknown".into())),
         None => ("unknown".into(), "unknown".into()),
     };
-    let recorder = Arc::new(start_record(&cfg, daemon_version, &workflow, &plan, &run_id, out_dir.path(), jobs)?);
+    // Creates the record's folder and writes the record: file I/O, off the async workers.
+    let recorder =
+        Arc::new(crate::events::blocking(|| start_record(&cfg, daemon_version, &workflow, &plan, &run_id, out_dir.path(), jobs))?);
     let flusher = recorder.spawn_flusher();
     tracing::debug!(elapsed = ?started.elapsed(), "started the run record");
 
-    let (events, rx) = EventSink::bounded();
+    let (events, rx) = EventSink::channel();
     let renderer = output::spawn(cfg.output, cfg.color, rx);
     events.emit(Event::RunStarted {
         run_id: run_id.clone(),
@@ -170,19 +172,22 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<RunStatus,
     // The final record: how the run and every step ended (skips and cancellations included).
     let finished = record::timestamp(std::time::SystemTime::now());
     flusher.abort();
-    let written = recorder.finish(|r| {
-        r.status = report.status.into();
-        r.finished_at = Some(finished);
-        r.duration_ms = Some(started.elapsed().as_millis() as u64);
-        for summary in &report.steps {
-            if let Some(s) = r.steps.iter_mut().find(|s| s.name == summary.step) {
-                s.status = summary.status.into();
-                s.reason = summary.reason.clone();
-                if s.exit_code.is_none() {
-                    s.exit_code = summary.exit_code;
+    // Written and synced (fsync): off the async workers.
+    let written = crate::events::blocking(|| {
+        recorder.finish(|r| {
+            r.status = report.status.into();
+            r.finished_at = Some(finished);
+            r.duration_ms = Some(started.elapsed().as_millis() as u64);
+            for summary in &report.steps {
+                if let Some(s) = r.steps.iter_mut().find(|s| s.name == summary.step) {
+                    s.status = summary.status.into();
+                    s.reason = summary.reason.clone();
+                    if s.exit_code.is_none() {
+                        s.exit_code = summary.exit_code;
+                    }
                 }
             }
-        }
+        })
     });
     if let Err(e) = written {
         tracing::warn!(error = %e, "cannot write the run record");

@@ -90,6 +90,17 @@ impl StepLog {
             let _ = tx.send(line);
         }
     }
+
+    /// Append one line if the writer has room for it now; otherwise hand it back (to be given
+    /// to [`StepLog::append`] where blocking is allowed). Lines after [`StepLog::finish`] are
+    /// dropped.
+    pub fn try_append(&self, line: Vec<u8>) -> Result<(), Vec<u8>> {
+        let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        match tx.map(|tx| tx.try_send(line)) {
+            Some(Err(std::sync::mpsc::TrySendError::Full(line))) => Err(line),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// The files behind a [`StepLog`]: the head (the log file to be), and the tail's two segments.

@@ -152,13 +152,18 @@ pub async fn run(exec: &DockerExecutor, job: StepJob) -> Ran {
 
 pub async fn run_with(exec: &DockerExecutor, job: StepJob, cancel: CancellationToken) -> Ran {
     let (events, mut rx) = EventSink::channel();
+    // The sink is bounded: receive while the step runs.
+    let collector = tokio::spawn(async move {
+        let mut collected = Vec::new();
+        while let Some(e) = rx.recv().await {
+            collected.push(e);
+        }
+        collected
+    });
     let started = Instant::now();
     let outcome = exec.run_step(job, StepContext { events, cancel }).await;
     let elapsed = started.elapsed();
-    let mut collected = Vec::new();
-    while let Ok(e) = rx.try_recv() {
-        collected.push(e);
-    }
+    let collected = collector.await.expect("the event collector");
     Ran { outcome, events: collected, elapsed }
 }
 

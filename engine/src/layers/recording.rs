@@ -66,7 +66,8 @@ impl<E: Executor> Executor for Recording<E> {
 
 /// Record one step's progress; a record that cannot be written costs the audit, not the run.
 fn update(recorder: &Recorder, step: &str, f: impl FnOnce(&mut StepRecord)) {
-    if let Err(e) = recorder.update_step(step, f) {
+    // The write (at most every `FLUSH_EVERY`, else the flusher's) is file I/O: off the workers.
+    if let Err(e) = crate::events::blocking(|| recorder.update_step(step, f)) {
         tracing::warn!(step, error = %e, "cannot write the run record");
     }
 }
@@ -115,7 +116,7 @@ impl StepLogs for RecordLog {
         // The log goes to the record's folder line by line as the step runs (capped, see
         // `record::StepLog`); never gathered in memory. If it cannot be written, the run goes on
         // without it.
-        match self.recorder.step_log(&self.step, self.limit) {
+        match crate::events::blocking(|| self.recorder.step_log(&self.step, self.limit)) {
             Ok(log) => {
                 self.state().streamed = Some(log.clone());
                 Some(log)

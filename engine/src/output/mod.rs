@@ -462,7 +462,7 @@ mod tests {
 
     #[tokio::test]
     async fn spawned_renderer_ends_when_the_senders_are_gone() {
-        let (sink, rx) = crate::events::EventSink::bounded();
+        let (sink, rx) = crate::events::EventSink::channel();
         let handle = spawn(OutputMode::Json, false, rx);
         sink.emit(Event::StepStarted { step: "x".into() });
         drop(sink);

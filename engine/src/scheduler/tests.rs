@@ -128,7 +128,7 @@ async fn go(plan: &Plan, fake: &Arc<Fake>, config: SchedulerConfig, cancel: Canc
     let (sink, mut rx) = EventSink::channel();
     let report = run(plan, fake.clone(), config, sink, cancel).await;
     let mut events = Vec::new();
-    while let Ok(event) = rx.try_recv() {
+    while let Some(event) = rx.try_recv() {
         events.push(event);
     }
     (report, events)
