@@ -145,7 +145,7 @@ impl StatCache {
         let root = fs::canonicalize(root).or_else(|_| std::path::absolute(root)).unwrap_or_else(|_| root.to_path_buf());
         let name = format!("{}.bin", Digest::of(root.as_os_str().as_bytes()).hex());
         let file = cache_dir.join("v1").join("stat").join(name);
-        let entries = crate::safe::read_bounded(&file, crate::store::MAX_META_BYTES)
+        let entries = crate::safe::read_bounded(&file, crate::safe::MAX_META_BYTES)
             .ok()
             .and_then(|bytes| postcard::from_bytes::<StatFile>(&bytes).ok())
             .filter(|f| f.version == STAT_FILE_VERSION)

@@ -13,6 +13,10 @@ use std::path::{Component, Path, PathBuf};
 
 use rustix::fs::{FileType, Mode, OFlags};
 
+/// The most the store reads of a manifest, input manifest, last-run record, stat cache or log
+/// blob: everything read from the cache directory is bounded (a larger file is a miss).
+pub const MAX_META_BYTES: u64 = 256 << 20;
+
 /// An error saying that `path` is not a regular file (what it is instead), never opened.
 pub fn not_regular(path: &Path, what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, format!("{} is {what}, not a regular file", path.display()))

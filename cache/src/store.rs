@@ -43,9 +43,7 @@ pub use fsio::sanitise;
 const LAYOUT: [&str; 7] = ["blobs", "actions", "inputs", "last", "stat", "mounts", "tmp"];
 /// Permission bits kept for outputs (including setuid/setgid/sticky), not the file type.
 const MODE_BITS: u32 = 0o7777;
-/// The most the store reads of a manifest, input manifest, last-run record, stat cache or log
-/// blob: everything read from the cache directory is bounded (a larger file is a miss).
-pub const MAX_META_BYTES: u64 = 256 << 20;
+pub use crate::safe::MAX_META_BYTES;
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]

@@ -3,7 +3,7 @@
 //! with a diagnostic at the workflow line and a related one at the policy line.
 //!
 //! This module owns the policy data and the comparison; reading the policy file's YAML lives in
-//! [`crate::policy_file`] (`Policy::load`), and this module must not decide defaults of
+//! `policy_file` (`Policy::load`), and this module must not decide defaults of
 //! workflows nor see YAML.
 
 use std::sync::Arc;

@@ -4,8 +4,8 @@
 
 use docker::ImageId;
 
-use crate::build::Builder;
 use crate::dockerfile::split_reference;
+use crate::Builder;
 use crate::{BuildError, LogFn};
 
 async fn image_id(builder: &Builder, reference: &str) -> Result<Option<ImageId>, BuildError> {

@@ -17,7 +17,7 @@ use globset::{GlobBuilder, GlobMatcher};
 use sha2::{Digest as _, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use crate::build::Builder;
+use crate::Builder;
 use crate::{BuildContext, BuildError, BuiltImage, LogFn, LABEL_IMAGE, LABEL_IMAGE_KEY};
 
 /// Bumped when the key's encoding changes (old images then simply stop matching).

@@ -3,7 +3,7 @@
 //! Dockerfile image's key from its Dockerfile and context), and the image carrying that key is
 //! looked for. No container is created, nothing is built or tagged.
 
-use crate::build::Builder;
+use crate::Builder;
 use crate::{BuildContext, BuildError};
 
 impl Builder {

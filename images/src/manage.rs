@@ -7,8 +7,8 @@
 use docker::image::ImageSummary;
 use docker::ImageId;
 
-use crate::build::{Builder, ImageInfo};
 use crate::{BuildError, LABEL_IMAGE, LABEL_IMAGE_KEY};
+use crate::{Builder, ImageInfo};
 
 async fn labelled(builder: &Builder, label: &str) -> Result<Vec<ImageSummary>, BuildError> {
     // `all`: stage images may be untagged, and then the default listing hides them.

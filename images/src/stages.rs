@@ -25,8 +25,8 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::build::Builder;
 use crate::key::{stage_key, CopyKey, StageKey, StageKeyInput};
+use crate::Builder;
 use crate::{BuildContext, BuildError, BuiltImage, LogFn, LABEL_IMAGE, LABEL_IMAGE_KEY, LABEL_RUN, LABEL_STAGE_KEY};
 
 /// What a stage starts from.

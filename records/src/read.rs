@@ -243,8 +243,8 @@ mod tests {
 
     use super::*;
     use crate::definition::{Command, ImageRef, StepDefinition};
-    use crate::recorder::Recorder;
     use crate::schema::*;
+    use crate::Recorder;
 
     fn record(id: &str, started: &str) -> RunRecord {
         let mut r = crate::fixtures::record(id, started, RecordStatus::Incomplete, Vec::new());

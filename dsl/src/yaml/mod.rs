@@ -4,7 +4,7 @@
 //! [`reader::Reader`] gives typed, spanned access to a tree for the resolver and the policy
 //! file.
 //!
-//! This module must not know what a workflow means; [`crate::resolve`] does.
+//! This module must not know what a workflow means; the resolver (`resolve`) does.
 
 pub(crate) mod reader;
 
