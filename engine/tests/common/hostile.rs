@@ -94,7 +94,7 @@ pub fn files_containing(root: &Path, needle: &[u8]) -> Vec<PathBuf> {
         if file.take(256 << 20).read_to_end(&mut data).is_err() {
             continue;
         }
-        if data.windows(needle.len()).any(|w| w == needle) {
+        if memchr::memmem::find(&data, needle).is_some() {
             found.push(entry.path().to_path_buf());
         }
     }
