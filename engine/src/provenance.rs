@@ -1,5 +1,6 @@
 //! `engine provenance`: the in-toto / SLSA statement of a recorded run (built by
-//! `records::provenance`), with the input manifests read from the cache store, as pretty JSON.
+//! `records::provenance`), with the input manifests read from the cache store; `output::provenance`
+//! prints it as pretty JSON.
 
 use std::path::Path;
 
@@ -9,11 +10,11 @@ use crate::run::StartError;
 
 pub use crate::record::provenance::{BUILDER_ID, BUILD_TYPE, HOST_URI, PREDICATE_TYPE, STATEMENT_TYPE};
 
-/// The statement of run `id` of the workflow in `dir`, as printed (pretty JSON and a newline).
+/// The statement of run `id` of the workflow in `dir`.
 /// The input manifests come from the cache store in `cache_dir`; one that is gone is the
 /// environment's problem (exit 3), an unfinished, exportless, edited or older record is refused
 /// (exit 2).
-pub fn command(id: &str, dir: &Path, cache_dir: &Path) -> Result<String, StartError> {
+pub fn command(id: &str, dir: &Path, cache_dir: &Path) -> Result<serde_json::Value, StartError> {
     let (_, record) = crate::record::find_current(dir, id)?;
     // The store is opened only when some attested step has inputs.
     let needs_store = record.steps.iter().any(|s| s.status.has_outputs() && s.inputs_count > 0);
@@ -30,8 +31,7 @@ pub fn command(id: &str, dir: &Path, cache_dir: &Path) -> Result<String, StartEr
         ProvenanceError::OlderSchema(e) => StartError::Record(e),
         other => StartError::Invalid(other.to_string()),
     })?;
-    let text = serde_json::to_string_pretty(&statement).map_err(|e| EnvironmentError(e.to_string()))?;
-    Ok(format!("{text}\n"))
+    Ok(statement)
 }
 
 #[cfg(test)]
@@ -67,8 +67,7 @@ mod tests {
         for s in &r.steps {
             store.put_input_manifest(&manifest(&s.inputs_manifest.unwrap()).unwrap()).unwrap();
         }
-        let text = command("6a000002", dir.path(), cache.path()).unwrap();
-        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let v = command("6a000002", dir.path(), cache.path()).unwrap();
         assert_eq!(v["_type"], STATEMENT_TYPE);
 
         // An older engine's record: refused by name.

@@ -85,7 +85,7 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<RunStatus,
         .map_err(|e| EnvironmentError(format!("cannot use the output folder {}: {e}", out_path.display())))?;
 
     let store = Arc::new(open_store(&cfg.cache_dir)?);
-    let prepared = session::prepare(&docker, &store, &plan).await?;
+    let prepared = session::prepare(&docker, &store, &plan, &output::notes::pull_line).await?;
     tracing::debug!(elapsed = ?started.elapsed(), "prepared");
 
     // Secrets are read from the environment before anything starts; only their names go further
@@ -218,8 +218,7 @@ async fn lock_out_dir(out: &cache::safe::PinnedDir, cancel: &CancellationToken) 
             Ok(Ok(lock)) => return Ok(Some(lock)),
             Ok(Err(holder)) => {
                 if !told {
-                    let pid = holder.map_or_else(|| "pid unknown".to_string(), |p| format!("pid {p}"));
-                    eprintln!("waiting for another engine run using {} ({pid})…", out.path().display());
+                    output::notes::waiting_for_out_dir(out.path(), holder);
                     told = true;
                 }
             }
@@ -290,7 +289,7 @@ pub async fn forecast(
 ) -> Result<(Plan, Vec<Forecast>), StartError> {
     let session = Session::open(file, targets, policy, |_| async { Ok(()) }).await?;
     let store = Arc::new(open_store(cache_dir)?);
-    let prepared = session.prepare(&store).await?;
+    let prepared = session.prepare(&store, &output::notes::pull_line).await?;
     let built = session::images::lookup(&session.docker, &session.workflow, &prepared).await?;
     let executor = Arc::new(DryRun {
         store,

@@ -26,6 +26,18 @@ pub fn fmt_secs(ms: u64) -> String {
     format!("{}.{}s", ms / 1000, (ms % 1000) / 100)
 }
 
+/// "3s ago", "5m ago", "2h ago", "4d ago" from unix seconds.
+pub fn fmt_age(unix_secs: u64) -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let age = now.saturating_sub(unix_secs);
+    match age {
+        0..=59 => format!("{age}s ago"),
+        60..=3599 => format!("{}m ago", age / 60),
+        3600..=86_399 => format!("{}h ago", age / 3600),
+        _ => format!("{}d ago", age / 86_400),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

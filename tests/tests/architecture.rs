@@ -118,6 +118,79 @@ fn every_library_documents_its_public_items() {
     }
 }
 
+/// The macros that put text on a user's terminal.
+const PRINTS: [&str; 5] = ["print!", "println!", "eprint!", "eprintln!", "dbg!"];
+
+/// The lines of `text` (1-based) outside comments and its tests (a `tests.rs` file is skipped
+/// by the callers; here, everything from a `#[cfg(test)]` line on) that use one of `words` as
+/// a whole word (`eprint!` is not `print!`).
+fn used_outside_tests(text: &str, words: &[&str]) -> Vec<(usize, String)> {
+    let mut hits = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let code = line.trim_start();
+        if code.starts_with("#[cfg(test)]") {
+            break;
+        }
+        if code.starts_with("//") {
+            continue;
+        }
+        for word in words {
+            let whole = line.match_indices(word).any(|(i, _)| {
+                let before = line[..i].chars().next_back();
+                !before.is_some_and(|c| c.is_alphanumeric() || c == '_')
+            });
+            if whole {
+                hits.push((n + 1, word.to_string()));
+            }
+        }
+    }
+    hits
+}
+
+/// Every use of `words` in the sources under `dir` except tests, as `path:line: word`; `skip`
+/// says which files may.
+fn offenders(dir: &Path, words: &[&str], skip: impl Fn(&Path) -> bool) -> Vec<String> {
+    let mut found = Vec::new();
+    for file in rust_files(dir) {
+        let inside = file.strip_prefix(dir).unwrap_or(&file);
+        if skip(&file) || inside.components().any(|c| c.as_os_str() == "tests" || c.as_os_str() == "tests.rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).expect("readable");
+        for (line, word) in used_outside_tests(&text, words) {
+            found.push(format!("{}:{line}: {word}", file.strip_prefix(root()).unwrap_or(&file).display()));
+        }
+    }
+    found
+}
+
+#[test]
+fn text_reaches_users_only_through_the_engines_output_module() {
+    // The engine: no print macro, no `writeln!` of report lines and no handle on stdout or stderr
+    // outside `engine/src/output/` (main.rs included: it hands errors to `output::notes`).
+    let engine = root().join("engine/src");
+    let output = engine.join("output");
+    let mut words: Vec<&str> = PRINTS.to_vec();
+    words.extend(["writeln!", "io::stdout()", "io::stderr()"]);
+    let found = offenders(&engine, &words, |f| f.starts_with(&output));
+    assert!(found.is_empty(), "the engine prints outside engine/src/output/: {found:#?}");
+    // The library crates return reports and errors; they never print.
+    for (dir, name) in members() {
+        if name == "engine" || name == "integration" {
+            continue;
+        }
+        let found = offenders(&dir.join("src"), &PRINTS, |_| false);
+        assert!(found.is_empty(), "the library `{name}` prints: {found:#?}");
+    }
+}
+
+#[test]
+fn the_print_finder_finds_prints() {
+    let text = "fn a() {\n    eprintln!(\"x\");\n    // println!(\"a comment\")\n    my_print!(1);\n    print!(\"y\");\n}\n#[cfg(test)]\nmod tests { fn t() { println!(); } }\n";
+    let hits = used_outside_tests(text, &PRINTS);
+    assert_eq!(hits, [(2, "eprintln!".to_string()), (5, "print!".to_string())]);
+}
+
 /// The top-level modules of a crate and, for each, the top-level modules it refers to through
 /// `crate::` paths.
 fn module_graph(src: &Path) -> BTreeMap<String, BTreeSet<String>> {

@@ -229,35 +229,6 @@ fn text_diff(a: &[u8], b: &[u8]) -> Option<String> {
     Some(shown)
 }
 
-/// The report of one step: `name  reproduced`, or `name  differs` with one line per difference.
-pub fn report_line(name: &str, width: usize, verdict: &Verdict) -> String {
-    match verdict {
-        Verdict::Reproduced => format!("{name:<width$}  reproduced\n"),
-        Verdict::Failed(why) => format!("{name:<width$}  differs: {why}\n"),
-        Verdict::Differs(diffs) => {
-            let mut s = format!("{name:<width$}  differs\n");
-            for d in diffs {
-                match d {
-                    Difference::Content { path, recorded, replayed, diff } => {
-                        s.push_str(&format!("    {path}: recorded sha256 {recorded}, replayed sha256 {replayed}\n"));
-                        if let Some(diff) = diff {
-                            for line in diff.lines() {
-                                s.push_str(&format!("      {line}\n"));
-                            }
-                        }
-                    }
-                    Difference::Missing { path } => s.push_str(&format!("    {path}: recorded, not produced by the replay\n")),
-                    Difference::Extra { path } => s.push_str(&format!("    {path}: produced by the replay, not recorded\n")),
-                    Difference::Changed { path, recorded, replayed } => {
-                        s.push_str(&format!("    {path}: recorded {recorded}, replayed {replayed}\n"))
-                    }
-                }
-            }
-            s
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,12 +257,6 @@ mod tests {
         let Difference::Content { path, diff: Some(diff), .. } = &diffs[3] else { panic!("{:?}", diffs[3]) };
         assert_eq!(path, "stamp");
         assert!(diff.contains("-1") && diff.contains("+2"), "{diff}");
-        let report = report_line("use", 3, &Verdict::Differs(diffs.clone()));
-        assert!(report.starts_with("use  differs\n"), "{report}");
-        assert!(
-            report.contains(&format!("stamp: recorded sha256 {}, replayed sha256 {}", Digest::of(b"1\n"), Digest::of(b"2\n"))),
-            "{report}"
-        );
     }
 
     #[test]

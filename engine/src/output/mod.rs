@@ -1,6 +1,12 @@
-//! Renders run events for people and machines: plain mode prefixes each log line with its step
-//! name (coloured on a TTY) and ends with a summary table; JSON mode prints one event per line
-//! (the schema is documented in `docs/events.md`).
+//! The one place text reaches users: every line the engine prints on stdout or stderr is written
+//! here, from the reports (data) the other modules and the library crates return; they never
+//! print (checked by `tests/tests/architecture.rs`). Submodules render each command's report as
+//! text or JSON (`plan`, `cache`, `runs`, `replay`, `provenance`, `commands`) and the engine's own
+//! notes and errors on stderr (`notes`).
+//!
+//! This module renders run events for people and machines: plain mode prefixes each log line
+//! with its step name (coloured on a TTY) and ends with a summary table; JSON mode prints one
+//! event per line (the schema is documented in `docs/events.md`).
 //!
 //! Renderers only format; they never decide anything about the run. The formatting is done by
 //! pure functions ([`PlainRenderer::render`], [`summary_table`], [`summary_line`]) so that tests
@@ -13,7 +19,13 @@ use std::time::Duration;
 
 use crate::events::{Event, StepStatus, StepSummary};
 
+pub mod cache;
+pub mod commands;
+pub mod notes;
 pub mod plan;
+pub mod provenance;
+pub mod replay;
+pub mod runs;
 
 /// `--output plain|json`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +34,12 @@ pub enum OutputMode {
     Plain,
     /// One JSON event per line.
     Json,
+}
+
+/// Whether stdout is a terminal that wants colours (`NO_COLOR` unset).
+pub fn stdout_has_colour() -> bool {
+    use std::io::IsTerminal;
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
 }
 
 /// Foreground colours given to step names; bright and distinguishable on dark and light terminals.
@@ -90,7 +108,7 @@ fn needs_neutralising(c: char) -> bool {
     }
 }
 
-pub use crate::units::{fmt_secs, fmt_size};
+pub use crate::units::{fmt_age, fmt_secs, fmt_size};
 
 /// Turns events into lines of text for people. Log lines are `step | line` with step names
 /// padded to the longest name of the run (known from `RunStarted`).

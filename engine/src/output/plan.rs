@@ -4,6 +4,8 @@
 
 use std::fmt::Write as _;
 
+use crate::cli::{GraphFormat, OutputFormat};
+pub use crate::explain::{CacheStatus, CacheView};
 use crate::plan::Plan;
 
 fn image_text(image: &dsl::ImageRef) -> String {
@@ -83,44 +85,6 @@ pub fn render_text(plan: &Plan, cache: &[CacheView]) -> String {
         }
     }
     out
-}
-
-/// What the cache says about one planned step (same order as `Plan::steps`), computed by the
-/// engine before rendering: the planner itself never looks at the cache.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CacheView {
-    /// Restored or run.
-    pub status: CacheStatus,
-    /// The action key, when it can be known now (not when a needed step will run first).
-    pub key: Option<cache::ActionKey>,
-    /// Why it runs, one sentence each; empty when cached.
-    pub reasons: Vec<String>,
-}
-
-/// What a run would do with a planned step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CacheStatus {
-    /// Restored from the cache, no container.
-    Cached,
-    /// Executed.
-    Run,
-}
-
-impl CacheStatus {
-    /// `cached` or `run`, as the plan shows it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CacheStatus::Cached => "cached",
-            CacheStatus::Run => "run",
-        }
-    }
-}
-
-impl std::fmt::Display for CacheStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 /// The plan as JSON for tools: `{"workflow": name, "steps": [{"name", "key", "status", "reasons",
@@ -205,6 +169,22 @@ pub fn to_mermaid(plan: &Plan) -> String {
         }
     }
     out
+}
+
+/// `engine plan`: the plan as text or as one line of JSON, on stdout.
+pub fn print(plan: &Plan, cache: &[CacheView], format: OutputFormat) {
+    match format {
+        OutputFormat::Plain => print!("{}", render_text(plan, cache)),
+        OutputFormat::Json => println!("{}", to_json(plan, cache)),
+    }
+}
+
+/// `engine graph`: the plan's DAG as DOT or Mermaid, on stdout.
+pub fn print_graph(plan: &Plan, format: GraphFormat) {
+    match format {
+        GraphFormat::Dot => print!("{}", to_dot(plan)),
+        GraphFormat::Mermaid => print!("{}", to_mermaid(plan)),
+    }
 }
 
 #[cfg(test)]

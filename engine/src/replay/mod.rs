@@ -37,10 +37,11 @@ use tokio_util::sync::CancellationToken;
 use crate::docker::{cleanup, DockerExecutor};
 use crate::error::{exit, EnvironmentError};
 use crate::events::EventSink;
-use crate::layers::compare::{report_line, Compare, Verdict};
+use crate::layers::compare::{Compare, Verdict};
 use crate::layers::container::Container;
 use crate::layers::replay::FromStore;
 use crate::layers::staging::read_secrets;
+use crate::output;
 use crate::plan;
 use crate::record::{RunRecord, StepRecord};
 use crate::scheduler::{self, SchedulerConfig};
@@ -121,13 +122,7 @@ pub async fn replay(cfg: ReplayConfig, cancel: CancellationToken) -> Result<i32,
     let run_dir = Arc::new(
         RunDir::create(&replay_id).map_err(|e| EnvironmentError(format!("cannot create a temporary folder for the replay: {e}")))?,
     );
-    eprintln!(
-        "replaying {} step{} of run {} ({}) as {replay_id}",
-        selected.len(),
-        if selected.len() == 1 { "" } else { "s" },
-        record.run_id,
-        record.workflow.name.escape_debug()
-    );
+    output::replay::print_start(selected.len(), &record.run_id, &record.workflow.name, &replay_id);
     // The same scheduler as a run: the admitted steps have no needs (each is staged from the
     // recorded outputs of its needs), so all may run at once, up to the recorded `--jobs`.
     let jobs = jobs.unwrap_or(record.invocation.jobs).clamp(1, selected.len().max(1));
@@ -148,21 +143,19 @@ pub async fn replay(cfg: ReplayConfig, cancel: CancellationToken) -> Result<i32,
     // Every container of the replay is gone before we report, whatever happened.
     let _ = cleanup::remove_run(docker.daemon(), &replay_id).await;
     if cancel.is_cancelled() {
-        eprintln!("replay cancelled");
+        output::replay::print_cancelled();
         return Ok(exit::INTERRUPTED);
     }
 
-    let width = selected.iter().map(|s| s.name.len()).max().unwrap_or(0);
-    let mut reproduced = 0;
-    for step in &selected {
-        let verdict = verdicts.remove(&step.name).unwrap_or_else(|| Verdict::Failed("the replay task stopped".into()));
-        print!("{}", report_line(&step.name, width, &verdict));
-        if verdict == Verdict::Reproduced {
-            reproduced += 1;
-        }
-    }
-    let differ = selected.len() - reproduced;
-    println!("{reproduced} reproduced, {differ} differ{}", if differ == 1 { "s" } else { "" });
+    let verdicts: Vec<(String, Verdict)> = selected
+        .iter()
+        .map(|step| {
+            let verdict = verdicts.remove(&step.name).unwrap_or_else(|| Verdict::Failed("the replay task stopped".into()));
+            (step.name.clone(), verdict)
+        })
+        .collect();
+    output::replay::print_verdicts(&verdicts);
+    let differ = verdicts.iter().filter(|(_, v)| *v != Verdict::Reproduced).count();
     Ok(if differ == 0 { exit::OK } else { exit::STEP_FAILED })
 }
 

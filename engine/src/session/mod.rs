@@ -93,8 +93,8 @@ impl Session {
     }
 
     /// Select and hash every step's inputs and resolve its image (see [`prepare`]).
-    pub async fn prepare(&self, store: &Store) -> Result<Prepared, StartError> {
-        prepare(&self.docker, store, &self.plan).await
+    pub async fn prepare(&self, store: &Store, progress: ::images::LogFn<'_>) -> Result<Prepared, StartError> {
+        prepare(&self.docker, store, &self.plan, progress).await
     }
 }
 

@@ -29,7 +29,8 @@ pub struct Prepared {
 /// Select and hash every step's inputs (one walk, one parallel hashing pass over the union, with
 /// the stat cache), and resolve every image to its ID. Errors here stop the run before any
 /// container starts.
-pub async fn prepare(docker: &DockerExecutor, store: &Store, plan: &Plan) -> Result<Prepared, StartError> {
+/// `progress` gets the lines of base images' pulls.
+pub async fn prepare(docker: &DockerExecutor, store: &Store, plan: &Plan, progress: images::LogFn<'_>) -> Result<Prepared, StartError> {
     let workflow = &plan.workflow;
     let t = Instant::now();
     // The stat cache (large for a large tree) loads while the tree is walked.
@@ -48,11 +49,9 @@ pub async fn prepare(docker: &DockerExecutor, store: &Store, plan: &Plan) -> Res
         match &step.image {
             dsl::ImageRef::Reference(image) => {
                 if !resolved.contains_key(image) {
-                    // Found locally, or pulled from its registry (progress on stderr, so that
-                    // `--output json` on stdout stays one event per line).
+                    // Found locally, or pulled from its registry (with progress).
                     let builder = images::Builder::new(docker.daemon().clone());
-                    let progress = |reference: &str, _: &str, line: &str| eprintln!("pull {reference} | {line}");
-                    let id = builder.ensure_base(image, &progress).await.map_err(|e| match StepFailure::from(e) {
+                    let id = builder.ensure_base(image, progress).await.map_err(|e| match StepFailure::from(e) {
                         StepFailure::Environment(m) => StartError::Environment(EnvironmentError(m)),
                         other => StartError::ImageFailed(other.to_string()),
                     })?;
