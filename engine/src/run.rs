@@ -261,7 +261,7 @@ fn start_record(
             file: cfg.file.display().to_string(),
             dir: absolute(&workflow.dir),
             // The text the workflow was loaded from: the file is not read a second time.
-            digest: record::sha256(workflow.source.text.as_bytes()),
+            digest: cache::Digest::of(workflow.source.text.as_bytes()),
         },
         invocation: record::Invocation {
             targets: cfg.targets.clone(),

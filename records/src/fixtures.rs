@@ -47,8 +47,8 @@ pub fn step(name: &str, status: StepState, reference: &str, id: &str, outputs: V
     s.status = status;
     s.cached = status == StepState::Cached;
     let image_id = cache::ImageId::from_digest(&digest(id));
-    s.image = Some(ImageRecord { reference: reference.into(), id: image_id.to_string() });
-    s.key = Some(digest(&format!("key of {name}")).hex());
+    s.image = Some(ImageRecord { reference: reference.into(), id: image_id.clone() });
+    s.key = Some(cache::ActionKey::from_digest(digest(&format!("key of {name}"))));
     s.key_components = Some(KeyComponents {
         format: cache::CACHE_FORMAT_VERSION,
         image_id,
@@ -67,11 +67,11 @@ pub fn step(name: &str, status: StepState, reference: &str, id: &str, outputs: V
     s.duration_ms = Some(if s.cached { 0 } else { 1500 });
     s.started_at = Some("2026-03-01T10:00:01Z".into());
     if status.has_outputs() {
-        s.outputs_digest = Some(digest(&format!("outputs of {name}")).hex());
+        s.outputs_digest = Some(digest(&format!("outputs of {name}")));
         s.outputs = outputs;
     }
     let log = format!("{name} | done\n");
-    s.log = Some(LogRecord { path: format!("logs/00-{name}.log"), digest: sha256(log.as_bytes()), bytes: log.len() as u64, cut: 0 });
+    s.log = Some(LogRecord { path: format!("logs/00-{name}.log"), digest: digest(&log), bytes: log.len() as u64, cut: 0 });
     s
 }
 
@@ -90,7 +90,7 @@ pub fn record(id: &str, started: &str, status: RecordStatus, steps: Vec<StepReco
             name: "demo".into(),
             file: "workflow.yml".into(),
             dir: "/src/demo".into(),
-            digest: sha256(b"version: 1\n"),
+            digest: digest("version: 1\n"),
         },
         invocation: Invocation {
             targets: Vec::new(),

@@ -178,7 +178,7 @@ impl CappedLog {
         self.head.flush()?;
         let file = self.head.persist(dest).map_err(|e| e.error)?;
         let bytes = file.metadata()?.len();
-        let digest = format!("sha256:{}", cache::hash::hash_file(dest)?.hex());
+        let digest = cache::hash::hash_file(dest)?;
         Ok(LogRecord { path: rel, digest, bytes, cut })
     }
 }

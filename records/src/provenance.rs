@@ -159,12 +159,9 @@ pub fn statement(record: &RunRecord, manifests: impl Fn(&Digest) -> Option<Vec<I
     }))
 }
 
-/// A DigestSet from the engine's `sha256:<hex>` (or a bare 64-digit hex SHA-256).
-fn digest_set(digest: &str) -> Value {
-    match digest.split_once(':') {
-        Some((algorithm, hex)) => json!({ algorithm: hex }),
-        None => json!({ "sha256": digest }),
-    }
+/// A DigestSet: `{"sha256": <hex>}`.
+fn digest_set(digest: &Digest) -> Value {
+    json!({ "sha256": digest.hex() })
 }
 
 /// One step as it was resolved and run: what the key covered, except the input files (those are
@@ -202,20 +199,20 @@ fn step_parameters(s: &StepRecord) -> Value {
 fn resolved_dependencies(record: &RunRecord, attested: &[&StepRecord], inputs: &[InputEntry]) -> Vec<Value> {
     let mut deps: BTreeMap<(String, String), Value> = BTreeMap::new();
     // Image ID -> the references that resolved to it; the first (sorted) names it.
-    let mut images: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-    for image in attested.iter().filter_map(|s| s.image.as_ref()).filter(|i| !i.id.is_empty()) {
-        images.entry(image.id.as_str()).or_default().insert(image.reference.as_str());
+    let mut images: BTreeMap<&cache::ImageId, BTreeSet<&str>> = BTreeMap::new();
+    for image in attested.iter().filter_map(|s| s.image.as_ref()) {
+        images.entry(&image.id).or_default().insert(image.reference.as_str());
     }
     for (id, references) in images {
         let reference = references.into_iter().next().unwrap_or_default();
         let uri = format!("docker-image:{reference}");
-        deps.insert((uri.clone(), id.to_string()), json!({ "uri": uri, "digest": digest_set(id), "name": reference }));
+        deps.insert((uri.clone(), id.to_string()), json!({ "uri": uri, "digest": { "sha256": id.hex() }, "name": reference }));
     }
     // Relative to the workflow's folder, like the inputs (the file as typed may be `sub/x.yml`).
     let name = std::path::Path::new(&record.workflow.file).file_name().map(|n| n.to_string_lossy().into_owned());
     let workflow = format!("file:{}", name.unwrap_or_else(|| record.workflow.file.clone()));
     deps.insert(
-        (workflow.clone(), record.workflow.digest.clone()),
+        (workflow.clone(), record.workflow.digest.prefixed()),
         json!({ "uri": workflow, "digest": digest_set(&record.workflow.digest) }),
     );
     for input in inputs {

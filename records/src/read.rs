@@ -290,7 +290,7 @@ mod tests {
         let kept = fs::read(log.path()).unwrap();
         assert_eq!(rec.bytes, kept.len() as u64);
         assert!(rec.bytes <= crate::MIN_LOG_LIMIT, "{} bytes kept", rec.bytes);
-        assert_eq!(rec.digest, sha256(&kept));
+        assert_eq!(rec.digest, cache::Digest::of(&kept));
         let text = String::from_utf8(kept).unwrap();
         assert!(text.starts_with("stdout line 0\n"));
         assert!(text.ends_with("stdout line 99999\n"));
@@ -398,6 +398,66 @@ mod tests {
                 "run 6a0005 was recorded by an older engine (schema `engine.run-record/v1`); `engine replay` and `engine provenance` read `engine.run-record/v2` records only: run the workflow again for a new record"
             ),
             other => panic!("{other:?}"),
+        }
+    }
+
+    /// 64 lowercase hex digits, with `sha256:` in front when `prefixed`.
+    fn is_digest(v: &serde_json::Value, prefixed: bool) -> bool {
+        let text = v.as_str().unwrap_or_default();
+        let hex = if prefixed { text.strip_prefix("sha256:").unwrap_or("-") } else { text };
+        hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    }
+
+    #[test]
+    fn a_record_round_trips_byte_for_byte_with_its_digests_as_documented() {
+        let r = crate::fixtures::two_steps("6a000002aaaaaa", "2026-03-01T10:05:00Z");
+        let text = serde_json::to_string_pretty(&r).unwrap();
+        let back: RunRecord = serde_json::from_str(&text).unwrap();
+        assert_eq!(serde_json::to_string_pretty(&back).unwrap(), text);
+        // The typed fields keep the schema's forms (docs/records.md).
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert!(is_digest(&v["workflow"]["digest"], true), "{}", v["workflow"]["digest"]);
+        for step in v["steps"].as_array().unwrap() {
+            assert!(is_digest(&step["key"], false), "{}", step["key"]);
+            assert!(is_digest(&step["outputs_digest"], false), "{}", step["outputs_digest"]);
+            assert!(is_digest(&step["inputs_manifest"], false), "{}", step["inputs_manifest"]);
+            assert!(is_digest(&step["image"]["id"], true), "{}", step["image"]["id"]);
+            assert!(is_digest(&step["log"]["digest"], true), "{}", step["log"]["digest"]);
+            assert!(is_digest(&step["outputs"][0]["digest"], false) || step["outputs"][0]["kind"] == "dir");
+        }
+        let hex = r.steps[0].key.unwrap().digest().hex();
+        assert!(text.contains(&format!("\"key\": \"{hex}\"")), "{text}");
+    }
+
+    #[test]
+    fn a_record_with_a_malformed_digest_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Recorder::create(dir.path(), crate::fixtures::two_steps("6a000002aaaaaa", "2026-03-01T10:05:00Z")).unwrap();
+        let path = r.dir().join("record.json");
+        let good: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert!(read(&path).is_ok());
+        type Edit = fn(&mut serde_json::Value);
+        let edits: [(&str, Edit); 6] = [
+            ("workflow digest", |v| v["workflow"]["digest"] = "sha256:1234".into()),
+            ("workflow digest without sha256:", |v| {
+                let hex = v["workflow"]["digest"].as_str().unwrap()["sha256:".len()..].to_string();
+                v["workflow"]["digest"] = hex.into();
+            }),
+            ("key", |v| v["steps"][0]["key"] = "not hex".into()),
+            ("outputs digest", |v| v["steps"][0]["outputs_digest"] = "ab".into()),
+            ("image ID", |v| v["steps"][0]["image"]["id"] = "sha256:XYZ".into()),
+            ("log digest", |v| v["steps"][1]["log"]["digest"] = serde_json::json!(7)),
+        ];
+        for (what, edit) in edits {
+            let mut v = good.clone();
+            edit(&mut v);
+            std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+            match read(&path) {
+                Err(RecordError::Refused { reason, .. }) => {
+                    assert!(reason.starts_with("it does not follow the schema `engine.run-record/v2` ("), "{what}: {reason}")
+                }
+                other => panic!("{what}: {other:?}"),
+            }
         }
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::log::StepLog;
-use crate::schema::{sha256, LogRecord, RunRecord, StepRecord};
+use crate::schema::{LogRecord, RunRecord, StepRecord};
 
 /// Updates closer together than this are written out together (see [`Recorder::update`]).
 pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
@@ -138,7 +138,7 @@ impl Recorder {
         let mut tmp = tempfile::NamedTempFile::new_in(self.dir.join("logs"))?;
         tmp.write_all(log)?;
         tmp.persist(self.dir.join(&rel)).map_err(|e| e.error)?;
-        Ok(LogRecord { path: rel, digest: sha256(log), bytes: log.len() as u64, cut: 0 })
+        Ok(LogRecord { path: rel, digest: cache::Digest::of(log), bytes: log.len() as u64, cut: 0 })
     }
 
     /// Start writing a step's log beside the record while the step runs: lines are appended on

@@ -2,7 +2,7 @@
 
 use std::time::SystemTime;
 
-use cache::{Digest, KeyComponents, OutputEntry};
+use cache::{ActionKey, Digest, ImageId, KeyComponents, OutputEntry};
 use serde::{Deserialize, Serialize};
 
 use crate::definition::StepDefinition;
@@ -159,8 +159,9 @@ pub struct WorkflowInfo {
     pub file: String,
     /// The folder it lives in (inputs are relative to it), absolute.
     pub dir: String,
-    /// `sha256:<hex>` of the workflow file's bytes.
-    pub digest: String,
+    /// The digest of the workflow file's bytes; written `sha256:<hex>`.
+    #[serde(with = "cache::digest::prefixed")]
+    pub digest: Digest,
 }
 
 /// The command line that started the run (nothing from the environment but what it names).
@@ -229,8 +230,8 @@ pub struct StepRecord {
     pub definition: StepDefinition,
     /// The image the container was (or would have been) created from.
     pub image: Option<ImageRecord>,
-    /// The action key (hex), once computed.
-    pub key: Option<String>,
+    /// The action key, once computed; written as 64 hex digits.
+    pub key: Option<ActionKey>,
     /// What the key was computed from, except the input files (see `inputs_manifest`).
     pub key_components: Option<KeyComponents>,
     /// The digest of the step's input manifest (every input file's path, mode and content
@@ -244,8 +245,8 @@ pub struct StepRecord {
     pub source_date_epoch: Option<u64>,
     /// Every file, folder and symlink of the outputs, with content digests.
     pub outputs: Vec<OutputEntry>,
-    /// The digest of all outputs, which downstream keys use.
-    pub outputs_digest: Option<String>,
+    /// The digest of all outputs, which downstream keys use; written as 64 hex digits.
+    pub outputs_digest: Option<Digest>,
     /// The container's exit code.
     pub exit_code: Option<i64>,
     /// Why it failed, was skipped or cancelled.
@@ -293,8 +294,8 @@ impl StepRecord {
 pub struct ImageRecord {
     /// The reference as written (`local/busybox:1`), or `images.<name>` for an engine-built one.
     pub reference: String,
-    /// The image ID (`sha256:...`).
-    pub id: String,
+    /// The image ID (`sha256:<hex>`).
+    pub id: ImageId,
 }
 
 /// A step's log beside the record.
@@ -302,9 +303,10 @@ pub struct ImageRecord {
 pub struct LogRecord {
     /// Relative to the run's folder: `logs/<n>-<step>.log`.
     pub path: String,
-    /// `sha256:<hex>` of the log's bytes as kept (lines as shown, secrets masked, and the line
-    /// saying what was cut, if anything was).
-    pub digest: String,
+    /// The digest of the log's bytes as kept (lines as shown, secrets masked, and the line
+    /// saying what was cut, if anything was); written `sha256:<hex>`.
+    #[serde(with = "cache::digest::prefixed")]
+    pub digest: Digest,
     /// The size of the kept log.
     pub bytes: u64,
     /// Bytes of the step's log cut out of the middle to keep it within the log limit (0: none).
@@ -315,11 +317,6 @@ pub struct LogRecord {
 /// RFC 3339 UTC time, millisecond precision (runs started in the same second still sort).
 pub fn timestamp(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
-}
-
-/// `sha256:<hex>`.
-pub fn sha256(bytes: &[u8]) -> String {
-    format!("sha256:{}", Digest::of(bytes).hex())
 }
 
 /// `SOURCE_DATE_EPOCH` for a step that does not set it: a function of the step's action key, so

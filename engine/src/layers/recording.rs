@@ -28,10 +28,10 @@ impl<E: Executor> Executor for Recording<E> {
             Note::Keyed { components, image } => update(&recorder, &step.name, |r| {
                 r.inputs_count = components.inputs.len();
                 let key = components.key();
-                r.key = Some(key.to_string());
+                r.key = Some(key);
                 // The input files are not in the record: their manifest is in the store, by digest.
                 r.key_components = Some(components.without_inputs());
-                r.image = Some(record::ImageRecord { reference: image.reference, id: image.id.to_string() });
+                r.image = Some(record::ImageRecord { reference: image.reference, id: image.id });
                 r.source_date_epoch = (!step.env.contains_key("SOURCE_DATE_EPOCH")).then(|| record::source_date_epoch(&key));
                 r.started_at = Some(record::timestamp(std::time::SystemTime::now()));
             }),
@@ -57,7 +57,7 @@ impl<E: Executor> Executor for Recording<E> {
             r.log = kept;
             if let Some(outputs) = outcome.outputs() {
                 r.outputs = outputs.entries.clone();
-                r.outputs_digest = outputs.digest.map(|d| d.to_string());
+                r.outputs_digest = outputs.digest;
             }
         });
         outcome

@@ -103,10 +103,9 @@ fn list_table(runs: &[RunRecord], runs_dir: &Path) -> String {
     out
 }
 
-/// `sha256:<first 12 hex digits>` of a `sha256:<hex>` (or bare hex) digest, for people.
-fn short_digest(digest: &str) -> String {
-    let (algo, hex) = digest.split_once(':').unwrap_or(("sha256", digest));
-    format!("{algo}:{}", hex.get(..12).unwrap_or(hex))
+/// `sha256:<first 12 hex digits>` of a digest, for people.
+fn short_digest(digest: &cache::Digest) -> String {
+    format!("sha256:{}", digest.short())
 }
 
 /// Label column of `show`: wide enough for `SOURCE_DATE_EPOCH`.
@@ -168,10 +167,10 @@ fn step_text(out: &mut String, run_dir: &Path, s: &StepRecord) {
         field(out, IN, "exit code", code);
     }
     if let Some(image) = &s.image {
-        field(out, IN, "image", format!("{} ({})", image.reference, short_digest(&image.id)));
+        field(out, IN, "image", format!("{} (sha256:{})", image.reference, image.id.short()));
     }
     if let Some(key) = &s.key {
-        field(out, IN, "key", key.get(..12).unwrap_or(key));
+        field(out, IN, "key", key.digest().short());
     }
     if s.key.is_some() {
         let n = s.inputs_count;

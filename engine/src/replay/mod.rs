@@ -167,7 +167,7 @@ async fn image_not_allowed(docker: &DockerExecutor, step: &StepRecord, policy: &
     let prefixes = policy.image_prefixes()?;
     let (records::ImageRef::Reference(_), Some(image)) = (&step.definition.image, &step.image) else { return None };
     // A missing image is reported with the other missing things (exit 3).
-    let inspected = docker.daemon().inspect_image(&image.id).await.ok()??;
+    let inspected = docker.daemon().inspect_image(image.id.as_str()).await.ok()??;
     let tags = inspected.repo_tags;
     if tags.iter().any(|t| prefixes.iter().any(|p| t.starts_with(p.as_str()))) {
         return None;
@@ -187,7 +187,7 @@ async fn image_not_allowed(docker: &DockerExecutor, step: &StepRecord, policy: &
 /// when the image is gone (reported with the other missing things).
 async fn claimed_build(docker: &DockerExecutor, step: &StepRecord) -> Option<String> {
     let (records::ImageRef::Built(name), Some(image)) = (&step.definition.image, &step.image) else { return None };
-    let inspected = docker.daemon().inspect_image(&image.id).await.ok()??;
+    let inspected = docker.daemon().inspect_image(image.id.as_str()).await.ok()??;
     let label = inspected.config.labels.and_then(|l| l.get(images::LABEL_IMAGE).cloned());
     (label.as_deref() != Some(name.as_str())).then(|| {
         format!(
@@ -205,7 +205,7 @@ async fn check_step(docker: &DockerExecutor, store: &Store, record: &RunRecord, 
     let mut missing = Vec::new();
     match &step.image {
         Some(image) => {
-            if docker.image_id(&image.id).await.is_err() {
+            if docker.image_id(image.id.as_str()).await.is_err() {
                 missing.push(format!("step `{}`: image {} ({}) is no longer on the daemon", step.name, image.id, image.reference));
             }
         }
