@@ -317,14 +317,24 @@ impl Store {
     /// nothing written under `dest` that the caller must keep (it re-runs the step). Marks the entry
     /// used (LRU).
     pub fn restore(&self, manifest: &Manifest, dest: &Path) -> Result<(), StoreError> {
+        // Checked before anything is written, so a damaged entry leaves `dest` untouched.
+        self.check(manifest)?;
+        restore::materialise(&manifest.entries, dest, |d| self.blob_path(d))?;
+        Ok(())
+    }
+
+    /// Whether the entry of `manifest` can be restored, writing nothing outside the store: its
+    /// paths are safe and every blob it names (outputs and log) is there and re-hashes to its
+    /// name. A damaged entry is removed (with the bad blob) and `Corrupt` says why. Marks the
+    /// entry used (LRU). A hit whose outputs are already where they are needed is decided with
+    /// this alone (no copy); [`Store::restore`] and [`Store::materialise`] write them out.
+    pub fn check(&self, manifest: &Manifest) -> Result<(), StoreError> {
         if let Some(what) = restore::unsafe_entries(&manifest.entries) {
             return Err(self.corrupt(manifest, None, what));
         }
-        // Checked before anything is written, so a damaged entry leaves `dest` untouched.
         if let Some(d) = self.first_bad_blob(maint::referenced(manifest)) {
             return Err(self.corrupt(manifest, Some(&d), format!("blob {} is missing or does not match", d.short())));
         }
-        restore::materialise(&manifest.entries, dest, |d| self.blob_path(d))?;
         fsio::touch(&self.manifest_path(&manifest.key));
         Ok(())
     }
@@ -389,10 +399,12 @@ impl Store {
     /// holds the key it was written for, so an unchanged record (megabytes for a step with many
     /// inputs) is not rewritten. The key file is written last: after a crash between the two
     /// writes it does not match, and the record is simply written again next time.
-    pub fn record_last(&self, workflow: &str, step: &str, components: &KeyComponents) -> Result<(), StoreError> {
+    /// `key` is `components`' key (the caller has it; computing it again costs a hash of every
+    /// input entry).
+    pub fn record_last(&self, workflow: &str, step: &str, key: &ActionKey, components: &KeyComponents) -> Result<(), StoreError> {
         let dest = self.last_path(workflow, step);
         let key_file = dest.with_extension("key");
-        let key = components.key().to_string();
+        let key = key.to_string();
         if crate::safe::read_bounded(&key_file, 1024).is_ok_and(|k| k == key.as_bytes()) && self.has_file(&dest) {
             return Ok(());
         }

@@ -521,17 +521,17 @@ fn last_run_records_round_trip() {
         upstream: vec![cache::UpstreamEntry { step: "gen".into(), outputs: Digest::of(b"o") }],
     };
     assert!(store.last("wf", "build").is_none());
-    store.record_last("wf", "build", &c).unwrap();
+    store.record_last("wf", "build", &c.key(), &c).unwrap();
     assert_eq!(store.last("wf", "build"), Some(c.clone()));
     let mut c2 = c.clone();
     c2.workdir = "/other".into();
-    store.record_last("wf", "build", &c2).unwrap();
+    store.record_last("wf", "build", &c2.key(), &c2).unwrap();
     assert_eq!(store.last("wf", "build"), Some(c2));
 
     // Names are not paths.
-    store.record_last("../../evil", "a/b", &c).unwrap();
+    store.record_last("../../evil", "a/b", &c.key(), &c).unwrap();
     assert_eq!(store.last("../../evil", "a/b"), Some(c.clone()));
-    store.record_last("..", "..", &c).unwrap();
+    store.record_last("..", "..", &c.key(), &c).unwrap();
     assert_eq!(store.last("..", ".."), Some(c));
     let files: Vec<_> = walkdir::WalkDir::new(store.dir()).into_iter().map(|e| e.unwrap().into_path()).collect();
     assert!(files.iter().all(|p| p.starts_with(store.dir())));

@@ -5,7 +5,7 @@
 //!
 //! No Docker here; the store is read, never written (runs write through `run.rs`).
 
-use cache::{InputEntry, KeyComponents, Manifest, Reason, Store, UpstreamEntry, CACHE_FORMAT_VERSION};
+use cache::{ActionKey, InputEntry, KeyComponents, Manifest, Reason, Store, UpstreamEntry, CACHE_FORMAT_VERSION};
 
 /// The key components of `step`. `inputs` are the hashed input files of the step (sorted);
 /// `upstream` the output digest of each direct need. Secret values never enter: names only.
@@ -56,15 +56,16 @@ pub enum Decision {
     Run(Vec<Reason>),
 }
 
-/// Cached or run, and why. `force` is `--no-cache`.
-pub fn decide(store: &Store, workflow: &str, step: &dsl::Step, components: &KeyComponents, force: bool) -> Decision {
+/// Cached or run, and why. `key` is `components`' key (computed once by the caller: for a step
+/// with many inputs it is the costly part); `force` is `--no-cache`.
+pub fn decide(store: &Store, workflow: &str, step: &dsl::Step, components: &KeyComponents, key: &ActionKey, force: bool) -> Decision {
     if !step.cache {
         return Decision::Run(vec![Reason::CacheDisabled]);
     }
     if force {
         return Decision::Run(vec![Reason::NoCacheFlag]);
     }
-    if let Some(manifest) = store.get(&components.key()) {
+    if let Some(manifest) = store.get(key) {
         return Decision::Cached(Box::new(manifest));
     }
     Decision::Run(why_miss(store, workflow, &step.name, components))

@@ -221,15 +221,16 @@ pub(crate) trait StepLogs: Send + Sync {
     /// No more lines: the bytes kept (at most the log limit). Blocks (call it off the async
     /// workers).
     fn finish(&self) -> std::io::Result<Vec<u8>>;
-    /// The step did not run: keep `bytes` (a restored cache entry's log) as its log. Blocks.
-    fn keep(&self, bytes: &[u8]);
+    /// The step did not run: keep the restored cache entry's log (the store's blob at `blob`,
+    /// checked to hold `digest`) as its log. Blocks.
+    fn keep(&self, blob: &std::path::Path, digest: cache::Digest);
 }
 
 /// What a layer learns about a step on its way down, for the layers above.
 #[derive(Debug, Clone)]
 pub(crate) enum Note {
     /// The caching layer computed the step's key from these components, for this image.
-    Keyed { components: Arc<KeyComponents>, image: StepImage },
+    Keyed { key: cache::ActionKey, components: Arc<KeyComponents>, image: StepImage },
     /// The step's input manifest is in the store under this digest (stored by this run, or by
     /// the run that made the restored entry); the record refers to it.
     InputManifest(cache::Digest),

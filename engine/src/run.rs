@@ -139,6 +139,9 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<RunStatus,
         store: store.clone(),
         secrets: Arc::new(secrets),
     };
+    // Steps some planned step needs: their outputs are written to their collect folders (staged
+    // from there) and exported by copy; the others' are moved, or left in the store on a hit.
+    let needed: Arc<HashSet<String>> = Arc::new(plan.steps.iter().flat_map(|p| p.step.needs.iter().cloned()).collect());
     let caching = Caching {
         inner: staging,
         store: store.clone(),
@@ -147,12 +150,10 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<RunStatus,
         inputs: Arc::new(prepared.hashed),
         run_dir: run_dir.clone(),
         source_dir: workflow.dir.clone(),
+        needed: needed.clone(),
     };
     let image = Image { inner: caching, images: images.clone() };
-    // Steps some planned step needs: their collected outputs stay for staging; the others' are
-    // moved to the output folder rather than copied.
-    let needed: HashSet<String> = plan.steps.iter().flat_map(|p| p.step.needs.iter().cloned()).collect();
-    let export = Export { inner: image, out_dir, needed: Arc::new(needed) };
+    let export = Export { inner: image, out_dir, needed, store: store.clone() };
     let executor = Arc::new(Recording { inner: export, recorder: recorder.clone(), log_limit });
 
     let config = SchedulerConfig { jobs, budget, keep_going: cfg.keep_going };

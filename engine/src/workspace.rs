@@ -349,6 +349,32 @@ pub(crate) fn export_by_move(collected: &Path, out: &PinnedDir, step: &str) -> i
     }
 }
 
+/// [`export`] for a cache hit whose outputs were not written out of the store (no later step of
+/// the run stages from them): when `<out>/<step>` already holds exactly `entries` (the same paths,
+/// kinds, modes and link targets, and files whose contents re-hash to the same digests), it is
+/// left as it is: a no-op re-run writes nothing. Otherwise it is replaced by the entries,
+/// materialised from the store (every blob re-hashed first). Returns whether anything was written.
+pub(crate) fn export_from_store(store: &cache::Store, entries: &[cache::OutputEntry], out: &PinnedDir, step: &str) -> io::Result<bool> {
+    let dest = out.at()?.join(step);
+    if export_matches(&dest, entries) {
+        return Ok(false);
+    }
+    let dest = clear_export(out, step)?;
+    fs::create_dir_all(&dest)?;
+    store.materialise(entries, &dest).map_err(io::Error::other)?;
+    Ok(true)
+}
+
+/// Whether `dest` is a real folder (not a symlink) holding exactly `entries`, contents re-hashed.
+fn export_matches(dest: &Path, entries: &[cache::OutputEntry]) -> bool {
+    match fs::symlink_metadata(dest) {
+        Ok(m) if m.is_dir() => {}
+        _ => return false,
+    }
+    // The scan hashes regular files only and never follows a link; sorted by path, as entries are.
+    cache::store::scan_outputs(dest).is_ok_and(|found| found == entries)
+}
+
 /// Copy the content of `src` into `dest` (merging), without following symlinks.
 fn copy_tree(src: &Path, dest: &Path, reflink: &Reflink) -> io::Result<()> {
     for entry in WalkDir::new(src).min_depth(1).follow_links(false) {

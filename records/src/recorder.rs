@@ -129,27 +129,54 @@ impl Recorder {
 
     /// Write a step's log beside the record; returns what the record says about it.
     pub fn write_log(&self, step: &str, log: &[u8]) -> io::Result<LogRecord> {
-        let index = {
-            let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            state.record.steps.iter().position(|s| s.name == step).unwrap_or(state.record.steps.len())
-        };
-        // Numbered in plan order: unique even where two step names sanitise alike.
-        let rel = format!("logs/{index:02}-{}.log", cache::store::sanitise(step));
+        let rel = self.log_path(step);
         let mut tmp = tempfile::NamedTempFile::new_in(self.dir.join("logs"))?;
         tmp.write_all(log)?;
         tmp.persist(self.dir.join(&rel)).map_err(|e| e.error)?;
         Ok(LogRecord { path: rel, digest: cache::Digest::of(log), bytes: log.len() as u64, cut: 0 })
     }
 
-    /// Start writing a step's log beside the record while the step runs: lines are appended on
-    /// a writer thread (through a small bounded channel), never gathered in memory, and at most
-    /// `limit` bytes are kept (see [`StepLog`]).
-    pub fn step_log(&self, step: &str, limit: u64) -> io::Result<std::sync::Arc<StepLog>> {
+    /// Keep a log that is already a file elsewhere (a restored cache entry's log blob, whose
+    /// contents were checked against `digest`) as a step's log: hard-linked when both are on one
+    /// filesystem (a no-op re-run of many steps creates no file per step), copied otherwise.
+    /// The blob is read-only, so the link cannot be used to change it. Only a regular file is
+    /// linked or read (never through a symlink); the copy reads at most `limit` bytes.
+    pub fn link_log(&self, step: &str, blob: &Path, digest: cache::Digest, limit: u64) -> io::Result<LogRecord> {
+        let rel = self.log_path(step);
+        let dest = self.dir.join(&rel);
+        let meta = std::fs::symlink_metadata(blob)?;
+        if !meta.file_type().is_file() {
+            return Err(cache::safe::not_regular(blob, cache::safe::describe(&meta.file_type())));
+        }
+        let _ = std::fs::remove_file(&dest);
+        // `link` (no AT_SYMLINK_FOLLOW) never follows `blob`; the result is checked once more.
+        if std::fs::hard_link(blob, &dest).is_ok() {
+            match std::fs::symlink_metadata(&dest) {
+                Ok(m) if m.file_type().is_file() && m.len() == meta.len() => {
+                    return Ok(LogRecord { path: rel, digest, bytes: meta.len(), cut: 0 });
+                }
+                _ => std::fs::remove_file(&dest)?,
+            }
+        }
+        let bytes = cache::safe::read_bounded(blob, limit)?;
+        self.write_log(step, &bytes)
+    }
+
+    /// `logs/<n>-<step>.log`: numbered in plan order, unique even where two step names sanitise
+    /// alike.
+    fn log_path(&self, step: &str) -> String {
         let index = {
             let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
             state.record.steps.iter().position(|s| s.name == step).unwrap_or(state.record.steps.len())
         };
-        let rel = format!("logs/{index:02}-{}.log", cache::store::sanitise(step));
+        format!("logs/{index:02}-{}.log", cache::store::sanitise(step))
+    }
+
+    /// Start writing a step's log beside the record while the step runs: lines are appended on
+    /// a writer thread (through a small bounded channel), never gathered in memory, and at most
+    /// `limit` bytes are kept (see [`StepLog`]).
+    pub fn step_log(&self, step: &str, limit: u64) -> io::Result<std::sync::Arc<StepLog>> {
+        let rel = self.log_path(step);
         StepLog::start(self.dir.join("logs"), rel, limit)
     }
 }

@@ -1,9 +1,12 @@
 //! The caching layer: the step's key (from its definition, image, input files and the outputs of
-//! its needs), then the decision of `crate::caching::decide`. A hit is restored into the step's
-//! collect folder without calling the inner executor; a miss stores the inputs' contents (for
-//! `engine replay`), calls it, and puts what an executed step produced into the store.
+//! its needs), then the decision of `crate::caching::decide`. A hit calls no inner executor: its
+//! entry is checked (every blob re-hashed) and, when a later step of the run stages from its
+//! outputs, restored into the step's collect folder; otherwise the outputs stay in the store and
+//! the export layer takes them from there (or finds them exported already). A miss stores the
+//! inputs' contents (for `engine replay`), calls the inner executor, and puts what an executed
+//! step produced into the store.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use cache::{InputEntry, Store, UpstreamEntry};
@@ -20,10 +23,13 @@ pub struct Caching<E> {
     /// `--no-cache`: execute every step (results are still stored).
     pub no_cache: bool,
     /// Each step's hashed input files (sorted by path).
-    pub inputs: Arc<HashMap<String, Vec<InputEntry>>>,
+    pub inputs: Arc<HashMap<String, Arc<Vec<InputEntry>>>>,
     pub run_dir: Arc<RunDir>,
     /// The workflow's folder, where the input files are read from.
     pub source_dir: std::path::PathBuf,
+    /// Steps some planned step needs: a hit of one of them is restored into its collect folder,
+    /// which the needing steps' workspaces are staged from.
+    pub needed: Arc<HashSet<String>>,
 }
 
 impl<E: Executor> Executor for Caching<E> {
@@ -41,16 +47,16 @@ impl<E: Executor> Executor for Caching<E> {
         let Some(image) = job.image.clone() else {
             return Outcome::failed(StepFailure::Environment(format!("internal: step `{name}` has no image")));
         };
-        let inputs = self.inputs.get(&name).cloned().unwrap_or_default();
+        let inputs = self.inputs.get(&name).map(|i| i.as_ref().clone()).unwrap_or_default();
         let components = Arc::new(caching::components(&step, &image.id, inputs, upstream));
         let key = components.key();
         job.key = Some(key);
-        job.notes.tell(Note::Keyed { components: components.clone(), image });
+        job.notes.tell(Note::Keyed { key, components: components.clone(), image });
 
-        if let Decision::Cached(manifest) = caching::decide(&self.store, &self.workflow, &step, &components, self.no_cache) {
+        if let Decision::Cached(manifest) = caching::decide(&self.store, &self.workflow, &step, &components, &key, self.no_cache) {
             if let Some(outcome) = self.restore(&job, *manifest).await {
                 if matches!(outcome, Outcome::Restored { .. }) {
-                    let _ = self.store.record_last(&self.workflow, &name, &components);
+                    let _ = self.store.record_last(&self.workflow, &name, &key, &components);
                 }
                 return outcome;
             }
@@ -83,7 +89,7 @@ impl<E: Executor> Executor for Caching<E> {
             let manifest = store
                 .put(key, &wf, &step_name, &collected, 0, &log, duration_ms, Some(components.inputs.as_slice()))
                 .map_err(|e| format!("cannot store the outputs in the cache: {e}"))?;
-            let _ = store.record_last(&wf, &step_name, &components);
+            let _ = store.record_last(&wf, &step_name, &key, &components);
             Ok(manifest)
         })
         .await
@@ -108,19 +114,26 @@ impl<E> Caching<E> {
     /// is removed; the step runs instead).
     async fn restore(&self, job: &Job, manifest: cache::Manifest) -> Option<Outcome> {
         let name = job.step.name.clone();
-        let collect = self.run_dir.collected(&name);
+        // Written out only when a later step stages from it; otherwise checked in place.
+        let collect = self.needed.contains(&name).then(|| self.run_dir.collected(&name));
         let (store, dest, logs) = (self.store.clone(), collect.clone(), job.logs.clone());
         let restored = tokio::task::spawn_blocking(move || {
-            let _ = std::fs::remove_dir_all(&dest);
-            std::fs::create_dir_all(&dest).map_err(|e| e.to_string())?;
-            match store.restore(&manifest, &dest) {
+            let checked = match &dest {
+                Some(dest) => {
+                    let _ = std::fs::remove_dir_all(dest);
+                    std::fs::create_dir_all(dest).map_err(|e| e.to_string())?;
+                    store.restore(&manifest, dest)
+                }
+                None => store.check(&manifest),
+            };
+            match checked {
                 Ok(()) => {}
                 Err(cache::store::StoreError::Corrupt { .. }) => return Ok(None),
                 Err(e) => return Err(e.to_string()),
             }
             // The entry's log becomes the step's log in this run's record.
-            if let (Some(logs), Some(bytes)) = (&logs, store.read_blob(&manifest.log)) {
-                logs.keep(&bytes);
+            if let Some(logs) = &logs {
+                logs.keep(&store.blob_path(&manifest.log), manifest.log);
             }
             Ok(Some(manifest))
         })
@@ -131,7 +144,7 @@ impl<E> Caching<E> {
                 if let Some(inputs) = manifest.inputs {
                     job.notes.tell(Note::InputManifest(inputs));
                 }
-                let outputs = Outputs { digest: Some(manifest.outputs_digest()), dir: Some(collect), entries: manifest.entries };
+                let outputs = Outputs { digest: Some(manifest.outputs_digest()), dir: collect, entries: manifest.entries };
                 Some(Outcome::Restored { outputs, exit_code: manifest.exit_code })
             }
             Ok(None) => {

@@ -111,7 +111,7 @@ impl StepLogs for Tail {
         Ok(self.0 .0.lock().unwrap_or_else(|e| e.into_inner()).iter().flatten().copied().collect())
     }
 
-    fn keep(&self, _bytes: &[u8]) {}
+    fn keep(&self, _blob: &std::path::Path, _digest: cache::Digest) {}
 }
 
 /// How one output path compares with the record.

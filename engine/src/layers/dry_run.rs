@@ -16,7 +16,7 @@ pub struct DryRun {
     pub workflow: String,
     pub no_cache: bool,
     /// Each step's hashed input files.
-    pub inputs: HashMap<String, Vec<InputEntry>>,
+    pub inputs: HashMap<String, std::sync::Arc<Vec<InputEntry>>>,
     /// Step name -> image ID, for steps using an image reference.
     pub image_ids: HashMap<String, cache::ImageId>,
     /// Image name under `images:` -> its ID if built for its current definition.
@@ -45,9 +45,9 @@ impl DryRun {
                 None => return run(RunReason::ImageNotBuilt(reference.clone())),
             },
         };
-        let inputs = self.inputs.get(&step.name).cloned().unwrap_or_default();
+        let inputs = self.inputs.get(&step.name).map(|i| i.as_ref().clone()).unwrap_or_default();
         let components = caching::components(step, &image_id, inputs, upstream);
-        let would = match caching::decide(&self.store, &self.workflow, step, &components, self.no_cache) {
+        let would = match caching::decide(&self.store, &self.workflow, step, &components, &components.key(), self.no_cache) {
             Decision::Cached(manifest) => {
                 Would::Restore(Outputs { digest: Some(manifest.outputs_digest()), dir: None, entries: manifest.entries })
             }

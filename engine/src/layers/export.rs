@@ -1,6 +1,7 @@
 //! Export: a step's outputs (executed or restored) go to the output folder, at
 //! `<out>/<step>/...`. Outputs a later step needs are copied (its workspace is staged from the
-//! collect folder); the others are moved.
+//! collect folder); the others are moved. A hit left in the store (no collect folder) is
+//! materialised from it, unless `<out>/<step>` holds exactly its outputs already.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -14,6 +15,8 @@ pub struct Export<E> {
     pub out_dir: Arc<cache::safe::PinnedDir>,
     /// Steps some planned step needs: their collected outputs stay for staging.
     pub needed: Arc<HashSet<String>>,
+    /// Where a hit's outputs are when they have no collect folder.
+    pub store: Arc<cache::Store>,
 }
 
 impl<E: Executor> Executor for Export<E> {
@@ -21,12 +24,17 @@ impl<E: Executor> Executor for Export<E> {
         let name = job.step.name.clone();
         let mut outcome = self.inner.execute(job, ctx).await;
         let (Outcome::Executed { outputs, .. } | Outcome::Restored { outputs, .. }) = &mut outcome else { return outcome };
-        let Some(collected) = outputs.dir.clone() else { return outcome };
+        let collected = outputs.dir.clone();
         let needed = self.needed.contains(&name);
-        let (out_dir, step) = (self.out_dir.clone(), name.clone());
+        let (out_dir, step, store) = (self.out_dir.clone(), name.clone(), self.store.clone());
+        let entries = if collected.is_none() { outputs.entries.clone() } else { Vec::new() };
         let exported = tokio::task::spawn_blocking(move || {
-            let export = if needed { workspace::export } else { workspace::export_by_move };
-            export(&collected, &out_dir, &step).map_err(|e| format!("cannot export the outputs to {}: {e}", out_dir.path().display()))
+            let done = match &collected {
+                Some(collected) if needed => workspace::export(collected, &out_dir, &step),
+                Some(collected) => workspace::export_by_move(collected, &out_dir, &step),
+                None => workspace::export_from_store(&store, &entries, &out_dir, &step).map(drop),
+            };
+            done.map_err(|e| format!("cannot export the outputs to {}: {e}", out_dir.path().display()))
         })
         .await
         .unwrap_or_else(|e| Err(e.to_string()));

@@ -25,9 +25,8 @@ impl<E: Executor> Executor for Recording<E> {
         job.logs = Some(log.clone());
         let (recorder, step) = (self.recorder.clone(), job.step.clone());
         job.notes = Notes::to(move |note| match note {
-            Note::Keyed { components, image } => update(&recorder, &step.name, |r| {
+            Note::Keyed { key, components, image } => update(&recorder, &step.name, |r| {
                 r.inputs_count = components.inputs.len();
-                let key = components.key();
                 r.key = Some(key);
                 // The input files are not in the record: their manifest is in the store, by digest.
                 r.key_components = Some(components.without_inputs());
@@ -134,8 +133,8 @@ impl StepLogs for RecordLog {
         std::fs::read(log.path()).map_err(|e| std::io::Error::new(e.kind(), format!("cannot read the step log back: {e}")))
     }
 
-    fn keep(&self, bytes: &[u8]) {
-        match self.recorder.write_log(&self.step, bytes) {
+    fn keep(&self, blob: &std::path::Path, digest: cache::Digest) {
+        match self.recorder.link_log(&self.step, blob, digest, self.limit) {
             Ok(r) => self.state().kept = Some(r),
             Err(e) => tracing::warn!(step = %self.step, error = %e, "cannot write the step log"),
         }

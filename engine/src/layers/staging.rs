@@ -21,7 +21,7 @@ pub struct Staging<E> {
     pub run_dir: Arc<RunDir>,
     pub source_dir: PathBuf,
     /// Each step's selected input files (relative paths, sorted).
-    pub inputs: Arc<HashMap<String, Vec<String>>>,
+    pub inputs: Arc<HashMap<String, Arc<Vec<String>>>>,
     pub store: Arc<Store>,
     /// Secret values by name, read before the run started.
     pub secrets: Arc<HashMap<String, String>>,

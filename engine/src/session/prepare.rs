@@ -3,6 +3,7 @@
 //! to its ID (pulled if missing), and the lock file checked.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use cache::Store;
@@ -17,9 +18,12 @@ use crate::workspace::SourceTree;
 
 /// What `run`, `plan` and `cache explain` need to know about each planned step before deciding:
 /// its selected input files, hashed, and its image reference and ID.
+///
+/// Steps with the same `inputs` patterns share one selection and one hashed list (a matrix or a
+/// workflow of many steps over one source tree selects and picks once, not once per step).
 pub struct Prepared {
-    pub inputs: HashMap<String, Vec<String>>,
-    pub hashed: HashMap<String, Vec<cache::InputEntry>>,
+    pub inputs: HashMap<String, Arc<Vec<String>>>,
+    pub hashed: HashMap<String, Arc<Vec<cache::InputEntry>>>,
     pub images: HashMap<String, String>,
     pub image_ids: HashMap<String, ImageId>,
     /// Names under `images:` the planned steps use; built by `start_image_builds`.
@@ -39,13 +43,26 @@ pub async fn prepare(docker: &DockerExecutor, store: &Store, plan: &Plan, progre
     let tree = SourceTree::scan(&workflow.dir)?;
     tracing::debug!(elapsed = ?t.elapsed(), "scanned the workflow folder");
     let mut inputs = HashMap::new();
+    // One selection per distinct list of patterns: `selections[i]`, and each step's `i`.
+    let mut selections: Vec<Arc<Vec<String>>> = Vec::new();
+    let mut by_patterns: HashMap<&[String], usize> = HashMap::new();
+    let mut selection_of: Vec<(String, usize)> = Vec::new();
     let mut images = HashMap::new();
     let mut image_ids = HashMap::new();
     let mut resolved: HashMap<String, ImageId> = HashMap::new();
     let mut built = std::collections::BTreeSet::new();
     for planned in &plan.steps {
         let step = &planned.step;
-        inputs.insert(step.name.clone(), tree.select(&step.name, &step.inputs)?);
+        let i = match by_patterns.get(step.inputs.as_slice()) {
+            Some(&i) => i,
+            None => {
+                selections.push(Arc::new(tree.select(&step.name, &step.inputs)?));
+                by_patterns.insert(&step.inputs, selections.len() - 1);
+                selections.len() - 1
+            }
+        };
+        inputs.insert(step.name.clone(), selections[i].clone());
+        selection_of.push((step.name.clone(), i));
         match &step.image {
             dsl::ImageRef::Reference(image) => {
                 if !resolved.contains_key(image) {
@@ -70,7 +87,7 @@ pub async fn prepare(docker: &DockerExecutor, store: &Store, plan: &Plan, progre
     tracing::debug!(elapsed = ?t.elapsed(), "selected inputs and resolved images");
     // The union of every step's selection, hashed once. Selections are sorted, so sorting and
     // deduplicating references is cheap even for 100,000 files.
-    let mut union: Vec<&String> = inputs.values().flatten().collect();
+    let mut union: Vec<&String> = selections.iter().flat_map(|s| s.iter()).collect();
     union.sort_unstable();
     union.dedup();
     let all: Vec<String> = union.into_iter().cloned().collect();
@@ -92,7 +109,9 @@ pub async fn prepare(docker: &DockerExecutor, store: &Store, plan: &Plan, progre
     .await
     .map_err(|e| EnvironmentError(format!("cannot hash the inputs: {e}")))?
     .map_err(|e| EnvironmentError(format!("cannot read the inputs under {}: {e}", workflow.dir.display())))?;
-    let hashed = inputs.iter().map(|(step, sel)| (step.clone(), caching::step_inputs(sel, &entries))).collect();
+    // Picked once per distinct selection, then shared by every step using it.
+    let picked: Vec<Arc<Vec<cache::InputEntry>>> = selections.iter().map(|s| Arc::new(caching::step_inputs(s, &entries))).collect();
+    let hashed = selection_of.into_iter().map(|(step, i)| (step, picked[i].clone())).collect();
     tracing::debug!(elapsed = ?t.elapsed(), "picked each step's inputs");
     std::thread::spawn(move || drop((tree, entries)));
     Ok(Prepared { inputs, hashed, images, image_ids, built })
