@@ -213,8 +213,9 @@ impl Daemon {
         // A streaming call: bounded like the step itself (its timeout plus the grace).
         let limit = self.stream_limit(spec);
         let uploaded = call("upload the workspace", limit, self.docker.upload_to_container(&id, Some(opts), body)).await;
-        // The request has ended, and with it the body: the packer stops at its next write if it
-        // has not finished. A tar that could not be written is the cause, whatever the daemon said.
+        // The request has ended: `finish` stops the packer if it has not finished (and so does
+        // dropping it, should this future be dropped). A tar that could not be written is the
+        // cause, whatever the daemon said.
         match (packer.finish().await, uploaded) {
             (Err(PackError::Failed(e)), _) => return Err(host_failure("pack the workspace", &e)),
             (Err(PackError::Join(e)), _) => return Err(Failure::Environment(format!("cannot pack the workspace: {e}"))),
