@@ -1,36 +1,16 @@
 //! Input manifests and the input contents kept for replay: stored once by digest, named by the
 //! entries of the executions that used them, kept and collected by gc with those entries.
 
+mod common;
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
-use std::time::{Duration, SystemTime};
 
 use cache::store::{Manifest, OutputEntry};
 use cache::{ActionKey, Digest, InputEntry, Store};
-use filetime::FileTime;
 use tempfile::TempDir;
 
-fn key(s: &str) -> ActionKey {
-    ActionKey::from_digest(Digest::of(s.as_bytes()))
-}
-
-fn store() -> (TempDir, Store) {
-    let dir = TempDir::new().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    (dir, store)
-}
-
-fn write(path: &Path, content: &[u8], mode: u32) {
-    fs::create_dir_all(path.parent().unwrap()).unwrap();
-    fs::write(path, content).unwrap();
-    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
-}
-
-fn set_mtime(path: &Path, secs_ago: u64) {
-    let t = SystemTime::now() - Duration::from_secs(secs_ago);
-    filetime::set_file_mtime(path, FileTime::from_system_time(t)).unwrap();
-}
+use common::{key, set_mtime, store, write};
 
 /// An entry for `k` whose outputs are one file, executed with `inputs`.
 fn put(store: &Store, k: ActionKey, inputs: Option<&[InputEntry]>) -> Manifest {

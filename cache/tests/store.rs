@@ -1,40 +1,26 @@
 //! The on-disk store: round trips, digests, corruption, concurrency (threads and processes), gc,
 //! verify, list order, last-run records, path safety. Temp folders only, no Docker.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Barrier, Mutex};
-use std::time::{Duration, SystemTime};
 
 use cache::store::{sanitise, Manifest, OutputEntry, StoreError};
 use cache::{ActionKey, Digest, KeyComponents, Store};
-use filetime::FileTime;
 use tempfile::TempDir;
+
+use common::{key, set_mtime, store, write};
 
 /// Serialises the tests that read or change environment variables.
 static ENV: Mutex<()> = Mutex::new(());
 
 const CHILD_DIR: &str = "ENGINE_STORE_TEST_CHILD_DIR";
 const CHILD_ID: &str = "ENGINE_STORE_TEST_CHILD_ID";
-
-fn key(s: &str) -> ActionKey {
-    ActionKey::from_digest(Digest::of(s.as_bytes()))
-}
-
-fn store() -> (TempDir, Store) {
-    let dir = TempDir::new().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    (dir, store)
-}
-
-fn write(path: &Path, content: &[u8], mode: u32) {
-    fs::create_dir_all(path.parent().unwrap()).unwrap();
-    fs::write(path, content).unwrap();
-    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
-}
 
 /// A folder of outputs: modes 0o644 and 0o755, nested folders, an empty folder, a relative link.
 fn sample_outputs(root: &Path, tag: &str) {
@@ -92,11 +78,6 @@ fn stored_sample(tag: &str, k: ActionKey) -> (TempDir, Store, TempDir, Manifest)
     sample_outputs(src.path(), tag);
     let m = put(&store, k, src.path());
     (dir, store, src, m)
-}
-
-fn set_mtime(path: &Path, secs_ago: u64) {
-    let t = SystemTime::now() - Duration::from_secs(secs_ago);
-    filetime::set_file_mtime(path, FileTime::from_system_time(t)).unwrap();
 }
 
 fn manifest(entries: Vec<OutputEntry>) -> Manifest {

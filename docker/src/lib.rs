@@ -11,6 +11,8 @@
 //! - [`lines`]: container output as masked lines of at most 64 KiB.
 //! - [`cleanup`]: leftovers of engines that died.
 //! - [`run`]: one container run to completion from a [`run::ContainerSpec`].
+//! - [`body`]: request bodies written on a blocking thread and streamed in bounded chunks (the
+//!   archive transfer's upload, a Dockerfile build's context).
 //! - [`image`]: the image operations of image builds (inspect, pull, import, build containers,
 //!   commit, tag, list, remove, Dockerfile builds).
 //!
@@ -19,6 +21,7 @@
 
 #![warn(missing_docs)]
 
+pub mod body;
 pub mod cleanup;
 pub mod error;
 pub mod guard;

@@ -6,12 +6,6 @@ mod common;
 
 use common::*;
 
-fn latest_run(p: &Project) -> std::path::PathBuf {
-    let mut dirs: Vec<std::path::PathBuf> = std::fs::read_dir(p.path().join(".engine/runs")).unwrap().flatten().map(|e| e.path()).collect();
-    dirs.sort();
-    dirs.pop().expect("a run record")
-}
-
 #[test]
 fn a_noop_rerun_of_50_steps_over_the_same_2000_files_writes_under_100_kb() {
     let mut workflow = format!("version: 1\ndefaults: {{ image: {IMAGE} }}\nsteps:\n");
@@ -26,18 +20,17 @@ fn a_noop_rerun_of_50_steps_over_the_same_2000_files_writes_under_100_kb() {
         let o = p.run(&["run"]);
         assert_eq!(code(&o), 0, "{}", text(&o.stderr));
     }
-    let run = latest_run(&p);
+    let (run, record) = latest_record(&p);
     let bytes = std::fs::metadata(run.join("record.json")).unwrap().len();
     eprintln!("record of the no-op re-run: {bytes} bytes");
     assert!(bytes < 100_000, "the no-op re-run wrote a record of {bytes} bytes");
-    let record: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("record.json")).unwrap()).unwrap();
     let steps = record["steps"].as_array().unwrap();
     assert_eq!(steps.len(), 50);
     assert!(steps.iter().all(|s| s["status"] == "cached" && s["inputs_count"] == 2000), "every step cached, over 2,000 files");
     // One input manifest for the 50 steps of both runs, named by every step.
     let named: std::collections::BTreeSet<&str> = steps.iter().map(|s| s["inputs_manifest"].as_str().unwrap()).collect();
     assert_eq!(named.len(), 1, "{named:?}");
-    let manifests: Vec<_> = walk(&p.cache_dir().join("v1/inputs"));
+    let manifests = files_under(&p.cache_dir().join("v1/inputs"));
     assert_eq!(manifests.len(), 1, "{manifests:?}");
     // `engine runs show` still counts the inputs, and provenance lists them (once each).
     let o = p.run(&["runs", "show", "latest"]);
@@ -52,16 +45,4 @@ fn a_noop_rerun_of_50_steps_over_the_same_2000_files_writes_under_100_kb() {
         .filter(|d| d["uri"].as_str().unwrap().starts_with("file:src/"))
         .count();
     assert_eq!(files, 2000);
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        if e.file_type().unwrap().is_dir() {
-            out.extend(walk(&e.path()));
-        } else {
-            out.push(e.path());
-        }
-    }
-    out
 }

@@ -4,7 +4,6 @@
 mod common;
 
 use common::*;
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -17,16 +16,6 @@ fn workflow() -> String {
          \x20 use:\n    needs: [gen]\n    run: cat out/upper.txt out/upper.txt > twice.txt\n    outputs: [twice.txt]\n\
          \x20 clock:\n    run: cat /proc/uptime > stamp; echo fixed > same.txt\n    outputs: [stamp, same.txt]\n"
     )
-}
-
-/// The record of the latest run in `p`, parsed.
-fn latest_record(p: &Project) -> (PathBuf, serde_json::Value) {
-    let runs = p.path().join(".engine/runs");
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&runs).unwrap().flatten().map(|e| e.path()).collect();
-    dirs.sort();
-    let dir = dirs.pop().expect("a run record");
-    let record = serde_json::from_slice(&std::fs::read(dir.join("record.json")).unwrap()).unwrap();
-    (dir, record)
 }
 
 fn step<'a>(record: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
@@ -229,24 +218,12 @@ fn secrets_never_reach_the_record_or_its_logs_and_a_set_epoch_is_kept() {
     assert_eq!(std::fs::read_to_string(p.path().join(".engine/out/use/e.txt")).unwrap(), "1700000000\n");
     let (dir, r) = latest_record(&p);
     assert!(step(&r, "use")["source_date_epoch"].is_null(), "the workflow's own value is not replaced");
-    for entry in walk(&dir) {
+    for entry in files_under(&dir) {
         let bytes = std::fs::read(&entry).unwrap();
         assert!(!String::from_utf8_lossy(&bytes).contains(&secret), "secret in {}", entry.display());
     }
     let log = std::fs::read_to_string(dir.join(step(&r, "use")["log"]["path"].as_str().unwrap())).unwrap();
     assert!(log.contains("***"), "{log}");
-}
-
-fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        if e.file_type().unwrap().is_dir() {
-            out.extend(walk(&e.path()));
-        } else {
-            out.push(e.path());
-        }
-    }
-    out
 }
 
 /// A symlink input is kept as its target text; the replay stages it as a link again, so a step

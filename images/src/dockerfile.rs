@@ -10,6 +10,7 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use docker::body::{Chunks, PackError};
 use docker::image::{BuildMessage, DockerfileBuild};
 use docker::ImageId;
 use futures_util::StreamExt;
@@ -95,16 +96,7 @@ pub(crate) async fn build(
     }
     let dockerfile_name = scanned.dockerfile_name.clone();
     // The context is streamed: packed on a blocking thread in bounded chunks while it is sent.
-    let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Vec<u8>>>(4);
-    let packer = tokio::task::spawn_blocking(move || {
-        let mut out = ChunkWriter { tx, buf: Vec::with_capacity(CHUNK) };
-        let result = make_tar(&scanned, &context_dir, &mut out).and_then(|()| out.flush_chunk());
-        if let Err(e) = &result {
-            // The daemon must not build a truncated context: fail the request body.
-            let _ = out.tx.blocking_send(Err(io::Error::new(e.kind(), e.to_string())));
-        }
-        result
-    });
+    let (packer, tar) = docker::body::pack(move |out| make_tar(&scanned, &context_dir, out));
     let limits = dsl::Limits::stage();
 
     let labels = HashMap::from([(LABEL_IMAGE.to_string(), name.to_string()), (LABEL_IMAGE_KEY.to_string(), key.hex())]);
@@ -120,7 +112,7 @@ pub(crate) async fn build(
         millicpus: limits.millicpus,
     };
     let mut steps = Vec::new();
-    let build = run_build(builder, name, &tag, &request, rx, log, cancel, &mut steps);
+    let build = run_build(builder, name, &tag, &request, tar, log, cancel, &mut steps);
     let result = match tokio::time::timeout(limits.timeout, build).await {
         Ok(r) => r,
         // Dropping the request stops the classic builder; forcerm removes its container.
@@ -131,8 +123,8 @@ pub(crate) async fn build(
         }),
     };
     // A context that could not be packed is the reason, whatever the daemon said about it.
-    let result = match packer.await {
-        Ok(Err(e)) if result.is_err() => {
+    let result = match packer.finish().await {
+        Err(PackError::Failed(e)) if result.is_err() => {
             Err(BuildError::Invalid { image: name.to_string(), message: format!("cannot pack the context: {e}") })
         }
         _ => result,
@@ -150,13 +142,12 @@ async fn run_build(
     name: &str,
     tag: &str,
     request: &DockerfileBuild,
-    mut tar: tokio::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    tar: Chunks,
     log: LogFn<'_>,
     cancel: &CancellationToken,
     steps: &mut Vec<String>,
 ) -> Result<ImageId, BuildError> {
-    let body = futures_util::stream::poll_fn(move |cx| tar.poll_recv(cx));
-    let mut stream = builder.docker.build_dockerfile(request, body);
+    let mut stream = builder.docker.build_dockerfile(request, tar);
     loop {
         let item = tokio::select! {
             // Dropping the stream closes the request: the classic builder then stops, and
@@ -277,39 +268,6 @@ fn read_small(path: &Path, what: &str) -> Result<Option<Vec<u8>>, String> {
 
 /// The largest Dockerfile or `.dockerignore` read.
 const MAX_READ: u64 = 1 << 20;
-
-/// Size of the chunks the context is streamed in.
-const CHUNK: usize = 256 << 10;
-
-/// Sends what is written in chunks of [`CHUNK`] bytes (blocking: runs on a blocking thread).
-struct ChunkWriter {
-    tx: tokio::sync::mpsc::Sender<io::Result<Vec<u8>>>,
-    buf: Vec<u8>,
-}
-
-impl ChunkWriter {
-    fn flush_chunk(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
-        self.tx.blocking_send(Ok(chunk)).map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the build request ended"))
-    }
-}
-
-impl io::Write for ChunkWriter {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        self.buf.extend_from_slice(data);
-        if self.buf.len() >= CHUNK {
-            self.flush_chunk()?;
-        }
-        Ok(data.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
 
 /// Read the Dockerfile and walk the context, applying `.dockerignore`.
 pub(crate) fn scan(context_dir: &Path, dockerfile_path: &Path) -> Result<Context, String> {

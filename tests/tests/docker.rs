@@ -309,6 +309,25 @@ async fn missing_image_is_an_environment_error() {
     }
 }
 
+/// The archive transfer streams the workspace while packing it: a workspace that cannot be packed
+/// fails the upload with that cause, at once (no hang on a half-sent body), and leaves nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unpackable_workspace_fails_the_archive_upload_with_its_cause() {
+    let exec = executor(Transfer::Archive).await;
+    let fx = Fixture::new("unpackable");
+    let mut job = fx.job(step("x", "true"), &[]);
+    job.workspace = fx.workspace.path().join("gone");
+    let ran = tokio::time::timeout(Duration::from_secs(60), run(&exec, job)).await.expect("the failed upload ends");
+    match ran.outcome.result {
+        Err(StepFailure::Environment(msg)) => {
+            assert!(msg.starts_with("cannot pack the workspace on this host: "), "{msg}");
+            assert!(msg.contains("No such file or directory"), "{msg}");
+        }
+        other => panic!("expected an environment failure, got {other:?}"),
+    }
+    assert_clean(&exec, &fx.run_id).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn busybox_hint_names_the_import_script() {
     let exec = executor(Transfer::Bind).await;

@@ -29,6 +29,7 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
+use crate::body::{self, PackError};
 use crate::error::{self, call, deadline, format_duration, grace, ordinary, DaemonError, DEFAULT_CALL_TIMEOUT};
 use crate::guard::{self, Resources};
 use crate::labels::{cache_volume_name, container_name, owner_labels, LABEL_CACHE, LABEL_RUN, LABEL_STEP};
@@ -204,16 +205,26 @@ impl Daemon {
         let id = self.create(spec, "create the upload container", helper, Some(name.clone())).await?;
         let (workspace, secrets, user) = (spec.workspace.clone(), spec.secrets.clone(), spec.user);
         let caches: Vec<String> = spec.caches.iter().map(|c| c.path.clone()).collect();
-        let tar = tokio::task::spawn_blocking(move || transfer::upload_tar(&workspace, &secrets, &caches, user))
-            .await
-            .map_err(|e| Failure::Environment(format!("cannot pack the workspace: {e}")))?
-            .map_err(|e| host_failure("pack the workspace", &e))?;
+        // Streamed: the tar is written on a blocking thread while it is sent, a few chunks in
+        // memory whatever the workspace's size.
+        let (packer, chunks) = body::pack(move |out| transfer::upload_tar(out, &workspace, &secrets, &caches, user));
+        let body = bollard::body_try_stream(chunks.map(|chunk| chunk.map(Into::into)));
         let opts = UploadToContainerOptions { path: "/".into(), ..Default::default() };
         // A streaming call: bounded like the step itself (its timeout plus the grace).
         let limit = self.stream_limit(spec);
-        call("upload the workspace", limit, self.docker.upload_to_container(&id, Some(opts), bollard::body_full(tar.into())))
-            .await
-            .map_err(daemon_failure)?;
+        let uploaded = call("upload the workspace", limit, self.docker.upload_to_container(&id, Some(opts), body)).await;
+        // The request has ended: `finish` stops the packer if it has not finished (and so does
+        // dropping it, should this future be dropped). A tar that could not be written is the
+        // cause, whatever the daemon said.
+        match (packer.finish().await, uploaded) {
+            (Err(PackError::Failed(e)), _) => return Err(host_failure("pack the workspace", &e)),
+            (Err(PackError::Join(e)), _) => return Err(Failure::Environment(format!("cannot pack the workspace: {e}"))),
+            (_, Err(e)) => return Err(daemon_failure(e)),
+            (Err(PackError::Stopped), Ok(())) => {
+                return Err(Failure::Environment("the daemon ended the upload of the workspace before it was sent".into()))
+            }
+            (Ok(()), Ok(())) => {}
+        }
         let remove = RemoveContainerOptions { force: true, ..Default::default() };
         call("remove the upload container", ordinary(), self.docker.remove_container(&id, Some(remove))).await.map_err(daemon_failure)?;
         res.forget_container(&name);

@@ -6,7 +6,7 @@
 //! touch anything else on the host and does not talk to Docker.
 
 use std::fs;
-use std::io;
+use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -116,7 +116,6 @@ pub fn secrets_dir(run_id: &str, secrets: &[(String, String)], user: User) -> io
 }
 
 fn fill_secrets_dir(dir: &Path, secrets: &[(String, String)], user: User) -> io::Result<PathBuf> {
-    use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt;
     // Before anything secret is written: whatever happens next, a later run can clean it up.
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
@@ -145,13 +144,15 @@ fn fill_secrets_dir(dir: &Path, secrets: &[(String, String)], user: User) -> io:
     Ok(mounted)
 }
 
-/// The tar uploaded at `/` of a (never started) helper container that has the workspace volume
-/// at /workspace, the secrets volume at /run/secrets and the cache volumes at `cache_paths`.
-/// Extracting at `/` rather than at `/workspace` is what makes the volume roots themselves owned
-/// by the step user: the daemon skips the metadata of a `.` entry, but applies that of
-/// `workspace/`. A cache volume gets only its root entry, which leaves its contents alone.
-pub fn upload_tar(workspace: &Path, secrets: &[(String, String)], cache_paths: &[String], user: User) -> io::Result<Vec<u8>> {
-    let mut tar = tar::Builder::new(Vec::new());
+/// Write the tar uploaded at `/` of a (never started) helper container that has the workspace
+/// volume at /workspace, the secrets volume at /run/secrets and the cache volumes at
+/// `cache_paths` to `out` (streamed to the upload: a file's contents pass through a small
+/// buffer, never held whole). Extracting at `/` rather than at `/workspace` is what makes the
+/// volume roots themselves owned by the step user: the daemon skips the metadata of a `.`
+/// entry, but applies that of `workspace/`. A cache volume gets only its root entry, which
+/// leaves its contents alone. Secrets are written from memory: they never touch the disk.
+pub fn upload_tar<W: Write>(out: W, workspace: &Path, secrets: &[(String, String)], cache_paths: &[String], user: User) -> io::Result<()> {
+    let mut tar = tar::Builder::new(out);
     tar.follow_symlinks(false);
     append_dir(&mut tar, "workspace/", 0o755, user)?;
     for entry in walkdir::WalkDir::new(workspace).follow_links(false).min_depth(1).sort_by_file_name() {
@@ -187,7 +188,8 @@ pub fn upload_tar(workspace: &Path, secrets: &[(String, String)], cache_paths: &
     for path in cache_paths {
         append_dir(&mut tar, &format!("{}/", path.trim_matches('/')), 0o755, user)?;
     }
-    tar.into_inner()
+    tar.into_inner()?;
+    Ok(())
 }
 
 fn file_header(mode: u32, user: User, size: u64) -> tar::Header {
@@ -201,7 +203,7 @@ fn file_header(mode: u32, user: User, size: u64) -> tar::Header {
     header
 }
 
-fn append_dir(tar: &mut tar::Builder<Vec<u8>>, name: &str, mode: u32, user: User) -> io::Result<()> {
+fn append_dir(tar: &mut tar::Builder<impl Write>, name: &str, mode: u32, user: User) -> io::Result<()> {
     let mut header = file_header(mode, user, 0);
     header.set_entry_type(tar::EntryType::Directory);
     tar.append_data(&mut header, name, io::empty())

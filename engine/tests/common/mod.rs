@@ -123,6 +123,21 @@ fn copy_tree(src: &Path, dst: &Path) {
     }
 }
 
+/// The latest run record of `p` (run ids sort by time): its folder and `record.json`, parsed.
+pub fn latest_record(p: &Project) -> (PathBuf, serde_json::Value) {
+    let runs = p.path().join(".engine/runs");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&runs).unwrap().flatten().map(|e| e.path()).collect();
+    dirs.sort();
+    let dir = dirs.pop().expect("a run record");
+    let record = serde_json::from_slice(&std::fs::read(dir.join("record.json")).unwrap()).unwrap();
+    (dir, record)
+}
+
+/// Every path under `dir` but the folders (symlinks not followed).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    walkdir::WalkDir::new(dir).into_iter().map(Result::unwrap).filter(|e| !e.file_type().is_dir()).map(|e| e.into_path()).collect()
+}
+
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }

@@ -1,6 +1,6 @@
 //! Hostile cases: resources. What the engine itself spends on a step: disk (the workspace and
-//! outputs limits), memory (outputs and logs streamed, never held whole), and symlink chains in
-//! outputs that only leave /workspace once followed.
+//! outputs limits), memory (inputs, outputs and logs streamed, never held whole), and symlink
+//! chains in outputs that only leave /workspace once followed.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -136,6 +136,36 @@ fn archive_collection_streams_a_large_output_in_bounded_memory() {
     assert_eq!(std::fs::metadata(p.path().join(".engine/out/a/o/big")).unwrap().len(), 1024 * MIB);
     eprintln!("engine peak RSS collecting 1 GiB (archive): {} MiB", peak / MIB);
     assert!(peak < 64 * MIB, "the engine peaked at {} MiB collecting a 1 GiB output", peak / MIB);
+    assert_nothing_escaped(&p, &host, &[]);
+}
+
+#[test]
+fn archive_upload_streams_a_large_input_in_bounded_memory() {
+    use std::os::unix::fs::FileExt as _;
+    // Half a gigabyte keeps the test within a minute (the engine hashes the input twice, the step
+    // once); any input larger than the bound would do.
+    const INPUT: u64 = 512 * MIB;
+    let host = Host::new();
+    let p = Project::new(&format!(
+        "version: 1\ndefaults: {{ image: {IMAGE} }}\nsteps:\n  a:\n    inputs: [big]\n    run: mkdir o && wc -c < big > o/sum && sha256sum big >> o/sum\n    outputs: [o]\n"
+    ));
+    // Sparse, but not all zeros: a marker every 64 MiB, so that a chunk lost, repeated or out of
+    // place changes the digest.
+    let big = std::fs::File::create(p.path().join("big")).unwrap();
+    big.set_len(INPUT).unwrap();
+    for k in 0..INPUT / (64 * MIB) {
+        big.write_at(format!("chunk {k}").as_bytes(), k * (64 * MIB + 4099)).unwrap();
+    }
+    drop(big);
+    let o = std::process::Command::new("sha256sum").arg("big").current_dir(p.path()).output().unwrap();
+    let expected = text(&o.stdout);
+    assert!(expected.ends_with("  big\n"), "sha256sum: {expected}{}", text(&o.stderr));
+    let (code, err, peak) = run_measured(&p, &[("ENGINE_TRANSFER", "archive")]);
+    assert_eq!(code, 0, "{err}");
+    let seen = std::fs::read_to_string(p.path().join(".engine/out/a/o/sum")).unwrap();
+    assert_eq!(seen, format!("{INPUT}\n{expected}"), "the step saw another file");
+    eprintln!("engine peak RSS uploading {} MiB (archive): {} MiB", INPUT / MIB, peak / MIB);
+    assert!(peak < 64 * MIB, "the engine peaked at {} MiB uploading a {} MiB input", peak / MIB, INPUT / MIB);
     assert_nothing_escaped(&p, &host, &[]);
 }
 
