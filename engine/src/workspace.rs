@@ -350,29 +350,25 @@ pub(crate) fn export_by_move(collected: &Path, out: &PinnedDir, step: &str) -> i
 }
 
 /// [`export`] for a cache hit whose outputs were not written out of the store (no later step of
-/// the run stages from them): when `<out>/<step>` already holds exactly `entries` (the same paths,
-/// kinds, modes and link targets, and files whose contents re-hash to the same digests), it is
-/// left as it is: a no-op re-run writes nothing. Otherwise it is replaced by the entries,
-/// materialised from the store (every blob re-hashed first). Returns whether anything was written.
-pub(crate) fn export_from_store(store: &cache::Store, entries: &[cache::OutputEntry], out: &PinnedDir, step: &str) -> io::Result<bool> {
-    let dest = out.at()?.join(step);
-    if export_matches(&dest, entries) {
-        return Ok(false);
-    }
+/// the run stages from them): `<out>/<step>` is replaced by the entries, materialised from the
+/// store (every blob re-hashed first).
+pub(crate) fn export_from_store(store: &cache::Store, entries: &[cache::OutputEntry], out: &PinnedDir, step: &str) -> io::Result<()> {
     let dest = clear_export(out, step)?;
     fs::create_dir_all(&dest)?;
-    store.materialise(entries, &dest).map_err(io::Error::other)?;
-    Ok(true)
+    store.materialise(entries, &dest).map_err(io::Error::other)
 }
 
-/// Whether `dest` is a real folder (not a symlink) holding exactly `entries`, contents re-hashed.
-fn export_matches(dest: &Path, entries: &[cache::OutputEntry]) -> bool {
-    match fs::symlink_metadata(dest) {
+/// Whether `<out>/<step>` is a real folder (not a symlink) holding exactly `entries`: the same
+/// paths, kinds, modes and link targets, and files whose contents re-hash to the same digests.
+/// A hit whose export is intact is left alone: a no-op re-run writes nothing there.
+pub(crate) fn export_matches(out: &PinnedDir, step: &str, entries: &[cache::OutputEntry]) -> bool {
+    let Ok(dest) = out.at().map(|at| at.join(step)) else { return false };
+    match fs::symlink_metadata(&dest) {
         Ok(m) if m.is_dir() => {}
         _ => return false,
     }
     // The scan hashes regular files only and never follows a link; sorted by path, as entries are.
-    cache::store::scan_outputs(dest).is_ok_and(|found| found == entries)
+    cache::store::scan_outputs(&dest).is_ok_and(|found| found == entries)
 }
 
 /// Copy the content of `src` into `dest` (merging), without following symlinks.

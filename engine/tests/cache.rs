@@ -187,6 +187,43 @@ fn two_concurrent_runs_on_one_cache_both_succeed_and_a_third_is_fully_cached() {
     assert_eq!(std::fs::read_to_string(p.path().join(".engine/out/s3/o3")).unwrap(), "shared\n3\n");
 }
 
+/// A no-op re-run leaves exports that already hold exactly the outputs untouched (same inode,
+/// same mtime) and repairs one that was edited, removed, re-moded or added to; the restored log
+/// of a cached step is in the record with the entry's digest.
+#[test]
+fn a_no_op_rerun_writes_no_export_that_is_intact_and_repairs_one_that_is_not() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let p = chain();
+    run_json(&p, &[], 0);
+    let out = p.path().join(".engine/out");
+    let exported = tree(&out);
+    let stamp = |rel: &str| {
+        let m = std::fs::metadata(out.join(rel)).unwrap();
+        (m.ino(), m.mtime(), m.mtime_nsec())
+    };
+    let before = (stamp("a/gen/a.out"), stamp("b/b.out"), stamp("c/c.out"));
+
+    let again = run_json(&p, &[], 0);
+    assert_eq!(statuses(&again), map(&[("a", "cached"), ("b", "cached"), ("c", "cached")]));
+    assert_eq!((stamp("a/gen/a.out"), stamp("b/b.out"), stamp("c/c.out")), before, "intact exports are not rewritten");
+    let (_, record) = latest_record(&p);
+    let a = record["steps"].as_array().unwrap().iter().find(|s| s["name"] == "a").unwrap();
+    let log = &a["log"];
+    let kept = std::fs::read(latest_record(&p).0.join(log["path"].as_str().unwrap())).unwrap();
+    assert!(String::from_utf8_lossy(&kept).contains("built-a"), "the cached step's log is its entry's log");
+    assert_eq!(log["digest"].as_str().unwrap(), format!("sha256:{}", cache::Digest::of(&kept).hex()));
+
+    // Edited, removed, re-moded, or with an extra file: each export is put back as it was.
+    std::fs::write(out.join("a/gen/a.out"), "edited\n").unwrap();
+    std::fs::remove_file(out.join("c/c.out")).unwrap();
+    std::fs::set_permissions(out.join("b/b.out"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(out.join("b/extra"), "junk").unwrap();
+    let third = run_json(&p, &[], 0);
+    assert_eq!(statuses(&third), map(&[("a", "cached"), ("b", "cached"), ("c", "cached")]));
+    assert_eq!(tree(&out), exported, "every damaged export restored byte-identical");
+    assert_eq!(std::fs::metadata(out.join("b/b.out")).unwrap().permissions().mode() & 0o777, 0o755);
+}
+
 #[test]
 fn a_damaged_entry_is_a_miss_never_restored_and_is_repaired() {
     let p = Project::new("version: 1\nsteps:\n  w: { image: local/busybox:1, run: echo payload > f, outputs: [f] }\n");

@@ -23,16 +23,19 @@ impl<E: Executor> Executor for Export<E> {
     async fn execute(&self, job: Job, ctx: StepContext) -> Outcome {
         let name = job.step.name.clone();
         let mut outcome = self.inner.execute(job, ctx).await;
+        let restored = matches!(outcome, Outcome::Restored { .. });
         let (Outcome::Executed { outputs, .. } | Outcome::Restored { outputs, .. }) = &mut outcome else { return outcome };
         let collected = outputs.dir.clone();
         let needed = self.needed.contains(&name);
         let (out_dir, step, store) = (self.out_dir.clone(), name.clone(), self.store.clone());
-        let entries = if collected.is_none() { outputs.entries.clone() } else { Vec::new() };
+        let entries = if restored { outputs.entries.clone() } else { Vec::new() };
         let exported = tokio::task::spawn_blocking(move || {
             let done = match &collected {
+                // A hit: an export that holds exactly its outputs already is left alone.
+                _ if restored && workspace::export_matches(&out_dir, &step, &entries) => Ok(()),
                 Some(collected) if needed => workspace::export(collected, &out_dir, &step),
                 Some(collected) => workspace::export_by_move(collected, &out_dir, &step),
-                None => workspace::export_from_store(&store, &entries, &out_dir, &step).map(drop),
+                None => workspace::export_from_store(&store, &entries, &out_dir, &step),
             };
             done.map_err(|e| format!("cannot export the outputs to {}: {e}", out_dir.path().display()))
         })
