@@ -3,8 +3,14 @@
 IMAGE=local/busybox:1
 docker image inspect "$IMAGE" >/dev/null 2>&1 || scripts/import-busybox.sh "$IMAGE"
 command -v bc >/dev/null || apt-get install -y -qq bc >/dev/null 2>&1 || { echo "the benchmarks need bc" >&2; exit 1; }
-cargo build -q --release -p engine
-ENGINE="$PWD/target/release/engine"
+# ENGINE_BINARY: measure another build (for example a release build of an earlier commit, for a
+# before/after table); by default a release build of this tree.
+if [ -n "${ENGINE_BINARY:-}" ]; then
+  ENGINE="$(realpath "$ENGINE_BINARY")"
+else
+  cargo build -q --release -p engine
+  ENGINE="$PWD/target/release/engine"
+fi
 
 now() { date +%s.%N; }
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }

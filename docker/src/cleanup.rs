@@ -74,6 +74,8 @@ pub fn dead_owner(dir: &Path, owner_file: &str) -> bool {
 
 /// Force-remove every container and volume of `run_id` (used on interrupt and at the end of a run).
 pub async fn remove_run(daemon: &Daemon, run_id: &str) -> Result<CleanupReport, DaemonError> {
+    // Removals of finished steps still under way end first (see `Daemon::run_releasing_later`).
+    daemon.settle().await;
     let docker = &daemon.docker;
     let (containers, volumes) = list(docker, format!("{LABEL_RUN}={run_id}")).await?;
     let listed = (containers.len(), volumes.len());

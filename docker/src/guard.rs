@@ -57,6 +57,15 @@ impl Resources {
         self.temp.push(dir);
     }
 
+    /// Remove the temporary folders (a step's secrets) now, synchronously: they must not wait
+    /// for the daemon.
+    pub(crate) fn drop_temp_dirs(&mut self) {
+        for dir in std::mem::take(&mut self.temp) {
+            with_live(|l| l.temp.remove(dir.path()));
+            drop(dir);
+        }
+    }
+
     /// Remove everything now and wait for it (each removal under its deadline). What the daemon
     /// failed to remove is left for `cleanup::remove_stale` (it carries the owner labels).
     pub(crate) async fn release(mut self) {

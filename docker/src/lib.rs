@@ -124,6 +124,9 @@ pub struct HostInfo {
 pub struct Daemon {
     pub(crate) docker: bollard::Docker,
     transfer: Transfer,
+    /// Removals of finished steps' containers still under way (see
+    /// [`Daemon::run_releasing_later`]); shared by every clone.
+    releases: tokio_util::task::TaskTracker,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -171,7 +174,7 @@ impl Daemon {
             tokio::time::timeout(CONNECT_TIMEOUT, handshake).await.map_err(|_| ConnectError::Silent { host: host.to_string() })??;
         guard::remember_client(&docker);
         let transfer = if host.starts_with("unix://") { Transfer::Bind } else { Transfer::Archive };
-        Ok(Daemon { docker, transfer })
+        Ok(Daemon { docker, transfer, releases: tokio_util::task::TaskTracker::new() })
     }
 
     /// The same daemon with another transfer.

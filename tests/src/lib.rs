@@ -163,6 +163,9 @@ pub async fn run_with(exec: &DockerExecutor, job: StepJob, cancel: CancellationT
     let started = Instant::now();
     let outcome = exec.run_step(job, StepContext { events, cancel }).await;
     let elapsed = started.elapsed();
+    // The step's container is removed off its critical path; as a run does at its end, wait for
+    // that, so that what a test sees afterwards is what a finished run leaves.
+    exec.daemon().settle().await;
     let collected = collector.await.expect("the event collector");
     Ran { outcome, events: collected, elapsed }
 }
@@ -199,8 +202,10 @@ pub async fn leftovers(_exec: &DockerExecutor, run_id: &str) -> (Vec<String>, Ve
     (containers, volumes)
 }
 
-/// Nothing of `run_id` remains on the daemon.
+/// Nothing of `run_id` remains on the daemon once the removals the executor started have ended
+/// (a step's container is removed off its critical path; a run waits for that at its end).
 pub async fn assert_clean(exec: &DockerExecutor, run_id: &str) {
+    exec.daemon().settle().await;
     let (containers, volumes) = leftovers(exec, run_id).await;
     assert!(containers.is_empty() && volumes.is_empty(), "left behind by {run_id}: containers {containers:?}, volumes {volumes:?}");
 }

@@ -52,6 +52,37 @@ impl Daemon {
         finished
     }
 
+    /// [`Daemon::run`], except that the finished container (and its volumes) is removed on a
+    /// task of its own, off the step's critical path: the next step of a chain starts while the
+    /// daemon removes this one. The secrets folder goes at once, before this returns. Every such
+    /// removal is awaited by [`Daemon::settle`] (which the run's final sweep,
+    /// `cleanup::remove_run`, calls first); a removal that fails is left, as with `run`, for
+    /// that sweep or `cleanup::remove_stale`.
+    pub async fn run_releasing_later(
+        &self,
+        spec: &ContainerSpec,
+        cancel: &CancellationToken,
+        log: &mut (dyn FnMut(Stream, String) + Send),
+    ) -> Finished {
+        let mut resources = Resources::new(self.docker.clone());
+        guard::note_run(&spec.run_id);
+        let finished = match self.run_inner(spec, cancel, log, &mut resources).await {
+            Ok(finished) => finished,
+            Err(failure) => Finished { result: Err(failure), duration: Duration::ZERO, exit_code: None },
+        };
+        resources.drop_temp_dirs();
+        self.releases.spawn(resources.release());
+        finished
+    }
+
+    /// Wait until every removal started by [`Daemon::run_releasing_later`] (on this daemon or a
+    /// clone) has ended.
+    pub async fn settle(&self) {
+        self.releases.close();
+        self.releases.wait().await;
+        self.releases.reopen();
+    }
+
     /// Everything up to the end of the step; `Err` only for failures before the container ran.
     async fn run_inner(
         &self,

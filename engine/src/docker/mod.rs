@@ -74,7 +74,8 @@ impl DockerExecutor {
         self.daemon.image_id(reference).await.map_err(environment)
     }
 
-    /// Run one step's container to the end and remove it.
+    /// Run one step's container to the end; its removal is started, and awaited by the run's
+    /// final sweep.
     pub async fn run_step(&self, job: StepJob, ctx: StepContext) -> StepOutcome {
         let spec = container_spec(&job);
         let (events, step) = (ctx.events.clone(), job.step.name.clone());
@@ -85,7 +86,8 @@ impl DockerExecutor {
             };
             events.emit(Event::Log { step: step.clone(), stream, line });
         };
-        let finished = self.daemon.run(&spec, &ctx.cancel, &mut log).await;
+        // Removed off the critical path; the run's final sweep (`cleanup::remove_run`) waits for it.
+        let finished = self.daemon.run_releasing_later(&spec, &ctx.cancel, &mut log).await;
         StepOutcome {
             result: finished.result.map_err(StepFailure::from),
             duration: finished.duration,
