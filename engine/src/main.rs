@@ -268,7 +268,7 @@ async fn images_command(cmd: ImagesCommand) -> Result<i32, StartError> {
     let docker = engine::docker::DockerExecutor::connect().await?;
     let builder = images::Builder::new(docker.daemon().clone());
     let failed = |e: images::BuildError| match e {
-        images::BuildError::Environment(m) => StartError::Environment(EnvironmentError(m)),
+        e if e.is_environment() => StartError::Environment(EnvironmentError(e.to_string())),
         images::BuildError::Invalid { .. } => StartError::Invalid(e.to_string()),
         other => StartError::ImageFailed(other.to_string()),
     };

@@ -11,7 +11,7 @@ use crate::{BuildError, LogFn};
 async fn image_id(builder: &Builder, reference: &str) -> Result<Option<ImageId>, BuildError> {
     match builder.docker.inspect_image(reference).await {
         Ok(image) => Ok(image.map(|i| i.id)),
-        Err(e) => Err(BuildError::Environment(format!("cannot inspect image `{reference}`: {}", e.reason()))),
+        Err(e) => Err(BuildError::daemon(format!("cannot inspect image `{reference}`"), e)),
     }
 }
 
@@ -43,14 +43,14 @@ pub(crate) async fn import_rootfs(builder: &Builder, dir: &std::path::Path, refe
     let root = dir.to_path_buf();
     let tar = tokio::task::spawn_blocking(move || rootfs_tar(&root))
         .await
-        .map_err(|e| BuildError::Environment(format!("packing `{}` failed: {e}", dir.display())))?
+        .map_err(|e| BuildError::host(format!("packing `{}` failed", dir.display()), e))?
         .map_err(|e| BuildError::Invalid { image: reference.to_string(), message: format!("cannot pack `{}`: {e}", dir.display()) })?;
     let (repo, tag) = split_reference(reference);
     builder
         .docker
         .import(tar, repo, tag)
         .await
-        .map_err(|e| BuildError::Environment(format!("cannot import `{}` as `{reference}`: {}", dir.display(), e.reason())))?;
+        .map_err(|e| BuildError::daemon(format!("cannot import `{}` as `{reference}`", dir.display()), e))?;
     image_id(builder, reference)
         .await?
         .ok_or_else(|| BuildError::Environment(format!("the import of `{}` ended but `{reference}` is not there", dir.display())))

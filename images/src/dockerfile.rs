@@ -75,7 +75,7 @@ pub(crate) async fn build(
         scan(&context_dir, &dockerfile_path).map(|c| (c, context_dir))
     })
     .await
-    .map_err(|e| BuildError::Environment(format!("image `{image}`: reading the context failed: {e}")))?;
+    .map_err(|e| BuildError::host(format!("image `{image}`: reading the context failed"), e))?;
     let (scanned, context_dir) = scanned.map_err(|message| BuildError::Invalid { image: name.to_string(), message })?;
     let key = key_of(&scanned);
     let tag = format!("{}/{}:{}", ctx.workflow, name, key.short());
@@ -85,7 +85,7 @@ pub(crate) async fn build(
             // The image may have lost its tag (`docker rmi` of the tag only): give it back.
             let (repo, short) = split_reference(&tag);
             if let Err(e) = builder.docker.tag_image(id.as_str(), repo, short).await {
-                return Err(BuildError::Environment(format!("cannot tag image `{id}` as `{tag}`: {}", e.reason())));
+                return Err(BuildError::daemon(format!("cannot tag image `{id}` as `{tag}`"), e));
             }
             return Ok(BuiltImage { name: name.to_string(), id, tag, key, stages_built: 0 });
         }
@@ -159,14 +159,14 @@ async fn run_build(
         match item {
             Ok(message) => handle_line(name, &message, log, steps)?,
             Err(e) => {
-                return Err(BuildError::Environment(format!("image `{name}`: the build failed: {}", e.reason())));
+                return Err(BuildError::daemon(format!("image `{name}`: the build failed"), e));
             }
         }
     }
     match builder.docker.inspect_image(tag).await {
         Ok(Some(inspect)) => Ok(inspect.id),
         Ok(None) => Err(BuildError::Environment(format!("image `{name}`: the daemon reports no ID for `{tag}`"))),
-        Err(e) => Err(BuildError::Environment(format!("image `{name}`: built but `{tag}` cannot be inspected: {}", e.reason()))),
+        Err(e) => Err(BuildError::daemon(format!("image `{name}`: built but `{tag}` cannot be inspected"), e)),
     }
 }
 
@@ -213,7 +213,7 @@ pub(crate) async fn find_by_key(builder: &Builder, key: &crate::key::StageKey) -
         .docker
         .list_images(vec![format!("{LABEL_IMAGE_KEY}={key}")], false)
         .await
-        .map_err(|e| BuildError::Environment(format!("cannot list images: {}", e.reason())))?;
+        .map_err(|e| BuildError::daemon("cannot list images", e))?;
     Ok(images.into_iter().max_by_key(|i| i.created).map(|i| i.id))
 }
 

@@ -81,13 +81,67 @@ pub enum BuildError {
         /// Which instruction failed, and how.
         message: String,
     },
-    /// The environment failed (exit 3): daemon unreachable, base image missing and not pullable.
+    /// The environment failed (exit 3), said in one sentence with no underlying error: a base
+    /// image missing and not pullable, a daemon that reports no ID for what it built.
     #[error("{0}")]
     Environment(String),
+    /// A call to the Docker daemon failed (exit 3): `action` says what was asked.
+    #[error("{action}: {}", source.reason())]
+    Daemon {
+        /// What the engine asked, in words (`cannot list images`).
+        action: String,
+        /// The daemon's error.
+        #[source]
+        source: docker::DaemonError,
+    },
+    /// Work on this host (reading, hashing or packing files on a worker thread) could not end
+    /// (exit 3).
+    #[error("{action}: {source}")]
+    Host {
+        /// What was being done, in words.
+        action: String,
+        /// Why it ended.
+        #[source]
+        source: std::io::Error,
+    },
     /// The build was cancelled before it finished; names the image.
     #[error("image `{0}`: build cancelled")]
     Cancelled(String),
 }
 
+impl BuildError {
+    /// Whether the environment failed (the daemon or the host), not the image or the build: the
+    /// binary's exit 3.
+    pub fn is_environment(&self) -> bool {
+        matches!(self, BuildError::Environment(_) | BuildError::Daemon { .. } | BuildError::Host { .. })
+    }
+
+    /// A daemon call that failed while doing `action`.
+    pub(crate) fn daemon(action: impl Into<String>, source: docker::DaemonError) -> BuildError {
+        BuildError::Daemon { action: action.into(), source }
+    }
+
+    /// Blocking host work that could not end (a worker thread that panicked or was cancelled).
+    pub(crate) fn host(action: impl Into<String>, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> BuildError {
+        BuildError::Host { action: action.into(), source: std::io::Error::other(source) }
+    }
+}
+
 /// Build output: `(image, stage, line)` for each line an instruction prints.
 pub type LogFn<'a> = &'a (dyn Fn(&str, &str, &str) + Send + Sync);
+
+#[cfg(test)]
+mod error_tests {
+    use super::BuildError;
+
+    #[test]
+    fn host_and_daemon_failures_keep_their_cause_and_count_as_the_environment() {
+        let e = BuildError::host("packing copy sources failed", "worker thread panicked");
+        assert_eq!(e.to_string(), "packing copy sources failed: worker thread panicked");
+        assert!(std::error::Error::source(&e).is_some(), "the cause is kept as the source");
+        assert!(e.is_environment());
+        assert!(BuildError::Environment("no ID".into()).is_environment());
+        assert!(!BuildError::Cancelled("img".into()).is_environment());
+        assert!(!BuildError::Invalid { image: "img".into(), message: "m".into() }.is_environment());
+    }
+}

@@ -27,7 +27,7 @@ impl Builder {
                     crate::dockerfile::scan(&context_dir, &dockerfile_path)
                 })
                 .await
-                .map_err(|e| BuildError::Environment(format!("image `{image}`: reading the context failed: {e}")))?
+                .map_err(|e| BuildError::host(format!("image `{image}`: reading the context failed"), e))?
                 .map_err(|message| BuildError::Invalid { image: name.to_string(), message })?;
                 crate::dockerfile::find_by_key(self, &crate::dockerfile::key_of(&scanned)).await
             }

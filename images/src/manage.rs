@@ -12,11 +12,7 @@ use crate::{Builder, ImageInfo};
 
 async fn labelled(builder: &Builder, label: &str) -> Result<Vec<ImageSummary>, BuildError> {
     // `all`: stage images may be untagged, and then the default listing hides them.
-    builder
-        .docker
-        .list_images(vec![label.to_string()], true)
-        .await
-        .map_err(|e| BuildError::Environment(format!("cannot list images: {}", e.reason())))
+    builder.docker.list_images(vec![label.to_string()], true).await.map_err(|e| BuildError::daemon("cannot list images", e))
 }
 
 pub(crate) async fn list(builder: &Builder) -> Result<Vec<ImageInfo>, BuildError> {
@@ -54,7 +50,7 @@ pub(crate) async fn prune(builder: &Builder, keep: &[ImageId]) -> Result<Vec<Ima
                 Ok(deleted) => gone |= deleted.iter().any(|d| d == image.id.as_str()),
                 // In use by a container, or a parent of a kept image, or already gone: keep going.
                 Err(e) if e.is_not_found() || e.is_conflict() => {}
-                Err(e) => return Err(BuildError::Environment(format!("cannot remove image `{}`: {}", image.id, e.reason()))),
+                Err(e) => return Err(BuildError::daemon(format!("cannot remove image `{}`", image.id), e)),
             }
         }
         if gone {

@@ -138,7 +138,7 @@ pub(crate) async fn build(
     let id = ids[last].clone().ok_or_else(|| invalid("final stage has no image".into()))?;
     let repo = docker::labels::repository(ctx.workflow, name);
     let short = key.short();
-    builder.docker.tag_image(id.as_str(), &repo, &short).await.map_err(|e| daemon(&format!("tag image `{name}`"), &e))?;
+    builder.docker.tag_image(id.as_str(), &repo, &short).await.map_err(|e| daemon(&format!("tag image `{name}`"), e))?;
     Ok(BuiltImage { name: name.to_string(), id, tag: format!("{repo}:{short}"), key: *key, stages_built: to_build.len() })
 }
 
@@ -214,7 +214,7 @@ pub(crate) async fn plan(
                     // Hashing reads files: off the async threads.
                     let files = tokio::task::spawn_blocking(move || copy::match_context(&dir, &src, &dst))
                         .await
-                        .map_err(|e| BuildError::Environment(format!("hashing the copy sources of image `{name}` failed: {e}")))?
+                        .map_err(|e| BuildError::host(format!("hashing the copy sources of image `{name}` failed"), e))?
                         .map_err(|m| invalid(format!("stage `{}`: {m}", s.name)))?;
                     copy_keys.push(CopyKey::Context {
                         src: c.src.clone(),
@@ -247,7 +247,7 @@ pub(crate) async fn find(builder: &Builder, image: &str, key: &StageKey, last: b
     }
     // `all`: a stage image that a later stage was built from has children and no tag, and is
     // hidden from the default listing.
-    let found = builder.docker.list_images(labels, true).await.map_err(|e| daemon("list images", &e))?;
+    let found = builder.docker.list_images(labels, true).await.map_err(|e| daemon("list images", e))?;
     // After `--no-cache` several images share a key: the newest is the one built last.
     Ok(found.into_iter().max_by_key(|i| i.created).map(|i| i.id))
 }
@@ -268,7 +268,7 @@ async fn build_stage(
         Base::Image(id) => id.clone(),
         Base::Stage(d) => ready_id(*d)?,
     };
-    let base = env.builder.docker.inspect_image(current.as_str()).await.map_err(|e| daemon("inspect the base image", &e))?;
+    let base = env.builder.docker.inspect_image(current.as_str()).await.map_err(|e| daemon("inspect the base image", e))?;
     let base_config = base.ok_or_else(|| failed(format!("its base image {current} is gone")))?.config;
 
     for c in &plan.copies {
@@ -277,7 +277,7 @@ async fn build_stage(
                 let (dir, files) = (env.ctx.dir.to_path_buf(), files.clone());
                 tokio::task::spawn_blocking(move || copy::context_tar(&dir, &files))
                     .await
-                    .map_err(|e| BuildError::Environment(format!("packing copy sources failed: {e}")))?
+                    .map_err(|e| BuildError::host("packing copy sources failed", e))?
                     .map_err(|e| failed(format!("cannot pack the copy sources: {e}")))?
             }
             PlannedCopy::Stage { stage: d, name, src, dst } => {
@@ -289,7 +289,7 @@ async fn build_stage(
                 let (src, dst) = (src.clone(), dst.clone());
                 tokio::task::spawn_blocking(move || copy::reroot(&archive, &src, &dst))
                     .await
-                    .map_err(|e| BuildError::Environment(format!("re-rooting a copy failed: {e}")))?
+                    .map_err(|e| BuildError::host("re-rooting a copy failed", e))?
                     .map_err(|e| failed(format!("cannot read the archive copied from another stage: {e}")))?
             }
         };
@@ -356,7 +356,7 @@ async fn upload_and_commit(env: Env<'_>, image: &ImageId, tar: Vec<u8>) -> Resul
     check_cancel(env)?;
     let container = create(env, idle(image)).await?;
     let result = async {
-        container.upload(tar).await.map_err(|e| daemon("copy files into a build container", &e))?;
+        container.upload(tar).await.map_err(|e| daemon("copy files into a build container", e))?;
         commit(env, &container, ImageConfig::default()).await
     }
     .await;
@@ -376,7 +376,7 @@ async fn download(env: Env<'_>, image: &ImageId, path: &str) -> Result<Vec<u8>, 
     let result = match container.download(path).await {
         Ok(out) => Ok(out),
         Err(DownloadError::NotFound) => Err(Error::NotFound),
-        Err(DownloadError::Daemon(e)) => Err(Error::Build(daemon("copy files out of a build container", &e))),
+        Err(DownloadError::Daemon(e)) => Err(Error::Build(daemon("copy files out of a build container", e))),
     };
     container.remove().await;
     result
@@ -432,7 +432,7 @@ async fn run(env: Env<'_>, stage: &dsl::Stage, image: &ImageId, cmd: &str) -> Re
     let result = async {
         let timeout = stage.limits.timeout;
         let mut log = |_, line: String| (env.log)(env.image, &stage.name, &line);
-        let ended = container.run(timeout, env.cancel, &mut log).await.map_err(|e| daemon("run a build container", &e))?;
+        let ended = container.run(timeout, env.cancel, &mut log).await.map_err(|e| daemon("run a build container", e))?;
         match ended {
             BuildRunEnd::Cancelled => Err(BuildError::Cancelled(env.image.to_string())),
             BuildRunEnd::TimedOut => Err(failed(format!("`{cmd}` timed out after {}", dsl::units::format_duration(timeout)))),
@@ -457,7 +457,7 @@ async fn commit(env: Env<'_>, container: &BuildContainer, mut config: ImageConfi
     for key in env.ctx.container_labels.keys().map(String::as_str).chain([LABEL_RUN]) {
         labels.entry(key.to_string()).or_default();
     }
-    container.commit(config).await.map_err(|e| daemon("commit a build container", &e))
+    container.commit(config).await.map_err(|e| daemon("commit a build container", e))
 }
 
 fn check_cancel(env: Env<'_>) -> Result<(), BuildError> {
@@ -467,8 +467,8 @@ fn check_cancel(env: Env<'_>) -> Result<(), BuildError> {
     Ok(())
 }
 
-fn daemon(action: &str, e: &docker::DaemonError) -> BuildError {
-    BuildError::Environment(format!("cannot {action}: {}", e.reason()))
+fn daemon(action: &str, e: docker::DaemonError) -> BuildError {
+    BuildError::daemon(format!("cannot {action}"), e)
 }
 
 /// A build container labelled with the run, the owner and the image; removed by
@@ -482,7 +482,7 @@ async fn create(env: Env<'_>, mut spec: BuildContainerSpec) -> Result<BuildConta
         .docker
         .create_build_container(spec)
         .await
-        .map_err(|e| daemon(&format!("create a build container for image `{}`", env.image), &e))
+        .map_err(|e| daemon(&format!("create a build container for image `{}`", env.image), e))
 }
 
 #[cfg(test)]

@@ -255,8 +255,12 @@ async fn ensure_base_pulls_from_a_local_registry() {
     // Not in the registry: Environment, with the offline hint.
     let missing = format!("127.0.0.1:5000/engine-test/nothing:{}", unique("t"));
     match b.ensure_base(&missing, &log).await {
-        Err(BuildError::Environment(m)) => {
-            assert!(m.contains(&format!("cannot pull base image `{missing}`")) && m.contains("engine images import"), "{m}")
+        Err(e @ BuildError::Environment(_)) => {
+            let m = e.to_string();
+            assert!(
+                e.is_environment() && m.contains(&format!("cannot pull base image `{missing}`")) && m.contains("engine images import"),
+                "{m}"
+            )
         }
         other => panic!("expected Environment, got {other:?}"),
     }

@@ -163,8 +163,8 @@ impl From<docker::run::Failure> for StepFailure {
 impl From<images::BuildError> for StepFailure {
     fn from(e: images::BuildError) -> StepFailure {
         match e {
-            images::BuildError::Environment(m) => StepFailure::Environment(m),
             images::BuildError::Cancelled(_) => StepFailure::Cancelled,
+            e if e.is_environment() => StepFailure::Environment(e.to_string()),
             other => StepFailure::ImageFailed(other.to_string()),
         }
     }
