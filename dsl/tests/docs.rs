@@ -74,6 +74,11 @@ fn stdlib_md_examples_load() {
     check_doc("docs/stdlib.md", 1);
 }
 
+#[test]
+fn the_format_reference_dsl_example_loads_and_converts() {
+    check_doc("docs/format.md", 1);
+}
+
 /// Every example project of the stdlib modules loads (they import the repository's library).
 #[test]
 fn stdlib_examples_load() {
