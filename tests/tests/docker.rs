@@ -50,6 +50,7 @@ touch /x 2>/dev/null && echo rootfs=rw || echo rootfs=ro
 touch /workspace/new 2>/dev/null && echo ws=rw || echo ws=ro
 echo wsowner=$(stat -c %u:%g /workspace)
 echo tmp=$(grep ' /tmp ' /proc/mounts)
+printf '#!/bin/sh\necho yes\n' > /tmp/x.sh && chmod +x /tmp/x.sh && echo tmpexec=$(/tmp/x.sh 2>/dev/null || echo no)
 echo capeff=$(grep CapEff /proc/self/status | cut -f2)
 echo capbnd=$(grep CapBnd /proc/self/status | cut -f2)
 echo nnp=$(grep NoNewPrivs /proc/self/status | cut -f2)
@@ -86,6 +87,9 @@ async fn isolation_defaults(transfer: Transfer) {
     let tmp = get("tmp");
     assert!(tmp.starts_with("tmpfs /tmp tmpfs"), "{tmp}");
     assert!(tmp.contains("size=16384k") && tmp.contains("nosuid") && tmp.contains("nodev"), "{tmp}");
+    // Executable, as in a plain `docker run`: rustdoc, cc and test runners run programs from /tmp.
+    assert!(!tmp.contains("noexec"), "{tmp}");
+    assert_eq!(get("tmpexec"), "yes", "a program written to /tmp runs");
     assert_eq!(get("capeff"), "0000000000000000");
     assert_eq!(get("capbnd"), "0000000000000000");
     assert_eq!(get("nnp"), "1");
@@ -412,6 +416,21 @@ async fn dropped_step_still_removes_its_container() {
         })
         .await;
     }
+}
+
+/// The `sandbox` profile keeps /tmp `noexec`: a program written there does not run.
+#[tokio::test(flavor = "multi_thread")]
+async fn sandbox_tmp_is_not_executable() {
+    let exec = executor(Transfer::Bind).await;
+    let fx = Fixture::new("sandboxtmp");
+    let mut s = step("probe", PROBE);
+    s.profile = Some("sandbox".into());
+    let ran = run(&exec, fx.job(s, &[])).await;
+    assert_eq!(ran.outcome.result, Ok(()), "{:?}", ran.events);
+    let v = ran.values();
+    assert!(v["tmp"].contains("noexec") && v["tmp"].contains("nosuid"), "{}", v["tmp"]);
+    assert_eq!(v["tmpexec"], "no", "a program written to /tmp does not run");
+    assert_clean(&exec, &fx.run_id).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -513,7 +513,10 @@ fn container_body(spec: &ContainerSpec, labels: HashMap<String, String>, mounts:
         memory_swap: Some(memory),
         nano_cpus: Some(i64::try_from(limits.millicpus.saturating_mul(1_000_000)).unwrap_or(i64::MAX)),
         pids_limit: Some(i64::try_from(limits.pids).unwrap_or(i64::MAX)),
-        tmpfs: Some(HashMap::from([("/tmp".to_string(), format!("rw,nosuid,nodev,size={},mode=1777", limits.tmpfs))])),
+        tmpfs: Some(HashMap::from([(
+            "/tmp".to_string(),
+            format!("rw,{},nosuid,nodev,size={},mode=1777", if spec.tmp_exec { "exec" } else { "noexec" }, limits.tmpfs),
+        )])),
         mounts: Some(mounts),
         ..Default::default()
     };

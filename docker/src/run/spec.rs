@@ -84,6 +84,9 @@ pub struct ContainerSpec {
     pub collect_to: PathBuf,
     /// Paths relative to /workspace to collect after exit 0.
     pub outputs: Vec<String>,
+    /// Whether programs may be executed from /tmp (compilers, test runners and package builds
+    /// do); `false` mounts it `noexec` (the `sandbox` profile). Always `nosuid,nodev`.
+    pub tmp_exec: bool,
 }
 
 /// How a container run ended, and for how long it ran.

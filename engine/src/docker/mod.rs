@@ -138,6 +138,8 @@ fn container_spec(job: &StepJob) -> docker::run::ContainerSpec {
         workspace: job.workspace.clone(),
         collect_to: job.collect_to.clone(),
         outputs: step.outputs.clone(),
+        // Docker mounts a tmpfs `noexec` unless told otherwise; only the sandbox keeps that.
+        tmp_exec: step.profile.as_deref() != Some("sandbox"),
     }
 }
 
