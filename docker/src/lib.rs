@@ -126,7 +126,15 @@ pub struct Daemon {
     transfer: Transfer,
     /// Removals of finished steps' containers still under way (see
     /// [`Daemon::run_releasing_later`]); shared by every clone.
-    releases: tokio_util::task::TaskTracker,
+    releases: Releases,
+}
+
+/// Removals of finished steps' containers under way, and the turn of [`Daemon::settle`]'s
+/// callers.
+#[derive(Clone, Default)]
+struct Releases {
+    tracker: tokio_util::task::TaskTracker,
+    settling: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -174,7 +182,7 @@ impl Daemon {
             tokio::time::timeout(CONNECT_TIMEOUT, handshake).await.map_err(|_| ConnectError::Silent { host: host.to_string() })??;
         guard::remember_client(&docker);
         let transfer = if host.starts_with("unix://") { Transfer::Bind } else { Transfer::Archive };
-        Ok(Daemon { docker, transfer, releases: tokio_util::task::TaskTracker::new() })
+        Ok(Daemon { docker, transfer, releases: Releases::default() })
     }
 
     /// The same daemon with another transfer.

@@ -42,12 +42,7 @@ impl Daemon {
     /// passes, the termination ladder stops it: its stop signal, the grace period
     /// (`ENGINE_STOP_GRACE`), then SIGKILL.
     pub async fn run(&self, spec: &ContainerSpec, cancel: &CancellationToken, log: &mut (dyn FnMut(Stream, String) + Send)) -> Finished {
-        let mut resources = Resources::new(self.docker.clone());
-        guard::note_run(&spec.run_id);
-        let finished = match self.run_inner(spec, cancel, log, &mut resources).await {
-            Ok(finished) => finished,
-            Err(failure) => Finished { result: Err(failure), duration: Duration::ZERO, exit_code: None },
-        };
+        let (finished, resources) = self.run_to_exit(spec, cancel, log).await;
         resources.release().await;
         finished
     }
@@ -64,23 +59,35 @@ impl Daemon {
         cancel: &CancellationToken,
         log: &mut (dyn FnMut(Stream, String) + Send),
     ) -> Finished {
+        let (finished, mut resources) = self.run_to_exit(spec, cancel, log).await;
+        resources.drop_temp_dirs();
+        self.releases.tracker.spawn(resources.release());
+        finished
+    }
+
+    /// Wait until every removal started by [`Daemon::run_releasing_later`] (on this daemon or a
+    /// clone) has ended. Callers take turns: one's reopening cannot strand another's wait.
+    pub async fn settle(&self) {
+        let _turn = self.releases.settling.lock().await;
+        self.releases.tracker.close();
+        self.releases.tracker.wait().await;
+        self.releases.tracker.reopen();
+    }
+
+    /// The step's run up to its end, and what it holds on the daemon (not yet removed).
+    async fn run_to_exit(
+        &self,
+        spec: &ContainerSpec,
+        cancel: &CancellationToken,
+        log: &mut (dyn FnMut(Stream, String) + Send),
+    ) -> (Finished, Resources) {
         let mut resources = Resources::new(self.docker.clone());
         guard::note_run(&spec.run_id);
         let finished = match self.run_inner(spec, cancel, log, &mut resources).await {
             Ok(finished) => finished,
             Err(failure) => Finished { result: Err(failure), duration: Duration::ZERO, exit_code: None },
         };
-        resources.drop_temp_dirs();
-        self.releases.spawn(resources.release());
-        finished
-    }
-
-    /// Wait until every removal started by [`Daemon::run_releasing_later`] (on this daemon or a
-    /// clone) has ended.
-    pub async fn settle(&self) {
-        self.releases.close();
-        self.releases.wait().await;
-        self.releases.reopen();
+        (finished, resources)
     }
 
     /// Everything up to the end of the step; `Err` only for failures before the container ran.

@@ -42,7 +42,6 @@ pub async fn prepare(docker: &DockerExecutor, store: &Store, plan: &Plan, progre
     let stat = tokio::task::spawn_blocking(move || cache::hash::StatCache::load(&cache_dir, &root));
     let tree = SourceTree::scan(&workflow.dir)?;
     tracing::debug!(elapsed = ?t.elapsed(), "scanned the workflow folder");
-    let mut inputs = HashMap::new();
     // One selection per distinct list of patterns: `selections[i]`, and each step's `i`.
     let mut selections: Vec<Arc<Vec<String>>> = Vec::new();
     let mut by_patterns: HashMap<&[String], usize> = HashMap::new();
@@ -61,7 +60,6 @@ pub async fn prepare(docker: &DockerExecutor, store: &Store, plan: &Plan, progre
                 selections.len() - 1
             }
         };
-        inputs.insert(step.name.clone(), selections[i].clone());
         selection_of.push((step.name.clone(), i));
         match &step.image {
             dsl::ImageRef::Reference(image) => {
@@ -111,7 +109,8 @@ pub async fn prepare(docker: &DockerExecutor, store: &Store, plan: &Plan, progre
     .map_err(|e| EnvironmentError(format!("cannot read the inputs under {}: {e}", workflow.dir.display())))?;
     // Picked once per distinct selection, then shared by every step using it.
     let picked: Vec<Arc<Vec<cache::InputEntry>>> = selections.iter().map(|s| Arc::new(caching::step_inputs(s, &entries))).collect();
-    let hashed = selection_of.into_iter().map(|(step, i)| (step, picked[i].clone())).collect();
+    let hashed = selection_of.iter().map(|(step, i)| (step.clone(), picked[*i].clone())).collect();
+    let inputs = selection_of.into_iter().map(|(step, i)| (step, selections[i].clone())).collect();
     tracing::debug!(elapsed = ?t.elapsed(), "picked each step's inputs");
     std::thread::spawn(move || drop((tree, entries)));
     Ok(Prepared { inputs, hashed, images, image_ids, built })
