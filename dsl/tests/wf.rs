@@ -57,13 +57,50 @@ fn templates_matrix_interpolation_and_overrides() {
     assert_eq!(arm.limits.timeout.as_secs(), 300);
     let other = wf.step("other").unwrap();
     assert_eq!(other.command, dsl::Command::Shell("make test-riscv".into()));
-    // The instance's `needs` and `limits` replace the template's.
+    // The instance's `needs` replaces the template's; its `limits` are merged, the instance winning.
     assert_eq!(other.needs, ["test[x86]", "test[arm]"]);
     assert_eq!(other.limits.timeout.as_secs(), 60);
     let grid = wf.step("grid[mac,arm]").unwrap();
     assert_eq!(grid.command, dsl::Command::Shell("echo mac-arm".into()));
     let argv = wf.step("argv").unwrap();
     assert_eq!(argv.command, dsl::Command::Argv(vec!["/bin/echo".into(), "hi \"there\"\n".into()]));
+}
+
+#[test]
+fn instance_env_and_limits_merge_with_the_template_and_defaults_fill_left_out_arguments() {
+    let wf = common::load(
+        "w.wf",
+        r#"version 1
+defaults { image "local/busybox:1" }
+template lint(args = "-D warnings", path = "src") {
+  inputs "${path}"
+  env { CARGO_HOME "/cargo"  MODE "strict" }
+  limits { cpus 2  timeout 5m }
+  run "lint ${args} ${path}"
+}
+step plain = lint()
+step one = lint("--all") { env { MODE "lax"  EXTRA "1" }  limits { memory 1g } }
+step both = lint("", "lib")
+"#,
+    );
+    let plain = wf.step("plain").unwrap();
+    assert_eq!(plain.command, dsl::Command::Shell("lint -D warnings src".into()));
+    let one = wf.step("one").unwrap();
+    assert_eq!(one.command, dsl::Command::Shell("lint --all src".into()));
+    let env: Vec<(&str, &str)> = one.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    assert_eq!(env, [("CARGO_HOME", "/cargo"), ("EXTRA", "1"), ("MODE", "lax")]);
+    assert_eq!(one.limits.timeout.as_secs(), 300);
+    assert_eq!(one.limits.memory, 1 << 30);
+    let both = wf.step("both").unwrap();
+    assert_eq!(both.command, dsl::Command::Shell("lint  lib".into()));
+    assert_eq!(both.inputs, ["lib"]);
+}
+
+#[test]
+fn template_parameter_defaults_are_checked() {
+    insta::assert_snapshot!(wf_errors(
+        "version 1\ntemplate t(a = \"x\", b) { image \"i\" run \"${a}${b}\" }\ntemplate u(a, c = \"${a}\", a) { image \"i\" run \"${a}\" }\nstep s = t(\"1\", \"2\", \"3\")\n"
+    ));
 }
 
 #[test]

@@ -83,8 +83,17 @@ pub(super) struct TemplateDecl {
     pub kind: Kind,
     pub name: String,
     pub name_at: At,
-    pub params: Vec<String>,
+    pub params: Vec<Param>,
     pub body: Vec<Entry>,
+}
+
+/// A template parameter: `name` or `name = "default"`.
+#[derive(Debug, Clone)]
+pub(super) struct Param {
+    pub name: String,
+    pub at: At,
+    /// The default value (a string literal; it cannot name other parameters).
+    pub default: Option<Val>,
 }
 
 /// `= template(args)` of a declaration.
@@ -120,7 +129,7 @@ pub(super) struct File {
 #[derive(Debug, Clone)]
 pub(super) struct Template {
     pub kind: Kind,
-    pub params: Vec<String>,
+    pub params: Vec<Param>,
     pub body: Vec<Entry>,
     /// The file the template was written in (diagnostics about its own text point there).
     pub src: Arc<SourceFile>,

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::ast::{At, Body, Call, Entry, Kind, Locator, Part, Unit, Val};
+use super::ast::{At, Body, Call, Entry, Kind, Locator, Param, Part, Unit, Val};
 use crate::diagnostic::{push, Diagnostic};
 use crate::ir::{SourceFile, Span};
 use crate::{bounds, suggest};
@@ -211,11 +211,46 @@ pub(super) fn check_templates(unit: &Unit, diags: &mut Vec<Diagnostic>) {
     names.sort();
     for name in names {
         let t = &unit.templates[name];
-        let scope = t.params.iter().map(|p| (p.clone(), String::new())).collect();
+        let scope = t.params.iter().map(|p| (p.name.clone(), String::new())).collect();
         let budget = Budget::new();
         let ex = Expand { src: &t.src, scope: &scope, remap: None, budget: &budget };
         bind(&t.body, &ex, diags);
+        check_params(&t.src, &t.params, diags);
         budget.report(diags);
+    }
+}
+
+/// A template's parameters: each name once, defaults last (a call passes its arguments in order),
+/// and a default is a plain string (it is bound before any parameter is).
+fn check_params(src: &SourceFile, params: &[Param], diags: &mut Vec<Diagnostic>) {
+    let mut seen = std::collections::HashSet::new();
+    let mut defaulted: Option<&Param> = None;
+    for p in params {
+        if !seen.insert(p.name.as_str()) {
+            push(
+                diags,
+                Diagnostic::new(src, p.at.span, format!("parameter `{}` is declared twice", p.name), "declared again")
+                    .with_help("give each parameter its own name"),
+            );
+        }
+        match (&p.default, defaulted) {
+            (Some(Val::Str(parts, at)), _) => {
+                defaulted = Some(p);
+                if let Some(Part::Param(name, _)) = parts.iter().find(|part| matches!(part, Part::Param(..))) {
+                    push(
+                        diags,
+                        Diagnostic::new(src, at.span, format!("a default value cannot use `${{{name}}}`"), "not a plain string")
+                            .with_help("write the value itself; `\\${` is a literal `${`"),
+                    );
+                }
+            }
+            (None, Some(d)) => push(
+                diags,
+                Diagnostic::new(src, p.at.span, format!("parameter `{}` has no default but follows `{}`, which has one", p.name, d.name), "needs a default")
+                    .with_help("put the parameters with defaults last"),
+            ),
+            _ => {}
+        }
     }
 }
 
@@ -411,22 +446,42 @@ fn instantiate(
         );
         return None;
     }
-    if t.params.len() != call.args.len() {
+    let required = t.params.iter().filter(|p| p.default.is_none()).count();
+    if call.args.len() < required || call.args.len() > t.params.len() {
+        let takes = if required == t.params.len() {
+            format!("{required}")
+        } else {
+            format!("{required} to {}", t.params.len())
+        };
+        let signature: Vec<String> = t
+            .params
+            .iter()
+            .map(|p| match &p.default {
+                Some(Val::Str(parts, _)) => format!("{} = \"{}\"", p.name, literal(parts)),
+                _ => p.name.clone(),
+            })
+            .collect();
         push(
             diags,
             Diagnostic::new(
                 &p.src,
                 call.at.span,
-                format!("template `{}` takes {} argument(s), {} given", call.name, t.params.len(), call.args.len()),
+                format!("template `{}` takes {takes} argument(s), {} given", call.name, call.args.len()),
                 "wrong number of arguments",
             )
-            .with_help(format!("`{}({})`", call.name, t.params.join(", "))),
+            .with_help(format!("`{}({})`", call.name, signature.join(", "))),
         );
         return None;
     }
     let caller = Expand { src: &p.src, scope, remap: None, budget };
     let mut bound = HashMap::new();
-    for (param, arg) in t.params.iter().zip(&call.args) {
+    // Parameters left out take their defaults (plain strings, checked by `check_params`).
+    for param in &t.params[call.args.len()..] {
+        if let Some(Val::Str(parts, _)) = &param.default {
+            bound.insert(param.name.clone(), literal(parts));
+        }
+    }
+    for (param, arg) in t.params.iter().map(|p| &p.name).zip(&call.args) {
         let v = match arg {
             // A bare name that is a parameter in scope (a matrix axis) passes its value.
             Val::Word(w, wat) => {
@@ -460,6 +515,11 @@ fn instantiate(
     Some(caller.entries(&merge(&body, own), diags))
 }
 
+/// The literal text of a string (a default value; its `${...}` are refused by `check_params`).
+fn literal(parts: &[Part]) -> String {
+    parts.iter().map(|p| if let Part::Lit(s) = p { s.as_str() } else { "" }).collect()
+}
+
 /// The template's entries with every `${param}` replaced by its value (and, for imported
 /// templates, every position moved to the call site), so they can be merged with the instance's.
 fn bind(entries: &[Entry], ex: &Expand, diags: &mut Vec<Diagnostic>) -> Vec<Entry> {
@@ -485,10 +545,27 @@ fn bind(entries: &[Entry], ex: &Expand, diags: &mut Vec<Diagnostic>) -> Vec<Entr
         .collect()
 }
 
-/// Instance body over template body: a key written in the instance replaces the template's.
+/// Keys whose block is a map of independent settings: an instance's block is merged into the
+/// template's, the instance winning setting by setting (`env { RUST_LOG "debug" }` keeps the
+/// template's `CARGO_HOME`).
+const MERGED_BLOCKS: [&str; 2] = ["env", "limits"];
+
+/// Instance body over template body: a key written in the instance replaces the template's,
+/// except the blocks of `MERGED_BLOCKS`, merged entry by entry.
 fn merge(template: &[Entry], own: &[Entry]) -> Vec<Entry> {
+    let merged = |key: &str| MERGED_BLOCKS.contains(&key);
     let written: std::collections::HashSet<&str> = own.iter().map(|o| o.key.as_str()).collect();
     let mut out: Vec<Entry> = template.iter().filter(|t| !written.contains(t.key.as_str())).cloned().collect();
-    out.extend(own.iter().cloned());
+    for o in own {
+        let from_template = template.iter().find(|t| t.key == o.key && merged(&t.key));
+        match (from_template, &o.body) {
+            (Some(Entry { body: Body::Block(t_entries, _), .. }), Body::Block(o_entries, o_at)) => {
+                let mut entry = o.clone();
+                entry.body = Body::Block(merge(t_entries, o_entries), *o_at);
+                out.push(entry);
+            }
+            _ => out.push(o.clone()),
+        }
+    }
     out
 }

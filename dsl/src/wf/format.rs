@@ -175,6 +175,20 @@ impl Fmt {
                     in_params = false;
                 }
                 Rule::ident if in_params => params.push(p.as_str().to_string()),
+                Rule::param_decl => {
+                    let mut text = String::new();
+                    for q in p.into_inner() {
+                        match q.as_rule() {
+                            Rule::ident => text.push_str(q.as_str()),
+                            Rule::string => {
+                                text.push_str(" = ");
+                                text.push_str(&string(q));
+                            }
+                            _ => {}
+                        }
+                    }
+                    params.push(text);
+                }
                 Rule::ident => {
                     out.push(' ');
                     out.push_str(p.as_str());

@@ -9,7 +9,7 @@
 use pest::iterators::Pair;
 use pest::Parser as _;
 
-use super::ast::{Body, Call, Decl, Entry, File, Import, Kind, Locator, Part, TemplateDecl, Val};
+use super::ast::{Body, Call, Decl, Entry, File, Import, Kind, Locator, Param, Part, TemplateDecl, Val};
 use super::grammar::{Rule, WfParser};
 use super::syntax::syntax_error;
 use crate::ir::SourceFile;
@@ -87,7 +87,13 @@ fn template(loc: &Locator, item: Pair<Rule>) -> Option<TemplateDecl> {
         match p.as_rule() {
             Rule::kw_image => kind = Kind::Image,
             Rule::ident if name.is_none() => name = Some((p.as_str().to_string(), at(loc, &p))),
-            Rule::ident => params.push(p.as_str().to_string()),
+            Rule::param_decl => {
+                let param_at = at(loc, &p);
+                let mut inner = p.into_inner();
+                let name = inner.next().map(|i| i.as_str().to_string()).unwrap_or_default();
+                let default = inner.find(|d| d.as_rule() == Rule::string).map(|d| value(loc, d));
+                params.push(Param { name, at: param_at, default });
+            }
             Rule::block => body = block(loc, p).0,
             _ => {}
         }

@@ -69,6 +69,7 @@ fn expected(rule: Rule) -> &'static str {
         Rule::comma => "`,`",
         Rule::eq | Rule::call => "`=`",
         Rule::ident | Rule::qname => "a name",
+        Rule::param_decl => "a parameter name (with its default: `name = \"value\"`)",
         Rule::axis => "a matrix axis such as `target in [\"x86\", \"arm\"]`",
         Rule::kw_as => "`as`",
         Rule::kw_from => "`from`",
