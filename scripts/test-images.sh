@@ -7,3 +7,6 @@ cd "$(dirname "$0")"
 docker image inspect local/busybox:1 >/dev/null 2>&1 || ./import-busybox.sh local/busybox:1
 # The Debian base of the stdlib toolchain images (engine/tests/stdlib.rs); needs Debian's mirror.
 docker image inspect local/debian:bookworm >/dev/null 2>&1 || ./import-debian.sh bookworm local/debian:bookworm
+# Current toolchains for the stdlib tests, from this machine's own Rust and Python (no registry).
+docker image inspect local/rust:current >/dev/null 2>&1 || ./import-rust.sh local/rust:current
+docker image inspect local/python:current >/dev/null 2>&1 || ./import-python.sh local/python:current

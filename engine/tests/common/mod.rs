@@ -50,6 +50,14 @@ impl Project {
         Project { dir }
     }
 
+    /// A copy of any project folder (a crate or package downloaded by a test).
+    pub fn copy_of(src: &Path) -> Project {
+        ensure_docker();
+        let dir = tempfile::tempdir().unwrap();
+        copy_tree(src, dir.path());
+        Project { dir }
+    }
+
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
