@@ -81,6 +81,7 @@ template lint(args = "-D warnings", path = "src") {
 step plain = lint()
 step one = lint("--all") { env { MODE "lax"  EXTRA "1" }  limits { memory 1g } }
 step both = lint("", "lib")
+step named = lint(path = "lib")
 "#,
     );
     let plain = wf.step("plain").unwrap();
@@ -94,12 +95,16 @@ step both = lint("", "lib")
     let both = wf.step("both").unwrap();
     assert_eq!(both.command, dsl::Command::Shell("lint  lib".into()));
     assert_eq!(both.inputs, ["lib"]);
+    let named = wf.step("named").unwrap();
+    assert_eq!(named.command, dsl::Command::Shell("lint -D warnings lib".into()));
 }
 
 #[test]
 fn template_parameter_defaults_are_checked() {
     insta::assert_snapshot!(wf_errors(
         "version 1\ntemplate t(a = \"x\", b) { image \"i\" run \"${a}${b}\" }\ntemplate u(a, c = \"${a}\", a) { image \"i\" run \"${a}\" }\nstep s = t(\"1\", \"2\", \"3\")\n"
+    ));    insta::assert_snapshot!(wf_errors(
+        "version 1\ntemplate t(a, b = \"x\") { image \"i\" run \"${a}${b}\" }\nstep s = t(\"1\", c = \"2\")\nstep u = t(\"1\", a = \"2\")\nstep v = t(b = \"2\")\n"
     ));
 }
 

@@ -100,7 +100,10 @@ pub(super) struct Param {
 pub(super) struct Call {
     pub name: String,
     pub at: At,
+    /// Arguments by position, in order.
     pub args: Vec<Val>,
+    /// Arguments by name (after the positional ones): `name = value`.
+    pub named: Vec<(String, At, Val)>,
 }
 
 /// One matrix axis: `name in [values]`.

@@ -446,14 +446,8 @@ fn instantiate(
         );
         return None;
     }
-    let required = t.params.iter().filter(|p| p.default.is_none()).count();
-    if call.args.len() < required || call.args.len() > t.params.len() {
-        let takes = if required == t.params.len() {
-            format!("{required}")
-        } else {
-            format!("{required} to {}", t.params.len())
-        };
-        let signature: Vec<String> = t
+    let signature = || {
+        let params: Vec<String> = t
             .params
             .iter()
             .map(|p| match &p.default {
@@ -461,48 +455,67 @@ fn instantiate(
                 _ => p.name.clone(),
             })
             .collect();
-        push(
-            diags,
-            Diagnostic::new(
-                &p.src,
-                call.at.span,
-                format!("template `{}` takes {takes} argument(s), {} given", call.name, call.args.len()),
-                "wrong number of arguments",
-            )
-            .with_help(format!("`{}({})`", call.name, signature.join(", "))),
-        );
+        format!("`{}({})`", call.name, params.join(", "))
+    };
+    let wrong = |diags: &mut Vec<Diagnostic>, span: Span, message: String, label: &str| {
+        push(diags, Diagnostic::new(&p.src, span, message, label.to_string()).with_help(signature()));
+    };
+    if call.args.len() > t.params.len() {
+        let message = format!("template `{}` takes {} argument(s), {} given", call.name, t.params.len(), call.args.len());
+        wrong(diags, call.at.span, message, "wrong number of arguments");
         return None;
     }
     let caller = Expand { src: &p.src, scope, remap: None, budget };
-    let mut bound = HashMap::new();
-    // Parameters left out take their defaults (plain strings, checked by `check_params`).
-    for param in &t.params[call.args.len()..] {
-        if let Some(Val::Str(parts, _)) = &param.default {
-            bound.insert(param.name.clone(), literal(parts));
-        }
-    }
-    for (param, arg) in t.params.iter().map(|p| &p.name).zip(&call.args) {
-        let v = match arg {
-            // A bare name that is a parameter in scope (a matrix axis) passes its value.
+    // An argument's value: a bare name that is a parameter in scope (a matrix axis) passes its
+    // value; every instance holds its own copy of its arguments.
+    let arg_value = |arg: &Val, diags: &mut Vec<Diagnostic>| -> Option<String> {
+        match arg {
             Val::Word(w, wat) => {
                 let v = scope.get(w).cloned().unwrap_or_else(|| w.clone());
-                // Every instance holds its own copy of its arguments.
-                if !budget.charge(v.len(), &p.src, *wat) {
-                    return None;
-                }
-                v
+                budget.charge(v.len(), &p.src, *wat).then_some(v)
             }
-            Val::Str(parts, sat) => caller.string(parts, *sat, diags),
+            Val::Str(parts, sat) => Some(caller.string(parts, *sat, diags)),
             Val::List(_, at) => {
                 push(
                     diags,
                     Diagnostic::new(&p.src, at.span, "a template argument must be a single string or name", "a list")
                         .with_help("pass one value per parameter"),
                 );
+                None
+            }
+        }
+    };
+    let mut bound = HashMap::new();
+    for (param, arg) in t.params.iter().map(|p| &p.name).zip(&call.args) {
+        let v = arg_value(arg, diags)?;
+        bound.insert(param.clone(), v);
+    }
+    for (name, name_at, arg) in &call.named {
+        if !t.params.iter().any(|q| &q.name == name) {
+            let hint = suggest::hint(name, t.params.iter().map(|q| q.name.as_str()));
+            wrong(diags, name_at.span, format!("template `{}` has no parameter `{name}`{hint}", call.name), "no such parameter");
+            return None;
+        }
+        if bound.contains_key(name) {
+            wrong(diags, name_at.span, format!("parameter `{name}` is given twice"), "given again");
+            return None;
+        }
+        let v = arg_value(arg, diags)?;
+        bound.insert(name.clone(), v);
+    }
+    // Parameters left out take their defaults (plain strings, checked by `check_params`).
+    for param in &t.params {
+        match &param.default {
+            _ if bound.contains_key(&param.name) => {}
+            Some(Val::Str(parts, _)) => {
+                bound.insert(param.name.clone(), literal(parts));
+            }
+            _ => {
+                let message = format!("template `{}` needs the argument `{}`", call.name, param.name);
+                wrong(diags, call.at.span, message, "missing argument");
                 return None;
             }
-        };
-        bound.insert(param.clone(), v);
+        }
     }
     let template_ex = Expand { src: &t.src, scope: &bound, remap: t.imported.then_some(call.at), budget };
     // Bind the template's parameters first (its own scope), then merge: the instance's entries,

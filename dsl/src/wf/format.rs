@@ -218,7 +218,17 @@ impl Fmt {
                     for a in p.into_inner() {
                         match a.as_rule() {
                             Rule::qname => name = a.as_str().to_string(),
-                            Rule::string | Rule::list | Rule::word => args.push(value(a)),
+                            Rule::arg => {
+                                let mut text = String::new();
+                                for q in a.into_inner() {
+                                    match q.as_rule() {
+                                        Rule::ident => text.push_str(&format!("{} = ", q.as_str())),
+                                        Rule::string | Rule::list | Rule::word => text.push_str(&value(q)),
+                                        _ => {}
+                                    }
+                                }
+                                args.push(text);
+                            }
                             _ => {}
                         }
                     }

@@ -121,11 +121,23 @@ fn decl(loc: &Locator, item: Pair<Rule>) -> Decl {
                 }
             }
             Rule::call => {
-                let mut c = Call { name: String::new(), at: at(loc, &p), args: Vec::new() };
+                let mut c = Call { name: String::new(), at: at(loc, &p), args: Vec::new(), named: Vec::new() };
                 for a in p.into_inner() {
                     match a.as_rule() {
                         Rule::qname => c.name = a.as_str().to_string(),
-                        Rule::string | Rule::list | Rule::word => c.args.push(value(loc, a)),
+                        Rule::arg => {
+                            let mut name = None;
+                            for q in a.into_inner() {
+                                match q.as_rule() {
+                                    Rule::ident => name = Some((q.as_str().to_string(), at(loc, &q))),
+                                    Rule::string | Rule::list | Rule::word => match name.take() {
+                                        Some((n, n_at)) => c.named.push((n, n_at, value(loc, q))),
+                                        None => c.args.push(value(loc, q)),
+                                    },
+                                    _ => {}
+                                }
+                            }
+                        }
                         _ => {}
                     }
                 }

@@ -68,6 +68,7 @@ fn expected(rule: Rule) -> &'static str {
         Rule::rbrack => "`]`",
         Rule::comma => "`,`",
         Rule::eq | Rule::call => "`=`",
+        Rule::arg => "an argument (a value, or `name = value`)",
         Rule::ident | Rule::qname => "a name",
         Rule::param_decl => "a parameter name (with its default: `name = \"value\"`)",
         Rule::axis => "a matrix axis such as `target in [\"x86\", \"arm\"]`",
