@@ -17,6 +17,9 @@ use crate::{Diagnostic, LoadError};
 
 /// Keys whose sequence of mappings the DSL writes as repeated entries.
 const STAGES: &str = "stages";
+/// A YAML instance of a library template: `uses: MODULE#TEMPLATE` with `with:` arguments.
+const USES: &str = "uses";
+const WITH: &str = "with";
 
 /// The `.wf` side's lowered tree printed as YAML.
 pub(crate) fn wf_to_yaml(root: &Node) -> Result<String, LoadError> {
@@ -110,6 +113,7 @@ impl WfPrinter {
                 }
             }
         }
+        let aliases = self.imports(&sections);
         for (section, v) in sections {
             let kw = if section == "images" { "image" } else { "step" };
             let Some(m) = v.as_mapping() else { continue };
@@ -120,9 +124,59 @@ impl WfPrinter {
                 };
                 self.out.push('\n');
                 self.out.push_str(&format!("{kw} {head} "));
-                self.block(body, 0, section == "images");
+                match body.as_mapping().and_then(|b| Some((b, b.get_scalar(USES)?))) {
+                    Some((b, uses)) => self.instance(b, uses.as_str(), &aliases, section == "images"),
+                    None => self.block(body, 0, section == "images"),
+                }
                 self.out.push('\n');
             }
+        }
+    }
+
+    /// One `import` per module that a `uses:` names, aliased after the module's file name.
+    fn imports(&mut self, sections: &[(&str, &Node)]) -> Vec<(String, String)> {
+        let mut aliases: Vec<(String, String)> = Vec::new();
+        for (_, v) in sections {
+            let Some(m) = v.as_mapping() else { continue };
+            for (_, body) in m.iter() {
+                let Some(uses) = body.as_mapping().and_then(|b| b.get_scalar(USES)) else { continue };
+                let Some((module, _)) = uses.as_str().rsplit_once('#') else { continue };
+                if aliases.iter().any(|(m, _)| m == module) {
+                    continue;
+                }
+                let stem = Path::new(module).file_stem().map(|s| s.to_string_lossy().replace(|c: char| !c.is_ascii_alphanumeric() && c != '_', "_"));
+                let stem = stem.filter(|s| is_ident(s)).unwrap_or_else(|| "lib".into());
+                let mut alias = stem.clone();
+                let mut n = 2;
+                while aliases.iter().any(|(_, a)| *a == alias) {
+                    alias = format!("{stem}{n}");
+                    n += 1;
+                }
+                self.out.push_str(&format!("import {} as {alias}\n", wf_quote(module)));
+                aliases.push((module.to_string(), alias));
+            }
+        }
+        aliases
+    }
+
+    /// `= alias.template(name = "value", ...) { other keys }` for a `uses:` entry.
+    fn instance(&mut self, b: &MarkedMappingNode, uses: &str, aliases: &[(String, String)], image: bool) {
+        let (module, template) = uses.rsplit_once('#').unwrap_or((uses, ""));
+        let alias = aliases.iter().find(|(m, _)| m == module).map_or("lib", |(_, a)| a.as_str());
+        let mut args = Vec::new();
+        if let Some(with) = b.get_node(WITH).and_then(Node::as_mapping) {
+            for (k, v) in with.iter() {
+                match v.as_scalar() {
+                    Some(s) if is_ident(k.as_str()) => args.push(format!("{} = {}", k.as_str(), wf_quote(s.as_str()))),
+                    _ => self.error(v, format!("argument `{}` cannot be written in the DSL", k.as_str())),
+                }
+            }
+        }
+        self.out.push_str(&format!("= {alias}.{template}({})", args.join(", ")));
+        let rest: MarkedMappingNode = b.iter().filter(|(k, _)| !matches!(k.as_str(), USES | WITH)).map(|(k, v)| (k.clone(), v.clone())).collect();
+        if !rest.is_empty() {
+            self.out.push(' ');
+            self.block(&Node::Mapping(rest), 0, image);
         }
     }
 

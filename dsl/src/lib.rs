@@ -79,6 +79,7 @@ pub fn load_str_with(path: &Path, text: &str, policy: &Policy, loader: &dyn Load
         wf::load(path, text, policy, loader)
     } else {
         let (src, root) = yaml::parse(path, text)?;
+        let root = wf::expand_uses(&src, root, loader)?;
         resolve::resolve(path, src, root, policy)
     }
 }
@@ -109,7 +110,8 @@ pub fn convert_str_with(path: &Path, text: &str, loader: &dyn Loader) -> Result<
         convert::wf_to_yaml(&wf::tree(path, text, loader)?)
     } else {
         let (src, root) = yaml::parse(path, text)?;
-        resolve::resolve(path, src, root.clone(), &Policy::default())?;
+        let expanded = wf::expand_uses(&src, root.clone(), loader)?;
+        resolve::resolve(path, src, expanded, &Policy::default())?;
         convert::yaml_to_wf(path, text, &root)
     }
 }

@@ -561,7 +561,7 @@ fn bind(entries: &[Entry], ex: &Expand, diags: &mut Vec<Diagnostic>) -> Vec<Entr
 /// Keys whose block is a map of independent settings: an instance's block is merged into the
 /// template's, the instance winning setting by setting (`env { RUST_LOG "debug" }` keeps the
 /// template's `CARGO_HOME`).
-const MERGED_BLOCKS: [&str; 2] = ["env", "limits"];
+pub(super) const MERGED_BLOCKS: [&str; 2] = ["env", "limits"];
 
 /// Instance body over template body: a key written in the instance replaces the template's,
 /// except the blocks of `MERGED_BLOCKS`, merged entry by entry.

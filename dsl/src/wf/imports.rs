@@ -70,7 +70,7 @@ pub(super) fn unit(src: Arc<SourceFile>, imports: &mut Imports, diags: &mut Vec<
 }
 
 /// One `import` line: the templates of the imported file, marked as imported.
-fn import_one(
+pub(super) fn import_one(
     src: &Arc<SourceFile>,
     import: &super::ast::Import,
     imports: &mut Imports,

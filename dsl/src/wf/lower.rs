@@ -57,7 +57,7 @@ fn scalar(v: &XVal) -> Node {
 }
 
 /// Entries to a mapping node; repeated keys become lists, others may appear once.
-fn mapping(src: &SourceFile, entries: &[XEntry], at: At, diags: &mut Vec<Diagnostic>) -> MarkedMappingNode {
+pub(super) fn mapping(src: &SourceFile, entries: &[XEntry], at: At, diags: &mut Vec<Diagnostic>) -> MarkedMappingNode {
     let mut map = MarkedMappingNode::new_empty(start(at));
     let mut seen: HashMap<&str, At> = HashMap::new();
     for e in entries {

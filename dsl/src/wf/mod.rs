@@ -22,8 +22,10 @@ mod imports;
 mod lower;
 mod parse;
 mod syntax;
+mod uses;
 
 pub(crate) use format::format;
+pub(crate) use uses::expand_uses;
 
 use std::path::Path;
 use std::sync::Arc;
