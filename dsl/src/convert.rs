@@ -144,7 +144,9 @@ impl WfPrinter {
                 if aliases.iter().any(|(m, _)| m == module) {
                     continue;
                 }
-                let stem = Path::new(module).file_stem().map(|s| s.to_string_lossy().replace(|c: char| !c.is_ascii_alphanumeric() && c != '_', "_"));
+                let stem = Path::new(module)
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().replace(|c: char| !c.is_ascii_alphanumeric() && c != '_', "_"));
                 let stem = stem.filter(|s| is_ident(s)).unwrap_or_else(|| "lib".into());
                 let mut alias = stem.clone();
                 let mut n = 2;
@@ -173,7 +175,8 @@ impl WfPrinter {
             }
         }
         self.out.push_str(&format!("= {alias}.{template}({})", args.join(", ")));
-        let rest: MarkedMappingNode = b.iter().filter(|(k, _)| !matches!(k.as_str(), USES | WITH)).map(|(k, v)| (k.clone(), v.clone())).collect();
+        let rest: MarkedMappingNode =
+            b.iter().filter(|(k, _)| !matches!(k.as_str(), USES | WITH)).map(|(k, v)| (k.clone(), v.clone())).collect();
         if !rest.is_empty() {
             self.out.push(' ');
             self.block(&Node::Mapping(rest), 0, image);

@@ -103,7 +103,8 @@ step named = lint(path = "lib")
 fn template_parameter_defaults_are_checked() {
     insta::assert_snapshot!(wf_errors(
         "version 1\ntemplate t(a = \"x\", b) { image \"i\" run \"${a}${b}\" }\ntemplate u(a, c = \"${a}\", a) { image \"i\" run \"${a}\" }\nstep s = t(\"1\", \"2\", \"3\")\n"
-    ));    insta::assert_snapshot!(wf_errors(
+    ));
+    insta::assert_snapshot!(wf_errors(
         "version 1\ntemplate t(a, b = \"x\") { image \"i\" run \"${a}${b}\" }\nstep s = t(\"1\", c = \"2\")\nstep u = t(\"1\", a = \"2\")\nstep v = t(b = \"2\")\n"
     ));
 }

@@ -143,8 +143,10 @@ fn python_lint_test_sarif_scan_and_package() {
     assert_eq!(location["region"]["startLine"], 13);
     assert_eq!(sarif["runs"][0]["tool"]["driver"]["rules"][0]["id"], "B307");
     // The library's release: an sdist and a wheel.
-    let mut dist: Vec<String> =
-        std::fs::read_dir(p.path().join(".engine/out/dist/dist")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut dist: Vec<String> = std::fs::read_dir(p.path().join(".engine/out/dist/dist"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     dist.sort();
     assert_eq!(dist, ["calc-0.1.0-py3-none-any.whl", "calc-0.1.0.tar.gz"]);
 
@@ -179,8 +181,13 @@ fn python_builds_a_real_sdist_from_pypi() {
         return;
     }
     let download = tempfile::tempdir().unwrap();
-    host(Command::new("python3").args(["-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:", "more-itertools==10.5.0", "-d"]).arg(download.path()));
-    let sdist = std::fs::read_dir(download.path()).unwrap().map(|e| e.unwrap().path()).find(|p| p.to_string_lossy().ends_with(".tar.gz")).unwrap();
+    host(
+        Command::new("python3")
+            .args(["-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:", "more-itertools==10.5.0", "-d"])
+            .arg(download.path()),
+    );
+    let sdist =
+        std::fs::read_dir(download.path()).unwrap().map(|e| e.unwrap().path()).find(|p| p.to_string_lossy().ends_with(".tar.gz")).unwrap();
     host(Command::new("tar").arg("-C").arg(download.path()).arg("-xzf").arg(&sdist));
     let p = Project::copy_of(&download.path().join("more-itertools-10.5.0"));
     p.write(
@@ -249,22 +256,15 @@ fn rust_builds_from_vendored_sources_without_network() {
     }
     let p = Project::example("rust");
     let home = tempfile::tempdir().unwrap();
-    let vendored = Command::new("cargo")
-        .args(["vendor", "--locked", "vendor"])
-        .current_dir(p.path())
-        .env("CARGO_HOME", home.path())
-        .output()
-        .unwrap();
+    let vendored =
+        Command::new("cargo").args(["vendor", "--locked", "vendor"]).current_dir(p.path()).env("CARGO_HOME", home.path()).output().unwrap();
     assert!(vendored.status.success(), "cargo vendor: {}", text(&vendored.stderr));
     let config = text(&vendored.stdout);
     assert!(config.contains("vendored-sources"), "{config}");
     p.write(".cargo/config.toml", &config);
     let cache = unique("cargo-vendored");
     let wf = read(&p, "workflow.wf").replace("step fetch = rust.fetch()\n", "").replace(" { needs fetch }", "");
-    let wf = wf.replace(
-        "rust.test()",
-        &format!("rust.test() {{ caches {{ name \"{cache}\"  path \"/cargo\" }} }}"),
-    );
+    let wf = wf.replace("rust.test()", &format!("rust.test() {{ caches {{ name \"{cache}\"  path \"/cargo\" }} }}"));
     p.write("workflow.wf", &wf);
     let (rc, out) = run(&p, &["test"]);
     assert_eq!(rc, 0, "{out}");

@@ -246,8 +246,13 @@ fn check_params(src: &SourceFile, params: &[Param], diags: &mut Vec<Diagnostic>)
             }
             (None, Some(d)) => push(
                 diags,
-                Diagnostic::new(src, p.at.span, format!("parameter `{}` has no default but follows `{}`, which has one", p.name, d.name), "needs a default")
-                    .with_help("put the parameters with defaults last"),
+                Diagnostic::new(
+                    src,
+                    p.at.span,
+                    format!("parameter `{}` has no default but follows `{}`, which has one", p.name, d.name),
+                    "needs a default",
+                )
+                .with_help("put the parameters with defaults last"),
             ),
             _ => {}
         }

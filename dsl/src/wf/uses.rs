@@ -145,7 +145,12 @@ fn instance(r: &mut Reader, kind: Kind, name: &str, uses: &Node, with: Option<&N
                 Node::Scalar(s) => args.push((k.as_str().to_string(), key_at, Val::Str(vec![Part::Lit(s.as_str().to_string())], v_at))),
                 _ => {
                     let span = r.span(v);
-                    r.error(span, format!("`with: {}` must be a single value", k.as_str()), "not a value", "a template argument is one string");
+                    r.error(
+                        span,
+                        format!("`with: {}` must be a single value", k.as_str()),
+                        "not a value",
+                        "a template argument is one string",
+                    );
                 }
             }
         }
