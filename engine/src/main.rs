@@ -246,7 +246,7 @@ fn fmt_command(file: &Path, check: bool) -> Result<i32, StartError> {
         return Ok(exit::OK);
     }
     if check {
-        output::commands::not_formatted(file);
+        output::commands::not_formatted(file, &text, &formatted);
         return Ok(exit::STEP_FAILED);
     }
     std::fs::write(file, formatted).map_err(|e| StartError::Invalid(format!("cannot write {}: {e}", file.display())))?;

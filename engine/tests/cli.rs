@@ -347,3 +347,38 @@ steps:
     assert_eq!(std::fs::read_to_string(p.path().join("converted.wf")).unwrap(), once);
     assert_eq!(plan_keys("converted.wf"), original);
 }
+
+#[test]
+fn fmt_check_prints_a_unified_diff_and_exits_1_and_keeps_shell_text() {
+    let p = Project::new(&format!("version: 1\nsteps:\n  a: {{ image: {IMAGE}, run: echo }}\n"));
+    let messy = "version 1\nstep a {\n    image \"local/busybox:1\"\n  run \"echo $? > x\"\n}\n";
+    p.write("w.wf", messy);
+    let o = p.run(&["fmt", "--check", "w.wf"]);
+    assert_eq!(code(&o), 1, "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    assert!(out.starts_with("--- w.wf\n+++ w.wf (formatted)\n@@ "), "{out}");
+    assert!(out.contains("\n-    image \"local/busybox:1\"\n+  image \"local/busybox:1\"\n"), "{out}");
+    assert!(out.contains("\n+\n"), "the blank line after `version` is added:\n{out}");
+    assert!(text(&o.stderr).contains("w.wf is not formatted: run `engine fmt w.wf`"), "{}", text(&o.stderr));
+    // --check writes nothing.
+    assert_eq!(std::fs::read_to_string(p.path().join("w.wf")).unwrap(), messy);
+    let o = p.run(&["fmt", "w.wf"]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    let formatted = std::fs::read_to_string(p.path().join("w.wf")).unwrap();
+    assert!(formatted.contains("run \"echo $? > x\""), "{formatted}");
+    let o = p.run(&["fmt", "--check", "w.wf"]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    assert!(o.stdout.is_empty(), "{}", text(&o.stdout));
+}
+
+#[test]
+fn a_dsl_error_has_one_header() {
+    let p = Project::new(&format!("version: 1\nsteps:\n  a: {{ image: {IMAGE}, run: echo }}\n"));
+    p.write("w.wf", "version 1\nstep a {\n  image \"local/busybox:1\"\n  run \"x\"\n\nstep b { run \"y\" }\n");
+    let o = p.run(&["check", "w.wf"]);
+    assert_eq!(code(&o), 2);
+    let err = text(&o.stderr);
+    assert!(err.starts_with("engine: error: w.wf:2:8: invalid workflow syntax: the `{` on line 2 is never closed"), "{err}");
+    assert_eq!(err.matches("error").count(), 1, "{err}");
+    assert!(!err.contains("Error:"), "{err}");
+}

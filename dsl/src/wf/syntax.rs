@@ -180,7 +180,7 @@ fn expected(rule: Rule) -> &'static str {
         Rule::rbrace => "`}`",
         Rule::lparen => "`(`",
         Rule::rparen => "`)`",
-        Rule::lbrack | Rule::matrix => "`[`",
+        Rule::lbrack | Rule::matrix | Rule::instance => "`[`",
         Rule::rbrack => "`]`",
         Rule::comma => "`,`",
         Rule::eq | Rule::call => "`=`",
