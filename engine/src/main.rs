@@ -176,6 +176,7 @@ fn check(file: Option<PathBuf>, policy: &PolicyArg) -> Result<i32, StartError> {
     let file = workflow_file(file)?;
     let policy = load_policy(policy)?;
     let plan = run::load_and_plan(&file, &[], &policy, run::local_budget())?;
+    run::check_inputs(&plan.workflow)?;
     output::commands::valid(&file, &plan.workflow.name, plan.steps.len());
     Ok(exit::OK)
 }

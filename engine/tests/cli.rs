@@ -382,3 +382,40 @@ fn a_dsl_error_has_one_header() {
     assert_eq!(err.matches("error").count(), 1, "{err}");
     assert!(!err.contains("Error:"), "{err}");
 }
+
+/// `check` selects inputs as a run does: a pattern matching no file is an error at the pattern
+/// (file:line:col, a caret, a hint), in YAML and in the DSL, and `run` says the same.
+#[test]
+fn check_reports_an_input_pattern_matching_no_file_at_the_pattern() {
+    let p = Project::new(&format!(
+        "version: 1\nsteps:\n  a:\n    image: {IMAGE}\n    inputs: [\"src/main.c\", \"docs/*.md\"]\n    run: cat src/main.c\n"
+    ));
+    p.write("src/main.c", "int main;\n");
+    let o = p.run(&["check"]);
+    assert_eq!(code(&o), 2, "{}", text(&o.stdout));
+    let err = text(&o.stderr);
+    assert!(err.starts_with("engine: error: workflow.yml:5:28: step `a`: input pattern `docs/*.md` matches no file"), "{err}");
+    assert!(err.contains("^^^^^^^^^^^") && err.contains("matches no file"), "{err}");
+    assert!(flat(&err).contains("patterns are relative to the workflow folder"), "{err}");
+    assert!(!text(&o.stdout).contains("valid"), "{}", text(&o.stdout));
+    // `run` stops with the same diagnostic before any container starts.
+    let o = p.run(&["run"]);
+    assert_eq!(code(&o), 2);
+    assert!(text(&o.stderr).starts_with("engine: error: workflow.yml:5:28: step `a`"), "{}", text(&o.stderr));
+    p.write("docs/a.md", "a\n");
+    let o = p.run(&["check"]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+
+    // The DSL: the pattern is pointed at in the `.wf` file, with a
+    // suggestion when it is a typo of a file's path.
+    p.write("w.wf", &format!("version 1\ndefaults {{ image \"{IMAGE}\" }}\n\nstep b {{\n  inputs \"src/mian.c\"\n  run \"true\"\n}}\n"));
+    let o = p.run(&["check", "w.wf"]);
+    assert_eq!(code(&o), 2, "{}", text(&o.stdout));
+    let err = text(&o.stderr);
+    assert!(err.starts_with("engine: error: w.wf:5:10: step `b`: input pattern `src/mian.c` matches no file"), "{err}");
+    assert!(flat(&err).contains("did you mean `src/main.c`?"), "{err}");
+}
+
+fn flat(s: &str) -> String {
+    s.split_whitespace().filter(|w| *w != "|").collect::<Vec<_>>().join(" ")
+}

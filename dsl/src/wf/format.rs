@@ -40,10 +40,8 @@ pub(crate) fn format(path: &Path, text: &str) -> Result<String, LoadError> {
         // else is one block separated by a blank line.
         let decl = |r: Rule| matches!(r, Rule::step_decl | Rule::image_decl);
         let grouped = last == Some(rule) && matches!(rule, Rule::import | Rule::top_entry);
-        let adjacent = last.is_some_and(decl)
-            && decl(rule)
-            && last_one_line
-            && !blank_line_between(text.get(last_end..start).unwrap_or(""));
+        let adjacent =
+            last.is_some_and(decl) && decl(rule) && last_one_line && !blank_line_between(text.get(last_end..start).unwrap_or(""));
         // A comment trailing the previous item stays on its line, before the blank line.
         f.trailing_before(start);
         let separator_at = f.out.len();
