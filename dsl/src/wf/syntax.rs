@@ -47,6 +47,11 @@ pub(super) fn syntax_error(src: &SourceFile, e: &pest::error::Error<Rule>) -> Di
                     words.push(w);
                 }
             }
+            // `{` first: a missing `{` is the usual reason a declaration line fails.
+            if let Some(i) = words.iter().position(|w| *w == "`{`") {
+                let brace = words.remove(i);
+                words.insert(0, brace);
+            }
             let found = found(&src.text, offset);
             let expected = match words.len() {
                 0 => "something else".to_string(),
