@@ -69,20 +69,18 @@ fn is_ident(s: &str) -> bool {
     cs.next().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') && cs.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
-/// A declaration head for `name`: the name itself, or for a matrix-style step name
-/// `base[a,b]` a one-value matrix per suffix part that gives the same name.
+/// A declaration head for `name`: the name itself, or for a matrix-instance step name
+/// `base[a,b]` the same name (`step base[a,b]`, as `needs` writes it).
 fn decl_name(name: &str, step: bool) -> Option<String> {
     if is_ident(name) {
         return Some(name.to_string());
     }
     let (base, rest) = name.split_once('[')?;
     let values = rest.strip_suffix(']')?;
-    if !step || !is_ident(base) {
+    if !step || !is_ident(base) || !values.split(',').all(is_word) {
         return None;
     }
-    let axes: Vec<String> =
-        values.split(',').enumerate().map(|(i, v)| is_word(v).then(|| format!("m{i} in [{}]", wf_quote(v)))).collect::<Option<_>>()?;
-    Some(format!("{base}[{}]", axes.join(", ")))
+    Some(name.to_string())
 }
 
 struct WfPrinter {

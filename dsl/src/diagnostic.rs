@@ -25,6 +25,10 @@ pub struct Diagnostic {
     #[label("{label}")]
     at: SourceSpan,
     label: String,
+    /// Further places in the same file, labelled in the same excerpt (the `{` a missing `}`
+    /// leaves open, next to where the parser noticed it).
+    #[label(collection)]
+    extra: Vec<miette::LabeledSpan>,
     /// What was expected, or how to fix it ("did you mean ...").
     #[help]
     pub help: Option<String>,
@@ -44,6 +48,7 @@ impl Diagnostic {
             src: NamedSource::new(source.path.display().to_string(), Excerpt::around(&source.text, span)),
             at: SourceSpan::new(span.offset.into(), span.len),
             label: label.into(),
+            extra: Vec::new(),
             help: None,
             related: Vec::new(),
             span,
@@ -53,6 +58,21 @@ impl Diagnostic {
     /// The same diagnostic with a help text (what was expected, how to fix it).
     pub fn with_help(mut self, help: impl Into<String>) -> Self {
         self.help = Some(help.into());
+        self
+    }
+
+    /// The same diagnostic with a second labelled place in the same file, shown in the same
+    /// excerpt. `source` must be the file the diagnostic was made for. Places further apart
+    /// than an excerpt shows are left out (the message must name them anyway).
+    pub fn with_label(mut self, source: &SourceFile, span: Span, label: impl Into<String>) -> Self {
+        let from = span.offset.min(self.span.offset);
+        let to = (span.offset + span.len).max(self.span.offset + self.span.len);
+        if to - from > EXCERPT_BYTES {
+            return self;
+        }
+        let whole = Span { offset: from, len: to - from, ..if span.offset < self.span.offset { span } else { self.span } };
+        self.src = NamedSource::new(source.path.display().to_string(), Excerpt::around(&source.text, whole));
+        self.extra.push(miette::LabeledSpan::new(Some(label.into()), span.offset, span.len));
         self
     }
 
@@ -182,23 +202,96 @@ fn count(n: usize) -> String {
     }
 }
 
-/// Render any error for a person: the message, and for each diagnostic its `file:line:col`, the
-/// source line with a `^` caret under the span, and the help. The binary and the snapshot tests
-/// both use this, so snapshots show exactly what users see. Colour only when asked (a TTY).
+/// Render any error for a person: for each diagnostic one `error: file:line:col: message`
+/// header, the source line with a `^` caret under the span, and the help; a second place
+/// involved (the first definition of a duplicate...) follows as `note:`. A file with several
+/// problems ends with their count. The binary and the snapshot tests both use this, so
+/// snapshots show exactly what users see. Colour only when asked (a TTY).
 pub fn render(err: &dyn miette::Diagnostic, color: bool) -> String {
+    // `LoadError::Invalid` only groups the file's diagnostics: its own header ("1 error in
+    // f.wf") would be a second one above each diagnostic's, so each is shown on its own.
+    let group: Vec<&dyn miette::Diagnostic> = match err.related() {
+        Some(related) if err.labels().is_none() && err.source_code().is_none() => related.collect(),
+        _ => Vec::new(),
+    };
+    let items = if group.is_empty() { vec![err] } else { group };
+    let mut out = String::new();
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        out.push_str(&render_one(&Alone(*item), "error:", color));
+        for related in item.related().into_iter().flatten() {
+            out.push('\n');
+            out.push_str(&render_one(&Alone(related), "note:", color));
+        }
+    }
+    if items.len() > 1 {
+        out.push_str(&format!("\n{err}\n"));
+    }
+    out
+}
+
+/// One diagnostic, without the ones related to it, under a `header` (`error:` or `note:`).
+fn render_one(err: &dyn miette::Diagnostic, header: &str, color: bool) -> String {
     let styles = if color { miette::ThemeStyles::ansi() } else { miette::ThemeStyles::none() };
     let mut characters = miette::ThemeCharacters::ascii();
     // `error: message`, as compilers print it, rather than a bare `x`.
-    characters.error = "error:".into();
+    characters.error = header.into();
     // The connector under a span is drawn as a caret too, so a one-character span (a missing
     // brace, a single-letter name) still gets a `^` under it.
     characters.underbar = '^';
     let theme = miette::GraphicalTheme { characters, styles };
     let mut out = String::new();
     if miette::GraphicalReportHandler::new_themed(theme).with_width(100).render_report(&mut out, err).is_err() {
-        out = err.to_string();
+        out = format!("{header} {err}\n");
     }
     out
+}
+
+/// A diagnostic shown without its related ones (rendered after it, each under its own header).
+struct Alone<'a>(&'a dyn miette::Diagnostic);
+
+impl std::fmt::Debug for Alone<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.0, f)
+    }
+}
+
+impl std::fmt::Display for Alone<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self.0, f)
+    }
+}
+
+impl std::error::Error for Alone<'_> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+impl miette::Diagnostic for Alone<'_> {
+    fn code<'a>(&'a self) -> Option<Box<dyn std::fmt::Display + 'a>> {
+        self.0.code()
+    }
+    fn severity(&self) -> Option<miette::Severity> {
+        self.0.severity()
+    }
+    fn help<'a>(&'a self) -> Option<Box<dyn std::fmt::Display + 'a>> {
+        self.0.help()
+    }
+    fn url<'a>(&'a self) -> Option<Box<dyn std::fmt::Display + 'a>> {
+        self.0.url()
+    }
+    fn source_code(&self) -> Option<&dyn miette::SourceCode> {
+        self.0.source_code()
+    }
+    fn labels(&self) -> Option<Box<dyn Iterator<Item = miette::LabeledSpan> + '_>> {
+        self.0.labels()
+    }
+    fn diagnostic_source(&self) -> Option<&dyn miette::Diagnostic> {
+        self.0.diagnostic_source()
+    }
 }
 
 /// Diagnostics shown for one file at most.

@@ -48,6 +48,10 @@ pub struct Workflow {
     pub images: BTreeMap<String, ImageDef>,
     /// Steps in file order, each fully resolved.
     pub steps: Vec<Step>,
+    /// Where each step's input patterns are written, by step name, parallel to its `inputs`
+    /// (for messages about an input: a pattern that matches no file; never serialised).
+    #[serde(skip)]
+    pub input_spans: BTreeMap<String, Vec<Span>>,
 }
 
 impl Workflow {

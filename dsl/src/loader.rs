@@ -31,10 +31,13 @@ pub struct Source {
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
     /// A `stdlib/NAME` import, and no library folder holds `NAME`.
-    #[error("cannot find the standard library for `{import}`")]
+    #[error("{}", not_in_library(import, modules))]
     NotInLibrary {
         /// The import as written.
         import: String,
+        /// The `.wf` modules the library folders do hold (sorted; empty when the loader was
+        /// given no library folder, or none of them exists).
+        modules: Vec<String>,
     },
     /// The file's real path is outside every folder imports may come from.
     #[error("cannot import `{import}`: it leaves the workflow's folder")]
@@ -51,6 +54,30 @@ pub enum ImportError {
         #[source]
         source: ReadError,
     },
+}
+
+fn not_in_library(import: &str, modules: &[String]) -> String {
+    match modules.is_empty() {
+        true => format!("cannot find the standard library for `{import}`"),
+        false => format!("no module `{}` in the standard library", import.trim_start_matches("stdlib/")),
+    }
+}
+
+/// Modules listed from a library folder at most: a hostile folder may hold millions of files.
+const MAX_LISTED_MODULES: usize = 1000;
+
+/// The `.wf` file names of the library folders, sorted, without duplicates.
+fn library_modules(folders: &[PathBuf]) -> Vec<String> {
+    let mut names: Vec<String> = folders
+        .iter()
+        .filter_map(|f| std::fs::read_dir(f).ok())
+        .flat_map(|dir| dir.take(MAX_LISTED_MODULES))
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".wf"))
+        .collect();
+    names.sort();
+    names.dedup();
+    names
 }
 
 /// Supplies the text of imported files. Implemented by [`FsLoader`]; tests and embedders may
@@ -99,7 +126,7 @@ impl Loader for FsLoader {
         let path = match import.strip_prefix("stdlib/") {
             Some(name) => match self.library.iter().map(|r| r.join(name)).find(|p| p.is_file()) {
                 Some(p) => p,
-                None => return Err(ImportError::NotInLibrary { import: import.to_string() }),
+                None => return Err(ImportError::NotInLibrary { import: import.to_string(), modules: library_modules(&self.library) }),
             },
             None => from.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).join(import),
         };

@@ -15,6 +15,7 @@ use crate::Diagnostic;
 /// Where the parts of one step were written, in the order of the IR vectors.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct StepSpans {
+    pub inputs: Vec<Span>,
     pub needs: Vec<Span>,
     pub outputs: Vec<Span>,
 }

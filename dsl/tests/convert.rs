@@ -347,3 +347,61 @@ fn unformat(text: &str) -> String {
     out.push_str(rest);
     out
 }
+
+/// Shell text is left alone: a `$` of the shell stays `$` (never `\$`), escapes stay as written.
+#[test]
+fn format_leaves_shell_text_alone() {
+    let text = "version 1\n\nstep s {\n  run \"echo $? $HOME $$ \\$x ${p} \\\"q\\\"\"\n}\n";
+    let text = text.replace("${p}", "$ {p}");
+    let out = check_format(Path::new("s.wf"), &text);
+    assert_eq!(out, text);
+}
+
+/// A block written on one line stays on one line when it fits; one too long is expanded.
+/// One-line declarations on consecutive lines stay together.
+#[test]
+fn format_keeps_one_line_blocks_and_groups() {
+    let text = "version 1\ndefaults { image \"i\" }\n\nstep a { run \"x\"  limits { cpus 2  memory 2g } }\nstep b = t() { needs a }\n\nstep c {\n  run \"y\"\n}\n\ntemplate t() { run \"z\" }\n";
+    let out = check_format(Path::new("o.wf"), text);
+    assert_eq!(out, text);
+    let long = format!("version 1\nstep a {{ run \"{}\"  needs b }}\nstep b {{ run \"x\" }}\n", "x".repeat(90));
+    let out = check_format(Path::new("l.wf"), &long);
+    assert!(out.contains(&format!("step a {{\n  run \"{}\"\n  needs b\n}}\n\nstep b {{ run \"x\" }}\n", "x".repeat(90))), "{out}");
+}
+
+/// The shipped library and the examples are formatted (`engine fmt --check` passes on each), so
+/// that CI keeps them so; formatting them keeps what they mean and is idempotent.
+#[test]
+fn library_and_examples_are_fmt_clean() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut files: Vec<_> = std::fs::read_dir(root.join("stdlib-workflows")).unwrap().flatten().map(|e| e.path()).collect();
+    files.extend(std::fs::read_dir(root.join("examples")).unwrap().flatten().map(|e| e.path().join("workflow.wf")).filter(|p| p.is_file()));
+    files.sort();
+    assert!(files.len() >= 11, "{files:?}");
+    let mut unformatted = Vec::new();
+    for path in files.iter().filter(|p| p.extension().is_some_and(|e| e == "wf")) {
+        let text = std::fs::read_to_string(path).unwrap();
+        let once = dsl::format_wf(path, &text).unwrap_or_else(|e| panic!("{}:\n{}", path.display(), common::render(&e)));
+        assert_eq!(dsl::format_wf(path, &once).expect("formats"), once, "{}: format is idempotent", path.display());
+        if once != text {
+            unformatted.push(path.display().to_string());
+        }
+    }
+    assert!(unformatted.is_empty(), "not fmt-clean (run `engine fmt` on each): {unformatted:?}");
+}
+
+/// A step named as a matrix instance (`pack[gzip]`, e.g. a one-element matrix) is written by
+/// its name, as `needs` writes it, and reads back to the same workflow.
+#[test]
+fn matrix_instance_names_convert_as_written() {
+    let wf = "version 1\ndefaults { image \"local/busybox:1\" }\nstep pack[c in [\"gzip\"]] { run \"echo ${c}\" }\nstep grid[os in [linux], cpu in [x86]] { run \"x\" }\nstep use { needs pack[gzip], grid[linux,x86]  run \"x\" }\n";
+    let yml = convert(Path::new("m.wf"), wf);
+    let back = convert(Path::new("m.yml"), &yml);
+    assert!(back.contains("step pack[gzip] {"), "{back}");
+    assert!(back.contains("step grid[linux,x86] {"), "{back}");
+    assert!(!back.contains("m0"), "{back}");
+    let a = dsl::load_str(Path::new("m.wf"), wf).expect("loads");
+    let b = dsl::load_str(Path::new("m.wf"), &back).expect("loads");
+    assert_eq!(ir(&a), ir(&b));
+    check_format(Path::new("m.wf"), &back);
+}

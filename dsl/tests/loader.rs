@@ -26,7 +26,7 @@ impl Loader for Memory {
         self.asked.borrow_mut().push((import.to_string(), from.to_path_buf()));
         match self.files.get(import) {
             Some(text) => Ok(Source { path: PathBuf::from("mem").join(import), id: PathBuf::from(import), text: text.to_string() }),
-            None if import.starts_with("stdlib/") => Err(ImportError::NotInLibrary { import: import.to_string() }),
+            None if import.starts_with("stdlib/") => Err(ImportError::NotInLibrary { import: import.to_string(), modules: Vec::new() }),
             None => Err(ImportError::Outside { import: import.to_string() }),
         }
     }

@@ -275,3 +275,37 @@ fn unknown_parameter_in_an_unused_template_is_reported_once() {
     let out = wf_errors("version 1\ntemplate t(a) { run \"${b}\" }\nstep s { image \"i\" run \"x\" }\n");
     assert!(out.contains("w.wf:2:22: unknown parameter `b`"), "{out}");
 }
+
+#[test]
+fn missing_closing_brace_names_the_unclosed_one() {
+    // The parser notices it at the next declaration, lines later: the message names the `{`.
+    let out = wf_errors("version 1\n\nstep a {\n  image \"local/busybox:1\"\n  run \"echo hi\"\n\nstep b {\n  run \"x\"\n}\n");
+    assert!(out.contains("w.wf:3:8"), "{out}");
+    assert!(out.contains("the `{` on line 3 is never closed"), "{out}");
+    assert!(out.contains("`step` on line 7"), "{out}");
+    insta::assert_snapshot!(out);
+    // At the end of the file.
+    insta::assert_snapshot!(wf_errors("version 1\nstep s {\n  env {\n    A \"1\"\n  run \"make\"\n}\n"));
+}
+
+#[test]
+fn missing_opening_brace_names_the_word_found() {
+    let out = wf_errors("version 1\nstep a\n  image \"x\"\n}\n");
+    assert!(out.contains("found `image`"), "{out}");
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn misspelled_module_names_it_and_suggests_the_closest() {
+    let out = wf_errors("import \"stdlib/pythn.wf\" as py\nversion 1\n");
+    assert!(out.contains("no module `pythn.wf` in the standard library"), "{out}");
+    assert!(out.contains("did you mean `stdlib/python.wf`?"), "{out}");
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn an_error_has_one_header() {
+    let out = wf_errors("version 1\nstep s {\n  run \"make\"\n");
+    assert_eq!(out.matches("error").count(), 1, "{out}");
+    assert!(!out.contains("Error:"), "{out}");
+}

@@ -176,6 +176,7 @@ fn check(file: Option<PathBuf>, policy: &PolicyArg) -> Result<i32, StartError> {
     let file = workflow_file(file)?;
     let policy = load_policy(policy)?;
     let plan = run::load_and_plan(&file, &[], &policy, run::local_budget())?;
+    run::check_inputs(&plan.workflow)?;
     output::commands::valid(&file, &plan.workflow.name, plan.steps.len());
     Ok(exit::OK)
 }
@@ -246,7 +247,7 @@ fn fmt_command(file: &Path, check: bool) -> Result<i32, StartError> {
         return Ok(exit::OK);
     }
     if check {
-        output::commands::not_formatted(file);
+        output::commands::not_formatted(file, &text, &formatted);
         return Ok(exit::STEP_FAILED);
     }
     std::fs::write(file, formatted).map_err(|e| StartError::Invalid(format!("cannot write {}: {e}", file.display())))?;

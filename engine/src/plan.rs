@@ -246,6 +246,7 @@ pub(crate) mod test_support {
                 dir: PathBuf::from("."),
                 images: BTreeMap::new(),
                 steps,
+                input_spans: BTreeMap::new(),
             })
         }
     }

@@ -26,6 +26,7 @@ use crate::session::{self, Session, StepImages};
 use crate::workspace::{self, RunDir};
 
 pub use crate::budget::local_budget;
+pub use crate::session::inputs::check_inputs;
 pub use crate::session::{load_and_plan, new_run_id, open_store, resolve_bases, StartError};
 
 /// What `engine run` was asked to do.

@@ -159,6 +159,21 @@ impl SourceTree {
 }
 
 impl SourceTree {
+    /// The file whose path is closest to `pattern` (a plausible typo of it), among the first
+    /// `max` files; none for a pattern with glob characters.
+    pub fn closest(&self, pattern: &str, max: usize) -> Option<&str> {
+        if pattern.contains(['*', '?', '[', '{']) {
+            return None;
+        }
+        self.files
+            .iter()
+            .take(max)
+            .map(|(f, _)| (strsim::jaro_winkler(pattern, f), f.as_str()))
+            .filter(|(score, _)| *score >= 0.85)
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(_, f)| f)
+    }
+
     /// A selected path must be a regular file, or a symlink whose target (read, never followed)
     /// stays inside the workflow folder; anything else is refused before anything is read.
     fn check_selected(&self, step: &str, pattern: &str, rel: &str, kind: Kind) -> Result<(), InputError> {

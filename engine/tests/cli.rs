@@ -347,3 +347,75 @@ steps:
     assert_eq!(std::fs::read_to_string(p.path().join("converted.wf")).unwrap(), once);
     assert_eq!(plan_keys("converted.wf"), original);
 }
+
+#[test]
+fn fmt_check_prints_a_unified_diff_and_exits_1_and_keeps_shell_text() {
+    let p = Project::new(&format!("version: 1\nsteps:\n  a: {{ image: {IMAGE}, run: echo }}\n"));
+    let messy = "version 1\nstep a {\n    image \"local/busybox:1\"\n  run \"echo $? > x\"\n}\n";
+    p.write("w.wf", messy);
+    let o = p.run(&["fmt", "--check", "w.wf"]);
+    assert_eq!(code(&o), 1, "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    assert!(out.starts_with("--- w.wf\n+++ w.wf (formatted)\n@@ "), "{out}");
+    assert!(out.contains("\n-    image \"local/busybox:1\"\n+  image \"local/busybox:1\"\n"), "{out}");
+    assert!(out.contains("\n+\n"), "the blank line after `version` is added:\n{out}");
+    assert!(text(&o.stderr).contains("w.wf is not formatted: run `engine fmt w.wf`"), "{}", text(&o.stderr));
+    // --check writes nothing.
+    assert_eq!(std::fs::read_to_string(p.path().join("w.wf")).unwrap(), messy);
+    let o = p.run(&["fmt", "w.wf"]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    let formatted = std::fs::read_to_string(p.path().join("w.wf")).unwrap();
+    assert!(formatted.contains("run \"echo $? > x\""), "{formatted}");
+    let o = p.run(&["fmt", "--check", "w.wf"]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    assert!(o.stdout.is_empty(), "{}", text(&o.stdout));
+}
+
+#[test]
+fn a_dsl_error_has_one_header() {
+    let p = Project::new(&format!("version: 1\nsteps:\n  a: {{ image: {IMAGE}, run: echo }}\n"));
+    p.write("w.wf", "version 1\nstep a {\n  image \"local/busybox:1\"\n  run \"x\"\n\nstep b { run \"y\" }\n");
+    let o = p.run(&["check", "w.wf"]);
+    assert_eq!(code(&o), 2);
+    let err = text(&o.stderr);
+    assert!(err.starts_with("engine: error: w.wf:2:8: invalid workflow syntax: the `{` on line 2 is never closed"), "{err}");
+    assert_eq!(err.matches("error").count(), 1, "{err}");
+    assert!(!err.contains("Error:"), "{err}");
+}
+
+/// `check` selects inputs as a run does: a pattern matching no file is an error at the pattern
+/// (file:line:col, a caret, a hint), in YAML and in the DSL, and `run` says the same.
+#[test]
+fn check_reports_an_input_pattern_matching_no_file_at_the_pattern() {
+    let p = Project::new(&format!(
+        "version: 1\nsteps:\n  a:\n    image: {IMAGE}\n    inputs: [\"src/main.c\", \"docs/*.md\"]\n    run: cat src/main.c\n"
+    ));
+    p.write("src/main.c", "int main;\n");
+    let o = p.run(&["check"]);
+    assert_eq!(code(&o), 2, "{}", text(&o.stdout));
+    let err = text(&o.stderr);
+    assert!(err.starts_with("engine: error: workflow.yml:5:28: step `a`: input pattern `docs/*.md` matches no file"), "{err}");
+    assert!(err.contains("^^^^^^^^^^^") && err.contains("matches no file"), "{err}");
+    assert!(flat(&err).contains("patterns are relative to the workflow folder"), "{err}");
+    assert!(!text(&o.stdout).contains("valid"), "{}", text(&o.stdout));
+    // `run` stops with the same diagnostic before any container starts.
+    let o = p.run(&["run"]);
+    assert_eq!(code(&o), 2);
+    assert!(text(&o.stderr).starts_with("engine: error: workflow.yml:5:28: step `a`"), "{}", text(&o.stderr));
+    p.write("docs/a.md", "a\n");
+    let o = p.run(&["check"]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+
+    // The DSL: the pattern is pointed at in the `.wf` file, with a
+    // suggestion when it is a typo of a file's path.
+    p.write("w.wf", &format!("version 1\ndefaults {{ image \"{IMAGE}\" }}\n\nstep b {{\n  inputs \"src/mian.c\"\n  run \"true\"\n}}\n"));
+    let o = p.run(&["check", "w.wf"]);
+    assert_eq!(code(&o), 2, "{}", text(&o.stdout));
+    let err = text(&o.stderr);
+    assert!(err.starts_with("engine: error: w.wf:5:10: step `b`: input pattern `src/mian.c` matches no file"), "{err}");
+    assert!(flat(&err).contains("did you mean `src/main.c`?"), "{err}");
+}
+
+fn flat(s: &str) -> String {
+    s.split_whitespace().filter(|w| *w != "|").collect::<Vec<_>>().join(" ")
+}

@@ -165,7 +165,8 @@ pub(crate) fn resolve(path: &Path, src: Arc<SourceFile>, root: Node, policy: &Po
         }
     }
     let diags = std::mem::take(&mut r.diags);
-    finish(path, diags, Workflow { name, source: src.clone(), dir, images, steps })
+    let input_spans = steps.iter().zip(spans).map(|(s, sp)| (s.name.clone(), sp.inputs)).collect();
+    finish(path, diags, Workflow { name, source: src.clone(), dir, images, steps, input_spans })
 }
 
 /// The text a node holds (keys and scalars), counted without recursion.
@@ -189,5 +190,12 @@ fn node_bytes(node: &Node) -> usize {
 
 /// The value `finish` never returns when there are diagnostics; keeps the signature simple.
 pub(crate) fn unreachable_workflow(src: &Arc<SourceFile>) -> Workflow {
-    Workflow { name: String::new(), source: src.clone(), dir: PathBuf::new(), images: BTreeMap::new(), steps: Vec::new() }
+    Workflow {
+        name: String::new(),
+        source: src.clone(),
+        dir: PathBuf::new(),
+        images: BTreeMap::new(),
+        steps: Vec::new(),
+        input_spans: BTreeMap::new(),
+    }
 }

@@ -82,7 +82,10 @@ pub(super) fn step(r: &mut Reader, ctx: &StepCtx, name: String, key_span: Span, 
                 "invalid input",
                 "inputs are glob patterns relative to the workflow's directory, without `..`",
             ),
-            None => inputs.push(pattern),
+            None => {
+                inputs.push(pattern);
+                spans.inputs.push(span);
+            }
         }
     }
     let mut outputs = Vec::new();

@@ -26,21 +26,29 @@ pub(crate) fn format(path: &Path, text: &str) -> Result<String, LoadError> {
     };
     let mut f = Fmt { out: String::new(), comments: comments(text), next: 0 };
     let mut last: Option<Rule> = None;
+    // Where the previous item ended in the source, and whether it was printed on one line.
+    let mut last_end = 0;
+    let mut last_one_line = false;
     for item in file.into_iter().flat_map(|f| f.into_inner()) {
         let rule = item.as_rule();
         if rule == Rule::EOI {
             continue;
         }
-        // Consecutive imports and consecutive top-level keys stay together; anything else
-        // is one block separated by a blank line.
+        let (start, end) = (item.as_span().start(), item.as_span().end());
+        // Consecutive imports and consecutive top-level keys stay together, and so do
+        // `step`/`image` declarations of one line each written on consecutive lines; anything
+        // else is one block separated by a blank line.
+        let decl = |r: Rule| matches!(r, Rule::step_decl | Rule::image_decl);
         let grouped = last == Some(rule) && matches!(rule, Rule::import | Rule::top_entry);
+        let adjacent =
+            last.is_some_and(decl) && decl(rule) && last_one_line && !blank_line_between(text.get(last_end..start).unwrap_or(""));
         // A comment trailing the previous item stays on its line, before the blank line.
-        f.trailing_before(item.as_span().start());
-        if last.is_some() && !grouped {
-            f.out.push('\n');
-        }
+        f.trailing_before(start);
+        let separator_at = f.out.len();
+        let separate = last.is_some() && !grouped;
         last = Some(rule);
-        f.comments_before(item.as_span().start(), 0);
+        f.comments_before(start, 0);
+        let before = f.out.len();
         match rule {
             Rule::top_entry => {
                 for e in item.into_inner() {
@@ -52,9 +60,22 @@ pub(crate) fn format(path: &Path, text: &str) -> Result<String, LoadError> {
                 f.out.push('\n');
             }
         }
+        let one_line = decl(rule) && f.out[before..].matches('\n').count() == 1;
+        if separate && !(adjacent && one_line) {
+            f.out.insert(separator_at, '\n');
+        }
+        last_one_line = one_line;
+        last_end = end;
     }
     f.comments_before(usize::MAX, 0);
     Ok(f.out)
+}
+
+/// Whether the text between two items (from the end of one to the start of the next) holds a
+/// line of its own that is blank.
+fn blank_line_between(between: &str) -> bool {
+    let lines: Vec<&str> = between.split('\n').collect();
+    lines.len() > 2 && lines[1..lines.len() - 1].iter().any(|l| l.trim().is_empty())
 }
 
 /// A `#` comment of the source: where it starts, its text (from `#`, trailing blanks removed),
@@ -193,6 +214,7 @@ impl Fmt {
                     out.push(' ');
                     out.push_str(p.as_str());
                 }
+                Rule::instance => out.push_str(p.as_str()),
                 Rule::matrix => {
                     let axes: Vec<String> = p
                         .into_inner()
@@ -249,6 +271,7 @@ impl Fmt {
     fn block(&mut self, p: Pair<Rule>, indent: usize) {
         let mut entries = Vec::new();
         let mut close = None;
+        let single_line = !p.as_str().contains('\n');
         for e in p.into_inner() {
             match e.as_rule() {
                 Rule::entry => entries.push(e),
@@ -259,6 +282,13 @@ impl Fmt {
         if entries.is_empty() {
             self.out.push_str("{ }");
             return;
+        }
+        if let Some(line) = single_line.then(|| one_line(&entries)).flatten() {
+            let column = self.out[self.out.rfind('\n').map_or(0, |i| i + 1)..].chars().count();
+            if column + line.chars().count() <= WIDTH {
+                self.out.push_str(&line);
+                return;
+            }
         }
         self.out.push_str("{\n");
         for e in entries {
@@ -308,6 +338,25 @@ impl Fmt {
     }
 }
 
+/// Lines a block kept on one line may fill (the indentation and what precedes the `{` included).
+const WIDTH: usize = 100;
+
+/// `{ key value  key value }`, for a block written on one line (so it holds no comment), when
+/// each entry prints on one line; `None` otherwise.
+fn one_line(entries: &[Pair<Rule>]) -> Option<String> {
+    let mut parts = Vec::new();
+    for e in entries {
+        let mut f = Fmt { out: String::new(), comments: Vec::new(), next: 0 };
+        f.entry(e.clone(), 0);
+        let text = f.out.trim_end_matches('\n');
+        if text.contains('\n') {
+            return None;
+        }
+        parts.push(text.to_string());
+    }
+    Some(format!("{{ {} }}", parts.join("  ")))
+}
+
 fn inner_is_pair(words: &[String]) -> bool {
     !matches!(words.first().map(String::as_str), Some("stage" | "copy"))
 }
@@ -324,7 +373,8 @@ fn value(p: Pair<Rule>) -> String {
     }
 }
 
-/// A string re-quoted canonically: escapes kept, a raw tab written `\t`, a lone `$` written `\$`.
+/// A string re-quoted canonically: escapes kept as written, a raw tab written `\t`; nothing
+/// else is rewritten (shell text such as `$?` or `$HOME` stays as it is).
 fn string(p: Pair<Rule>) -> String {
     let mut out = String::from("\"");
     for q in p.into_inner() {
@@ -333,7 +383,6 @@ fn string(p: Pair<Rule>) -> String {
                 for c in q.as_str().chars() {
                     match c {
                         '\t' => out.push_str("\\t"),
-                        '$' => out.push_str("\\$"),
                         c => out.push(c),
                     }
                 }

@@ -132,6 +132,14 @@ pub(super) fn import_one(
 /// A loader's refusal as a diagnostic at the `import` line.
 fn refused(src: &SourceFile, span: crate::ir::Span, e: &ImportError) -> Diagnostic {
     match e {
+        ImportError::NotInLibrary { import, modules } if !modules.is_empty() => {
+            let name = import.trim_start_matches("stdlib/");
+            let closest = crate::suggest::did_you_mean(name, modules.iter().map(String::as_str))
+                .map(|m| format!("did you mean `stdlib/{m}`? "))
+                .unwrap_or_default();
+            Diagnostic::new(src, span, e.to_string(), "no such module")
+                .with_help(format!("{closest}the standard library has {}; see docs/stdlib.md", modules.join(", ")))
+        }
         ImportError::NotInLibrary { .. } => Diagnostic::new(src, span, e.to_string(), "not found")
             .with_help("the program loading this workflow was given no library folder holding it; see docs/stdlib.md"),
         ImportError::Outside { .. } | ImportError::Unreadable { .. } => {

@@ -111,6 +111,7 @@ fn decl(loc: &Locator, item: Pair<Rule>) -> Decl {
                 d.name = p.as_str().to_string();
                 d.at = at(loc, &p);
             }
+            Rule::instance => d.name.push_str(p.as_str()),
             Rule::matrix => {
                 for axis in p.into_inner().filter(|a| a.as_rule() == Rule::axis) {
                     let axis_at = at(loc, &axis);

@@ -22,9 +22,25 @@ pub fn converted(text: &str) {
     print!("{text}");
 }
 
-/// `engine fmt --check` on a file that is not formatted (stderr).
-pub fn not_formatted(file: &Path) {
+/// `engine fmt --check` on a file that is not formatted: the unified diff from the file to its
+/// formatted text on stdout, then the note on stderr.
+pub fn not_formatted(file: &Path, text: &str, formatted: &str) {
+    print!("{}", fmt_diff(file, text, formatted));
     eprintln!("{} is not formatted: run `engine fmt {}`", file.display(), file.display());
+}
+
+/// The unified diff `engine fmt --check` prints (`--- FILE` / `+++ FILE (formatted)`, three
+/// lines of context). Control characters of the file are shown, never sent to the terminal.
+pub fn fmt_diff(file: &Path, text: &str, formatted: &str) -> String {
+    let name = file.display().to_string();
+    let diff = similar::TextDiff::from_lines(text, formatted);
+    let unified = diff.unified_diff().context_radius(3).header(&name, &format!("{name} (formatted)")).to_string();
+    let mut out = String::with_capacity(unified.len());
+    for line in unified.lines() {
+        out.push_str(&super::neutralise(line));
+        out.push('\n');
+    }
+    out
 }
 
 /// `engine fmt`: the file was rewritten.

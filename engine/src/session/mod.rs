@@ -4,6 +4,7 @@
 //! resolved ([`prepare`]) or, for a dry run, looked up without building ([`images`]).
 
 pub mod images;
+pub mod inputs;
 pub mod prepare;
 
 use std::path::Path;

@@ -55,7 +55,8 @@ pub async fn prepare(docker: &DockerExecutor, store: &Store, plan: &Plan, progre
         let i = match by_patterns.get(step.inputs.as_slice()) {
             Some(&i) => i,
             None => {
-                selections.push(Arc::new(tree.select(&step.name, &step.inputs)?));
+                let selected = tree.select(&step.name, &step.inputs).map_err(|e| super::inputs::input_error(workflow, &tree, e))?;
+                selections.push(Arc::new(selected));
                 by_patterns.insert(&step.inputs, selections.len() - 1);
                 selections.len() - 1
             }
