@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType, MountVolumeOptions, VolumeCreateRequest};
 use bollard::query_parameters::{
-    AttachContainerOptions, CreateContainerOptions, InspectContainerOptions, KillContainerOptions, RemoveContainerOptions,
+    AttachContainerOptions, ContainerArchiveInfoOptions, CreateContainerOptions, InspectContainerOptions, KillContainerOptions, RemoveContainerOptions,
     StopContainerOptions, UploadToContainerOptions, WaitContainerOptions,
 };
 use futures_util::StreamExt;
@@ -85,7 +85,7 @@ impl Daemon {
         guard::note_run(&spec.run_id);
         let finished = match self.run_inner(spec, cancel, log, &mut resources).await {
             Ok(finished) => finished,
-            Err(failure) => Finished { result: Err(failure), duration: Duration::ZERO, exit_code: None },
+            Err(failure) => Finished { result: Err(failure), duration: Duration::ZERO, exit_code: None, partial: false },
         };
         (finished, resources)
     }
@@ -149,11 +149,14 @@ impl Daemon {
         let started = Instant::now();
         let ended = self.follow(spec, cancel, log, &id, output, started).await;
         let duration = started.elapsed();
-        let outcome = |result, exit_code| Ok(Finished { result, duration, exit_code });
+        let outcome = |result, exit_code| Ok(Finished { result, duration, exit_code, partial: false });
         let code = match ended {
             Ended::Exited => self.exit_code(&id).await,
             // The container was stopped (stop signal, grace, SIGKILL) inside `follow`.
-            Ended::TimedOut(Ok(())) => return outcome(Err(Failure::TimedOut(spec.limits.timeout)), None),
+            Ended::TimedOut(Ok(())) => {
+                let partial = spec.partial_outputs && self.collect_partial(spec, &id).await;
+                return Ok(Finished { result: Err(Failure::TimedOut(spec.limits.timeout)), duration, exit_code: None, partial });
+            }
             // A daemon that does not stop the container is the environment failing, not the step.
             Ended::TimedOut(Err(e)) => {
                 let limit = format_duration(spec.limits.timeout);
@@ -173,7 +176,8 @@ impl Daemon {
         };
         if code != 0 {
             let failure = if oom { Failure::OutOfMemory { limit: spec.limits.memory } } else { Failure::Exit(code) };
-            return outcome(Err(failure), Some(code));
+            let partial = spec.partial_outputs && self.collect_partial(spec, &id).await;
+            return Ok(Finished { result: Err(failure), duration, exit_code: Some(code), partial });
         }
         // Collection streams archives (archive transfer) or copies files: bounded like the step.
         let limit = self.stream_limit(spec);
@@ -186,6 +190,37 @@ impl Daemon {
             ))),
         };
         outcome(collected, Some(code))
+    }
+
+    /// After a failure: collect the declared outputs that exist (a missing one is skipped, not a
+    /// failure), with the same checks, bounds and deadline as after success. `false` when the
+    /// collection was refused (nothing is kept then).
+    async fn collect_partial(&self, spec: &ContainerSpec, id: &str) -> bool {
+        let mut present = Vec::new();
+        for output in &spec.outputs {
+            let Ok(rel) = collect::check_output_path(output) else { continue };
+            let exists = match self.transfer {
+                Transfer::Bind => spec.workspace.join(&rel).symlink_metadata().is_ok(),
+                Transfer::Archive => {
+                    let path = Path::new("/workspace").join(&rel).display().to_string();
+                    let info = self.docker.get_container_archive_info(id, Some(ContainerArchiveInfoOptions { path }));
+                    call("look up an output", ordinary(), info).await.is_ok()
+                }
+            };
+            if exists {
+                present.push(output.clone());
+            }
+        }
+        let partial = ContainerSpec { outputs: present, ..spec.clone() };
+        let limit = self.stream_limit(spec);
+        match tokio::time::timeout(limit, self.collect(&partial, id)).await {
+            Ok(Ok(())) => true,
+            Ok(Err(f)) => {
+                tracing::debug!(failure = %f, "the outputs of the failed step were not kept");
+                false
+            }
+            Err(_) => false,
+        }
     }
 
     /// The deadline of moving a step's files (upload, collection): the step's timeout plus the

@@ -87,6 +87,10 @@ pub struct ContainerSpec {
     /// Whether programs may be executed from /tmp (compilers, test runners and package builds
     /// do); `false` mounts it `noexec` (the `sandbox` profile). Always `nosuid,nodev`.
     pub tmp_exec: bool,
+    /// Also collect the outputs after a non-zero exit, out of memory or a timeout: those that
+    /// exist, checked and bounded as after success (what a failing step had written, for a
+    /// `continue_on_error` step such as the sandbox's).
+    pub partial_outputs: bool,
 }
 
 /// How a container run ended, and for how long it ran.
@@ -98,6 +102,9 @@ pub struct Finished {
     pub duration: Duration,
     /// The container's exit code, when it exited by itself.
     pub exit_code: Option<i64>,
+    /// After a failure with [`ContainerSpec::partial_outputs`]: the outputs that existed were
+    /// collected into `collect_to` (possibly none of them); `false` otherwise.
+    pub partial: bool,
 }
 
 /// Why a container run did not succeed.

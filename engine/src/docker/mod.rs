@@ -140,6 +140,7 @@ fn container_spec(job: &StepJob) -> docker::run::ContainerSpec {
         outputs: step.outputs.clone(),
         // Docker mounts a tmpfs `noexec` unless told otherwise; only the sandbox keeps that.
         tmp_exec: step.profile.as_deref() != Some("sandbox"),
+        partial_outputs: false,
     }
 }
 
