@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType, MountVolumeOptions, VolumeCreateRequest};
 use bollard::query_parameters::{
-    AttachContainerOptions, ContainerArchiveInfoOptions, CreateContainerOptions, InspectContainerOptions, KillContainerOptions, RemoveContainerOptions,
-    StopContainerOptions, UploadToContainerOptions, WaitContainerOptions,
+    AttachContainerOptions, ContainerArchiveInfoOptions, CreateContainerOptions, InspectContainerOptions, KillContainerOptions,
+    RemoveContainerOptions, StopContainerOptions, UploadToContainerOptions, WaitContainerOptions,
 };
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
