@@ -142,40 +142,46 @@ impl Manifest {
     /// Digest of the outputs alone (paths, modes, contents, link targets; not the key, log or
     /// times): what a downstream step's key depends on.
     pub fn outputs_digest(&self) -> Digest {
-        let mut h = Sha256::new();
-        put_field(&mut h, b"engine-outputs-v1");
-        // Sorted here too, so a hand-built manifest in another order has the same digest.
-        let mut entries: Vec<&OutputEntry> = self.entries.iter().collect();
-        entries.sort_by(|a, b| a.path().cmp(b.path()));
-        h.update((entries.len() as u64).to_le_bytes());
-        for e in entries {
-            match e {
-                OutputEntry::File { path, mode, digest, size } => {
-                    h.update(b"F");
-                    put_field(&mut h, path.as_bytes());
-                    h.update(mode.to_le_bytes());
-                    h.update(digest.as_bytes());
-                    h.update(size.to_le_bytes());
-                }
-                OutputEntry::Symlink { path, target } => {
-                    h.update(b"L");
-                    put_field(&mut h, path.as_bytes());
-                    put_field(&mut h, target.as_bytes());
-                }
-                OutputEntry::Dir { path, mode } => {
-                    h.update(b"D");
-                    put_field(&mut h, path.as_bytes());
-                    h.update(mode.to_le_bytes());
-                }
-            }
-        }
-        Digest::from_bytes(h.finalize().into())
+        outputs_digest(&self.entries)
     }
 
     /// Total bytes of the output files (folders and symlinks count nothing).
     pub fn size(&self) -> u64 {
         self.entries.iter().map(|e| if let OutputEntry::File { size, .. } = e { *size } else { 0 }).sum()
     }
+}
+
+/// Digest of output entries (see [`Manifest::outputs_digest`]), for outputs that are not stored
+/// (the partial outputs of a failed step allowed to fail).
+pub fn outputs_digest(entries: &[OutputEntry]) -> Digest {
+    let mut h = Sha256::new();
+    put_field(&mut h, b"engine-outputs-v1");
+    // Sorted here too, so a hand-built manifest in another order has the same digest.
+    let mut entries: Vec<&OutputEntry> = entries.iter().collect();
+    entries.sort_by(|a, b| a.path().cmp(b.path()));
+    h.update((entries.len() as u64).to_le_bytes());
+    for e in entries {
+        match e {
+            OutputEntry::File { path, mode, digest, size } => {
+                h.update(b"F");
+                put_field(&mut h, path.as_bytes());
+                h.update(mode.to_le_bytes());
+                h.update(digest.as_bytes());
+                h.update(size.to_le_bytes());
+            }
+            OutputEntry::Symlink { path, target } => {
+                h.update(b"L");
+                put_field(&mut h, path.as_bytes());
+                put_field(&mut h, target.as_bytes());
+            }
+            OutputEntry::Dir { path, mode } => {
+                h.update(b"D");
+                put_field(&mut h, path.as_bytes());
+                h.update(mode.to_le_bytes());
+            }
+        }
+    }
+    Digest::from_bytes(h.finalize().into())
 }
 
 /// One line of `engine cache ls`.

@@ -84,6 +84,11 @@ pub struct Step {
     pub secrets: Vec<String>,
     /// `cache: false` turns reuse off for this step.
     pub cache: bool,
+    /// `continue_on_error: true`: the step's own failure (an exit, out of memory, a timeout) does
+    /// not fail the run or stop it; the declared outputs that exist are kept and exported, and the
+    /// steps that need it run with them. Not part of the cache key.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub continue_on_error: bool,
     /// Persistent folders shared across runs (package-manager caches). Not part of the cache key.
     pub caches: Vec<CacheMount>,
     /// Working directory inside the container; `/workspace` unless set.
@@ -112,6 +117,7 @@ impl Step {
             env: BTreeMap::new(),
             secrets: Vec::new(),
             cache: true,
+            continue_on_error: false,
             caches: Vec::new(),
             workdir: "/workspace".into(),
             profile: None,

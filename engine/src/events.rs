@@ -66,6 +66,25 @@ pub struct StepSummary {
     /// Human reason for a failure or skip ("timed out after 2s", "needs `build`, which failed").
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// A failure of a step with `continue_on_error`: it did not fail the run.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub allowed: bool,
+    /// Skipped only because fail-fast stopped the run after another step failed: `--keep-going`
+    /// would have run it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub not_started: bool,
+}
+
+impl StepSummary {
+    /// A step that ended (not skipped).
+    pub fn ended(step: String, status: StepStatus, duration_ms: u64, exit_code: Option<i64>, reason: Option<String>) -> StepSummary {
+        StepSummary { step, status, duration_ms, exit_code, reason, allowed: false, not_started: false }
+    }
+
+    /// A step that was not started, and why.
+    pub fn skipped(step: String, reason: Option<String>) -> StepSummary {
+        StepSummary::ended(step, StepStatus::Skipped, 0, None, reason)
+    }
 }
 
 /// The run's overall result, mapped to the process exit code by the binary.
@@ -132,6 +151,9 @@ pub enum Event {
         exit_code: Option<i64>,
         /// What went wrong, in a sentence ("exit code 2", "timed out after 2s").
         reason: String,
+        /// The step has `continue_on_error`: the failure does not fail the run.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        allowed: bool,
     },
     /// The step was not started.
     StepSkipped {

@@ -103,9 +103,11 @@ pub(crate) enum Outcome {
     /// The outputs came from the cache; no container was created.
     Restored { outputs: Outputs, exit_code: i64 },
     /// The step failed (`reason` is never `Cancelled` or `TimedOut`: those have their own cases).
-    Failed { reason: StepFailure, duration: Duration, exit_code: Option<i64> },
-    /// The step ran longer than its `limits.timeout` and was stopped.
-    TimedOut { limit: Duration, duration: Duration, exit_code: Option<i64> },
+    /// `partial`: the declared outputs that existed when it ended, collected for a step with
+    /// `continue_on_error` (never cached; exported, and staged for the steps that need it).
+    Failed { reason: StepFailure, duration: Duration, exit_code: Option<i64>, partial: Option<Outputs> },
+    /// The step ran longer than its `limits.timeout` and was stopped (`partial` as for `Failed`).
+    TimedOut { limit: Duration, duration: Duration, exit_code: Option<i64>, partial: Option<Outputs> },
     /// The run was interrupted while the step ran (or before it started).
     Cancelled { duration: Duration },
     /// A dry run: what would happen.
@@ -117,15 +119,17 @@ impl Outcome {
     pub fn failed(reason: StepFailure) -> Outcome {
         match reason {
             StepFailure::Cancelled => Outcome::Cancelled { duration: Duration::ZERO },
-            StepFailure::TimedOut(limit) => Outcome::TimedOut { limit, duration: Duration::ZERO, exit_code: None },
-            reason => Outcome::Failed { reason, duration: Duration::ZERO, exit_code: None },
+            StepFailure::TimedOut(limit) => Outcome::TimedOut { limit, duration: Duration::ZERO, exit_code: None, partial: None },
+            reason => Outcome::Failed { reason, duration: Duration::ZERO, exit_code: None, partial: None },
         }
     }
 
-    /// The outputs the steps that need this one get.
+    /// The outputs the steps that need this one get (for a failure, the partial outputs kept
+    /// for a step with `continue_on_error`, if any).
     pub fn outputs(&self) -> Option<&Outputs> {
         match self {
             Outcome::Executed { outputs, .. } | Outcome::Restored { outputs, .. } => Some(outputs),
+            Outcome::Failed { partial, .. } | Outcome::TimedOut { partial, .. } => partial.as_ref(),
             Outcome::Planned(prediction) => match &prediction.would {
                 Would::Restore(outputs) => Some(outputs),
                 Would::Run(_) => None,
@@ -164,14 +168,42 @@ impl Outcome {
         }
     }
 
-    /// The container runner's result as an outcome; a success carries the collect folder.
+    /// The same failure with its partial outputs dropped: what the steps that need it get when
+    /// they cannot be used (the export failed).
+    pub fn without_partial(self) -> Outcome {
+        match self {
+            Outcome::Failed { reason, duration, exit_code, .. } => Outcome::Failed { reason, duration, exit_code, partial: None },
+            Outcome::TimedOut { limit, duration, exit_code, .. } => Outcome::TimedOut { limit, duration, exit_code, partial: None },
+            other => other,
+        }
+    }
+
+    /// The partial outputs of a failure, to fill in (hash, export).
+    pub fn partial_mut(&mut self) -> Option<&mut Outputs> {
+        match self {
+            Outcome::Failed { partial, .. } | Outcome::TimedOut { partial, .. } => partial.as_mut(),
+            _ => None,
+        }
+    }
+
+    /// The outputs to export: a success's, or a failure's partial outputs.
+    pub fn outputs_mut(&mut self) -> Option<&mut Outputs> {
+        match self {
+            Outcome::Executed { outputs, .. } | Outcome::Restored { outputs, .. } => Some(outputs),
+            other => other.partial_mut(),
+        }
+    }
+
+    /// The container runner's result as an outcome; a success carries the collect folder, and so
+    /// does a failure whose partial outputs were collected.
     pub fn from_container(outcome: StepOutcome, collect_to: PathBuf) -> Outcome {
-        let StepOutcome { result, duration, exit_code, .. } = outcome;
+        let StepOutcome { result, duration, exit_code, partial, .. } = outcome;
+        let partial = partial.then(|| Outputs::collected(collect_to.clone()));
         match result {
             Ok(()) => Outcome::Executed { outputs: Outputs::collected(collect_to), duration, exit_code: exit_code.unwrap_or(0) },
             Err(StepFailure::Cancelled) => Outcome::Cancelled { duration },
-            Err(StepFailure::TimedOut(limit)) => Outcome::TimedOut { limit, duration, exit_code },
-            Err(reason) => Outcome::Failed { reason, duration, exit_code },
+            Err(StepFailure::TimedOut(limit)) => Outcome::TimedOut { limit, duration, exit_code, partial },
+            Err(reason) => Outcome::Failed { reason, duration, exit_code, partial },
         }
     }
 }
@@ -323,6 +355,9 @@ pub struct StepOutcome {
     pub exit_code: Option<i64>,
     /// Unused by the container runner (always false).
     pub cached: bool,
+    /// After a failure: the declared outputs that existed were collected (only for a step with
+    /// `continue_on_error`).
+    pub partial: bool,
 }
 
 /// Why a step failed. `Display` is the sentence shown to users.

@@ -72,6 +72,54 @@ fn failing_step_exits_1_and_fail_fast_skips_dependents() {
     assert!(!text(&o.stdout).contains("never"));
 }
 
+const LINT_SCAN_REPORT: &str = r#"version: 1
+defaults: { image: IMAGE }
+steps:
+  lint:
+    continue_on_error: ALLOWED
+    run: echo "E501 line too long" > lint.txt; exit 1
+    outputs: [lint.txt, never.txt]
+  scan: { run: echo sarif > scan.sarif, outputs: [scan.sarif] }
+  report:
+    needs: [lint, scan]
+    run: cat lint.txt scan.sarif > report.txt
+    outputs: [report.txt]
+"#;
+
+#[test]
+fn fail_fast_names_what_it_did_not_start_and_continue_on_error_lets_the_run_go_on() {
+    // Fail-fast (one job, so `scan` has not started when `lint` fails): the summary says which
+    // steps were not started and how to run them.
+    let p = Project::new(&LINT_SCAN_REPORT.replace("IMAGE", IMAGE).replace("ALLOWED", "false"));
+    let o = p.run(&["run", "--jobs", "1"]);
+    assert_eq!(code(&o), 1);
+    let stderr = text(&o.stderr);
+    assert!(stderr.contains("not started: the run stopped after `lint` failed (fail-fast; --keep-going runs it)"), "{stderr}");
+    assert!(stderr.contains("1 step was not started after the failure (fail-fast): `scan`; `--keep-going` runs it"), "{stderr}");
+
+    // Allowed to fail: the run succeeds, the independent step runs, and the step that needs the
+    // failed one runs with what it wrote before failing (exported too, never cached).
+    let p = Project::new(&LINT_SCAN_REPORT.replace("IMAGE", IMAGE).replace("ALLOWED", "true"));
+    let o = p.run(&["run", "--jobs", "1", "--output", "json"]);
+    let stdout = text(&o.stdout);
+    assert_eq!(code(&o), 0, "{stdout}{}", text(&o.stderr));
+    let events: Vec<serde_json::Value> = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    assert!(events.iter().any(|e| e["event"] == "step_failed" && e["step"] == "lint" && e["allowed"] == true && e["exit_code"] == 1));
+    let st = statuses(&events);
+    assert_eq!((st["lint"].as_str(), st["scan"].as_str(), st["report"].as_str()), ("failed", "succeeded", "succeeded"));
+    assert_eq!(std::fs::read_to_string(p.path().join(".engine/out/report/report.txt")).unwrap(), "E501 line too long\nsarif\n");
+    assert_eq!(std::fs::read_to_string(p.path().join(".engine/out/lint/lint.txt")).unwrap(), "E501 line too long\n");
+    let o = p.run(&["run", "--jobs", "1"]);
+    assert_eq!(code(&o), 0);
+    let stderr = text(&o.stderr);
+    assert!(
+        stderr.lines().any(|l| l.starts_with("lint ") && l.contains("failed (allowed)") && l.contains("exited with code 1")),
+        "{stderr}"
+    );
+    // `lint` runs again (a failure is never cached); it wrote the same, so `report` is restored.
+    assert!(stderr.contains("2 cached, 1 failed (allowed) in"), "{stderr}");
+}
+
 #[test]
 fn naming_a_step_runs_it_and_what_it_needs_only() {
     let p = Project::new(&format!(

@@ -83,7 +83,9 @@ fn run(p: &Project, args: &[&str]) -> (i32, String) {
 fn sandbox_keeps_stdout_stderr_and_exit_code_of_untrusted_code() {
     let p = Project::example("sandbox");
     let (rc, out) = run(&p, &[]);
+    // The code's failure is the step's, allowed: the run succeeds, the summary says how it ended.
     assert_eq!(rc, 0, "{out}");
+    assert!(summary_row(&out, "try").is_some_and(|r| r.contains("failed (allowed)") && r.contains(" 3  exited with code 3")), "{out}");
     let stdout = read(&p, ".engine/out/try/result/stdout");
     for line in [
         "running as 1000:1000",
@@ -97,15 +99,38 @@ fn sandbox_keeps_stdout_stderr_and_exit_code_of_untrusted_code() {
     assert_eq!(read(&p, ".engine/out/try/result/stderr"), "something for stderr\n");
     assert_eq!(read(&p, ".engine/out/try/result/exit-code"), "3\n");
 
-    // Code that runs too long is killed at the time limit and fails the step.
+    // Code that runs too long is killed at the time limit; what it printed before is kept. Code
+    // that runs out of memory is killed by the kernel, and the summary says so.
     p.write(
         "workflow.wf",
         "version 1\nimport \"stdlib/sandbox.wf\" as sandbox\ndefaults { image \"local/busybox:1\" }\n\
-         step slow = sandbox.run_for(\"sleep 30\", \"1s\")\n",
+         step slow = sandbox.run_for(\"echo started; echo warming up >&2; sleep 30\", \"2s\")\n\
+         step hog = sandbox.run(\"echo before; a=x; while true; do a=$a$a; done\") { limits { memory \"32m\" } }\n\
+         step fine = sandbox.run(\"echo ok\")\n",
     );
     let (rc, out) = run(&p, &[]);
-    assert_eq!(rc, 1, "{out}");
-    assert!(out.contains("timed out after 1s"), "{out}");
+    assert_eq!(rc, 0, "{out}");
+    assert!(summary_row(&out, "slow").is_some_and(|r| r.contains("failed (allowed)") && r.contains("timed out after 2s")), "{out}");
+    assert_eq!(read(&p, ".engine/out/slow/result/stdout"), "started\n");
+    assert_eq!(read(&p, ".engine/out/slow/result/stderr"), "warming up\n");
+    assert!(!p.path().join(".engine/out/slow/result/exit-code").exists());
+    let hog = summary_row(&out, "hog").unwrap_or_else(|| panic!("{out}"));
+    assert!(hog.contains("failed (allowed)") && hog.contains("137") && hog.contains("out of memory"), "{out}");
+    assert_eq!(read(&p, ".engine/out/hog/result/stdout"), "before\n");
+    assert_eq!(read(&p, ".engine/out/hog/result/exit-code"), "137\n");
+    assert!(summary_row(&out, "fine").is_some_and(|r| r.contains("succeeded")), "{out}");
+    assert!(out.contains("1 succeeded, 2 failed (allowed)"), "{out}");
+    // Failures are never cached: the next run runs them again.
+    let (rc, out) = run(&p, &["--output", "json"]);
+    assert_eq!(rc, 0, "{out}");
+    let events: Vec<serde_json::Value> = out.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let st = statuses(&events);
+    assert_eq!((st["slow"].as_str(), st["hog"].as_str(), st["fine"].as_str()), ("failed", "failed", "cached"), "{out}");
+}
+
+/// The summary table's row of `step` in a run's output.
+fn summary_row<'a>(out: &'a str, step: &str) -> Option<&'a str> {
+    out.lines().find(|l| l.split_whitespace().next() == Some(step) && !l.contains(" | "))
 }
 
 #[test]

@@ -32,6 +32,9 @@ pub struct StepDefinition {
     pub secrets: Vec<String>,
     /// `cache: false` turned reuse off.
     pub cache: bool,
+    /// `continue_on_error: true`: a failure of the step did not fail the run.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub continue_on_error: bool,
     /// Persistent cache mounts.
     pub caches: Vec<CacheMount>,
     /// Working directory inside the container.
@@ -62,6 +65,7 @@ impl StepDefinition {
             env: BTreeMap::new(),
             secrets: Vec::new(),
             cache: true,
+            continue_on_error: false,
             caches: Vec::new(),
             workdir: "/workspace".into(),
             profile: None,

@@ -16,8 +16,22 @@ use crate::yaml::reader::Reader;
 use crate::{bounds, suggest};
 
 const STEP_KEYS: &[&str] = &[
-    "image", "run", "command", "inputs", "outputs", "needs", "env", "secrets", "cache", "caches", "profile", "limits", "network", "user",
+    "image",
+    "run",
+    "command",
+    "inputs",
+    "outputs",
+    "needs",
+    "env",
+    "secrets",
+    "cache",
+    "caches",
+    "profile",
+    "limits",
+    "network",
+    "user",
     "workdir",
+    "continue_on_error",
 ];
 const PROFILES: &[&str] = &["sandbox", "build"];
 
@@ -153,6 +167,7 @@ pub(super) fn step(r: &mut Reader, ctx: &StepCtx, name: String, key_span: Span, 
         );
     }
     let cache = map.get_node("cache").and_then(|n| r.bool(n, "`cache`")).unwrap_or(true);
+    let continue_on_error = map.get_node("continue_on_error").and_then(|n| r.bool(n, "`continue_on_error`")).unwrap_or(false);
     let caches = map.get_node("caches").map(|n| caches::read(r, &name, n)).unwrap_or_default();
 
     let mut profile = None;
@@ -213,6 +228,7 @@ pub(super) fn step(r: &mut Reader, ctx: &StepCtx, name: String, key_span: Span, 
         env,
         secrets,
         cache,
+        continue_on_error,
         caches,
         workdir,
         profile,

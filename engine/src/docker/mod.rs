@@ -93,6 +93,7 @@ impl DockerExecutor {
             duration: finished.duration,
             exit_code: finished.exit_code,
             cached: false,
+            partial: finished.partial,
         }
     }
 }
@@ -140,7 +141,9 @@ fn container_spec(job: &StepJob) -> docker::run::ContainerSpec {
         outputs: step.outputs.clone(),
         // Docker mounts a tmpfs `noexec` unless told otherwise; only the sandbox keeps that.
         tmp_exec: step.profile.as_deref() != Some("sandbox"),
-        partial_outputs: false,
+        // A step allowed to fail keeps what it wrote before it failed (an analyst wants the
+        // partial stdout of a program that timed out).
+        partial_outputs: step.continue_on_error,
     }
 }
 

@@ -76,7 +76,20 @@ impl<E: Executor> Executor for Caching<E> {
         }
 
         let (logs, notes) = (job.logs.clone(), job.notes.clone());
-        let outcome = self.inner.execute(job, ctx).await;
+        let mut outcome = self.inner.execute(job, ctx).await;
+        if let Some(partial) = outcome.partial_mut() {
+            // A failure allowed to fail: its partial outputs are hashed for the steps that need
+            // it, never stored under its key (the next run runs it again).
+            let Some(dir) = partial.dir.clone() else { return outcome };
+            match tokio::task::spawn_blocking(move || cache::store::scan_outputs(&dir)).await {
+                Ok(Ok(entries)) => {
+                    partial.digest = Some(cache::store::outputs_digest(&entries));
+                    partial.entries = entries;
+                }
+                _ => return outcome.without_partial(),
+            }
+            return outcome;
+        }
         let Outcome::Executed { outputs: Outputs { dir: Some(dir), .. }, duration, exit_code } = outcome else { return outcome };
         let duration_ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
         let (store, wf, step_name, collected) = (self.store.clone(), self.workflow.clone(), name.clone(), dir.clone());
@@ -103,7 +116,8 @@ impl<E: Executor> Executor for Caching<E> {
                 Outcome::Executed { outputs, duration, exit_code }
             }
             Err(e) => {
-                Outcome::Failed { reason: StepFailure::Environment(format!("step `{name}`: {e}")), duration, exit_code: Some(exit_code) }
+                let reason = StepFailure::Environment(format!("step `{name}`: {e}"));
+                Outcome::Failed { reason, duration, exit_code: Some(exit_code), partial: None }
             }
         }
     }

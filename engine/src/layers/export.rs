@@ -1,5 +1,5 @@
-//! Export: a step's outputs (executed or restored) go to the output folder, at
-//! `<out>/<step>/...`. Outputs a later step needs are copied (its workspace is staged from the
+//! Export: a step's outputs (executed or restored, or the partial outputs of a step allowed to
+//! fail) go to the output folder, at `<out>/<step>/...`. Outputs a later step needs are copied (its workspace is staged from the
 //! collect folder); the others are moved. A hit left in the store (no collect folder) is
 //! materialised from it, unless `<out>/<step>` holds exactly its outputs already.
 
@@ -24,7 +24,8 @@ impl<E: Executor> Executor for Export<E> {
         let name = job.step.name.clone();
         let mut outcome = self.inner.execute(job, ctx).await;
         let restored = matches!(outcome, Outcome::Restored { .. });
-        let (Outcome::Executed { outputs, .. } | Outcome::Restored { outputs, .. }) = &mut outcome else { return outcome };
+        // A failure allowed to fail exports what it wrote before it failed.
+        let Some(outputs) = outcome.outputs_mut() else { return outcome };
         let collected = outputs.dir.clone();
         let needed = self.needed.contains(&name);
         let (out_dir, step, store) = (self.out_dir.clone(), name.clone(), self.store.clone());
@@ -51,7 +52,7 @@ impl<E: Executor> Executor for Export<E> {
             }
             Err(e) => {
                 let (duration, exit_code) = (outcome.duration(), outcome.exit_code());
-                Outcome::Failed { reason: StepFailure::Environment(format!("step `{name}`: {e}")), duration, exit_code }
+                Outcome::Failed { reason: StepFailure::Environment(format!("step `{name}`: {e}")), duration, exit_code, partial: None }
             }
         }
     }

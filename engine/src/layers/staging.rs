@@ -65,12 +65,14 @@ impl<E: Executor> Executor for Staging<E> {
             caches,
         });
         let outcome = self.inner.execute(job, ctx).await;
-        let executed = matches!(outcome, Outcome::Executed { .. });
+        // A success, or a step allowed to fail that kept what it wrote: the collect folder stays.
+        let executed = outcome.outputs().is_some();
         let _ = tokio::task::spawn_blocking(move || {
             // The workspace is no longer needed; its space is freed as soon as the step ends.
             let _ = std::fs::remove_dir_all(&workspace);
             if !executed {
-                // A failed step is never cached, and what it collected (up to a limit) goes now.
+                // A failed step is never cached, and what it collected (up to a limit) goes now,
+                // unless it was allowed to fail and keeps its partial outputs.
                 let _ = std::fs::remove_dir_all(&collect_to);
             }
         })

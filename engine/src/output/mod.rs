@@ -184,9 +184,9 @@ impl PlainRenderer {
                 };
                 vec![format!("{} {} {what}", self.prefix(step), self.marker(*status))]
             }
-            Event::StepFailed { step, status, duration_ms, reason, .. } => {
-                let mut line =
-                    format!("{} {} {} after {}", self.prefix(step), self.marker(*status), status.as_str(), fmt_secs(*duration_ms));
+            Event::StepFailed { step, status, duration_ms, reason, allowed, .. } => {
+                let what = if *allowed { "failed (allowed)" } else { status.as_str() };
+                let mut line = format!("{} {} {what} after {}", self.prefix(step), self.marker(*status), fmt_secs(*duration_ms));
                 // "cancelled after 2.0s: cancelled" would say it twice.
                 if reason != status.as_str() {
                     let _ = write!(line, ": {}", neutralise(reason));
@@ -200,6 +200,7 @@ impl PlainRenderer {
                 let mut lines: Vec<String> = vec![String::new()];
                 lines.extend(summary_table(steps).lines().map(str::to_string));
                 lines.push(summary_line(steps, Duration::from_millis(*duration_ms)));
+                lines.extend(not_started_hint(steps));
                 lines
             }
         }
@@ -215,7 +216,7 @@ pub(crate) fn summary_table(steps: &[StepSummary]) -> String {
             let ran = !matches!(s.status, StepStatus::Skipped | StepStatus::Cached);
             [
                 neutralise(&s.step).into_owned(),
-                s.status.as_str().to_string(),
+                status_text(s).to_string(),
                 if ran { fmt_secs(s.duration_ms) } else { "-".into() },
                 s.exit_code.map_or_else(|| "-".into(), |c| c.to_string()),
                 neutralise(s.reason.as_deref().unwrap_or_default()).into_owned(),
@@ -251,18 +252,43 @@ pub(crate) fn summary_table(steps: &[StepSummary]) -> String {
     out
 }
 
+/// A step's status as the summary writes it: `failed (allowed)` for a failure of a step with
+/// `continue_on_error`.
+fn status_text(s: &StepSummary) -> &'static str {
+    if s.allowed {
+        "failed (allowed)"
+    } else {
+        s.status.as_str()
+    }
+}
+
 /// The last line of a run: `3 succeeded, 1 failed, 2 skipped in 4.1s` (zero counts left out).
 pub(crate) fn summary_line(steps: &[StepSummary], total: Duration) -> String {
-    let order = [StepStatus::Succeeded, StepStatus::Cached, StepStatus::Failed, StepStatus::Cancelled, StepStatus::Skipped];
+    let order = ["succeeded", "cached", "failed", "failed (allowed)", "cancelled", "skipped"];
     let counts: Vec<String> = order
         .iter()
         .filter_map(|status| {
-            let n = steps.iter().filter(|s| s.status == *status).count();
-            (n > 0).then(|| format!("{n} {}", status.as_str()))
+            let n = steps.iter().filter(|s| status_text(s) == *status).count();
+            (n > 0).then(|| format!("{n} {status}"))
         })
         .collect();
     let what = if counts.is_empty() { "no steps".to_string() } else { counts.join(", ") };
     format!("{what} in {}", fmt_secs(u64::try_from(total.as_millis()).unwrap_or(u64::MAX)))
+}
+
+/// After a fail-fast stop: which steps were not started and how to run them.
+fn not_started_hint(steps: &[StepSummary]) -> Option<String> {
+    let names: Vec<String> = steps.iter().filter(|s| s.not_started).map(|s| format!("`{}`", neutralise(&s.step))).collect();
+    if names.is_empty() {
+        return None;
+    }
+    let (n, them) = (names.len(), if names.len() == 1 { "it" } else { "them" });
+    Some(format!(
+        "{n} step{} not started after the failure (fail-fast): {}; `--keep-going` runs {them}, and `continue_on_error: true` \
+         on a step lets the run go on when it fails",
+        if n == 1 { " was" } else { "s were" },
+        names.join(", ")
+    ))
 }
 
 /// One event as one line of JSON (the shape is `Event`'s serde form, see `docs/events.md`).
@@ -335,12 +361,8 @@ mod tests {
     use crate::events::{RunStatus, Stream};
 
     fn summaries() -> Vec<StepSummary> {
-        let row = |step: &str, status, duration_ms, exit_code, reason: Option<&str>| StepSummary {
-            step: step.into(),
-            status,
-            duration_ms,
-            exit_code,
-            reason: reason.map(str::to_string),
+        let row = |step: &str, status, duration_ms, exit_code, reason: Option<&str>| {
+            StepSummary::ended(step.into(), status, duration_ms, exit_code, reason.map(str::to_string))
         };
         vec![
             row("compile", StepStatus::Succeeded, 1234, Some(0), None),
@@ -349,6 +371,17 @@ mod tests {
             row("scan", StepStatus::Cancelled, 2_050, None, Some("cancelled")),
             row("package", StepStatus::Skipped, 0, None, Some("needs `unit-test`, which failed")),
             row("docs", StepStatus::Failed, 150, Some(2), Some("exited with code 2")),
+            StepSummary { allowed: true, ..row("fuzz", StepStatus::Failed, 900, Some(137), Some("killed: out of memory (limit 64 MiB)")) },
+            StepSummary {
+                not_started: true,
+                ..row(
+                    "report",
+                    StepStatus::Skipped,
+                    0,
+                    None,
+                    Some("not started: the run stopped after `docs` failed (fail-fast; --keep-going runs it)"),
+                )
+            },
         ]
     }
 
@@ -368,6 +401,15 @@ mod tests {
                 duration_ms: 30_000,
                 exit_code: None,
                 reason: "timed out after 30s".into(),
+                allowed: false,
+            },
+            Event::StepFailed {
+                step: "fuzz".into(),
+                status: StepStatus::Failed,
+                duration_ms: 900,
+                exit_code: Some(137),
+                reason: "killed: out of memory (limit 64 MiB)".into(),
+                allowed: true,
             },
             Event::StepFailed {
                 step: "scan".into(),
@@ -375,6 +417,7 @@ mod tests {
                 duration_ms: 2050,
                 exit_code: None,
                 reason: "cancelled".into(),
+                allowed: false,
             },
             Event::StepSkipped { step: "package".into(), reason: "needs `unit-test`, which failed".into() },
             Event::RunFinished { run_id: "r-1".into(), status: RunStatus::Failed, duration_ms: 33_400, steps },
@@ -421,7 +464,7 @@ mod tests {
     fn last_line() {
         assert_eq!(
             summary_line(&summaries(), Duration::from_millis(4100)),
-            "1 succeeded, 1 cached, 2 failed, 1 cancelled, 1 skipped in 4.1s"
+            "1 succeeded, 1 cached, 2 failed, 1 failed (allowed), 1 cancelled, 2 skipped in 4.1s"
         );
         assert_eq!(summary_line(&[], Duration::ZERO), "no steps in 0ms");
         assert_eq!(fmt_secs(45), "45ms");
@@ -448,6 +491,7 @@ mod tests {
             duration_ms: 5,
             exit_code: None,
             reason: "output `x\ry` is missing".into(),
+            allowed: false,
         };
         let skipped = Event::StepSkipped { step: "t".into(), reason: "needs `\x1b]0;x\x07`".into() };
         let started = Event::RunStarted { run_id: "r\x1bc".into(), workflow: "w\x1b[2J".into(), steps: vec!["s\x1b[1A".into()] };
@@ -456,11 +500,8 @@ mod tests {
             status: RunStatus::Failed,
             duration_ms: 5,
             steps: vec![StepSummary {
-                step: "s\x1b[1A".into(),
-                status: StepStatus::Failed,
-                duration_ms: 5,
-                exit_code: None,
-                reason: Some("\x1b[31mred\r".into()),
+                not_started: true,
+                ..StepSummary::ended("s\x1b[1A".into(), StepStatus::Failed, 5, None, Some("\x1b[31mred\r".into()))
             }],
         };
         for event in [started, failed, skipped, finished] {

@@ -2,7 +2,9 @@
 //! succeeded, in parallel, bounded by `jobs` and by the CPU/memory [`HostBudget`] (a step reserves
 //! its `limits.cpus` and `limits.memory` while it runs). Fail-fast by default: after a failure no
 //! new step starts and the run ends once running steps finish; `keep_going` runs every step whose
-//! needs succeeded. Cancellation stops dispatch and cancels running steps.
+//! needs succeeded. A step with `continue_on_error` that fails does neither: the run goes on, its
+//! failure does not fail the run, and the steps that need it run with the outputs it kept.
+//! Cancellation stops dispatch and cancels running steps.
 //!
 //! The scheduler never talks to Docker or the filesystem: it only orders work. All decisions are
 //! made by one loop that owns the run's state; executor tasks only report back their outcome, so
@@ -90,15 +92,25 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
-    fn succeeded(&self, i: usize) -> bool {
-        matches!(self.states[i].status(), Some(StepStatus::Succeeded | StepStatus::Cached))
+    /// Whether the steps that need step `i` can run: it succeeded, or it failed, was allowed to,
+    /// and kept its outputs.
+    fn usable(&self, i: usize) -> bool {
+        match &self.states[i] {
+            State::Done(s) => {
+                matches!(s.status, StepStatus::Succeeded | StepStatus::Cached)
+                    || s.allowed && self.outcomes[i].as_ref().and_then(Outcome::outputs).is_some()
+            }
+            _ => false,
+        }
     }
 
     /// Why a pending step can never run because of its needs, if so.
     fn blocked_by(&self, i: usize) -> Option<String> {
         self.plan.steps[i].needs.iter().find_map(|&n| {
             let what = match self.states[n].status()? {
+                _ if self.usable(n) => return None,
                 StepStatus::Succeeded | StepStatus::Cached => return None,
+                StepStatus::Failed if self.plan.steps[n].step.continue_on_error => "failed and kept no outputs",
                 StepStatus::Failed => "failed",
                 StepStatus::Skipped => "was skipped",
                 StepStatus::Cancelled => "was cancelled",
@@ -107,11 +119,10 @@ impl Run<'_> {
         })
     }
 
-    fn skip(&mut self, i: usize, reason: String) {
+    fn skip(&mut self, i: usize, reason: String, not_started: bool) {
         let step = self.plan.steps[i].step.name.clone();
         self.events.emit(Event::StepSkipped { step: step.clone(), reason: reason.clone() });
-        self.states[i] =
-            State::Done(StepSummary { step, status: StepStatus::Skipped, duration_ms: 0, exit_code: None, reason: Some(reason) });
+        self.states[i] = State::Done(StepSummary { not_started, ..StepSummary::skipped(step, Some(reason)) });
     }
 
     /// Skip pending steps whose needs failed or were skipped. Plan order is topological, so one
@@ -120,7 +131,7 @@ impl Run<'_> {
         for i in 0..self.states.len() {
             if matches!(self.states[i], State::Pending) {
                 if let Some(reason) = self.blocked_by(i) {
-                    self.skip(i, reason);
+                    self.skip(i, reason, false);
                 }
             }
         }
@@ -175,6 +186,7 @@ impl Run<'_> {
         self.millicpus -= step.limits.millicpus;
         self.memory -= step.limits.memory;
         let name = step.name.clone();
+        let mut allowed = false;
         let (status, reason) = match ended {
             Ended::Succeeded => (StepStatus::Succeeded, None),
             Ended::Cached => (StepStatus::Cached, None),
@@ -193,15 +205,20 @@ impl Run<'_> {
                 self.step_failed(&name);
                 (StepStatus::Cancelled, Some(StepFailure::Cancelled.to_string()))
             }
+            // Allowed to fail: neither the run's result nor fail-fast hears of it.
+            Ended::Failed(reason) if step.continue_on_error => {
+                allowed = true;
+                (StepStatus::Failed, Some(reason))
+            }
             Ended::Failed(reason) => {
                 self.step_failed(&name);
                 (StepStatus::Failed, Some(reason))
             }
         };
-        let summary = StepSummary { step: name.clone(), status, duration_ms, exit_code, reason: reason.clone() };
+        let summary = StepSummary { allowed, ..StepSummary::ended(name.clone(), status, duration_ms, exit_code, reason.clone()) };
         self.events.emit(match reason {
             None => Event::StepFinished { step: name, status, duration_ms, exit_code },
-            Some(reason) => Event::StepFailed { step: name, status, duration_ms, exit_code, reason },
+            Some(reason) => Event::StepFailed { step: name, status, duration_ms, exit_code, reason, allowed },
         });
         self.states[i] = State::Done(summary);
     }
@@ -222,15 +239,19 @@ impl Run<'_> {
         }
     }
 
-    /// The reason given to steps that never started because dispatch stopped.
-    fn not_started_reason(&self) -> String {
-        match &self.stop {
-            Some(Stop::Failed(step)) => format!("not started: the run stopped after `{step}` failed"),
+    /// The reason given to steps that never started because dispatch stopped, and whether
+    /// `--keep-going` would have run them.
+    fn not_started_reason(&self) -> (String, bool) {
+        let reason = match &self.stop {
+            Some(Stop::Failed(step)) => {
+                return (format!("not started: the run stopped after `{step}` failed (fail-fast; --keep-going runs it)"), true)
+            }
             Some(Stop::Environment(step)) => {
                 format!("not started: the run stopped after `{step}` failed because of the environment")
             }
             Some(Stop::Cancelled) | None => "not started: the run was cancelled".into(),
-        }
+        };
+        (reason, false)
     }
 
     fn status(&self) -> RunStatus {
@@ -276,7 +297,7 @@ pub async fn run<E: Executor>(
         if run.stop.is_none() {
             for i in 0..plan.steps.len() {
                 let step = &plan.steps[i].step;
-                let ready = matches!(run.states[i], State::Pending) && plan.steps[i].needs.iter().all(|&n| run.succeeded(n));
+                let ready = matches!(run.states[i], State::Pending) && plan.steps[i].needs.iter().all(|&n| run.usable(n));
                 if !ready || !run.fits(&step.limits) {
                     continue;
                 }
@@ -317,11 +338,17 @@ pub async fn run<E: Executor>(
         }
     }
 
-    let reason = run.not_started_reason();
+    let (reason, keep_going_would_run) = run.not_started_reason();
     for i in 0..plan.steps.len() {
         if matches!(run.states[i], State::Pending) {
-            let reason = run.blocked_by(i).unwrap_or_else(|| reason.clone());
-            run.skip(i, reason);
+            match run.blocked_by(i) {
+                // Behind a step fail-fast did not start: `--keep-going` would have got here too.
+                Some(blocked) => {
+                    let after = plan.steps[i].needs.iter().any(|&n| matches!(&run.states[n], State::Done(s) if s.not_started));
+                    run.skip(i, blocked, after)
+                }
+                None => run.skip(i, reason.clone(), keep_going_would_run),
+            }
         }
     }
     let status = run.status();
@@ -333,9 +360,7 @@ pub async fn run<E: Executor>(
         .map(|(state, planned)| match state {
             State::Done(summary) => summary,
             // Unreachable: the loop ends only when nothing runs and every pending step is skipped.
-            State::Pending | State::Running(_) => {
-                StepSummary { step: planned.step.name.clone(), status: StepStatus::Skipped, duration_ms: 0, exit_code: None, reason: None }
-            }
+            State::Pending | State::Running(_) => StepSummary::skipped(planned.step.name.clone(), None),
         })
         .collect();
     RunReport { status, steps, outcomes }

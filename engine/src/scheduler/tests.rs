@@ -20,11 +20,13 @@ struct Behaviour {
     exit_code: Option<i64>,
     panic: bool,
     cached: bool,
+    /// On failure, the outputs it kept (a step with `continue_on_error`).
+    partial: bool,
 }
 
 impl Default for Behaviour {
     fn default() -> Self {
-        Behaviour { duration: Duration::from_secs(1), result: Ok(()), exit_code: Some(0), panic: false, cached: false }
+        Behaviour { duration: Duration::from_secs(1), result: Ok(()), exit_code: Some(0), panic: false, cached: false, partial: false }
     }
 }
 
@@ -115,7 +117,7 @@ impl Executor for Fake {
         match b.result {
             Ok(()) if b.cached => Outcome::Restored { outputs: outputs_of(&step.name), exit_code: b.exit_code.unwrap_or(0) },
             Ok(()) => Outcome::Executed { outputs: outputs_of(&step.name), duration, exit_code: b.exit_code.unwrap_or(0) },
-            Err(reason) => Outcome::Failed { reason, duration, exit_code: b.exit_code },
+            Err(reason) => Outcome::Failed { reason, duration, exit_code: b.exit_code, partial: b.partial.then(|| outputs_of(&step.name)) },
         }
     }
 }
@@ -299,7 +301,7 @@ async fn fail_fast_starts_nothing_new_and_lets_running_steps_finish() {
         [
             ("d".to_string(), "needs `a`, which failed".to_string()),
             ("e".to_string(), "needs `d`, which was skipped".to_string()),
-            ("c".to_string(), "not started: the run stopped after `a` failed".to_string()),
+            ("c".to_string(), "not started: the run stopped after `a` failed (fail-fast; --keep-going runs it)".to_string()),
         ]
     );
     assert!(events.contains(&Event::StepFailed {
@@ -307,7 +309,8 @@ async fn fail_fast_starts_nothing_new_and_lets_running_steps_finish() {
         status: StepStatus::Failed,
         duration_ms: 1000,
         exit_code: Some(2),
-        reason: "exited with code 2".into()
+        reason: "exited with code 2".into(),
+        allowed: false,
     }));
 }
 
@@ -367,7 +370,8 @@ async fn cancellation_cancels_running_steps_and_starts_nothing_new() {
         status: StepStatus::Cancelled,
         duration_ms: 5000,
         exit_code: None,
-        reason: "cancelled".into()
+        reason: "cancelled".into(),
+        allowed: false,
     }));
 }
 
@@ -401,4 +405,52 @@ async fn an_empty_plan_succeeds() {
     let (report, events) = go(&p, &Arc::new(Fake::new()), config(2), CancellationToken::new()).await;
     assert_eq!(report.status, RunStatus::Succeeded);
     assert!(report.steps.is_empty() && events.is_empty());
+}
+
+/// `a` (allowed to fail) fails after 1 s; `b` is independent and starts after `a` failed (one
+/// job); `d` needs `a`, `e` needs `d`.
+fn allowed_failure(partial: bool) -> (Plan, Arc<Fake>) {
+    let mut a = step("a");
+    a.continue_on_error = true;
+    let wf = workflow("w").with(a).step("b", &[]).step("d", &["a"]).step("e", &["d"]).build();
+    let fake = Fake::new().with("a", |b| {
+        b.result = Err(StepFailure::OutOfMemory { limit: GIB });
+        b.exit_code = Some(137);
+        b.partial = partial;
+    });
+    (plan(wf, &[], BIG).unwrap(), Arc::new(fake))
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_allowed_failure_neither_fails_nor_stops_the_run_and_its_dependents_get_what_it_kept() {
+    let (p, fake) = allowed_failure(true);
+    let (report, events) = go(&p, &fake, config(1), CancellationToken::new()).await;
+    assert_eq!(report.status, RunStatus::Succeeded);
+    assert_eq!(statuses(&report), "a=failed b=succeeded d=succeeded e=succeeded");
+    let a = &report.steps[0];
+    assert!(a.allowed && !a.not_started);
+    assert_eq!((a.exit_code, reason(&report, "a")), (Some(137), "killed: out of memory (limit 1g)"));
+    assert!(events.iter().any(|e| matches!(e, Event::StepFailed { step, allowed: true, .. } if step == "a")));
+    let upstream = fake.record.lock().unwrap().upstream["d"].clone();
+    assert_eq!(upstream, [("a".to_string(), Some(outputs_of("a")))]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_allowed_failure_that_kept_nothing_skips_its_dependents_only() {
+    let (p, fake) = allowed_failure(false);
+    let (report, _) = go(&p, &fake, config(1), CancellationToken::new()).await;
+    assert_eq!(report.status, RunStatus::Succeeded);
+    assert_eq!(statuses(&report), "a=failed b=succeeded d=skipped e=skipped");
+    assert_eq!(reason(&report, "d"), "needs `a`, which failed and kept no outputs");
+    assert!(report.steps.iter().all(|s| !s.not_started));
+}
+
+#[tokio::test(start_paused = true)]
+async fn fail_fast_marks_what_keep_going_would_have_run() {
+    let (p, fake) = failing();
+    let (report, _) = go(&p, &fake, config(2), CancellationToken::new()).await;
+    let not_started: Vec<&str> = report.steps.iter().filter(|s| s.not_started).map(|s| s.step.as_str()).collect();
+    // `c` was never started because of fail-fast; `d` and `e` need the failed `a` and would not
+    // run with `--keep-going` either.
+    assert_eq!(not_started, ["c"]);
 }
