@@ -102,6 +102,12 @@ pub struct Step {
 }
 
 impl Step {
+    /// Whether programs may be executed from the step's `/tmp`: always, except under the
+    /// `sandbox` profile (compilers, rustdoc, pip builds and test runners execute from there).
+    pub fn tmp_exec(&self) -> bool {
+        self.profile.as_deref() != Some("sandbox")
+    }
+
     /// A step with the spec's defaults for everything but its name, image and command: what a
     /// workflow gets when it sets only those (no inputs, outputs, needs, env or secrets; cache
     /// on; workdir /workspace; default isolation and limits).

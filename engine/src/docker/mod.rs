@@ -140,7 +140,7 @@ fn container_spec(job: &StepJob) -> docker::run::ContainerSpec {
         collect_to: job.collect_to.clone(),
         outputs: step.outputs.clone(),
         // Docker mounts a tmpfs `noexec` unless told otherwise; only the sandbox keeps that.
-        tmp_exec: step.profile.as_deref() != Some("sandbox"),
+        tmp_exec: step.tmp_exec(),
         // A step allowed to fail keeps what it wrote before it failed (an analyst wants the
         // partial stdout of a program that timed out).
         partial_outputs: step.continue_on_error,
