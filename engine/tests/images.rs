@@ -176,3 +176,50 @@ fn build_containers_of_a_killed_engine_are_cleaned_and_images_keep_no_run_labels
     }
     assert_eq!(labels.get("engine.image").map(String::as_str), Some(format!("{image}-ok").as_str()));
 }
+
+/// The offline busybox image (`scripts/import-busybox.sh`) has the official `busybox` image's
+/// PATH, so a tool an image stage copies into /usr/local/bin is found by name, as on `busybox:1`.
+#[test]
+fn the_offline_busybox_image_finds_a_tool_copied_into_usr_local_bin() {
+    let wf = unique("bbpath").to_lowercase();
+    let base = format!("local/{wf}:1");
+    let _cleanup = Images(wf.clone());
+    let _base = Tag(base.clone());
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/import-busybox.sh");
+    let o = Command::new("bash").arg(script).arg(&base).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = Command::new("docker").args(["image", "inspect", "-f", "{{json .Config.Env}}", &base]).output().unwrap();
+    let env: Vec<String> = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(env.contains(&"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()), "{env:?}");
+
+    let p = Project::new(&format!(
+        r#"version: 1
+name: {wf}
+images:
+  {wf}-tool:
+    stages:
+      - name: tool
+        from: {base}
+        copy: [{{ src: tools/greet.sh, dst: /usr/local/bin/greet }}]
+        run: ["chmod 755 /usr/local/bin/greet"]
+steps:
+  use:
+    image: {wf}-tool
+    run: greet > out.txt
+    outputs: [out.txt]
+"#
+    ));
+    p.write("tools/greet.sh", &format!("#!/bin/sh\necho hello from {wf}\n"));
+    let o = p.run(&["run"]);
+    assert_eq!(code(&o), 0, "stdout:\n{}\nstderr:\n{}", text(&o.stdout), text(&o.stderr));
+    assert_eq!(std::fs::read_to_string(p.path().join(".engine/out/use/out.txt")).unwrap(), format!("hello from {wf}\n"));
+}
+
+/// Removes one tag (and its image, when that was the last tag).
+struct Tag(String);
+
+impl Drop for Tag {
+    fn drop(&mut self) {
+        let _ = Command::new("docker").args(["rmi", &self.0]).output();
+    }
+}
