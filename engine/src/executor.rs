@@ -200,6 +200,8 @@ pub(crate) enum RunReason {
     Cache(cache::Reason),
     /// The image under `images:` it uses has no image for its current definition yet.
     ImageNotBuilt(String),
+    /// The newest run record of the workflow in which the step ran says it failed (run id).
+    FailedLastRun(String),
 }
 
 impl std::fmt::Display for RunReason {
@@ -207,6 +209,7 @@ impl std::fmt::Display for RunReason {
         match self {
             RunReason::Cache(reason) => reason.fmt(f),
             RunReason::ImageNotBuilt(name) => write!(f, "image `{name}` is not built yet"),
+            RunReason::FailedLastRun(run) => write!(f, "failed in the last run ({run})"),
         }
     }
 }

@@ -303,13 +303,19 @@ pub async fn forecast(
     });
     let config = SchedulerConfig { jobs: session.plan.steps.len().max(1), budget: HostBudget::UNLIMITED, keep_going: true };
     let report = scheduler::run(&session.plan, executor, config, EventSink::null(), CancellationToken::new()).await;
+    let records = record::list(&session.workflow.dir);
     let forecasts = report
         .outcomes
         .into_iter()
-        .map(|outcome| match outcome {
-            Some(Outcome::Planned(prediction)) => Forecast::of(*prediction),
-            // The dry run predicts every step; anything else is a bug, said as a reason.
-            _ => Forecast { components: None, cached: false, reasons: vec![RunReason::Cache(cache::Reason::EntryMissing)] },
+        .zip(&session.plan.steps)
+        .map(|(outcome, planned)| {
+            let mut forecast = match outcome {
+                Some(Outcome::Planned(prediction)) => Forecast::of(*prediction),
+                // The dry run predicts every step; anything else is a bug, said as a reason.
+                _ => Forecast { components: None, cached: false, reasons: vec![RunReason::Cache(cache::Reason::EntryMissing)] },
+            };
+            forecast.note_last_run(&session.workflow.name, &planned.step.name, &records);
+            forecast
         })
         .collect();
     Ok((session.plan, forecasts))

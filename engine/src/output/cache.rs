@@ -22,7 +22,7 @@ pub fn explain(step: &str, forecast: &Forecast) -> String {
     let Some(c) = &forecast.components else {
         let image = forecast.reasons.iter().find_map(|r| match r {
             RunReason::ImageNotBuilt(name) => Some(name),
-            RunReason::Cache(_) => None,
+            RunReason::Cache(_) | RunReason::FailedLastRun(_) => None,
         });
         match image {
             Some(name) => {
