@@ -139,6 +139,7 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<RunStatus,
         inputs: Arc::new(prepared.inputs),
         store: store.clone(),
         secrets: Arc::new(secrets),
+        run_started: record::run_started_secs(&run_id),
     };
     // Steps some planned step needs: their outputs are written to their collect folders (staged
     // from there) and exported by copy; the others' are moved, or left in the store on a hit.
@@ -155,7 +156,7 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<RunStatus,
     };
     let image = Image { inner: caching, images: images.clone() };
     let export = Export { inner: image, out_dir, needed, store: store.clone() };
-    let executor = Arc::new(Recording { inner: export, recorder: recorder.clone(), log_limit });
+    let executor = Arc::new(Recording { inner: export, recorder: recorder.clone(), log_limit, run_started: record::run_started_secs(&run_id) });
 
     let config = SchedulerConfig { jobs, budget, keep_going: cfg.keep_going };
     tracing::debug!(elapsed = ?started.elapsed(), "prepared; starting the scheduler");
