@@ -82,6 +82,8 @@ pub(crate) struct StepImage {
     pub id: cache::ImageId,
     /// As the record names it: the reference, or `images.<name>` for an engine-built image.
     pub reference: String,
+    /// For an engine-built image: the images it was built from (reference, ID).
+    pub bases: Vec<(String, cache::ImageId)>,
 }
 
 /// The host side of one container, prepared by a stager.

@@ -265,6 +265,11 @@ fn start_record(
             dir: absolute(&workflow.dir),
             // The text the workflow was loaded from: the file is not read a second time.
             digest: cache::Digest::of(workflow.source.text.as_bytes()),
+            modules: workflow
+                .modules
+                .iter()
+                .map(|m| record::ModuleInfo { name: m.name.clone(), digest: cache::Digest::of(m.text.as_bytes()) })
+                .collect(),
         },
         invocation: record::Invocation {
             targets: cfg.targets.clone(),

@@ -31,6 +31,6 @@ pub use prune::{prune, run_started, PrunePolicy, PruneReason, PruneReport, Prune
 pub use read::{find, find_current, list, read, read_regular, runs_dir, ReadRefused, RecordError, MAX_RECORD_BYTES};
 pub use recorder::{Recorder, FLUSH_EVERY};
 pub use schema::{
-    run_started_secs, source_date_epoch, source_date_epoch_unclamped, timestamp, EngineInfo, HostInfo, ImageRecord, Invocation, LogRecord, RecordStatus, RunRecord, RunSummary,
+    BaseImage,     run_started_secs, source_date_epoch, source_date_epoch_unclamped, timestamp, EngineInfo, HostInfo, ImageRecord, Invocation, LogRecord, ModuleInfo, RecordStatus, RunRecord, RunSummary,
     StepRecord, StepState, WorkflowInfo, SCHEMA, SCHEMA_V1,
 };

@@ -162,6 +162,21 @@ pub struct WorkflowInfo {
     /// The digest of the workflow file's bytes; written `sha256:<hex>`.
     #[serde(with = "cache::digest::prefixed")]
     pub digest: Digest,
+    /// Every `.wf` module it imported (directly or not), each once, with the digest of the text
+    /// that was loaded. Absent from records of engines that did not keep them.
+    #[serde(default)]
+    pub modules: Vec<ModuleInfo>,
+}
+
+/// One imported `.wf` module of a run's workflow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleInfo {
+    /// Its path relative to the workflow's folder, or `stdlib/<path>` for a module of the
+    /// workflow library.
+    pub name: String,
+    /// The digest of its text as loaded; written `sha256:<hex>`.
+    #[serde(with = "cache::digest::prefixed")]
+    pub digest: Digest,
 }
 
 /// The command line that started the run (nothing from the environment but what it names).
@@ -295,6 +310,19 @@ pub struct ImageRecord {
     /// The reference as written (`local/busybox:1`), or `images.<name>` for an engine-built one.
     pub reference: String,
     /// The image ID (`sha256:<hex>`).
+    pub id: ImageId,
+    /// For an image the engine built (`images.<name>`): the images it was built from (each
+    /// stage's base, or what its Dockerfile's `FROM` and `--from` name), with their IDs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bases: Vec<BaseImage>,
+}
+
+/// An image an engine-built image was built from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BaseImage {
+    /// The reference as written in the workflow or Dockerfile.
+    pub reference: String,
+    /// Its image ID when the image was built (`sha256:<hex>`).
     pub id: ImageId,
 }
 

@@ -32,7 +32,11 @@ impl<E: Executor> Executor for Recording<E> {
                 r.key = Some(key);
                 // The input files are not in the record: their manifest is in the store, by digest.
                 r.key_components = Some(components.without_inputs());
-                r.image = Some(record::ImageRecord { reference: image.reference, id: image.id });
+                r.image = Some(record::ImageRecord {
+                    reference: image.reference,
+                    id: image.id,
+                    bases: image.bases.into_iter().map(|(reference, id)| record::BaseImage { reference, id }).collect(),
+                });
                 r.source_date_epoch = (!step.env.contains_key("SOURCE_DATE_EPOCH")).then(|| record::source_date_epoch(&key, run_started));
                 r.started_at = Some(record::timestamp(std::time::SystemTime::now()));
             }),
