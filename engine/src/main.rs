@@ -299,9 +299,16 @@ async fn images_command(cmd: ImagesCommand) -> Result<i32, StartError> {
             let list = builder.list().await.map_err(failed)?;
             output::commands::images(&list);
         }
-        ImagesCommand::Prune => {
+        ImagesCommand::Prune { file, all: true } => {
+            debug_assert!(file.is_none());
             let removed = builder.prune(&[]).await.map_err(failed)?;
             output::commands::images_pruned(removed.len());
+        }
+        ImagesCommand::Prune { file, all: false } => {
+            let file = workflow_file(file)?;
+            let workflow = engine::front::load(&file, &dsl::policy::Policy::default())?;
+            let report = builder.prune_workflow(&workflow.name).await.map_err(failed)?;
+            output::commands::workflow_images_pruned(&workflow.name, &report);
         }
         ImagesCommand::Import { rootfs, reference } => {
             let id = builder.import_rootfs(&rootfs, &reference).await.map_err(failed)?;

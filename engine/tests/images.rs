@@ -223,3 +223,47 @@ impl Drop for Tag {
         let _ = Command::new("docker").args(["rmi", &self.0]).output();
     }
 }
+
+/// `engine images prune` removes this workflow's images only: an image it shares with another
+/// workflow (the same stages give the same image, tagged once per workflow) loses this
+/// workflow's tag and stays for the other, and a third workflow's image is untouched.
+#[test]
+fn images_prune_is_scoped_to_the_workflow_and_keeps_an_image_another_workflow_tags() {
+    let base = unique("prune").to_lowercase();
+    let (a, b, c) = (format!("{base}-a"), format!("{base}-b"), format!("{base}-c"));
+    let shared = format!("{base}-shared");
+    let _cleanup = [Images(a.clone()), Images(b.clone()), Images(c.clone())];
+    let project = |wf: &str, own: &str| {
+        let p = Project::new(&format!(
+            "version: 1\nname: {wf}\nimages:\n  {shared}:\n    stages:\n      - {{ name: s, from: {IMAGE}, run: [\"echo {shared} > /shared\"] }}\n  \
+             {own}:\n    stages:\n      - {{ name: s, from: {IMAGE}, run: [\"echo {own} > /own\"] }}\n\
+             steps:\n  one: {{ image: {shared}, run: cat /shared }}\n  two: {{ image: {own}, run: cat /own }}\n"
+        ));
+        let o = p.run(&["run"]);
+        assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+        p
+    };
+    let (pa, _pb, _pc) = (project(&a, &format!("{a}-tool")), project(&b, &format!("{b}-tool")), project(&c, &format!("{c}-tool")));
+    let tags = |glob: &str| -> Vec<String> {
+        let o = Command::new("docker").args(["images", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}", "--filter", &format!("reference={glob}")]).output().unwrap();
+        text(&o.stdout).lines().map(str::to_string).collect()
+    };
+    let shared_a = image_id(&format!("{a}/{shared}"));
+    assert_eq!(shared_a, image_id(&format!("{b}/{shared}")), "the same image, tagged once per workflow");
+    let (own_b, own_c) = (image_id(&format!("{b}/{b}-tool")), image_id(&format!("{c}/{c}-tool")));
+
+    let o = pa.run(&["images", "prune"]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    assert!(out.contains(&format!("workflow `{a}`: removed 2 tags")), "{out}");
+    assert!(out.contains(&format!("also tagged {b}/{shared}:")), "{out}");
+    assert!(tags(&format!("{a}/*")).is_empty(), "{:?}", tags(&format!("{a}/*")));
+    assert_eq!(image_id(&format!("{b}/{shared}")), shared_a, "the shared image stays for b");
+    assert_eq!(image_id(&format!("{b}/{b}-tool")), own_b);
+    assert_eq!(image_id(&format!("{c}/{c}-tool")), own_c);
+
+    // A run of `a` finds or rebuilds what it needs again.
+    let o = pa.run(&["run"]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    assert_eq!(image_id(&format!("{a}/{shared}")), shared_a, "the shared image is found again, not rebuilt");
+}

@@ -19,6 +19,7 @@ mod manage;
 mod stages;
 
 pub use build::{Builder, ImageInfo};
+pub use manage::WorkflowPrune;
 pub use key::StageKey;
 
 use std::path::Path;
