@@ -210,12 +210,14 @@ async fn cache_command(cmd: CacheCommand) -> Result<i32, StartError> {
     match cmd {
         CacheCommand::Ls(dir) => {
             let store = run::open_store(&dir.resolve())?;
-            output::cache::print_ls(&store.list(), store.dir());
+            let usage = store.usage().map_err(|e| EnvironmentError(e.to_string()))?;
+            output::cache::print_ls(&store.list(), &usage, store.dir());
         }
         CacheCommand::Gc { max_size, dir } => {
             let store = run::open_store(&dir.resolve())?;
             let report = store.gc(max_size).map_err(|e| EnvironmentError(e.to_string()))?;
-            output::cache::print_gc(&report);
+            let usage = store.usage().map_err(|e| EnvironmentError(e.to_string()))?;
+            output::cache::print_gc(&report, &usage);
         }
         CacheCommand::Verify(dir) => {
             let store = run::open_store(&dir.resolve())?;
