@@ -156,7 +156,8 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<RunStatus,
     };
     let image = Image { inner: caching, images: images.clone() };
     let export = Export { inner: image, out_dir, needed, store: store.clone() };
-    let executor = Arc::new(Recording { inner: export, recorder: recorder.clone(), log_limit, run_started: record::run_started_secs(&run_id) });
+    let executor =
+        Arc::new(Recording { inner: export, recorder: recorder.clone(), log_limit, run_started: record::run_started_secs(&run_id) });
 
     let config = SchedulerConfig { jobs, budget, keep_going: cfg.keep_going };
     tracing::debug!(elapsed = ?started.elapsed(), "prepared; starting the scheduler");

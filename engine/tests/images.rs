@@ -245,7 +245,10 @@ fn images_prune_is_scoped_to_the_workflow_and_keeps_an_image_another_workflow_ta
     };
     let (pa, _pb, _pc) = (project(&a, &format!("{a}-tool")), project(&b, &format!("{b}-tool")), project(&c, &format!("{c}-tool")));
     let tags = |glob: &str| -> Vec<String> {
-        let o = Command::new("docker").args(["images", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}", "--filter", &format!("reference={glob}")]).output().unwrap();
+        let o = Command::new("docker")
+            .args(["images", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}", "--filter", &format!("reference={glob}")])
+            .output()
+            .unwrap();
         text(&o.stdout).lines().map(str::to_string).collect()
     };
     let shared_a = image_id(&format!("{a}/{shared}"));

@@ -19,8 +19,8 @@ mod manage;
 mod stages;
 
 pub use build::{Builder, ImageInfo};
-pub use manage::WorkflowPrune;
 pub use key::StageKey;
+pub use manage::WorkflowPrune;
 
 use std::path::Path;
 

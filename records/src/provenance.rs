@@ -103,11 +103,8 @@ pub fn statement(record: &RunRecord, manifests: impl Fn(&Digest) -> Option<Vec<I
     // The steps whose files the run exported (executed or restored from the cache, with at least
     // one file among their outputs: the subjects are files, and a step without one is no
     // subject's producer).
-    let attested: Vec<&StepRecord> = record
-        .steps
-        .iter()
-        .filter(|s| s.status.has_outputs() && s.outputs.iter().any(|o| matches!(o, OutputEntry::File { .. })))
-        .collect();
+    let attested: Vec<&StepRecord> =
+        record.steps.iter().filter(|s| s.status.has_outputs() && s.outputs.iter().any(|o| matches!(o, OutputEntry::File { .. }))).collect();
     let inputs = input_files(record, &attested, manifests)?;
 
     let mut subjects: Vec<(String, Value)> = attested

@@ -351,7 +351,7 @@ pub fn timestamp(t: SystemTime) -> String {
 /// that the same inputs always see the same time and the variable never changes a key by itself
 /// (it is not part of the key; the key decides it). Falls between 2001-09-09 and 2017-07-14, so
 /// it is in the past; and it is never after `run_started` (the run's start in Unix seconds, see
-/// [`run_started_secs`]), which only a host clock set before 2017 can make matter.
+/// [`crate::run_started_secs`]), which only a host clock set before 2017 can make matter.
 pub fn source_date_epoch(key: &cache::ActionKey, run_started: u64) -> u64 {
     (1_000_000_000 + key_bits(key) % 500_000_000).min(run_started)
 }
@@ -368,14 +368,6 @@ fn key_bits(key: &cache::ActionKey) -> u64 {
     u64::from_be_bytes(first)
 }
 
-/// When run `run_id` started, in Unix seconds (from its id; `u64::MAX`, no bound, for an id that
-/// is no run id).
-pub fn run_started_secs(run_id: &str) -> u64 {
-    crate::prune::run_started(run_id)
-        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
-        .map_or(u64::MAX, |d| d.as_secs())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -383,7 +375,7 @@ mod tests {
     #[test]
     fn source_date_epoch_is_a_past_time_fixed_by_the_key_and_never_after_the_run() {
         let k = cache::ActionKey::from_digest(cache::Digest::of(b"x"));
-        let now = run_started_secs("6a1e2f00abcdef");
+        let now = 0x6a1e2f00;
         assert_eq!(source_date_epoch(&k, now), source_date_epoch(&k, now));
         assert!((1_000_000_000..1_500_000_000).contains(&source_date_epoch(&k, now)));
         assert_ne!(source_date_epoch(&k, now), source_date_epoch(&cache::ActionKey::from_digest(cache::Digest::of(b"y")), now));
@@ -393,7 +385,5 @@ mod tests {
             assert!(source_date_epoch(&k, u64::MAX) < 1_500_000_000);
             assert_eq!(source_date_epoch(&k, 1_200_000_000), source_date_epoch(&k, u64::MAX).min(1_200_000_000));
         }
-        assert_eq!(run_started_secs("6a1e2f00abcdef"), 0x6a1e2f00);
-        assert_eq!(run_started_secs("not-a-run"), u64::MAX);
     }
 }

@@ -95,11 +95,7 @@ fn print_usage(u: &Usage) {
         u.input_manifests,
         fmt_size(u.input_manifest_bytes)
     );
-    println!(
-        "  unreferenced:  {} blobs, {} (`engine cache gc` removes them)",
-        u.unreferenced_blobs,
-        fmt_size(u.unreferenced_bytes)
-    );
+    println!("  unreferenced:  {} blobs, {} (`engine cache gc` removes them)", u.unreferenced_blobs, fmt_size(u.unreferenced_bytes));
     println!("  on disk:  {} (entries {})", fmt_size(u.total_bytes()), fmt_size(u.entry_bytes));
 }
 

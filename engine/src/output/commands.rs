@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use crate::docker::ImageId;
 use super::neutralise;
+use crate::docker::ImageId;
 use crate::units::fmt_size;
 
 /// `engine check`: the workflow loaded and planned.
@@ -91,12 +91,7 @@ pub fn images_pruned(count: usize) {
 /// `engine images prune` of one workflow: what was untagged and removed, and what stays because
 /// another workflow tags it (or a container uses it).
 pub fn workflow_images_pruned(workflow: &str, report: &images::WorkflowPrune) {
-    println!(
-        "workflow `{}`: removed {} tags and {} images",
-        neutralise(workflow),
-        report.untagged.len(),
-        report.removed.len()
-    );
+    println!("workflow `{}`: removed {} tags and {} images", neutralise(workflow), report.untagged.len(), report.removed.len());
     for (id, tags) in &report.kept {
         if tags.is_empty() {
             println!("  kept {}: still in use by a container", id.short());

@@ -68,10 +68,7 @@ fn external_parameters_are_the_workflow_targets_and_resolved_steps() {
     let ext = &s["predicate"]["buildDefinition"]["externalParameters"];
     let keys: BTreeSet<&str> = ext.as_object().unwrap().keys().map(String::as_str).collect();
     assert_eq!(keys, BTreeSet::from(["workflow", "targets", "steps"]));
-    assert_eq!(
-        ext["workflow"],
-        json!({ "name": "demo", "file": "workflow.yml", "digest": { "sha256": digest("version: 1\n").hex() } })
-    );
+    assert_eq!(ext["workflow"], json!({ "name": "demo", "file": "workflow.yml", "digest": { "sha256": digest("version: 1\n").hex() } }));
     assert_eq!(ext["targets"], json!(["package"]));
     assert_eq!(names(&ext["steps"]), ["build", "package"]);
     assert_eq!(
