@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Offline base image: imports Debian's busybox-static as `local/busybox:1` (or the tag given as $1).
 # No registry is needed; the image is a single static binary plus its applet links (about 2 MB).
+# Its PATH is the official `busybox` image's, so a tool an image stage puts in /usr/local/bin (or
+# /usr/bin, /sbin...) is found by name, as it would be on `busybox:1`.
 # Online alternative: `docker pull busybox:1 && docker tag busybox:1 local/busybox:1`.
 set -euo pipefail
 tag="${1:-local/busybox:1}"
@@ -28,5 +30,5 @@ printf 'root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/workspace:/bin/sh\
 printf 'root:x:0:\nuser:x:1000:\n' > "$root/etc/group"
 chmod 1777 "$root/tmp"
 tar -C "$root" --numeric-owner --owner=0 --group=0 -c . \
-  | docker import --change 'ENV PATH=/bin' --change 'CMD ["/bin/sh"]' - "$tag" >/dev/null
+  | docker import --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' --change 'CMD ["/bin/sh"]' - "$tag" >/dev/null
 echo "imported $tag"

@@ -38,6 +38,7 @@ use crate::key::{ActionKey, KeyComponents};
 use crate::Digest;
 use fsio::at;
 pub use fsio::sanitise;
+pub use maint::Usage;
 
 /// The folders under `v1/`.
 const LAYOUT: [&str; 7] = ["blobs", "actions", "inputs", "last", "stat", "mounts", "tmp"];
@@ -429,6 +430,12 @@ impl Store {
     /// Every entry, most recently used first.
     pub fn list(&self) -> Vec<EntryInfo> {
         maint::list(self)
+    }
+
+    /// What the store holds, by kind (entries, output, input and unreferenced blobs, input
+    /// manifests): the totals of `engine cache ls`.
+    pub fn usage(&self) -> Result<Usage, StoreError> {
+        maint::usage(self)
     }
 
     /// Remove least-recently-used entries until entries + blobs take at most `max_size` bytes,

@@ -167,3 +167,37 @@ fn an_entry_of_the_previous_layout_is_moved_over_on_its_next_hit() {
     assert_eq!(store.get(&key("old")).unwrap().inputs, Some(named), "written into the entry");
     assert_eq!(manifest_files(&d), 1);
 }
+
+#[test]
+fn usage_counts_outputs_inputs_and_unreferenced_blobs_each_once() {
+    let (d, store) = store();
+    let tree = TempDir::new().unwrap();
+    write(&tree.path().join("a"), b"a", 0o644);
+    write(&tree.path().join("b"), b"b", 0o644);
+    write(&tree.path().join("lost"), b"lost input", 0o644);
+    let inputs = entries(&["a", "b"]);
+    store.store_inputs(tree.path(), &inputs).unwrap();
+    // The input of an execution that failed: stored, named by no entry.
+    store.store_inputs(tree.path(), &[InputEntry { path: "lost".into(), mode: 0o644, digest: Digest::of(b"lost input") }]).unwrap();
+    let m = put(&store, key("a"), Some(&inputs));
+    let u = store.usage().unwrap();
+    assert_eq!((u.entries, u.output_blobs, u.input_blobs, u.input_manifests, u.unreferenced_blobs), (1, 2, 2, 1, 1), "{u:?}");
+    assert_eq!(u.input_bytes, 2);
+    assert_eq!(u.unreferenced_bytes, "lost input".len() as u64);
+    assert_eq!(u.output_bytes, format!("out of {}", key("a")).len() as u64 + 3, "the output and the log");
+    let on_disk: u64 = walkdir::WalkDir::new(d.path().join("v1"))
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_type().is_file() && !e.path().starts_with(d.path().join("v1/last")))
+        .map(|e| e.metadata().unwrap().len())
+        .sum();
+    assert_eq!(u.total_bytes(), on_disk);
+
+    // gc removes the unreferenced blob once it is past the grace, and nothing the entry names.
+    set_mtime(&store.blob_path(&Digest::of(b"lost input")), 600);
+    let report = store.gc(u64::MAX).unwrap();
+    assert_eq!(report.removed_blobs, 1);
+    let after = store.usage().unwrap();
+    assert_eq!((after.output_blobs, after.input_blobs, after.unreferenced_blobs), (2, 2, 0));
+    assert!(store.input_manifest(&m.inputs.unwrap()).is_some());
+}

@@ -56,23 +56,30 @@ pub fn cache_volume_name(name: &str) -> String {
 /// `<workflow>/<image>` as a valid repository name: lowercase, each component of `[a-z0-9]`
 /// runs joined by single `.`, `_` or `-` (what [`sanitise`] allows, further narrowed).
 pub fn repository(workflow: &str, image: &str) -> String {
-    let component = |s: &str| {
-        let mut out = String::new();
-        for c in sanitise(&s.to_lowercase()).chars() {
-            let sep = matches!(c, '.' | '_' | '-');
-            if sep && (out.is_empty() || out.ends_with(['.', '_', '-'])) {
-                continue;
-            }
-            out.push(c);
+    format!("{}{}", repository_prefix(workflow), repository_component(image))
+}
+
+/// `<workflow>/`: what every repository of workflow `workflow`'s images starts with (see
+/// [`repository`]), and only theirs.
+pub fn repository_prefix(workflow: &str) -> String {
+    format!("{}/", repository_component(workflow))
+}
+
+fn repository_component(s: &str) -> String {
+    let mut out = String::new();
+    for c in sanitise(&s.to_lowercase()).chars() {
+        let sep = matches!(c, '.' | '_' | '-');
+        if sep && (out.is_empty() || out.ends_with(['.', '_', '-'])) {
+            continue;
         }
-        let out = out.trim_end_matches(['.', '_', '-']).to_string();
-        if out.is_empty() {
-            "image".to_string()
-        } else {
-            out
-        }
-    };
-    format!("{}/{}", component(workflow), component(image))
+        out.push(c);
+    }
+    let out = out.trim_end_matches(['.', '_', '-']).to_string();
+    if out.is_empty() {
+        "image".to_string()
+    } else {
+        out
+    }
 }
 
 /// The owner labels of this process.

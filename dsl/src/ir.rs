@@ -52,6 +52,21 @@ pub struct Workflow {
     /// (for messages about an input: a pattern that matches no file; never serialised).
     #[serde(skip)]
     pub input_spans: BTreeMap<String, Vec<Span>>,
+    /// The `.wf` modules it imported (directly or through other modules), each once, in the order
+    /// they were first read. Filled in by whoever supplied the loader (the engine's front end,
+    /// for the run record and provenance); `dsl` leaves it empty. Never serialised.
+    #[serde(skip)]
+    pub modules: Vec<Module>,
+}
+
+/// One imported `.wf` module as it was read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Module {
+    /// Its name: the path relative to the workflow's folder (`lib/common.wf`), or for a module
+    /// of the workflow library `stdlib/<path in the library folder>` (`stdlib/python.wf`).
+    pub name: String,
+    /// The file's text, exactly as read (so that a digest of it is what was loaded).
+    pub text: String,
 }
 
 impl Workflow {

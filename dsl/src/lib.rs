@@ -33,6 +33,7 @@ pub use diagnostic::{Diagnostic, LoadError};
 pub use ir::*;
 pub use loader::{FsLoader, ImportError, Loader, Source};
 pub use policy::Policy;
+pub use resolve::image_checks::dockerfile_images;
 
 /// Load and validate a workflow file with the default policy. The syntax is chosen by extension
 /// (`.wf` is the DSL, anything else YAML). Imports are relative to the workflow's folder only

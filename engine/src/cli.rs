@@ -166,8 +166,17 @@ pub enum ImagesCommand {
     },
     /// List the images the engine built, with their keys and sizes
     Ls,
-    /// Remove every image the engine built (they are rebuilt, or found again, on demand)
-    Prune,
+    /// Remove the images the engine built for this workflow (its tags; an image another workflow
+    /// also tags stays), or with --all every image the engine built on the daemon; they are
+    /// rebuilt, or found again, on demand
+    Prune {
+        /// Workflow file [default: ./workflow.yml, then ./workflow.wf]
+        #[arg(conflicts_with = "all")]
+        file: Option<PathBuf>,
+        /// Every engine-built image on the daemon, of every workflow (and the stage images)
+        #[arg(long)]
+        all: bool,
+    },
     /// Turn a root folder (debootstrap, busybox-static) into an image: the offline way to a base
     Import {
         /// The root folder

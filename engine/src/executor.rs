@@ -82,6 +82,8 @@ pub(crate) struct StepImage {
     pub id: cache::ImageId,
     /// As the record names it: the reference, or `images.<name>` for an engine-built image.
     pub reference: String,
+    /// For an engine-built image: the images it was built from (reference, ID).
+    pub bases: Vec<(String, cache::ImageId)>,
 }
 
 /// The host side of one container, prepared by a stager.
@@ -232,6 +234,8 @@ pub(crate) enum RunReason {
     Cache(cache::Reason),
     /// The image under `images:` it uses has no image for its current definition yet.
     ImageNotBuilt(String),
+    /// The newest run record of the workflow in which the step ran says it failed (run id).
+    FailedLastRun(String),
 }
 
 impl std::fmt::Display for RunReason {
@@ -239,6 +243,7 @@ impl std::fmt::Display for RunReason {
         match self {
             RunReason::Cache(reason) => reason.fmt(f),
             RunReason::ImageNotBuilt(name) => write!(f, "image `{name}` is not built yet"),
+            RunReason::FailedLastRun(run) => write!(f, "failed in the last run ({run})"),
         }
     }
 }

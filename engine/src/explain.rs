@@ -32,6 +32,26 @@ impl Forecast {
         }
     }
 
+    /// Say so when the step failed the last time it ran (the newest record of `workflow` in
+    /// `records` where it succeeded, came from the cache or failed): a failure stores nothing in
+    /// the cache, so without this the step would look as if it had never run.
+    pub(crate) fn note_last_run(&mut self, workflow: &str, step: &str, records: &[crate::record::RunRecord]) {
+        if self.cached {
+            return;
+        }
+        use crate::record::StepState;
+        let last = records.iter().rev().filter(|r| r.workflow.name == workflow).find_map(|r| {
+            let s = r.steps.iter().find(|s| s.name == step)?;
+            matches!(s.status, StepState::Succeeded | StepState::Cached | StepState::Failed).then_some((r, s))
+        });
+        if let Some((record, s)) = last {
+            if s.status == StepState::Failed {
+                self.reasons.retain(|r| *r != RunReason::Cache(cache::Reason::NeverRun));
+                self.reasons.insert(0, RunReason::FailedLastRun(record.run_id.clone()));
+            }
+        }
+    }
+
     /// The forecast as `engine plan` shows it: `cached` or `run`, the key, the reasons.
     pub fn view(&self) -> CacheView {
         CacheView {

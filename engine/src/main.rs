@@ -210,12 +210,14 @@ async fn cache_command(cmd: CacheCommand) -> Result<i32, StartError> {
     match cmd {
         CacheCommand::Ls(dir) => {
             let store = run::open_store(&dir.resolve())?;
-            output::cache::print_ls(&store.list(), store.dir());
+            let usage = store.usage().map_err(|e| EnvironmentError(e.to_string()))?;
+            output::cache::print_ls(&store.list(), &usage, store.dir());
         }
         CacheCommand::Gc { max_size, dir } => {
             let store = run::open_store(&dir.resolve())?;
             let report = store.gc(max_size).map_err(|e| EnvironmentError(e.to_string()))?;
-            output::cache::print_gc(&report);
+            let usage = store.usage().map_err(|e| EnvironmentError(e.to_string()))?;
+            output::cache::print_gc(&report, &usage);
         }
         CacheCommand::Verify(dir) => {
             let store = run::open_store(&dir.resolve())?;
@@ -299,9 +301,16 @@ async fn images_command(cmd: ImagesCommand) -> Result<i32, StartError> {
             let list = builder.list().await.map_err(failed)?;
             output::commands::images(&list);
         }
-        ImagesCommand::Prune => {
+        ImagesCommand::Prune { file, all: true } => {
+            debug_assert!(file.is_none());
             let removed = builder.prune(&[]).await.map_err(failed)?;
             output::commands::images_pruned(removed.len());
+        }
+        ImagesCommand::Prune { file, all: false } => {
+            let file = workflow_file(file)?;
+            let workflow = engine::front::load(&file, &dsl::policy::Policy::default())?;
+            let report = builder.prune_workflow(&workflow.name).await.map_err(failed)?;
+            output::commands::workflow_images_pruned(&workflow.name, &report);
         }
         ImagesCommand::Import { rootfs, reference } => {
             let id = builder.import_rootfs(&rootfs, &reference).await.map_err(failed)?;

@@ -247,6 +247,7 @@ pub(crate) mod test_support {
                 images: BTreeMap::new(),
                 steps,
                 input_spans: BTreeMap::new(),
+                modules: Vec::new(),
             })
         }
     }

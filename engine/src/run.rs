@@ -139,6 +139,7 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<RunStatus,
         inputs: Arc::new(prepared.inputs),
         store: store.clone(),
         secrets: Arc::new(secrets),
+        run_started: record::run_started_secs(&run_id),
     };
     // Steps some planned step needs: their outputs are written to their collect folders (staged
     // from there) and exported by copy; the others' are moved, or left in the store on a hit.
@@ -155,7 +156,8 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<RunStatus,
     };
     let image = Image { inner: caching, images: images.clone() };
     let export = Export { inner: image, out_dir, needed, store: store.clone() };
-    let executor = Arc::new(Recording { inner: export, recorder: recorder.clone(), log_limit });
+    let executor =
+        Arc::new(Recording { inner: export, recorder: recorder.clone(), log_limit, run_started: record::run_started_secs(&run_id) });
 
     let config = SchedulerConfig { jobs, budget, keep_going: cfg.keep_going };
     tracing::debug!(elapsed = ?started.elapsed(), "prepared; starting the scheduler");
@@ -264,6 +266,11 @@ fn start_record(
             dir: absolute(&workflow.dir),
             // The text the workflow was loaded from: the file is not read a second time.
             digest: cache::Digest::of(workflow.source.text.as_bytes()),
+            modules: workflow
+                .modules
+                .iter()
+                .map(|m| record::ModuleInfo { name: m.name.clone(), digest: cache::Digest::of(m.text.as_bytes()) })
+                .collect(),
         },
         invocation: record::Invocation {
             targets: cfg.targets.clone(),
@@ -303,13 +310,19 @@ pub async fn forecast(
     });
     let config = SchedulerConfig { jobs: session.plan.steps.len().max(1), budget: HostBudget::UNLIMITED, keep_going: true };
     let report = scheduler::run(&session.plan, executor, config, EventSink::null(), CancellationToken::new()).await;
+    let records = record::list(&session.workflow.dir);
     let forecasts = report
         .outcomes
         .into_iter()
-        .map(|outcome| match outcome {
-            Some(Outcome::Planned(prediction)) => Forecast::of(*prediction),
-            // The dry run predicts every step; anything else is a bug, said as a reason.
-            _ => Forecast { components: None, cached: false, reasons: vec![RunReason::Cache(cache::Reason::EntryMissing)] },
+        .zip(&session.plan.steps)
+        .map(|(outcome, planned)| {
+            let mut forecast = match outcome {
+                Some(Outcome::Planned(prediction)) => Forecast::of(*prediction),
+                // The dry run predicts every step; anything else is a bug, said as a reason.
+                _ => Forecast { components: None, cached: false, reasons: vec![RunReason::Cache(cache::Reason::EntryMissing)] },
+            };
+            forecast.note_last_run(&session.workflow.name, &planned.step.name, &records);
+            forecast
         })
         .collect();
     Ok((session.plan, forecasts))

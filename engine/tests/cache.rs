@@ -5,6 +5,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::process::Command;
 
 use common::*;
 
@@ -287,4 +288,47 @@ fn ls_and_gc_manage_the_cache() {
     assert!(statuses(&events).values().all(|s| s == "succeeded"));
     let o = p.run(&["cache", "gc", "--max-size", "12q"]);
     assert_eq!(code(&o), 2);
+}
+
+/// `engine cache ls` counts what the entries do not: the input files kept for replay and
+/// provenance, and blobs no entry names (here the input of a step that failed); `gc` collects
+/// the unreferenced ones and keeps the inputs an entry names.
+#[test]
+fn ls_shows_stored_inputs_and_gc_collects_unreferenced_ones() {
+    let p = Project::new(
+        "version: 1\ndefaults: { image: local/busybox:1 }\nsteps:\n  ok: { inputs: [kept.bin], run: wc -c kept.bin }\n  \
+         bad: { inputs: [lost.bin], run: 'wc -c lost.bin; exit 3' }\n",
+    );
+    std::fs::write(p.path().join("kept.bin"), vec![b'k'; 300 * 1024]).unwrap();
+    std::fs::write(p.path().join("lost.bin"), vec![b'l'; 200 * 1024]).unwrap();
+    let o = p.run(&["run", "--keep-going"]);
+    assert_eq!(code(&o), 1, "{}", text(&o.stderr));
+    let ls = || {
+        let o = p.run(&["cache", "ls"]);
+        assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+        text(&o.stdout)
+    };
+    let listing = ls();
+    assert!(listing.contains("1 entries"), "{listing}");
+    assert!(listing.contains("inputs (kept for replay and provenance):  1 blobs, 300k; 1 input manifests"), "{listing}");
+    assert!(listing.contains("unreferenced:  1 blobs, 200k"), "{listing}");
+
+    // Older than gc's grace for a put in progress.
+    let blobs = p.cache_dir().join("v1/blobs");
+    let o = Command::new("find").arg(&blobs).args(["-type", "f", "-exec", "touch", "-d", "-10 min", "{}", "+"]).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = p.run(&["cache", "gc", "--max-size", "1g"]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    let gc = text(&o.stdout);
+    assert!(gc.contains("removed 0 entries and 1 blobs"), "{gc}");
+    let listing = ls();
+    assert!(listing.contains("inputs (kept for replay and provenance):  1 blobs, 300k"), "{listing}");
+    assert!(listing.contains("unreferenced:  0 blobs"), "{listing}");
+
+    // Without the entry, its inputs go too.
+    let o = p.run(&["cache", "gc", "--max-size", "0"]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    let listing = ls();
+    assert!(listing.contains("inputs (kept for replay and provenance):  0 blobs"), "{listing}");
+    assert!(listing.contains("on disk:  0b"), "{listing}");
 }

@@ -176,3 +176,97 @@ fn build_containers_of_a_killed_engine_are_cleaned_and_images_keep_no_run_labels
     }
     assert_eq!(labels.get("engine.image").map(String::as_str), Some(format!("{image}-ok").as_str()));
 }
+
+/// The offline busybox image (`scripts/import-busybox.sh`) has the official `busybox` image's
+/// PATH, so a tool an image stage copies into /usr/local/bin is found by name, as on `busybox:1`.
+#[test]
+fn the_offline_busybox_image_finds_a_tool_copied_into_usr_local_bin() {
+    let wf = unique("bbpath").to_lowercase();
+    let base = format!("local/{wf}:1");
+    let _cleanup = Images(wf.clone());
+    let _base = Tag(base.clone());
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/import-busybox.sh");
+    let o = Command::new("bash").arg(script).arg(&base).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = Command::new("docker").args(["image", "inspect", "-f", "{{json .Config.Env}}", &base]).output().unwrap();
+    let env: Vec<String> = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(env.contains(&"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()), "{env:?}");
+
+    let p = Project::new(&format!(
+        r#"version: 1
+name: {wf}
+images:
+  {wf}-tool:
+    stages:
+      - name: tool
+        from: {base}
+        copy: [{{ src: tools/greet.sh, dst: /usr/local/bin/greet }}]
+        run: ["chmod 755 /usr/local/bin/greet"]
+steps:
+  use:
+    image: {wf}-tool
+    run: greet > out.txt
+    outputs: [out.txt]
+"#
+    ));
+    p.write("tools/greet.sh", &format!("#!/bin/sh\necho hello from {wf}\n"));
+    let o = p.run(&["run"]);
+    assert_eq!(code(&o), 0, "stdout:\n{}\nstderr:\n{}", text(&o.stdout), text(&o.stderr));
+    assert_eq!(std::fs::read_to_string(p.path().join(".engine/out/use/out.txt")).unwrap(), format!("hello from {wf}\n"));
+}
+
+/// Removes one tag (and its image, when that was the last tag).
+struct Tag(String);
+
+impl Drop for Tag {
+    fn drop(&mut self) {
+        let _ = Command::new("docker").args(["rmi", &self.0]).output();
+    }
+}
+
+/// `engine images prune` removes this workflow's images only: an image it shares with another
+/// workflow (the same stages give the same image, tagged once per workflow) loses this
+/// workflow's tag and stays for the other, and a third workflow's image is untouched.
+#[test]
+fn images_prune_is_scoped_to_the_workflow_and_keeps_an_image_another_workflow_tags() {
+    let base = unique("prune").to_lowercase();
+    let (a, b, c) = (format!("{base}-a"), format!("{base}-b"), format!("{base}-c"));
+    let shared = format!("{base}-shared");
+    let _cleanup = [Images(a.clone()), Images(b.clone()), Images(c.clone())];
+    let project = |wf: &str, own: &str| {
+        let p = Project::new(&format!(
+            "version: 1\nname: {wf}\nimages:\n  {shared}:\n    stages:\n      - {{ name: s, from: {IMAGE}, run: [\"echo {shared} > /shared\"] }}\n  \
+             {own}:\n    stages:\n      - {{ name: s, from: {IMAGE}, run: [\"echo {own} > /own\"] }}\n\
+             steps:\n  one: {{ image: {shared}, run: cat /shared }}\n  two: {{ image: {own}, run: cat /own }}\n"
+        ));
+        let o = p.run(&["run"]);
+        assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+        p
+    };
+    let (pa, _pb, _pc) = (project(&a, &format!("{a}-tool")), project(&b, &format!("{b}-tool")), project(&c, &format!("{c}-tool")));
+    let tags = |glob: &str| -> Vec<String> {
+        let o = Command::new("docker")
+            .args(["images", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}", "--filter", &format!("reference={glob}")])
+            .output()
+            .unwrap();
+        text(&o.stdout).lines().map(str::to_string).collect()
+    };
+    let shared_a = image_id(&format!("{a}/{shared}"));
+    assert_eq!(shared_a, image_id(&format!("{b}/{shared}")), "the same image, tagged once per workflow");
+    let (own_b, own_c) = (image_id(&format!("{b}/{b}-tool")), image_id(&format!("{c}/{c}-tool")));
+
+    let o = pa.run(&["images", "prune"]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    assert!(out.contains(&format!("workflow `{a}`: removed 2 tags")), "{out}");
+    assert!(out.contains(&format!("also tagged {b}/{shared}:")), "{out}");
+    assert!(tags(&format!("{a}/*")).is_empty(), "{:?}", tags(&format!("{a}/*")));
+    assert_eq!(image_id(&format!("{b}/{shared}")), shared_a, "the shared image stays for b");
+    assert_eq!(image_id(&format!("{b}/{b}-tool")), own_b);
+    assert_eq!(image_id(&format!("{c}/{c}-tool")), own_c);
+
+    // A run of `a` finds or rebuilds what it needs again.
+    let o = pa.run(&["run"]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    assert_eq!(image_id(&format!("{a}/{shared}")), shared_a, "the shared image is found again, not rebuilt");
+}

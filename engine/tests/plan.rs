@@ -146,3 +146,33 @@ steps:
         assert_eq!(s["status"], "cached", "{s}");
     }
 }
+
+/// A failure stores nothing in the cache, but the run record has it: the plan says the step failed
+/// in the last run, not that it never ran; once it succeeds, that goes away.
+#[test]
+fn a_step_that_failed_in_the_last_run_is_said_to_have_failed_not_never_run() {
+    let p = Project::new(
+        "version: 1\nname: failed-last\ndefaults: { image: local/busybox:1 }\nsteps:\n  flaky:\n    inputs: [fail.txt]\n    run: test \"$(cat fail.txt)\" = no\n  other:\n    run: 'true'\n",
+    );
+    p.write("fail.txt", "yes\n");
+    let reasons = |p: &Project| -> std::collections::BTreeMap<String, serde_json::Value> {
+        let o = p.run(&["plan", "--output", "json"]);
+        assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["steps"].as_array().unwrap().iter().map(|s| (s["name"].as_str().unwrap().to_string(), s["reasons"].clone())).collect()
+    };
+    assert_eq!(reasons(&p)["flaky"], serde_json::json!(["never run"]));
+    let o = p.run(&["run", "--keep-going"]);
+    assert_eq!(code(&o), 1, "{}", text(&o.stderr));
+    let (_, record) = latest_record(&p);
+    let run_id = record["run_id"].as_str().unwrap().to_string();
+    assert_eq!(reasons(&p)["flaky"], serde_json::json!([format!("failed in the last run ({run_id})")]));
+    assert_eq!(reasons(&p)["other"], serde_json::json!([]));
+    let plain = text(&p.run(&["plan"]).stdout);
+    assert!(plain.contains(&format!("failed in the last run ({run_id})")), "{plain}");
+
+    p.write("fail.txt", "no\n");
+    let o = p.run(&["run"]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    assert_eq!(reasons(&p)["flaky"], serde_json::json!([]));
+}

@@ -340,3 +340,76 @@ fn old_records_are_pruned_by_count_and_age_but_never_the_current_or_a_live_run()
     let o = p.run(&["runs", "prune", "--older-than", "soon"]);
     assert_eq!(code(&o), 2, "{}", text(&o.stderr));
 }
+
+/// Provenance names an engine-built image by its ID with the images it was built from, lists
+/// every imported module (of the workflow's folder and of the library) with its digest, and
+/// describes only steps that exported files.
+#[test]
+fn provenance_names_built_images_with_their_bases_and_every_imported_module() {
+    let wf = unique("prov").to_lowercase();
+    let p = Project::new(&format!(
+        r#"version: 1
+name: {wf}
+images:
+  {wf}-tool:
+    stages:
+      - {{ name: s, from: {IMAGE}, run: ["echo tool-{wf} > /tool.txt"] }}
+defaults: {{ image: {IMAGE} }}
+steps:
+  made:
+    image: {wf}-tool
+    run: cat /tool.txt > made.txt
+    outputs: [made.txt]
+  check:
+    run: 'true'
+  greet:
+    uses: lib/common.wf#greet
+    with: {{ who: world }}
+  sandboxed:
+    uses: stdlib/sandbox.wf#run
+    with: {{ command: "echo hi" }}
+"#
+    ));
+    p.write("lib/common.wf", "template greet(who) {\n  run \"echo hello ${who} > greeting.txt\"\n  outputs \"greeting.txt\"\n}\n");
+    let o = p.run(&["run"]);
+    let cleanup = |wf: &str| {
+        let o = Command::new("docker").args(["images", "-q", "--filter", &format!("label=engine.image={wf}-tool")]).output().unwrap();
+        for id in text(&o.stdout).lines() {
+            let _ = Command::new("docker").args(["rmi", "-f", id]).output();
+        }
+    };
+    if code(&o) != 0 {
+        cleanup(&wf);
+        panic!("{}", text(&o.stderr));
+    }
+    let statement: serde_json::Value = serde_json::from_str(&ok(&p, &["provenance", "latest"])).unwrap();
+    let (_, record) = latest_record(&p);
+    cleanup(&wf);
+
+    let ext = &statement["predicate"]["buildDefinition"]["externalParameters"];
+    let described: Vec<&str> = ext["steps"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(described, ["made", "greet", "sandboxed"], "`check` exported no file");
+    let started = engine::record::run_started_secs(record["run_id"].as_str().unwrap());
+    for s in ext["steps"].as_array().unwrap() {
+        assert!(s["source_date_epoch"].as_u64().unwrap() <= started, "{s}");
+    }
+
+    let deps = statement["predicate"]["buildDefinition"]["resolvedDependencies"].as_array().unwrap();
+    let by_uri = |uri: &str| deps.iter().find(|d| d["uri"] == uri).unwrap_or_else(|| panic!("no {uri} in {deps:#?}"));
+    let busybox = text(&Command::new("docker").args(["image", "inspect", IMAGE, "--format", "{{.Id}}"]).output().unwrap().stdout);
+    let busybox = busybox.trim();
+    let made = record["steps"].as_array().unwrap().iter().find(|s| s["name"] == "made").unwrap();
+    let tool_id = made["image"]["id"].as_str().unwrap();
+    assert_eq!(made["image"]["bases"], serde_json::json!([{ "reference": IMAGE, "id": busybox }]));
+    let tool = by_uri(&format!("docker-image:images.{wf}-tool@{tool_id}"));
+    assert_eq!(tool["name"], format!("images.{wf}-tool"));
+    assert_eq!(tool["annotations"]["bases"], serde_json::json!([{ "reference": IMAGE, "id": busybox }]));
+    assert_eq!(format!("sha256:{}", by_uri(&format!("docker-image:{IMAGE}"))["digest"]["sha256"].as_str().unwrap()), busybox);
+
+    let module = by_uri("file:lib/common.wf");
+    assert_eq!(module["digest"]["sha256"].as_str().unwrap(), sha256sum(&p.path().join("lib/common.wf")));
+    let library = by_uri("tag:engine,2026:stdlib/sandbox.wf");
+    let stdlib = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../stdlib-workflows/sandbox.wf");
+    assert_eq!(library["digest"]["sha256"].as_str().unwrap(), sha256sum(&stdlib));
+    assert_eq!(record["workflow"]["modules"].as_array().unwrap().len(), 2, "{}", record["workflow"]);
+}

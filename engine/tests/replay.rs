@@ -60,6 +60,10 @@ fn a_run_leaves_a_complete_record_with_logs_beside_it() {
     // The step saw SOURCE_DATE_EPOCH, and the record says which.
     let epoch = std::fs::read_to_string(p.path().join(".engine/out/gen/out/epoch")).unwrap();
     assert_eq!(epoch.trim(), gen["source_date_epoch"].to_string());
+    // A time in the past, never after the run started (whatever the key).
+    let epoch: u64 = epoch.trim().parse().unwrap();
+    let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    assert!((1_000_000_000..1_500_000_000).contains(&epoch) && epoch <= started, "{epoch}");
     // Logs beside the record, with their digests.
     let clock = step(&r, "clock");
     assert!(clock["log"]["path"].as_str().unwrap().starts_with("logs/"));

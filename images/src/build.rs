@@ -75,4 +75,11 @@ impl Builder {
     pub async fn prune(&self, keep: &[docker::ImageId]) -> Result<Vec<docker::ImageId>, BuildError> {
         crate::manage::prune(self, keep).await
     }
+
+    /// Remove workflow `workflow`'s tags (`<workflow>/<image>:<key>`) from the engine-built
+    /// images; an image is deleted with its last tag, so an image another workflow also tags
+    /// stays, and no other workflow's image is touched.
+    pub async fn prune_workflow(&self, workflow: &str) -> Result<crate::manage::WorkflowPrune, BuildError> {
+        crate::manage::prune_workflow(self, workflow).await
+    }
 }

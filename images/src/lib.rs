@@ -20,6 +20,7 @@ mod stages;
 
 pub use build::{Builder, ImageInfo};
 pub use key::StageKey;
+pub use manage::WorkflowPrune;
 
 use std::path::Path;
 

@@ -2,7 +2,7 @@
 //!
 //! Owned by the Dockerfile/base/manage part of the `images` crate. `list` shows final images
 //! only (those with `engine.image.key`): stage images are an implementation detail of the
-//! cache. `prune` removes both.
+//! cache. `prune` removes both, of every workflow; `prune_workflow` only one workflow's.
 
 use docker::image::ImageSummary;
 use docker::ImageId;
@@ -58,4 +58,53 @@ pub(crate) async fn prune(builder: &Builder, keep: &[ImageId]) -> Result<Vec<Ima
         }
     }
     Ok(removed)
+}
+
+/// What [`crate::Builder::prune_workflow`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkflowPrune {
+    /// The workflow's tags removed (`<workflow>/<image>:<key>`).
+    pub untagged: Vec<String>,
+    /// The images deleted: those whose last tag was one of the workflow's, and the untagged stage
+    /// images under them that no other image was built on.
+    pub removed: Vec<ImageId>,
+    /// Images that lost the workflow's tags but stay, with the tags they keep (another workflow
+    /// tags the same image), or none (a container still uses it).
+    pub kept: Vec<(ImageId, Vec<String>)>,
+}
+
+pub(crate) async fn prune_workflow(builder: &Builder, workflow: &str) -> Result<WorkflowPrune, BuildError> {
+    let prefix = docker::labels::repository_prefix(workflow);
+    let mut images = labelled(builder, LABEL_IMAGE).await?;
+    images.sort_by_key(|i| std::cmp::Reverse(i.created));
+    let mut report = WorkflowPrune::default();
+    for image in images {
+        let (ours, others): (Vec<String>, Vec<String>) = image.repo_tags.iter().cloned().partition(|t| t.starts_with(&prefix));
+        if ours.is_empty() {
+            continue;
+        }
+        let mut gone = false;
+        for tag in ours {
+            // Without force: the tag goes, and the image with it only when it was the last one.
+            match builder.docker.remove_image(&tag).await {
+                Ok(deleted) => {
+                    report.untagged.push(tag);
+                    for id in deleted {
+                        gone |= id == image.id.as_str();
+                        if let Ok(id) = id.parse::<ImageId>() {
+                            if !report.removed.contains(&id) {
+                                report.removed.push(id);
+                            }
+                        }
+                    }
+                }
+                Err(e) if e.is_not_found() || e.is_conflict() => {}
+                Err(e) => return Err(BuildError::daemon(format!("cannot remove image `{tag}`"), e)),
+            }
+        }
+        if !gone {
+            report.kept.push((image.id, others));
+        }
+    }
+    Ok(report)
 }

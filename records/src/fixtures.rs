@@ -47,7 +47,7 @@ pub fn step(name: &str, status: StepState, reference: &str, id: &str, outputs: V
     s.status = status;
     s.cached = status == StepState::Cached;
     let image_id = cache::ImageId::from_digest(&digest(id));
-    s.image = Some(ImageRecord { reference: reference.into(), id: image_id.clone() });
+    s.image = Some(ImageRecord { reference: reference.into(), id: image_id.clone(), bases: Vec::new() });
     s.key = Some(cache::ActionKey::from_digest(digest(&format!("key of {name}"))));
     s.key_components = Some(KeyComponents {
         format: cache::CACHE_FORMAT_VERSION,
@@ -91,6 +91,7 @@ pub fn record(id: &str, started: &str, status: RecordStatus, steps: Vec<StepReco
             file: "workflow.yml".into(),
             dir: "/src/demo".into(),
             digest: digest("version: 1\n"),
+            modules: Vec::new(),
         },
         invocation: Invocation {
             targets: Vec::new(),

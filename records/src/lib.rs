@@ -27,10 +27,10 @@ mod schema;
 
 pub use definition::{CacheMount, Command, ImageRef, Isolation, Limits, Network, Span, StepDefinition, User};
 pub use log::{StepLog, DEFAULT_LOG_LIMIT, MIN_LOG_LIMIT};
-pub use prune::{prune, run_started, PrunePolicy, PruneReason, PruneReport, Pruned, DEFAULT_KEEP, DEFAULT_MAX_AGE};
+pub use prune::{prune, run_started, run_started_secs, PrunePolicy, PruneReason, PruneReport, Pruned, DEFAULT_KEEP, DEFAULT_MAX_AGE};
 pub use read::{find, find_current, list, read, read_regular, runs_dir, ReadRefused, RecordError, MAX_RECORD_BYTES};
 pub use recorder::{Recorder, FLUSH_EVERY};
 pub use schema::{
-    source_date_epoch, timestamp, EngineInfo, HostInfo, ImageRecord, Invocation, LogRecord, RecordStatus, RunRecord, RunSummary,
-    StepRecord, StepState, WorkflowInfo, SCHEMA, SCHEMA_V1,
+    source_date_epoch, source_date_epoch_unclamped, timestamp, BaseImage, EngineInfo, HostInfo, ImageRecord, Invocation, LogRecord,
+    ModuleInfo, RecordStatus, RunRecord, RunSummary, StepRecord, StepState, WorkflowInfo, SCHEMA, SCHEMA_V1,
 };

@@ -80,6 +80,9 @@ pub const PREDICATE_TYPE: &str = "https://slsa.dev/provenance/v1";
 pub const BUILD_TYPE: &str = "tag:engine,2026:buildtypes/workflow-run/v1";
 /// `builder.id` of the statements.
 pub const BUILDER_ID: &str = "tag:engine,2026:builder/engine";
+/// The `uri` prefix of a module of the workflow library (`stdlib/python.wf` is
+/// `tag:engine,2026:stdlib/python.wf`): its path on the host that ran it says nothing elsewhere.
+pub const STDLIB_URI: &str = "tag:engine,2026:stdlib/";
 /// `uri` of the byproduct that describes the host (a ResourceDescriptor needs a `uri`, a
 /// `digest` or a `content`; the host has no digest).
 pub const HOST_URI: &str = "tag:engine,2026:host";
@@ -97,8 +100,11 @@ pub fn statement(record: &RunRecord, manifests: impl Fn(&Digest) -> Option<Vec<I
     if record.status == RecordStatus::Incomplete {
         return Err(ProvenanceError::Incomplete { run_id: id.clone() });
     }
-    // The steps whose outputs the run exported (executed or restored from the cache).
-    let attested: Vec<&StepRecord> = record.steps.iter().filter(|s| s.status.has_outputs()).collect();
+    // The steps whose files the run exported (executed or restored from the cache, with at least
+    // one file among their outputs: the subjects are files, and a step without one is no
+    // subject's producer).
+    let attested: Vec<&StepRecord> =
+        record.steps.iter().filter(|s| s.status.has_outputs() && s.outputs.iter().any(|o| matches!(o, OutputEntry::File { .. }))).collect();
     let inputs = input_files(record, &attested, manifests)?;
 
     let mut subjects: Vec<(String, Value)> = attested
@@ -198,15 +204,45 @@ fn step_parameters(s: &StepRecord) -> Value {
 /// each once, sorted by URI.
 fn resolved_dependencies(record: &RunRecord, attested: &[&StepRecord], inputs: &[InputEntry]) -> Vec<Value> {
     let mut deps: BTreeMap<(String, String), Value> = BTreeMap::new();
-    // Image ID -> the references that resolved to it; the first (sorted) names it.
+    // Image ID -> the references that resolved to it; the first (sorted) names it. The images an
+    // engine-built image was built from are dependencies too.
     let mut images: BTreeMap<&cache::ImageId, BTreeSet<&str>> = BTreeMap::new();
+    let mut built: BTreeMap<&cache::ImageId, &[crate::schema::BaseImage]> = BTreeMap::new();
     for image in attested.iter().filter_map(|s| s.image.as_ref()) {
         images.entry(&image.id).or_default().insert(image.reference.as_str());
+        if image.reference.starts_with("images.") {
+            built.insert(&image.id, &image.bases);
+        }
+        for base in &image.bases {
+            images.entry(&base.id).or_default().insert(base.reference.as_str());
+        }
     }
     for (id, references) in images {
         let reference = references.into_iter().next().unwrap_or_default();
-        let uri = format!("docker-image:{reference}");
-        deps.insert((uri.clone(), id.to_string()), json!({ "uri": uri, "digest": { "sha256": id.hex() }, "name": reference }));
+        let mut dep = json!({ "digest": { "sha256": id.hex() }, "name": reference });
+        // An engine-built image has no reference outside the workflow: its ID names it, and its
+        // bases are said beside it.
+        let uri = match built.get(id) {
+            Some(bases) => {
+                dep["annotations"] =
+                    json!({ "bases": bases.iter().map(|b| json!({ "reference": b.reference, "id": b.id })).collect::<Vec<_>>() });
+                format!("docker-image:{reference}@{id}")
+            }
+            None => format!("docker-image:{reference}"),
+        };
+        dep["uri"] = json!(uri);
+        deps.insert((uri, id.to_string()), dep);
+    }
+    // Every imported `.wf` module, by its path in the workflow's folder, or in the library.
+    for module in &record.workflow.modules {
+        let uri = match module.name.strip_prefix("stdlib/") {
+            Some(rest) => format!("{STDLIB_URI}{rest}"),
+            None => format!("file:{}", module.name),
+        };
+        deps.insert(
+            (uri.clone(), module.digest.prefixed()),
+            json!({ "uri": uri, "name": module.name, "digest": digest_set(&module.digest) }),
+        );
     }
     // Relative to the workflow's folder, like the inputs (the file as typed may be `sub/x.yml`).
     let name = std::path::Path::new(&record.workflow.file).file_name().map(|n| n.to_string_lossy().into_owned());
@@ -290,225 +326,4 @@ fn input_files(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::fixtures::*;
-    use crate::schema::StepState;
-
-    fn names(v: &Value) -> Vec<&str> {
-        v.as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect()
-    }
-
-    /// `build` (executed) and `package` (cached), then a step that failed and one it skipped.
-    fn with_a_failure() -> RunRecord {
-        let mut r = two_steps("6a000002aaaaaa", "2026-03-01T10:05:00Z");
-        r.status = RecordStatus::Failed;
-        let mut test = step("test", StepState::Failed, "local/alpine:3", "alpine", vec![]);
-        set_inputs(&mut test, vec![input("tests/t.sh", "t")]);
-        r.steps.push(test);
-        r.steps.push(step("after", StepState::Skipped, "local/alpine:3", "alpine", vec![]));
-        r
-    }
-
-    #[test]
-    fn a_statement_is_an_in_toto_v1_statement_with_slsa_provenance_v1() {
-        let s = statement(&two_steps("6a000002aaaaaa", "2026-03-01T10:05:00Z"), manifest).unwrap();
-        let keys: BTreeSet<&str> = s.as_object().unwrap().keys().map(String::as_str).collect();
-        assert_eq!(keys, BTreeSet::from(["_type", "subject", "predicateType", "predicate"]));
-        assert_eq!(s["_type"], "https://in-toto.io/Statement/v1");
-        assert_eq!(s["predicateType"], "https://slsa.dev/provenance/v1");
-        let p = &s["predicate"];
-        let keys: BTreeSet<&str> = p.as_object().unwrap().keys().map(String::as_str).collect();
-        assert_eq!(keys, BTreeSet::from(["buildDefinition", "runDetails"]));
-        let bd = &p["buildDefinition"];
-        assert_eq!(bd["buildType"], "tag:engine,2026:buildtypes/workflow-run/v1");
-        assert_eq!(
-            bd["internalParameters"],
-            json!({ "jobs": 4, "no_cache": false, "keep_going": false, "cache_format": cache::CACHE_FORMAT_VERSION })
-        );
-        let rd = &p["runDetails"];
-        assert_eq!(rd["builder"], json!({ "id": "tag:engine,2026:builder/engine", "version": { "engine": "0.1.0" } }));
-        assert_eq!(
-            rd["metadata"],
-            json!({ "invocationId": "6a000002aaaaaa", "startedOn": "2026-03-01T10:05:00Z", "finishedOn": "2026-03-01T10:00:07Z" })
-        );
-    }
-
-    #[test]
-    fn subjects_are_the_exported_files_sorted_by_name() {
-        let mut r = two_steps("6a000002aaaaaa", "2026-03-01T10:05:00Z");
-        // A step listed last in plan order whose name sorts first.
-        r.steps.push(step("aaa", StepState::Succeeded, "local/busybox:1", "busybox", vec![file("z.txt", "z")]));
-        let s = statement(&r, manifest).unwrap();
-        assert_eq!(names(&s["subject"]), ["aaa/z.txt", "build/out/a.txt", "build/out/b.txt", "package/pkg.tar"]);
-        assert_eq!(s["subject"][1], json!({ "name": "build/out/a.txt", "digest": { "sha256": digest("a").hex() } }));
-        // Plain SHA-256 of the contents: what `sha256sum` prints.
-        assert_eq!(s["subject"][3]["digest"]["sha256"], hex_sha256(b"tarball"));
-    }
-
-    fn hex_sha256(bytes: &[u8]) -> String {
-        use sha2::Digest as _;
-        hex::encode(sha2::Sha256::digest(bytes))
-    }
-
-    #[test]
-    fn external_parameters_are_the_workflow_targets_and_resolved_steps() {
-        let mut r = two_steps("6a000002aaaaaa", "2026-03-01T10:05:00Z");
-        r.invocation.targets = vec!["package".into()];
-        let s = statement(&r, manifest).unwrap();
-        let ext = &s["predicate"]["buildDefinition"]["externalParameters"];
-        let keys: BTreeSet<&str> = ext.as_object().unwrap().keys().map(String::as_str).collect();
-        assert_eq!(keys, BTreeSet::from(["workflow", "targets", "steps"]));
-        assert_eq!(
-            ext["workflow"],
-            json!({ "name": "demo", "file": "workflow.yml", "digest": { "sha256": digest("version: 1\n").hex() } })
-        );
-        assert_eq!(ext["targets"], json!(["package"]));
-        assert_eq!(names(&ext["steps"]), ["build", "package"]);
-        assert_eq!(
-            ext["steps"][1],
-            json!({
-                "name": "package",
-                "image": { "reference": "local/busybox:1", "id": format!("sha256:{}", digest("busybox").hex()) },
-                "command": ["/bin/sh", "-c", "make package"],
-                "env": { "LANG": "C" },
-                "workdir": "/workspace",
-                "user": "1000:1000",
-                "network": "none",
-                "secrets": [],
-                "needs": ["build"],
-                "key": digest("key of package").hex(),
-                "source_date_epoch": 1234567890,
-            })
-        );
-    }
-
-    #[test]
-    fn dependencies_are_images_workflow_and_inputs_each_once() {
-        let s = statement(&with_a_failure(), manifest).unwrap();
-        let deps = &s["predicate"]["buildDefinition"]["resolvedDependencies"];
-        assert_eq!(
-            deps,
-            &json!([
-                // Both attested steps use one image; the failed step's image is not a dependency
-                // of anything exported.
-                { "uri": "docker-image:local/busybox:1", "digest": { "sha256": digest("busybox").hex() }, "name": "local/busybox:1" },
-                { "uri": "file:pkg.cfg", "digest": { "sha256": digest("cfg").hex() } },
-                { "uri": "file:src/main.c", "digest": { "sha256": digest("int main;").hex() } },
-                { "uri": "file:workflow.yml", "digest": { "sha256": digest("version: 1\n").hex() } },
-            ])
-        );
-    }
-
-    #[test]
-    fn one_image_id_under_two_references_is_one_dependency() {
-        let mut r = two_steps("6a000002aaaaaa", "2026-03-01T10:05:00Z");
-        r.steps[1].image.as_mut().unwrap().reference = "local/busybox:latest".into();
-        let s = statement(&r, manifest).unwrap();
-        let deps = s["predicate"]["buildDefinition"]["resolvedDependencies"].as_array().unwrap();
-        let images: Vec<&Value> = deps.iter().filter(|d| d["uri"].as_str().unwrap().starts_with("docker-image:")).collect();
-        assert_eq!(images.len(), 1, "{deps:?}");
-        assert_eq!(images[0]["name"], "local/busybox:1");
-    }
-
-    #[test]
-    fn a_failed_run_attests_what_it_exported_and_keeps_every_log() {
-        let s = statement(&with_a_failure(), manifest).unwrap();
-        assert_eq!(names(&s["subject"]), ["build/out/a.txt", "build/out/b.txt", "package/pkg.tar"]);
-        assert_eq!(names(&s["predicate"]["buildDefinition"]["externalParameters"]["steps"]), ["build", "package"]);
-        let byproducts = &s["predicate"]["runDetails"]["byproducts"];
-        assert_eq!(names(byproducts), ["logs/00-build.log", "logs/00-package.log", "logs/00-test.log", "logs/00-after.log", "host"]);
-        assert_eq!(byproducts[0]["digest"], json!({ "sha256": digest("build | done\n").hex() }));
-        assert_eq!(
-            byproducts[4],
-            json!({
-                "name": "host",
-                "uri": "tag:engine,2026:host",
-                "annotations": { "os": "linux", "arch": "x86_64", "docker_version": "24.0.7", "docker_api_version": "1.43" },
-            })
-        );
-    }
-
-    #[test]
-    fn every_resource_descriptor_is_valid() {
-        let s = statement(&with_a_failure(), manifest).unwrap();
-        let p = &s["predicate"];
-        let all = [&s["subject"], &p["buildDefinition"]["resolvedDependencies"], &p["runDetails"]["byproducts"]];
-        for rd in all.iter().flat_map(|l| l.as_array().unwrap()) {
-            // "MUST specify one of uri, digest or content".
-            assert!(rd.get("uri").is_some() || rd.get("digest").is_some(), "{rd}");
-            if let Some(d) = rd.get("digest") {
-                let hex = d["sha256"].as_str().unwrap_or_else(|| panic!("{rd}"));
-                assert!(hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()), "{rd}");
-            }
-        }
-        for subject in s["subject"].as_array().unwrap() {
-            assert!(subject.get("digest").is_some(), "a subject MUST have a digest: {subject}");
-        }
-    }
-
-    #[test]
-    fn an_incomplete_run_is_refused() {
-        let mut r = two_steps("6a000002aaaaaa", "2026-03-01T10:05:00Z");
-        r.status = RecordStatus::Incomplete;
-        match statement(&r, manifest) {
-            Err(e @ ProvenanceError::Incomplete { .. }) => assert_eq!(
-                e.to_string(),
-                "run 6a000002aaaaaa is incomplete (the engine stopped before it ended); provenance is only given for finished runs"
-            ),
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn a_run_that_exported_no_file_is_refused() {
-        let r = record(
-            "6a000001bbbbbb",
-            "2026-03-01T10:00:00Z",
-            RecordStatus::Failed,
-            vec![step("build", StepState::Failed, "local/busybox:1", "busybox", vec![])],
-        );
-        match statement(&r, manifest) {
-            Err(e @ ProvenanceError::NoSubjects { .. }) => {
-                assert!(e.to_string().contains("run 6a000001bbbbbb exported no files"), "{e}");
-            }
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn input_files_come_from_the_manifests_the_record_names() {
-        let r = two_steps("6a000002aaaaaa", "2026-03-01T10:05:00Z");
-        // A manifest the store no longer has.
-        match statement(&r, |_| None) {
-            Err(e @ ProvenanceError::InputsMissing { .. }) => {
-                assert!(e.to_string().starts_with("the input manifest "), "{e}");
-                assert!(e.to_string().contains(" of step `build` is no longer in the cache store"), "{e}");
-            }
-            other => panic!("{other:?}"),
-        }
-        // A count the manifest contradicts, or no manifest for a step with inputs: an edited record.
-        let mut edited = r.clone();
-        edited.steps[1].inputs_count = 5;
-        assert!(matches!(statement(&edited, manifest), Err(ProvenanceError::InputsMismatch { count: 5, listed: 2, .. })));
-        let mut edited = r.clone();
-        edited.steps[0].inputs_manifest = None;
-        assert!(matches!(statement(&edited, manifest), Err(ProvenanceError::NoInputManifest { count: 1, .. })));
-        // Each distinct manifest is read once.
-        let reads = std::cell::Cell::new(0);
-        let mut shared = r.clone();
-        shared.steps[1].inputs_manifest = shared.steps[0].inputs_manifest;
-        shared.steps[1].inputs_count = 1;
-        statement(&shared, |d| {
-            reads.set(reads.get() + 1);
-            manifest(d)
-        })
-        .unwrap();
-        assert_eq!(reads.get(), 1);
-        // A record of the older schema is not attested.
-        let mut old = r;
-        old.schema = crate::SCHEMA_V1.into();
-        let e = statement(&old, manifest).unwrap_err();
-        assert!(e.to_string().contains("recorded by an older engine (schema `engine.run-record/v1`)"), "{e}");
-    }
-}
+mod tests;

@@ -73,6 +73,12 @@ pub fn run_started(id: &str) -> Option<SystemTime> {
     SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(secs))
 }
 
+/// When run `run_id` started, in Unix seconds (from its id; `u64::MAX`, no bound, for an id that
+/// is no run id).
+pub fn run_started_secs(run_id: &str) -> u64 {
+    run_started(run_id).and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()).map_or(u64::MAX, |d| d.as_secs())
+}
+
 /// Remove the run folders under `<workflow dir>/.engine/runs` that `policy` does not keep: all
 /// but the newest `keep`, and those that started longer than `max_age` before `now`. `spare` (the
 /// run just written) is never removed, nor a run whose engine still holds its folder's lock;
@@ -137,6 +143,12 @@ fn remove_unless_live(dir: &Path) -> std::io::Result<bool> {
 mod tests {
     use super::*;
     use crate::read::runs_dir;
+
+    #[test]
+    fn a_run_id_gives_its_start_in_seconds() {
+        assert_eq!(run_started_secs("6a1e2f00abcdef"), 0x6a1e2f00);
+        assert_eq!(run_started_secs("not-a-run"), u64::MAX);
+    }
 
     const DAY: Duration = Duration::from_secs(24 * 3600);
 

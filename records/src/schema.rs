@@ -162,6 +162,21 @@ pub struct WorkflowInfo {
     /// The digest of the workflow file's bytes; written `sha256:<hex>`.
     #[serde(with = "cache::digest::prefixed")]
     pub digest: Digest,
+    /// Every `.wf` module it imported (directly or not), each once, with the digest of the text
+    /// that was loaded. Absent from records of engines that did not keep them.
+    #[serde(default)]
+    pub modules: Vec<ModuleInfo>,
+}
+
+/// One imported `.wf` module of a run's workflow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleInfo {
+    /// Its path relative to the workflow's folder, or `stdlib/<path>` for a module of the
+    /// workflow library.
+    pub name: String,
+    /// The digest of its text as loaded; written `sha256:<hex>`.
+    #[serde(with = "cache::digest::prefixed")]
+    pub digest: Digest,
 }
 
 /// The command line that started the run (nothing from the environment but what it names).
@@ -296,6 +311,19 @@ pub struct ImageRecord {
     pub reference: String,
     /// The image ID (`sha256:<hex>`).
     pub id: ImageId,
+    /// For an image the engine built (`images.<name>`): the images it was built from (each
+    /// stage's base, or what its Dockerfile's `FROM` and `--from` name), with their IDs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bases: Vec<BaseImage>,
+}
+
+/// An image an engine-built image was built from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BaseImage {
+    /// The reference as written in the workflow or Dockerfile.
+    pub reference: String,
+    /// Its image ID when the image was built (`sha256:<hex>`).
+    pub id: ImageId,
 }
 
 /// A step's log beside the record.
@@ -321,11 +349,23 @@ pub fn timestamp(t: SystemTime) -> String {
 
 /// `SOURCE_DATE_EPOCH` for a step that does not set it: a function of the step's action key, so
 /// that the same inputs always see the same time and the variable never changes a key by itself
-/// (it is not part of the key; the key decides it). Falls between 2001 and 2033.
-pub fn source_date_epoch(key: &cache::ActionKey) -> u64 {
+/// (it is not part of the key; the key decides it). Falls between 2001-09-09 and 2017-07-14, so
+/// it is in the past; and it is never after `run_started` (the run's start in Unix seconds, see
+/// [`crate::run_started_secs`]), which only a host clock set before 2017 can make matter.
+pub fn source_date_epoch(key: &cache::ActionKey, run_started: u64) -> u64 {
+    (1_000_000_000 + key_bits(key) % 500_000_000).min(run_started)
+}
+
+/// The value engines before the clamp derived (between 2001 and 2033, so possibly in the future):
+/// what a record they wrote holds, accepted by `engine replay` for such records.
+pub fn source_date_epoch_unclamped(key: &cache::ActionKey) -> u64 {
+    1_000_000_000 + key_bits(key) % 1_000_000_000
+}
+
+fn key_bits(key: &cache::ActionKey) -> u64 {
     let mut first = [0u8; 8];
     first.copy_from_slice(&key.digest().as_bytes()[..8]);
-    1_000_000_000 + u64::from_be_bytes(first) % 1_000_000_000
+    u64::from_be_bytes(first)
 }
 
 #[cfg(test)]
@@ -333,10 +373,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn source_date_epoch_is_a_plausible_time_fixed_by_the_key() {
+    fn source_date_epoch_is_a_past_time_fixed_by_the_key_and_never_after_the_run() {
         let k = cache::ActionKey::from_digest(cache::Digest::of(b"x"));
-        assert_eq!(source_date_epoch(&k), source_date_epoch(&k));
-        assert!((1_000_000_000..2_000_000_000).contains(&source_date_epoch(&k)));
-        assert_ne!(source_date_epoch(&k), source_date_epoch(&cache::ActionKey::from_digest(cache::Digest::of(b"y"))));
+        let now = 0x6a1e2f00;
+        assert_eq!(source_date_epoch(&k, now), source_date_epoch(&k, now));
+        assert!((1_000_000_000..1_500_000_000).contains(&source_date_epoch(&k, now)));
+        assert_ne!(source_date_epoch(&k, now), source_date_epoch(&cache::ActionKey::from_digest(cache::Digest::of(b"y")), now));
+        // Every key, whatever its bits: never after the run's start.
+        for i in 0..1000u32 {
+            let k = cache::ActionKey::from_digest(cache::Digest::of(&i.to_be_bytes()));
+            assert!(source_date_epoch(&k, u64::MAX) < 1_500_000_000);
+            assert_eq!(source_date_epoch(&k, 1_200_000_000), source_date_epoch(&k, u64::MAX).min(1_200_000_000));
+        }
     }
 }

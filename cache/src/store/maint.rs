@@ -185,6 +185,74 @@ pub(super) fn list(store: &Store) -> Vec<EntryInfo> {
     found.into_iter().map(|(_, i)| i).collect()
 }
 
+/// What the store holds, by kind: the totals of `engine cache ls`. Each blob is counted once,
+/// under the first kind that names it: output (a file or log an entry restores), input (kept
+/// for `engine replay` and `engine provenance` through an entry's input manifest), or
+/// unreferenced (no entry names it: left by a step that failed after its inputs were stored, or
+/// by entries gc removed; `engine cache gc` deletes it once it is a minute old).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Usage {
+    /// Entries (action manifests) and the bytes of their manifest files.
+    pub entries: usize,
+    /// Bytes of the manifest files.
+    pub entry_bytes: u64,
+    /// Blobs of entries' outputs and logs.
+    pub output_blobs: usize,
+    /// Their bytes.
+    pub output_bytes: u64,
+    /// Blobs of input files only (not also an output), named by entries' input manifests.
+    pub input_blobs: usize,
+    /// Their bytes.
+    pub input_bytes: u64,
+    /// Input manifest files (`v1/inputs`).
+    pub input_manifests: usize,
+    /// Their bytes.
+    pub input_manifest_bytes: u64,
+    /// Blobs no entry names.
+    pub unreferenced_blobs: usize,
+    /// Their bytes.
+    pub unreferenced_bytes: u64,
+}
+
+impl Usage {
+    /// Every byte counted.
+    pub fn total_bytes(&self) -> u64 {
+        self.entry_bytes + self.output_bytes + self.input_bytes + self.input_manifest_bytes + self.unreferenced_bytes
+    }
+}
+
+pub(super) fn usage(store: &Store) -> Result<Usage, StoreError> {
+    let mut u = Usage::default();
+    let found = manifests(store)?;
+    let mut outputs: HashSet<Digest> = HashSet::new();
+    let mut inputs: HashSet<Digest> = HashSet::new();
+    let mut manifest_files = InputFiles::default();
+    for f in &found {
+        u.entries += 1;
+        u.entry_bytes += f.bytes;
+        if let Some(m) = &f.manifest {
+            outputs.extend(referenced(m));
+            inputs.extend(manifest_files.blobs(store, m).iter().copied());
+        }
+    }
+    for b in blobs(store)? {
+        let (count, bytes) = if outputs.contains(&b.digest) {
+            (&mut u.output_blobs, &mut u.output_bytes)
+        } else if inputs.contains(&b.digest) {
+            (&mut u.input_blobs, &mut u.input_bytes)
+        } else {
+            (&mut u.unreferenced_blobs, &mut u.unreferenced_bytes)
+        };
+        *count += 1;
+        *bytes += b.bytes;
+    }
+    for f in input_files(store)? {
+        u.input_manifests += 1;
+        u.input_manifest_bytes += f.bytes;
+    }
+    Ok(u)
+}
+
 fn remove(path: &Path) -> bool {
     fs::remove_file(path).is_ok()
 }

@@ -245,6 +245,19 @@ fn logical_lines(text: &str) -> Vec<(String, usize, Span)> {
     out
 }
 
+/// The images a Dockerfile reads (`FROM`, `COPY --from`, `ADD --from`, `RUN --mount`), as
+/// written, each once, in order; stage names and `scratch` are not images, and a reference made
+/// of a build argument (`${BASE}`) is left out (its value is not known here).
+pub fn dockerfile_images(text: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for r in references(text).0 {
+        if !r.image.contains('$') && !out.contains(&r.image) {
+            out.push(r.image);
+        }
+    }
+    out
+}
+
 /// The image references a Dockerfile reads, and the spans of `ADD <url>` instructions.
 fn references(text: &str) -> (Vec<Reference>, Vec<Span>) {
     let mut stages: Vec<String> = Vec::new();
@@ -339,6 +352,12 @@ mod tests {
                 ("${BASE}".to_string(), "FROM", 11),
             ]
         );
+    }
+
+    #[test]
+    fn dockerfile_images_are_each_image_once_without_arguments() {
+        let text = "ARG BASE=local/x\nFROM local/busybox:1 AS build\nFROM ${BASE}\nCOPY --from=other/img /a /a\nFROM local/busybox:1\nCOPY --from=build /a /b\n";
+        assert_eq!(dockerfile_images(text), ["local/busybox:1", "other/img"]);
     }
 
     #[test]

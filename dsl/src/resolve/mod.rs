@@ -9,7 +9,7 @@
 
 mod caches;
 mod image;
-mod image_checks;
+pub(crate) mod image_checks;
 pub(crate) mod names;
 pub(crate) mod settings;
 mod step;
@@ -166,7 +166,7 @@ pub(crate) fn resolve(path: &Path, src: Arc<SourceFile>, root: Node, policy: &Po
     }
     let diags = std::mem::take(&mut r.diags);
     let input_spans = steps.iter().zip(spans).map(|(s, sp)| (s.name.clone(), sp.inputs)).collect();
-    finish(path, diags, Workflow { name, source: src.clone(), dir, images, steps, input_spans })
+    finish(path, diags, Workflow { name, source: src.clone(), dir, images, steps, input_spans, modules: Vec::new() })
 }
 
 /// The text a node holds (keys and scalars), counted without recursion.
@@ -197,5 +197,6 @@ pub(crate) fn unreachable_workflow(src: &Arc<SourceFile>) -> Workflow {
         images: BTreeMap::new(),
         steps: Vec::new(),
         input_spans: BTreeMap::new(),
+        modules: Vec::new(),
     }
 }

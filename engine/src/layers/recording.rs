@@ -15,6 +15,8 @@ pub struct Recording<E> {
     pub recorder: Arc<Recorder>,
     /// Most bytes of a step's log kept in the record (and the cache).
     pub log_limit: u64,
+    /// When the run started (Unix seconds): no `SOURCE_DATE_EPOCH` is later.
+    pub run_started: u64,
 }
 
 impl<E: Executor> Executor for Recording<E> {
@@ -23,15 +25,19 @@ impl<E: Executor> Executor for Recording<E> {
         let log =
             Arc::new(RecordLog { recorder: self.recorder.clone(), step: name.clone(), limit: self.log_limit, state: Mutex::default() });
         job.logs = Some(log.clone());
-        let (recorder, step) = (self.recorder.clone(), job.step.clone());
+        let (recorder, step, run_started) = (self.recorder.clone(), job.step.clone(), self.run_started);
         job.notes = Notes::to(move |note| match note {
             Note::Keyed { key, components, image } => update(&recorder, &step.name, |r| {
                 r.inputs_count = components.inputs.len();
                 r.key = Some(key);
                 // The input files are not in the record: their manifest is in the store, by digest.
                 r.key_components = Some(components.without_inputs());
-                r.image = Some(record::ImageRecord { reference: image.reference, id: image.id });
-                r.source_date_epoch = (!step.env.contains_key("SOURCE_DATE_EPOCH")).then(|| record::source_date_epoch(&key));
+                r.image = Some(record::ImageRecord {
+                    reference: image.reference,
+                    id: image.id,
+                    bases: image.bases.into_iter().map(|(reference, id)| record::BaseImage { reference, id }).collect(),
+                });
+                r.source_date_epoch = (!step.env.contains_key("SOURCE_DATE_EPOCH")).then(|| record::source_date_epoch(&key, run_started));
                 r.started_at = Some(record::timestamp(std::time::SystemTime::now()));
             }),
             Note::InputManifest(digest) => update(&recorder, &step.name, |r| r.inputs_manifest = Some(digest)),

@@ -25,6 +25,8 @@ pub struct Staging<E> {
     pub store: Arc<Store>,
     /// Secret values by name, read before the run started.
     pub secrets: Arc<HashMap<String, String>>,
+    /// When the run started (Unix seconds): no `SOURCE_DATE_EPOCH` is later.
+    pub run_started: u64,
 }
 
 impl<E: Executor> Executor for Staging<E> {
@@ -56,7 +58,7 @@ impl<E: Executor> Executor for Staging<E> {
             Ok(c) => c,
             Err(f) => return Outcome::failed(f),
         };
-        let epoch = job.key.as_ref().map(crate::record::source_date_epoch);
+        let epoch = job.key.as_ref().map(|key| crate::record::source_date_epoch(key, self.run_started));
         job.staged = Some(Staged {
             step: with_source_date_epoch(&step, epoch),
             workspace: workspace.clone(),

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use cache::store::{EntryInfo, GcReport, VerifyReport};
+use cache::store::{EntryInfo, GcReport, Usage, VerifyReport};
 
 use crate::executor::RunReason;
 use crate::explain::Forecast;
@@ -22,7 +22,7 @@ pub fn explain(step: &str, forecast: &Forecast) -> String {
     let Some(c) = &forecast.components else {
         let image = forecast.reasons.iter().find_map(|r| match r {
             RunReason::ImageNotBuilt(name) => Some(name),
-            RunReason::Cache(_) => None,
+            RunReason::Cache(_) | RunReason::FailedLastRun(_) => None,
         });
         match image {
             Some(name) => {
@@ -75,17 +75,32 @@ pub fn print_explain(step: &str, forecast: &Forecast) {
 }
 
 /// `engine cache ls`: one line per entry under a header, then the total.
-pub fn print_ls(entries: &[EntryInfo], dir: &Path) {
+pub fn print_ls(entries: &[EntryInfo], usage: &Usage, dir: &Path) {
     println!("{:<14} {:<20} {:<20} {:>9}  last used", "key", "workflow", "step", "size");
     for e in entries {
         println!("{:<14} {:<20} {:<20} {:>9}  {}", e.key.digest().short(), e.workflow, e.step, fmt_size(e.size), fmt_age(e.last_used));
     }
     let total: u64 = entries.iter().map(|e| e.size).sum();
     println!("{} entries, {} in {}", entries.len(), fmt_size(total), dir.display());
+    print_usage(usage);
+}
+
+/// What the store holds on disk, by kind (the entries' sizes above count their outputs only).
+fn print_usage(u: &Usage) {
+    println!("  outputs and logs:  {} blobs, {}", u.output_blobs, fmt_size(u.output_bytes));
+    println!(
+        "  inputs (kept for replay and provenance):  {} blobs, {}; {} input manifests, {}",
+        u.input_blobs,
+        fmt_size(u.input_bytes),
+        u.input_manifests,
+        fmt_size(u.input_manifest_bytes)
+    );
+    println!("  unreferenced:  {} blobs, {} (`engine cache gc` removes them)", u.unreferenced_blobs, fmt_size(u.unreferenced_bytes));
+    println!("  on disk:  {} (entries {})", fmt_size(u.total_bytes()), fmt_size(u.entry_bytes));
 }
 
 /// `engine cache gc`: what was removed and what remains.
-pub fn print_gc(report: &GcReport) {
+pub fn print_gc(report: &GcReport, usage: &Usage) {
     println!(
         "removed {} entries and {} blobs, freed {}; {} remain",
         report.removed_entries,
@@ -93,6 +108,7 @@ pub fn print_gc(report: &GcReport) {
         fmt_size(report.freed_bytes),
         fmt_size(report.remaining_bytes)
     );
+    print_usage(usage);
 }
 
 /// `engine cache verify`: each corrupt blob and dropped entry, then the counts.

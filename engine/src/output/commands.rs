@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use super::neutralise;
 use crate::docker::ImageId;
 use crate::units::fmt_size;
 
@@ -85,6 +86,21 @@ pub fn images(list: &[images::ImageInfo]) {
 /// `engine images prune`.
 pub fn images_pruned(count: usize) {
     println!("removed {count} images");
+}
+
+/// `engine images prune` of one workflow: what was untagged and removed, and what stays because
+/// another workflow tags it (or a container uses it).
+pub fn workflow_images_pruned(workflow: &str, report: &images::WorkflowPrune) {
+    println!("workflow `{}`: removed {} tags and {} images", neutralise(workflow), report.untagged.len(), report.removed.len());
+    for (id, tags) in &report.kept {
+        if tags.is_empty() {
+            println!("  kept {}: still in use by a container", id.short());
+        } else {
+            let tags: Vec<String> = tags.iter().map(|t| neutralise(t).into_owned()).collect();
+            println!("  kept {}: also tagged {}", id.short(), tags.join(", "));
+        }
+    }
+    println!("(other workflows' images are left alone; `engine images prune --all` removes every image the engine built)");
 }
 
 /// `engine images import`.

@@ -194,8 +194,12 @@ fn verify_step(store: &Store, record: &RunRecord, step: &StepRecord) -> Result<V
     if reference != image.reference && !differs.contains(&"image") {
         differs.push("image");
     }
-    let epoch = (!step.definition.env.contains_key("SOURCE_DATE_EPOCH")).then(|| record::source_date_epoch(&key));
-    if step.source_date_epoch != epoch {
+    // As this engine derives it (clamped to the run's start), or as engines before the clamp did.
+    let derived = |f: &dyn Fn(&cache::ActionKey) -> u64| (!step.definition.env.contains_key("SOURCE_DATE_EPOCH")).then(|| f(&key));
+    let started = record::run_started_secs(&record.run_id);
+    if step.source_date_epoch != derived(&|k| record::source_date_epoch(k, started))
+        && step.source_date_epoch != derived(&record::source_date_epoch_unclamped)
+    {
         differs.push("SOURCE_DATE_EPOCH");
     }
     if !differs.is_empty() {

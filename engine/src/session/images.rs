@@ -18,7 +18,8 @@ use crate::executor::{StepFailure, StepImage};
 /// The outcome of one image build as the steps see it: the image ID, or why there is none.
 #[derive(Debug, Clone)]
 pub enum ImageOutcome {
-    Built(ImageId),
+    /// Its ID, and the images it was built from with their IDs (see [`bases`]).
+    Built(ImageId, Arc<Vec<(String, ImageId)>>),
     Failed(StepFailure),
 }
 
@@ -52,7 +53,7 @@ impl StepImages {
                 let Some(def) = workflow.images.get(&name_owned) else {
                     return ImageOutcome::Failed(StepFailure::ImageFailed(format!("image `{name_owned}` is not defined under `images:`")));
                 };
-                let builder = images::Builder::new(client);
+                let builder = images::Builder::new(client.clone());
                 let owner = crate::docker::owner::owner_labels();
                 let ctx = images::BuildContext {
                     workflow: &workflow.name,
@@ -69,7 +70,7 @@ impl StepImages {
                     });
                 };
                 match builder.build(&ctx, &name_owned, def, &log, &cancel).await {
-                    Ok(image) => ImageOutcome::Built(image.id),
+                    Ok(image) => ImageOutcome::Built(image.id, Arc::new(bases(&client, &workflow, def).await)),
                     Err(e) => ImageOutcome::Failed(e.into()),
                 }
             });
@@ -94,7 +95,9 @@ impl StepImages {
             dsl::ImageRef::Built(name) => match self.builds.get(name) {
                 // Containers are created from the ID: what ran is exactly what the key names.
                 Some(build) => match build.clone().await {
-                    ImageOutcome::Built(id) => Ok(StepImage { run: id.to_string(), id, reference: format!("images.{name}") }),
+                    ImageOutcome::Built(id, bases) => {
+                        Ok(StepImage { run: id.to_string(), id, reference: format!("images.{name}"), bases: bases.to_vec() })
+                    }
                     ImageOutcome::Failed(f) => Err(f),
                 },
                 None => Err(StepFailure::ImageFailed(format!("image `{name}` was not built"))),
@@ -103,7 +106,7 @@ impl StepImages {
                 let Some((run, id)) = self.references.get(&step.name).cloned() else {
                     return Err(StepFailure::Environment(format!("the image of step `{}` was not resolved to an ID", step.name)));
                 };
-                Ok(StepImage { run, id, reference: reference.clone() })
+                Ok(StepImage { run, id, reference: reference.clone(), bases: Vec::new() })
             }
         }
     }
@@ -139,4 +142,36 @@ pub async fn lookup(
         found.insert(name.clone(), id);
     }
     Ok(found)
+}
+
+/// The images an image under `images:` was built from, with their IDs as the daemon has them
+/// now, for the run record and provenance: each stage's `from` that is no stage of the image,
+/// or the images its Dockerfile reads ([`dsl::dockerfile_images`]). One that cannot be looked up
+/// (a Dockerfile that cannot be read again, a tag removed meanwhile) is left out.
+async fn bases(daemon: &docker::Daemon, workflow: &dsl::Workflow, def: &dsl::ImageDef) -> Vec<(String, ImageId)> {
+    let references: Vec<String> = match def {
+        dsl::ImageDef::Stages(stages) => {
+            let mut refs: Vec<String> = Vec::new();
+            for stage in stages {
+                if !stages.iter().any(|s| s.name == stage.from) && !refs.contains(&stage.from) {
+                    refs.push(stage.from.clone());
+                }
+            }
+            refs
+        }
+        dsl::ImageDef::Dockerfile { dockerfile, .. } => {
+            let path = workflow.dir.join(dockerfile);
+            match dsl::bounds::read_regular(&path, dsl::bounds::MAX_FILE_BYTES, true) {
+                Ok(text) => dsl::dockerfile_images(&text),
+                Err(_) => Vec::new(),
+            }
+        }
+    };
+    let mut out = Vec::new();
+    for reference in references {
+        if let Ok(id) = daemon.image_id(&reference).await {
+            out.push((reference, id));
+        }
+    }
+    out
 }

@@ -198,6 +198,7 @@ fn edited_user_network_or_command_is_refused_before_any_container() {
         text(&o.stderr)
     );
     r.edit(|v| {
+        let started = engine::record::run_started_secs(v["run_id"].as_str().unwrap());
         let s = step_mut(v, &gen);
         s["definition"]["isolation"]["user"] = json!({ "uid": 0, "gid": 0 });
         s["definition"]["isolation"]["network"] = json!("bridge");
@@ -206,6 +207,7 @@ fn edited_user_network_or_command_is_refused_before_any_container() {
 
     // Edited consistently with the key components: the key no longer follows from them.
     r.edit(|v| {
+        let started = engine::record::run_started_secs(v["run_id"].as_str().unwrap());
         let s = step_mut(v, &gen);
         s["definition"]["isolation"]["user"] = json!({ "uid": 0, "gid": 0 });
         s["key_components"]["user"] = json!("0:0");
@@ -220,13 +222,14 @@ fn edited_user_network_or_command_is_refused_before_any_container() {
     let original: Value = serde_json::from_slice(&r.original).unwrap();
     let inputs = r.inputs_of(step_mut(&mut original.clone(), &gen));
     r.edit(|v| {
+        let started = engine::record::run_started_secs(v["run_id"].as_str().unwrap());
         let s = step_mut(v, &gen);
         s["definition"]["isolation"]["user"] = json!({ "uid": 0, "gid": 0 });
         s["key_components"]["user"] = json!("0:0");
         let key = key_of(&s["key_components"], &inputs);
         s["key"] = json!(key);
         let epoch = cache::ActionKey::from_digest(key.parse().unwrap());
-        s["source_date_epoch"] = json!(engine::record::source_date_epoch(&epoch));
+        s["source_date_epoch"] = json!(engine::record::source_date_epoch(&epoch, started));
     });
     let o = r.replay(&[&gen]);
     r.refused(&o, 3, &format!("step `{gen}`: the cache store {} has no entry for its key", r.p.cache_dir().display()));
