@@ -146,6 +146,10 @@ pub struct DockerfileBuild {
     pub memory: u64,
     /// CPU quota in thousandths of a CPU.
     pub millicpus: u64,
+    /// Build arguments (`--build-arg`).
+    pub build_args: HashMap<String, String>,
+    /// The stage to build (`--target`); the last one when empty.
+    pub target: String,
 }
 
 /// One message of the daemon's builder.
@@ -281,6 +285,8 @@ impl Daemon {
             .memswap(memory)
             .cpuperiod(100_000)
             .cpuquota(i32::try_from(request.millicpus.saturating_mul(100)).unwrap_or(i32::MAX))
+            .buildargs(&request.build_args)
+            .target(&request.target)
             .build();
         let body = context.map(|chunk| chunk.map(Into::into));
         self.docker.build_image(options, None, Some(bollard::body_try_stream(body))).filter_map(|item| {

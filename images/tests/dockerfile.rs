@@ -48,7 +48,13 @@ impl Logs {
 }
 
 fn def(dockerfile: &str, context: &str) -> dsl::ImageDef {
-    dsl::ImageDef::Dockerfile { dockerfile: dockerfile.into(), context: context.into(), network: dsl::Network::None }
+    dsl::ImageDef::Dockerfile {
+        dockerfile: dockerfile.into(),
+        context: context.into(),
+        network: dsl::Network::None,
+        args: Default::default(),
+        target: None,
+    }
 }
 
 fn remove_engine_images(workflow: &str) {
