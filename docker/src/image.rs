@@ -49,6 +49,8 @@ pub struct ImageDetails {
     pub repo_tags: Vec<String>,
     /// Its configuration.
     pub config: ImageConfig,
+    /// Its `ONBUILD` triggers: instructions a Dockerfile build `FROM` it runs first.
+    pub on_build: Vec<String>,
 }
 
 /// One image as listed.
@@ -186,8 +188,9 @@ impl Daemon {
         };
         let id = image.id.as_deref().and_then(|id| ImageId::parse(id).ok());
         let Some(id) = id else { return Err(DaemonError::NoImageId { reference: reference.to_string() }) };
+        let on_build = image.config.as_ref().and_then(|c| c.on_build.clone()).unwrap_or_default();
         let config = image.config.map(to_config).unwrap_or_default();
-        Ok(Some(ImageDetails { id, repo_tags: image.repo_tags.unwrap_or_default(), config }))
+        Ok(Some(ImageDetails { id, repo_tags: image.repo_tags.unwrap_or_default(), config, on_build }))
     }
 
     /// Pull `from_image` (a repository, or a whole `repo@digest` reference) at `tag`, handing

@@ -157,3 +157,30 @@ async fn a_retagged_base_rebuilds_dockerfile_and_stage_images() {
     cleanup(&wf);
     let _ = Command::new("docker").args(["rmi", "-f", &base]).output();
 }
+
+#[tokio::test]
+async fn a_base_with_onbuild_triggers_keys_the_whole_context() {
+    let wf = unique("engonbuild");
+    let base = format!("{wf}-base/onbuild:1");
+    let other = tempfile::tempdir().unwrap();
+    write(&other.path().join("Dockerfile"), "FROM local/busybox:1\nONBUILD COPY . /ob/\n");
+    let out = Command::new("docker")
+        .env("DOCKER_BUILDKIT", "0")
+        .args(["build", "-q", "--network", "none", "-t", &base])
+        .arg(other.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    write(&root.join("Dockerfile"), &format!("FROM {base}\n"));
+    write(&root.join("README.md"), "v1");
+    let first = build(root, &wf, "ob", &dockerfile(&[], None)).await;
+    assert_eq!(docker(&["run", "--rm", &first.tag, "cat", "/ob/README.md"]), "v1");
+    write(&root.join("README.md"), "v2");
+    let second = build(root, &wf, "ob", &dockerfile(&[], None)).await;
+    assert_ne!(second.key, first.key, "the trigger copies the README");
+    assert_eq!(docker(&["run", "--rm", &second.tag, "cat", "/ob/README.md"]), "v2");
+    cleanup(&wf);
+    let _ = Command::new("docker").args(["rmi", "-f", &base]).output();
+}
