@@ -172,7 +172,12 @@ async fn compare(name: &str, case: &Case) -> Files {
     let (engine_config, cli_config) = (config_of(&built.tag), config_of(&tag));
     docker(&["rmi", "-f", &tag, &built.tag]);
     assert_eq!(engine_config, cli_config, "{name}: image config");
-    let only = |a: &Files, b: &Files| a.iter().filter(|(k, v)| b.get(*k) != Some(v)).map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), v.clone())).collect::<Vec<_>>();
+    let only = |a: &Files, b: &Files| {
+        a.iter()
+            .filter(|(k, v)| b.get(*k) != Some(v))
+            .map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), v.clone()))
+            .collect::<Vec<_>>()
+    };
     assert_eq!(only(&engine_files, &cli_files), vec![], "{name}: files the engine's image has and docker build's lacks or differs");
     assert_eq!(only(&cli_files, &engine_files), vec![], "{name}: files docker build's image has and the engine's lacks or differs");
     engine_files

@@ -53,6 +53,18 @@ pub(crate) struct Context {
     /// `.dockerignore`'s new content (the original with that name appended).
     pub outside: Option<Outside>,
     pub entries: Vec<Entry>,
+    /// The context folder the entries are below.
+    pub root: PathBuf,
+}
+
+/// Open a regular file of the context for reading: never a FIFO or device, and never through a
+/// symlink below `root` (a folder swapped for a symlink after the walk leads nowhere).
+pub(crate) fn open_entry(root: &Path, e: &Entry) -> io::Result<std::fs::File> {
+    match std::str::from_utf8(&e.rel) {
+        Ok(rel) => cache::safe::open_regular_beneath(root, rel),
+        // Not UTF-8: the final component is still never followed.
+        Err(_) => cache::safe::open_regular(&e.path, false),
+    }
 }
 
 /// The additions for a Dockerfile outside the context.
@@ -137,7 +149,8 @@ pub(crate) fn walk(context_dir: &Path, dockerfile_rel: Option<&str>, patterns: &
         let meta = item.metadata().map_err(|source| ContextError::Walk { path: item.path().to_path_buf(), source })?;
         let ft = meta.file_type();
         let kind = if ft.is_symlink() {
-            let target = std::fs::read_link(item.path()).map_err(|source| ContextError::Read { path: item.path().to_path_buf(), source })?;
+            let target =
+                std::fs::read_link(item.path()).map_err(|source| ContextError::Read { path: item.path().to_path_buf(), source })?;
             Kind::Symlink(target)
         } else if ft.is_dir() {
             Kind::Dir
@@ -214,7 +227,7 @@ pub(crate) fn write_tar(ctx: &Context, out: &mut impl io::Write) -> io::Result<(
                 dockerignore_sent = true;
             }
             Kind::File => {
-                let f = cache::safe::open_regular(&e.path, false)?;
+                let f = open_entry(&ctx.root, e)?;
                 let size = f.metadata()?.len();
                 let mut h = header_for(e.mode, e.mtime, tar::EntryType::Regular);
                 h.set_size(size);

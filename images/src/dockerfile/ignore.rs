@@ -295,8 +295,7 @@ fn compile(pattern: &str) -> Result<Kind, IgnoreError> {
         T::Suffix => Kind::Suffix,
         T::Regex => {
             re.push('$');
-            let built = Regex::new(&re)
-                .map_err(|e| IgnoreError::BadPattern { pattern: pattern.to_string(), source: Box::new(e) })?;
+            let built = Regex::new(&re).map_err(|e| IgnoreError::BadPattern { pattern: pattern.to_string(), source: Box::new(e) })?;
             Kind::Regex(built)
         }
     })

@@ -29,6 +29,8 @@ pub(crate) struct KeyInput<'a> {
     /// Each base reference with the ID it has now.
     pub bases: &'a [(String, docker::ImageId)],
     pub entries: &'a [Entry],
+    /// The context folder.
+    pub root: &'a Path,
     pub sources: &'a Sources,
 }
 
@@ -73,8 +75,12 @@ pub(crate) fn selected(entries: &[Entry], sources: &Sources) -> Option<Vec<usize
             // `*` and `?` within a path component, as the builder's `filepath.Match` (a `**`
             // matches across folders here: wider, never narrower).
             let glob = GlobBuilder::new(src).literal_separator(true).build().ok()?.compile_matcher();
-            let matched: Vec<usize> =
-                entries.iter().enumerate().filter(|(_, e)| glob.is_match(Path::new(std::ffi::OsStr::from_bytes(&e.rel)))).map(|(i, _)| i).collect();
+            let matched: Vec<usize> = entries
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| glob.is_match(Path::new(std::ffi::OsStr::from_bytes(&e.rel))))
+                .map(|(i, _)| i)
+                .collect();
             for i in matched {
                 if matches!(entries[i].kind, Kind::Symlink(_)) {
                     return None;
@@ -128,12 +134,12 @@ pub(crate) fn key(input: &KeyInput<'_>) -> std::io::Result<crate::key::StageKey>
         match &e.kind {
             Kind::File => {
                 h.update([b'f']);
-                h.update(content_digest(&e.path)?);
+                h.update(content_digest(input.root, e)?);
             }
             Kind::HardLink(first) => {
                 h.update([b'h']);
                 bytes(&mut h, first);
-                h.update(content_digest(&e.path)?);
+                h.update(content_digest(input.root, e)?);
             }
             Kind::Dir => h.update([b'd']),
             Kind::Symlink(target) => {
@@ -145,9 +151,9 @@ pub(crate) fn key(input: &KeyInput<'_>) -> std::io::Result<crate::key::StageKey>
     Ok(crate::key::StageKey::from_digest(cache::Digest::from_bytes(h.finalize().into())))
 }
 
-/// SHA-256 of a regular file's content, opened without following a symlink.
-fn content_digest(path: &Path) -> std::io::Result<[u8; 32]> {
-    let mut f = cache::safe::open_regular(path, false)?;
+/// SHA-256 of a regular file's content, opened without following a symlink below the context.
+fn content_digest(root: &Path, e: &Entry) -> std::io::Result<[u8; 32]> {
+    let mut f = super::context::open_entry(root, e)?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 256 << 10];
     loop {
@@ -158,4 +164,65 @@ fn content_digest(path: &Path) -> std::io::Result<[u8; 32]> {
         h.update(&buf[..n]);
     }
     Ok(h.finalize().into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(list: &[(&str, char)]) -> Vec<Entry> {
+        list.iter()
+            .map(|(rel, kind)| Entry {
+                rel: rel.as_bytes().to_vec(),
+                path: Path::new("/nonexistent").join(rel),
+                kind: match kind {
+                    'd' => Kind::Dir,
+                    'l' => Kind::Symlink("elsewhere".into()),
+                    _ => Kind::File,
+                },
+                mode: 0o644,
+                mtime: 0,
+            })
+            .collect()
+    }
+
+    fn chosen(list: &[(&str, char)], sources: &[&str]) -> Option<Vec<String>> {
+        let e = entries(list);
+        let s = Sources::Paths(sources.iter().map(|s| s.to_string()).collect());
+        selected(&e, &s).map(|v| v.into_iter().map(|i| String::from_utf8_lossy(&e[i].rel).into_owned()).collect())
+    }
+
+    const TREE: &[(&str, char)] = &[
+        ("README.md", 'f'),
+        ("a.cfg", 'f'),
+        ("app", 'd'),
+        ("app/main.txt", 'f'),
+        ("app/sub", 'd'),
+        ("app/sub/x", 'f'),
+        ("apple", 'f'),
+        ("link", 'l'),
+        ("src", 'd'),
+        ("src/m.py", 'f'),
+        ("src/n.rs", 'f'),
+    ];
+
+    #[test]
+    fn sources_select_what_they_match_and_everything_below() {
+        assert_eq!(chosen(TREE, &["app"]).unwrap(), ["app", "app/main.txt", "app/sub", "app/sub/x"]);
+        assert_eq!(chosen(TREE, &["*.cfg", "src/*.py"]).unwrap(), ["a.cfg", "src/m.py"]);
+        assert_eq!(chosen(TREE, &["ap?le"]).unwrap(), ["apple"]);
+        assert_eq!(chosen(TREE, &["missing"]).unwrap(), Vec::<String>::new());
+        // A class: everything below the literal folders.
+        assert_eq!(chosen(TREE, &["src/[m].py"]).unwrap(), ["src", "src/m.py", "src/n.rs"]);
+    }
+
+    #[test]
+    fn symlinks_and_unusual_patterns_take_the_whole_context() {
+        assert_eq!(chosen(TREE, &["link"]), None);
+        assert_eq!(chosen(TREE, &["link/x"]), None);
+        assert_eq!(chosen(TREE, &["l*"]), None);
+        assert_eq!(chosen(TREE, &["[a]pp"]), None);
+        let e = entries(TREE);
+        assert_eq!(selected(&e, &Sources::All), None);
+    }
 }

@@ -48,7 +48,13 @@ pub(crate) struct Prepared {
 
 /// Read the Dockerfile and walk the context (blocking work, on a worker thread), resolve the
 /// base images to IDs (pulled when missing, as a build would), and compute the key.
-pub(crate) async fn prepare(builder: &Builder, ctx: &BuildContext<'_>, name: &str, spec: Spec<'_>, log: LogFn<'_>) -> Result<Prepared, BuildError> {
+pub(crate) async fn prepare(
+    builder: &Builder,
+    ctx: &BuildContext<'_>,
+    name: &str,
+    spec: Spec<'_>,
+    log: LogFn<'_>,
+) -> Result<Prepared, BuildError> {
     let invalid = |message: String| BuildError::Invalid { image: name.to_string(), message };
     let (dir, dockerfile, context_rel) = (ctx.dir.to_path_buf(), spec.dockerfile.to_string(), spec.context.to_string());
     let args = spec.args.clone();
@@ -85,6 +91,7 @@ pub(crate) async fn prepare(builder: &Builder, ctx: &BuildContext<'_>, name: &st
             network: network.as_str(),
             bases: &bases,
             entries: &context.entries,
+            root: &context.root,
             sources: &reads.sources,
         };
         key::key(&input).map(|key| Prepared { key, context }).map_err(|e| format!("cannot read the context: {e}"))
@@ -336,7 +343,7 @@ fn scan(context_dir: &Path, dockerfile_path: &Path) -> Result<Context, String> {
             (name, Some(context::Outside { dockerignore, mtime }))
         }
     };
-    Ok(Context { dockerfile_name, dockerfile, outside, entries })
+    Ok(Context { dockerfile_name, dockerfile, outside, entries, root: context_dir.to_path_buf() })
 }
 
 /// An error and its causes, in one line.

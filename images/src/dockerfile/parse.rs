@@ -102,7 +102,11 @@ pub(crate) fn substitute(text: &str, vars: &HashMap<String, String>) -> String {
                 let replaced = if let Some((n, word)) = inner.split_once(":-") {
                     Some(value(n)).filter(|v| !v.is_empty()).unwrap_or_else(|| word.to_string())
                 } else if let Some((n, word)) = inner.split_once(":+") {
-                    if value(n).is_empty() { String::new() } else { word.to_string() }
+                    if value(n).is_empty() {
+                        String::new()
+                    } else {
+                        word.to_string()
+                    }
                 } else {
                     value(&inner)
                 };
