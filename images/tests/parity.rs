@@ -195,6 +195,9 @@ async fn modes_are_kept() {
     write(case.root(), "group.txt", "umask 002", 0o664);
     write(case.root(), "setgid/file", "x", 0o640);
     std::fs::set_permissions(case.root().join("setgid"), std::fs::Permissions::from_mode(0o2775)).unwrap();
+    write(case.root(), "suid", "s", 0o4755);
+    write(case.root(), "sticky/f", "s", 0o644);
+    std::fs::set_permissions(case.root().join("sticky"), std::fs::Permissions::from_mode(0o1777)).unwrap();
     let files = compare("modes", &case).await;
     assert_eq!(files[&b"c/id_key"[..]].1, 0o600, "a 0600 key stays 0600");
 }
@@ -305,4 +308,16 @@ async fn long_names_and_deep_folders() {
     write(case.root(), &deep, "deep", 0o644);
     std::os::unix::fs::symlink("x".repeat(200), case.root().join("long-link")).unwrap();
     compare("long-names", &case).await;
+}
+
+#[tokio::test]
+async fn dockerignore_classes_escapes_and_double_stars() {
+    let case = Case::new("Dockerfile", ".", &format!("FROM {BASE}\nCOPY . /c/\n"));
+    write(case.root(), ".dockerignore", "[a-c].txt\n\\*lit\nd?r\n**/tmp/**\nnested/**/*.o\n!nested/keep/**\n", 0o644);
+    for f in ["a.txt", "d.txt", "*lit", "xlit", "dir/f", "dor/f", "x/tmp/y/z", "tmp/q", "nested/a/b/c.o", "nested/keep/k.o", "nested/c.c"] {
+        write(case.root(), f, f, 0o644);
+    }
+    let files = compare("dockerignore-classes", &case).await;
+    assert!(!has(&files, "c/a.txt") && has(&files, "c/d.txt") && !has(&files, "c/*lit") && has(&files, "c/xlit"));
+    assert!(!has(&files, "c/nested/a/b/c.o") && has(&files, "c/nested/keep/k.o"));
 }

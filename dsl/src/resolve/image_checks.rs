@@ -377,10 +377,7 @@ mod tests {
         assert_eq!(args.get("MSG").map(String::as_str), Some("hello"));
         assert_eq!(target.as_deref(), Some("two"));
 
-        let bad = [
-            ("    args: { '1x': a }\n", "invalid build argument name `1x`"),
-            ("    target: 'a b'\n", "invalid target stage `a b`"),
-        ];
+        let bad = [("    args: { '1x': a }\n", "invalid build argument name `1x`"), ("    target: 'a b'\n", "invalid target stage `a b`")];
         for (line, message) in bad {
             let text = format!("version: 1\nimages:\n  d:\n    dockerfile: Dockerfile\n{line}steps:\n  a: {{ image: d, run: 'true' }}\n");
             let err = crate::load_str(Path::new("w.yml"), &text).unwrap_err();
