@@ -49,6 +49,8 @@ pub struct ImageDetails {
     pub repo_tags: Vec<String>,
     /// Its configuration.
     pub config: ImageConfig,
+    /// Its `ONBUILD` triggers: instructions a Dockerfile build `FROM` it runs first.
+    pub on_build: Vec<String>,
 }
 
 /// One image as listed.
@@ -146,6 +148,10 @@ pub struct DockerfileBuild {
     pub memory: u64,
     /// CPU quota in thousandths of a CPU.
     pub millicpus: u64,
+    /// Build arguments (`--build-arg`).
+    pub build_args: HashMap<String, String>,
+    /// The stage to build (`--target`); the last one when empty.
+    pub target: String,
 }
 
 /// One message of the daemon's builder.
@@ -182,8 +188,9 @@ impl Daemon {
         };
         let id = image.id.as_deref().and_then(|id| ImageId::parse(id).ok());
         let Some(id) = id else { return Err(DaemonError::NoImageId { reference: reference.to_string() }) };
+        let on_build = image.config.as_ref().and_then(|c| c.on_build.clone()).unwrap_or_default();
         let config = image.config.map(to_config).unwrap_or_default();
-        Ok(Some(ImageDetails { id, repo_tags: image.repo_tags.unwrap_or_default(), config }))
+        Ok(Some(ImageDetails { id, repo_tags: image.repo_tags.unwrap_or_default(), config, on_build }))
     }
 
     /// Pull `from_image` (a repository, or a whole `repo@digest` reference) at `tag`, handing
@@ -281,6 +288,8 @@ impl Daemon {
             .memswap(memory)
             .cpuperiod(100_000)
             .cpuquota(i32::try_from(request.millicpus.saturating_mul(100)).unwrap_or(i32::MAX))
+            .buildargs(&request.build_args)
+            .target(&request.target)
             .build();
         let body = context.map(|chunk| chunk.map(Into::into));
         self.docker.build_image(options, None, Some(bollard::body_try_stream(body))).filter_map(|item| {

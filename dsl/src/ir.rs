@@ -334,6 +334,10 @@ pub enum ImageDef {
         context: String,
         /// The network of `RUN` instructions.
         network: Network,
+        /// Build arguments (`args:`, the builder's `--build-arg`); part of the image's key.
+        args: BTreeMap<String, String>,
+        /// The stage to build (`target:`, the builder's `--target`); the last stage when `None`.
+        target: Option<String>,
     },
 }
 

@@ -39,7 +39,13 @@ fn spec_example_loads() {
     }
     assert_eq!(
         wf.images["legacy"],
-        ImageDef::Dockerfile { dockerfile: "docker/Dockerfile".into(), context: ".".into(), network: Network::None }
+        ImageDef::Dockerfile {
+            dockerfile: "docker/Dockerfile".into(),
+            context: ".".into(),
+            network: Network::None,
+            args: Default::default(),
+            target: None,
+        }
     );
     assert_eq!(wf.dir, path.parent().unwrap());
 }

@@ -47,8 +47,9 @@ impl Builder {
     ) -> Result<BuiltImage, BuildError> {
         match def {
             dsl::ImageDef::Stages(stages) => crate::stages::build(self, ctx, name, stages, log, cancel).await,
-            dsl::ImageDef::Dockerfile { dockerfile, context, network } => {
-                crate::dockerfile::build(self, ctx, name, dockerfile, context, *network, log, cancel).await
+            dsl::ImageDef::Dockerfile { dockerfile, context, network, args, target } => {
+                let spec = crate::dockerfile::Spec { dockerfile, context, network: *network, args, target: target.as_deref() };
+                crate::dockerfile::build(self, ctx, name, spec, log, cancel).await
             }
         }
     }

@@ -1,6 +1,6 @@
 //! Finding a built image without building it, for `engine plan`: the image's key is computed
 //! as a build computes it (stage keys from base image IDs, copy sources and instructions; a
-//! Dockerfile image's key from its Dockerfile and context), and the image carrying that key is
+//! Dockerfile image's key from its Dockerfile, base image IDs and the files it copies), and the image carrying that key is
 //! looked for. No container is created, nothing is built or tagged.
 
 use crate::Builder;
@@ -19,17 +19,11 @@ impl Builder {
                 let key = plans[last].as_ref().map(|p| p.key).ok_or_else(|| invalid("final stage was not planned"))?;
                 crate::stages::find(self, name, &key, true).await
             }
-            dsl::ImageDef::Dockerfile { dockerfile, context, .. } => {
-                let (dir, dockerfile, context) = (ctx.dir.to_path_buf(), dockerfile.to_string(), context.to_string());
-                let image = name.to_string();
-                let scanned = tokio::task::spawn_blocking(move || {
-                    let (context_dir, dockerfile_path) = crate::dockerfile::confine(&dir, &context, &dockerfile)?;
-                    crate::dockerfile::scan(&context_dir, &dockerfile_path)
-                })
-                .await
-                .map_err(|e| BuildError::host(format!("image `{image}`: reading the context failed"), e))?
-                .map_err(|message| BuildError::Invalid { image: name.to_string(), message })?;
-                crate::dockerfile::find_by_key(self, &crate::dockerfile::key_of(&scanned)).await
+            dsl::ImageDef::Dockerfile { dockerfile, context, network, args, target } => {
+                let spec = crate::dockerfile::Spec { dockerfile, context, network: *network, args, target: target.as_deref() };
+                let quiet = |_: &str, _: &str, _: &str| {};
+                let prepared = crate::dockerfile::prepare(self, ctx, name, spec, &quiet).await?;
+                crate::dockerfile::find_by_key(self, &prepared.key()).await
             }
         }
     }

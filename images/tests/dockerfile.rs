@@ -48,7 +48,13 @@ impl Logs {
 }
 
 fn def(dockerfile: &str, context: &str) -> dsl::ImageDef {
-    dsl::ImageDef::Dockerfile { dockerfile: dockerfile.into(), context: context.into(), network: dsl::Network::None }
+    dsl::ImageDef::Dockerfile {
+        dockerfile: dockerfile.into(),
+        context: context.into(),
+        network: dsl::Network::None,
+        args: Default::default(),
+        target: None,
+    }
 }
 
 fn remove_engine_images(workflow: &str) {
@@ -114,7 +120,7 @@ async fn dockerfile_builds_caches_and_keys_on_the_context() {
     assert_ne!(fourth.id, first.id);
     assert_eq!(fourth.stages_built, 1);
 
-    // A Dockerfile outside the context is sent under a reserved name.
+    // A Dockerfile outside the context is sent under a name of its own, as the docker CLI does.
     write(&dir.path().join("ctx/file.txt"), "inside");
     write(&dir.path().join("outside.Dockerfile"), "FROM local/busybox:1\nCOPY file.txt /file.txt\n");
     let outside = b.build(&ctx, "outside", &def("outside.Dockerfile", "ctx"), &log, &cancel).await.expect("outside");

@@ -2,7 +2,7 @@
 //! `dockerfile:` with its `context:` (whose paths and references are checked by
 //! [`super::image_checks`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use marked_yaml::Node;
@@ -16,7 +16,7 @@ use crate::suggest;
 use crate::validate;
 use crate::yaml::reader::Reader;
 
-const IMAGE_KEYS: &[&str] = &["stages", "dockerfile", "context", "network"];
+const IMAGE_KEYS: &[&str] = &["stages", "dockerfile", "context", "network", "args", "target"];
 const STAGE_KEYS: &[&str] = &["name", "from", "env", "workdir", "user", "copy", "run", "network", "limits"];
 const COPY_KEYS: &[&str] = &["from", "src", "dst"];
 
@@ -57,6 +57,17 @@ pub(super) fn image(
                     "stages each say their own `network:`",
                 );
             }
+            for key in ["args", "target"] {
+                if let Some(n) = map.get_node(key) {
+                    let span = r.span(n);
+                    r.error(
+                        span,
+                        format!("{what} has `{key}` but no `dockerfile`"),
+                        format!("{key} without dockerfile"),
+                        "`args` and `target` belong with `dockerfile`; stages say `env:` and `from:`",
+                    );
+                }
+            }
             Some(ImageDef::Stages(image_stages(r, name, stages, asks)))
         }
         (None, Some(df)) => {
@@ -81,7 +92,15 @@ pub(super) fn image(
             asks.push(Ask { who: what.clone(), asked: Asked::DockerfileBuild, span: dockerfile.1, builtin: false });
             let found = image_checks::dockerfile_paths(r, dir, name, &dockerfile, &context, network);
             dockerfiles.push((name.to_string(), found, dockerfile.1));
-            Some(ImageDef::Dockerfile { dockerfile: dockerfile.0, context: context.0, network })
+            let args = match map.get_node("args") {
+                Some(n) => build_args(r, n),
+                None => BTreeMap::new(),
+            };
+            let target = match map.get_node("target") {
+                Some(n) => Some(build_target(r, n)?),
+                None => None,
+            };
+            Some(ImageDef::Dockerfile { dockerfile: dockerfile.0, context: context.0, network, args, target })
         }
         (Some(_), Some(df)) => {
             let span = r.span(df);
@@ -104,6 +123,44 @@ pub(super) fn image(
             None
         }
     }
+}
+
+/// `args:`: the build arguments (`--build-arg NAME=value`), names as the builder takes them.
+fn build_args(r: &mut Reader, node: &Node) -> BTreeMap<String, String> {
+    let mut args = BTreeMap::new();
+    for (k, v, span) in r.string_map(node, "`args`") {
+        let valid = k.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.');
+        if !valid {
+            r.error(
+                span,
+                format!("invalid build argument name `{k}`"),
+                "invalid name",
+                "names contain letters, digits, `_`, `-` and `.`, starting with a letter or `_`",
+            );
+        } else if k.len() + v.len() > crate::bounds::MAX_ARG_BYTES {
+            r.error(span, format!("build argument `{k}` is longer than 128 KiB"), "too long", "pass large data as a context file");
+        }
+        args.insert(k, v);
+    }
+    args
+}
+
+/// `target:`: the stage to build (`--target`), a stage name as `FROM ... AS name` gives it.
+fn build_target(r: &mut Reader, node: &Node) -> Option<String> {
+    let (target, span) = r.string(node, "`target`")?;
+    let valid = target.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && target.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if !valid {
+        r.error(
+            span,
+            format!("invalid target stage `{target}`"),
+            "invalid stage name",
+            "a stage name starts with a letter and holds letters, digits, `_`, `-` and `.`",
+        );
+        return None;
+    }
+    Some(target)
 }
 
 fn image_stages(r: &mut Reader, image: &str, node: &Node, asks: &mut Vec<Ask>) -> Vec<Stage> {

@@ -384,4 +384,26 @@ mod tests {
         assert_eq!(Limits::stage().timeout, std::time::Duration::from_secs(1800));
         assert!(matches!(&from_yaml.images["d"], crate::ImageDef::Dockerfile { network: Network::Bridge, .. }));
     }
+
+    #[test]
+    fn dockerfile_args_and_target_load_alike_from_yaml_and_the_dsl() {
+        let yaml = "version: 1\nimages:\n  d:\n    dockerfile: Dockerfile\n    args: { MSG: hello, BASE_IMAGE: 'local/busybox:1' }\n    target: two\nsteps:\n  a: { image: d, run: 'true' }\n";
+        let wf = "version 1\nimage d {\n  dockerfile \"Dockerfile\"\n  args {\n    MSG \"hello\"\n    BASE_IMAGE \"local/busybox:1\"\n  }\n  target \"two\"\n}\nstep a {\n  image \"d\"\n  run \"true\"\n}\n";
+        let from_yaml = crate::load_str(Path::new("w.yml"), yaml).unwrap();
+        let from_wf = crate::load_str(Path::new("w.wf"), wf).unwrap();
+        assert_eq!(from_yaml.images["d"], from_wf.images["d"]);
+        let crate::ImageDef::Dockerfile { args, target, .. } = &from_yaml.images["d"] else { panic!("dockerfile") };
+        assert_eq!(args.get("MSG").map(String::as_str), Some("hello"));
+        assert_eq!(target.as_deref(), Some("two"));
+
+        let bad = [("    args: { '1x': a }\n", "invalid build argument name `1x`"), ("    target: 'a b'\n", "invalid target stage `a b`")];
+        for (line, message) in bad {
+            let text = format!("version: 1\nimages:\n  d:\n    dockerfile: Dockerfile\n{line}steps:\n  a: {{ image: d, run: 'true' }}\n");
+            let err = crate::load_str(Path::new("w.yml"), &text).unwrap_err();
+            assert!(format!("{err:?}").contains(message), "{line}: {err:?}");
+        }
+        let stages = "version: 1\nimages:\n  t:\n    stages: [{ name: s, from: 'local/busybox:1' }]\n    args: { A: b }\nsteps:\n  a: { image: t, run: 'true' }\n";
+        let err = crate::load_str(Path::new("w.yml"), stages).unwrap_err();
+        assert!(format!("{err:?}").contains("has `args` but no `dockerfile`"), "{err:?}");
+    }
 }
