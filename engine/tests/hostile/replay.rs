@@ -198,7 +198,6 @@ fn edited_user_network_or_command_is_refused_before_any_container() {
         text(&o.stderr)
     );
     r.edit(|v| {
-        let started = engine::record::run_started_secs(v["run_id"].as_str().unwrap());
         let s = step_mut(v, &gen);
         s["definition"]["isolation"]["user"] = json!({ "uid": 0, "gid": 0 });
         s["definition"]["isolation"]["network"] = json!("bridge");
@@ -207,7 +206,6 @@ fn edited_user_network_or_command_is_refused_before_any_container() {
 
     // Edited consistently with the key components: the key no longer follows from them.
     r.edit(|v| {
-        let started = engine::record::run_started_secs(v["run_id"].as_str().unwrap());
         let s = step_mut(v, &gen);
         s["definition"]["isolation"]["user"] = json!({ "uid": 0, "gid": 0 });
         s["key_components"]["user"] = json!("0:0");
