@@ -94,8 +94,11 @@ pub(crate) fn selected(entries: &[Entry], sources: &Sources) -> Option<Vec<usize
 
 /// The key, hashing the content of the entries read. Files are read without following a
 /// symlink, as regular files only.
-/// Also returns the digest of each file read, by entry index, for the sending to check.
-pub(crate) fn key(input: &KeyInput<'_>) -> std::io::Result<(crate::key::StageKey, Vec<(usize, [u8; 32])>)> {
+/// The SHA-256 of each file the key read, by entry index, for the sending to check.
+pub(crate) type FileDigests = Vec<(usize, [u8; 32])>;
+
+/// Also returns the digest of each file read.
+pub(crate) fn key(input: &KeyInput<'_>) -> std::io::Result<(crate::key::StageKey, FileDigests)> {
     fn bytes(h: &mut Sha256, b: &[u8]) {
         h.update((b.len() as u64).to_le_bytes());
         h.update(b);
