@@ -270,3 +270,34 @@ fn images_prune_is_scoped_to_the_workflow_and_keeps_an_image_another_workflow_ta
     assert_eq!(code(&o), 0, "{}", text(&o.stderr));
     assert_eq!(image_id(&format!("{a}/{shared}")), shared_a, "the shared image is found again, not rebuilt");
 }
+
+#[test]
+fn a_dockerfile_image_is_kept_when_only_files_it_does_not_read_change() {
+    let wf = unique("imgdf").to_lowercase();
+    let _cleanup = Images(wf.clone());
+    let workflow = format!(
+        "version: 1\nname: {wf}\nimages:\n  {wf}-app:\n    dockerfile: Dockerfile\n    context: .\n    args: {{ GREETING: hi }}\nsteps:\n  use: {{ image: {wf}-app, run: 'cat /app/main.txt > o.txt && echo $GREETING >> o.txt', outputs: [o.txt] }}\n"
+    );
+    let p = Project::new(&workflow);
+    p.write("Dockerfile", "FROM local/busybox:1\nARG GREETING\nENV GREETING=$GREETING\nCOPY app/ /app/\n");
+    p.write("app/main.txt", "v1\n");
+    p.write("README.md", "readme\n");
+    let first = events(&p);
+    assert_eq!(statuses(&first)["use"], "succeeded");
+    let image = image_id(&format!("{wf}/{wf}-app"));
+    assert_eq!(std::fs::read_to_string(p.path().join(".engine/out/use/o.txt")).unwrap(), "v1\nhi\n");
+
+    // The README and the workflow file itself are in the context, but no COPY reads them.
+    p.write("README.md", "edited\n");
+    p.write("workflow.yml", &format!("{workflow}# a comment\n"));
+    let second = events(&p);
+    assert_eq!(statuses(&second)["use"], "cached");
+    assert_eq!(image_id(&format!("{wf}/{wf}-app")), image);
+
+    // A file it copies: rebuilt, and the step re-runs.
+    p.write("app/main.txt", "v2\n");
+    let third = events(&p);
+    assert_eq!(statuses(&third)["use"], "succeeded");
+    assert_ne!(image_id(&format!("{wf}/{wf}-app")), image);
+    assert_eq!(std::fs::read_to_string(p.path().join(".engine/out/use/o.txt")).unwrap(), "v2\nhi\n");
+}

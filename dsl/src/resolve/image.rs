@@ -129,14 +129,15 @@ pub(super) fn image(
 fn build_args(r: &mut Reader, node: &Node) -> BTreeMap<String, String> {
     let mut args = BTreeMap::new();
     for (k, v, span) in r.string_map(node, "`args`") {
+        // As a Dockerfile can use them (`$NAME`), and as the DSL can write them as keys.
         let valid = k.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.');
+            && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !valid {
             r.error(
                 span,
                 format!("invalid build argument name `{k}`"),
                 "invalid name",
-                "names contain letters, digits, `_`, `-` and `.`, starting with a letter or `_`",
+                "names contain letters, digits and `_`, not starting with a digit",
             );
         } else if k.len() + v.len() > crate::bounds::MAX_ARG_BYTES {
             r.error(span, format!("build argument `{k}` is longer than 128 KiB"), "too long", "pass large data as a context file");

@@ -17,6 +17,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use sha2::{Digest as _, Sha256};
+
 use super::ignore::{self, MatchInfo, Matcher};
 
 /// The most entries a context may have.
@@ -32,6 +34,9 @@ pub(crate) struct Entry {
     pub mode: u32,
     /// Seconds since the epoch (0 for earlier times).
     pub mtime: u64,
+    /// For a file the key covers, the SHA-256 of its content when the key was computed: sending
+    /// other content fails the build rather than label the image with a key it does not match.
+    pub digest: Option<[u8; 32]>,
 }
 
 pub(crate) enum Kind {
@@ -174,9 +179,23 @@ pub(crate) fn walk(context_dir: &Path, dockerfile_rel: Option<&str>, patterns: &
         }
         let mode = if matches!(kind, Kind::Symlink(_)) { 0o777 } else { meta.mode() & 0o7777 };
         let mtime = u64::try_from(meta.mtime()).unwrap_or(0);
-        entries.push(Entry { rel, path: item.into_path(), kind, mode, mtime });
+        entries.push(Entry { rel, path: item.into_path(), kind, mode, mtime, digest: None });
     }
     Ok(entries)
+}
+
+/// A reader that hashes what passes through it.
+struct Hashing<R> {
+    inner: R,
+    hash: Sha256,
+}
+
+impl<R: io::Read> io::Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
 }
 
 /// The name a Dockerfile from outside the context gets (the CLI's is random; this one is
@@ -231,7 +250,14 @@ pub(crate) fn write_tar(ctx: &Context, out: &mut impl io::Write) -> io::Result<(
                 let size = f.metadata()?.len();
                 let mut h = header_for(e.mode, e.mtime, tar::EntryType::Regular);
                 h.set_size(size);
-                tar.append_data(&mut h, name, io::Read::take(f, size))?;
+                let mut reader = Hashing { inner: io::Read::take(f, size), hash: Sha256::new() };
+                tar.append_data(&mut h, name, &mut reader)?;
+                if let Some(expected) = e.digest {
+                    if <[u8; 32]>::from(reader.hash.finalize()) != expected {
+                        let what = String::from_utf8_lossy(&e.rel).into_owned();
+                        return Err(io::Error::other(format!("`{what}` changed after it was hashed for the image's key; build again")));
+                    }
+                }
             }
         }
     }
@@ -247,4 +273,54 @@ pub(crate) fn write_tar(ctx: &Context, out: &mut impl io::Write) -> io::Result<(
     }
     tar.into_inner()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn context(dir: &Path, patterns: &[String]) -> Context {
+        let entries = walk(dir, Some("Dockerfile"), patterns).unwrap();
+        Context { dockerfile_name: "Dockerfile".into(), dockerfile: Vec::new(), outside: None, entries, root: dir.to_path_buf() }
+    }
+
+    fn names(tar: &[u8]) -> Vec<(String, u32, u64)> {
+        let mut archive = tar::Archive::new(tar);
+        let entries = archive.entries().unwrap();
+        entries
+            .map(|e| e.unwrap())
+            .map(|e| (e.path().unwrap().display().to_string(), e.header().mode().unwrap(), e.header().uid().unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn the_walk_keeps_modes_and_forces_the_build_files() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("Dockerfile"), "FROM x\n").unwrap();
+        std::fs::write(dir.path().join(".dockerignore"), "*\n").unwrap();
+        std::fs::write(dir.path().join("key"), "k").unwrap();
+        for (name, mode) in [("Dockerfile", 0o644), (".dockerignore", 0o644), ("key", 0o600)] {
+            std::fs::set_permissions(dir.path().join(name), std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        let all = context(dir.path(), &[]);
+        let mut tar = Vec::new();
+        write_tar(&all, &mut tar).unwrap();
+        assert_eq!(names(&tar), [(".dockerignore".into(), 0o644, 0), ("Dockerfile".into(), 0o644, 0), ("key".into(), 0o600, 0)]);
+        let ignored = context(dir.path(), &["*".to_string()]);
+        let sent: Vec<String> = ignored.entries.iter().map(|e| String::from_utf8_lossy(&e.rel).into_owned()).collect();
+        assert_eq!(sent, [".dockerignore", "Dockerfile"], "the Dockerfile and .dockerignore are always sent");
+    }
+
+    #[test]
+    fn a_file_changed_after_it_was_keyed_fails_the_sending() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("Dockerfile"), "FROM x\n").unwrap();
+        let mut ctx = context(dir.path(), &[]);
+        ctx.entries[0].digest = Some([0; 32]);
+        let err = write_tar(&ctx, &mut Vec::new()).unwrap_err();
+        assert!(err.to_string().contains("changed after it was hashed"), "{err}");
+        ctx.entries[0].digest = Some(Sha256::digest(b"FROM x\n").into());
+        write_tar(&ctx, &mut Vec::new()).unwrap();
+    }
 }

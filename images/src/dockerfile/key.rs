@@ -94,7 +94,11 @@ pub(crate) fn selected(entries: &[Entry], sources: &Sources) -> Option<Vec<usize
 
 /// The key, hashing the content of the entries read. Files are read without following a
 /// symlink, as regular files only.
-pub(crate) fn key(input: &KeyInput<'_>) -> std::io::Result<crate::key::StageKey> {
+/// The SHA-256 of each file the key read, by entry index, for the sending to check.
+pub(crate) type FileDigests = Vec<(usize, [u8; 32])>;
+
+/// Also returns the digest of each file read.
+pub(crate) fn key(input: &KeyInput<'_>) -> std::io::Result<(crate::key::StageKey, FileDigests)> {
     fn bytes(h: &mut Sha256, b: &[u8]) {
         h.update((b.len() as u64).to_le_bytes());
         h.update(b);
@@ -127,6 +131,7 @@ pub(crate) fn key(input: &KeyInput<'_>) -> std::io::Result<crate::key::StageKey>
         }
     };
     h.update((chosen.len() as u64).to_le_bytes());
+    let mut digests = Vec::new();
     for i in chosen {
         let e = &input.entries[i];
         bytes(&mut h, &e.rel);
@@ -134,7 +139,9 @@ pub(crate) fn key(input: &KeyInput<'_>) -> std::io::Result<crate::key::StageKey>
         match &e.kind {
             Kind::File => {
                 h.update([b'f']);
-                h.update(content_digest(input.root, e)?);
+                let digest = content_digest(input.root, e)?;
+                h.update(digest);
+                digests.push((i, digest));
             }
             Kind::HardLink(first) => {
                 h.update([b'h']);
@@ -148,7 +155,7 @@ pub(crate) fn key(input: &KeyInput<'_>) -> std::io::Result<crate::key::StageKey>
             }
         }
     }
-    Ok(crate::key::StageKey::from_digest(cache::Digest::from_bytes(h.finalize().into())))
+    Ok((crate::key::StageKey::from_digest(cache::Digest::from_bytes(h.finalize().into())), digests))
 }
 
 /// SHA-256 of a regular file's content, opened without following a symlink below the context.
@@ -182,6 +189,7 @@ mod tests {
                 },
                 mode: 0o644,
                 mtime: 0,
+                digest: None,
             })
             .collect()
     }

@@ -94,7 +94,12 @@ pub(crate) async fn prepare(
             root: &context.root,
             sources: &reads.sources,
         };
-        key::key(&input).map(|key| Prepared { key, context }).map_err(|e| format!("cannot read the context: {e}"))
+        let (key, digests) = key::key(&input).map_err(|e| format!("cannot read the context: {e}"))?;
+        let mut context = context;
+        for (i, digest) in digests {
+            context.entries[i].digest = Some(digest);
+        }
+        Ok(Prepared { key, context })
     })
     .await
     .map_err(|e| BuildError::host(format!("image `{name}`: hashing the context failed"), e))?;
