@@ -1,6 +1,8 @@
 //! Dockerfile images, base pulls, rootfs imports, list/prune, against the real daemon.
 //! A missing daemon fails these tests loudly: they are the only proof the Docker calls work.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
@@ -9,29 +11,11 @@ use std::sync::Mutex;
 use images::{BuildContext, BuildError, Builder, BuiltImage};
 use tokio_util::sync::CancellationToken;
 
+use common::*;
+
 async fn builder() -> Builder {
     let daemon = docker::Daemon::connect().await.expect("the Docker daemon is not reachable");
     Builder::new(daemon)
-}
-
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    format!("{prefix}{}x{}", std::process::id(), nanos % 1_000_000_000)
-}
-
-fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker").args(args).output().expect("docker CLI");
-    assert!(out.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn docker_quiet(args: &[&str]) {
-    let _ = Command::new("docker").args(args).output();
-}
-
-fn write(path: &Path, text: &str) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, text).unwrap();
 }
 
 struct Logs(Mutex<Vec<(String, String, String)>>);

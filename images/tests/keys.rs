@@ -2,6 +2,8 @@
 //! build reads (not on unrelated files of the context) and on its bases' IDs, as stage images
 //! are; re-tagging a base rebuilds both kinds.
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::process::Command;
@@ -9,21 +11,7 @@ use std::process::Command;
 use images::{BuildContext, Builder, BuiltImage};
 use tokio_util::sync::CancellationToken;
 
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    format!("{prefix}{}x{}", std::process::id(), nanos % 1_000_000_000)
-}
-
-fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker").args(args).output().expect("docker CLI");
-    assert!(out.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn write(path: &Path, text: &str) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, text).unwrap();
-}
+use common::*;
 
 fn dockerfile(args: &[(&str, &str)], target: Option<&str>) -> dsl::ImageDef {
     dsl::ImageDef::Dockerfile {

@@ -3,6 +3,8 @@
 //! engine, and the two images must agree: their config, and for every file its path, type,
 //! mode, owner, content digest or link target, and (below the copy destination `/c`) mtime.
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
@@ -13,22 +15,7 @@ use images::{BuildContext, Builder};
 use sha2::{Digest as _, Sha256};
 use tokio_util::sync::CancellationToken;
 
-const BASE: &str = "local/busybox:1";
-
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    format!("{prefix}{}x{}", std::process::id(), nanos % 1_000_000_000)
-}
-
-fn run(cmd: &mut Command) -> Vec<u8> {
-    let out = cmd.output().expect("docker CLI");
-    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
-    out.stdout
-}
-
-fn docker(args: &[&str]) -> String {
-    String::from_utf8_lossy(&run(Command::new("docker").args(args))).trim().to_string()
-}
+use common::*;
 
 fn write(root: &Path, rel: &str, text: &str, mode: u32) {
     let path = root.join(rel);

@@ -2,6 +2,8 @@
 //! `scripts/import-busybox.sh`). A missing daemon or base image fails these tests loudly.
 //! Each test uses its own image and workflow names and removes the images it created.
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Mutex;
@@ -11,7 +13,7 @@ use dsl::{CopySpec, ImageDef, Network, Stage};
 use images::{BuildContext, BuildError, Builder, BuiltImage};
 use tokio_util::sync::CancellationToken;
 
-const BASE: &str = "local/busybox:1";
+use common::*;
 
 /// What the tests observe on the daemon they ask the `docker` CLI, an independent witness (only
 /// the `docker` crate talks to the Docker API).
@@ -85,11 +87,6 @@ fn context() -> tempfile::TempDir {
     std::fs::write(dir.path().join("tools/tool.sh"), "#!/bin/sh\necho tool-ok-1\n").unwrap();
     std::fs::write(dir.path().join("notes.txt"), "not copied\n").unwrap();
     dir
-}
-
-fn unique(prefix: &str) -> String {
-    let n = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
-    format!("{prefix}-{}-{n}", std::process::id())
 }
 
 /// One test's daemon connection, context folder, workflow name and run id.
