@@ -126,15 +126,7 @@ async fn a_retagged_base_rebuilds_dockerfile_and_stage_images() {
     assert_eq!(build(root, &wf, "st", &stages).await.stages_built, 0, "up to date");
 
     // The tag now names another image: both must be rebuilt on it.
-    let other = tempfile::tempdir().unwrap();
-    write(&other.path().join("Dockerfile"), "FROM local/busybox:1\nRUN echo new > /new-base\n");
-    let out = Command::new("docker")
-        .env("DOCKER_BUILDKIT", "0")
-        .args(["build", "-q", "--network", "none", "-t", &base])
-        .arg(other.path())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    classic_build(&base, "FROM local/busybox:1\nRUN echo new > /new-base\n");
     let df2 = build(root, &wf, "df", &dockerfile(&[], None)).await;
     let st2 = build(root, &wf, "st", &stages).await;
     assert_ne!(df2.key, df.key);
@@ -150,15 +142,7 @@ async fn a_retagged_base_rebuilds_dockerfile_and_stage_images() {
 async fn a_base_with_onbuild_triggers_keys_the_whole_context() {
     let wf = unique("engonbuild");
     let base = format!("{wf}-base/onbuild:1");
-    let other = tempfile::tempdir().unwrap();
-    write(&other.path().join("Dockerfile"), "FROM local/busybox:1\nONBUILD COPY . /ob/\n");
-    let out = Command::new("docker")
-        .env("DOCKER_BUILDKIT", "0")
-        .args(["build", "-q", "--network", "none", "-t", &base])
-        .arg(other.path())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    classic_build(&base, "FROM local/busybox:1\nONBUILD COPY . /ob/\n");
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     write(&root.join("Dockerfile"), &format!("FROM {base}\n"));

@@ -35,3 +35,11 @@ pub fn write(path: &Path, text: &str) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(path, text).unwrap();
 }
+
+/// Builds `dockerfile` (its context an empty folder) with the classic builder as `tag`: a base
+/// image for a test to build on, or to re-tag.
+pub fn classic_build(tag: &str, dockerfile: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    write(&dir.path().join("Dockerfile"), dockerfile);
+    run(Command::new("docker").env("DOCKER_BUILDKIT", "0").args(["build", "-q", "--network", "none", "-t", tag]).arg(dir.path()));
+}
