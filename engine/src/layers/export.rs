@@ -1,6 +1,6 @@
 //! Export: a step's outputs (executed or restored, or the partial outputs of a step allowed to
-//! fail) go to the output folder, at `<out>/<step>/...`. Outputs a later step needs are copied (its workspace is staged from the
-//! collect folder); the others are moved. A hit left in the store (no collect folder) is
+//! fail) go to the output folder, at `<out>/<step>/...`. Outputs a later step needs are copied
+//! (its workspace is staged from the collect folder); the others are moved. A hit left in the store (no collect folder) is
 //! materialised from it, unless `<out>/<step>` holds exactly its outputs already.
 
 use std::collections::HashSet;

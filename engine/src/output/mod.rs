@@ -185,7 +185,7 @@ impl PlainRenderer {
                 vec![format!("{} {} {what}", self.prefix(step), self.marker(*status))]
             }
             Event::StepFailed { step, status, duration_ms, reason, allowed, .. } => {
-                let what = if *allowed { "failed (allowed)" } else { status.as_str() };
+                let what = if *allowed { FAILED_ALLOWED } else { status.as_str() };
                 let mut line = format!("{} {} {what} after {}", self.prefix(step), self.marker(*status), fmt_secs(*duration_ms));
                 // "cancelled after 2.0s: cancelled" would say it twice.
                 if reason != status.as_str() {
@@ -252,11 +252,13 @@ pub(crate) fn summary_table(steps: &[StepSummary]) -> String {
     out
 }
 
-/// A step's status as the summary writes it: `failed (allowed)` for a failure of a step with
-/// `continue_on_error`.
+/// How a failure of a step with `continue_on_error` is written in place of its status.
+const FAILED_ALLOWED: &str = "failed (allowed)";
+
+/// A step's status as the summary writes it ([`FAILED_ALLOWED`] for an allowed failure).
 fn status_text(s: &StepSummary) -> &'static str {
     if s.allowed {
-        "failed (allowed)"
+        FAILED_ALLOWED
     } else {
         s.status.as_str()
     }
@@ -264,7 +266,7 @@ fn status_text(s: &StepSummary) -> &'static str {
 
 /// The last line of a run: `3 succeeded, 1 failed, 2 skipped in 4.1s` (zero counts left out).
 pub(crate) fn summary_line(steps: &[StepSummary], total: Duration) -> String {
-    let order = ["succeeded", "cached", "failed", "failed (allowed)", "cancelled", "skipped"];
+    let order = ["succeeded", "cached", "failed", FAILED_ALLOWED, "cancelled", "skipped"];
     let counts: Vec<String> = order
         .iter()
         .filter_map(|status| {

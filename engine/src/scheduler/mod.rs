@@ -108,8 +108,8 @@ impl Run<'_> {
     fn blocked_by(&self, i: usize) -> Option<String> {
         self.plan.steps[i].needs.iter().find_map(|&n| {
             let what = match self.states[n].status()? {
-                _ if self.usable(n) => return None,
                 StepStatus::Succeeded | StepStatus::Cached => return None,
+                StepStatus::Failed if self.usable(n) => return None,
                 StepStatus::Failed if self.plan.steps[n].step.continue_on_error => "failed and kept no outputs",
                 StepStatus::Failed => "failed",
                 StepStatus::Skipped => "was skipped",
