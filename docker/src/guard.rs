@@ -248,3 +248,50 @@ pub async fn kill_all_now(bound: Duration) {
     };
     let _ = tokio::time::timeout(bound, work).await;
 }
+
+/// Create a container on a task of its own, so that the daemon's answer is seen even when the
+/// caller's future is dropped while the daemon is still creating it (under load that can take
+/// longer than the removals by name of a dropped [`Resources`] keep trying): a container nobody
+/// waits for any more is removed there. `Err` only if that task itself failed.
+pub(crate) async fn create_container(
+    docker: &Docker,
+    action: &str,
+    opts: bollard::query_parameters::CreateContainerOptions,
+    body: bollard::models::ContainerCreateBody,
+) -> Result<Result<bollard::models::ContainerCreateResponse, crate::error::DaemonError>, tokio::task::JoinError> {
+    let waiting = Waiting { gone: Default::default(), done: false };
+    let (docker, gone, what) = (docker.clone(), waiting.gone.clone(), action.to_string());
+    let task = tokio::spawn(async move {
+        let created = call(&what, ordinary(), docker.create_container(Some(opts), body)).await;
+        if let Ok(c) = &created {
+            if gone.load(std::sync::atomic::Ordering::SeqCst) {
+                remove_all(&docker, vec![c.id.clone()], Vec::new()).await;
+            }
+        }
+        created
+    });
+    let created = task.await;
+    waiting.done();
+    created
+}
+
+/// Set when the future waiting for a spawned daemon call is dropped before the call ended.
+struct Waiting {
+    gone: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    done: bool,
+}
+
+impl Waiting {
+    /// The answer was received: dropping no longer means abandoning it.
+    fn done(mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if !self.done {
+            self.gone.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}

@@ -306,23 +306,7 @@ impl Daemon {
 
     async fn create(&self, spec: &ContainerSpec, action: &str, body: ContainerCreateBody, name: Option<String>) -> Result<String, Failure> {
         let opts = CreateContainerOptions { name, ..Default::default() };
-        // The call runs on a task of its own, so that its answer is seen even when this future is
-        // dropped while the daemon is still creating the container (under load that can take
-        // longer than the guard's removals by name keep trying): an answer nobody waits for any
-        // more is removed there.
-        let waiting = Waiting::new();
-        let (docker, gone, what) = (self.docker.clone(), waiting.gone(), action.to_string());
-        let task = tokio::spawn(async move {
-            let created = call(&what, ordinary(), docker.create_container(Some(opts), body)).await;
-            if let Ok(c) = &created {
-                if gone.load(std::sync::atomic::Ordering::SeqCst) {
-                    guard::remove_all(&docker, vec![c.id.clone()], Vec::new()).await;
-                }
-            }
-            created
-        });
-        let created = task.await;
-        waiting.done();
+        let created = guard::create_container(&self.docker, action, opts, body).await;
         let created = created.map_err(|e| Failure::Environment(format!("cannot {action}: {e}")))?;
         match created {
             Ok(created) => Ok(created.id),
@@ -592,35 +576,5 @@ fn container_body(spec: &ContainerSpec, labels: HashMap<String, String>, mounts:
         attach_stderr: Some(true),
         host_config: Some(host_config),
         ..Default::default()
-    }
-}
-
-/// Set when the future waiting for a spawned daemon call is dropped before the call ended.
-struct Waiting {
-    gone: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    done: bool,
-}
-
-impl Waiting {
-    fn new() -> Waiting {
-        Waiting { gone: Default::default(), done: false }
-    }
-
-    /// The flag the spawned call reads once it has its answer.
-    fn gone(&self) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
-        self.gone.clone()
-    }
-
-    /// The answer was received: dropping no longer means abandoning it.
-    fn done(mut self) {
-        self.done = true;
-    }
-}
-
-impl Drop for Waiting {
-    fn drop(&mut self) {
-        if !self.done {
-            self.gone.store(true, std::sync::atomic::Ordering::SeqCst);
-        }
     }
 }
