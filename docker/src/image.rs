@@ -323,8 +323,14 @@ impl Daemon {
             ..Default::default()
         };
         let mut guard = Resources::new(self.docker.clone());
-        let created =
-            call("create a build container", ordinary(), self.docker.create_container(None::<CreateContainerOptions>, body)).await?;
+        // Like a step's container: a create still in flight when the caller is dropped (the
+        // build cancelled) removes what it created.
+        let created = crate::guard::create_container(&self.docker, "create a build container", CreateContainerOptions::default(), body)
+            .await
+            .map_err(|e| DaemonError::Failed {
+                action: "create a build container".into(),
+                source: bollard::errors::Error::IOError { err: std::io::Error::other(e.to_string()) },
+            })??;
         guard.container(created.id.clone());
         Ok(BuildContainer { daemon: self.clone(), id: created.id, guard })
     }
