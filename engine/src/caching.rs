@@ -71,6 +71,12 @@ pub fn decide(store: &Store, workflow: &str, step: &dsl::Step, components: &KeyC
     Decision::Run(why_miss(store, workflow, &step.name, components))
 }
 
+/// Whether a local miss of `step` may be looked up in the remote cache: its cache is on and
+/// `--no-cache` (`force`) was not given (the remote cache is a second store, bypassed alike).
+pub fn remote_may_hit(step: &dsl::Step, force: bool) -> bool {
+    step.cache && !force
+}
+
 /// Why `components` has no entry: what changed since the step's last successful run.
 pub fn why_miss(store: &Store, workflow: &str, step: &str, components: &KeyComponents) -> Vec<Reason> {
     match store.last(workflow, step) {
