@@ -31,7 +31,7 @@ pub(crate) fn summary_lines(s: &RemoteSummary) -> Vec<String> {
     if !s.not_shared.is_empty() {
         let names: Vec<String> = s.not_shared.iter().map(|n| super::neutralise(n).into_owned()).collect();
         let why = match &s.unavailable {
-            Some(why) => format!("registry unavailable: {}", super::neutralise(why)),
+            Some(why) => super::neutralise(why).into_owned(),
             None => "upload failed or not finished".into(),
         };
         lines.push(format!("not shared: {} ({why})", names.join(", ")));
@@ -62,7 +62,7 @@ mod tests {
         let lines = summary_lines(&s);
         assert!(lines[0].starts_with("remote cache oci://127.0.0.1:5000/cache (readwrite): 3 hits ("), "{lines:?}");
         assert!(lines[0].contains("5 uploads (") && lines[0].contains("12 blobs already there"), "{lines:?}");
-        assert!(lines[1].starts_with("not shared: b, c (registry unavailable: "), "{lines:?}");
+        assert!(lines[1].starts_with("not shared: b, c (registry 127.0.0.1:5000 is unavailable: "), "{lines:?}");
         let read = RemoteSummary { mode: "read".into(), ..RemoteSummary::default() };
         assert!(summary_lines(&read)[0].contains("nothing uploaded"));
     }
