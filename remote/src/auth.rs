@@ -85,9 +85,10 @@ pub(crate) fn lookup(dir: Option<&Path>, registry: &str) -> Result<Option<Creden
     let Some(dir) = dir else { return Ok(None) };
     let path = dir.join("config.json");
     let Some(bytes) = read_config(dir, &path)? else { return Ok(None) };
-    let config: ConfigFile =
-        serde_json::from_slice(&bytes).map_err(|e| format!("{}: not a Docker config file (line {}, column {})", path.display(), e.line(), e.column()))?;
-    let helper = config.cred_helpers.iter().find(|(k, _)| same_registry(k, registry)).map(|(_, v)| v.clone()).or(config.creds_store.clone());
+    let config: ConfigFile = serde_json::from_slice(&bytes)
+        .map_err(|e| format!("{}: not a Docker config file (line {}, column {})", path.display(), e.line(), e.column()))?;
+    let helper =
+        config.cred_helpers.iter().find(|(k, _)| same_registry(k, registry)).map(|(_, v)| v.clone()).or(config.creds_store.clone());
     if let Some(helper) = helper.filter(|h| !h.is_empty()) {
         if let Some(found) = run_helper(&helper, registry)? {
             return Ok(Some(found));
@@ -184,7 +185,8 @@ fn run_helper(helper: &str, registry: &str) -> Result<Option<Credentials>, Strin
     if out.len() as u64 > MAX_CONFIG {
         return Err(format!("credential helper {program}: answer too large"));
     }
-    let answer: HelperAnswer = serde_json::from_slice(&out).map_err(|_| format!("credential helper {program}: not a credentials answer"))?;
+    let answer: HelperAnswer =
+        serde_json::from_slice(&out).map_err(|_| format!("credential helper {program}: not a credentials answer"))?;
     if answer.secret.is_empty() {
         return Ok(None);
     }
@@ -207,11 +209,17 @@ mod tests {
     fn auths_entries_give_basic_credentials() {
         let dir = tempfile::tempdir().unwrap();
         let auth = base64::engine::general_purpose::STANDARD.encode("me:s3cret");
-        write(dir.path(), &format!(r#"{{"auths":{{"https://r.io:5000/v1/":{{"auth":"{auth}"}},"other.io":{{"username":"u","password":"p"}}}}}}"#));
+        write(
+            dir.path(),
+            &format!(r#"{{"auths":{{"https://r.io:5000/v1/":{{"auth":"{auth}"}},"other.io":{{"username":"u","password":"p"}}}}}}"#),
+        );
         let found = lookup(Some(dir.path()), "r.io:5000").unwrap().unwrap();
         assert_eq!(found, Credentials::Basic { username: "me".into(), password: "s3cret".into() });
         assert!(!format!("{found:?}").contains("s3cret"));
-        assert_eq!(lookup(Some(dir.path()), "other.io").unwrap().unwrap(), Credentials::Basic { username: "u".into(), password: "p".into() });
+        assert_eq!(
+            lookup(Some(dir.path()), "other.io").unwrap().unwrap(),
+            Credentials::Basic { username: "u".into(), password: "p".into() }
+        );
         assert_eq!(lookup(Some(dir.path()), "third.io").unwrap(), None);
     }
 

@@ -52,7 +52,10 @@ impl Client {
             platform_resolver: None,
             ..ClientConfig::default()
         };
-        let unavailable = |e: &dyn std::fmt::Display| RemoteError::Unavailable { registry: registry.clone(), message: format!("cannot set up the HTTP client: {e}") };
+        let unavailable = |e: &dyn std::fmt::Display| RemoteError::Unavailable {
+            registry: registry.clone(),
+            message: format!("cannot set up the HTTP client: {e}"),
+        };
         let oci = oci_client::Client::try_from(oci_config).map_err(|e| unavailable(&e))?;
         let http = reqwest::Client::builder()
             .connect_timeout(config.timeout)
@@ -97,7 +100,12 @@ impl Client {
     }
 
     /// `fut` bounded by `limit`.
-    pub(crate) async fn bounded<T>(&self, limit: Duration, what: &str, fut: impl Future<Output = Result<T, RemoteError>>) -> Result<T, RemoteError> {
+    pub(crate) async fn bounded<T>(
+        &self,
+        limit: Duration,
+        what: &str,
+        fut: impl Future<Output = Result<T, RemoteError>>,
+    ) -> Result<T, RemoteError> {
         match tokio::time::timeout(limit, fut).await {
             Ok(r) => r,
             Err(_) => Err(self.unavailable(format!("{what} timed out after {:.1}s", limit.as_secs_f64()))),
@@ -127,7 +135,10 @@ impl Client {
             OciDistributionError::AuthenticationFailure(m) => by_status(401, format!("{what}: authentication failed: {}", cut(&m))),
             OciDistributionError::RegistryError { envelope, .. } => {
                 let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
-                let message = format!("{what}: {}", cut(&envelope.errors.iter().map(|e| format!("{:?}: {}", e.code, e.message)).collect::<Vec<_>>().join("; ")));
+                let message = format!(
+                    "{what}: {}",
+                    cut(&envelope.errors.iter().map(|e| format!("{:?}: {}", e.code, e.message)).collect::<Vec<_>>().join("; "))
+                );
                 if codes.iter().any(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied)) {
                     by_status(401, message)
                 } else if codes.iter().any(|c| matches!(c, OciErrorCode::Toomanyrequests)) {
@@ -162,7 +173,11 @@ impl Client {
             return Ok(h.clone());
         }
         let reference = self.tagged("x");
-        let token = self.bounded(self.timeout, "authentication", async { self.oci.auth(&reference, &self.auth, op).await.map_err(|e| self.map("authentication", e)) }).await?;
+        let token = self
+            .bounded(self.timeout, "authentication", async {
+                self.oci.auth(&reference, &self.auth, op).await.map_err(|e| self.map("authentication", e))
+            })
+            .await?;
         let value = match (token, &self.auth) {
             (Some(token), _) => Some(format!("Bearer {token}")),
             (None, RegistryAuth::Basic(u, p)) => {
@@ -171,7 +186,9 @@ impl Client {
             }
             _ => None,
         };
-        let mut header = value.map(|v| HeaderValue::from_str(&v).map_err(|_| self.invalid("the registry's token is not a valid header value"))).transpose()?;
+        let mut header = value
+            .map(|v| HeaderValue::from_str(&v).map_err(|_| self.invalid("the registry's token is not a valid header value")))
+            .transpose()?;
         if let Some(h) = header.as_mut() {
             h.set_sensitive(true);
         }

@@ -86,7 +86,12 @@ pub fn image_manifest(config: &[u8], layers: &[(Digest, u64)], key: &cache::Acti
         schema_version: 2,
         media_type: Some(MANIFEST_MEDIA_TYPE.to_string()),
         artifact_type: Some(ARTIFACT_TYPE.to_string()),
-        config: Descriptor { media_type: CONFIG_MEDIA_TYPE.to_string(), digest: Digest::of(config).prefixed(), size: config.len() as u64, annotations: None },
+        config: Descriptor {
+            media_type: CONFIG_MEDIA_TYPE.to_string(),
+            digest: Digest::of(config).prefixed(),
+            size: config.len() as u64,
+            annotations: None,
+        },
         layers: layers
             .iter()
             .map(|(d, size)| Descriptor { media_type: BLOB_MEDIA_TYPE.to_string(), digest: d.prefixed(), size: *size, annotations: None })

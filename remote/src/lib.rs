@@ -246,8 +246,8 @@ impl Remote {
     pub fn new(config: RemoteConfig) -> Result<Remote, RemoteError> {
         let registry = config.url.registry();
         let dir = auth::config_dir(config.docker_config.as_deref());
-        let credentials =
-            auth::lookup(dir.as_deref(), &registry).map_err(|message| RemoteError::Invalid { registry: registry.clone(), message: format!("credentials: {message}") })?;
+        let credentials = auth::lookup(dir.as_deref(), &registry)
+            .map_err(|message| RemoteError::Invalid { registry: registry.clone(), message: format!("credentials: {message}") })?;
         let client = client::Client::new(&config, credentials.as_ref())?;
         Ok(Remote { inner: Arc::new(Inner { config, credentials, client }) })
     }

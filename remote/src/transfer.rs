@@ -28,9 +28,10 @@ fn blob_limit(timeout: Duration, size: u64) -> Duration {
 fn not_found(e: &OciDistributionError) -> bool {
     match e {
         OciDistributionError::ServerError { code, .. } => *code == 404,
-        OciDistributionError::RegistryError { envelope, .. } => {
-            envelope.errors.iter().any(|e| matches!(e.code, OciErrorCode::BlobUnknown | OciErrorCode::ManifestUnknown | OciErrorCode::NotFound))
-        }
+        OciDistributionError::RegistryError { envelope, .. } => envelope
+            .errors
+            .iter()
+            .any(|e| matches!(e.code, OciErrorCode::BlobUnknown | OciErrorCode::ManifestUnknown | OciErrorCode::NotFound)),
         OciDistributionError::RequestError(r) => r.status() == Some(StatusCode::NOT_FOUND),
         _ => false,
     }
@@ -47,7 +48,8 @@ pub(crate) async fn push(c: &Client, store: &Arc<Store>, manifest: &Manifest) ->
     let mut layers = Vec::new();
     for (digest, size) in format::blobs(manifest) {
         let path = store.blob_path(&digest);
-        let meta = tokio::fs::symlink_metadata(&path).await.map_err(|source| cache::store::StoreError::Io { path: path.clone(), source })?;
+        let meta =
+            tokio::fs::symlink_metadata(&path).await.map_err(|source| cache::store::StoreError::Io { path: path.clone(), source })?;
         if !meta.file_type().is_file() || size.is_some_and(|s| s != meta.len()) {
             let what = format!("blob {} is not in the store as its entry says", digest.short());
             return Err(cache::store::StoreError::Corrupt { key: manifest.key, what }.into());
@@ -62,14 +64,20 @@ pub(crate) async fn push(c: &Client, store: &Arc<Store>, manifest: &Manifest) ->
             async move {
                 let digest_text = digest.prefixed();
                 let exists = c
-                    .bounded(c.timeout, "blob HEAD", async { c.oci().blob_exists(reference, &digest_text).await.map_err(|e| c.map("blob HEAD", e)) })
+                    .bounded(c.timeout, "blob HEAD", async {
+                        c.oci().blob_exists(reference, &digest_text).await.map_err(|e| c.map("blob HEAD", e))
+                    })
                     .await?;
                 if exists {
                     return Ok(None);
                 }
                 let path = store.blob_path(&digest);
-                let file = blocking(move || cache::safe::open_regular(&path, false).map_err(|source| cache::store::StoreError::Io { path, source })).await?;
-                let stream = tokio_util::io::ReaderStream::with_capacity(tokio::fs::File::from_std(file), 256 << 10).map_err(OciDistributionError::IoError);
+                let file = blocking(move || {
+                    cache::safe::open_regular(&path, false).map_err(|source| cache::store::StoreError::Io { path, source })
+                })
+                .await?;
+                let stream = tokio_util::io::ReaderStream::with_capacity(tokio::fs::File::from_std(file), 256 << 10)
+                    .map_err(OciDistributionError::IoError);
                 c.bounded(blob_limit(c.timeout, size), "blob upload", async {
                     c.oci().push_blob_stream(reference, stream, &digest_text, Some(size)).await.map_err(|e| c.map("blob upload", e))
                 })
@@ -91,8 +99,11 @@ pub(crate) async fn push(c: &Client, store: &Arc<Store>, manifest: &Manifest) ->
         }
     }
     let config_text = config_digest.prefixed();
-    let config_exists =
-        c.bounded(c.timeout, "config HEAD", async { c.oci().blob_exists(&reference, &config_text).await.map_err(|e| c.map("config HEAD", e)) }).await?;
+    let config_exists = c
+        .bounded(c.timeout, "config HEAD", async {
+            c.oci().blob_exists(&reference, &config_text).await.map_err(|e| c.map("config HEAD", e))
+        })
+        .await?;
     if config_exists {
         transfer.skipped += 1;
     } else {
@@ -293,7 +304,9 @@ pub(crate) async fn list(c: &Client) -> Result<Vec<ActionKey>, RemoteError> {
         let page: Tags = serde_json::from_slice(&answer.body).map_err(|e| c.invalid(format!("the tag list is not JSON: {e}")))?;
         let tags = page.tags.unwrap_or_default();
         for t in &tags {
-            if let Some(hex) = t.strip_prefix("action-").filter(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))) {
+            if let Some(hex) =
+                t.strip_prefix("action-").filter(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+            {
                 if let Ok(d) = hex.parse::<Digest>() {
                     keys.push(ActionKey::from_digest(d));
                 }
@@ -302,7 +315,9 @@ pub(crate) async fn list(c: &Client) -> Result<Vec<ActionKey>, RemoteError> {
         let next = tags.last().cloned();
         // Only valid tag text goes back into the query, and only forward: no loop.
         let more = (answer.link.is_some() || tags.len() >= PAGE)
-            && next.as_ref().is_some_and(|n| last.as_ref().is_none_or(|l| n > l) && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)));
+            && next.as_ref().is_some_and(|n| {
+                last.as_ref().is_none_or(|l| n > l) && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            });
         if !more {
             break;
         }
