@@ -6,6 +6,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
+use std::time::{Duration, Instant};
 
 use cache::Digest;
 use common::*;
@@ -148,6 +149,11 @@ async fn entries_that_are_not_ours_are_damaged_and_never_stored() {
 
 /// A fake registry answering every request with `answer` (raw HTTP), on a free port.
 fn fake_registry(answer: Vec<u8>) -> String {
+    fake_registry_holding(answer, Duration::ZERO)
+}
+
+/// [`fake_registry`], keeping each connection open `hold` after the answer.
+fn fake_registry_holding(answer: Vec<u8>, hold: Duration) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
@@ -158,6 +164,7 @@ fn fake_registry(answer: Vec<u8>) -> String {
                 let mut buf = [0u8; 4096];
                 let _ = s.read(&mut buf);
                 let _ = s.write_all(&answer);
+                std::thread::sleep(hold);
             });
         }
     });
@@ -207,4 +214,21 @@ fn plain_http_only_for_loopback_or_insecure() {
         assert_eq!(r.plain_http(), plain, "{url} insecure={insecure}");
         assert_eq!(r.image_reference(&Digest::of(b"k")), format!("{}:image-{}", &url["oci://".len()..], Digest::of(b"k").hex()));
     }
+}
+
+#[tokio::test]
+async fn a_registry_that_never_answers_is_unavailable_within_the_timeout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = store(&tmp.path().join("a"));
+    let m = put(&a, "step", &[("f", b"x")], b"log");
+    let url = fake_registry_holding(Vec::new(), Duration::from_secs(30));
+    let mut c = config(url.parse().unwrap(), None, tmp.path());
+    c.timeout = Duration::from_millis(500);
+    let r = Remote::new(c).unwrap();
+    let started = Instant::now();
+    let err = r.fetch_action(&a, &m.key).await.unwrap_err();
+    assert!(matches!(err, remote::RemoteError::Unavailable { .. }), "{err}");
+    let err = r.push_action(&a, &m).await.unwrap_err();
+    assert!(matches!(err, remote::RemoteError::Unavailable { .. }), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
 }
