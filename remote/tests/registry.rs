@@ -17,13 +17,24 @@ async fn an_entry_pushed_from_one_store_is_fetched_into_another_and_restores() {
     let m = put(&a, "step", &[("out/x.txt", b"hello"), ("out/sub/y.bin", &[7u8; 300_000]), ("out/empty", b"")], b"log line\n");
     let r = remote(reg.url(), tmp.path());
     assert!(!r.has_action(&m.key).await.unwrap());
-    let sent = r.push_action(&a, &m).await.unwrap();
+    // Uploads run in the background: the futures are Send.
+    let sent = tokio::spawn({
+        let (r, a, m) = (r.clone(), a.clone(), m.clone());
+        async move { r.push_action(&a, &m).await }
+    })
+    .await
+    .unwrap()
+    .unwrap();
     // x, y, empty, the log, the config.
     assert_eq!((sent.blobs, sent.skipped), (5, 0), "{sent:?}");
     assert!(sent.bytes >= 300_005);
     assert!(r.has_action(&m.key).await.unwrap());
 
-    let Fetched::Hit { manifest, transfer } = r.fetch_action(&b, &m.key).await.unwrap() else { panic!("a hit") };
+    let fetched = tokio::spawn({
+        let (r, b, k) = (r.clone(), b.clone(), m.key);
+        async move { r.fetch_action(&b, &k).await }
+    });
+    let Fetched::Hit { manifest, transfer } = fetched.await.unwrap().unwrap() else { panic!("a hit") };
     assert_eq!(*manifest, without_inputs(&m));
     assert_eq!(b.get(&m.key), Some(without_inputs(&m)));
     assert_eq!((transfer.blobs, transfer.skipped), (5, 0), "{transfer:?}");
