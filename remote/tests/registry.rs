@@ -133,3 +133,30 @@ async fn a_stopped_registry_is_unavailable_fast() {
     r.push_action(&a, &m).await.unwrap();
     assert!(r.has_action(&m.key).await.unwrap());
 }
+
+#[tokio::test]
+async fn a_push_of_blobs_the_registry_has_costs_one_head_each_and_no_auth_round_trips() {
+    let Some(reg) = TestRegistry::start() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let a = store(&tmp.path().join("a"));
+    let m = put(&a, "step", &[("f", b"x"), ("g", b"y")], b"log");
+    let r = remote(reg.url(), tmp.path());
+    r.push_action(&a, &m).await.unwrap();
+    // The manifest PUT is the last request of a push: once it is logged, all are.
+    let logged = |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while reg.count_requests("PUT", "/manifests/") < n && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    logged(1);
+    let heads = reg.count_requests("HEAD", "/blobs/");
+    r.push_action(&a, &m).await.unwrap();
+    logged(2);
+    // f, g, the log and the config: one HEAD each, nothing uploaded, the manifest put again.
+    assert_eq!(reg.count_requests("HEAD", "/blobs/") - heads, 4);
+    assert_eq!(blob_puts(&reg), 4);
+    let probes = reg.requests().iter().filter(|(m, p)| m == "GET" && p == "/v2/").count();
+    // The test registry's readiness check, then one probe for the whole connection.
+    assert_eq!(probes, 2, "{:#?}", reg.requests());
+}
