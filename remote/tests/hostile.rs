@@ -232,3 +232,21 @@ async fn a_registry_that_never_answers_is_unavailable_within_the_timeout() {
     assert!(matches!(err, remote::RemoteError::Unavailable { .. }), "{err}");
     assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
 }
+
+#[tokio::test]
+async fn a_tag_list_that_pages_forever_or_lies_is_bounded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hex = Digest::of(b"k").hex();
+    // Always the same page, with a Link to "more": the listing stops (it only moves forward).
+    let body = format!(r#"{{"name":"engine/cache","tags":["action-{hex}","action-XYZ","image-{hex}","latest"]}}"#);
+    let answer = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nLink: </v2/engine/cache/tags/list?n=1000&last=latest>; rel=\"next\"\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let r = remote(fake_registry(answer.into_bytes()).parse().unwrap(), tmp.path());
+    let keys = tokio::time::timeout(Duration::from_secs(10), r.list_actions()).await.expect("the listing ends").unwrap();
+    assert_eq!(keys, vec![cache::ActionKey::from_digest(Digest::of(b"k"))]);
+    // Not JSON: invalid.
+    let r = remote(fake_registry(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n{{{".to_vec()).parse().unwrap(), tmp.path());
+    assert!(matches!(r.list_actions().await.unwrap_err(), remote::RemoteError::Invalid { .. }));
+}
