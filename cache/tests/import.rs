@@ -1,6 +1,8 @@
 //! Entries arriving from elsewhere: a downloaded blob gets its name only when it matches it, and
 //! a downloaded manifest is written only when `get` would accept it.
 
+// Only `key` and `store` of the shared helpers are used here.
+#[allow(dead_code)]
 mod common;
 
 use std::io::Write;

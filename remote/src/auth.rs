@@ -82,6 +82,11 @@ pub(crate) fn config_dir(configured: Option<&Path>) -> Option<PathBuf> {
 /// The credentials for `registry` (`HOST[:PORT]`) from the config in `dir`, if any. `Err` says
 /// what is wrong with the file or the helper (never a secret).
 pub(crate) fn lookup(dir: Option<&Path>, registry: &str) -> Result<Option<Credentials>, String> {
+    lookup_with(dir, registry, None)
+}
+
+/// [`lookup`], with credential helpers taken from `helpers` instead of `PATH` (tests).
+fn lookup_with(dir: Option<&Path>, registry: &str, helpers: Option<&Path>) -> Result<Option<Credentials>, String> {
     let Some(dir) = dir else { return Ok(None) };
     let path = dir.join("config.json");
     let Some(bytes) = read_config(dir, &path)? else { return Ok(None) };
@@ -90,7 +95,7 @@ pub(crate) fn lookup(dir: Option<&Path>, registry: &str) -> Result<Option<Creden
     let helper =
         config.cred_helpers.iter().find(|(k, _)| same_registry(k, registry)).map(|(_, v)| v.clone()).or(config.creds_store.clone());
     if let Some(helper) = helper.filter(|h| !h.is_empty()) {
-        if let Some(found) = run_helper(&helper, registry)? {
+        if let Some(found) = run_helper(&helper, registry, helpers)? {
             return Ok(Some(found));
         }
     }
@@ -143,12 +148,13 @@ fn read_config(dir: &Path, path: &Path) -> Result<Option<Vec<u8>>, String> {
 }
 
 /// `docker-credential-<helper> get` for `registry`; `None` when it has no credentials.
-fn run_helper(helper: &str, registry: &str) -> Result<Option<Credentials>, String> {
+fn run_helper(helper: &str, registry: &str, helpers: Option<&Path>) -> Result<Option<Credentials>, String> {
     if !helper.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
         return Err(format!("invalid credential helper name `{}`", helper.escape_debug()));
     }
     let program = format!("docker-credential-{helper}");
-    let mut child = match Command::new(&program).arg("get").stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn() {
+    let path = helpers.map(|d| d.join(&program)).unwrap_or_else(|| PathBuf::from(&program));
+    let mut child = match Command::new(&path).arg("get").stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn() {
         Ok(c) => c,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(format!("credential helper {program} is not installed")),
         Err(e) => return Err(format!("credential helper {program}: {e}")),
@@ -245,6 +251,42 @@ mod tests {
         assert!(lookup(Some(dir.path()), "r.io").is_err(), "a FIFO is refused, never read");
         write_helper_config(dir.path());
         assert!(lookup(Some(dir.path()), "r.io").unwrap_err().contains("invalid credential helper"));
+    }
+
+    #[test]
+    fn credential_helpers_are_asked_first_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        let script = |name: &str, body: &str| {
+            let p = bin.join(format!("docker-credential-{name}"));
+            std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+            std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        };
+        // The helper echoes the server it was asked about back as the user name.
+        script("echo", r#"read server; printf '{"ServerURL":"%s","Username":"%s","Secret":"helper-s3cret"}' "$server" "$server""#);
+        script("none", "echo 'credentials not found in native keychain'; exit 1");
+        script("token", r#"read s; printf '{"Username":"<token>","Secret":"tok"}'"#);
+        script("slow", "sleep 30");
+        let auth = base64::engine::general_purpose::STANDARD.encode("inline:pw");
+        let lookup = |json: &str, registry: &str| {
+            write(dir.path(), json);
+            lookup_with(Some(dir.path()), registry, Some(&bin))
+        };
+        let found = lookup(&format!(r#"{{"credHelpers":{{"r.io":"echo"}},"auths":{{"r.io":{{"auth":"{auth}"}}}}}}"#), "r.io").unwrap();
+        assert_eq!(found, Some(Credentials::Basic { username: "r.io".into(), password: "helper-s3cret".into() }));
+        // credHelpers names another registry: the store, which has nothing; then auths.
+        let found =
+            lookup(&format!(r#"{{"credsStore":"none","credHelpers":{{"x.io":"echo"}},"auths":{{"r.io":{{"auth":"{auth}"}}}}}}"#), "r.io")
+                .unwrap();
+        assert_eq!(found, Some(Credentials::Basic { username: "inline".into(), password: "pw".into() }));
+        let found = lookup(r#"{"credsStore":"token"}"#, "r.io").unwrap();
+        assert_eq!(found, Some(Credentials::IdentityToken { username: String::new(), token: "tok".into() }));
+        let err = lookup(r#"{"credsStore":"missing"}"#, "r.io").unwrap_err();
+        assert!(err.contains("not installed"), "{err}");
+        let started = Instant::now();
+        let err = lookup(r#"{"credsStore":"slow"}"#, "r.io").unwrap_err();
+        assert!(err.contains("did not answer") && started.elapsed() < HELPER_TIMEOUT + Duration::from_secs(5), "{err}");
     }
 
     fn rustix_free_mkfifo(path: &Path) {

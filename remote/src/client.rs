@@ -30,6 +30,9 @@ pub(crate) struct Client {
     /// The `Authorization` value for direct requests, per operation, once known.
     header_pull: Mutex<Option<Option<HeaderValue>>>,
     header_push: Mutex<Option<Option<HeaderValue>>>,
+    /// Whether requests need authentication (found once: anonymous access to a registry that
+    /// asks for none costs no token round trip per request).
+    needs_auth: tokio::sync::OnceCell<bool>,
 }
 
 /// A status and a body read with a bound.
@@ -84,6 +87,7 @@ impl Client {
             timeout: config.timeout,
             header_pull: Mutex::new(None),
             header_push: Mutex::new(None),
+            needs_auth: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -152,13 +156,50 @@ impl Client {
         }
     }
 
-    /// Make oci-client use our credentials for the registry (its blob calls take none).
-    pub(crate) async fn ensure_auth(&self) {
-        self.oci.store_auth_if_needed(&self.registry, &self.auth).await;
+    /// Make oci-client use our credentials for the registry (its blob calls take none). With
+    /// no credentials, `GET /v2/` first tells whether the registry wants any authentication (an
+    /// anonymous token) at all: oci-client would otherwise ask before every request.
+    pub(crate) async fn ensure_auth(&self) -> Result<bool, RemoteError> {
+        let needs = self
+            .needs_auth
+            .get_or_try_init(|| async {
+                let needs = match self.auth {
+                    RegistryAuth::Anonymous => {
+                        let url = format!("{}/v2/", self.base.split("/v2/").next().unwrap_or(""));
+                        let res = self
+                            .bounded(self.timeout, "GET /v2/", async {
+                                self.http
+                                    .get(&url)
+                                    .send()
+                                    .await
+                                    .map_err(|e| self.unavailable(format!("GET /v2/: {}", describe_reqwest(&e))))
+                            })
+                            .await?;
+                        match res.status().as_u16() {
+                            401 => true,
+                            429 | 500..=599 => return Err(self.unavailable(format!("GET /v2/: HTTP {}", res.status()))),
+                            _ => false,
+                        }
+                    }
+                    _ => true,
+                };
+                if needs {
+                    self.oci.store_auth_if_needed(&self.registry, &self.auth).await;
+                }
+                Ok(needs)
+            })
+            .await?;
+        Ok(*needs)
     }
 
     pub(crate) fn oci(&self) -> &oci_client::Client {
         &self.oci
+    }
+
+    /// Authenticate for `op` once, before requests run in parallel (oci-client keeps the token
+    /// for the repository; without this, each parallel first request would fetch its own).
+    pub(crate) async fn warm(&self, op: RegistryOperation) -> Result<(), RemoteError> {
+        self.header(op, false).await.map(|_| ())
     }
 
     /// The `Authorization` header for a direct request of `op` (a bearer token from the token
@@ -168,6 +209,9 @@ impl Client {
             RegistryOperation::Pull => &self.header_pull,
             RegistryOperation::Push => &self.header_push,
         };
+        if !self.ensure_auth().await? {
+            return Ok(None);
+        }
         let mut slot = slot.lock().await;
         if let (Some(h), false) = (slot.as_ref(), refresh) {
             return Ok(h.clone());

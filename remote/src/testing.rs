@@ -145,19 +145,23 @@ impl TestRegistry {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
-    /// How many requests of `method` whose path contains `path_contains` the access log shows.
-    pub fn count_requests(&self, method: &str, path_contains: &str) -> usize {
-        let prefix = format!("\"{method} ");
+    /// Every request the access log shows, in order: (method, path with query).
+    pub fn requests(&self) -> Vec<(String, String)> {
         self.log()
             .lines()
             .filter_map(|l| {
-                let start = l.find(&prefix)? + prefix.len();
-                let rest = &l[start..];
-                let end = rest.find(" HTTP/")?;
-                Some(rest[..end].to_string())
+                // `127.0.0.1 - - [date] "METHOD PATH HTTP/1.1" status …`
+                let quoted = l.split('"').nth(1)?;
+                let mut parts = quoted.split(' ');
+                let (method, path, proto) = (parts.next()?, parts.next()?, parts.next()?);
+                proto.starts_with("HTTP/").then(|| (method.to_string(), path.to_string()))
             })
-            .filter(|p| p.contains(path_contains))
-            .count()
+            .collect()
+    }
+
+    /// How many requests of `method` whose path contains `path_contains` the access log shows.
+    pub fn count_requests(&self, method: &str, path_contains: &str) -> usize {
+        self.requests().iter().filter(|(m, p)| m == method && p.contains(path_contains)).count()
     }
 
     /// The registry's storage folder.

@@ -9,6 +9,7 @@ use std::time::Duration;
 use cache::{ActionKey, Digest, Manifest, Store};
 use futures_util::{StreamExt, TryStreamExt};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::RegistryOperation;
 use reqwest::StatusCode;
 use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncWriteExt;
@@ -42,7 +43,8 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 }
 
 pub(crate) async fn push(c: &Client, store: &Arc<Store>, manifest: &Manifest) -> Result<Transfer, RemoteError> {
-    c.ensure_auth().await;
+    c.warm(RegistryOperation::Pull).await?;
+    c.warm(RegistryOperation::Push).await?;
     let tag = action_tag(&manifest.key);
     let reference = c.tagged(&tag);
     let mut layers = Vec::new();
@@ -140,7 +142,7 @@ impl From<RemoteError> for Failure {
 }
 
 pub(crate) async fn fetch(c: &Client, store: &Arc<Store>, key: &ActionKey) -> Result<Fetched, RemoteError> {
-    c.ensure_auth().await;
+    c.warm(RegistryOperation::Pull).await?;
     let tag = action_tag(key);
     let answer = c.get(&format!("manifests/{tag}"), MANIFEST_MEDIA_TYPE, MAX_MANIFEST, false).await;
     let answer = match answer {

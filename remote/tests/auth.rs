@@ -27,6 +27,10 @@ async fn config_json_credentials_authenticate_and_never_show() {
     assert_eq!(*manifest, without_inputs(&m));
     assert_eq!(r.list_actions().await.unwrap(), vec![m.key]);
 
+    let probes = reg.requests().iter().filter(|(m, p)| m == "GET" && p == "/v2/").count();
+    // The readiness check, then one authentication per operation (pull, push).
+    assert_eq!(probes, 3, "authentication is not repeated per request: {:#?}", reg.requests());
+
     let auth = r.daemon_auth().expect("credentials for the daemon");
     assert_eq!((auth.username.as_str(), auth.password.as_str(), auth.server.as_str()), (USER, PASSWORD, reg.registry().as_str()));
     for shown in [format!("{auth:?}"), format!("{r:?}")] {

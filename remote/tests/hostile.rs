@@ -6,6 +6,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
+use std::time::{Duration, Instant};
 
 use cache::Digest;
 use common::*;
@@ -148,6 +149,11 @@ async fn entries_that_are_not_ours_are_damaged_and_never_stored() {
 
 /// A fake registry answering every request with `answer` (raw HTTP), on a free port.
 fn fake_registry(answer: Vec<u8>) -> String {
+    fake_registry_holding(answer, Duration::ZERO)
+}
+
+/// [`fake_registry`], keeping each connection open `hold` after the answer.
+fn fake_registry_holding(answer: Vec<u8>, hold: Duration) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
@@ -158,6 +164,7 @@ fn fake_registry(answer: Vec<u8>) -> String {
                 let mut buf = [0u8; 4096];
                 let _ = s.read(&mut buf);
                 let _ = s.write_all(&answer);
+                std::thread::sleep(hold);
             });
         }
     });
@@ -207,4 +214,39 @@ fn plain_http_only_for_loopback_or_insecure() {
         assert_eq!(r.plain_http(), plain, "{url} insecure={insecure}");
         assert_eq!(r.image_reference(&Digest::of(b"k")), format!("{}:image-{}", &url["oci://".len()..], Digest::of(b"k").hex()));
     }
+}
+
+#[tokio::test]
+async fn a_registry_that_never_answers_is_unavailable_within_the_timeout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = store(&tmp.path().join("a"));
+    let m = put(&a, "step", &[("f", b"x")], b"log");
+    let url = fake_registry_holding(Vec::new(), Duration::from_secs(30));
+    let mut c = config(url.parse().unwrap(), None, tmp.path());
+    c.timeout = Duration::from_millis(500);
+    let r = Remote::new(c).unwrap();
+    let started = Instant::now();
+    let err = r.fetch_action(&a, &m.key).await.unwrap_err();
+    assert!(matches!(err, remote::RemoteError::Unavailable { .. }), "{err}");
+    let err = r.push_action(&a, &m).await.unwrap_err();
+    assert!(matches!(err, remote::RemoteError::Unavailable { .. }), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn a_tag_list_that_pages_forever_or_lies_is_bounded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hex = Digest::of(b"k").hex();
+    // Always the same page, with a Link to "more": the listing stops (it only moves forward).
+    let body = format!(r#"{{"name":"engine/cache","tags":["action-{hex}","action-XYZ","image-{hex}","latest"]}}"#);
+    let answer = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nLink: </v2/engine/cache/tags/list?n=1000&last=latest>; rel=\"next\"\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let r = remote(fake_registry(answer.into_bytes()).parse().unwrap(), tmp.path());
+    let keys = tokio::time::timeout(Duration::from_secs(10), r.list_actions()).await.expect("the listing ends").unwrap();
+    assert_eq!(keys, vec![cache::ActionKey::from_digest(Digest::of(b"k"))]);
+    // Not JSON: invalid.
+    let r = remote(fake_registry(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n{{{".to_vec()).parse().unwrap(), tmp.path());
+    assert!(matches!(r.list_actions().await.unwrap_err(), remote::RemoteError::Invalid { .. }));
 }

@@ -17,13 +17,24 @@ async fn an_entry_pushed_from_one_store_is_fetched_into_another_and_restores() {
     let m = put(&a, "step", &[("out/x.txt", b"hello"), ("out/sub/y.bin", &[7u8; 300_000]), ("out/empty", b"")], b"log line\n");
     let r = remote(reg.url(), tmp.path());
     assert!(!r.has_action(&m.key).await.unwrap());
-    let sent = r.push_action(&a, &m).await.unwrap();
+    // Uploads run in the background: the futures are Send.
+    let sent = tokio::spawn({
+        let (r, a, m) = (r.clone(), a.clone(), m.clone());
+        async move { r.push_action(&a, &m).await }
+    })
+    .await
+    .unwrap()
+    .unwrap();
     // x, y, empty, the log, the config.
     assert_eq!((sent.blobs, sent.skipped), (5, 0), "{sent:?}");
     assert!(sent.bytes >= 300_005);
     assert!(r.has_action(&m.key).await.unwrap());
 
-    let Fetched::Hit { manifest, transfer } = r.fetch_action(&b, &m.key).await.unwrap() else { panic!("a hit") };
+    let fetched = tokio::spawn({
+        let (r, b, k) = (r.clone(), b.clone(), m.key);
+        async move { r.fetch_action(&b, &k).await }
+    });
+    let Fetched::Hit { manifest, transfer } = fetched.await.unwrap().unwrap() else { panic!("a hit") };
     assert_eq!(*manifest, without_inputs(&m));
     assert_eq!(b.get(&m.key), Some(without_inputs(&m)));
     assert_eq!((transfer.blobs, transfer.skipped), (5, 0), "{transfer:?}");
@@ -121,4 +132,31 @@ async fn a_stopped_registry_is_unavailable_fast() {
     reg.start_again();
     r.push_action(&a, &m).await.unwrap();
     assert!(r.has_action(&m.key).await.unwrap());
+}
+
+#[tokio::test]
+async fn a_push_of_blobs_the_registry_has_costs_one_head_each_and_no_auth_round_trips() {
+    let Some(reg) = TestRegistry::start() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let a = store(&tmp.path().join("a"));
+    let m = put(&a, "step", &[("f", b"x"), ("g", b"y")], b"log");
+    let r = remote(reg.url(), tmp.path());
+    r.push_action(&a, &m).await.unwrap();
+    // The manifest PUT is the last request of a push: once it is logged, all are.
+    let logged = |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while reg.count_requests("PUT", "/manifests/") < n && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    logged(1);
+    let heads = reg.count_requests("HEAD", "/blobs/");
+    r.push_action(&a, &m).await.unwrap();
+    logged(2);
+    // f, g, the log and the config: one HEAD each, nothing uploaded, the manifest put again.
+    assert_eq!(reg.count_requests("HEAD", "/blobs/") - heads, 4);
+    assert_eq!(blob_puts(&reg), 4);
+    let probes = reg.requests().iter().filter(|(m, p)| m == "GET" && p == "/v2/").count();
+    // The test registry's readiness check, then one probe for the whole connection.
+    assert_eq!(probes, 2, "{:#?}", reg.requests());
 }
