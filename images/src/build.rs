@@ -57,6 +57,12 @@ impl Builder {
     /// The ID of `reference`, pulling it from its registry (with progress on `log`) when it is not
     /// present locally. A failed pull is `Environment`, naming the image.
     pub async fn ensure_base(&self, reference: &str, log: LogFn<'_>) -> Result<docker::ImageId, BuildError> {
+        Ok(crate::base::ensure(self, reference, log).await?.id)
+    }
+
+    /// As [`Builder::ensure_base`], with the image's repo digests (a pulled image's identity on
+    /// every machine, see [`docker::ResolvedImage::repo_digest`]).
+    pub async fn resolve_base(&self, reference: &str, log: LogFn<'_>) -> Result<docker::ResolvedImage, BuildError> {
         crate::base::ensure(self, reference, log).await
     }
 

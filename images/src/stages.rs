@@ -194,9 +194,11 @@ pub(crate) async fn plan(
         let (base, base_key) = match index(i, &s.from)? {
             Some(d) => (Base::Stage(d), key_of(d).ok_or_else(|| invalid(format!("stage `{}` has no key", stages[d].name)))?.hex()),
             None => {
-                let id = builder.ensure_base(&s.from, log).await?;
-                let key = id.to_string();
-                (Base::Image(id), key)
+                // The registry digest when the base has one: stage keys are the same on every
+                // machine (a local ID differs between two pulls of one image).
+                let resolved = crate::base::ensure(builder, &s.from, log).await?;
+                let key = crate::base::identity(&s.from, &resolved);
+                (Base::Image(resolved.id), key)
             }
         };
         let mut copies = Vec::new();

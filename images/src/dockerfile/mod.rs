@@ -71,15 +71,16 @@ pub(crate) async fn prepare(
     let mut bases = Vec::new();
     let mut reads = reads;
     for reference in &reads.bases {
-        let id = builder.ensure_base(reference, log).await?;
+        let resolved = crate::base::ensure(builder, reference, log).await?;
         // `ONBUILD COPY`/`ADD` of a base reads context files the Dockerfile does not name: key
         // the whole context then.
-        let details = builder.docker.inspect_image(id.as_str()).await;
+        let details = builder.docker.inspect_image(resolved.id.as_str()).await;
         let details = details.map_err(|e| BuildError::daemon(format!("cannot inspect image `{reference}`"), e))?;
         if details.is_some_and(|d| !d.on_build.is_empty()) {
             reads.sources = parse::Sources::All;
         }
-        bases.push((reference.clone(), id));
+        // The registry digest when the base has one (the same on every machine), else its ID.
+        bases.push((reference.clone(), crate::base::identity(reference, &resolved)));
     }
 
     let (args, target, network) = (spec.args.clone(), spec.target.map(str::to_string), spec.network);
