@@ -305,7 +305,7 @@ pub async fn forecast(
         workflow: session.workflow.name.clone(),
         no_cache,
         inputs: prepared.hashed,
-        image_ids: prepared.image_ids,
+        image_identities: prepared.image_identities,
         built,
     });
     let config = SchedulerConfig { jobs: session.plan.steps.len().max(1), budget: HostBudget::UNLIMITED, keep_going: true };

@@ -1,7 +1,7 @@
 //! The dry run of `engine plan` and `engine cache explain`: for each step, what the caching
 //! layer would decide (through the same `crate::caching::decide`), without building an image or
-//! creating a container. A step whose need will run cannot know its key yet; a step whose image
-//! under `images:` is not built yet will run for that reason.
+//! creating a container. A step whose need will run cannot know its key yet; a step on an image
+//! under `images:` is keyed by the image's key, built or not (its build is not predicted here).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -17,10 +17,10 @@ pub struct DryRun {
     pub no_cache: bool,
     /// Each step's hashed input files.
     pub inputs: HashMap<String, std::sync::Arc<Vec<InputEntry>>>,
-    /// Step name -> image ID, for steps using an image reference.
-    pub image_ids: HashMap<String, cache::ImageId>,
-    /// Image name under `images:` -> its ID if built for its current definition.
-    pub built: BTreeMap<String, Option<cache::ImageId>>,
+    /// Step name -> image identity, for steps using an image reference.
+    pub image_identities: HashMap<String, cache::ImageIdentity>,
+    /// Image name under `images:` -> its identity (its key), when it could be computed.
+    pub built: BTreeMap<String, Option<cache::ImageIdentity>>,
 }
 
 impl DryRun {
@@ -34,19 +34,19 @@ impl DryRun {
                 None => return run(RunReason::Cache(Reason::UpstreamWillRun { step: up.step.clone() })),
             }
         }
-        let image_id = match &step.image {
+        let image = match &step.image {
             dsl::ImageRef::Built(name) => match self.built.get(name).cloned().flatten() {
                 Some(id) => id,
                 None => return run(RunReason::ImageNotBuilt(name.clone())),
             },
-            dsl::ImageRef::Reference(reference) => match self.image_ids.get(&step.name) {
+            dsl::ImageRef::Reference(reference) => match self.image_identities.get(&step.name) {
                 Some(id) => id.clone(),
                 // `prepare` resolved every reference; a missing one cannot be keyed.
                 None => return run(RunReason::ImageNotBuilt(reference.clone())),
             },
         };
         let inputs = self.inputs.get(&step.name).map(|i| i.as_ref().clone()).unwrap_or_default();
-        let components = caching::components(step, &image_id, inputs, upstream);
+        let components = caching::components(step, &image, inputs, upstream);
         let would = match caching::decide(&self.store, &self.workflow, step, &components, &components.key(), self.no_cache) {
             Decision::Cached(manifest) => {
                 Would::Restore(Outputs { digest: Some(manifest.outputs_digest()), dir: None, entries: manifest.entries })
