@@ -127,13 +127,18 @@ pub(crate) async fn build(
     let tag = format!("{}/{}:{}", ctx.workflow, name, key.short());
 
     if !ctx.no_cache {
-        if let Some(id) = find_by_key(builder, &key).await? {
+        let mut found = find_by_key(builder, &key).await?;
+        let pulled = found.is_none() && crate::remote::pull(builder, name, &key, &tag, log).await;
+        if pulled {
+            found = find_by_key(builder, &key).await?;
+        }
+        if let Some(id) = found {
             // The image may have lost its tag (`docker rmi` of the tag only): give it back.
             let (repo, short) = split_reference(&tag);
             if let Err(e) = builder.docker.tag_image(id.as_str(), repo, short).await {
                 return Err(BuildError::daemon(format!("cannot tag image `{id}` as `{tag}`"), e));
             }
-            return Ok(BuiltImage { name: name.to_string(), id, tag, key, stages_built: 0 });
+            return Ok(BuiltImage { name: name.to_string(), id, tag, key, stages_built: 0, pulled });
         }
     }
 
@@ -180,7 +185,8 @@ pub(crate) async fn build(
     };
     remove_intermediates(builder, &steps, result.as_ref().ok()).await;
     let id = result?;
-    Ok(BuiltImage { name: name.to_string(), id, tag, key, stages_built: 1 })
+    crate::remote::push(builder, name, &id, &key);
+    Ok(BuiltImage { name: name.to_string(), id, tag, key, stages_built: 1, pulled: false })
 }
 
 /// Send the context, stream the builder's output, and return the built image's ID. `steps`
