@@ -128,7 +128,9 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<RunStatus,
 
     // Images build in the background from now on; a step waits only for the image it uses.
     let builds_cancel = cancel.child_token();
-    let images = Arc::new(StepImages::start(&docker, &workflow, &prepared, &run_id, &events, &builds_cancel));
+    // The remote cache's image side (`session::images::image_remote`) is connected by the lead.
+    let image_remote = None;
+    let images = Arc::new(StepImages::start(&docker, &workflow, &prepared, &run_id, &events, &builds_cancel, image_remote));
 
     // The layers, outermost first: record, export, image, cache, stage, container.
     let container = Container { docker: docker.clone(), run_id: run_id.clone() };

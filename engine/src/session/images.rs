@@ -32,11 +32,32 @@ pub struct StepImages {
     references: HashMap<String, (String, ImageId, cache::ImageIdentity)>,
     /// Image name under `images:` -> its build.
     builds: HashMap<String, ImageBuild>,
+    /// Where built images are shared, if anywhere (its pushes are awaited by [`StepImages::wait`]).
+    remote: Option<images::ImageRemote>,
+}
+
+/// The image side of a remote cache: engine-built images pulled from and pushed to
+/// `remote.image_reference(key)` by the daemon, with the credentials of Docker's `config.json`
+/// (anonymous without), as the remote's mode allows; each transfer bounded by `timeout`.
+// Connected by the lead where the run's `remote::Remote` is made (`--remote-cache`).
+#[allow(dead_code)]
+pub fn image_remote(remote: &remote::Remote, timeout: std::time::Duration) -> images::ImageRemote {
+    let auth = remote.daemon_auth().map(|a| docker::RegistryAuth {
+        username: a.username,
+        password: a.password,
+        identity_token: a.identity_token,
+        server: a.server,
+    });
+    let (reads, writes) = (remote.mode().reads(), remote.mode().writes());
+    let remote = remote.clone();
+    images::ImageRemote::new(move |key| remote.image_reference(key), auth, reads, writes, timeout)
 }
 
 impl StepImages {
     /// Start building every image under `images:` the planned steps use, each on its own task;
-    /// build output goes to `events` as log lines of `image <name>/<stage>`.
+    /// build output goes to `events` as log lines of `image <name>/<stage>`. With `remote` (see
+    /// [`image_remote`]), an image is pulled from the remote cache instead of built when it has
+    /// it, and a built one is pushed there in the background.
     pub fn start(
         docker: &DockerExecutor,
         workflow: &Arc<dsl::Workflow>,
@@ -44,17 +65,18 @@ impl StepImages {
         run_id: &str,
         events: &EventSink,
         cancel: &CancellationToken,
+        remote: Option<images::ImageRemote>,
     ) -> StepImages {
         use futures_util::FutureExt;
         let mut builds = HashMap::new();
         for name in &prepared.built {
             let (client, workflow, run_id) = (docker.daemon().clone(), workflow.clone(), run_id.to_string());
-            let (events, cancel, name_owned) = (events.clone(), cancel.clone(), name.clone());
+            let (events, cancel, name_owned, remote) = (events.clone(), cancel.clone(), name.clone(), remote.clone());
             let task = tokio::spawn(async move {
                 let Some(def) = workflow.images.get(&name_owned) else {
                     return ImageOutcome::Failed(StepFailure::ImageFailed(format!("image `{name_owned}` is not defined under `images:`")));
                 };
-                let builder = images::Builder::new(client.clone());
+                let builder = images::Builder::new(client.clone()).with_remote(remote);
                 let owner = crate::docker::owner::owner_labels();
                 let ctx = images::BuildContext {
                     workflow: &workflow.name,
@@ -90,7 +112,7 @@ impl StepImages {
                 Some((step.clone(), (reference.clone(), id, identity)))
             })
             .collect();
-        StepImages { references, builds }
+        StepImages { references, builds, remote }
     }
 
     /// The image `step` runs in, waiting for its build if it is one of `images:`.
@@ -121,10 +143,21 @@ impl StepImages {
 
     /// Wait for every build (stopped by the cancel token given to [`StepImages::start`]), so
     /// that their containers are gone.
+    /// Also waits for the pushes of built images to the remote cache.
     pub async fn wait(&self) {
         for build in self.builds.values() {
             let _ = build.clone().await;
         }
+        if let Some(remote) = &self.remote {
+            remote.finish().await;
+        }
+    }
+
+    /// What the remote cache did for images (pulls, pushes, warnings), if there is one.
+    // For the run's summary (wired with `--remote-cache`).
+    #[allow(dead_code)]
+    pub fn remote_report(&self) -> Option<images::ImageRemoteReport> {
+        self.remote.as_ref().map(images::ImageRemote::report)
     }
 }
 
