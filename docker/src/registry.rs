@@ -115,7 +115,7 @@ pub enum TransferError {
         reason: String,
         /// The daemon's error.
         #[source]
-        source: DaemonError,
+        source: Box<DaemonError>,
     },
     /// It did not finish within its bound.
     #[error("cannot {action} `{reference}`: not finished within {}", crate::error::format_duration(*after))]
@@ -203,7 +203,7 @@ async fn drain(
 ) -> Result<(), TransferError> {
     let failed = |source: bollard::errors::Error| {
         let source = DaemonError::Failed { action: format!("{action} `{reference}`"), source };
-        TransferError::Failed { action, reference: reference.to_string(), reason: source.reason(), source }
+        TransferError::Failed { action, reference: reference.to_string(), reason: source.reason(), source: Box::new(source) }
     };
     let mut kept = 0usize;
     let read = async {
