@@ -1,4 +1,4 @@
-//! How a step meets the cache: its key components (from the resolved step, its image ID, its
+//! How a step meets the cache: its key components (from the resolved step, its image identity, its
 //! hashed inputs and the output digests of the steps it needs), and the decision "restore from
 //! the cache" or "run, because ...". `run`, `plan` and `cache explain` all decide through
 //! [`decide`], so what `plan` predicts is what `run` does.
@@ -11,7 +11,7 @@ use cache::{ActionKey, InputEntry, KeyComponents, Manifest, Reason, Store, Upstr
 /// `upstream` the output digest of each direct need. Secret values never enter: names only.
 pub fn components(
     step: &dsl::Step,
-    image_id: &docker::ImageId,
+    image: &cache::ImageIdentity,
     inputs: Vec<InputEntry>,
     mut upstream: Vec<UpstreamEntry>,
 ) -> KeyComponents {
@@ -20,7 +20,7 @@ pub fn components(
     secrets.sort();
     KeyComponents {
         format: CACHE_FORMAT_VERSION,
-        image_id: image_id.clone(),
+        image: image.clone(),
         command: step.command.argv(),
         env: step.env.clone(),
         workdir: step.workdir.clone(),

@@ -99,6 +99,10 @@ pub struct RemoteSummary {
     /// Steps whose results were not uploaded (the upload failed, was not finished, or the
     /// registry was unavailable by then), in the order they finished.
     pub not_shared: Vec<String>,
+    /// Images under `images:` pulled from the remote cache instead of built (their names).
+    pub images_pulled: Vec<String>,
+    /// Images under `images:` built by this run and pushed to the remote cache (their names).
+    pub images_pushed: Vec<String>,
     /// Why the remote cache was given up for the rest of the run (the first fault), if it was.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unavailable: Option<String>,

@@ -78,8 +78,11 @@ impl Outputs {
 pub(crate) struct StepImage {
     /// What the container is created from (the image ID for built images).
     pub run: String,
-    /// The image ID (`sha256:...`): what enters the key.
+    /// The image ID (`sha256:...`), for the record.
     pub id: cache::ImageId,
+    /// What enters the key: the stage key of an engine-built image, the registry digest of a
+    /// pulled one, else the ID.
+    pub identity: cache::ImageIdentity,
     /// As the record names it: the reference, or `images.<name>` for an engine-built image.
     pub reference: String,
     /// For an engine-built image: the images it was built from (reference, ID).

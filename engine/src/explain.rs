@@ -8,7 +8,7 @@ use crate::executor::{Prediction, RunReason, Would};
 /// What the cache will do with one planned step, predicted without running anything.
 #[derive(Debug, Clone)]
 pub struct Forecast {
-    /// Known unless a step it needs will run first, or its image is not built yet.
+    /// Known unless a step it needs will run first (or its image's key cannot be computed).
     pub(crate) components: Option<cache::KeyComponents>,
     pub(crate) cached: bool,
     /// Where a cached step comes from (`Local` unless the remote cache has it and the local

@@ -56,6 +56,10 @@ pub struct RunConfig {
     pub remote: Option<remote::Remote>,
 }
 
+/// How long the daemon's push or pull of one engine-built image to or from the remote cache may
+/// take.
+const IMAGE_TRANSFER_BOUND: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Run a workflow. `Err` when it could not start; otherwise the status of the run.
 pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<RunStatus, StartError> {
     let started = Instant::now();
@@ -131,7 +135,9 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<RunStatus,
 
     // Images build in the background from now on; a step waits only for the image it uses.
     let builds_cancel = cancel.child_token();
-    let images = Arc::new(StepImages::start(&docker, &workflow, &prepared, &run_id, &events, &builds_cancel));
+    // The remote cache's image side: engine-built images pulled instead of built, pushed once built.
+    let image_remote = cfg.remote.as_ref().map(|r| session::images::image_remote(r, IMAGE_TRANSFER_BOUND));
+    let images = Arc::new(StepImages::start(&docker, &workflow, &prepared, &run_id, &events, &builds_cancel, image_remote));
 
     // The remote cache's first fault is told once, and the run goes on locally.
     let remote_cache = cfg.remote.clone().map(|r| RemoteCache::new(r, Box::new(output::notes::RemoteWarnings)));
@@ -183,7 +189,14 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<RunStatus,
     // Uploads still running are waited for (bounded; none after Ctrl-C: an aborted upload has
     // not pushed its manifest, so nothing half-written is trusted later).
     let remote_summary = match &remote_cache {
-        Some(remote) => Some(remote.finish(crate::remote_cache::FINISH_BOUND, &cancel).await),
+        Some(remote) => {
+            let mut summary = remote.finish(crate::remote_cache::FINISH_BOUND, &cancel).await;
+            if let Some(report) = images.remote_report() {
+                summary.images_pulled = report.pulled.into_iter().map(|(name, _)| name).collect();
+                summary.images_pushed = report.pushed.into_iter().map(|(name, _)| name).collect();
+            }
+            Some(summary)
+        }
         None => None,
     };
 
@@ -323,7 +336,7 @@ pub async fn forecast(
         workflow: session.workflow.name.clone(),
         no_cache,
         inputs: prepared.hashed,
-        image_ids: prepared.image_ids,
+        image_identities: prepared.image_identities,
         built,
         remote,
         remote_state: Default::default(),

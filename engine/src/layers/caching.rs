@@ -54,7 +54,7 @@ impl<E: Executor> Executor for Caching<E> {
             return Outcome::failed(StepFailure::Environment(format!("internal: step `{name}` has no image")));
         };
         let inputs = self.inputs.get(&name).map(|i| i.as_ref().clone()).unwrap_or_default();
-        let components = Arc::new(caching::components(&step, &image.id, inputs, upstream));
+        let components = Arc::new(caching::components(&step, &image.identity, inputs, upstream));
         let key = components.key();
         job.key = Some(key);
         job.notes.tell(Note::Keyed { key, components: components.clone(), image });

@@ -1,9 +1,10 @@
 //! The dry run of `engine plan` and `engine cache explain`: for each step, what the caching
 //! layer would decide (through the same `crate::caching::decide`), without building an image or
-//! creating a container. A step whose need will run cannot know its key yet; a step whose image
-//! under `images:` is not built yet will run for that reason. With a remote cache that reads, a
-//! step the local store lacks is asked for there (one HEAD): a step it has would be downloaded,
-//! and the steps that need it cannot be keyed before that download.
+//! creating a container. A step whose need will run cannot know its key yet; a step on an image
+//! under `images:` is keyed by the image's key, built or not (its build is not predicted here).
+//! With a remote cache that reads, a step the local store lacks is asked for there (one HEAD): a
+//! step it has would be downloaded, and the steps that need it cannot be keyed before that
+//! download.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -19,10 +20,10 @@ pub struct DryRun {
     pub no_cache: bool,
     /// Each step's hashed input files.
     pub inputs: HashMap<String, std::sync::Arc<Vec<InputEntry>>>,
-    /// Step name -> image ID, for steps using an image reference.
-    pub image_ids: HashMap<String, cache::ImageId>,
-    /// Image name under `images:` -> its ID if built for its current definition.
-    pub built: BTreeMap<String, Option<cache::ImageId>>,
+    /// Step name -> image identity, for steps using an image reference.
+    pub image_identities: HashMap<String, cache::ImageIdentity>,
+    /// Image name under `images:` -> its identity (its key), when it could be computed.
+    pub built: BTreeMap<String, Option<cache::ImageIdentity>>,
     /// The remote cache, asked (one HEAD) for the steps the local store lacks, when it reads.
     pub remote: Option<remote::Remote>,
     /// What the remote cache said so far: the steps it has, and its first fault (then it is
@@ -80,19 +81,19 @@ impl DryRun {
                 None => return run(RunReason::Cache(Reason::UpstreamWillRun { step: up.step.clone() })),
             }
         }
-        let image_id = match &step.image {
+        let image = match &step.image {
             dsl::ImageRef::Built(name) => match self.built.get(name).cloned().flatten() {
                 Some(id) => id,
                 None => return run(RunReason::ImageNotBuilt(name.clone())),
             },
-            dsl::ImageRef::Reference(reference) => match self.image_ids.get(&step.name) {
+            dsl::ImageRef::Reference(reference) => match self.image_identities.get(&step.name) {
                 Some(id) => id.clone(),
                 // `prepare` resolved every reference; a missing one cannot be keyed.
                 None => return run(RunReason::ImageNotBuilt(reference.clone())),
             },
         };
         let inputs = self.inputs.get(&step.name).map(|i| i.as_ref().clone()).unwrap_or_default();
-        let components = caching::components(step, &image_id, inputs, upstream);
+        let components = caching::components(step, &image, inputs, upstream);
         let key = components.key();
         let would = match caching::decide(&self.store, &self.workflow, step, &components, &key, self.no_cache) {
             Decision::Cached(manifest) => {

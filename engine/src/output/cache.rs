@@ -44,7 +44,7 @@ pub fn explain(step: &str, forecast: &Forecast) -> String {
     let _ = writeln!(out, "  key:      {}", c.key());
     let _ = writeln!(out, "  components (sha256 over a canonical encoding of):");
     let _ = writeln!(out, "    format:   {}", c.format);
-    let _ = writeln!(out, "    image:    {}", c.image_id);
+    let _ = writeln!(out, "    image:    {}", c.image);
     let _ = writeln!(out, "    command:  {}", serde_json::Value::from(c.command.clone()));
     if c.env.is_empty() {
         let _ = writeln!(out, "    env:      -");

@@ -27,6 +27,12 @@ pub(crate) fn summary_lines(s: &RemoteSummary) -> Vec<String> {
     } else {
         parts.push("read-only, nothing uploaded".into());
     }
+    if !s.images_pulled.is_empty() {
+        parts.push(format!("{} pulled", plural(s.images_pulled.len() as u64, "image", "images")));
+    }
+    if !s.images_pushed.is_empty() {
+        parts.push(format!("{} pushed", plural(s.images_pushed.len() as u64, "image", "images")));
+    }
     let mut lines = vec![format!("remote cache {} ({}): {}", s.url, s.mode, parts.join(", "))];
     if !s.not_shared.is_empty() {
         let names: Vec<String> = s.not_shared.iter().map(|n| super::neutralise(n).into_owned()).collect();
