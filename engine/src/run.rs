@@ -308,6 +308,10 @@ fn start_record(
             keep_going: cfg.keep_going,
             no_cache: cfg.no_cache,
             out_dir: absolute(out_dir),
+            remote_cache: cfg
+                .remote
+                .as_ref()
+                .map(|r| record::RemoteCacheInfo { url: r.url().to_string(), mode: r.mode().as_str().to_string() }),
         },
         steps: plan.steps.iter().map(|p| record::pending(&p.step)).collect(),
     };

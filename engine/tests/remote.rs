@@ -94,6 +94,8 @@ fn a_second_machine_gets_every_step_from_the_registry_without_a_container() {
     let up = remote_event(&first);
     assert_eq!((up["uploads"].as_u64(), up["hits"].as_u64()), (Some(3), Some(0)), "{up}");
     assert_eq!(up["not_shared"], serde_json::json!([]));
+    let (_, record) = latest_record(&one);
+    assert_eq!(record["invocation"]["remote_cache"], serde_json::json!({ "url": url, "mode": "readwrite" }));
 
     // Machine 2: another folder, another cache dir (Project's own), the same registry.
     let two = Project::copy_of(one.path());

@@ -99,6 +99,7 @@ pub fn record(id: &str, started: &str, status: RecordStatus, steps: Vec<StepReco
             keep_going: false,
             no_cache: false,
             out_dir: "/src/demo/.engine/out".into(),
+            remote_cache: None,
         },
         steps,
     }
