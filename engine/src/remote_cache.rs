@@ -216,3 +216,114 @@ impl RemoteCache {
         self.state().summary.clone()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    #[derive(Default)]
+    struct Counted {
+        unavailable: AtomicUsize,
+    }
+
+    struct Notes(Arc<Counted>);
+
+    impl RemoteNotes for Notes {
+        fn unavailable(&self, _url: &str, _why: &str) {
+            self.0.unavailable.fetch_add(1, Ordering::SeqCst);
+        }
+        fn damaged(&self, _url: &str, _step: &str, _why: &str) {}
+    }
+
+    fn remote(port: u16, mode: remote::Mode) -> Remote {
+        let url = format!("oci://127.0.0.1:{port}/cache").parse().unwrap();
+        let empty = tempfile::tempdir().unwrap();
+        let config = remote::RemoteConfig {
+            url,
+            mode,
+            insecure: false,
+            docker_config: Some(empty.path().to_path_buf()),
+            timeout: Duration::from_secs(20),
+        };
+        Remote::new(config).unwrap()
+    }
+
+    fn store_with_entry(dir: &std::path::Path) -> (Arc<Store>, Manifest) {
+        let store = Arc::new(Store::open(&dir.join("cache")).unwrap());
+        let collected = dir.join("out");
+        std::fs::create_dir_all(&collected).unwrap();
+        std::fs::write(collected.join("f"), b"data").unwrap();
+        let key = ActionKey::from_digest(cache::Digest::of(b"key"));
+        let manifest = store.put(key, "wf", "s", &collected, 0, b"log", 1, None).unwrap();
+        (store, manifest)
+    }
+
+    /// A port nobody listens on.
+    fn closed_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    }
+
+    #[tokio::test]
+    async fn the_first_fault_warns_once_and_ends_the_remote_calls() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, manifest) = store_with_entry(dir.path());
+        let counted = Arc::new(Counted::default());
+        let rc = RemoteCache::new(remote(closed_port(), remote::Mode::ReadWrite), Box::new(Notes(counted.clone())));
+        let key = ActionKey::from_digest(cache::Digest::of(b"other"));
+        assert!(rc.fetch(&store, &key, "a").await.is_none());
+        assert!(rc.is_down() && !rc.reads());
+        assert!(rc.fetch(&store, &key, "b").await.is_none());
+        rc.upload("c", store.clone(), manifest);
+        let summary = rc.finish(Duration::from_secs(5), &CancellationToken::new()).await;
+        assert_eq!(counted.unavailable.load(Ordering::SeqCst), 1);
+        assert_eq!(summary.not_shared, ["c"]);
+        assert!(summary.unavailable.is_some());
+        assert_eq!((summary.hits, summary.misses, summary.uploads), (0, 0, 0));
+    }
+
+    #[tokio::test]
+    async fn unfinished_uploads_are_bounded_and_aborted_and_named() {
+        // A registry that accepts connections and never answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                open.push(socket);
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let (store, manifest) = store_with_entry(dir.path());
+        let rc = RemoteCache::new(remote(port, remote::Mode::ReadWrite), Box::new(Notes(Arc::default())));
+        rc.upload("slow", store.clone(), manifest.clone());
+        let started = std::time::Instant::now();
+        let summary = rc.finish(Duration::from_millis(300), &CancellationToken::new()).await;
+        assert!(started.elapsed() < Duration::from_secs(5), "bounded: {:?}", started.elapsed());
+        assert_eq!(summary.not_shared, ["slow"]);
+        assert_eq!(summary.uploads, 0);
+
+        // Cancelled (Ctrl-C): no wait at all.
+        let rc = RemoteCache::new(remote(port, remote::Mode::ReadWrite), Box::new(Notes(Arc::default())));
+        rc.upload("interrupted", store, manifest);
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        let started = std::time::Instant::now();
+        let summary = rc.finish(Duration::from_secs(60), &cancel).await;
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(summary.not_shared, ["interrupted"]);
+        held.abort();
+    }
+
+    #[tokio::test]
+    async fn read_mode_uploads_nothing_and_lists_nothing_as_unshared() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, manifest) = store_with_entry(dir.path());
+        let rc = RemoteCache::new(remote(closed_port(), remote::Mode::Read), Box::new(Notes(Arc::default())));
+        assert!(!rc.writes());
+        rc.upload("a", store, manifest);
+        let summary = rc.finish(Duration::from_secs(1), &CancellationToken::new()).await;
+        assert!(summary.not_shared.is_empty());
+        assert_eq!(summary.mode, "read");
+    }
+}
