@@ -444,6 +444,20 @@ mod tests {
                 allowed: false,
             },
             Event::StepSkipped { step: "package".into(), reason: "needs `unit-test`, which failed".into() },
+            Event::RemoteCache(crate::events::RemoteSummary {
+                url: "oci://127.0.0.1:5000/cache".into(),
+                mode: "readwrite".into(),
+                hits: 1,
+                misses: 3,
+                uploads: 1,
+                bytes_down: 2048,
+                bytes_up: 1_500_000,
+                blobs_up: 2,
+                blobs_skipped: 3,
+                not_shared: vec!["compile".into()],
+                unavailable: Some("registry 127.0.0.1:5000 is unavailable: timed out".into()),
+                ..Default::default()
+            }),
             Event::RunFinished { run_id: "r-1".into(), status: RunStatus::Failed, duration_ms: 33_400, steps },
         ]
     }
