@@ -109,6 +109,10 @@ fn a_second_machine_gets_every_step_from_the_registry_without_a_container() {
     // `b` needs `a`, whose outputs are not known before the download: the plan says it runs.
     assert_eq!(planned, [("a", "remote"), ("b", "-"), ("c", "remote")]);
 
+    let explain =
+        two.cmd(&["cache", "explain", "c", "--remote-cache", &url]).env("DOCKER_CONFIG", empty_docker_config(&two)).output().unwrap();
+    assert!(text(&explain.stdout).starts_with("step `c`: cached, from the remote cache"), "{}", text(&explain.stdout));
+
     let since = now();
     let second = events(&run(&two, &url, &[], &empty_docker_config(&two)), 0);
     let until = now() + 1.0;
@@ -245,7 +249,14 @@ fn read_only_mode_uploads_nothing() {
     let Some(reg) = TestRegistry::start() else { return };
     let url = reg.url().to_string();
     let p = project();
-    let o = run(&p, &url, &["--remote-cache-mode", "read"], &empty_docker_config(&p));
+    // Through the environment this time.
+    let o = p
+        .cmd(&["run", "--output", "json"])
+        .env("ENGINE_REMOTE_CACHE", &url)
+        .env("ENGINE_REMOTE_CACHE_MODE", "read")
+        .env("DOCKER_CONFIG", empty_docker_config(&p))
+        .output()
+        .unwrap();
     let evs = events(&o, 0);
     let summary = remote_event(&evs);
     assert_eq!((summary["mode"].as_str(), summary["uploads"].as_u64(), summary["misses"].as_u64()), (Some("read"), Some(0), Some(3)));
