@@ -25,6 +25,9 @@ pub(crate) struct Client {
     auth: RegistryAuth,
     registry: String,
     repo: String,
+    /// `http(s)://HOST[:PORT]`.
+    root: String,
+    /// `<root>/v2/<repo>`.
     base: String,
     pub(crate) timeout: Duration,
     /// The `Authorization` value for direct requests, per operation, once known.
@@ -76,13 +79,15 @@ impl Client {
             }
         };
         let scheme = if plain { "http" } else { "https" };
-        let base = format!("{scheme}://{registry}/v2/{}", config.url.repository());
+        let root = format!("{scheme}://{registry}");
+        let base = format!("{root}/v2/{}", config.url.repository());
         Ok(Client {
             oci,
             http,
             auth,
             repo: config.url.repository().to_string(),
             registry,
+            root,
             base,
             timeout: config.timeout,
             header_pull: Mutex::new(None),
@@ -165,7 +170,7 @@ impl Client {
             .get_or_try_init(|| async {
                 let needs = match self.auth {
                     RegistryAuth::Anonymous => {
-                        let url = format!("{}/v2/", self.base.split("/v2/").next().unwrap_or(""));
+                        let url = format!("{}/v2/", self.root);
                         let res = self
                             .bounded(self.timeout, "GET /v2/", async {
                                 self.http
