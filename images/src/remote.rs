@@ -195,3 +195,30 @@ pub(crate) fn push(builder: &Builder, name: &str, id: &ImageId, key: &StageKey) 
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_split_after_the_registry_port() {
+        assert_eq!(split_tag("127.0.0.1:5000/cache:image-ab"), ("127.0.0.1:5000/cache", "image-ab"));
+        assert_eq!(split_tag("wf/img:0123456789ab"), ("wf/img", "0123456789ab"));
+        assert_eq!(split_tag("127.0.0.1:5000/cache"), ("127.0.0.1:5000/cache", "latest"));
+    }
+
+    #[test]
+    fn only_a_missing_manifest_is_a_quiet_miss() {
+        let timed_out = TransferError::TimedOut { action: "pull", reference: "r:t".into(), after: Duration::from_secs(1) };
+        assert!(!is_missing(&timed_out));
+        assert!(!is_missing(&TransferError::BadReference("r".into())));
+    }
+
+    #[test]
+    fn debug_and_reports_show_no_credential() {
+        let auth = RegistryAuth { username: "u".into(), password: "hunter2".into(), identity_token: String::new(), server: "r".into() };
+        let remote = ImageRemote::new(|k| format!("r/c:image-{}", k.hex()), Some(auth), true, true, Duration::from_secs(1));
+        assert!(!format!("{remote:?}").contains("hunter2"));
+        assert_eq!(remote.report(), ImageRemoteReport::default());
+    }
+}
