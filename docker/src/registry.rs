@@ -39,6 +39,12 @@ impl ResolvedImage {
         let same = valid.iter().filter(|(name, _)| same_repository(name, repository)).map(|(_, d)| *d).min();
         same.or_else(|| valid.iter().map(|(_, d)| *d).min()).map(str::to_string)
     }
+
+    /// What the image enters keys as: its [`repo_digest`](ResolvedImage::repo_digest) when it has
+    /// one (the same on every machine that pulled it), else its local ID.
+    pub fn identity(&self, reference: &str) -> String {
+        self.repo_digest(reference).unwrap_or_else(|| self.id.to_string())
+    }
 }
 
 /// `reference` without its tag or digest.

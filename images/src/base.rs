@@ -19,12 +19,6 @@ async fn image_id(builder: &Builder, reference: &str) -> Result<Option<ImageId>,
     Ok(resolve(builder, reference).await?.map(|r| r.id))
 }
 
-/// What a base image enters keys as: its registry digest when it has one (the same on every
-/// machine that pulled it), else its local ID (an imported image has no other name).
-pub(crate) fn identity(reference: &str, resolved: &ResolvedImage) -> String {
-    resolved.repo_digest(reference).unwrap_or_else(|| resolved.id.to_string())
-}
-
 pub(crate) async fn ensure(builder: &Builder, reference: &str, log: LogFn<'_>) -> Result<ResolvedImage, BuildError> {
     if let Some(resolved) = resolve(builder, reference).await? {
         return Ok(resolved);

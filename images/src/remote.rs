@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use docker::{ImageId, RegistryAuth, TransferError};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::key::StageKey;
@@ -109,6 +110,14 @@ impl ImageRemote {
     }
 }
 
+/// `REPO:TAG` split at the tag's colon (not a registry port's: the tag is always there).
+fn split_tag(reference: &str) -> (&str, &str) {
+    match reference.rsplit_once(':') {
+        Some((repo, tag)) if !tag.contains('/') => (repo, tag),
+        _ => (reference, "latest"),
+    }
+}
+
 /// Whether a failed pull only says the registry has no such image (a miss, not a fault).
 fn is_missing(e: &TransferError) -> bool {
     let TransferError::Failed { reason, .. } = e else { return false };
@@ -117,12 +126,18 @@ fn is_missing(e: &TransferError) -> bool {
 }
 
 /// Before building image `name` of key `key`: pull it from the remote when it reads, and make it
-/// the image a build would have made (tagged `tag`). True when the image is now there.
-pub(crate) async fn pull(builder: &Builder, name: &str, key: &StageKey, tag: &str, log: LogFn<'_>) -> bool {
+/// the image a build would have made (tagged `tag`). True when the image is now there; false
+/// (build it) on a miss, a failure, or `cancel` (the build then stops by itself).
+pub(crate) async fn pull(builder: &Builder, name: &str, key: &StageKey, tag: &str, log: LogFn<'_>, cancel: &CancellationToken) -> bool {
     let Some(remote) = builder.remote.as_ref().filter(|r| r.reads()) else { return false };
     let reference = remote.reference(key);
     let mut progress = |line: String| log(name, "remote", &line);
-    if let Err(e) = builder.docker.pull_image(&reference, remote.inner.auth.as_ref(), remote.inner.timeout, &mut progress).await {
+    let pulling = builder.docker.pull_image(&reference, remote.inner.auth.as_ref(), remote.inner.timeout, &mut progress);
+    let pulled = tokio::select! {
+        _ = cancel.cancelled() => return false,
+        pulled = pulling => pulled,
+    };
+    if let Err(e) = pulled {
         if !is_missing(&e) {
             remote.warn(name, Some(log), format!("not pulled from the remote cache, building it: {e}"));
         }
@@ -146,7 +161,7 @@ pub(crate) async fn pull(builder: &Builder, name: &str, key: &StageKey, tag: &st
         remote.warn(name, Some(log), format!("`{reference}` in the remote cache is not the image of key {key} for `{name}`, building it"));
         return false;
     }
-    let (repo, short) = crate::dockerfile::split_reference(tag);
+    let (repo, short) = split_tag(tag);
     if let Err(e) = builder.docker.tag_image(pulled.id.as_str(), repo, short).await {
         untag().await;
         remote.warn(name, Some(log), format!("cannot tag the pulled image as `{tag}`, building it: {}", e.reason()));
@@ -166,7 +181,7 @@ pub(crate) fn push(builder: &Builder, name: &str, id: &ImageId, key: &StageKey) 
     let tracker = remote.inner.pushes.clone();
     tracker.spawn(async move {
         let reference = remote.reference(&key);
-        let (repo, tag) = crate::dockerfile::split_reference(&reference);
+        let (repo, tag) = split_tag(&reference);
         if let Err(e) = docker.tag_image(id.as_str(), repo, tag).await {
             remote.warn(&name, None, format!("not pushed to the remote cache: cannot tag it as `{reference}`: {}", e.reason()));
             return;
@@ -179,4 +194,31 @@ pub(crate) fn push(builder: &Builder, name: &str, id: &ImageId, key: &StageKey) 
             Err(e) => remote.warn(&name, None, format!("not pushed to the remote cache: {e}")),
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_split_after_the_registry_port() {
+        assert_eq!(split_tag("127.0.0.1:5000/cache:image-ab"), ("127.0.0.1:5000/cache", "image-ab"));
+        assert_eq!(split_tag("wf/img:0123456789ab"), ("wf/img", "0123456789ab"));
+        assert_eq!(split_tag("127.0.0.1:5000/cache"), ("127.0.0.1:5000/cache", "latest"));
+    }
+
+    #[test]
+    fn only_a_missing_manifest_is_a_quiet_miss() {
+        let timed_out = TransferError::TimedOut { action: "pull", reference: "r:t".into(), after: Duration::from_secs(1) };
+        assert!(!is_missing(&timed_out));
+        assert!(!is_missing(&TransferError::BadReference("r".into())));
+    }
+
+    #[test]
+    fn debug_and_reports_show_no_credential() {
+        let auth = RegistryAuth { username: "u".into(), password: "hunter2".into(), identity_token: String::new(), server: "r".into() };
+        let remote = ImageRemote::new(|k| format!("r/c:image-{}", k.hex()), Some(auth), true, true, Duration::from_secs(1));
+        assert!(!format!("{remote:?}").contains("hunter2"));
+        assert_eq!(remote.report(), ImageRemoteReport::default());
+    }
 }

@@ -78,7 +78,7 @@ pub(crate) async fn build(
     let repo = docker::labels::repository(ctx.workflow, name);
     let mut pulled = false;
     if !ctx.no_cache && find(builder, name, &key, true).await?.is_none() {
-        pulled = crate::remote::pull(builder, name, &key, &format!("{repo}:{}", key.short()), log).await;
+        pulled = crate::remote::pull(builder, name, &key, &format!("{repo}:{}", key.short()), log, cancel).await;
     }
 
     // Walk back from the final stage: found stages end the walk.
@@ -206,8 +206,8 @@ pub(crate) async fn plan(
             None => {
                 // The registry digest when the base has one: stage keys are the same on every
                 // machine (a local ID differs between two pulls of one image).
-                let resolved = crate::base::ensure(builder, &s.from, log).await?;
-                let key = crate::base::identity(&s.from, &resolved);
+                let resolved = builder.resolve_base(&s.from, log).await?;
+                let key = resolved.identity(&s.from);
                 (Base::Image(resolved.id), key)
             }
         };

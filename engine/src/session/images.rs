@@ -213,3 +213,6 @@ async fn bases(daemon: &docker::Daemon, workflow: &dsl::Workflow, def: &dsl::Ima
     }
     out
 }
+
+#[cfg(test)]
+mod tests;

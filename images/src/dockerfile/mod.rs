@@ -71,7 +71,7 @@ pub(crate) async fn prepare(
     let mut bases = Vec::new();
     let mut reads = reads;
     for reference in &reads.bases {
-        let resolved = crate::base::ensure(builder, reference, log).await?;
+        let resolved = builder.resolve_base(reference, log).await?;
         // `ONBUILD COPY`/`ADD` of a base reads context files the Dockerfile does not name: key
         // the whole context then.
         let details = builder.docker.inspect_image(resolved.id.as_str()).await;
@@ -80,7 +80,7 @@ pub(crate) async fn prepare(
             reads.sources = parse::Sources::All;
         }
         // The registry digest when the base has one (the same on every machine), else its ID.
-        bases.push((reference.clone(), crate::base::identity(reference, &resolved)));
+        bases.push((reference.clone(), resolved.identity(reference)));
     }
 
     let (args, target, network) = (spec.args.clone(), spec.target.map(str::to_string), spec.network);
@@ -128,7 +128,7 @@ pub(crate) async fn build(
 
     if !ctx.no_cache {
         let mut found = find_by_key(builder, &key).await?;
-        let pulled = found.is_none() && crate::remote::pull(builder, name, &key, &tag, log).await;
+        let pulled = found.is_none() && crate::remote::pull(builder, name, &key, &tag, log, cancel).await;
         if pulled {
             found = find_by_key(builder, &key).await?;
         }
