@@ -288,7 +288,12 @@ impl Remote {
     /// Upload the entry `manifest` of `store`: each distinct blob it names that the registry
     /// lacks (HEAD first), streamed from the store; then the config; then the manifest under its
     /// tag, last. The entry's input manifest is not uploaded (inputs stay on the machine).
+    /// In read-only mode ([`Mode::Read`]) nothing is sent: `Denied`.
     pub async fn push_action(&self, store: &Arc<Store>, manifest: &Manifest) -> Result<Transfer, RemoteError> {
+        if !self.mode().writes() {
+            let message = "the remote cache is read-only (--remote-cache-mode read)".to_string();
+            return Err(RemoteError::Denied { registry: self.inner.config.url.registry(), message });
+        }
         transfer::push(&self.inner.client, store, manifest).await
     }
 

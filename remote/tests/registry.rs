@@ -72,6 +72,14 @@ async fn a_second_push_skips_every_blob_and_a_shared_file_is_uploaded_once() {
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(blob_puts(&reg), 7, "no blob was uploaded twice");
 
+    // Read-only: nothing is sent.
+    let mut ro = config(reg.url(), None, tmp.path());
+    ro.mode = remote::Mode::Read;
+    let ro = remote::Remote::new(ro).unwrap();
+    let three = put(&a, "three", &[("j", b"only three")], b"log three");
+    assert!(matches!(ro.push_action(&a, &three).await.unwrap_err(), RemoteError::Denied { .. }));
+    assert!(!r.has_action(&three.key).await.unwrap());
+
     let mut listed = r.list_actions().await.unwrap();
     listed.sort_by_key(|k| k.digest());
     let mut expected = vec![one.key, two.key];
