@@ -19,7 +19,12 @@ REGISTRY=/usr/bin/docker-registry
 command -v curl >/dev/null || { echo "the remote benchmark needs curl" >&2; exit 1; }
 work="$(mktemp -d)"
 reg_pid=""
-cleanup() { [ -n "$reg_pid" ] && kill "$reg_pid" 2>/dev/null; rm -rf "$work"; }
+http_pid=""
+cleanup() {
+  [ -n "$reg_pid" ] && kill "$reg_pid" 2>/dev/null
+  [ -n "$http_pid" ] && kill "$http_pid" 2>/dev/null
+  rm -rf "$work"
+}
 trap cleanup EXIT
 
 # --- the registry ------------------------------------------------------------------------------
@@ -79,10 +84,13 @@ hits=$(grep '"event":"remote_cache"' "$work/machine-1.json" | python3 -c 'import
 
 # Loopback transfer of those bytes: curl of a 64 MiB file, scaled.
 head -c $((64 << 20)) /dev/urandom > "$work/blob"
-(cd "$work" && python3 -u -m http.server 0 --bind 127.0.0.1 >"$work/http.log" 2>&1 & echo $! > "$work/http.pid")
-for _ in $(seq 1 100); do hport=$(grep -o 'port [0-9]*' "$work/http.log" | awk '{print $2}'); [ -n "$hport" ] && break; sleep 0.1; done
+python3 -u -m http.server 0 --bind 127.0.0.1 --directory "$work" >"$work/http.log" 2>&1 &
+http_pid=$!
+hport=""
+for _ in $(seq 1 100); do hport=$(grep -o 'port [0-9]*' "$work/http.log" | head -1 | awk '{print $2}' || true); [ -n "$hport" ] && break; sleep 0.1; done
 t=$(measure curl -fs -o /dev/null "http://127.0.0.1:$hport/blob")
-kill "$(cat "$work/http.pid")" 2>/dev/null || true
+kill "$http_pid" 2>/dev/null || true
+http_pid=""
 transfer=$(echo "$t * $bytes / (64 * 1048576)" | bc -l)
 
 echo "machine: $(nproc) CPUs, $(free -g | awk '/Mem:/ {print $2}') GiB, docker $(docker version -f '{{.Server.Version}}'), $(date -u +%F)"
