@@ -33,10 +33,7 @@ pub fn parse_key(text: &str) -> Result<ActionKey, StartError> {
     let hex = text.strip_prefix("sha256:").unwrap_or(text);
     if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         let shown: String = text.chars().take(80).collect();
-        return Err(StartError::Invalid(format!(
-            "`{}` is not an action key (64 hex digits, as `engine cache ls` shows them in full with `engine runs show`)",
-            shown.escape_debug()
-        )));
+        return Err(StartError::Invalid(format!("`{}` is not an action key (64 hex digits, `sha256:` optional)", shown.escape_debug())));
     }
     let digest: Digest = hex.to_ascii_lowercase().parse().map_err(StartError::Invalid)?;
     Ok(ActionKey::from_digest(digest))
