@@ -10,7 +10,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Digest, ImageId};
+use crate::{Digest, ImageIdentity};
 
 /// The key of one step execution.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
@@ -61,8 +61,11 @@ pub struct UpstreamEntry {
 pub struct KeyComponents {
     /// [`crate::CACHE_FORMAT_VERSION`].
     pub format: u32,
-    /// The resolved image ID (`sha256:...`), not the reference: a retagged image changes the key.
-    pub image_id: ImageId,
+    /// The image's machine-independent identity (its stage key, its registry digest, or, for an
+    /// image with neither, its local ID), not the reference: a retagged image changes the key.
+    /// Records written before identities hold `image_id`, a bare ID: read back as `local`.
+    #[serde(alias = "image_id")]
+    pub image: ImageIdentity,
     /// The argv the container runs.
     pub command: Vec<String>,
     /// The environment of the container (names and values; secrets are never here).
@@ -96,7 +99,7 @@ impl KeyComponents {
     /// field    = tag:u8 len payload[len]
     /// str      = len bytes[len]                     (UTF-8)
     /// tag 0  format     u32
-    /// tag 1  image_id   bytes (the whole payload)
+    /// tag 1  image      bytes: `built|registry|local sha256:<hex>` (ImageIdentity's Display)
     /// tag 2  command    count str*
     /// tag 3  env        count (str key, str value)*  in key order
     /// tag 4  workdir    bytes
@@ -115,7 +118,7 @@ impl KeyComponents {
         let mut enc = Encoder::default();
         enc.buf.extend_from_slice(MAGIC);
         enc.field(TAG_FORMAT, |e| e.u32(self.format));
-        enc.field(TAG_IMAGE, |e| e.raw(self.image_id.as_str().as_bytes()));
+        enc.field(TAG_IMAGE, |e| e.raw(self.image.to_string().as_bytes()));
         enc.field(TAG_COMMAND, |e| e.strs(&self.command));
         enc.field(TAG_ENV, |e| {
             e.count(self.env.len());
@@ -160,7 +163,7 @@ impl KeyComponents {
     pub fn without_inputs(&self) -> KeyComponents {
         KeyComponents {
             format: self.format,
-            image_id: self.image_id.clone(),
+            image: self.image.clone(),
             command: self.command.clone(),
             env: self.env.clone(),
             workdir: self.workdir.clone(),
@@ -185,8 +188,8 @@ impl KeyComponents {
         if self.format != previous.format {
             reasons.push(Reason::FormatChanged { old: previous.format, new: self.format });
         }
-        if self.image_id != previous.image_id {
-            reasons.push(Reason::ImageChanged { old: previous.image_id.clone(), new: self.image_id.clone() });
+        if self.image != previous.image {
+            reasons.push(Reason::ImageChanged { old: previous.image.clone(), new: self.image.clone() });
         }
         if self.command != previous.command {
             reasons.push(Reason::CommandChanged);
@@ -258,12 +261,12 @@ pub enum Reason {
         /// The format now.
         new: u32,
     },
-    /// The image ID changed (rebuilt, retagged or pulled again).
+    /// The image changed (rebuilt from another definition, retagged or pulled again).
     ImageChanged {
-        /// The image ID of the last run.
-        old: ImageId,
-        /// The image ID now.
-        new: ImageId,
+        /// The image's identity in the last run.
+        old: ImageIdentity,
+        /// Its identity now.
+        new: ImageIdentity,
     },
     /// The argv changed.
     CommandChanged,
@@ -325,7 +328,7 @@ pub enum Reason {
 
 impl fmt::Display for Reason {
     /// One short sentence: "input `src/main.c` changed", "env `CC` changed (gcc -> clang)",
-    /// "never run", "image changed (sha256:ab12.. -> sha256:cd34..)", "`build` will run".
+    /// "never run", "image changed (local sha256:ab12.. -> built sha256:cd34..)", "`build` will run".
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Reason::NeverRun => f.write_str("never run"),
@@ -335,7 +338,7 @@ impl fmt::Display for Reason {
             Reason::UpstreamWillRun { step } => write!(f, "needs `{step}`, which will run"),
             Reason::FormatChanged { old, new } => write!(f, "cache format changed ({old} -> {new})"),
             Reason::ImageChanged { old, new } => {
-                write!(f, "image changed (sha256:{} -> sha256:{})", old.short(), new.short())
+                write!(f, "image changed ({} -> {})", old.short(), new.short())
             }
             Reason::CommandChanged => f.write_str("command changed"),
             Reason::EnvChanged { name, old, new } => match (old, new) {

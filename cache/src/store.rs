@@ -19,6 +19,7 @@
 //! editing an exported output would then silently corrupt the cache.
 
 mod fsio;
+mod import;
 mod inputs;
 mod maint;
 mod restore;
@@ -38,6 +39,7 @@ use crate::key::{ActionKey, KeyComponents};
 use crate::Digest;
 use fsio::at;
 pub use fsio::sanitise;
+pub use import::BlobImport;
 pub use maint::Usage;
 
 /// The folders under `v1/`.

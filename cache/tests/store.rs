@@ -490,7 +490,7 @@ fn last_run_records_round_trip() {
     let (_d, store) = store();
     let c = KeyComponents {
         format: 1,
-        image_id: cache::ImageId::from_digest(&Digest::of(b"image")),
+        image: cache::ImageIdentity::Local { id: cache::ImageId::from_digest(&Digest::of(b"image")) },
         command: vec!["sh".into(), "-c".into(), "make".into()],
         env: BTreeMap::from([("CC".into(), "gcc".into())]),
         workdir: "/src".into(),

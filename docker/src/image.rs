@@ -47,6 +47,8 @@ pub struct ImageDetails {
     pub id: ImageId,
     /// Its `repo:tag` names.
     pub repo_tags: Vec<String>,
+    /// Its `name@sha256:<hex>` repo digests (empty when never pushed or pulled).
+    pub repo_digests: Vec<String>,
     /// Its configuration.
     pub config: ImageConfig,
     /// Its `ONBUILD` triggers: instructions a Dockerfile build `FROM` it runs first.
@@ -190,7 +192,13 @@ impl Daemon {
         let Some(id) = id else { return Err(DaemonError::NoImageId { reference: reference.to_string() }) };
         let on_build = image.config.as_ref().and_then(|c| c.on_build.clone()).unwrap_or_default();
         let config = image.config.map(to_config).unwrap_or_default();
-        Ok(Some(ImageDetails { id, repo_tags: image.repo_tags.unwrap_or_default(), config, on_build }))
+        Ok(Some(ImageDetails {
+            id,
+            repo_tags: image.repo_tags.unwrap_or_default(),
+            repo_digests: image.repo_digests.unwrap_or_default(),
+            config,
+            on_build,
+        }))
     }
 
     /// Pull `from_image` (a repository, or a whole `repo@digest` reference) at `tag`, handing

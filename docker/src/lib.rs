@@ -15,6 +15,8 @@
 //!   archive transfer's upload, a Dockerfile build's context).
 //! - [`image`]: the image operations of image builds (inspect, pull, import, build containers,
 //!   commit, tag, list, remove, Dockerfile builds).
+//! - [`registry`]: what a reference resolves to (ID and repo digests), and the daemon's push and
+//!   pull of an image with credentials.
 //!
 //! Knows nothing of workflows, steps, records or the cache's keys: callers translate their own
 //! types into this crate's specs, and its results back.
@@ -30,6 +32,7 @@ pub mod image;
 pub mod labels;
 pub mod lines;
 pub mod owner;
+pub mod registry;
 pub mod run;
 
 pub use error::{
@@ -38,6 +41,7 @@ pub use error::{
 };
 pub use guard::{kill_all_now, live, remove_temp_now, Live};
 pub use ids::{BadImageId, ContainerId, ImageId};
+pub use registry::{RegistryAuth, ResolvedImage, TransferError};
 
 use std::time::Duration;
 

@@ -38,6 +38,38 @@ pub struct Policy {
     /// `allow_root_builds`: whether image build stages may run as uid 0 (see
     /// [`Policy::allows_root_builds`]).
     pub(crate) allow_root_builds: Option<Capped<bool>>,
+    /// `remote_cache:`: the machine's remote cache (see [`Policy::remote_cache`]).
+    pub(crate) remote_cache: Option<RemoteCachePolicy>,
+}
+
+/// The policy's `remote_cache:` as written (a URL string, or `{ url, mode, insecure }`). The
+/// values are checked by their user (the engine parses the URL); `mode` is already one of
+/// `read`, `write`, `readwrite`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct RemoteCachePolicy {
+    pub url: Option<Capped<String>>,
+    pub mode: Option<Capped<String>>,
+    pub insecure: Option<Capped<bool>>,
+}
+
+/// One value of the policy's `remote_cache:` and where the policy file says it (`FILE:LINE`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyValue<T> {
+    /// The value as written.
+    pub value: T,
+    /// `policy.yml:3`: the file as named on the command line, and the line.
+    pub at: String,
+}
+
+/// The policy's `remote_cache:` setting (every field optional).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RemoteCacheSetting {
+    /// `url` (or the whole value when it is a string): the default, and the only URL allowed.
+    pub url: Option<PolicyValue<String>>,
+    /// `mode`: `read`, `write` or `readwrite`, the most a run may do.
+    pub mode: Option<PolicyValue<String>>,
+    /// `insecure`: plain HTTP allowed to a host that is not loopback.
+    pub insecure: Option<PolicyValue<bool>>,
 }
 
 impl Policy {
@@ -55,6 +87,17 @@ impl Policy {
             (None, None) => true,
             (None, Some(_)) => self.allows_root(),
         }
+    }
+
+    /// The policy's `remote_cache:`, if it has one: the machine's remote cache for every
+    /// workflow. Its URL is pinned (a run may not name another) and its mode is a cap.
+    pub fn remote_cache(&self) -> Option<RemoteCacheSetting> {
+        let rc = self.remote_cache.as_ref()?;
+        let file = self.source.as_ref().map(|s| s.path.display().to_string()).unwrap_or_else(|| "the policy".into());
+        fn at<T: Clone>(file: &str, c: &Option<Capped<T>>) -> Option<PolicyValue<T>> {
+            c.as_ref().map(|c| PolicyValue { value: c.value.clone(), at: format!("{file}:{}", c.span.line) })
+        }
+        Some(RemoteCacheSetting { url: at(&file, &rc.url), mode: at(&file, &rc.mode), insecure: at(&file, &rc.insecure) })
     }
 
     /// The image prefixes the policy allows (`image_prefixes`), if it restricts images at all:

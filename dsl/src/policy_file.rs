@@ -9,12 +9,14 @@ use std::sync::Arc;
 
 use crate::diagnostic::finish;
 use crate::ir::SourceFile;
-use crate::policy::{Capped, Policy};
+use crate::policy::{Capped, Policy, RemoteCachePolicy};
 use crate::resolve::{names::check_version, settings};
 use crate::yaml::reader::Reader;
 use crate::{bounds, units, LoadError};
 
-const POLICY_KEYS: &[&str] = &["version", "max_limits", "networks", "image_prefixes", "allow_root", "allow_root_builds"];
+const POLICY_KEYS: &[&str] = &["version", "max_limits", "networks", "image_prefixes", "allow_root", "allow_root_builds", "remote_cache"];
+const REMOTE_CACHE_KEYS: &[&str] = &["url", "mode", "insecure"];
+const REMOTE_CACHE_MODES: &[&str] = &["read", "write", "readwrite"];
 
 impl Policy {
     /// Reads and validates a policy file (YAML, see docs/workflow.md for the format).
@@ -84,6 +86,37 @@ fn load_policy(path: &Path, text: &str) -> Result<Policy, LoadError> {
             policy.allow_root_builds = Some(Capped { value, span });
         }
     }
+    if let Some(node) = top.get_node("remote_cache") {
+        policy.remote_cache = remote_cache(&mut r, node);
+    }
     let diags = std::mem::take(&mut r.diags);
     finish(path, diags, policy)
+}
+
+/// `remote_cache: oci://…` or `remote_cache: { url: …, mode: read|write|readwrite, insecure: bool }`.
+fn remote_cache(r: &mut Reader, node: &marked_yaml::Node) -> Option<RemoteCachePolicy> {
+    if let marked_yaml::Node::Scalar(_) = node {
+        let (value, span) = r.string(node, "`remote_cache`")?;
+        return Some(RemoteCachePolicy { url: Some(Capped { value, span }), ..RemoteCachePolicy::default() });
+    }
+    let map = r.mapping(node, "`remote_cache` (a URL, or a mapping with `url`, `mode`, `insecure`)")?;
+    r.check_keys(map, REMOTE_CACHE_KEYS, "`remote_cache`");
+    let mut rc = RemoteCachePolicy::default();
+    if let Some(n) = map.get_node("url") {
+        rc.url = r.string(n, "`remote_cache.url`").map(|(value, span)| Capped { value, span });
+    }
+    if let Some(n) = map.get_node("mode") {
+        if let Some((value, span)) = r.string(n, "`remote_cache.mode`") {
+            if REMOTE_CACHE_MODES.contains(&value.as_str()) {
+                rc.mode = Some(Capped { value, span });
+            } else {
+                r.error(span, format!("invalid remote cache mode `{value}`"), "unknown mode", "use read, write or readwrite");
+            }
+        }
+    }
+    if let Some(n) = map.get_node("insecure") {
+        let span = r.span(n);
+        rc.insecure = r.bool(n, "`remote_cache.insecure`").map(|value| Capped { value, span });
+    }
+    Some(rc)
 }

@@ -201,3 +201,22 @@ fn caches_load_in_normal_form() {
     );
     assert!(wf.step("b").unwrap().caches.is_empty());
 }
+
+#[test]
+fn policy_remote_cache_is_a_url_or_a_mapping_with_its_lines() {
+    let policy = dsl::Policy::load_str(Path::new("policy.yml"), "version: 1\nremote_cache: oci://127.0.0.1:5000/cache\n")
+        .unwrap_or_else(|e| panic!("{}", common::render(&e)));
+    let rc = policy.remote_cache().expect("a remote cache");
+    assert_eq!(rc.url.as_ref().map(|u| (u.value.as_str(), u.at.as_str())), Some(("oci://127.0.0.1:5000/cache", "policy.yml:2")));
+    assert!(rc.mode.is_none() && rc.insecure.is_none());
+
+    let text = "remote_cache:\n  url: oci://r.example/c\n  mode: read\n  insecure: true\n";
+    let rc = dsl::Policy::load_str(Path::new("p.yml"), text).unwrap_or_else(|e| panic!("{}", common::render(&e))).remote_cache().unwrap();
+    assert_eq!(rc.mode.map(|m| (m.value, m.at)), Some(("read".to_string(), "p.yml:3".to_string())));
+    assert_eq!(rc.insecure.map(|m| m.value), Some(true));
+    assert!(dsl::Policy::default().remote_cache().is_none());
+
+    for bad in ["remote_cache:\n  mode: all\n", "remote_cache:\n  urls: x\n", "remote_cache: [a]\n", "remote_cache:\n  insecure: maybe\n"] {
+        assert!(dsl::Policy::load_str(Path::new("p.yml"), bad).is_err(), "{bad:?} should not load");
+    }
+}

@@ -1,4 +1,4 @@
-//! How a step meets the cache: its key components (from the resolved step, its image ID, its
+//! How a step meets the cache: its key components (from the resolved step, its image identity, its
 //! hashed inputs and the output digests of the steps it needs), and the decision "restore from
 //! the cache" or "run, because ...". `run`, `plan` and `cache explain` all decide through
 //! [`decide`], so what `plan` predicts is what `run` does.
@@ -11,7 +11,7 @@ use cache::{ActionKey, InputEntry, KeyComponents, Manifest, Reason, Store, Upstr
 /// `upstream` the output digest of each direct need. Secret values never enter: names only.
 pub fn components(
     step: &dsl::Step,
-    image_id: &docker::ImageId,
+    image: &cache::ImageIdentity,
     inputs: Vec<InputEntry>,
     mut upstream: Vec<UpstreamEntry>,
 ) -> KeyComponents {
@@ -20,7 +20,7 @@ pub fn components(
     secrets.sort();
     KeyComponents {
         format: CACHE_FORMAT_VERSION,
-        image_id: image_id.clone(),
+        image: image.clone(),
         command: step.command.argv(),
         env: step.env.clone(),
         workdir: step.workdir.clone(),
@@ -69,6 +69,12 @@ pub fn decide(store: &Store, workflow: &str, step: &dsl::Step, components: &KeyC
         return Decision::Cached(Box::new(manifest));
     }
     Decision::Run(why_miss(store, workflow, &step.name, components))
+}
+
+/// Whether a local miss of `step` may be looked up in the remote cache: its cache is on and
+/// `--no-cache` (`force`) was not given (the remote cache is a second store, bypassed alike).
+pub fn remote_may_hit(step: &dsl::Step, force: bool) -> bool {
+    step.cache && !force
 }
 
 /// Why `components` has no entry: what changed since the step's last successful run.

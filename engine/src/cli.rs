@@ -210,7 +210,40 @@ pub enum CacheCommand {
         /// The cache directory.
         #[command(flatten)]
         dir: CacheDirArg,
+        /// The operator policy (its `remote_cache:`).
+        #[command(flatten)]
+        policy: PolicyArg,
+        /// The remote cache.
+        #[command(flatten)]
+        remote: RemoteCacheArgs,
     },
+    /// Upload local cache entries to the remote cache (every entry, or the given keys)
+    #[command(
+        after_help = "Exit 0 when every entry was uploaded, 1 when one could not be, 2 for a bad key or no remote cache, 3 when the registry is unavailable."
+    )]
+    Push(CacheTransferArgs),
+    /// Download entries of the remote cache into the local store (every entry, or the given keys)
+    #[command(
+        after_help = "Exit 0 when every entry was downloaded, 1 when one was missing or damaged, 2 for a bad key or no remote cache, 3 when the registry is unavailable."
+    )]
+    Pull(CacheTransferArgs),
+}
+
+/// The arguments of `engine cache push` and `engine cache pull`.
+#[derive(Debug, Args)]
+pub struct CacheTransferArgs {
+    /// Action keys (64 hex digits, `sha256:` optional) [default: every entry]
+    #[arg(value_name = "KEY")]
+    pub keys: Vec<String>,
+    /// The cache directory.
+    #[command(flatten)]
+    pub dir: CacheDirArg,
+    /// The operator policy (its `remote_cache:`).
+    #[command(flatten)]
+    pub policy: PolicyArg,
+    /// The remote cache.
+    #[command(flatten)]
+    pub remote: RemoteCacheArgs,
 }
 
 /// `--cache-dir`: where the step cache is.
@@ -249,6 +282,21 @@ pub struct PolicyArg {
     pub policy: Option<PathBuf>,
 }
 
+/// `--remote-cache` and its companions: the shared cache in an OCI registry (see
+/// docs/workflow.md, "Remote cache", for how they meet the policy's `remote_cache:`).
+#[derive(Debug, Args, Default, Clone)]
+pub struct RemoteCacheArgs {
+    /// Share the step cache through an OCI registry: oci://HOST[:PORT]/REPO [default: the policy's `remote_cache`]
+    #[arg(long, env = "ENGINE_REMOTE_CACHE", value_name = "URL")]
+    pub remote_cache: Option<String>,
+    /// What the run may do with the remote cache [default: the policy's mode, else readwrite]
+    #[arg(long, env = "ENGINE_REMOTE_CACHE_MODE", value_name = "MODE", value_parser = ["read", "write", "readwrite"])]
+    pub remote_cache_mode: Option<String>,
+    /// Allow plain HTTP to a registry that is not on a loopback address
+    #[arg(long)]
+    pub remote_cache_insecure: bool,
+}
+
 /// The arguments of `engine run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -276,6 +324,9 @@ pub struct RunArgs {
     /// The operator policy.
     #[command(flatten)]
     pub policy: PolicyArg,
+    /// The remote cache.
+    #[command(flatten)]
+    pub remote: RemoteCacheArgs,
 }
 
 /// The arguments of `engine check`.
@@ -306,6 +357,9 @@ pub struct PlanArgs {
     /// The operator policy.
     #[command(flatten)]
     pub policy: PolicyArg,
+    /// The remote cache (asked with one HEAD per step the local store lacks).
+    #[command(flatten)]
+    pub remote: RemoteCacheArgs,
 }
 
 /// The arguments of `engine graph`.

@@ -52,6 +52,62 @@ impl StepStatus {
     }
 }
 
+/// Where a cached step's outputs came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheSource {
+    /// This machine's cache store.
+    Local,
+    /// The remote cache (`--remote-cache`): downloaded into the local store first.
+    Remote,
+}
+
+impl CacheSource {
+    /// `local` or `remote`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheSource::Local => "local",
+            CacheSource::Remote => "remote",
+        }
+    }
+}
+
+/// What the remote cache did during a run (the `remote_cache` event, just before
+/// `run_finished`; the summary's `remote cache …` line).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RemoteSummary {
+    /// `oci://HOST[:PORT]/REPO` (never a credential).
+    pub url: String,
+    /// `read`, `write` or `readwrite`.
+    pub mode: String,
+    /// Steps restored from the remote cache.
+    pub hits: u64,
+    /// Lookups that found no entry.
+    pub misses: u64,
+    /// Entries found damaged (a blob missing or not matching its digest): the step ran.
+    pub damaged: u64,
+    /// Entries uploaded.
+    pub uploads: u64,
+    /// Bytes downloaded (blobs of the hits).
+    pub bytes_down: u64,
+    /// Bytes uploaded.
+    pub bytes_up: u64,
+    /// Blobs uploaded.
+    pub blobs_up: u64,
+    /// Blobs not uploaded because the registry had them already.
+    pub blobs_skipped: u64,
+    /// Steps whose results were not uploaded (the upload failed, was not finished, or the
+    /// registry was unavailable by then), in the order they finished.
+    pub not_shared: Vec<String>,
+    /// Images under `images:` pulled from the remote cache instead of built (their names).
+    pub images_pulled: Vec<String>,
+    /// Images under `images:` built by this run and pushed to the remote cache (their names).
+    pub images_pushed: Vec<String>,
+    /// Why the remote cache was given up for the rest of the run (the first fault), if it was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unavailable: Option<String>,
+}
+
 /// One row of the final summary.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StepSummary {
@@ -73,12 +129,15 @@ pub struct StepSummary {
     /// would have run it.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub not_started: bool,
+    /// For a `cached` step: `local` or `remote`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<CacheSource>,
 }
 
 impl StepSummary {
     /// A step that ended (not skipped).
     pub fn ended(step: String, status: StepStatus, duration_ms: u64, exit_code: Option<i64>, reason: Option<String>) -> StepSummary {
-        StepSummary { step, status, duration_ms, exit_code, reason, allowed: false, not_started: false }
+        StepSummary { step, status, duration_ms, exit_code, reason, allowed: false, not_started: false, source: None }
     }
 
     /// A step that was not started, and why.
@@ -138,6 +197,9 @@ pub enum Event {
         duration_ms: u64,
         /// The container's exit code, if one is known.
         exit_code: Option<i64>,
+        /// For `cached`: where the outputs came from, `local` or `remote` (absent otherwise).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        source: Option<CacheSource>,
     },
     /// The step failed, timed out, was killed, or was cancelled.
     StepFailed {
@@ -162,6 +224,9 @@ pub enum Event {
         /// Why ("needs `build`, which failed").
         reason: String,
     },
+    /// What the remote cache did (only with `--remote-cache`): emitted once, just before
+    /// `run_finished`.
+    RemoteCache(RemoteSummary),
     /// The run ended: emitted once, last.
     RunFinished {
         /// The run's id.

@@ -78,8 +78,11 @@ impl Outputs {
 pub(crate) struct StepImage {
     /// What the container is created from (the image ID for built images).
     pub run: String,
-    /// The image ID (`sha256:...`): what enters the key.
+    /// The image ID (`sha256:...`), for the record.
     pub id: cache::ImageId,
+    /// What enters the key: the stage key of an engine-built image, the registry digest of a
+    /// pulled one, else the ID.
+    pub identity: cache::ImageIdentity,
     /// As the record names it: the reference, or `images.<name>` for an engine-built image.
     pub reference: String,
     /// For an engine-built image: the images it was built from (reference, ID).
@@ -102,8 +105,9 @@ pub(crate) struct Staged {
 pub(crate) enum Outcome {
     /// The container ran and exited 0; its outputs were collected.
     Executed { outputs: Outputs, duration: Duration, exit_code: i64 },
-    /// The outputs came from the cache; no container was created.
-    Restored { outputs: Outputs, exit_code: i64 },
+    /// The outputs came from the cache (`source`: the local store, or the remote cache through
+    /// it); no container was created.
+    Restored { outputs: Outputs, exit_code: i64, source: crate::events::CacheSource },
     /// The step failed (`reason` is never `Cancelled` or `TimedOut`: those have their own cases).
     /// `partial`: the declared outputs that existed when it ended, collected for a step with
     /// `continue_on_error` (never cached; exported, and staged for the steps that need it).
@@ -134,7 +138,7 @@ impl Outcome {
             Outcome::Failed { partial, .. } | Outcome::TimedOut { partial, .. } => partial.as_ref(),
             Outcome::Planned(prediction) => match &prediction.would {
                 Would::Restore(outputs) => Some(outputs),
-                Would::Run(_) => None,
+                Would::Remote | Would::Run(_) => None,
             },
             _ => None,
         }
@@ -223,6 +227,9 @@ pub(crate) struct Prediction {
 pub(crate) enum Would {
     /// Its key has a cache entry: restored, no container (the entry's outputs, not collected).
     Restore(Outputs),
+    /// The local store lacks its entry and the remote cache has one (a HEAD said so): a run
+    /// downloads it and creates no container. Its outputs are not known without the download.
+    Remote,
     /// It runs, for these reasons (never empty).
     Run(Vec<RunReason>),
 }
@@ -236,6 +243,11 @@ pub(crate) enum RunReason {
     ImageNotBuilt(String),
     /// The newest run record of the workflow in which the step ran says it failed (run id).
     FailedLastRun(String),
+    /// A step it needs comes from the remote cache: its key is known once those outputs are
+    /// downloaded (the run may find this step in a cache too).
+    UpstreamRemote(String),
+    /// The remote cache could not be asked (`engine plan` says so and predicts a run).
+    RemoteUnavailable(String),
 }
 
 impl std::fmt::Display for RunReason {
@@ -244,6 +256,10 @@ impl std::fmt::Display for RunReason {
             RunReason::Cache(reason) => reason.fmt(f),
             RunReason::ImageNotBuilt(name) => write!(f, "image `{name}` is not built yet"),
             RunReason::FailedLastRun(run) => write!(f, "failed in the last run ({run})"),
+            RunReason::UpstreamRemote(step) => {
+                write!(f, "needs `{step}`, whose outputs come from the remote cache (key known after the download)")
+            }
+            RunReason::RemoteUnavailable(why) => write!(f, "remote cache not asked: {why}"),
         }
     }
 }

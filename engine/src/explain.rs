@@ -2,14 +2,18 @@
 //! `engine plan` show, and its [`CacheView`]: data only; the decisions come from `caching`, the
 //! text from `output`.
 
+use crate::events::CacheSource;
 use crate::executor::{Prediction, RunReason, Would};
 
 /// What the cache will do with one planned step, predicted without running anything.
 #[derive(Debug, Clone)]
 pub struct Forecast {
-    /// Known unless a step it needs will run first, or its image is not built yet.
+    /// Known unless a step it needs will run first (or its image's key cannot be computed).
     pub(crate) components: Option<cache::KeyComponents>,
     pub(crate) cached: bool,
+    /// Where a cached step comes from (`Local` unless the remote cache has it and the local
+    /// store does not).
+    pub(crate) source: crate::events::CacheSource,
     /// Why it will run; empty when cached.
     pub(crate) reasons: Vec<RunReason>,
 }
@@ -18,8 +22,11 @@ impl Forecast {
     /// What a dry run predicted.
     pub(crate) fn of(prediction: Prediction) -> Forecast {
         match prediction.would {
-            Would::Restore(_) => Forecast { components: prediction.components, cached: true, reasons: Vec::new() },
-            Would::Run(reasons) => Forecast { components: prediction.components, cached: false, reasons },
+            Would::Restore(_) => {
+                Forecast { components: prediction.components, cached: true, source: CacheSource::Local, reasons: Vec::new() }
+            }
+            Would::Remote => Forecast { components: prediction.components, cached: true, source: CacheSource::Remote, reasons: Vec::new() },
+            Would::Run(reasons) => Forecast { components: prediction.components, cached: false, source: CacheSource::Local, reasons },
         }
     }
 
@@ -52,10 +59,16 @@ impl Forecast {
         }
     }
 
+    /// For a cached step: from the local store or the remote cache; `None` when it runs.
+    pub fn source(&self) -> Option<CacheSource> {
+        self.cached.then_some(self.source)
+    }
+
     /// The forecast as `engine plan` shows it: `cached` or `run`, the key, the reasons.
     pub fn view(&self) -> CacheView {
         CacheView {
             status: self.status(),
+            source: self.source(),
             key: self.components.as_ref().map(|c| c.key()),
             reasons: self.reasons.iter().map(ToString::to_string).collect(),
         }
@@ -68,6 +81,8 @@ impl Forecast {
 pub struct CacheView {
     /// Restored or run.
     pub status: CacheStatus,
+    /// For a cached step: `local` (the local store) or `remote` (the remote cache has it).
+    pub source: Option<CacheSource>,
     /// The action key, when it can be known now (not when a needed step will run first).
     pub key: Option<cache::ActionKey>,
     /// Why it runs, one sentence each; empty when cached.

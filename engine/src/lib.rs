@@ -4,6 +4,7 @@
 #![warn(missing_docs)]
 
 pub(crate) mod budget;
+pub mod cache_transfer;
 pub(crate) mod caching;
 pub mod cli;
 pub mod docker;
@@ -19,6 +20,8 @@ pub(crate) mod owner;
 pub mod plan;
 pub mod provenance;
 pub mod record;
+pub mod remote_cache;
+pub mod remote_settings;
 pub mod replay;
 pub mod run;
 pub mod runs;

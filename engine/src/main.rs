@@ -76,6 +76,7 @@ async fn run_command(args: engine::cli::RunArgs) -> Result<i32, StartError> {
     let (file, targets) = args.target.split();
     let file = workflow_file(file)?;
     let policy = load_policy(&args.policy)?;
+    let remote = engine::remote_settings::open(&args.remote, &policy)?;
     let mode = match args.output {
         OutputFormat::Plain => OutputMode::Plain,
         OutputFormat::Json => OutputMode::Json,
@@ -93,6 +94,7 @@ async fn run_command(args: engine::cli::RunArgs) -> Result<i32, StartError> {
         policy,
         no_cache: args.no_cache,
         cache_dir: args.cache.resolve(),
+        remote,
     };
     let status = run::run(cfg, cancel).await?;
     Ok(match status {
@@ -185,7 +187,8 @@ async fn plan_command(args: engine::cli::PlanArgs) -> Result<i32, StartError> {
     let (file, targets) = args.target.split();
     let file = workflow_file(file)?;
     let policy = load_policy(&args.policy)?;
-    let (plan, forecasts) = run::forecast(&file, &targets, &policy, &args.cache.resolve(), args.no_cache).await?;
+    let remote = engine::remote_settings::open(&args.remote, &policy)?;
+    let (plan, forecasts) = run::forecast(&file, &targets, &policy, &args.cache.resolve(), args.no_cache, remote).await?;
     let views: Vec<_> = forecasts.iter().map(engine::explain::Forecast::view).collect();
     output::plan::print(&plan, &views, args.output);
     Ok(exit::OK)
@@ -227,19 +230,38 @@ async fn cache_command(cmd: CacheCommand) -> Result<i32, StartError> {
                 return Ok(exit::STEP_FAILED);
             }
         }
-        CacheCommand::Explain { words, dir } => {
+        CacheCommand::Explain { words, dir, policy, remote } => {
             let (file, step) = match words.as_slice() {
                 [step] => (workflow_file(None)?, step.clone()),
                 [file, step] => (PathBuf::from(file), step.clone()),
                 _ => return Err(StartError::Invalid("usage: engine cache explain [FILE] STEP".into())),
             };
-            let policy = dsl::policy::Policy::default();
-            let (plan, forecasts) = run::forecast(&file, std::slice::from_ref(&step), &policy, &dir.resolve(), false).await?;
+            let policy = load_policy(&policy)?;
+            let remote = engine::remote_settings::open(&remote, &policy)?;
+            let (plan, forecasts) = run::forecast(&file, std::slice::from_ref(&step), &policy, &dir.resolve(), false, remote).await?;
             let pos = plan.steps.iter().position(|p| p.step.name == step).unwrap_or(plan.steps.len() - 1);
             output::cache::print_explain(&step, &forecasts[pos]);
         }
+        CacheCommand::Push(args) => return cache_transfer(args, true).await,
+        CacheCommand::Pull(args) => return cache_transfer(args, false).await,
     }
     Ok(exit::OK)
+}
+
+/// `engine cache push` (`push`) or `engine cache pull`.
+async fn cache_transfer(args: engine::cli::CacheTransferArgs, push: bool) -> Result<i32, StartError> {
+    use engine::cache_transfer;
+    let keys = args.keys.iter().map(|k| cache_transfer::parse_key(k)).collect::<Result<Vec<_>, _>>()?;
+    let policy = load_policy(&args.policy)?;
+    let Some(remote) = engine::remote_settings::open(&args.remote, &policy)? else {
+        return Err(StartError::Invalid(
+            "no remote cache: name one with --remote-cache oci://HOST[:PORT]/REPO (or ENGINE_REMOTE_CACHE)".into(),
+        ));
+    };
+    let store = std::sync::Arc::new(run::open_store(&args.dir.resolve())?);
+    let report = if push { cache_transfer::push(&remote, store, keys).await? } else { cache_transfer::pull(&remote, store, keys).await? };
+    output::cache::print_transfer(&remote.url().to_string(), push, &report);
+    Ok(if report.failed.is_empty() { exit::OK } else { exit::STEP_FAILED })
 }
 
 fn fmt_command(file: &Path, check: bool) -> Result<i32, StartError> {

@@ -21,6 +21,7 @@ use crate::layers::{caching::Caching, container::Container, dry_run::DryRun, exp
 use crate::output::{self, OutputMode};
 use crate::plan::Plan;
 use crate::record::{self, Recorder, RunRecord};
+use crate::remote_cache::RemoteCache;
 use crate::scheduler::{self, SchedulerConfig};
 use crate::session::{self, Session, StepImages};
 use crate::workspace::{self, RunDir};
@@ -51,7 +52,13 @@ pub struct RunConfig {
     pub no_cache: bool,
     /// The cache directory.
     pub cache_dir: PathBuf,
+    /// `--remote-cache` (or the policy's `remote_cache:`), connected.
+    pub remote: Option<remote::Remote>,
 }
+
+/// How long the daemon's push or pull of one engine-built image to or from the remote cache may
+/// take.
+const IMAGE_TRANSFER_BOUND: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Run a workflow. `Err` when it could not start; otherwise the status of the run.
 pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<RunStatus, StartError> {
@@ -128,7 +135,12 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<RunStatus,
 
     // Images build in the background from now on; a step waits only for the image it uses.
     let builds_cancel = cancel.child_token();
-    let images = Arc::new(StepImages::start(&docker, &workflow, &prepared, &run_id, &events, &builds_cancel));
+    // The remote cache's image side: engine-built images pulled instead of built, pushed once built.
+    let image_remote = cfg.remote.as_ref().map(|r| session::images::image_remote(r, IMAGE_TRANSFER_BOUND));
+    let images = Arc::new(StepImages::start(&docker, &workflow, &prepared, &run_id, &events, &builds_cancel, image_remote));
+
+    // The remote cache's first fault is told once, and the run goes on locally.
+    let remote_cache = cfg.remote.clone().map(|r| RemoteCache::new(r, Box::new(output::notes::RemoteWarnings)));
 
     // The layers, outermost first: record, export, image, cache, stage, container.
     let container = Container { docker: docker.clone(), run_id: run_id.clone() };
@@ -153,6 +165,7 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<RunStatus,
         run_dir: run_dir.clone(),
         source_dir: workflow.dir.clone(),
         needed: needed.clone(),
+        remote: remote_cache.clone(),
     };
     let image = Image { inner: caching, images: images.clone() };
     let export = Export { inner: image, out_dir, needed, store: store.clone() };
@@ -161,7 +174,7 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<RunStatus,
 
     let config = SchedulerConfig { jobs, budget, keep_going: cfg.keep_going };
     tracing::debug!(elapsed = ?started.elapsed(), "prepared; starting the scheduler");
-    let report = scheduler::run(&plan, executor.clone(), config, events.clone(), cancel).await;
+    let report = scheduler::run(&plan, executor.clone(), config, events.clone(), cancel.clone()).await;
     tracing::debug!(elapsed = ?started.elapsed(), "scheduler done");
     // Builds nobody waits for any more (fail-fast stopped the run) are stopped and awaited, so
     // that their containers are gone before the run ends.
@@ -172,6 +185,20 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<RunStatus,
     // dropped future left behind, so `docker ps --filter label=engine.run` shows nothing of us.
     let _ = cleanup::remove_run(docker.daemon(), &run_id).await;
     tracing::debug!(elapsed = ?started.elapsed(), "removed the run's containers");
+
+    // Uploads still running are waited for (bounded; none after Ctrl-C: an aborted upload has
+    // not pushed its manifest, so nothing half-written is trusted later).
+    let remote_summary = match &remote_cache {
+        Some(remote) => {
+            let mut summary = remote.finish(crate::remote_cache::FINISH_BOUND, &cancel).await;
+            if let Some(report) = images.remote_report() {
+                summary.images_pulled = report.pulled.into_iter().map(|(name, _)| name).collect();
+                summary.images_pushed = report.pushed.into_iter().map(|(name, _)| name).collect();
+            }
+            Some(summary)
+        }
+        None => None,
+    };
 
     // The final record: how the run and every step ended (skips and cancellations included).
     let finished = record::timestamp(std::time::SystemTime::now());
@@ -200,6 +227,9 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<RunStatus,
     let (records_dir, this_run) = (workflow.dir.clone(), run_id.clone());
     let _ = tokio::task::spawn_blocking(move || record::prune_after_run(&records_dir, &this_run)).await;
 
+    if let Some(summary) = remote_summary {
+        events.emit(Event::RemoteCache(summary));
+    }
     events.emit(Event::RunFinished {
         run_id,
         status: report.status,
@@ -278,6 +308,10 @@ fn start_record(
             keep_going: cfg.keep_going,
             no_cache: cfg.no_cache,
             out_dir: absolute(out_dir),
+            remote_cache: cfg
+                .remote
+                .as_ref()
+                .map(|r| record::RemoteCacheInfo { url: r.url().to_string(), mode: r.mode().as_str().to_string() }),
         },
         steps: plan.steps.iter().map(|p| record::pending(&p.step)).collect(),
     };
@@ -295,6 +329,7 @@ pub async fn forecast(
     policy: &dsl::policy::Policy,
     cache_dir: &Path,
     no_cache: bool,
+    remote: Option<remote::Remote>,
 ) -> Result<(Plan, Vec<Forecast>), StartError> {
     let session = Session::open(file, targets, policy, |_| async { Ok(()) }).await?;
     let store = Arc::new(open_store(cache_dir)?);
@@ -305,8 +340,10 @@ pub async fn forecast(
         workflow: session.workflow.name.clone(),
         no_cache,
         inputs: prepared.hashed,
-        image_ids: prepared.image_ids,
+        image_identities: prepared.image_identities,
         built,
+        remote,
+        remote_state: Default::default(),
     });
     let config = SchedulerConfig { jobs: session.plan.steps.len().max(1), budget: HostBudget::UNLIMITED, keep_going: true };
     let report = scheduler::run(&session.plan, executor, config, EventSink::null(), CancellationToken::new()).await;
@@ -319,7 +356,12 @@ pub async fn forecast(
             let mut forecast = match outcome {
                 Some(Outcome::Planned(prediction)) => Forecast::of(*prediction),
                 // The dry run predicts every step; anything else is a bug, said as a reason.
-                _ => Forecast { components: None, cached: false, reasons: vec![RunReason::Cache(cache::Reason::EntryMissing)] },
+                _ => Forecast {
+                    components: None,
+                    cached: false,
+                    source: crate::events::CacheSource::Local,
+                    reasons: vec![RunReason::Cache(cache::Reason::EntryMissing)],
+                },
             };
             forecast.note_last_run(&session.workflow.name, &planned.step.name, &records);
             forecast

@@ -1,7 +1,8 @@
 //! `engine plan` is a dry run: on a workflow whose images under `images:` are not built yet it
 //! builds nothing and creates no container (checked with `docker events` around it and the image
-//! list), and says why the steps on those images will run. Once a run has built them, the plan
-//! finds them (still without building) and predicts every step restored from the cache.
+//! list), and still keys the steps on those images (by the images' keys, computed without
+//! building): the keys it predicts are those the run uses. Once a run has built them, the plan
+//! predicts every step restored from the cache.
 
 mod common;
 
@@ -75,7 +76,7 @@ fn step<'a>(steps: &'a [serde_json::Value], name: &str) -> &'a serde_json::Value
 }
 
 #[test]
-fn plan_on_unbuilt_images_builds_nothing_creates_no_container_and_says_why() {
+fn plan_on_unbuilt_images_builds_nothing_creates_no_container_and_keys_their_steps_as_the_run_does() {
     let wf = unique("plantest").to_lowercase();
     let _cleanup = Images(wf.clone());
     let p = Project::new(&format!(
@@ -123,16 +124,16 @@ steps:
     assert!(images_of(&wf).is_empty(), "`engine plan` built images: {:?}", images_of(&wf));
     let reasons = |name: &str| step(&steps, name)["reasons"].clone();
     assert_eq!(step(&steps, "use")["status"], "run");
-    assert_eq!(reasons("use"), serde_json::json!([format!("image `{wf}-tool` is not built yet")]));
-    assert!(step(&steps, "use")["key"].is_null());
-    assert_eq!(reasons("old"), serde_json::json!([format!("image `{wf}-legacy` is not built yet")]));
+    assert_eq!(reasons("use"), serde_json::json!(["never run"]));
+    let predicted = |name: &str| step(&steps, name)["key"].as_str().unwrap_or_else(|| panic!("`{name}` has no key")).to_string();
+    let (use_key, old_key) = (predicted("use"), predicted("old"));
+    assert_eq!(reasons("old"), serde_json::json!(["never run"]));
     assert_eq!(reasons("after"), serde_json::json!(["needs `use`, which will run"]));
     assert_eq!(reasons("plain"), serde_json::json!(["never run"]));
     assert!(step(&steps, "plain")["key"].is_string());
-    let text_plan = text(&p.run(&["plan"]).stdout);
-    assert!(text_plan.contains(&format!("run: image `{wf}-tool` is not built yet")), "{text_plan}");
     let explained = text(&p.run(&["cache", "explain", "use"]).stdout);
-    assert!(explained.contains(&format!("not known until image `{wf}-tool` is built")), "{explained}");
+    assert!(explained.contains(&format!("key:      {use_key}")), "{explained}");
+    assert!(explained.contains("image:    built sha256:"), "{explained}");
 
     // A run builds the images; the plan then finds them, still building nothing.
     let o = p.run(&["run"]);
@@ -145,6 +146,8 @@ steps:
     for s in &steps {
         assert_eq!(s["status"], "cached", "{s}");
     }
+    assert_eq!(step(&steps, "use")["key"].as_str(), Some(use_key.as_str()), "the run keyed `use` as the plan predicted");
+    assert_eq!(step(&steps, "old")["key"].as_str(), Some(old_key.as_str()), "the run keyed `old` as the plan predicted");
 }
 
 /// A failure stores nothing in the cache, but the run record has it: the plan says the step failed

@@ -2,22 +2,26 @@
 //!
 //! Owned by the Dockerfile/base/manage part of the `images` crate.
 
-use docker::ImageId;
+use docker::{ImageId, ResolvedImage};
 
 use crate::dockerfile::split_reference;
 use crate::Builder;
 use crate::{BuildError, LogFn};
 
-async fn image_id(builder: &Builder, reference: &str) -> Result<Option<ImageId>, BuildError> {
+async fn resolve(builder: &Builder, reference: &str) -> Result<Option<ResolvedImage>, BuildError> {
     match builder.docker.inspect_image(reference).await {
-        Ok(image) => Ok(image.map(|i| i.id)),
+        Ok(image) => Ok(image.map(|i| ResolvedImage { id: i.id, repo_digests: i.repo_digests })),
         Err(e) => Err(BuildError::daemon(format!("cannot inspect image `{reference}`"), e)),
     }
 }
 
-pub(crate) async fn ensure(builder: &Builder, reference: &str, log: LogFn<'_>) -> Result<ImageId, BuildError> {
-    if let Some(id) = image_id(builder, reference).await? {
-        return Ok(id);
+async fn image_id(builder: &Builder, reference: &str) -> Result<Option<ImageId>, BuildError> {
+    Ok(resolve(builder, reference).await?.map(|r| r.id))
+}
+
+pub(crate) async fn ensure(builder: &Builder, reference: &str, log: LogFn<'_>) -> Result<ResolvedImage, BuildError> {
+    if let Some(resolved) = resolve(builder, reference).await? {
+        return Ok(resolved);
     }
     let failed = |reason: &str| {
         BuildError::Environment(format!(
@@ -30,7 +34,7 @@ pub(crate) async fn ensure(builder: &Builder, reference: &str, log: LogFn<'_>) -
     let (from, tag) = if reference.contains('@') { (reference, None) } else { (repo, Some(tag)) };
     let mut progress = |line: String| log(reference, "pull", &line);
     builder.docker.pull(from, tag, &mut progress).await.map_err(|e| failed(&e.reason()))?;
-    image_id(builder, reference).await?.ok_or_else(|| failed("the pull ended but the image is not there"))
+    resolve(builder, reference).await?.ok_or_else(|| failed("the pull ended but the image is not there"))
 }
 
 pub(crate) async fn import_rootfs(builder: &Builder, dir: &std::path::Path, reference: &str) -> Result<ImageId, BuildError> {

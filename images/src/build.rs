@@ -26,12 +26,22 @@ pub struct ImageInfo {
 /// Builds, finds, lists and prunes the engine's images on one daemon.
 pub struct Builder {
     pub(crate) docker: docker::Daemon,
+    /// Where built images are shared, if anywhere.
+    pub(crate) remote: Option<crate::ImageRemote>,
 }
 
 impl Builder {
     /// A builder on `daemon`.
     pub fn new(daemon: docker::Daemon) -> Builder {
-        Builder { docker: daemon }
+        Builder { docker: daemon, remote: None }
+    }
+
+    /// The same builder sharing images through `remote`: an image whose key has no local image
+    /// is pulled from it (when it reads) before building, and a built image pushed to it (when
+    /// it writes) in the background.
+    pub fn with_remote(mut self, remote: Option<crate::ImageRemote>) -> Builder {
+        self.remote = remote;
+        self
     }
 
     /// Build image `name` of the workflow (or find it: every stage whose key exists as an image
@@ -57,6 +67,12 @@ impl Builder {
     /// The ID of `reference`, pulling it from its registry (with progress on `log`) when it is not
     /// present locally. A failed pull is `Environment`, naming the image.
     pub async fn ensure_base(&self, reference: &str, log: LogFn<'_>) -> Result<docker::ImageId, BuildError> {
+        Ok(crate::base::ensure(self, reference, log).await?.id)
+    }
+
+    /// As [`Builder::ensure_base`], with the image's repo digests (a pulled image's identity on
+    /// every machine, see [`docker::ResolvedImage::repo_digest`]).
+    pub async fn resolve_base(&self, reference: &str, log: LogFn<'_>) -> Result<docker::ResolvedImage, BuildError> {
         crate::base::ensure(self, reference, log).await
     }
 

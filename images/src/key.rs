@@ -33,6 +33,11 @@ impl StageKey {
     pub fn short(&self) -> String {
         self.0.short()
     }
+
+    /// The key as a digest (what enters the keys of the steps using the image).
+    pub fn digest(&self) -> cache::Digest {
+        self.0
+    }
 }
 
 impl std::fmt::Display for StageKey {

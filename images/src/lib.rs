@@ -16,11 +16,13 @@ mod dockerfile;
 pub mod key;
 mod lookup;
 mod manage;
+mod remote;
 mod stages;
 
 pub use build::{Builder, ImageInfo};
 pub use key::StageKey;
 pub use manage::WorkflowPrune;
+pub use remote::{ImageRemote, ImageRemoteReport};
 
 use std::path::Path;
 
@@ -57,8 +59,11 @@ pub struct BuiltImage {
     /// The image's key: its final stage's key, or for a `dockerfile:` image the key over the
     /// Dockerfile and its context.
     pub key: crate::key::StageKey,
-    /// How many stages were actually built (0: everything came from existing stage images).
+    /// How many stages were actually built (0: everything came from existing stage images, or
+    /// the image was pulled from the remote cache).
     pub stages_built: usize,
+    /// The image was pulled from the remote cache instead of built.
+    pub pulled: bool,
 }
 
 /// Why an image could not be built.

@@ -74,6 +74,13 @@ pub(crate) async fn build(
     let plans = plan(builder, ctx, name, stages, last, log).await?;
     let key = plans[last].as_ref().map(|p| p.key).ok_or_else(|| invalid("final stage was not planned".into()))?;
 
+    // The final image from the remote cache, when it has it and no local image does.
+    let repo = docker::labels::repository(ctx.workflow, name);
+    let mut pulled = false;
+    if !ctx.no_cache && find(builder, name, &key, true).await?.is_none() {
+        pulled = crate::remote::pull(builder, name, &key, &format!("{repo}:{}", key.short()), log, cancel).await;
+    }
+
     // Walk back from the final stage: found stages end the walk.
     let mut ids: Vec<Option<ImageId>> = vec![None; stages.len()];
     let mut to_build = BTreeSet::new();
@@ -136,10 +143,13 @@ pub(crate) async fn build(
         return Err(e);
     }
     let id = ids[last].clone().ok_or_else(|| invalid("final stage has no image".into()))?;
-    let repo = docker::labels::repository(ctx.workflow, name);
     let short = key.short();
     builder.docker.tag_image(id.as_str(), &repo, &short).await.map_err(|e| daemon(&format!("tag image `{name}`"), e))?;
-    Ok(BuiltImage { name: name.to_string(), id, tag: format!("{repo}:{short}"), key: *key, stages_built: to_build.len() })
+    if !to_build.is_empty() {
+        crate::remote::push(builder, name, &id, key);
+    }
+    let stages_built = to_build.len();
+    Ok(BuiltImage { name: name.to_string(), id, tag: format!("{repo}:{short}"), key: *key, stages_built, pulled })
 }
 
 /// Key every stage the final stage needs (others get `None`).
@@ -194,9 +204,11 @@ pub(crate) async fn plan(
         let (base, base_key) = match index(i, &s.from)? {
             Some(d) => (Base::Stage(d), key_of(d).ok_or_else(|| invalid(format!("stage `{}` has no key", stages[d].name)))?.hex()),
             None => {
-                let id = builder.ensure_base(&s.from, log).await?;
-                let key = id.to_string();
-                (Base::Image(id), key)
+                // The registry digest when the base has one: stage keys are the same on every
+                // machine (a local ID differs between two pulls of one image).
+                let resolved = builder.resolve_base(&s.from, log).await?;
+                let key = resolved.identity(&s.from);
+                (Base::Image(resolved.id), key)
             }
         };
         let mut copies = Vec::new();

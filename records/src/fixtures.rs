@@ -51,7 +51,7 @@ pub fn step(name: &str, status: StepState, reference: &str, id: &str, outputs: V
     s.key = Some(cache::ActionKey::from_digest(digest(&format!("key of {name}"))));
     s.key_components = Some(KeyComponents {
         format: cache::CACHE_FORMAT_VERSION,
-        image_id,
+        image: cache::ImageIdentity::Local { id: image_id },
         command: vec!["/bin/sh".into(), "-c".into(), format!("make {name}")],
         env: [("LANG".to_string(), "C".to_string())].into(),
         workdir: "/workspace".into(),
@@ -99,6 +99,7 @@ pub fn record(id: &str, started: &str, status: RecordStatus, steps: Vec<StepReco
             keep_going: false,
             no_cache: false,
             out_dir: "/src/demo/.engine/out".into(),
+            remote_cache: None,
         },
         steps,
     }

@@ -32,5 +32,5 @@ pub use read::{find, find_current, list, read, read_regular, runs_dir, ReadRefus
 pub use recorder::{Recorder, FLUSH_EVERY};
 pub use schema::{
     source_date_epoch, source_date_epoch_unclamped, timestamp, BaseImage, EngineInfo, HostInfo, ImageRecord, Invocation, LogRecord,
-    ModuleInfo, RecordStatus, RunRecord, RunSummary, StepRecord, StepState, WorkflowInfo, SCHEMA, SCHEMA_V1,
+    ModuleInfo, RecordStatus, RemoteCacheInfo, RunRecord, RunSummary, StepRecord, StepState, WorkflowInfo, SCHEMA, SCHEMA_V1,
 };

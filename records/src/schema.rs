@@ -192,6 +192,19 @@ pub struct Invocation {
     pub no_cache: bool,
     /// Where outputs were exported, absolute.
     pub out_dir: String,
+    /// The remote cache of the run (`--remote-cache` or the policy's), if it had one: its URL
+    /// (never a credential) and mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_cache: Option<RemoteCacheInfo>,
+}
+
+/// The remote cache a run used.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteCacheInfo {
+    /// `oci://HOST[:PORT]/REPO`.
+    pub url: String,
+    /// `read`, `write` or `readwrite`.
+    pub mode: String,
 }
 
 /// How a step ended.

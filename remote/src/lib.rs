@@ -12,6 +12,12 @@
 
 #![warn(missing_docs)]
 
+mod auth;
+mod client;
+pub mod format;
+mod transfer;
+mod url;
+
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -43,7 +49,7 @@ impl RemoteUrl {
     /// Whether the host is a loopback address (127.0.0.0/8, `::1`, `localhost`): plain HTTP is
     /// allowed there, as Docker allows it.
     pub fn is_loopback(&self) -> bool {
-        todo!()
+        url::is_loopback(&self.host)
     }
 }
 
@@ -59,8 +65,8 @@ pub struct BadRemoteUrl {
 
 impl FromStr for RemoteUrl {
     type Err = BadRemoteUrl;
-    fn from_str(_text: &str) -> Result<RemoteUrl, BadRemoteUrl> {
-        todo!()
+    fn from_str(text: &str) -> Result<RemoteUrl, BadRemoteUrl> {
+        url::parse(text)
     }
 }
 
@@ -223,6 +229,8 @@ pub struct Remote {
 
 struct Inner {
     config: RemoteConfig,
+    credentials: Option<auth::Credentials>,
+    client: client::Client,
 }
 
 impl fmt::Debug for Remote {
@@ -234,8 +242,24 @@ impl fmt::Debug for Remote {
 impl Remote {
     /// A client for `config` (no request is made yet). Fails when plain HTTP would be needed
     /// to a host that is not loopback without `insecure`, or `config.json` cannot be read.
+    /// Reads `config.json` (and runs a credential helper it names) now, so call it once per run.
     pub fn new(config: RemoteConfig) -> Result<Remote, RemoteError> {
-        Ok(Remote { inner: Arc::new(Inner { config }) })
+        let registry = config.url.registry();
+        let dir = auth::config_dir(config.docker_config.as_deref());
+        let credentials = auth::lookup(dir.as_deref(), &registry)
+            .map_err(|message| RemoteError::Invalid { registry: registry.clone(), message: format!("credentials: {message}") })?;
+        let client = client::Client::new(&config, credentials.as_ref())?;
+        Ok(Remote { inner: Arc::new(Inner { config, credentials, client }) })
+    }
+
+    /// Whether requests go over plain HTTP (a loopback registry, or `insecure`); HTTPS otherwise.
+    pub fn plain_http(&self) -> bool {
+        self.inner.config.url.is_loopback() || self.inner.config.insecure
+    }
+
+    /// Whether credentials were found for the registry (never which).
+    pub fn has_credentials(&self) -> bool {
+        self.inner.credentials.is_some()
     }
 
     /// The URL.
@@ -249,29 +273,34 @@ impl Remote {
     }
 
     /// Whether an entry for `key` exists (one HEAD of its tag). For `engine plan`.
-    pub async fn has_action(&self, _key: &ActionKey) -> Result<bool, RemoteError> {
-        todo!()
+    pub async fn has_action(&self, key: &ActionKey) -> Result<bool, RemoteError> {
+        transfer::has(&self.inner.client, key).await
     }
 
     /// Download the entry of `key` into `store`: its manifest, its config (our [`Manifest`],
     /// whose key must be `key`), then every blob the store lacks, each streamed to a temp file in
     /// the store, checked against its digest and only then moved into place; the local manifest
     /// is written last.
-    pub async fn fetch_action(&self, _store: &Arc<Store>, _key: &ActionKey) -> Result<Fetched, RemoteError> {
-        todo!()
+    pub async fn fetch_action(&self, store: &Arc<Store>, key: &ActionKey) -> Result<Fetched, RemoteError> {
+        transfer::fetch(&self.inner.client, store, key).await
     }
 
     /// Upload the entry `manifest` of `store`: each distinct blob it names that the registry
     /// lacks (HEAD first), streamed from the store; then the config; then the manifest under its
     /// tag, last. The entry's input manifest is not uploaded (inputs stay on the machine).
-    pub async fn push_action(&self, _store: &Arc<Store>, _manifest: &Manifest) -> Result<Transfer, RemoteError> {
-        todo!()
+    /// In read-only mode ([`Mode::Read`]) nothing is sent: `Denied`.
+    pub async fn push_action(&self, store: &Arc<Store>, manifest: &Manifest) -> Result<Transfer, RemoteError> {
+        if !self.mode().writes() {
+            let message = "the remote cache is read-only (--remote-cache-mode read)".to_string();
+            return Err(RemoteError::Denied { registry: self.inner.config.url.registry(), message });
+        }
+        transfer::push(&self.inner.client, store, manifest).await
     }
 
     /// Every action key with an entry in the repository (the tags list, paged), for
     /// `engine cache pull` with no keys.
     pub async fn list_actions(&self) -> Result<Vec<ActionKey>, RemoteError> {
-        todo!()
+        transfer::list(&self.inner.client).await
     }
 
     /// The reference the daemon pushes and pulls the engine-built image of `key` under:
@@ -282,7 +311,15 @@ impl Remote {
 
     /// Credentials for the daemon's push and pull (from `config.json`), if there are any.
     pub fn daemon_auth(&self) -> Option<DaemonAuth> {
-        todo!()
+        let server = self.inner.config.url.registry();
+        self.inner.credentials.as_ref().map(|c| match c {
+            auth::Credentials::Basic { username, password } => {
+                DaemonAuth { username: username.clone(), password: password.clone(), identity_token: String::new(), server }
+            }
+            auth::Credentials::IdentityToken { username, token } => {
+                DaemonAuth { username: username.clone(), password: String::new(), identity_token: token.clone(), server }
+            }
+        })
     }
 }
 

@@ -8,7 +8,7 @@ fn d(byte: u8) -> Digest {
 fn sample() -> KeyComponents {
     KeyComponents {
         format: 1,
-        image_id: "sha256:ab12cd34ef567890ab12cd34ef567890ab12cd34ef567890ab12cd34ef567890".parse().unwrap(),
+        image: "built sha256:ab12cd34ef567890ab12cd34ef567890ab12cd34ef567890ab12cd34ef567890".parse().unwrap(),
         command: vec!["sh".into(), "-c".into(), "cc -o out/hello src/hello.c".into()],
         env: [("CC".to_string(), "gcc".to_string()), ("LANG".to_string(), "C".to_string())].into(),
         workdir: "/work".into(),
@@ -31,7 +31,7 @@ fn sample() -> KeyComponents {
 /// layout documented on `encode`.)
 #[test]
 fn key_is_pinned() {
-    assert_eq!(sample().key().to_string(), "4585a52f8acdca4b366313c4c366a4cfd4b7d60b68f0e200ff89873226cabc6e");
+    assert_eq!(sample().key().to_string(), "8edd24a471354d335bc7582fa2af8d4f27dbaed75ebbab8f293c7ccb0a7c0d9b");
 }
 
 #[test]
@@ -104,7 +104,7 @@ fn diff_lists_every_change_in_the_documented_order() {
     let old = sample();
     let mut new = sample();
     new.format = 2;
-    new.image_id = ImageId::from_digest(&d(0xff));
+    new.image = ImageIdentity::Registry { digest: d(0xff) };
     new.command.push("-v".into());
     new.env.insert("CC".into(), "clang".into());
     new.env.remove("LANG");
@@ -124,7 +124,7 @@ fn diff_lists_every_change_in_the_documented_order() {
         shown,
         [
             "cache format changed (1 -> 2)",
-            "image changed (sha256:ab12cd34ef56 -> sha256:ffffffffffff)",
+            "image changed (built sha256:ab12cd34ef56 -> registry sha256:ffffffffffff)",
             "command changed",
             "env `CC` changed (gcc -> clang)",
             "env `LANG` removed",
@@ -169,15 +169,31 @@ fn display_of_the_reasons_without_a_diff() {
         (
             Reason::ImageChanged {
                 old: format!("sha256:0123456789ab{}", "c".repeat(52)).parse().unwrap(),
-                new: ImageId::from_digest(&d(0xfe)),
+                new: ImageIdentity::Built { key: d(0xfe) },
             },
-            "image changed (sha256:0123456789ab -> sha256:fefefefefefe)",
+            "image changed (local sha256:0123456789ab -> built sha256:fefefefefefe)",
         ),
         (Reason::EnvChanged { name: "X".into(), old: None, new: None }, "env `X` changed"),
     ];
     for (reason, text) in cases {
         assert_eq!(reason.to_string(), text);
     }
+}
+
+/// Last-run records written before identities hold `image_id`, a bare image ID: they still
+/// read, as a local image, and their image reason reads too.
+#[test]
+fn old_components_with_an_image_id_read_as_local() {
+    let mut json = serde_json::to_value(sample()).unwrap();
+    let object = json.as_object_mut().unwrap();
+    let id = format!("sha256:{}", "cd".repeat(32));
+    object.remove("image");
+    object.insert("image_id".into(), serde_json::Value::String(id.clone()));
+    let old: KeyComponents = serde_json::from_value(json).unwrap();
+    assert_eq!(old.image, ImageIdentity::Local { id: id.parse().unwrap() });
+    assert_eq!(sample().diff(&old)[0].to_string(), "image changed (local sha256:cdcdcdcdcdcd -> built sha256:ab12cd34ef56)");
+    let reason: Reason = serde_json::from_str(&format!(r#"{{"kind":"image_changed","old":"{id}","new":"built {id}"}}"#)).unwrap();
+    assert!(matches!(reason, Reason::ImageChanged { old: ImageIdentity::Local { .. }, new: ImageIdentity::Built { .. } }));
 }
 
 #[test]
@@ -194,20 +210,29 @@ fn small_str() -> impl Strategy<Value = String> {
     "[ab= \\x00]{0,3}"
 }
 
+/// Every kind of identity over a few digests: the same digest under two kinds must differ.
+fn identity() -> impl Strategy<Value = ImageIdentity> {
+    (0u8..3, 0u8..3).prop_map(|(kind, byte)| match kind {
+        0 => ImageIdentity::Built { key: d(byte) },
+        1 => ImageIdentity::Registry { digest: d(byte) },
+        _ => ImageIdentity::Local { id: crate::ImageId::from_digest(&d(byte)) },
+    })
+}
+
 fn components() -> impl Strategy<Value = KeyComponents> {
     let digest = (0u8..3).prop_map(d);
     let mode = prop_oneof![Just(0o644u32), Just(0o755), Just(0o120777)];
     (
-        (0u32..3, digest.clone().prop_map(|d| ImageId::from_digest(&d)), prop::collection::vec(small_str(), 0..4)),
+        (0u32..3, identity(), prop::collection::vec(small_str(), 0..4)),
         prop::collection::btree_map(small_str(), small_str(), 0..4),
         (small_str(), small_str(), small_str()),
         (prop::collection::vec(small_str(), 0..3), prop::collection::vec(small_str(), 0..3)),
         prop::collection::btree_map(small_str(), (mode, digest.clone()), 0..3),
         prop::collection::btree_map(small_str(), digest, 0..3),
     )
-        .prop_map(|((format, image_id, command), env, (workdir, user, network), (outputs, secrets), inputs, upstream)| KeyComponents {
+        .prop_map(|((format, image, command), env, (workdir, user, network), (outputs, secrets), inputs, upstream)| KeyComponents {
             format,
-            image_id,
+            image,
             command,
             env,
             workdir,
@@ -234,7 +259,7 @@ proptest! {
         let mut c = a.clone();
         match field {
             0 => c.format = b.format,
-            1 => c.image_id = b.image_id,
+            1 => c.image = b.image,
             2 => c.command = b.command,
             3 => c.env = b.env,
             4 => c.workdir = b.workdir,

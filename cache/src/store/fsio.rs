@@ -63,7 +63,7 @@ pub(super) fn touch(path: &Path) {
     let _ = filetime::set_symlink_file_times(path, now, now);
 }
 
-fn new_temp(tmp_dir: &Path) -> Result<NamedTempFile, StoreError> {
+pub(super) fn new_temp(tmp_dir: &Path) -> Result<NamedTempFile, StoreError> {
     NamedTempFile::new_in(tmp_dir).map_err(at(tmp_dir))
 }
 
@@ -180,6 +180,14 @@ pub(super) fn store_output_blob(
         try_reflink.set(false);
     }
     store_file_blob(tmp_dir, src, blob_path)
+}
+
+/// Move a checked temp file into place as the blob `dest` (kept as it is when present).
+pub(super) fn persist_blob(tmp: NamedTempFile, dest: &Path) -> Result<(), StoreError> {
+    if reuse_existing(dest) {
+        return Ok(());
+    }
+    persist(tmp, dest, BLOB_MODE)
 }
 
 /// Store `bytes` as a blob.

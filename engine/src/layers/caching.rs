@@ -4,7 +4,9 @@
 //! outputs, restored into the step's collect folder; otherwise the outputs stay in the store and
 //! the export layer takes them from there (or finds them exported already). A miss stores the
 //! inputs' contents (for `engine replay`), calls the inner executor, and puts what an executed
-//! step produced into the store.
+//! step produced into the store. With a remote cache, a local miss is looked up there (a hit is
+//! downloaded into the store, then restored like a local one), and what an executed step stored
+//! is uploaded in the background.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -12,7 +14,9 @@ use std::sync::Arc;
 use cache::{InputEntry, Store, UpstreamEntry};
 
 use crate::caching::{self, Decision};
+use crate::events::CacheSource;
 use crate::executor::{Executor, Job, Note, Outcome, Outputs, StepContext, StepFailure};
+use crate::remote_cache::RemoteCache;
 use crate::workspace::RunDir;
 
 pub struct Caching<E> {
@@ -30,6 +34,8 @@ pub struct Caching<E> {
     /// Steps some planned step needs: a hit of one of them is restored into its collect folder,
     /// which the needing steps' workspaces are staged from.
     pub needed: Arc<HashSet<String>>,
+    /// `--remote-cache`: looked up after a local miss; executed steps are uploaded to it.
+    pub remote: Option<Arc<RemoteCache>>,
 }
 
 impl<E: Executor> Executor for Caching<E> {
@@ -48,13 +54,23 @@ impl<E: Executor> Executor for Caching<E> {
             return Outcome::failed(StepFailure::Environment(format!("internal: step `{name}` has no image")));
         };
         let inputs = self.inputs.get(&name).map(|i| i.as_ref().clone()).unwrap_or_default();
-        let components = Arc::new(caching::components(&step, &image.id, inputs, upstream));
+        let components = Arc::new(caching::components(&step, &image.identity, inputs, upstream));
         let key = components.key();
         job.key = Some(key);
         job.notes.tell(Note::Keyed { key, components: components.clone(), image });
 
-        if let Decision::Cached(manifest) = caching::decide(&self.store, &self.workflow, &step, &components, &key, self.no_cache) {
-            if let Some(outcome) = self.restore(&job, *manifest).await {
+        let hit = match caching::decide(&self.store, &self.workflow, &step, &components, &key, self.no_cache) {
+            Decision::Cached(manifest) => Some((*manifest, CacheSource::Local)),
+            // A local miss: the remote cache may have it (downloaded into the store, checked).
+            Decision::Run(_) => match &self.remote {
+                Some(remote) if caching::remote_may_hit(&step, self.no_cache) => {
+                    remote.fetch(&self.store, &key, &name).await.map(|m| (m, CacheSource::Remote))
+                }
+                _ => None,
+            },
+        };
+        if let Some((manifest, source)) = hit {
+            if let Some(outcome) = self.restore(&job, manifest, source).await {
                 if matches!(outcome, Outcome::Restored { .. }) {
                     let _ = self.store.record_last(&self.workflow, &name, &key, &components);
                 }
@@ -109,6 +125,10 @@ impl<E: Executor> Executor for Caching<E> {
         .unwrap_or_else(|e| Err(e.to_string()));
         match manifest {
             Ok(manifest) => {
+                // Shared in the background: a downstream step never waits for an upload.
+                if let Some(remote) = &self.remote {
+                    remote.upload(&name, self.store.clone(), manifest.clone());
+                }
                 if let Some(inputs) = manifest.inputs {
                     notes.tell(Note::InputManifest(inputs));
                 }
@@ -126,7 +146,7 @@ impl<E: Executor> Executor for Caching<E> {
 impl<E> Caching<E> {
     /// Restore a hit into the step's collect folder. `None` when the entry turned out damaged (it
     /// is removed; the step runs instead).
-    async fn restore(&self, job: &Job, manifest: cache::Manifest) -> Option<Outcome> {
+    async fn restore(&self, job: &Job, manifest: cache::Manifest, source: CacheSource) -> Option<Outcome> {
         let name = job.step.name.clone();
         // Written out only when a later step stages from it; otherwise checked in place.
         let collect = self.needed.contains(&name).then(|| self.run_dir.collected(&name));
@@ -159,7 +179,7 @@ impl<E> Caching<E> {
                     job.notes.tell(Note::InputManifest(inputs));
                 }
                 let outputs = Outputs { digest: Some(manifest.outputs_digest()), dir: collect, entries: manifest.entries };
-                Some(Outcome::Restored { outputs, exit_code: manifest.exit_code })
+                Some(Outcome::Restored { outputs, exit_code: manifest.exit_code, source })
             }
             Ok(None) => {
                 tracing::warn!(step = %name, "cache entry damaged; it was removed and the step runs");

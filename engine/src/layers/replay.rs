@@ -56,7 +56,10 @@ impl<E: Executor> Executor for FromStore<E> {
         let Some(image) = recorded.image.as_ref().map(|i| i.id.clone()) else {
             return Outcome::failed(StepFailure::Environment(format!("the record names no valid image ID for step `{}`", job.step.name)));
         };
-        job.image = Some(StepImage { run: image.to_string(), id: image, reference: String::new(), bases: Vec::new() });
+        // The identity the step was keyed by (records before identities: its local ID).
+        let identity =
+            recorded.key_components.as_ref().map_or_else(|| cache::ImageIdentity::Local { id: image.clone() }, |c| c.image.clone());
+        job.image = Some(StepImage { run: image.to_string(), id: image, identity, reference: String::new(), bases: Vec::new() });
         let secrets = secrets_for(&step, &self.secrets);
         job.staged = Some(Staged { step, workspace: workspace.clone(), collect_to: collect, secrets, caches });
         let outcome = self.inner.execute(job, ctx).await;

@@ -14,7 +14,14 @@ use crate::units::{fmt_age, fmt_size};
 pub fn explain(step: &str, forecast: &Forecast) -> String {
     let mut out = String::new();
     let status = forecast.status();
-    let _ = writeln!(out, "step `{step}`: {status}");
+    match forecast.source() {
+        Some(source) => {
+            let _ = writeln!(out, "step `{step}`: {status}, from the {}", source_text(source));
+        }
+        None => {
+            let _ = writeln!(out, "step `{step}`: {status}");
+        }
+    }
     if !forecast.reasons.is_empty() {
         let reasons: Vec<String> = forecast.reasons.iter().map(ToString::to_string).collect();
         let _ = writeln!(out, "  why:      {}", reasons.join("; "));
@@ -22,7 +29,7 @@ pub fn explain(step: &str, forecast: &Forecast) -> String {
     let Some(c) = &forecast.components else {
         let image = forecast.reasons.iter().find_map(|r| match r {
             RunReason::ImageNotBuilt(name) => Some(name),
-            RunReason::Cache(_) | RunReason::FailedLastRun(_) => None,
+            RunReason::Cache(_) | RunReason::FailedLastRun(_) | RunReason::UpstreamRemote(_) | RunReason::RemoteUnavailable(_) => None,
         });
         match image {
             Some(name) => {
@@ -37,7 +44,7 @@ pub fn explain(step: &str, forecast: &Forecast) -> String {
     let _ = writeln!(out, "  key:      {}", c.key());
     let _ = writeln!(out, "  components (sha256 over a canonical encoding of):");
     let _ = writeln!(out, "    format:   {}", c.format);
-    let _ = writeln!(out, "    image:    {}", c.image_id);
+    let _ = writeln!(out, "    image:    {}", c.image);
     let _ = writeln!(out, "    command:  {}", serde_json::Value::from(c.command.clone()));
     if c.env.is_empty() {
         let _ = writeln!(out, "    env:      -");
@@ -59,6 +66,14 @@ pub fn explain(step: &str, forecast: &Forecast) -> String {
         let _ = writeln!(out, "      {}  outputs of `{}`", up.outputs, up.step);
     }
     out
+}
+
+/// `local store` or `remote cache`.
+pub(crate) fn source_text(source: crate::events::CacheSource) -> &'static str {
+    match source {
+        crate::events::CacheSource::Local => "local store",
+        crate::events::CacheSource::Remote => "remote cache",
+    }
 }
 
 fn list(items: &[String]) -> String {
@@ -125,4 +140,36 @@ pub fn print_verify(report: &VerifyReport) {
         report.corrupt_blobs.len(),
         report.dropped_entries.len()
     );
+}
+
+/// `engine cache push` / `pull`: each entry that could not be moved, then the counts.
+pub fn print_transfer(url: &str, push: bool, report: &crate::cache_transfer::TransferReport) {
+    for failed in &report.failed {
+        println!("not {}: {failed}", if push { "uploaded" } else { "downloaded" });
+    }
+    println!("{}", transfer_line(url, push, report));
+}
+
+/// The counts line of `engine cache push` / `pull`.
+pub(crate) fn transfer_line(url: &str, push: bool, r: &crate::cache_transfer::TransferReport) -> String {
+    let t = &r.transfer;
+    if push {
+        format!(
+            "pushed {} entries to {url} ({} blobs, {} up; {} blobs already there); {} failed",
+            r.moved,
+            t.blobs,
+            fmt_size(t.bytes),
+            t.skipped,
+            r.failed.len()
+        )
+    } else {
+        format!(
+            "pulled {} entries from {url} ({} blobs, {} down); {} already local; {} failed",
+            r.moved,
+            t.blobs,
+            fmt_size(t.bytes),
+            r.already,
+            r.failed.len()
+        )
+    }
 }

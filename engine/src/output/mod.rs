@@ -24,6 +24,7 @@ pub mod commands;
 pub mod notes;
 pub mod plan;
 pub mod provenance;
+mod remote;
 pub mod replay;
 pub mod runs;
 
@@ -116,11 +117,13 @@ pub use crate::units::{fmt_age, fmt_secs, fmt_size};
 pub(crate) struct PlainRenderer {
     color: bool,
     width: usize,
+    /// The remote cache's lines, printed after the summary table.
+    remote: Vec<String>,
 }
 
 impl PlainRenderer {
     pub fn new(color: bool) -> Self {
-        PlainRenderer { color, width: 0 }
+        PlainRenderer { color, width: 0, remote: Vec::new() }
     }
 
     /// The step name padded to the common width, coloured when enabled (padding stays outside
@@ -176,8 +179,10 @@ impl PlainRenderer {
                 vec![format!("{} {arrow} started", self.prefix(step))]
             }
             Event::Log { step, line, .. } => vec![format!("{} {}", self.prefix(step), neutralise(line))],
-            Event::StepFinished { step, status, duration_ms, .. } => {
-                let what = if *status == StepStatus::Cached {
+            Event::StepFinished { step, status, duration_ms, source, .. } => {
+                let what = if *status == StepStatus::Cached && *source == Some(crate::events::CacheSource::Remote) {
+                    "restored from the remote cache".to_string()
+                } else if *status == StepStatus::Cached {
                     "restored from cache".to_string()
                 } else {
                     format!("{} in {}", status.as_str(), fmt_secs(*duration_ms))
@@ -201,7 +206,12 @@ impl PlainRenderer {
                 lines.extend(summary_table(steps).lines().map(str::to_string));
                 lines.push(summary_line(steps, Duration::from_millis(*duration_ms)));
                 lines.extend(not_started_hint(steps));
+                lines.append(&mut self.remote);
                 lines
+            }
+            Event::RemoteCache(summary) => {
+                self.remote = remote::summary_lines(summary);
+                Vec::new()
             }
         }
     }
@@ -394,8 +404,20 @@ mod tests {
             Event::StepStarted { step: "compile".into() },
             Event::Log { step: "compile".into(), stream: Stream::Stdout, line: "cc -o build/app main.c".into() },
             Event::Log { step: "compile".into(), stream: Stream::Stderr, line: "warning: unused variable".into() },
-            Event::StepFinished { step: "compile".into(), status: StepStatus::Succeeded, duration_ms: 1234, exit_code: Some(0) },
-            Event::StepFinished { step: "lint".into(), status: StepStatus::Cached, duration_ms: 0, exit_code: None },
+            Event::StepFinished {
+                step: "compile".into(),
+                status: StepStatus::Succeeded,
+                duration_ms: 1234,
+                exit_code: Some(0),
+                source: None,
+            },
+            Event::StepFinished {
+                step: "lint".into(),
+                status: StepStatus::Cached,
+                duration_ms: 0,
+                exit_code: None,
+                source: Some(crate::events::CacheSource::Local),
+            },
             Event::StepStarted { step: "unit-test".into() },
             Event::StepFailed {
                 step: "unit-test".into(),
@@ -422,6 +444,20 @@ mod tests {
                 allowed: false,
             },
             Event::StepSkipped { step: "package".into(), reason: "needs `unit-test`, which failed".into() },
+            Event::RemoteCache(crate::events::RemoteSummary {
+                url: "oci://127.0.0.1:5000/cache".into(),
+                mode: "readwrite".into(),
+                hits: 1,
+                misses: 3,
+                uploads: 1,
+                bytes_down: 2048,
+                bytes_up: 1_500_000,
+                blobs_up: 2,
+                blobs_skipped: 3,
+                not_shared: vec!["compile".into()],
+                unavailable: Some("registry 127.0.0.1:5000 is unavailable: timed out".into()),
+                ..Default::default()
+            }),
             Event::RunFinished { run_id: "r-1".into(), status: RunStatus::Failed, duration_ms: 33_400, steps },
         ]
     }

@@ -46,6 +46,22 @@ pub fn cleanup_timed_out(secs: u64) {
     eprintln!("engine: the cleanup did not finish within {secs}s (the Docker daemon may be hung); exiting without it");
 }
 
+/// The remote cache's warnings, on stderr (whatever the output format: JSON events carry the
+/// counts in the `remote_cache` event).
+#[derive(Debug, Clone, Copy)]
+pub struct RemoteWarnings;
+
+impl crate::remote_cache::RemoteNotes for RemoteWarnings {
+    fn unavailable(&self, url: &str, why: &str) {
+        eprintln!("engine: warning: remote cache {url}: unavailable ({why}); running locally, results not shared");
+    }
+
+    fn damaged(&self, url: &str, step: &str, why: &str) {
+        let step = super::neutralise(step);
+        eprintln!("engine: warning: remote cache {url}: the entry of step `{step}` is damaged ({why}); the step runs");
+    }
+}
+
 /// What this engine created and has not seen removed.
 #[derive(Debug, Default)]
 pub struct LeftBehind {

@@ -78,7 +78,8 @@ pub fn render_text(plan: &Plan, cache: &[CacheView]) -> String {
         match cache.get(pos) {
             Some(view) if view.status == CacheStatus::Cached => {
                 let key = view.key.map(|k| k.digest().short());
-                field("cache", format!("cached (key {})", key.as_deref().unwrap_or("-")))
+                let from = super::cache::source_text(view.source.unwrap_or(crate::events::CacheSource::Local));
+                field("cache", format!("cached from the {from} (key {})", key.as_deref().unwrap_or("-")))
             }
             Some(view) => field("cache", format!("run: {}", view.reasons.join("; "))),
             None => field("cache", if s.cache { "on".into() } else { "off (cache: false)".into() }),
@@ -87,8 +88,9 @@ pub fn render_text(plan: &Plan, cache: &[CacheView]) -> String {
     out
 }
 
-/// The plan as JSON for tools: `{"workflow": name, "steps": [{"name", "key", "status", "reasons",
-/// "needs", "image", ...}]}` (`key`/`status`/`reasons` only when `cache` has a view per step).
+/// The plan as JSON for tools: `{"workflow": name, "steps": [{"name", "key", "status", "source",
+/// "reasons", "needs", "image", ...}]}` (`key`/`status`/`source`/`reasons` only when `cache` has
+/// a view per step; `source` is `local` or `remote` for a cached step, else null).
 /// Like [`render_text`], only the names of env variables and secrets.
 pub fn to_json(plan: &Plan, cache: &[CacheView]) -> serde_json::Value {
     let steps: Vec<serde_json::Value> = plan
@@ -122,6 +124,7 @@ pub fn to_json(plan: &Plan, cache: &[CacheView]) -> serde_json::Value {
             if let (Some(view), Some(obj)) = (cache.get(pos), value.as_object_mut()) {
                 obj.insert("key".into(), serde_json::json!(view.key));
                 obj.insert("status".into(), serde_json::json!(view.status));
+                obj.insert("source".into(), serde_json::json!(view.source));
                 obj.insert("reasons".into(), serde_json::json!(view.reasons));
             }
             value
@@ -239,6 +242,29 @@ mod tests {
         let json = to_json(&rich(), &[]);
         assert!(!json.to_string().contains("secret.example"), "env values leaked");
         insta::assert_json_snapshot!(json);
+    }
+
+    #[test]
+    fn cache_views_say_where_a_cached_step_comes_from() {
+        use crate::events::CacheSource;
+        let plan = rich();
+        let key = Some(cache::ActionKey::from_digest(cache::Digest::of(b"k")));
+        let view = |status, source| CacheView { status, source, key, reasons: Vec::new() };
+        let views = vec![
+            view(CacheStatus::Cached, Some(CacheSource::Local)),
+            view(CacheStatus::Cached, Some(CacheSource::Remote)),
+            CacheView { reasons: vec!["never run".into()], ..view(CacheStatus::Run, None) },
+            CacheView { reasons: vec!["never run".into()], ..view(CacheStatus::Run, None) },
+        ];
+        let text = render_text(&plan, &views);
+        assert!(text.contains("cache:   cached from the local store (key "), "{text}");
+        assert!(text.contains("cache:   cached from the remote cache (key "), "{text}");
+        let json = to_json(&plan, &views);
+        let sources: Vec<&serde_json::Value> = json["steps"].as_array().unwrap().iter().map(|s| &s["source"]).collect();
+        assert_eq!(
+            sources,
+            [&serde_json::json!("local"), &serde_json::json!("remote"), &serde_json::Value::Null, &serde_json::Value::Null]
+        );
     }
 
     #[test]

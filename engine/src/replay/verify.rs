@@ -134,7 +134,7 @@ fn differing_fields(expected: &cache::KeyComponents, recorded: &cache::KeyCompon
         }
     };
     check(expected.format != recorded.format, "cache format");
-    check(expected.image_id != recorded.image_id, "image");
+    check(expected.image != recorded.image, "image");
     check(expected.command != recorded.command, "command");
     check(expected.env != recorded.env, "env");
     check(expected.workdir != recorded.workdir, "workdir");
@@ -188,7 +188,13 @@ fn verify_step(store: &Store, record: &RunRecord, step: &StepRecord) -> Result<V
         upstream.push(cache::UpstreamEntry { step: need.clone(), outputs: digest });
     }
 
-    let expected = crate::caching::components(&record::to_step(&step.definition), &image.id, recorded.inputs.clone(), upstream);
+    // An image keyed by its local ID must be the recorded image; a built or pulled image is
+    // keyed by its stage key or registry digest, which the record's components carry.
+    let identity = match &recorded.image {
+        cache::ImageIdentity::Local { .. } => cache::ImageIdentity::Local { id: image.id.clone() },
+        other => other.clone(),
+    };
+    let expected = crate::caching::components(&record::to_step(&step.definition), &identity, recorded.inputs.clone(), upstream);
     let mut differs = differing_fields(&expected, &recorded);
     let reference = step.definition.image_reference();
     if reference != image.reference && !differs.contains(&"image") {

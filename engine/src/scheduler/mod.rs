@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::budget::HostBudget;
-use crate::events::{Event, EventSink, RunStatus, StepStatus, StepSummary};
+use crate::events::{CacheSource, Event, EventSink, RunStatus, StepStatus, StepSummary};
 use crate::executor::{Executor, Job, Outcome, StepContext, StepFailure, Upstream, Would};
 use crate::plan::Plan;
 
@@ -54,7 +54,7 @@ enum Stop {
 enum Ended {
     Succeeded,
     /// Outputs restored from the cache: a success for the steps that need it.
-    Cached,
+    Cached(CacheSource),
     Cancelled,
     Failed(String),
     Environment(String),
@@ -153,8 +153,9 @@ impl Run<'_> {
     fn finish(&mut self, i: usize, outcome: Outcome) {
         let duration_ms = u64::try_from(outcome.duration().as_millis()).unwrap_or(u64::MAX);
         let ended = match &outcome {
-            Outcome::Restored { .. } => Ended::Cached,
-            Outcome::Planned(p) if matches!(p.would, Would::Restore(_)) => Ended::Cached,
+            Outcome::Restored { source, .. } => Ended::Cached(*source),
+            Outcome::Planned(p) if matches!(p.would, Would::Restore(_)) => Ended::Cached(CacheSource::Local),
+            Outcome::Planned(p) if matches!(p.would, Would::Remote) => Ended::Cached(CacheSource::Remote),
             Outcome::Executed { .. } | Outcome::Planned(_) => Ended::Succeeded,
             Outcome::Cancelled { .. } => Ended::Cancelled,
             Outcome::Failed { reason, .. } if reason.is_environment() => Ended::Environment(reason.to_string()),
@@ -187,9 +188,13 @@ impl Run<'_> {
         self.memory -= step.limits.memory;
         let name = step.name.clone();
         let mut allowed = false;
+        let source = match ended {
+            Ended::Cached(source) => Some(source),
+            _ => None,
+        };
         let (status, reason) = match ended {
             Ended::Succeeded => (StepStatus::Succeeded, None),
-            Ended::Cached => (StepStatus::Cached, None),
+            Ended::Cached(_) => (StepStatus::Cached, None),
             Ended::Environment(reason) => {
                 if !matches!(self.stop, Some(Stop::Environment(_) | Stop::Cancelled)) {
                     self.stop = Some(Stop::Environment(name.clone()));
@@ -215,9 +220,9 @@ impl Run<'_> {
                 (StepStatus::Failed, Some(reason))
             }
         };
-        let summary = StepSummary { allowed, ..StepSummary::ended(name.clone(), status, duration_ms, exit_code, reason.clone()) };
+        let summary = StepSummary { allowed, source, ..StepSummary::ended(name.clone(), status, duration_ms, exit_code, reason.clone()) };
         self.events.emit(match reason {
-            None => Event::StepFinished { step: name, status, duration_ms, exit_code },
+            None => Event::StepFinished { step: name, status, duration_ms, exit_code, source },
             Some(reason) => Event::StepFailed { step: name, status, duration_ms, exit_code, reason, allowed },
         });
         self.states[i] = State::Done(summary);

@@ -115,7 +115,11 @@ impl Executor for Fake {
             return Outcome::Cancelled { duration };
         }
         match b.result {
-            Ok(()) if b.cached => Outcome::Restored { outputs: outputs_of(&step.name), exit_code: b.exit_code.unwrap_or(0) },
+            Ok(()) if b.cached => Outcome::Restored {
+                outputs: outputs_of(&step.name),
+                exit_code: b.exit_code.unwrap_or(0),
+                source: crate::events::CacheSource::Local,
+            },
             Ok(()) => Outcome::Executed { outputs: outputs_of(&step.name), duration, exit_code: b.exit_code.unwrap_or(0) },
             Err(reason) => Outcome::Failed { reason, duration, exit_code: b.exit_code, partial: b.partial.then(|| outputs_of(&step.name)) },
         }
@@ -176,7 +180,13 @@ async fn a_cached_step_counts_as_success_for_its_dependents() {
     let (report, events) = go(&p, &fake, config(4), CancellationToken::new()).await;
     assert_eq!(report.status, RunStatus::Succeeded);
     assert_eq!(statuses(&report), "a=cached b=succeeded");
-    assert!(events.contains(&Event::StepFinished { step: "a".into(), status: StepStatus::Cached, duration_ms: 0, exit_code: Some(0) }));
+    assert!(events.contains(&Event::StepFinished {
+        step: "a".into(),
+        status: StepStatus::Cached,
+        duration_ms: 0,
+        exit_code: Some(0),
+        source: Some(crate::events::CacheSource::Local)
+    }));
 }
 
 #[tokio::test(start_paused = true)]
@@ -210,7 +220,10 @@ async fn diamond_respects_needs_and_runs_branches_in_parallel() {
     assert_eq!(report.steps[2].duration_ms, 2000);
     assert_eq!(report.steps[2].exit_code, Some(0));
     assert_eq!(events[0], Event::StepStarted { step: "a".into() });
-    assert_eq!(events[1], Event::StepFinished { step: "a".into(), status: StepStatus::Succeeded, duration_ms: 1000, exit_code: Some(0) });
+    assert_eq!(
+        events[1],
+        Event::StepFinished { step: "a".into(), status: StepStatus::Succeeded, duration_ms: 1000, exit_code: Some(0), source: None }
+    );
 }
 
 #[tokio::test(start_paused = true)]

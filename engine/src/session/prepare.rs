@@ -1,6 +1,6 @@
 //! Before any container starts: every planned step's inputs selected and hashed (one walk, one
 //! parallel hashing pass over the union, with the stat cache), every image reference resolved
-//! to its ID (pulled if missing), and the lock file checked.
+//! to its ID and identity (pulled if missing), and the lock file checked.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,6 +26,8 @@ pub struct Prepared {
     pub hashed: HashMap<String, Arc<Vec<cache::InputEntry>>>,
     pub images: HashMap<String, String>,
     pub image_ids: HashMap<String, ImageId>,
+    /// Step name -> the identity its image enters its key as (registry digest, else local ID).
+    pub image_identities: HashMap<String, cache::ImageIdentity>,
     /// Names under `images:` the planned steps use; built by `start_image_builds`.
     pub built: std::collections::BTreeSet<String>,
 }
@@ -48,7 +50,8 @@ pub async fn prepare(docker: &DockerExecutor, store: &Store, plan: &Plan, progre
     let mut selection_of: Vec<(String, usize)> = Vec::new();
     let mut images = HashMap::new();
     let mut image_ids = HashMap::new();
-    let mut resolved: HashMap<String, ImageId> = HashMap::new();
+    let mut image_identities = HashMap::new();
+    let mut resolved: HashMap<String, (ImageId, cache::ImageIdentity)> = HashMap::new();
     let mut built = std::collections::BTreeSet::new();
     for planned in &plan.steps {
         let step = &planned.step;
@@ -67,13 +70,16 @@ pub async fn prepare(docker: &DockerExecutor, store: &Store, plan: &Plan, progre
                 if !resolved.contains_key(image) {
                     // Found locally, or pulled from its registry (with progress).
                     let builder = images::Builder::new(docker.daemon().clone());
-                    let id = builder.ensure_base(image, progress).await.map_err(|e| match StepFailure::from(e) {
+                    let found = builder.resolve_base(image, progress).await.map_err(|e| match StepFailure::from(e) {
                         StepFailure::Environment(m) => StartError::Environment(EnvironmentError(m)),
                         other => StartError::ImageFailed(other.to_string()),
                     })?;
-                    resolved.insert(image.clone(), id);
+                    let identity = identity_of(image, &found);
+                    resolved.insert(image.clone(), (found.id, identity));
                 }
-                image_ids.insert(step.name.clone(), resolved[image].clone());
+                let (id, identity) = resolved[image].clone();
+                image_ids.insert(step.name.clone(), id);
+                image_identities.insert(step.name.clone(), identity);
                 images.insert(step.name.clone(), image.clone());
             }
             // Built by `start_image_builds` once the run has started (its output is part of it).
@@ -114,7 +120,16 @@ pub async fn prepare(docker: &DockerExecutor, store: &Store, plan: &Plan, progre
     let inputs = selection_of.into_iter().map(|(step, i)| (step, selections[i].clone())).collect();
     tracing::debug!(elapsed = ?t.elapsed(), "picked each step's inputs");
     std::thread::spawn(move || drop((tree, entries)));
-    Ok(Prepared { inputs, hashed, images, image_ids, built })
+    Ok(Prepared { inputs, hashed, images, image_ids, image_identities, built })
+}
+
+/// What a pulled image enters keys as: its registry digest (the same on every machine that
+/// pulled it), else, for an image with none (imported, built by another tool), its local ID.
+pub fn identity_of(reference: &str, resolved: &docker::ResolvedImage) -> cache::ImageIdentity {
+    match resolved.repo_digest(reference).and_then(|d| cache::Digest::parse_prefixed(&d).ok()) {
+        Some(digest) => cache::ImageIdentity::Registry { digest },
+        None => cache::ImageIdentity::Local { id: resolved.id.clone() },
+    }
 }
 
 /// With an `engine.lock` beside the workflow, every base reference must resolve to its pinned ID.

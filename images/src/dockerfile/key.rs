@@ -26,8 +26,8 @@ pub(crate) struct KeyInput<'a> {
     pub args: &'a BTreeMap<String, String>,
     pub target: Option<&'a str>,
     pub network: &'a str,
-    /// Each base reference with the ID it has now.
-    pub bases: &'a [(String, docker::ImageId)],
+    /// Each base reference with its identity now: its registry digest, else its ID.
+    pub bases: &'a [(String, String)],
     pub entries: &'a [Entry],
     /// The context folder.
     pub root: &'a Path,
@@ -118,7 +118,7 @@ pub(crate) fn key(input: &KeyInput<'_>) -> std::io::Result<(crate::key::StageKey
     h.update((input.bases.len() as u64).to_le_bytes());
     for (reference, id) in input.bases {
         bytes(&mut h, reference.as_bytes());
-        bytes(&mut h, id.as_str().as_bytes());
+        bytes(&mut h, id.as_bytes());
     }
     let chosen: Vec<usize> = match selected(input.entries, input.sources) {
         Some(list) => {

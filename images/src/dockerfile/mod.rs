@@ -71,15 +71,16 @@ pub(crate) async fn prepare(
     let mut bases = Vec::new();
     let mut reads = reads;
     for reference in &reads.bases {
-        let id = builder.ensure_base(reference, log).await?;
+        let resolved = builder.resolve_base(reference, log).await?;
         // `ONBUILD COPY`/`ADD` of a base reads context files the Dockerfile does not name: key
         // the whole context then.
-        let details = builder.docker.inspect_image(id.as_str()).await;
+        let details = builder.docker.inspect_image(resolved.id.as_str()).await;
         let details = details.map_err(|e| BuildError::daemon(format!("cannot inspect image `{reference}`"), e))?;
         if details.is_some_and(|d| !d.on_build.is_empty()) {
             reads.sources = parse::Sources::All;
         }
-        bases.push((reference.clone(), id));
+        // The registry digest when the base has one (the same on every machine), else its ID.
+        bases.push((reference.clone(), resolved.identity(reference)));
     }
 
     let (args, target, network) = (spec.args.clone(), spec.target.map(str::to_string), spec.network);
@@ -126,13 +127,18 @@ pub(crate) async fn build(
     let tag = format!("{}/{}:{}", ctx.workflow, name, key.short());
 
     if !ctx.no_cache {
-        if let Some(id) = find_by_key(builder, &key).await? {
+        let mut found = find_by_key(builder, &key).await?;
+        let pulled = found.is_none() && crate::remote::pull(builder, name, &key, &tag, log, cancel).await;
+        if pulled {
+            found = find_by_key(builder, &key).await?;
+        }
+        if let Some(id) = found {
             // The image may have lost its tag (`docker rmi` of the tag only): give it back.
             let (repo, short) = split_reference(&tag);
             if let Err(e) = builder.docker.tag_image(id.as_str(), repo, short).await {
                 return Err(BuildError::daemon(format!("cannot tag image `{id}` as `{tag}`"), e));
             }
-            return Ok(BuiltImage { name: name.to_string(), id, tag, key, stages_built: 0 });
+            return Ok(BuiltImage { name: name.to_string(), id, tag, key, stages_built: 0, pulled });
         }
     }
 
@@ -179,7 +185,8 @@ pub(crate) async fn build(
     };
     remove_intermediates(builder, &steps, result.as_ref().ok()).await;
     let id = result?;
-    Ok(BuiltImage { name: name.to_string(), id, tag, key, stages_built: 1 })
+    crate::remote::push(builder, name, &id, &key);
+    Ok(BuiltImage { name: name.to_string(), id, tag, key, stages_built: 1, pulled: false })
 }
 
 /// Send the context, stream the builder's output, and return the built image's ID. `steps`
