@@ -23,20 +23,6 @@ fn image_id(reference_glob: &str) -> String {
     ids[0].clone()
 }
 
-/// Removes the test's images (by tag prefix and by the stage label of its unique image names).
-struct Images(String);
-
-impl Drop for Images {
-    fn drop(&mut self) {
-        for filter in [format!("reference={}/*", self.0), format!("label=engine.image={}-tool", self.0)] {
-            let o = Command::new("docker").args(["images", "-q", "--filter", &filter]).output().unwrap();
-            for id in text(&o.stdout).lines() {
-                let _ = Command::new("docker").args(["rmi", "-f", id]).output();
-            }
-        }
-    }
-}
-
 #[test]
 fn built_images_are_used_by_steps_reused_when_unchanged_and_rebuilt_from_the_changed_stage() {
     let wf = unique("imgtest").to_lowercase();

@@ -7,29 +7,8 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::Command;
 
 use common::*;
-
-/// Removes the test's images (by tag prefix and by the image label of its unique name).
-struct Images(String);
-
-impl Images {
-    fn remove(&self) {
-        for filter in [format!("reference={}/*", self.0), format!("label=engine.image={}-tool", self.0)] {
-            let o = Command::new("docker").args(["images", "-a", "-q", "--filter", &filter]).output().unwrap();
-            for id in text(&o.stdout).lines() {
-                let _ = Command::new("docker").args(["rmi", "-f", id]).output();
-            }
-        }
-    }
-}
-
-impl Drop for Images {
-    fn drop(&mut self) {
-        self.remove();
-    }
-}
 
 fn workflow(wf: &str) -> String {
     format!(

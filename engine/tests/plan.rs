@@ -10,24 +10,6 @@ use std::process::Command;
 
 use common::*;
 
-/// Removes the test's images (by tag prefix and by the image label of its unique names).
-struct Images(String);
-
-impl Drop for Images {
-    fn drop(&mut self) {
-        for filter in [
-            format!("reference={}/*", self.0),
-            format!("label=engine.image={}-tool", self.0),
-            format!("label=engine.image={}-legacy", self.0),
-        ] {
-            let o = Command::new("docker").args(["images", "-a", "-q", "--filter", &filter]).output().unwrap();
-            for id in text(&o.stdout).lines() {
-                let _ = Command::new("docker").args(["rmi", "-f", id]).output();
-            }
-        }
-    }
-}
-
 /// The daemon's events between `since` and `until` matching every filter given.
 fn events(since: f64, until: f64, filters: &[String]) -> Vec<String> {
     let mut cmd = Command::new("docker");

@@ -351,3 +351,40 @@ fn basic_auth_credentials_work_and_appear_nowhere() {
         }
     }
 }
+
+/// An image under `images:` built on machine 1 is pushed to the registry; machine 2, which lacks
+/// it, pulls it instead of building it: no build container, the step runs on the pulled image.
+#[test]
+fn an_engine_built_image_is_pulled_not_rebuilt_on_a_second_machine() {
+    let Some(reg) = TestRegistry::start() else { return };
+    let url = reg.url().to_string();
+    let wf = unique("rimg").to_lowercase();
+    let images = Images(wf.clone());
+    let one = Project::new(&format!(
+        "version: 1\nname: {wf}\nimages:\n  {wf}-tool:\n    stages:\n      - {{ name: main, from: local/busybox:1, run: [\"echo made-{wf} > /made\"] }}\n\
+         steps:\n  use:\n    image: {wf}-tool\n    run: cat /made > out.txt\n    outputs: [out.txt]\n"
+    ));
+    let since = now();
+    let first = events(&run(&one, &url, &[], &empty_docker_config(&one)), 0);
+    // The build's container and the step's: both carry the run's label.
+    assert!(containers_created(&run_id(&first), since, now() + 1.0) >= 2, "machine 1 builds the image");
+    let up = remote_event(&first);
+    assert_eq!(up["images_pushed"], serde_json::json!([format!("{wf}-tool")]), "{up}");
+    assert_eq!(up["images_pulled"], serde_json::json!([]), "{up}");
+
+    // Machine 2 has none of the images; `--no-cache` makes its step run, so it needs the image.
+    images.remove();
+    let two = Project::copy_of(one.path());
+    let since = now();
+    let second = events(&run(&two, &url, &["--no-cache"], &empty_docker_config(&two)), 0);
+    let until = now() + 1.0;
+    let down = remote_event(&second);
+    assert_eq!(down["images_pulled"], serde_json::json!([format!("{wf}-tool")]), "{down}");
+    assert_eq!(statuses(&second), map(&[("use", "succeeded")]));
+    assert_eq!(
+        containers_created(&run_id(&second), since, until),
+        1,
+        "the step's container only: no build container (build containers carry the run label too)"
+    );
+    assert_eq!(std::fs::read_to_string(two.path().join(".engine/out/use/out.txt")).unwrap(), format!("made-{wf}\n"));
+}

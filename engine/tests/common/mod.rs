@@ -228,3 +228,29 @@ pub fn containers_created(run_id: &str, since: f64, until: f64) -> usize {
     assert!(o.status.success(), "{}", text(&o.stderr));
     text(&o.stdout).lines().count()
 }
+
+/// Removes a test's images when dropped (or by [`Images::remove`]): every image tagged under the
+/// workflow name `prefix` (`<prefix>/*`) and every image labelled with one of the test's unique
+/// image names (`<prefix>-tool`, `<prefix>-legacy`), intermediate stages included.
+pub struct Images(pub String);
+
+impl Images {
+    pub fn remove(&self) {
+        for filter in [
+            format!("reference={}/*", self.0),
+            format!("label=engine.image={}-tool", self.0),
+            format!("label=engine.image={}-legacy", self.0),
+        ] {
+            let o = Command::new("docker").args(["images", "-a", "-q", "--filter", &filter]).output().unwrap();
+            for id in text(&o.stdout).lines() {
+                let _ = Command::new("docker").args(["rmi", "-f", id]).output();
+            }
+        }
+    }
+}
+
+impl Drop for Images {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
