@@ -54,6 +54,15 @@ async fn put_blob(reg: &TestRegistry, bytes: &[u8]) -> Digest {
     digest
 }
 
+/// `real` with its config replaced by `entry` (uploaded as a blob).
+async fn with_config(reg: &TestRegistry, real: &ImageManifest, entry: &cache::Manifest) -> ImageManifest {
+    let config = serde_json::to_vec(entry).unwrap();
+    let mut crafted = real.clone();
+    crafted.config.digest = put_blob(reg, &config).await.prefixed();
+    crafted.config.size = config.len() as u64;
+    crafted
+}
+
 /// Push a real entry, then serve a variation of its OCI manifest under the tag of `target`.
 #[tokio::test]
 async fn entries_that_are_not_ours_are_damaged_and_never_stored() {
@@ -77,11 +86,7 @@ async fn entries_that_are_not_ours_are_damaged_and_never_stored() {
     let k = key("size");
     let mut entry = without_inputs(&m);
     entry.key = k;
-    let config = serde_json::to_vec(&entry).unwrap();
-    let config_digest = put_blob(&reg, &config).await;
-    let mut crafted = real.clone();
-    crafted.config.digest = config_digest.prefixed();
-    crafted.config.size = config.len() as u64;
+    let mut crafted = with_config(&reg, &real, &entry).await;
     let f = Digest::of(b"content of f");
     let extra = put_blob(&reg, b"content of f, longer").await;
     for l in crafted.layers.iter_mut().filter(|l| l.digest == f.prefixed()) {
@@ -101,10 +106,7 @@ async fn entries_that_are_not_ours_are_damaged_and_never_stored() {
             *size += 1;
         }
     }
-    let config = serde_json::to_vec(&entry).unwrap();
-    let mut crafted = real.clone();
-    crafted.config.digest = put_blob(&reg, &config).await.prefixed();
-    crafted.config.size = config.len() as u64;
+    let crafted = with_config(&reg, &real, &entry).await;
     put_manifest(&reg, &action_tag(&k), &crafted).await;
     let Fetched::Damaged(why) = r.fetch_action(&b, &k).await.unwrap() else { panic!("damaged") };
     assert!(why.contains("bytes"), "{why}");
@@ -117,10 +119,7 @@ async fn entries_that_are_not_ours_are_damaged_and_never_stored() {
     if let cache::OutputEntry::File { path, .. } = &mut entry.entries[0] {
         *path = "../escape".into();
     }
-    let config = serde_json::to_vec(&entry).unwrap();
-    let mut crafted = real.clone();
-    crafted.config.digest = put_blob(&reg, &config).await.prefixed();
-    crafted.config.size = config.len() as u64;
+    let crafted = with_config(&reg, &real, &entry).await;
     put_manifest(&reg, &action_tag(&k), &crafted).await;
     let Fetched::Damaged(why) = r.fetch_action(&b, &k).await.unwrap() else { panic!("damaged") };
     assert!(why.contains("unsafe"), "{why}");
@@ -138,9 +137,7 @@ async fn entries_that_are_not_ours_are_damaged_and_never_stored() {
     let k = key("short");
     let mut entry = without_inputs(&m);
     entry.key = k;
-    let config = serde_json::to_vec(&entry).unwrap();
-    let mut crafted = real.clone();
-    crafted.config.digest = put_blob(&reg, &config).await.prefixed();
+    let mut crafted = with_config(&reg, &real, &entry).await;
     crafted.config.size = 10;
     put_manifest(&reg, &action_tag(&k), &crafted).await;
     let Fetched::Damaged(_) = r.fetch_action(&b, &k).await.unwrap() else { panic!("damaged") };
