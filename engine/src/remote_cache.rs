@@ -153,6 +153,13 @@ impl RemoteCache {
         self.lookups.lock().unwrap_or_else(|e| e.into_inner()).entry(*key).or_default().clone()
     }
 
+    /// Whether this run downloaded the entry of `key` (a prefetch that ended before its step
+    /// looked in the local store: the step's source is still the remote cache).
+    pub fn downloaded(&self, key: &ActionKey) -> bool {
+        let lookups = self.lookups.lock().unwrap_or_else(|e| e.into_inner());
+        lookups.get(key).is_some_and(|l| matches!(l.get(), Some(Some(_))))
+    }
+
     /// Look `key` up after a local miss of `step`. `Some` when the entry was downloaded into
     /// `store` (every blob checked): the step is a hit. `None`: the step runs (a miss, a damaged
     /// entry, a fault, or the remote cache does not read). A key prefetched (or being prefetched)
@@ -398,6 +405,7 @@ mod tests {
         assert_eq!(a.map(|m| m.key), Some(manifest.key));
         assert_eq!(b.map(|m| m.key), Some(manifest.key));
         assert!(store.get(&manifest.key).is_some(), "downloaded into the store");
+        assert!(rc.downloaded(&manifest.key));
         let summary = rc.finish(Duration::from_secs(5), &CancellationToken::new()).await;
         assert_eq!(gets() - before, 1);
         assert_eq!(summary.hits, 1);
