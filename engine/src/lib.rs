@@ -18,6 +18,7 @@ pub mod lock;
 pub mod output;
 pub(crate) mod owner;
 pub mod plan;
+pub mod prefetch;
 pub mod provenance;
 pub mod record;
 pub mod remote_cache;

@@ -7,15 +7,21 @@
 //! [`UPLOADS_AT_ONCE`] at a time, and never delay a downstream step; [`RemoteCache::finish`]
 //! waits for them (bounded) at the end of the run and names the steps whose results were not
 //! shared. An aborted upload leaves nothing trusted: the remote crate pushes the manifest last.
+//!
+//! Lookups can start before a step has a job slot: [`RemoteCache::prefetch`] looks up, at most
+//! [`LOOKUPS_AT_ONCE`] at a time, the keys known at the start of the run (the steps without
+//! needs, see `crate::prefetch`). Each key is looked up once: the caching layer's
+//! [`RemoteCache::fetch`] of a key being prefetched awaits that lookup's answer (or makes it
+//! itself, if the prefetch has not started yet), so hits and bytes are counted once.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cache::{ActionKey, Manifest, Store};
 use remote::{Fetched, Remote, RemoteError};
-use tokio::sync::Semaphore;
+use tokio::sync::{OnceCell, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -23,6 +29,8 @@ use crate::events::RemoteSummary;
 
 /// Uploads running at once.
 pub const UPLOADS_AT_ONCE: usize = 4;
+/// Lookups a prefetch runs at once.
+pub const LOOKUPS_AT_ONCE: usize = 16;
 /// How long the end of a run waits for unfinished uploads.
 pub const FINISH_BOUND: Duration = Duration::from_secs(60);
 
@@ -41,8 +49,15 @@ pub struct RemoteCache {
     state: Mutex<State>,
     uploads: Mutex<JoinSet<()>>,
     permits: Arc<Semaphore>,
+    /// Lookups, one per key: the answer of the first (a prefetch's or the caching layer's) is
+    /// the answer of all.
+    lookups: Mutex<HashMap<ActionKey, Arc<Lookup>>>,
+    prefetches: Mutex<JoinSet<()>>,
     notes: Box<dyn RemoteNotes>,
 }
+
+/// One key's lookup: the downloaded entry, or `None` (miss, damaged, fault).
+type Lookup = OnceCell<Option<Manifest>>;
 
 #[derive(Default)]
 struct State {
@@ -67,6 +82,8 @@ impl RemoteCache {
             state: Mutex::new(State { summary, pending: BTreeSet::new() }),
             uploads: Mutex::new(JoinSet::new()),
             permits: Arc::new(Semaphore::new(UPLOADS_AT_ONCE)),
+            lookups: Mutex::new(HashMap::new()),
+            prefetches: Mutex::new(JoinSet::new()),
             notes,
         })
     }
@@ -105,10 +122,58 @@ impl RemoteCache {
         self.state().summary.unavailable = Some(why);
     }
 
+    /// Start looking up `wanted` (key, step), the keys the local store lacks, in the background:
+    /// at most [`LOOKUPS_AT_ONCE`] at a time, none after the first fault, all stopped when
+    /// `cancel` is cancelled (Ctrl-C) or at [`RemoteCache::finish`]. A hit is downloaded into
+    /// `store`; the step's [`RemoteCache::fetch`] then gets it without asking the registry.
+    pub fn prefetch(self: &Arc<Self>, store: &Arc<Store>, wanted: Vec<(ActionKey, String)>, cancel: &CancellationToken) {
+        if !self.reads() || wanted.is_empty() {
+            return;
+        }
+        let permits = Arc::new(Semaphore::new(LOOKUPS_AT_ONCE));
+        let mut set = self.prefetches.lock().unwrap_or_else(|e| e.into_inner());
+        for (key, step) in wanted {
+            let lookup = self.lookup_of(&key);
+            let (this, store, permits, cancel) = (self.clone(), store.clone(), permits.clone(), cancel.clone());
+            set.spawn(async move {
+                let work = async {
+                    let Ok(_permit) = permits.acquire_owned().await else { return };
+                    lookup.get_or_init(|| this.ask(&store, &key, &step)).await;
+                };
+                tokio::select! {
+                    _ = work => {}
+                    _ = cancel.cancelled() => {}
+                }
+            });
+        }
+    }
+
+    /// The lookup of `key`, shared.
+    fn lookup_of(&self, key: &ActionKey) -> Arc<Lookup> {
+        self.lookups.lock().unwrap_or_else(|e| e.into_inner()).entry(*key).or_default().clone()
+    }
+
+    /// Whether this run downloaded the entry of `key` (a prefetch that ended before its step
+    /// looked in the local store: the step's source is still the remote cache).
+    pub fn downloaded(&self, key: &ActionKey) -> bool {
+        let lookups = self.lookups.lock().unwrap_or_else(|e| e.into_inner());
+        lookups.get(key).is_some_and(|l| matches!(l.get(), Some(Some(_))))
+    }
+
     /// Look `key` up after a local miss of `step`. `Some` when the entry was downloaded into
     /// `store` (every blob checked): the step is a hit. `None`: the step runs (a miss, a damaged
-    /// entry, a fault, or the remote cache does not read).
+    /// entry, a fault, or the remote cache does not read). A key prefetched (or being prefetched)
+    /// is not asked for again: its answer is awaited.
     pub async fn fetch(&self, store: &Arc<Store>, key: &ActionKey, step: &str) -> Option<Manifest> {
+        let lookup = self.lookups.lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned();
+        match lookup {
+            Some(lookup) => lookup.get_or_init(|| self.ask(store, key, step)).await.clone(),
+            None => self.ask(store, key, step).await,
+        }
+    }
+
+    /// One lookup in the registry, counted.
+    async fn ask(&self, store: &Arc<Store>, key: &ActionKey, step: &str) -> Option<Manifest> {
         if !self.reads() {
             return None;
         }
@@ -195,6 +260,9 @@ impl RemoteCache {
     /// `cancel` is cancelled: Ctrl-C aborts them), then the run's counts. Steps whose upload did
     /// not finish are named in `not_shared`.
     pub async fn finish(&self, bound: Duration, cancel: &CancellationToken) -> RemoteSummary {
+        // Lookups nobody awaits any more (a run that stopped early) are stopped.
+        let mut prefetches = std::mem::take(&mut *self.prefetches.lock().unwrap_or_else(|e| e.into_inner()));
+        prefetches.shutdown().await;
         let mut set = std::mem::take(&mut *self.uploads.lock().unwrap_or_else(|e| e.into_inner()));
         let until = tokio::time::Instant::now() + bound;
         loop {
@@ -312,6 +380,69 @@ mod tests {
         let summary = rc.finish(Duration::from_secs(60), &cancel).await;
         assert!(started.elapsed() < Duration::from_secs(5));
         assert_eq!(summary.not_shared, ["interrupted"]);
+        held.abort();
+    }
+
+    #[tokio::test]
+    async fn a_prefetched_key_is_fetched_once_and_counted_once() {
+        let Some(reg) = remote::testing::TestRegistry::start() else { return };
+        let port = reg.registry().rsplit(':').next().unwrap().parse().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (store, manifest) = store_with_entry(dir.path());
+        let rc = RemoteCache::new(remote(port, remote::Mode::ReadWrite), Box::new(Notes(Arc::default())));
+        rc.upload("s", store, manifest.clone());
+        assert_eq!(rc.finish(Duration::from_secs(30), &CancellationToken::new()).await.uploads, 1);
+
+        // Another machine: an empty store.
+        let other = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&other.path().join("cache")).unwrap());
+        let rc = RemoteCache::new(remote(port, remote::Mode::ReadWrite), Box::new(Notes(Arc::default())));
+        let gets = || reg.count_requests("GET", "/manifests/action-");
+        let before = gets();
+        rc.prefetch(&store, vec![(manifest.key, "s".into())], &CancellationToken::new());
+        // The caching layer's lookup, while the prefetch runs (or after it): one answer.
+        let (a, b) = tokio::join!(rc.fetch(&store, &manifest.key, "s"), rc.fetch(&store, &manifest.key, "s"));
+        assert_eq!(a.map(|m| m.key), Some(manifest.key));
+        assert_eq!(b.map(|m| m.key), Some(manifest.key));
+        assert!(store.get(&manifest.key).is_some(), "downloaded into the store");
+        assert!(rc.downloaded(&manifest.key));
+        let summary = rc.finish(Duration::from_secs(5), &CancellationToken::new()).await;
+        assert_eq!(gets() - before, 1);
+        assert_eq!(summary.hits, 1);
+    }
+
+    #[tokio::test]
+    async fn a_prefetch_fault_warns_once_and_a_cancelled_prefetch_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = store_with_entry(dir.path());
+        let counted = Arc::new(Counted::default());
+        let rc = RemoteCache::new(remote(closed_port(), remote::Mode::ReadWrite), Box::new(Notes(counted.clone())));
+        let keys: Vec<(ActionKey, String)> =
+            (0..40u8).map(|i| (ActionKey::from_digest(cache::Digest::of(&[i])), format!("s{i}"))).collect();
+        rc.prefetch(&store, keys.clone(), &CancellationToken::new());
+        assert!(rc.fetch(&store, &keys[39].0, "s39").await.is_none());
+        let summary = rc.finish(Duration::from_secs(5), &CancellationToken::new()).await;
+        assert_eq!(counted.unavailable.load(Ordering::SeqCst), 1);
+        assert_eq!((summary.hits, summary.misses), (0, 0));
+
+        // A registry that never answers: Ctrl-C (the token) ends the prefetch, and the step's own
+        // lookup is then made by the caching layer (bounded by the timeout; not awaited here).
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                open.push(socket);
+            }
+        });
+        let rc = RemoteCache::new(remote(port, remote::Mode::ReadWrite), Box::new(Notes(Arc::default())));
+        let cancel = CancellationToken::new();
+        rc.prefetch(&store, keys, &cancel);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        cancel.cancel();
+        let started = std::time::Instant::now();
+        rc.finish(Duration::from_secs(60), &cancel).await;
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
         held.abort();
     }
 

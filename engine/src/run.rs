@@ -141,6 +141,16 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<RunStatus,
 
     // The remote cache's first fault is told once, and the run goes on locally.
     let remote_cache = cfg.remote.clone().map(|r| RemoteCache::new(r, Box::new(output::notes::RemoteWarnings)));
+    // Lookups of the keys known now (steps without needs) start at once, at most
+    // `LOOKUPS_AT_ONCE` at a time, instead of each waiting for its step's job slot.
+    if let Some(remote) = remote_cache.as_ref().filter(|r| r.reads()) {
+        let (p, identities, hashed, s, no_cache) =
+            (plan.clone(), prepared.image_identities.clone(), prepared.hashed.clone(), store.clone(), cfg.no_cache);
+        let wanted =
+            tokio::task::spawn_blocking(move || crate::prefetch::wanted(&p, &identities, &hashed, &s, no_cache)).await.unwrap_or_default();
+        tracing::debug!(elapsed = ?started.elapsed(), keys = wanted.len(), "remote prefetch started");
+        remote.prefetch(&store, wanted, &cancel);
+    }
 
     // The layers, outermost first: record, export, image, cache, stage, container.
     let container = Container { docker: docker.clone(), run_id: run_id.clone() };

@@ -130,6 +130,30 @@ fn a_second_machine_gets_every_step_from_the_registry_without_a_container() {
 }
 
 #[test]
+fn a_prefetched_key_is_asked_for_once() {
+    let Some(reg) = TestRegistry::start() else { return };
+    let url = reg.url().to_string();
+    // Six steps without needs (prefetched at the start of the run) and one with (looked up in
+    // its job slot); one job: most steps' slots come after their prefetch started or ended.
+    let mut yaml = String::from("version: 1\ndefaults: { image: local/busybox:1 }\nsteps:\n");
+    for i in 1..=6 {
+        yaml.push_str(&format!("  s{i}: {{ run: 'echo {i} > o{i}', outputs: [o{i}] }}\n"));
+    }
+    yaml.push_str("  last: { needs: [s1, s6], run: 'cat o1 o6 > last', outputs: [last] }\n");
+    let one = Project::new(&yaml);
+    events(&run(&one, &url, &["--jobs", "1"], &empty_docker_config(&one)), 0);
+    let manifest_gets = || reg.count_requests("GET", "/manifests/action-");
+    let before = manifest_gets();
+
+    let two = Project::copy_of(one.path());
+    let second = events(&run(&two, &url, &["--jobs", "1"], &empty_docker_config(&two)), 0);
+    assert!(sources(&second).values().all(|s| s == "remote"), "{:?}", sources(&second));
+    let down = remote_event(&second);
+    assert_eq!((down["hits"].as_u64(), down["misses"].as_u64()), (Some(7), Some(0)), "{down}");
+    assert_eq!(manifest_gets() - before, 7, "one GET of each entry's manifest: {down}");
+}
+
+#[test]
 fn a_changed_input_uploads_only_the_changed_blobs() {
     let Some(reg) = TestRegistry::start() else { return };
     let url = reg.url().to_string();

@@ -60,7 +60,11 @@ impl<E: Executor> Executor for Caching<E> {
         job.notes.tell(Note::Keyed { key, components: components.clone(), image });
 
         let hit = match caching::decide(&self.store, &self.workflow, &step, &components, &key, self.no_cache) {
-            Decision::Cached(manifest) => Some((*manifest, CacheSource::Local)),
+            // A prefetch of this run may have put it there: then it came from the remote cache.
+            Decision::Cached(manifest) => {
+                let prefetched = self.remote.as_ref().is_some_and(|r| r.downloaded(&key));
+                Some((*manifest, if prefetched { CacheSource::Remote } else { CacheSource::Local }))
+            }
             // A local miss: the remote cache may have it (downloaded into the store, checked).
             Decision::Run(_) => match &self.remote {
                 Some(remote) if caching::remote_may_hit(&step, self.no_cache) => {
