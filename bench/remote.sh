@@ -8,7 +8,8 @@
 #            run's wall time);
 #   remote:  a cold machine (empty cache dir, the workflow copied to another path) with a warm
 #            registry: every step downloaded, no container (goal <= 2 x noop + the bytes'
-#            transfer time on loopback, measured here with curl).
+#            transfer time on loopback, measured here with curl); also against the per-request
+#            floor (the same manifests and blobs fetched from the registry with curl).
 # Prints median wall times of REPS runs (default 3) and the two ratios.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -93,6 +94,17 @@ kill "$http_pid" 2>/dev/null || true
 http_pid=""
 transfer=$(echo "$t * $bytes / (64 * 1048576)" | bc -l)
 
+# The per-request floor: every manifest (by tag) and every blob of the warm repository fetched
+# from the same registry with curl, 4 at a time (what any client pays in round trips).
+base="http://127.0.0.1:$port/v2/bench/warm"
+curl -fs "$base/tags/list?n=1000" | python3 -c 'import sys, json; print("\n".join(json.load(sys.stdin)["tags"]))' \
+  | sed "s|^|$base/manifests/|" > "$work/urls"
+find "$work/registry/data/docker/registry/v2/repositories/bench/warm/_layers/sha256" -mindepth 1 -maxdepth 1 -type d -printf '%f\n' \
+  | sed "s|^|$base/blobs/sha256:|" >> "$work/urls"
+raw_fetch() { xargs -P 4 -n 25 curl -fs -o /dev/null -H 'Accept: application/vnd.oci.image.manifest.v1+json' < "$work/urls"; }
+raw=$(measure raw_fetch)
+requests=$(wc -l < "$work/urls")
+
 echo "machine: $(nproc) CPUs, $(free -g | awk '/Mem:/ {print $2}') GiB, docker $(docker version -f '{{.Server.Version}}'), $(date -u +%F)"
 printf 'warm local no-op, 50 steps / 2,000 files:          %.3f s\n' "$noop"
 printf 'cold run, no remote cache:                         %.3f s\n' "$cold"
@@ -100,3 +112,5 @@ printf 'cold run, uploading to an empty registry:          %.3f s; overhead %.1f
   "$cold_up" "$(echo "100 * ($cold_up - $cold) / $cold_up" | bc -l)"
 printf 'cold machine, warm registry (%s hits, %s bytes):   %.3f s; goal 2 x %.3f + %.4f s transfer; ratio %.2f (goal <= 1)\n' \
   "$hits" "$bytes" "$remote" "$noop" "$transfer" "$(echo "$remote / (2 * $noop + $transfer)" | bc -l)"
+printf 'the same %s manifests and blobs fetched with curl (4 at a time): %.3f s; cold machine / (2 x no-op + that) = %.2f\n' \
+  "$requests" "$raw" "$(echo "$remote / (2 * $noop + $raw)" | bc -l)"
