@@ -17,15 +17,7 @@ export ENGINE_CACHE_DIR="$work/cache"
 
 
 # --- 50 steps over 2,000 files ----------------------------------------------------------------
-p50="$work/p50"; mkdir -p "$p50"
-for d in $(seq 1 50); do
-  mkdir -p "$p50/d$d"
-  for f in $(seq 1 40); do echo "file $d/$f" > "$p50/d$d/f$f.txt"; done
-done
-{
-  echo "version: 1"; echo "defaults: { image: $IMAGE }"; echo "steps:"
-  for d in $(seq 1 50); do echo "  s$d: { inputs: ['d$d/**'], run: 'cat d$d/* | wc -c > n', outputs: [n] }"; done
-} > "$p50/workflow.yml"
+p50="$work/p50"; make_p50 "$p50"
 (cd "$p50" && "$ENGINE" run >/dev/null 2>&1) || { echo "engine failed on the 50-step workflow" >&2; exit 1; }
 noop50=$(cd "$p50" && measure "$ENGINE" run)
 

@@ -19,3 +19,16 @@ measure() {
   local t0 t1 i
   for i in $(seq 1 "$REPS"); do t0=$(now); "$@" >/dev/null 2>&1; t1=$(now); echo "$t1 - $t0" | bc -l; done | median
 }
+# make_p50 DIR: the 50-step workflow whose inputs total 2,000 files (40 per step), in DIR.
+make_p50() {
+  local dir="$1" d f
+  mkdir -p "$dir"
+  for d in $(seq 1 50); do
+    mkdir -p "$dir/d$d"
+    for f in $(seq 1 40); do echo "file $d/$f" > "$dir/d$d/f$f.txt"; done
+  done
+  {
+    echo "version: 1"; echo "defaults: { image: $IMAGE }"; echo "steps:"
+    for d in $(seq 1 50); do echo "  s$d: { inputs: ['d$d/**'], run: 'cat d$d/* | wc -c > n', outputs: [n] }"; done
+  } > "$dir/workflow.yml"
+}

@@ -43,16 +43,8 @@ for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$port/v2/" >/dev/null && br
 curl -fs "http://127.0.0.1:$port/v2/" >/dev/null || { echo "the registry did not start" >&2; cat "$work/registry/log" >&2; exit 1; }
 export DOCKER_CONFIG="$work/docker-config"; mkdir -p "$DOCKER_CONFIG"
 
-# --- 50 steps over 2,000 files (as bench/cache.sh) ----------------------------------------------
-p50="$work/p50"; mkdir -p "$p50"
-for d in $(seq 1 50); do
-  mkdir -p "$p50/d$d"
-  for f in $(seq 1 40); do echo "file $d/$f" > "$p50/d$d/f$f.txt"; done
-done
-{
-  echo "version: 1"; echo "defaults: { image: $IMAGE }"; echo "steps:"
-  for d in $(seq 1 50); do echo "  s$d: { inputs: ['d$d/**'], run: 'cat d$d/* | wc -c > n', outputs: [n] }"; done
-} > "$p50/workflow.yml"
+# --- 50 steps over 2,000 files (bench/lib.sh, as bench/cache.sh) -------------------------------
+p50="$work/p50"; make_p50 "$p50"
 
 # Warm local no-op.
 export ENGINE_CACHE_DIR="$work/warm-cache"
