@@ -59,7 +59,8 @@ pub(crate) async fn push(c: &Client, store: &Arc<Store>, manifest: &Manifest) ->
         layers.push((digest, size.unwrap_or(meta.len())));
     }
     let config = format::config_bytes(manifest);
-    let config_digest = Digest::of(&config);
+    // Made now (it names the config's digest and size); pushed last.
+    let oci = format::image_manifest(&config, &layers, &manifest.key);
     let sent: Vec<Option<u64>> = futures_util::stream::iter(layers.iter().copied())
         .map(|(digest, size)| {
             let reference = &reference;
@@ -100,7 +101,7 @@ pub(crate) async fn push(c: &Client, store: &Arc<Store>, manifest: &Manifest) ->
             None => transfer.skipped += 1,
         }
     }
-    let config_text = config_digest.prefixed();
+    let config_text = oci.config.digest.clone();
     let config_exists = c
         .bounded(c.timeout, "config HEAD", async {
             c.oci().blob_exists(&reference, &config_text).await.map_err(|e| c.map("config HEAD", e))
@@ -117,7 +118,6 @@ pub(crate) async fn push(c: &Client, store: &Arc<Store>, manifest: &Manifest) ->
         transfer.blobs += 1;
         transfer.bytes += size;
     }
-    let oci = format::image_manifest(&format::config_bytes(manifest), &layers, &manifest.key);
     let body = serde_json::to_vec(&oci).expect("a manifest always serialises");
     // Last: only now does the entry exist for a reader.
     c.put_manifest(&tag, body, MANIFEST_MEDIA_TYPE).await?;
@@ -166,7 +166,9 @@ async fn fetch_entry(c: &Client, store: &Arc<Store>, key: &ActionKey, tag: &str,
     let config = download(c, &reference, config_digest, oci.config.size, Sink::Memory(Vec::new())).await?.into_memory();
     let checked = format::check_config(&config, key, &oci).map_err(Failure::Damaged)?;
     let mut transfer = Transfer { blobs: 1, bytes: config.len() as u64, skipped: 0 };
-    let missing: Vec<(Digest, u64)> = checked.blobs.iter().copied().filter(|(d, _)| !store.has_blob(d)).collect();
+    // One stat per blob: off the async workers.
+    let (s, blobs) = (store.clone(), checked.blobs.clone());
+    let missing: Vec<(Digest, u64)> = blocking(move || blobs.into_iter().filter(|(d, _)| !s.has_blob(d)).collect()).await;
     transfer.skipped += (checked.blobs.len() - missing.len()) as u64;
     let got: Vec<u64> = futures_util::stream::iter(missing)
         .map(|(digest, size)| {
