@@ -249,10 +249,21 @@ fn a_tampered_blob_is_detected_and_the_step_runs() {
     let url = reg.url().to_string();
     let one = project();
     events(&run(&one, &url, &[], &empty_docker_config(&one)), 0);
-    // c's output `gamma\n`: same length, other bytes, in the registry's own storage.
+    // c's output `gamma\n`: same length, other bytes, in the registry's own storage: the blob,
+    // and the copy embedded in the manifest of c's entry (what a reader of ours uses).
     let blob = reg.blob_data_path(&cache::Digest::of(b"gamma\n"));
     assert!(blob.is_file(), "{}", blob.display());
     std::fs::write(&blob, b"GAMMA\n").unwrap();
+    let (embedded, tampered) = ("\"data\":\"Z2FtbWEK\"", "\"data\":\"R0FNTUEK\"");
+    let mut changed = 0;
+    for file in walkdir::WalkDir::new(reg.storage_dir()).into_iter().filter_map(Result::ok).filter(|e| e.file_type().is_file()) {
+        let bytes = std::fs::read(file.path()).unwrap();
+        if let Some(text) = std::str::from_utf8(&bytes).ok().filter(|t| t.contains(embedded)) {
+            std::fs::write(file.path(), text.replace(embedded, tampered)).unwrap();
+            changed += 1;
+        }
+    }
+    assert_eq!(changed, 1, "c's manifest embeds its output");
 
     let two = Project::copy_of(one.path());
     let o = run(&two, &url, &[], &empty_docker_config(&two));

@@ -14,6 +14,7 @@ use docker::{ImageId, RegistryAuth, TransferError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::dockerfile::split_reference;
 use crate::key::StageKey;
 use crate::{Builder, LogFn, LABEL_IMAGE, LABEL_IMAGE_KEY};
 
@@ -110,14 +111,6 @@ impl ImageRemote {
     }
 }
 
-/// `REPO:TAG` split at the tag's colon (not a registry port's: the tag is always there).
-fn split_tag(reference: &str) -> (&str, &str) {
-    match reference.rsplit_once(':') {
-        Some((repo, tag)) if !tag.contains('/') => (repo, tag),
-        _ => (reference, "latest"),
-    }
-}
-
 /// Whether a failed pull only says the registry has no such image (a miss, not a fault).
 fn is_missing(e: &TransferError) -> bool {
     let TransferError::Failed { reason, .. } = e else { return false };
@@ -161,7 +154,7 @@ pub(crate) async fn pull(builder: &Builder, name: &str, key: &StageKey, tag: &st
         remote.warn(name, Some(log), format!("`{reference}` in the remote cache is not the image of key {key} for `{name}`, building it"));
         return false;
     }
-    let (repo, short) = split_tag(tag);
+    let (repo, short) = split_reference(tag);
     if let Err(e) = builder.docker.tag_image(pulled.id.as_str(), repo, short).await {
         untag().await;
         remote.warn(name, Some(log), format!("cannot tag the pulled image as `{tag}`, building it: {}", e.reason()));
@@ -181,7 +174,7 @@ pub(crate) fn push(builder: &Builder, name: &str, id: &ImageId, key: &StageKey) 
     let tracker = remote.inner.pushes.clone();
     tracker.spawn(async move {
         let reference = remote.reference(&key);
-        let (repo, tag) = split_tag(&reference);
+        let (repo, tag) = split_reference(&reference);
         if let Err(e) = docker.tag_image(id.as_str(), repo, tag).await {
             remote.warn(&name, None, format!("not pushed to the remote cache: cannot tag it as `{reference}`: {}", e.reason()));
             return;
@@ -199,13 +192,6 @@ pub(crate) fn push(builder: &Builder, name: &str, id: &ImageId, key: &StageKey) 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tags_split_after_the_registry_port() {
-        assert_eq!(split_tag("127.0.0.1:5000/cache:image-ab"), ("127.0.0.1:5000/cache", "image-ab"));
-        assert_eq!(split_tag("wf/img:0123456789ab"), ("wf/img", "0123456789ab"));
-        assert_eq!(split_tag("127.0.0.1:5000/cache"), ("127.0.0.1:5000/cache", "latest"));
-    }
 
     #[test]
     fn only_a_missing_manifest_is_a_quiet_miss() {

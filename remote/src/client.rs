@@ -36,7 +36,13 @@ pub(crate) struct Client {
     /// Whether requests need authentication (found once: anonymous access to a registry that
     /// asks for none costs no token round trip per request).
     needs_auth: tokio::sync::OnceCell<bool>,
+    /// Blobs this client saw in the repository (answered a HEAD or uploaded), so a blob many
+    /// entries share costs one HEAD per run, not one per entry. Bounded by [`MAX_KNOWN`].
+    known: std::sync::Mutex<std::collections::HashSet<cache::Digest>>,
 }
+
+/// Bound on [`Client`]'s set of known blobs (past it, blobs are asked for again).
+const MAX_KNOWN: usize = 1 << 16;
 
 /// A status and a body read with a bound.
 pub(crate) struct Answer {
@@ -93,6 +99,7 @@ impl Client {
             header_pull: Mutex::new(None),
             header_push: Mutex::new(None),
             needs_auth: tokio::sync::OnceCell::new(),
+            known: std::sync::Mutex::new(std::collections::HashSet::new()),
         })
     }
 
@@ -195,6 +202,19 @@ impl Client {
             })
             .await?;
         Ok(*needs)
+    }
+
+    /// Whether the blob `digest` is known to be in the repository.
+    pub(crate) fn known_blob(&self, digest: &cache::Digest) -> bool {
+        self.known.lock().unwrap_or_else(|p| p.into_inner()).contains(digest)
+    }
+
+    /// Note that the blob `digest` is in the repository.
+    pub(crate) fn remember_blob(&self, digest: cache::Digest) {
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        if known.len() < MAX_KNOWN {
+            known.insert(digest);
+        }
     }
 
     pub(crate) fn oci(&self) -> &oci_client::Client {

@@ -20,6 +20,13 @@ pub const BLOB_MEDIA_TYPE: &str = "application/vnd.engine.blob.v1";
 pub const MAX_MANIFEST: u64 = 4 << 20;
 /// Bound on a downloaded config (the entry's manifest).
 pub const MAX_CONFIG: u64 = 64 << 20;
+/// A config of at most this many bytes travels inline in the manifest too (the descriptor's
+/// `data`, OCI image-spec 1.1), so a reader needs no request for it.
+pub const INLINE_CONFIG: u64 = 16 << 10;
+/// A blob of at most this many bytes travels inline too...
+pub const INLINE_BLOB: u64 = 1 << 10;
+/// ...while the inline blobs of one manifest total at most this many bytes.
+pub const INLINE_TOTAL: u64 = 64 << 10;
 
 /// An OCI descriptor.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -34,6 +41,42 @@ pub struct Descriptor {
     /// Free-form annotations.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub annotations: Option<BTreeMap<String, String>>,
+    /// The content itself, base64 (OCI image-spec 1.1 "embedded content"), for small blobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
+}
+
+impl Descriptor {
+    fn new(media_type: &str, digest: Digest, size: u64, content: Option<&[u8]>) -> Descriptor {
+        use base64::Engine as _;
+        Descriptor {
+            media_type: media_type.to_string(),
+            digest: digest.prefixed(),
+            size,
+            annotations: None,
+            data: content.map(|c| base64::engine::general_purpose::STANDARD.encode(c)),
+        }
+    }
+
+    /// The embedded content, checked against the descriptor's size and digest; `None` when
+    /// there is none. Content that does not match is an error (the entry is damaged).
+    pub fn inline(&self) -> Result<Option<Vec<u8>>, String> {
+        use base64::Engine as _;
+        let Some(data) = &self.data else { return Ok(None) };
+        let digest = Digest::parse_prefixed(&self.digest)?;
+        // Base64 of `size` bytes is 4 * ceil(size / 3) characters: anything longer is refused
+        // before it is decoded.
+        if data.len() as u64 != self.size.div_ceil(3) * 4 {
+            return Err(format!("the inline data of {} is not {} bytes of base64", digest.short(), self.size));
+        }
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(data)
+            .map_err(|e| format!("the inline data of {} is not base64: {e}", digest.short()))?;
+        if bytes.len() as u64 != self.size || Digest::of(&bytes) != digest {
+            return Err(format!("the inline data of {} does not match its digest", digest.short()));
+        }
+        Ok(Some(bytes))
+    }
 }
 
 /// An OCI image manifest (the fields we write and read).
@@ -77,25 +120,26 @@ pub fn blobs(manifest: &Manifest) -> BTreeMap<Digest, Option<u64>> {
     out
 }
 
-/// The OCI manifest for an entry whose config is `config` and whose blobs are `layers`
-/// (digest, size), already sorted.
-pub fn image_manifest(config: &[u8], layers: &[(Digest, u64)], key: &cache::ActionKey) -> ImageManifest {
+/// A layer of [`image_manifest`]: its digest, its size and, for a small blob, its content.
+pub type Layer = (Digest, u64, Option<Vec<u8>>);
+
+/// The OCI manifest for an entry whose config is `config` and whose blobs are `layers`,
+/// already sorted. The config (up to [`INLINE_CONFIG`]) and the layers given with content
+/// are embedded in their descriptors as well.
+pub fn image_manifest(config: &[u8], layers: &[Layer], key: &cache::ActionKey) -> ImageManifest {
     let mut annotations = BTreeMap::new();
     annotations.insert("org.engine.action-key".to_string(), key.digest().hex());
     ImageManifest {
         schema_version: 2,
         media_type: Some(MANIFEST_MEDIA_TYPE.to_string()),
         artifact_type: Some(ARTIFACT_TYPE.to_string()),
-        config: Descriptor {
-            media_type: CONFIG_MEDIA_TYPE.to_string(),
-            digest: Digest::of(config).prefixed(),
-            size: config.len() as u64,
-            annotations: None,
-        },
-        layers: layers
-            .iter()
-            .map(|(d, size)| Descriptor { media_type: BLOB_MEDIA_TYPE.to_string(), digest: d.prefixed(), size: *size, annotations: None })
-            .collect(),
+        config: Descriptor::new(
+            CONFIG_MEDIA_TYPE,
+            Digest::of(config),
+            config.len() as u64,
+            (config.len() as u64 <= INLINE_CONFIG).then_some(config),
+        ),
+        layers: layers.iter().map(|(d, size, content)| Descriptor::new(BLOB_MEDIA_TYPE, *d, *size, content.as_deref())).collect(),
         annotations: Some(annotations),
     }
 }

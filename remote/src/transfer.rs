@@ -47,24 +47,43 @@ pub(crate) async fn push(c: &Client, store: &Arc<Store>, manifest: &Manifest) ->
     c.warm(RegistryOperation::Push).await?;
     let tag = action_tag(&manifest.key);
     let reference = c.tagged(&tag);
-    let mut layers = Vec::new();
+    let mut layers: Vec<format::Layer> = Vec::new();
+    let mut inline_budget = format::INLINE_TOTAL;
     for (digest, size) in format::blobs(manifest) {
         let path = store.blob_path(&digest);
         let meta =
             tokio::fs::symlink_metadata(&path).await.map_err(|source| cache::store::StoreError::Io { path: path.clone(), source })?;
-        if !meta.file_type().is_file() || size.is_some_and(|s| s != meta.len()) {
+        let corrupt = || {
             let what = format!("blob {} is not in the store as its entry says", digest.short());
-            return Err(cache::store::StoreError::Corrupt { key: manifest.key, what }.into());
+            RemoteError::from(cache::store::StoreError::Corrupt { key: manifest.key, what })
+        };
+        if !meta.file_type().is_file() || size.is_some_and(|s| s != meta.len()) {
+            return Err(corrupt());
         }
-        layers.push((digest, size.unwrap_or(meta.len())));
+        let size = size.unwrap_or(meta.len());
+        // A small blob is read now: it goes into the manifest as well as into the registry.
+        let content = if size <= format::INLINE_BLOB && size <= inline_budget {
+            inline_budget -= size;
+            let bytes = blocking(move || read_small(&path, size)).await?;
+            if Digest::of(&bytes) != digest {
+                return Err(corrupt());
+            }
+            Some(bytes)
+        } else {
+            None
+        };
+        layers.push((digest, size, content));
     }
     let config = format::config_bytes(manifest);
     // Made now (it names the config's digest and size); pushed last.
     let oci = format::image_manifest(&config, &layers, &manifest.key);
-    let sent: Vec<Option<u64>> = futures_util::stream::iter(layers.iter().copied())
-        .map(|(digest, size)| {
+    let sent: Vec<Option<u64>> = futures_util::stream::iter(layers)
+        .map(|(digest, size, content)| {
             let reference = &reference;
             async move {
+                if c.known_blob(&digest) {
+                    return Ok(None);
+                }
                 let digest_text = digest.prefixed();
                 let exists = c
                     .bounded(c.timeout, "blob HEAD", async {
@@ -72,19 +91,29 @@ pub(crate) async fn push(c: &Client, store: &Arc<Store>, manifest: &Manifest) ->
                     })
                     .await?;
                 if exists {
+                    c.remember_blob(digest);
                     return Ok(None);
                 }
-                let path = store.blob_path(&digest);
-                let file = blocking(move || {
-                    cache::safe::open_regular(&path, false).map_err(|source| cache::store::StoreError::Io { path, source })
-                })
-                .await?;
-                let stream = tokio_util::io::ReaderStream::with_capacity(tokio::fs::File::from_std(file), 256 << 10)
-                    .map_err(OciDistributionError::IoError);
-                c.bounded(blob_limit(c.timeout, size), "blob upload", async {
-                    c.oci().push_blob_stream(reference, stream, &digest_text, Some(size)).await.map_err(|e| c.map("blob upload", e))
-                })
-                .await?;
+                // oci-client refuses an empty `Bytes` upload; the stream path takes it.
+                if let Some(content) = content.filter(|c| !c.is_empty()) {
+                    c.bounded(c.timeout, "blob upload", async {
+                        c.oci().push_blob(reference, content, &digest_text).await.map_err(|e| c.map("blob upload", e))
+                    })
+                    .await?;
+                } else {
+                    let path = store.blob_path(&digest);
+                    let file = blocking(move || {
+                        cache::safe::open_regular(&path, false).map_err(|source| cache::store::StoreError::Io { path, source })
+                    })
+                    .await?;
+                    let stream = tokio_util::io::ReaderStream::with_capacity(tokio::fs::File::from_std(file), 256 << 10)
+                        .map_err(OciDistributionError::IoError);
+                    c.bounded(blob_limit(c.timeout, size), "blob upload", async {
+                        c.oci().push_blob_stream(reference, stream, &digest_text, Some(size)).await.map_err(|e| c.map("blob upload", e))
+                    })
+                    .await?;
+                }
+                c.remember_blob(digest);
                 Ok::<_, RemoteError>(Some(size))
             }
         })
@@ -101,20 +130,19 @@ pub(crate) async fn push(c: &Client, store: &Arc<Store>, manifest: &Manifest) ->
             None => transfer.skipped += 1,
         }
     }
-    let config_text = oci.config.digest.clone();
-    let config_exists = c
-        .bounded(c.timeout, "config HEAD", async {
-            c.oci().blob_exists(&reference, &config_text).await.map_err(|e| c.map("config HEAD", e))
-        })
-        .await?;
-    if config_exists {
+    // No HEAD for the config: it names the key, so the registry has it only if this very entry
+    // was pushed before (by this run: known; by another: the upload is a few hundred bytes).
+    let config_digest = Digest::of(&config);
+    if c.known_blob(&config_digest) {
         transfer.skipped += 1;
     } else {
+        let config_text = oci.config.digest.clone();
         let size = config.len() as u64;
         c.bounded(blob_limit(c.timeout, size), "config upload", async {
             c.oci().push_blob(&reference, config, &config_text).await.map_err(|e| c.map("config upload", e))
         })
         .await?;
+        c.remember_blob(config_digest);
         transfer.blobs += 1;
         transfer.bytes += size;
     }
@@ -122,6 +150,19 @@ pub(crate) async fn push(c: &Client, store: &Arc<Store>, manifest: &Manifest) ->
     // Last: only now does the entry exist for a reader.
     c.put_manifest(&tag, body, MANIFEST_MEDIA_TYPE).await?;
     Ok(transfer)
+}
+
+/// The `size` bytes of the small store blob at `path` (no more are read).
+fn read_small(path: &std::path::Path, size: u64) -> Result<Vec<u8>, RemoteError> {
+    use std::io::Read as _;
+    let io = |source| RemoteError::from(cache::store::StoreError::Io { path: path.to_path_buf(), source });
+    let file = cache::safe::open_regular(path, false).map_err(io)?;
+    let mut bytes = Vec::with_capacity(size as usize);
+    file.take(size + 1).read_to_end(&mut bytes).map_err(io)?;
+    if bytes.len() as u64 != size {
+        return Err(io(std::io::Error::new(std::io::ErrorKind::InvalidData, "the blob changed size")));
+    }
+    Ok(bytes)
 }
 
 pub(crate) async fn has(c: &Client, key: &ActionKey) -> Result<bool, RemoteError> {
@@ -163,24 +204,41 @@ async fn fetch_entry(c: &Client, store: &Arc<Store>, key: &ActionKey, tag: &str,
     let oci = format::parse_manifest(body).map_err(Failure::Damaged)?;
     let reference = c.tagged(tag);
     let config_digest = Digest::parse_prefixed(&oci.config.digest).map_err(Failure::Damaged)?;
-    let config = download(c, &reference, config_digest, oci.config.size, Sink::Memory(Vec::new())).await?.into_memory();
+    let mut transfer = Transfer::default();
+    let config = match oci.config.inline().map_err(Failure::Damaged)? {
+        Some(config) => config,
+        None => {
+            let config = download(c, &reference, config_digest, oci.config.size, Sink::Memory(Vec::new())).await?.into_memory();
+            transfer.blobs += 1;
+            transfer.bytes += config.len() as u64;
+            config
+        }
+    };
     let checked = format::check_config(&config, key, &oci).map_err(Failure::Damaged)?;
-    let mut transfer = Transfer { blobs: 1, bytes: config.len() as u64, skipped: 0 };
     // One stat per blob: off the async workers.
     let (s, blobs) = (store.clone(), checked.blobs.clone());
     let missing: Vec<(Digest, u64)> = blocking(move || blobs.into_iter().filter(|(d, _)| !s.has_blob(d)).collect()).await;
     transfer.skipped += (checked.blobs.len() - missing.len()) as u64;
-    let got: Vec<u64> = futures_util::stream::iter(missing)
+    let got: Vec<(u64, bool)> = futures_util::stream::iter(missing)
         .map(|(digest, size)| {
             let reference = &reference;
+            let layer = oci.layers.iter().find(|l| l.digest == digest.prefixed() && l.size == size);
             async move {
                 let s = store.clone();
                 let import = blocking(move || s.blob_import()).await.map_err(RemoteError::from)?;
-                let sink = download(c, reference, digest, size, Sink::File(import)).await?;
-                let Sink::File(import) = sink else { unreachable!("a file sink stays a file sink") };
+                let inline = layer.map(|l| l.inline()).transpose().map_err(Failure::Damaged)?.flatten();
+                let downloaded = inline.is_none();
+                let import = match inline {
+                    Some(bytes) => blocking(move || write_import(import, &bytes)).await?,
+                    None => {
+                        let sink = download(c, reference, digest, size, Sink::File(import)).await?;
+                        let Sink::File(import) = sink else { unreachable!("a file sink stays a file sink") };
+                        import
+                    }
+                };
                 let s = store.clone();
                 match blocking(move || s.import_blob(import, &digest, size)).await {
-                    Ok(()) => Ok(size),
+                    Ok(()) => Ok((size, downloaded)),
                     Err(cache::store::StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::InvalidData => {
                         Err(Failure::Damaged(format!("blob {}: {source}", digest.short())))
                     }
@@ -191,8 +249,9 @@ async fn fetch_entry(c: &Client, store: &Arc<Store>, key: &ActionKey, tag: &str,
         .buffer_unordered(PARALLEL)
         .try_collect()
         .await?;
-    transfer.blobs += got.len() as u64;
-    transfer.bytes += got.iter().sum::<u64>();
+    // Inline content is moved too (in the manifest), but costs no request of its own.
+    transfer.blobs += got.iter().filter(|(_, downloaded)| *downloaded).count() as u64;
+    transfer.bytes += got.iter().map(|(size, _)| size).sum::<u64>();
     let s = store.clone();
     let manifest = checked.manifest;
     let m = manifest.clone();
@@ -207,6 +266,14 @@ async fn fetch_entry(c: &Client, store: &Arc<Store>, key: &ActionKey, tag: &str,
     let key = *key;
     let stored = blocking(move || s.get(&key)).await;
     Ok((stored.unwrap_or(manifest), transfer))
+}
+
+/// `bytes` (inline content from the manifest) written into `import`.
+fn write_import(mut import: cache::store::BlobImport, bytes: &[u8]) -> Result<cache::store::BlobImport, Failure> {
+    use std::io::Write as _;
+    let path = import.path();
+    import.file().write_all(bytes).map_err(|source| Failure::Remote(cache::store::StoreError::Io { path, source }.into()))?;
+    Ok(import)
 }
 
 /// Where a download goes.

@@ -60,7 +60,14 @@ async fn with_config(reg: &TestRegistry, real: &ImageManifest, entry: &cache::Ma
     let mut crafted = real.clone();
     crafted.config.digest = put_blob(reg, &config).await.prefixed();
     crafted.config.size = config.len() as u64;
+    // Embedded too, as a writer of ours does: the checks below go through the inline path.
+    crafted.config.data = Some(b64(&config));
     crafted
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 /// Push a real entry, then serve a variation of its OCI manifest under the tag of `target`.
@@ -142,6 +149,50 @@ async fn entries_that_are_not_ours_are_damaged_and_never_stored() {
     put_manifest(&reg, &action_tag(&k), &crafted).await;
     let Fetched::Damaged(_) = r.fetch_action(&b, &k).await.unwrap() else { panic!("damaged") };
     assert!(b.get(&k).is_none());
+}
+
+/// Embedded content (OCI 1.1 `data`) that disagrees with its descriptor is damage, never used.
+#[tokio::test]
+async fn embedded_content_that_does_not_match_its_descriptor_is_damaged() {
+    let Some(reg) = TestRegistry::start() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let a = store(&tmp.path().join("a"));
+    let m = put(&a, "real", &[("f", b"content of f")], b"log");
+    let r = remote(reg.url(), tmp.path());
+    r.push_action(&a, &m).await.unwrap();
+    let real = get_manifest(&reg, &action_tag(&m.key)).await;
+    let f = Digest::of(b"content of f").prefixed();
+    assert_eq!(real.layers.iter().find(|l| l.digest == f).unwrap().data, Some(b64(b"content of f")), "small blobs are embedded");
+    assert!(real.config.data.is_some(), "a small config is embedded");
+    // The real entry is one request: the manifest.
+    let b = store(&tmp.path().join("b"));
+    let Fetched::Hit { transfer, .. } = r.fetch_action(&b, &m.key).await.unwrap() else { panic!("a hit") };
+    assert_eq!(transfer.blobs, 0, "{transfer:?}");
+    assert_eq!(b.read_blob(&Digest::of(b"content of f")).unwrap(), b"content of f");
+
+    // Each variation is served under the tag of a key whose entry is otherwise the real one.
+    let cases: [(&str, fn(&mut ImageManifest, &str)); 5] = [
+        // Same length, other bytes.
+        ("tampered", |m, f| m.layers.iter_mut().filter(|l| l.digest == f).for_each(|l| l.data = Some(b64(b"CONTENT OF F")))),
+        ("not base64", |m, f| m.layers.iter_mut().filter(|l| l.digest == f).for_each(|l| l.data = Some("!!!!!!!!!!!!!!!!".into()))),
+        // Longer than the size needs: refused before decoding.
+        ("overlong", |m, f| m.layers.iter_mut().filter(|l| l.digest == f).for_each(|l| l.data = Some("A".repeat(1 << 20)))),
+        ("short", |m, f| m.layers.iter_mut().filter(|l| l.digest == f).for_each(|l| l.data = Some(b64(b"content")))),
+        ("config", |m, _| m.config.data = Some(b64(&vec![b' '; m.config.size as usize]))),
+    ];
+    for (name, change) in cases {
+        let k = key(name);
+        let mut entry = without_inputs(&m);
+        entry.key = k;
+        let mut crafted = with_config(&reg, &real, &entry).await;
+        change(&mut crafted, &f);
+        put_manifest(&reg, &action_tag(&k), &crafted).await;
+        let b = store(&tmp.path().join(name));
+        let Fetched::Damaged(why) = r.fetch_action(&b, &k).await.unwrap() else { panic!("{name}: damaged") };
+        assert!(why.contains("inline data"), "{name}: {why}");
+        assert!(b.get(&k).is_none(), "{name}");
+        assert!(!b.has_blob(&Digest::of(b"content of f")), "{name}");
+    }
 }
 
 /// A fake registry answering every request with `answer` (raw HTTP), on a free port.
