@@ -171,7 +171,8 @@ async fn embedded_content_that_does_not_match_its_descriptor_is_damaged() {
     assert_eq!(b.read_blob(&Digest::of(b"content of f")).unwrap(), b"content of f");
 
     // Each variation is served under the tag of a key whose entry is otherwise the real one.
-    let cases: [(&str, fn(&mut ImageManifest, &str)); 5] = [
+    type Change = fn(&mut ImageManifest, &str);
+    let cases: [(&str, Change); 5] = [
         // Same length, other bytes.
         ("tampered", |m, f| m.layers.iter_mut().filter(|l| l.digest == f).for_each(|l| l.data = Some(b64(b"CONTENT OF F")))),
         ("not base64", |m, f| m.layers.iter_mut().filter(|l| l.digest == f).for_each(|l| l.data = Some("!!!!!!!!!!!!!!!!".into()))),
