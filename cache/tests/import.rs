@@ -48,6 +48,20 @@ fn a_downloaded_blob_is_stored_only_when_it_matches_its_digest_and_size() {
 }
 
 #[test]
+fn received_bytes_are_stored_only_when_they_match_their_digest() {
+    let (_dir, store) = store();
+    let good = Digest::of(b"hello");
+    let err = store.import_bytes(b"hellO", &good).unwrap_err();
+    assert!(matches!(&err, StoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::InvalidData), "{err}");
+    assert!(!store.has_blob(&good));
+    store.import_bytes(b"hello", &good).unwrap();
+    assert_eq!(store.read_blob(&good).unwrap(), b"hello");
+    store.import_bytes(b"hello", &good).unwrap();
+    let leftovers = std::fs::read_dir(store.dir().join("v1/tmp")).unwrap().count();
+    assert_eq!(leftovers, 0, "no temp file is left behind");
+}
+
+#[test]
 fn a_downloaded_manifest_is_written_only_when_complete_and_safe() {
     let (_dir, store) = store();
     let file = Digest::of(b"hello");

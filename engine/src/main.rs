@@ -22,7 +22,8 @@ fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("ENGINE_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
-        .without_time()
+        // Seconds since the start: what a profile of one run needs.
+        .with_timer(tracing_subscriber::fmt::time::uptime())
         .init();
 
     let cli = Cli::parse();

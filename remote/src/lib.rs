@@ -174,9 +174,10 @@ pub enum RemoteError {
 /// Bytes and blobs moved by one operation.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Transfer {
-    /// Blobs (file contents, logs, configs) sent or received.
+    /// Blobs (file contents, logs, configs) sent or received as requests of their own (content
+    /// embedded in a fetched manifest is not counted here).
     pub blobs: u64,
-    /// Their bytes.
+    /// Bytes moved: those blobs', and on a fetch the manifest's (with its embedded content).
     pub bytes: u64,
     /// Blobs not sent because the registry had them already (one HEAD each), or not received
     /// because the local store had them.

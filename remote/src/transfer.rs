@@ -204,7 +204,8 @@ async fn fetch_entry(c: &Client, store: &Arc<Store>, key: &ActionKey, tag: &str,
     let oci = format::parse_manifest(body).map_err(Failure::Damaged)?;
     let reference = c.tagged(tag);
     let config_digest = Digest::parse_prefixed(&oci.config.digest).map_err(Failure::Damaged)?;
-    let mut transfer = Transfer::default();
+    // The manifest is moved too (with the content embedded in it).
+    let mut transfer = Transfer { bytes: body.len() as u64, ..Transfer::default() };
     let config = match oci.config.inline().map_err(Failure::Damaged)? {
         Some(config) => config,
         None => {
@@ -215,65 +216,77 @@ async fn fetch_entry(c: &Client, store: &Arc<Store>, key: &ActionKey, tag: &str,
         }
     };
     let checked = format::check_config(&config, key, &oci).map_err(Failure::Damaged)?;
+    // Blobs embedded in the manifest are taken from it (checked first: damage is damage even
+    // for a blob the store has); the others are downloaded when the store lacks them.
+    let mut embedded = Vec::new();
+    let mut remote_only = Vec::new();
+    for &(digest, size) in &checked.blobs {
+        let layer = oci.layers.iter().find(|l| l.digest == digest.prefixed() && l.size == size);
+        match layer.map(format::Descriptor::inline).transpose().map_err(Failure::Damaged)?.flatten() {
+            Some(bytes) => embedded.push((digest, bytes)),
+            None => remote_only.push((digest, size)),
+        }
+    }
     // One stat per blob: off the async workers.
-    let (s, blobs) = (store.clone(), checked.blobs.clone());
-    let missing: Vec<(Digest, u64)> = blocking(move || blobs.into_iter().filter(|(d, _)| !s.has_blob(d)).collect()).await;
-    transfer.skipped += (checked.blobs.len() - missing.len()) as u64;
-    let got: Vec<(u64, bool)> = futures_util::stream::iter(missing)
+    let s = store.clone();
+    let missing: Vec<(Digest, u64)> = if remote_only.is_empty() {
+        Vec::new()
+    } else {
+        let wanted = remote_only.clone();
+        blocking(move || wanted.into_iter().filter(|(d, _)| !s.has_blob(d)).collect()).await
+    };
+    transfer.skipped += (remote_only.len() - missing.len()) as u64;
+    let got: Vec<u64> = futures_util::stream::iter(missing)
         .map(|(digest, size)| {
             let reference = &reference;
-            let layer = oci.layers.iter().find(|l| l.digest == digest.prefixed() && l.size == size);
             async move {
                 let s = store.clone();
                 let import = blocking(move || s.blob_import()).await.map_err(RemoteError::from)?;
-                let inline = layer.map(|l| l.inline()).transpose().map_err(Failure::Damaged)?.flatten();
-                let downloaded = inline.is_none();
-                let import = match inline {
-                    Some(bytes) => blocking(move || write_import(import, &bytes)).await?,
-                    None => {
-                        let sink = download(c, reference, digest, size, Sink::File(import)).await?;
-                        let Sink::File(import) = sink else { unreachable!("a file sink stays a file sink") };
-                        import
-                    }
-                };
+                let sink = download(c, reference, digest, size, Sink::File(import)).await?;
+                let Sink::File(import) = sink else { unreachable!("a file sink stays a file sink") };
                 let s = store.clone();
-                match blocking(move || s.import_blob(import, &digest, size)).await {
-                    Ok(()) => Ok((size, downloaded)),
-                    Err(cache::store::StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::InvalidData => {
-                        Err(Failure::Damaged(format!("blob {}: {source}", digest.short())))
-                    }
-                    Err(e) => Err(Failure::Remote(e.into())),
-                }
+                blocking(move || s.import_blob(import, &digest, size)).await.map_err(|e| stored(e, &digest))?;
+                Ok::<_, Failure>(size)
             }
         })
         .buffer_unordered(PARALLEL)
         .try_collect()
         .await?;
-    // Inline content is moved too (in the manifest), but costs no request of its own.
-    transfer.blobs += got.iter().filter(|(_, downloaded)| *downloaded).count() as u64;
-    transfer.bytes += got.iter().map(|(size, _)| size).sum::<u64>();
-    let s = store.clone();
-    let manifest = checked.manifest;
-    let m = manifest.clone();
-    match blocking(move || s.put_manifest(&m)).await {
-        Ok(()) => {}
-        Err(cache::store::StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::InvalidData => {
-            return Err(Failure::Damaged(format!("the entry cannot be stored: {source}")));
+    transfer.blobs += got.len() as u64;
+    transfer.bytes += got.iter().sum::<u64>();
+    // The embedded blobs and then the manifest, in one trip off the async workers.
+    let (s, manifest, key) = (store.clone(), checked.manifest, *key);
+    let (had, stored_manifest) = blocking(move || {
+        let mut had = 0u64;
+        for (digest, bytes) in &embedded {
+            if s.has_blob(digest) {
+                had += 1;
+            } else {
+                s.import_bytes(bytes, digest).map_err(|e| stored(e, digest))?;
+            }
         }
-        Err(e) => return Err(Failure::Remote(e.into())),
-    }
-    let s = store.clone();
-    let key = *key;
-    let stored = blocking(move || s.get(&key)).await;
-    Ok((stored.unwrap_or(manifest), transfer))
+        s.put_manifest(&manifest).map_err(|e| match e {
+            cache::store::StoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::InvalidData => {
+                Failure::Damaged(format!("the entry cannot be stored: {source}"))
+            }
+            e => Failure::Remote(e.into()),
+        })?;
+        let stored_manifest = s.get(&key).unwrap_or(manifest);
+        Ok::<_, Failure>((had, stored_manifest))
+    })
+    .await?;
+    transfer.skipped += had;
+    Ok((stored_manifest, transfer))
 }
 
-/// `bytes` (inline content from the manifest) written into `import`.
-fn write_import(mut import: cache::store::BlobImport, bytes: &[u8]) -> Result<cache::store::BlobImport, Failure> {
-    use std::io::Write as _;
-    let path = import.path();
-    import.file().write_all(bytes).map_err(|source| Failure::Remote(cache::store::StoreError::Io { path, source }.into()))?;
-    Ok(import)
+/// A failure to store the blob `digest`: content that does not match is damage.
+fn stored(e: cache::store::StoreError, digest: &Digest) -> Failure {
+    match e {
+        cache::store::StoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::InvalidData => {
+            Failure::Damaged(format!("blob {}: {source}", digest.short()))
+        }
+        e => Failure::Remote(e.into()),
+    }
 }
 
 /// Where a download goes.

@@ -93,9 +93,14 @@ fn persist_with(tmp: NamedTempFile, dest: &Path, mode: u32, sync: bool) -> Resul
 
 /// Write `bytes` to `dest` atomically (manifests, last-run records).
 pub(super) fn write_atomic(tmp_dir: &Path, dest: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    write_atomic_with(tmp_dir, dest, bytes, true)
+}
+
+/// [`write_atomic`], synced to disk first only when `sync`.
+pub(super) fn write_atomic_with(tmp_dir: &Path, dest: &Path, bytes: &[u8], sync: bool) -> Result<(), StoreError> {
     let mut tmp = new_temp(tmp_dir)?;
     tmp.write_all(bytes).map_err(at(dest))?;
-    persist(tmp, dest, META_MODE)
+    persist_with(tmp, dest, META_MODE, sync)
 }
 
 /// An existing blob is never rewritten (its name is its content). Its mtime is refreshed so that
@@ -183,21 +188,26 @@ pub(super) fn store_output_blob(
 }
 
 /// Move a checked temp file into place as the blob `dest` (kept as it is when present).
-pub(super) fn persist_blob(tmp: NamedTempFile, dest: &Path) -> Result<(), StoreError> {
+pub(super) fn persist_blob(tmp: NamedTempFile, dest: &Path, sync: bool) -> Result<(), StoreError> {
     if reuse_existing(dest) {
         return Ok(());
     }
-    persist(tmp, dest, BLOB_MODE)
+    persist_with(tmp, dest, BLOB_MODE, sync)
 }
 
 /// Store `bytes` as a blob.
 pub(super) fn store_bytes_blob(tmp_dir: &Path, bytes: &[u8], dest: &Path) -> Result<(), StoreError> {
+    store_bytes_blob_with(tmp_dir, bytes, dest, true)
+}
+
+/// [`store_bytes_blob`], synced to disk first only when `sync`.
+pub(super) fn store_bytes_blob_with(tmp_dir: &Path, bytes: &[u8], dest: &Path, sync: bool) -> Result<(), StoreError> {
     if reuse_existing(dest) {
         return Ok(());
     }
     let mut tmp = new_temp(tmp_dir)?;
     tmp.write_all(bytes).map_err(at(dest))?;
-    persist(tmp, dest, BLOB_MODE)
+    persist_with(tmp, dest, BLOB_MODE, sync)
 }
 
 /// A workflow, step or mount name as one safe file name: anything outside `[A-Za-z0-9._-]`

@@ -48,7 +48,23 @@ impl Store {
             let what = format!("downloaded blob is {} ({len} bytes), expected {} ({size} bytes)", found.short(), digest.short());
             return Err(StoreError::Io { path, source: io::Error::new(io::ErrorKind::InvalidData, what) });
         }
-        fsio::persist_blob(tmp, &self.blob_path(digest))
+        // Not synced (nor is the manifest below): a blob a crash leaves torn is re-hashed
+        // before any use and a torn manifest does not parse, so the worst a crash does to an
+        // imported entry is a miss (it is downloaded again). One fsync per blob would be most
+        // of the cost of a hit on small entries.
+        fsio::persist_blob(tmp, &self.blob_path(digest), false)
+    }
+
+    /// Store `bytes` (received from elsewhere) as the blob `digest`, after hashing them: bytes
+    /// that do not match are refused (an `Io` error of kind `InvalidData`). Not synced, as
+    /// [`Store::import_blob`].
+    pub fn import_bytes(&self, bytes: &[u8], digest: &Digest) -> Result<(), StoreError> {
+        let dest = self.blob_path(digest);
+        if Digest::of(bytes) != *digest {
+            let what = format!("received bytes are {}, expected {}", Digest::of(bytes).short(), digest.short());
+            return Err(StoreError::Io { path: dest, source: io::Error::new(io::ErrorKind::InvalidData, what) });
+        }
+        fsio::store_bytes_blob_with(&self.v1("tmp"), bytes, &dest, false)
     }
 
     /// Write `manifest` (an entry downloaded from elsewhere) under its key, atomically, once
@@ -70,6 +86,6 @@ impl Store {
         if json.len() as u64 > super::MAX_META_BYTES {
             return Err(invalid("manifest too large".into()));
         }
-        fsio::write_atomic(&self.v1("tmp"), &dest, &json)
+        fsio::write_atomic_with(&self.v1("tmp"), &dest, &json, false)
     }
 }
