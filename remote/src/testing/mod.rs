@@ -1,6 +1,9 @@
 //! Test support: Debian's `docker-registry` on a free port of 127.0.0.1, optionally with
-//! htpasswd basic auth, its log kept (to count PUTs) and its storage folder reachable (to tamper
-//! with a blob). Stopped and removed on drop.
+//! htpasswd basic auth or bearer tokens from a token service of the tests' own ([`token`]), its
+//! log kept (to count PUTs) and its storage folder reachable (to tamper with a blob). Stopped
+//! and removed on drop.
+
+mod token;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -38,34 +41,58 @@ pub struct TestRegistry {
     dir: tempfile::TempDir,
     port: u16,
     child: Option<Child>,
+    token: Option<token::TokenService>,
+}
+
+/// How the registry authenticates clients.
+enum Auth<'a> {
+    None,
+    /// htpasswd basic auth.
+    Basic(&'a str, &'a str),
+    /// Bearer tokens from a token service that knows these credentials.
+    Token(&'a str, &'a str),
 }
 
 impl TestRegistry {
     /// A registry without auth, or `None` (SKIP) without the binary.
     pub fn start() -> Option<TestRegistry> {
-        Self::launch(None)
+        Self::launch(Auth::None)
     }
 
     /// A registry with htpasswd basic auth for `user`/`password`.
     pub fn start_with_auth(user: &str, password: &str) -> Option<TestRegistry> {
-        Self::launch(Some((user, password)))
+        Self::launch(Auth::Basic(user, password))
     }
 
-    fn launch(auth: Option<(&str, &str)>) -> Option<TestRegistry> {
+    /// A registry that takes only bearer tokens, from a token service that gives `user` /
+    /// `password` what they ask for and anonymous clients nothing (see [`token`]).
+    pub fn start_with_token(user: &str, password: &str) -> Option<TestRegistry> {
+        Self::launch(Auth::Token(user, password))
+    }
+
+    fn launch(auth: Auth<'_>) -> Option<TestRegistry> {
         if !require() {
             return None;
         }
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::create_dir_all(dir.path().join("storage")).expect("storage dir");
-        if let Some((user, password)) = auth {
-            let hash = bcrypt::hash(password, 5).expect("bcrypt");
-            std::fs::write(dir.path().join("htpasswd"), format!("{user}:{hash}\n")).expect("htpasswd");
+        let mut token = None;
+        match auth {
+            Auth::None => {}
+            Auth::Basic(user, password) => {
+                let hash = bcrypt::hash(password, 5).expect("bcrypt");
+                std::fs::write(dir.path().join("htpasswd"), format!("{user}:{hash}\n")).expect("htpasswd");
+            }
+            Auth::Token(user, password) => {
+                token::make_key(dir.path());
+                token = Some(token::TokenService::start(dir.path(), user, password));
+            }
         }
-        let mut reg = TestRegistry { dir, port: 0, child: None };
+        let mut reg = TestRegistry { dir, port: 0, child: None, token };
         let mut last = String::new();
         for _ in 0..10 {
             reg.port = free_port();
-            reg.write_config(auth.is_some());
+            reg.write_config(matches!(auth, Auth::Basic(..)));
             match reg.spawn() {
                 Ok(()) => return Some(reg),
                 Err(why) => last = why,
@@ -74,15 +101,24 @@ impl TestRegistry {
         panic!("the test registry did not start: {last}");
     }
 
-    fn write_config(&self, auth: bool) {
+    fn write_config(&self, htpasswd: bool) {
         let root = self.dir.path();
         let mut yaml = format!(
             "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{}\n  secret: engine-test-secret\n",
             root.join("storage").display(),
             self.port
         );
-        if auth {
+        if htpasswd {
             yaml.push_str(&format!("auth:\n  htpasswd:\n    realm: engine-test\n    path: {}\n", root.join("htpasswd").display()));
+        }
+        if let Some(token) = &self.token {
+            yaml.push_str(&format!(
+                "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+                token.realm(),
+                token::SERVICE,
+                token::ISSUER,
+                root.join("token.crt").display()
+            ));
         }
         std::fs::write(root.join("config.yml"), yaml).expect("registry config");
     }
@@ -162,6 +198,12 @@ impl TestRegistry {
     /// How many requests of `method` whose path contains `path_contains` the access log shows.
     pub fn count_requests(&self, method: &str, path_contains: &str) -> usize {
         self.requests().iter().filter(|(m, p)| m == method && p.contains(path_contains)).count()
+    }
+
+    /// Each request to the token service so far (`user`, `anonymous` or `refused`, then the
+    /// query); empty without one.
+    pub fn token_requests(&self) -> Vec<String> {
+        self.token.as_ref().map(token::TokenService::requests).unwrap_or_default()
     }
 
     /// The registry's storage folder.
