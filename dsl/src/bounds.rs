@@ -35,6 +35,10 @@ pub const MAX_RESOLVED_BYTES: usize = 256 << 20;
 pub const MAX_COLLECTED: usize = 1000;
 /// Step, image, stage and cache names.
 pub const MAX_NAME_CHARS: usize = 128;
+/// Longest worker label (`runs_on`, `engine worker --label`).
+pub const MAX_LABEL_CHARS: usize = 64;
+/// Most worker labels one step asks for.
+pub const MAX_LABELS: usize = 16;
 /// One `inputs`/`outputs`/`copy` path, and one component of it (a file name).
 pub const MAX_PATH_BYTES: usize = 1024;
 /// One component of such a path (a file name).

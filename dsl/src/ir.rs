@@ -106,6 +106,11 @@ pub struct Step {
     pub continue_on_error: bool,
     /// Persistent folders shared across runs (package-manager caches). Not part of the cache key.
     pub caches: Vec<CacheMount>,
+    /// `runs_on`: worker labels; on a cluster, only a worker started with every one of them
+    /// takes the step. A local run ignores them. Not part of the cache key (they choose the
+    /// machine, not the result). Sorted, without duplicates.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub runs_on: Vec<String>,
     /// Working directory inside the container; `/workspace` unless set.
     pub workdir: String,
     /// The profile the step asked for, if any (already applied to `isolation`/`limits`).
@@ -114,6 +119,15 @@ pub struct Step {
     pub isolation: Isolation,
     /// Resource limits, resolved.
     pub limits: Limits,
+}
+
+/// Whether `s` is a worker label (`runs_on`, `engine worker --label`): 1 to
+/// [`MAX_LABEL_CHARS`](crate::bounds::MAX_LABEL_CHARS) lowercase ASCII letters, digits, `.`, `_`
+/// or `-`, starting with a letter or digit.
+pub fn is_label(s: &str) -> bool {
+    s.len() <= crate::bounds::MAX_LABEL_CHARS
+        && s.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 impl Step {
@@ -140,6 +154,7 @@ impl Step {
             cache: true,
             continue_on_error: false,
             caches: Vec::new(),
+            runs_on: Vec::new(),
             workdir: "/workspace".into(),
             profile: None,
             isolation: Isolation::default(),

@@ -190,3 +190,16 @@ fn caches_validation() {
         "version: 1\ndefaults: { image: alpine }\nsteps:\n  a:\n    run: x\n    caches:\n      - { name: cargo, path: /home/user/.cargo }\n      - { name: cargo2, path: /home/user/.cargo/ }\n      - { name: -bad, path: relative/dir }\n      - { name: ws, path: /workspace/target }\n      - { name: run, path: /run }\n      - { name: t, path: /tmp }\n      - { name: up, path: /home/../etc }\n      - { nmae: x, path: /x }\n      - { path: /y }\n      - just-a-name\n  b:\n    run: x\n    cachs: []\n  c:\n    run: x\n    caches: { name: x, path: /x }\n"
     ));
 }
+
+#[test]
+fn worker_label_validation() {
+    let many: Vec<String> = (0..20).map(|i| format!("l{i}")).collect();
+    assert_snapshot!(errors(
+        "labels.yml",
+        &format!(
+            "version: 1\ndefaults: {{ image: alpine }}\nsteps:\n  a:\n    run: x\n    runs_on: [gpu, GPU, -x, \"a b\", {long}]\n  b:\n    run: x\n    runs_on: [{many}]\n  c:\n    run: x\n    runs_on: gpu\n",
+            long = "l".repeat(65),
+            many = many.join(", ")
+        )
+    ));
+}

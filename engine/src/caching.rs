@@ -110,4 +110,16 @@ mod tests {
         assert_eq!(pick(&["a0", "zz"]), Vec::<String>::new());
         assert_eq!(pick(&[]), Vec::<String>::new());
     }
+
+    #[test]
+    fn where_a_step_runs_and_how_its_failure_counts_are_not_in_its_key() {
+        let image = cache::ImageIdentity::Built { key: Digest::of(b"image") };
+        let plain = dsl::Step::new("s", dsl::ImageRef::Reference("i".into()), dsl::Command::Shell("true".into()));
+        let mut placed = plain.clone();
+        placed.runs_on = vec!["gpu".into(), "x86".into()];
+        placed.continue_on_error = true;
+        placed.caches = vec![dsl::CacheMount { name: "cargo".into(), path: "/home/u/.cargo".into() }];
+        let key = |s: &dsl::Step| components(s, &image, vec![], vec![]).key();
+        assert_eq!(key(&plain), key(&placed));
+    }
 }

@@ -76,6 +76,8 @@ pub(crate) fn to_step(d: &StepDefinition) -> dsl::Step {
         cache: d.cache,
         continue_on_error: d.continue_on_error,
         caches: d.caches.iter().map(|c| dsl::CacheMount { name: c.name.clone(), path: c.path.clone() }).collect(),
+        // A replay runs on the auditor's machine: worker labels choose nothing there.
+        runs_on: Vec::new(),
         workdir: d.workdir.clone(),
         profile: d.profile.clone(),
         isolation: dsl::Isolation {

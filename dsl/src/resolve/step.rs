@@ -32,6 +32,7 @@ const STEP_KEYS: &[&str] = &[
     "user",
     "workdir",
     "continue_on_error",
+    "runs_on",
 ];
 const PROFILES: &[&str] = &["sandbox", "build"];
 
@@ -135,6 +136,29 @@ pub(super) fn step(r: &mut Reader, ctx: &StepCtx, name: String, key_span: Span, 
             );
         }
     }
+    let mut runs_on = Vec::new();
+    for (label, span) in list(r, "runs_on") {
+        if !crate::ir::is_label(&label) {
+            r.error(
+                span,
+                format!("invalid worker label `{label}`"),
+                "not a label",
+                "labels are 1 to 64 lowercase letters, digits, `.`, `_` or `-`, starting with a letter or digit, e.g. gpu or arm64",
+            );
+        } else if runs_on.len() == bounds::MAX_LABELS {
+            r.error(
+                span,
+                format!("step `{name}` asks for more than {} worker labels", bounds::MAX_LABELS),
+                "too many labels",
+                "a step names the few labels a worker must have; describe a machine with one label (e.g. gpu-a100)",
+            );
+            break;
+        } else {
+            runs_on.push(label);
+        }
+    }
+    runs_on.sort();
+    runs_on.dedup();
     let mut env = ctx.env.clone();
     if let Some(n) = map.get_node("env") {
         env.extend(env_map(r, n));
@@ -230,6 +254,7 @@ pub(super) fn step(r: &mut Reader, ctx: &StepCtx, name: String, key_span: Span, 
         cache,
         continue_on_error,
         caches,
+        runs_on,
         workdir,
         profile,
         isolation,

@@ -18,7 +18,7 @@ use crate::ir::{SourceFile, Span};
 use crate::{bounds, suggest};
 
 /// Keys whose YAML value is always a list, even when one value is written.
-const LISTS: &[&str] = &["inputs", "outputs", "needs", "secrets", "command"];
+const LISTS: &[&str] = &["inputs", "outputs", "needs", "secrets", "command", "runs_on"];
 
 /// An expanded value: strings interpolated.
 #[derive(Debug, Clone)]

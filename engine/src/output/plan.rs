@@ -74,6 +74,9 @@ pub fn render_text(plan: &Plan, cache: &[CacheView]) -> String {
         }
         field("env", list_or_dash(&env));
         field("secrets", list_or_dash(&s.secrets));
+        if !s.runs_on.is_empty() {
+            field("runs_on", s.runs_on.join(", "));
+        }
         field("workdir", s.workdir.clone());
         match cache.get(pos) {
             Some(view) if view.status == CacheStatus::Cached => {
@@ -118,6 +121,7 @@ pub fn to_json(plan: &Plan, cache: &[CacheView]) -> serde_json::Value {
                 "profile": s.profile,
                 "env": s.env.keys().collect::<Vec<_>>(),
                 "secrets": s.secrets,
+                "runs_on": s.runs_on,
                 "workdir": s.workdir,
                 "cache": s.cache,
             });
@@ -220,6 +224,7 @@ mod tests {
         scan.profile = Some("sandbox".into());
         scan.limits = dsl::Limits::sandbox();
         scan.secrets = vec!["API_TOKEN".into()];
+        scan.runs_on = vec!["gpu".into(), "x86_64".into()];
         scan.env.insert("API_URL".into(), "https://secret.example".into());
         scan.cache = false;
         scan.isolation.network = dsl::Network::Bridge;
