@@ -4,7 +4,6 @@
 
 use docker::{ImageId, ResolvedImage};
 
-use crate::dockerfile::split_reference;
 use crate::Builder;
 use crate::{BuildError, LogFn};
 
@@ -72,4 +71,26 @@ fn rootfs_tar(root: &std::path::Path) -> std::io::Result<Vec<u8>> {
         tar.append_path_with_name(item.path(), rel)?;
     }
     tar.into_inner()
+}
+
+/// `repo:tag` split at the tag's colon (not a registry port's).
+pub(crate) fn split_reference(reference: &str) -> (&str, &str) {
+    let reference = reference.split('@').next().unwrap_or(reference);
+    match reference.rsplit_once(':') {
+        Some((repo, tag)) if !tag.contains('/') => (repo, tag),
+        _ => (reference, "latest"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_split_at_the_tag() {
+        assert_eq!(split_reference("a/b:1"), ("a/b", "1"));
+        assert_eq!(split_reference("127.0.0.1:5000/x/y"), ("127.0.0.1:5000/x/y", "latest"));
+        assert_eq!(split_reference("127.0.0.1:5000/x/y:t"), ("127.0.0.1:5000/x/y", "t"));
+        assert_eq!(split_reference("busybox"), ("busybox", "latest"));
+    }
 }

@@ -14,7 +14,7 @@ use docker::{ImageId, RegistryAuth, TransferError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::dockerfile::split_reference;
+use crate::base::split_reference;
 use crate::key::StageKey;
 use crate::{Builder, LogFn, LABEL_IMAGE, LABEL_IMAGE_KEY};
 

@@ -55,6 +55,15 @@ fn only_the_docker_crate_talks_to_the_docker_api() {
 }
 
 #[test]
+fn one_crate_per_external_api_registries_and_nats_too() {
+    for (client, owner) in [("oci-client", "remote"), ("async-nats", "cluster")] {
+        let users: Vec<String> =
+            members().into_iter().filter(|(dir, _)| dependencies(dir).contains(client)).map(|(_, name)| name).collect();
+        assert_eq!(users, [owner], "crates depending on {client}");
+    }
+}
+
+#[test]
 fn lower_crates_know_nothing_of_the_layers_above() {
     // Who may depend on whom, bottom up: cache < docker, records < images < engine; dsl beside.
     let forbidden: &[(&str, &[&str])] = &[
@@ -63,6 +72,7 @@ fn lower_crates_know_nothing_of_the_layers_above() {
         ("docker", &["dsl", "images", "records", "engine"]),
         ("records", &["dsl", "docker", "images", "engine", "bollard"]),
         ("images", &["engine", "records"]),
+        ("cluster", &["cache", "docker", "images", "records", "remote", "engine", "bollard"]),
     ];
     let crates: BTreeMap<String, PathBuf> = members().into_iter().map(|(dir, name)| (name, dir)).collect();
     for (name, banned) in forbidden {

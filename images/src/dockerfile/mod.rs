@@ -23,6 +23,7 @@ use docker::ImageId;
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
+use crate::base::split_reference;
 use crate::Builder;
 use crate::{BuildContext, BuildError, BuiltImage, LogFn, LABEL_IMAGE, LABEL_IMAGE_KEY};
 use context::Context;
@@ -272,15 +273,6 @@ pub(crate) async fn find_by_key(builder: &Builder, key: &crate::key::StageKey) -
     Ok(images.into_iter().max_by_key(|i| i.created).map(|i| i.id))
 }
 
-/// `repo:tag` split at the tag's colon (not a registry port's).
-pub(crate) fn split_reference(reference: &str) -> (&str, &str) {
-    let reference = reference.split('@').next().unwrap_or(reference);
-    match reference.rsplit_once(':') {
-        Some((repo, tag)) if !tag.contains('/') => (repo, tag),
-        _ => (reference, "latest"),
-    }
-}
-
 /// The real paths of the context and the Dockerfile, both inside the workflow's folder `dir`:
 /// relative, without `..`, and not reached through a symlink leading out (the load-time check,
 /// again at build time, for whatever builds without loading).
@@ -367,17 +359,4 @@ fn error_text(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn references_split_at_the_tag() {
-        assert_eq!(split_reference("a/b:1"), ("a/b", "1"));
-        assert_eq!(split_reference("127.0.0.1:5000/x/y"), ("127.0.0.1:5000/x/y", "latest"));
-        assert_eq!(split_reference("127.0.0.1:5000/x/y:t"), ("127.0.0.1:5000/x/y", "t"));
-        assert_eq!(split_reference("busybox"), ("busybox", "latest"));
-    }
 }
