@@ -245,7 +245,9 @@ async fn fetch_entry(c: &Client, store: &Arc<Store>, key: &ActionKey, tag: &str,
                 let sink = download(c, reference, digest, size, Sink::File(import)).await?;
                 let Sink::File(import) = sink else { unreachable!("a file sink stays a file sink") };
                 let s = store.clone();
-                blocking(move || s.import_blob(import, &digest, size)).await.map_err(|e| stored(e, &digest))?;
+                blocking(move || s.import_blob(import, &digest, size))
+                    .await
+                    .map_err(|e| refused(e, &format!("blob {}", digest.short())))?;
                 Ok::<_, Failure>(size)
             }
         })
@@ -262,15 +264,10 @@ async fn fetch_entry(c: &Client, store: &Arc<Store>, key: &ActionKey, tag: &str,
             if s.has_blob(digest) {
                 had += 1;
             } else {
-                s.import_bytes(bytes, digest).map_err(|e| stored(e, digest))?;
+                s.import_bytes(bytes, digest).map_err(|e| refused(e, &format!("blob {}", digest.short())))?;
             }
         }
-        s.put_manifest(&manifest).map_err(|e| match e {
-            cache::store::StoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::InvalidData => {
-                Failure::Damaged(format!("the entry cannot be stored: {source}"))
-            }
-            e => Failure::Remote(e.into()),
-        })?;
+        s.put_manifest(&manifest).map_err(|e| refused(e, "the entry cannot be stored"))?;
         let stored_manifest = s.get(&key).unwrap_or(manifest);
         Ok::<_, Failure>((had, stored_manifest))
     })
@@ -279,11 +276,12 @@ async fn fetch_entry(c: &Client, store: &Arc<Store>, key: &ActionKey, tag: &str,
     Ok((stored_manifest, transfer))
 }
 
-/// A failure to store the blob `digest`: content that does not match is damage.
-fn stored(e: cache::store::StoreError, digest: &Digest) -> Failure {
+/// A failure of the store to take `what`: content it refuses (`InvalidData`: a digest that does
+/// not match, an unsafe path) is damage; anything else is a fault.
+fn refused(e: cache::store::StoreError, what: &str) -> Failure {
     match e {
         cache::store::StoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::InvalidData => {
-            Failure::Damaged(format!("blob {}: {source}", digest.short()))
+            Failure::Damaged(format!("{what}: {source}"))
         }
         e => Failure::Remote(e.into()),
     }
