@@ -17,6 +17,7 @@
 
 #![warn(missing_docs)]
 
+pub mod presence;
 mod url;
 
 #[cfg(feature = "testing")]
@@ -29,6 +30,7 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
+pub use presence::{Presence, WorkerInfo};
 pub use url::{BadClusterUrl, ClusterUrl};
 
 /// The stream of ready steps.
