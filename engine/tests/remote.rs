@@ -423,3 +423,52 @@ fn an_engine_built_image_is_pulled_not_rebuilt_on_a_second_machine() {
     );
     assert_eq!(std::fs::read_to_string(two.path().join(".engine/out/use/out.txt")).unwrap(), format!("made-{wf}\n"));
 }
+
+/// Ctrl-C while a large output is still being uploaded (every step has ended): the uploads are
+/// cut at once, the run ends with its steps' result and names the step not shared, and the
+/// registry holds no entry a later run would trust half-written: a second machine finds
+/// nothing damaged and runs the step again.
+#[test]
+fn an_interrupt_during_an_upload_leaves_no_half_written_entry() {
+    use std::io::BufRead;
+    let Some(reg) = TestRegistry::start() else { return };
+    let url = reg.url().to_string();
+    // 64 MiB of output: its upload is still running when the step has finished.
+    let p = Project::new(
+        "version: 1\ndefaults: { image: local/busybox:1 }\nsteps:\n  big:\n    run: head -c 67108864 /dev/urandom > big.bin\n    outputs: [big.bin]\n",
+    );
+    let config = empty_docker_config(&p);
+    let mut child = p
+        .cmd(&["run", "--output", "json", "--remote-cache", &url])
+        .env("DOCKER_CONFIG", &config)
+        .env_remove("ENGINE_REMOTE_CACHE")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let finished = line.contains("\"event\":\"step_finished\"");
+        seen.push(line);
+        if finished {
+            signal(&child, libc::SIGINT);
+            break;
+        }
+    }
+    seen.extend(lines.map(Result::unwrap));
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "stdout:\n{}\nstderr:\n{}", seen.join("\n"), text(&out.stderr));
+    let summary: Vec<serde_json::Value> = seen.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let shared = remote_event(&summary);
+    assert_eq!(shared["uploads"].as_u64(), Some(0), "interrupted before its upload ended: {shared}");
+    assert_eq!(shared["not_shared"], serde_json::json!(["big"]), "{shared}");
+
+    // Machine 2: no damaged entry; the step is restored from a complete entry or runs again.
+    let two = Project::copy_of(p.path());
+    let second = events(&run(&two, &url, &[], &empty_docker_config(&two)), 0);
+    assert_eq!(remote_event(&second)["damaged"].as_u64(), Some(0), "{}", remote_event(&second));
+    assert_eq!(statuses(&second)["big"], "succeeded", "no entry was there to restore");
+    assert_eq!(std::fs::metadata(two.path().join(".engine/out/big/big.bin")).unwrap().len(), 64 << 20);
+}
