@@ -1,7 +1,8 @@
 //! The work queue on a three-node NATS cluster: three `nats-server` containers on a private
 //! Docker network (Debian's binary in the Debian test image), the stream replicated on all
 //! three. One node killed (`docker kill`) loses no job: the others keep taking and finishing
-//! them. The harness drives the Docker CLI; containers and network are removed on drop.
+//! them (each at least once). The harness drives the Docker CLI; containers and network are
+//! removed on drop.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -149,8 +150,23 @@ async fn a_replicated_queue_loses_no_job_when_a_node_is_killed() {
             Ok(None) | Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
         }
     }
+    // The queue empties: an acknowledgement is applied by the stream's remaining replicas a
+    // moment after it is confirmed, and a job whose acknowledgement was lost with the node is
+    // delivered again (at least once: a worker runs it again, and its key makes that harmless).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if queue.depth().await.is_ok_and(|d| d == 0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "jobs still queued a minute after all were done: {done:?}");
+        if let Ok(Some(lease)) = queue.take(&[], Duration::from_millis(500)).await {
+            let step = lease.job().step.clone();
+            if lease.done().await.is_ok() {
+                done.push(step);
+            }
+        }
+    }
     done.sort();
     done.dedup();
-    assert_eq!(done.len(), 4, "every job once: {done:?}");
-    assert_eq!(eventually(Duration::from_secs(30), || queue.depth()).await, 0);
+    assert_eq!(done, ["s0", "s1", "s2", "s3"], "every job done");
 }
