@@ -39,6 +39,9 @@ pub const STREAM: &str = "ENGINE_STEPS";
 pub const SUBJECT_PREFIX: &str = "engine.steps";
 /// Largest job message (a job names a step and its key; definitions travel by digest).
 pub const MAX_JOB_BYTES: usize = 64 << 10;
+/// Most label sets (consumers of the stream) a worker looks through for work; more are ignored
+/// (a hostile client could make any number).
+pub const MAX_LABEL_SETS: usize = 10_000;
 /// Most labels a job names (as a step's `runs_on`).
 pub const MAX_LABELS: usize = dsl::bounds::MAX_LABELS;
 
@@ -209,7 +212,7 @@ impl Queue {
         loop {
             let stream = self.js.get_stream(STREAM).await.map_err(|e| self.unavailable(&e))?;
             let mut eligible = Vec::new();
-            let mut infos = stream.consumers();
+            let mut infos = stream.consumers().take(MAX_LABEL_SETS);
             while let Some(info) = infos.next().await {
                 let info = info.map_err(|e| self.unavailable(&e))?;
                 let wanted: Option<Vec<String>> = info.config.description.as_deref().and_then(|d| serde_json::from_str(d).ok());
@@ -228,7 +231,7 @@ impl Queue {
                 while let Some(message) = batch.next().await {
                     let message = message.map_err(|e| self.unavailable(&e))?;
                     match Job::parse(&message.payload) {
-                        Ok(job) => return Ok(Some(Lease { message, job })),
+                        Ok(job) => return Ok(Some(Lease { message, job, url: self.url.clone() })),
                         Err(why) => {
                             tracing::warn!(subject = %message.subject, %why, "a message in the step queue is not a job; dropped");
                             message.ack_with(AckKind::Term).await.map_err(|e| self.unavailable(&e))?;
@@ -257,6 +260,7 @@ impl Queue {
 pub struct Lease {
     message: jetstream::Message,
     job: Job,
+    url: String,
 }
 
 impl std::fmt::Debug for Lease {
@@ -266,6 +270,10 @@ impl std::fmt::Debug for Lease {
 }
 
 impl Lease {
+    fn unavailable(&self, e: &dyn std::fmt::Display) -> ClusterError {
+        ClusterError::Unavailable { url: self.url.clone(), message: e.to_string() }
+    }
+
     /// The job.
     pub fn job(&self) -> &Job {
         &self.job
@@ -280,19 +288,16 @@ impl Lease {
     /// Still working on it: the deadline starts again (send more often than the queue's
     /// acknowledgement wait).
     pub async fn progress(&self) -> Result<(), ClusterError> {
-        self.message.ack_with(AckKind::Progress).await.map_err(|e| ClusterError::Unavailable { url: String::new(), message: e.to_string() })
+        self.message.ack_with(AckKind::Progress).await.map_err(|e| self.unavailable(&e))
     }
 
     /// Finished and its result stored: the job leaves the queue (confirmed by the server).
     pub async fn done(self) -> Result<(), ClusterError> {
-        self.message.double_ack().await.map_err(|e| ClusterError::Unavailable { url: String::new(), message: e.to_string() })
+        self.message.double_ack().await.map_err(|e| self.unavailable(&e))
     }
 
     /// Not run here (shutting down): another worker takes it at once.
     pub async fn give_back(self) -> Result<(), ClusterError> {
-        self.message
-            .ack_with(AckKind::Nak(None))
-            .await
-            .map_err(|e| ClusterError::Unavailable { url: String::new(), message: e.to_string() })
+        self.message.ack_with(AckKind::Nak(None)).await.map_err(|e| self.unavailable(&e))
     }
 }
