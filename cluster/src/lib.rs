@@ -81,10 +81,7 @@ impl Job {
     /// The job in `bytes`, checked: bounded, JSON of exactly these fields, a key of 64 hex
     /// digits, names without control characters, valid labels sorted without repeats.
     pub fn parse(bytes: &[u8]) -> Result<Job, String> {
-        if bytes.len() > MAX_JOB_BYTES {
-            return Err(format!("a job of {} bytes (at most {MAX_JOB_BYTES})", bytes.len()));
-        }
-        let job: Job = serde_json::from_slice(bytes).map_err(|e| format!("not a job: {e}"))?;
+        let job: Job = parse_bounded(bytes, MAX_JOB_BYTES, "a job")?;
         job.check()?;
         Ok(job)
     }
@@ -98,7 +95,7 @@ impl Job {
                 return Err(format!("the {what} name is empty, longer than 256 bytes or holds control characters"));
             }
         }
-        check_labels(&self.labels)
+        check_labels(&self.labels, MAX_LABELS)
     }
 
     fn subject(&self) -> String {
@@ -106,9 +103,18 @@ impl Job {
     }
 }
 
-fn check_labels(labels: &[String]) -> Result<(), String> {
-    if labels.len() > MAX_LABELS {
-        return Err(format!("{} labels (at most {MAX_LABELS})", labels.len()));
+/// `bytes` as JSON of a `T`, refused unread beyond `max` bytes; `what` names it in the error.
+fn parse_bounded<T: serde::de::DeserializeOwned>(bytes: &[u8], max: usize, what: &str) -> Result<T, String> {
+    if bytes.len() > max {
+        return Err(format!("{what} of {} bytes (at most {max})", bytes.len()));
+    }
+    serde_json::from_slice(bytes).map_err(|e| format!("not {what}: {e}"))
+}
+
+/// At most `max` valid labels, sorted without repeats.
+fn check_labels(labels: &[String], max: usize) -> Result<(), String> {
+    if labels.len() > max {
+        return Err(format!("{} labels (at most {max})", labels.len()));
     }
     if let Some(bad) = labels.iter().find(|l| !dsl::is_label(l)) {
         return Err(format!("`{}` is not a label", bad.escape_debug()));
@@ -217,7 +223,7 @@ impl Queue {
                 let info = info.map_err(|e| self.unavailable(&e))?;
                 let wanted: Option<Vec<String>> = info.config.description.as_deref().and_then(|d| serde_json::from_str(d).ok());
                 match wanted {
-                    Some(w) if check_labels(&w).is_ok() && w.iter().all(|l| labels.contains(l)) => eligible.push(info.name),
+                    Some(w) if check_labels(&w, MAX_LABELS).is_ok() && w.iter().all(|l| labels.contains(l)) => eligible.push(info.name),
                     _ => {}
                 }
             }

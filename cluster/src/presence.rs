@@ -51,15 +51,7 @@ impl WorkerInfo {
                 return Err(format!("the {what} is longer than 256 bytes or holds control characters"));
             }
         }
-        if self.labels.len() > 4 * MAX_LABELS {
-            return Err(format!("{} labels (at most {})", self.labels.len(), 4 * MAX_LABELS));
-        }
-        if let Some(bad) = self.labels.iter().find(|l| !dsl::is_label(l)) {
-            return Err(format!("`{}` is not a label", bad.escape_debug()));
-        }
-        if self.labels.windows(2).any(|w| w[0] >= w[1]) {
-            return Err("the labels are not sorted without repeats".into());
-        }
+        crate::check_labels(&self.labels, 4 * MAX_LABELS)?;
         if self.running > self.jobs {
             return Err(format!("{} steps running with room for {}", self.running, self.jobs));
         }
@@ -68,10 +60,7 @@ impl WorkerInfo {
 
     /// The entry in `bytes`, bounded and checked.
     pub fn parse(bytes: &[u8]) -> Result<WorkerInfo, String> {
-        if bytes.len() > MAX_INFO_BYTES {
-            return Err(format!("an entry of {} bytes (at most {MAX_INFO_BYTES})", bytes.len()));
-        }
-        let info: WorkerInfo = serde_json::from_slice(bytes).map_err(|e| format!("not a worker entry: {e}"))?;
+        let info: WorkerInfo = crate::parse_bounded(bytes, MAX_INFO_BYTES, "a worker entry")?;
         info.check()?;
         Ok(info)
     }
