@@ -50,6 +50,36 @@ fn run(p: &Project, url: &str, extra: &[&str], docker_config: &str) -> Output {
     p.cmd(&args).env("DOCKER_CONFIG", docker_config).env_remove("ENGINE_REMOTE_CACHE").output().unwrap()
 }
 
+/// `engine run --output json --remote-cache URL` in `p`, calling `at` once (with the child) on
+/// the first `step_finished` event of `step` (any step: `None`); then the rest of the events
+/// and the output.
+fn run_until(p: &Project, url: &str, step: Option<&str>, at: impl FnOnce(&std::process::Child)) -> (Output, Vec<serde_json::Value>) {
+    use std::io::BufRead;
+    let mut child = p
+        .cmd(&["run", "--output", "json", "--remote-cache", url])
+        .env("DOCKER_CONFIG", empty_docker_config(p))
+        .env_remove("ENGINE_REMOTE_CACHE")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let done = line.contains("\"event\":\"step_finished\"") && step.is_none_or(|s| line.contains(&format!("\"step\":\"{s}\"")));
+        seen.push(line);
+        if done {
+            at(&child);
+            break;
+        }
+    }
+    seen.extend(lines.map(Result::unwrap));
+    let out = child.wait_with_output().unwrap();
+    let events = seen.iter().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
+    (out, events)
+}
+
 fn events(o: &Output, expect: i32) -> Vec<serde_json::Value> {
     assert_eq!(code(o), expect, "stdout:\n{}\nstderr:\n{}", text(&o.stdout), text(&o.stderr));
     text(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect()
@@ -196,31 +226,10 @@ steps:
     outputs: [c.out]
 "#,
     );
-    let mut child = p
-        .cmd(&["run", "--output", "json", "--remote-cache", &url])
-        .env("DOCKER_CONFIG", empty_docker_config(&p))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
     // Stop the registry once `a` has finished (b then runs for 2 s: its lookup or upload fails).
-    use std::io::BufRead;
-    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut seen = Vec::new();
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        let done = line.contains("\"step_finished\"") && line.contains("\"step\":\"a\"");
-        seen.push(line);
-        if done {
-            reg.stop();
-            break;
-        }
-    }
-    seen.extend(lines.map(Result::unwrap));
-    let out = child.wait_with_output().unwrap();
+    let (out, events) = run_until(&p, &url, Some("a"), |_| reg.stop());
     let stderr = text(&out.stderr);
     assert_eq!(code(&out), 0, "{stderr}");
-    let events: Vec<serde_json::Value> = seen.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(statuses(&events), map(&[("a", "succeeded"), ("b", "succeeded"), ("c", "succeeded")]));
     assert_eq!(stderr.matches("running locally, results not shared").count(), 1, "one warning: {stderr}");
     let summary = remote_event(&events);
@@ -430,37 +439,14 @@ fn an_engine_built_image_is_pulled_not_rebuilt_on_a_second_machine() {
 /// nothing damaged and runs the step again.
 #[test]
 fn an_interrupt_during_an_upload_leaves_no_half_written_entry() {
-    use std::io::BufRead;
     let Some(reg) = TestRegistry::start() else { return };
     let url = reg.url().to_string();
     // 64 MiB of output: its upload is still running when the step has finished.
     let p = Project::new(
         "version: 1\ndefaults: { image: local/busybox:1 }\nsteps:\n  big:\n    run: head -c 67108864 /dev/urandom > big.bin\n    outputs: [big.bin]\n",
     );
-    let config = empty_docker_config(&p);
-    let mut child = p
-        .cmd(&["run", "--output", "json", "--remote-cache", &url])
-        .env("DOCKER_CONFIG", &config)
-        .env_remove("ENGINE_REMOTE_CACHE")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut seen = Vec::new();
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        let finished = line.contains("\"event\":\"step_finished\"");
-        seen.push(line);
-        if finished {
-            signal(&child, libc::SIGINT);
-            break;
-        }
-    }
-    seen.extend(lines.map(Result::unwrap));
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "stdout:\n{}\nstderr:\n{}", seen.join("\n"), text(&out.stderr));
-    let summary: Vec<serde_json::Value> = seen.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let (out, summary) = run_until(&p, &url, None, |child| signal(child, libc::SIGINT));
+    assert_eq!(out.status.code(), Some(0), "events:\n{summary:#?}\nstderr:\n{}", text(&out.stderr));
     let shared = remote_event(&summary);
     assert_eq!(shared["uploads"].as_u64(), Some(0), "interrupted before its upload ended: {shared}");
     assert_eq!(shared["not_shared"], serde_json::json!(["big"]), "{shared}");
